@@ -1,0 +1,146 @@
+//! The REST surface: routes, the HTTP server, request ids.
+//!
+//! Each resource has its own file exposing `routes(state)`; handlers are infallible
+//! (`.then`) and turn every failure into ScaiVault's envelope through [`error::ApiError`].
+//! Every response carries `X-Request-ID` (a client-sent one is echoed).
+
+pub mod error;
+pub mod health;
+pub mod ingest;
+pub mod logs;
+pub mod request_id;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::http::{HeaderMap, StatusCode, header};
+use warp::reply::Response;
+
+use crate::auth::Principal;
+use crate::state::AppState;
+pub use error::ApiError;
+
+/// How long in-flight requests may take to finish after shutdown begins.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Every route of the service, with rejections mapped to the error envelope.
+pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
+    health::routes(state.clone())
+        .or(ingest::routes(state.clone()))
+        .unify()
+        .or(logs::routes(state))
+        .unify()
+        .recover(error::recover)
+        .unify()
+        .boxed()
+}
+
+/// Serves `routes` on `listener` until `shutdown` resolves, then lets in-flight requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    routes: BoxedFilter<(Response,)>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let service = warp::service(routes);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(error) => {
+                        // Usually EMFILE: back off instead of spinning.
+                        tracing::warn!(%error, "failed to accept a connection");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let service = service.clone();
+                let hyper_service = hyper::service::service_fn(move |request| request_id::handle(service.clone(), request));
+                let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), hyper_service).into_owned();
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(error) = connection.await {
+                        tracing::debug!(%error, "connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("in-flight requests did not finish within the drain timeout");
+    }
+}
+
+/// A JSON response with `status`.
+pub fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => {
+            let mut response = Response::new(bytes.into());
+            *response.status_mut() = status;
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        Err(error) => ApiError::internal(&error).into_response(),
+    }
+}
+
+/// Turns a handler result into a response.
+pub fn respond(result: Result<Response, ApiError>) -> Response {
+    result.unwrap_or_else(ApiError::into_response)
+}
+
+/// Hands the state to a handler.
+pub fn with_state(
+    state: AppState,
+) -> impl Filter<Extract = (AppState,), Error = Infallible> + Clone {
+    warp::any().map(move || state.clone())
+}
+
+/// The raw query string, empty when there is none.
+pub fn raw_query() -> impl Filter<Extract = (String,), Error = Infallible> + Clone {
+    warp::query::raw().or(warp::any().map(String::new)).unify()
+}
+
+/// Authenticates the request's bearer token.
+pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok());
+    Ok(state.auth.authenticate(authorization)?)
+}
+
+/// The `X-Tenant-ID` header, if any.
+pub fn tenant_header(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("x-tenant-id")
+        .and_then(|value| value.to_str().ok())
+}
+
+/// Fails with 503 until the store has replayed its WAL.
+pub fn require_ready(state: &AppState) -> Result<(), ApiError> {
+    if state.store.health().ready {
+        Ok(())
+    } else {
+        Err(ApiError::unavailable(
+            "the audit store is starting; retry shortly",
+        ))
+    }
+}

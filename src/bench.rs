@@ -1,0 +1,366 @@
+//! `scaivault-audit bench ...`: benchmarks that print their figures.
+//!
+//! `bench ingest` generates the reference workload itself, then measures
+//! 1. HTTP ingest against a real server process (this binary's `serve`), with concurrent
+//!    clients posting NDJSON batches and durable acknowledgements; the server's peak RSS;
+//! 2. disk bytes per event after a final commit (graceful stop of that server);
+//! 3. bulk import of the same events into a fresh data directory.
+//!
+//! Run it from a release build: `cargo run --release -- bench ingest`.
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use tokio::io::AsyncBufReadExt;
+
+use crate::store::{Store, StoreConfig, StoreMetrics};
+use crate::workload::{WorkloadGenerator, WorkloadOptions};
+
+/// Benchmarks.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// HTTP ingest, disk per event, peak RSS and bulk import on the reference workload.
+    Ingest(IngestBenchArgs),
+}
+
+/// Flags of `bench ingest`.
+#[derive(Debug, Clone, Args)]
+pub struct IngestBenchArgs {
+    /// Events to ingest.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: u64,
+    /// Concurrent HTTP clients.
+    #[arg(long, default_value_t = 4)]
+    pub clients: usize,
+    /// Events per HTTP request.
+    #[arg(long, default_value_t = 1000)]
+    pub batch: usize,
+    /// Workload seed.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Directory for the benchmark's data directories (default: a new temporary directory,
+    /// removed afterwards).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+/// Runs a benchmark command.
+pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Ingest(args) => ingest(args).await,
+    }
+}
+
+const BENCH_TOKEN: &str = "skt_benchmark_token_not_secret";
+
+async fn ingest(args: IngestBenchArgs) -> anyhow::Result<()> {
+    let temp = tempfile::Builder::new()
+        .prefix("scaivault-bench-")
+        .tempdir_in(args.dir.clone().unwrap_or_else(std::env::temp_dir))?;
+    println!("machine: {}", machine_description());
+    println!(
+        "workload: {} events, seed {}, reference shape (WORKLOAD.md)",
+        args.events, args.seed
+    );
+    let started = Instant::now();
+    let bodies = generate_bodies(args.events, args.seed, args.batch.max(1));
+    let raw_bytes: usize = bodies.iter().map(Vec::len).sum();
+    println!(
+        "generated {} batches, {:.1} MB of NDJSON ({:.0} bytes/event) in {:.2} s",
+        bodies.len(),
+        raw_bytes as f64 / 1e6,
+        raw_bytes as f64 / args.events as f64,
+        started.elapsed().as_secs_f64()
+    );
+    let http_dir = temp.path().join("http");
+    let http = http_ingest(&http_dir, Arc::new(bodies.clone()), args.clients.max(1)).await?;
+    println!(
+        "http ingest: {} events, batches of {}, {} clients, durable acks: {:.2} s = {:.0} events/s (batch latency p50 {:.1} ms, p99 {:.1} ms)",
+        args.events,
+        args.batch,
+        args.clients,
+        http.elapsed.as_secs_f64(),
+        args.events as f64 / http.elapsed.as_secs_f64(),
+        http.p50_ms,
+        http.p99_ms
+    );
+    println!(
+        "server peak RSS during ingest: {:.0} MiB",
+        http.peak_rss_kib as f64 / 1024.0
+    );
+    report_disk(
+        "disk after graceful stop (final commit)",
+        &http_dir,
+        args.events,
+    )?;
+
+    let import_dir = temp.path().join("import");
+    let ndjson: Vec<u8> = bodies.concat();
+    drop(bodies);
+    let import = bulk_import(&import_dir, ndjson).await?;
+    println!(
+        "bulk import: {} events in {:.2} s = {:.0} events/s",
+        import.lines,
+        import.elapsed.as_secs_f64(),
+        import.events_per_second()
+    );
+    report_disk("disk after import", &import_dir, args.events)?;
+    Ok(())
+}
+
+/// NDJSON request bodies of `batch` events each.
+fn generate_bodies(events: u64, seed: u64, batch: usize) -> Vec<Vec<u8>> {
+    let mut generator = WorkloadGenerator::new(WorkloadOptions {
+        count: events,
+        seed,
+        ..WorkloadOptions::default()
+    });
+    let mut bodies = Vec::new();
+    let mut body = Vec::with_capacity(batch * 420);
+    let mut in_body = 0;
+    while generator.write_next(&mut body) {
+        in_body += 1;
+        if in_body == batch {
+            bodies.push(std::mem::replace(
+                &mut body,
+                Vec::with_capacity(batch * 420),
+            ));
+            in_body = 0;
+        }
+    }
+    if in_body > 0 {
+        bodies.push(body);
+    }
+    bodies
+}
+
+struct HttpFigures {
+    elapsed: Duration,
+    p50_ms: f64,
+    p99_ms: f64,
+    peak_rss_kib: u64,
+}
+
+async fn http_ingest(
+    data_dir: &Path,
+    bodies: Arc<Vec<Vec<u8>>>,
+    clients: usize,
+) -> anyhow::Result<HttpFigures> {
+    std::fs::create_dir_all(data_dir)?;
+    let tokens = data_dir.with_extension("tokens.toml");
+    std::fs::write(
+        &tokens,
+        format!(
+            "[[tokens]]\nname = \"bench\"\nsha256 = \"{}\"\nidentity_id = \"sa:bench\"\nscopes = [\"audit:write\", \"audit:read\"]\nall_tenants = true\n",
+            crate::auth::hash_token(BENCH_TOKEN)
+        ),
+    )?;
+    let mut server = tokio::process::Command::new(std::env::current_exe()?)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-level",
+            "warn",
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .arg("--tokens-file")
+        .arg(&tokens)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("failed to start the server")?;
+    let pid = server.id().context("server has no pid")?;
+    let stdout = server.stdout.take().context("no server stdout")?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let address = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(address) = line.strip_prefix("listening on ") {
+                return Ok(address.to_string());
+            }
+        }
+        bail!("the server exited before listening")
+    })
+    .await
+    .context("the server did not start within 60 s")??;
+    let client = reqwest::Client::new();
+    wait_ready(&client, &address).await?;
+
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (client, address, bodies, next) = (
+            client.clone(),
+            address.clone(),
+            bodies.clone(),
+            next.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            post_batches(client, address, bodies, next).await
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    let elapsed = started.elapsed();
+    let peak_rss_kib = peak_rss_kib(pid).unwrap_or(0);
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    if !status.success() {
+        bail!("failed to signal the server");
+    }
+    let exit = tokio::time::timeout(Duration::from_secs(300), server.wait())
+        .await
+        .context("server did not stop")??;
+    if !exit.success() {
+        bail!("server exited with {exit}");
+    }
+    latencies.sort_by(f64::total_cmp);
+    let percentile = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    Ok(HttpFigures {
+        elapsed,
+        p50_ms: percentile(0.5),
+        p99_ms: percentile(0.99),
+        peak_rss_kib,
+    })
+}
+
+async fn post_batches(
+    client: reqwest::Client,
+    address: String,
+    bodies: Arc<Vec<Vec<u8>>>,
+    next: Arc<AtomicUsize>,
+) -> anyhow::Result<Vec<f64>> {
+    let url = format!("{address}/v1/audit/events");
+    let mut latencies = Vec::new();
+    loop {
+        let index = next.fetch_add(1, Ordering::Relaxed);
+        let Some(body) = bodies.get(index) else {
+            return Ok(latencies);
+        };
+        let sent = Instant::now();
+        let response = client
+            .post(&url)
+            .bearer_auth(BENCH_TOKEN)
+            .header("content-type", "application/x-ndjson")
+            .body(body.clone())
+            .send()
+            .await?;
+        let status = response.status();
+        if !status.is_success() {
+            bail!(
+                "batch {index} answered {status}: {}",
+                response.text().await.unwrap_or_default()
+            );
+        }
+        latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
+    }
+}
+
+async fn wait_ready(client: &reqwest::Client, address: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        let response = client
+            .get(format!("{address}/v1/health/ready"))
+            .send()
+            .await;
+        if response.is_ok_and(|response| response.status().is_success()) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("the server did not become ready")
+}
+
+async fn bulk_import(
+    data_dir: &Path,
+    ndjson: Vec<u8>,
+) -> anyhow::Result<crate::import::ImportSummary> {
+    let store = Store::open(
+        &StoreConfig::with_data_dir(data_dir),
+        StoreMetrics::unregistered(),
+    )?;
+    store
+        .wait_ready(Duration::from_secs(60))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let reader: Box<dyn BufRead + Send> = Box::new(std::io::Cursor::new(ndjson));
+    let mut summary =
+        crate::import::import_reader(Some(&store), reader, "benchmark".into(), None, None).await?;
+    store.flush().await?;
+    store.shutdown().await;
+    summary.elapsed = summary.elapsed.max(Duration::from_nanos(1));
+    Ok(summary)
+}
+
+fn report_disk(label: &str, dir: &Path, events: u64) -> anyhow::Result<()> {
+    let index = dir_bytes(&dir.join("index"))?;
+    let wal = dir_bytes(&dir.join("wal"))?;
+    println!(
+        "{label}: {:.1} MB = {:.1} bytes/event (index {:.1}, wal {:.1})",
+        (index + wal) as f64 / 1e6,
+        (index + wal) as f64 / events as f64,
+        index as f64 / events as f64,
+        wal as f64 / events as f64
+    );
+    Ok(())
+}
+
+fn dir_bytes(dir: &Path) -> std::io::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        total += if meta.is_dir() {
+            dir_bytes(&entry.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
+}
+
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn machine_description() -> String {
+    let cores = std::thread::available_parallelism()
+        .map(usize::from)
+        .unwrap_or(0);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let memory_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+    format!("{cores} cores ({model}), {memory_gib:.0} GiB RAM")
+}

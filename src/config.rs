@@ -1,0 +1,442 @@
+//! Configuration: one TOML file, environment variables and flags, resolved once into
+//! [`Settings`]. Precedence: flag > environment > file > default.
+//!
+//! Every setting has a flag, an environment variable and a TOML key; the table in the README
+//! and `config/scaivault-audit.toml` list them all. ScaiVault's own names are used where they
+//! exist (`BIND_ADDRESS`, `LOG_LEVEL`, `LOG_FORMAT`); the rest are `SCAIVAULT_AUDIT_*`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+use crate::state::IngestLimits;
+use crate::store::{CommitPolicy, StoreConfig};
+
+/// Tantivy needs at least this much indexing memory per thread.
+const MIN_INDEX_MEMORY_MB_PER_THREAD: u64 = 15;
+
+/// Errors resolving the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("failed to read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid setting {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// Flags (and their environment variables) shared by `serve`, `check-config` and `import`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct SettingsArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "SCAIVAULT_AUDIT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data directory: WAL, index, keys, bootstrap token.
+    #[arg(long, env = "SCAIVAULT_AUDIT_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// HTTP listen address (host:port; port 0 picks a free port).
+    #[arg(long, env = "BIND_ADDRESS", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Static API tokens file (TOML, hashed tokens). Without any auth configured, a bootstrap
+    /// token is generated in the data directory.
+    #[arg(long, env = "SCAIVAULT_AUDIT_TOKENS_FILE", value_name = "FILE")]
+    pub tokens_file: Option<PathBuf>,
+    /// Commit the index at least this often while events are pending (milliseconds).
+    #[arg(long, env = "SCAIVAULT_AUDIT_COMMIT_INTERVAL_MS", value_name = "MS")]
+    pub commit_interval_ms: Option<u64>,
+    /// Commit once this many events are pending.
+    #[arg(long, env = "SCAIVAULT_AUDIT_COMMIT_MAX_DOCS", value_name = "N")]
+    pub commit_max_docs: Option<u64>,
+    /// Commit once pending events hold this many bytes.
+    #[arg(long, env = "SCAIVAULT_AUDIT_COMMIT_MAX_BYTES", value_name = "BYTES")]
+    pub commit_max_bytes: Option<u64>,
+    /// Tantivy indexing memory budget in MiB (at least 15 per indexing thread).
+    #[arg(long, env = "SCAIVAULT_AUDIT_INDEX_MEMORY_MB", value_name = "MIB")]
+    pub index_memory_mb: Option<u64>,
+    /// Tantivy indexing threads.
+    #[arg(long, env = "SCAIVAULT_AUDIT_INDEX_THREADS", value_name = "N")]
+    pub index_threads: Option<u64>,
+    /// Size at which a WAL segment is closed and a new one started, in MiB.
+    #[arg(long, env = "SCAIVAULT_AUDIT_WAL_SEGMENT_MB", value_name = "MIB")]
+    pub wal_segment_mb: Option<u64>,
+    /// Largest accepted ingest body in bytes.
+    #[arg(long, env = "SCAIVAULT_AUDIT_MAX_BODY_BYTES", value_name = "BYTES")]
+    pub max_body_bytes: Option<u64>,
+    /// Most events in one ingest request.
+    #[arg(long, env = "SCAIVAULT_AUDIT_MAX_BATCH_EVENTS", value_name = "N")]
+    pub max_batch_events: Option<u64>,
+    /// Log filter: a level (`info`) or tracing directives (`info,scaivault_audit=debug`).
+    #[arg(long, env = "LOG_LEVEL", value_name = "FILTER")]
+    pub log_level: Option<String>,
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// The TOML file (every key optional; unknown keys are errors).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub storage: StorageSection,
+    #[serde(default)]
+    pub auth: AuthSection,
+    #[serde(default)]
+    pub log: LogSection,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    pub listen: Option<String>,
+    pub max_body_bytes: Option<u64>,
+    pub max_batch_events: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSection {
+    pub data_dir: Option<PathBuf>,
+    pub commit_interval_ms: Option<u64>,
+    pub commit_max_docs: Option<u64>,
+    pub commit_max_bytes: Option<u64>,
+    pub index_memory_mb: Option<u64>,
+    pub index_threads: Option<u64>,
+    pub wal_segment_mb: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    pub tokens_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    pub level: Option<String>,
+    pub format: Option<String>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The validated configuration the rest of the program uses.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub store: StoreConfig,
+    pub limits: IngestLimits,
+    pub tokens_file: Option<PathBuf>,
+    pub log_level: String,
+    pub log_format: LogFormat,
+}
+
+impl Settings {
+    /// Resolves flags/environment over the file over defaults, and validates the result.
+    pub fn resolve(args: &SettingsArgs) -> Result<Settings, ConfigError> {
+        let file = match &args.config {
+            Some(path) => load_file(path)?,
+            None => FileConfig::default(),
+        };
+        let pick = |flag: Option<u64>, from_file: Option<u64>, default: u64| {
+            flag.or(from_file).unwrap_or(default)
+        };
+        let storage = &file.storage;
+        let data_dir = args
+            .data_dir
+            .clone()
+            .or(storage.data_dir.clone())
+            .unwrap_or_else(|| PathBuf::from("./data"));
+        let listen_text = args
+            .listen
+            .clone()
+            .or(file.server.listen.clone())
+            .unwrap_or_else(|| "127.0.0.1:8080".into());
+        let listen = listen_text
+            .parse::<SocketAddr>()
+            .map_err(|error| ConfigError::Invalid {
+                key: "listen (BIND_ADDRESS)",
+                message: format!("'{listen_text}' is not host:port ({error})"),
+            })?;
+        let defaults = StoreConfig::with_data_dir(&data_dir);
+        let commit_interval_ms = pick(
+            args.commit_interval_ms,
+            storage.commit_interval_ms,
+            defaults.commit.interval.as_millis() as u64,
+        );
+        let commit_max_docs = pick(
+            args.commit_max_docs,
+            storage.commit_max_docs,
+            defaults.commit.max_docs as u64,
+        );
+        let commit_max_bytes = pick(
+            args.commit_max_bytes,
+            storage.commit_max_bytes,
+            defaults.commit.max_bytes as u64,
+        );
+        let index_threads = pick(
+            args.index_threads,
+            storage.index_threads,
+            defaults.index_threads as u64,
+        );
+        let index_memory_mb = pick(
+            args.index_memory_mb,
+            storage.index_memory_mb,
+            (defaults.index_memory_bytes >> 20) as u64,
+        );
+        let wal_segment_mb = pick(
+            args.wal_segment_mb,
+            storage.wal_segment_mb,
+            defaults.wal_segment_bytes >> 20,
+        );
+        let max_body_bytes = pick(
+            args.max_body_bytes,
+            file.server.max_body_bytes,
+            IngestLimits::default().max_body_bytes as u64,
+        );
+        let max_batch_events = pick(
+            args.max_batch_events,
+            file.server.max_batch_events,
+            IngestLimits::default().max_batch_events as u64,
+        );
+        positive("commit_interval_ms", commit_interval_ms)?;
+        positive("commit_max_docs", commit_max_docs)?;
+        positive("commit_max_bytes", commit_max_bytes)?;
+        positive("wal_segment_mb", wal_segment_mb)?;
+        positive("max_body_bytes", max_body_bytes)?;
+        positive("max_batch_events", max_batch_events)?;
+        if !(1..=16).contains(&index_threads) {
+            return Err(invalid("index_threads", "must be between 1 and 16"));
+        }
+        if index_memory_mb < MIN_INDEX_MEMORY_MB_PER_THREAD * index_threads {
+            return Err(invalid(
+                "index_memory_mb",
+                &format!(
+                    "must be at least {MIN_INDEX_MEMORY_MB_PER_THREAD} MiB per indexing thread ({} for {index_threads})",
+                    MIN_INDEX_MEMORY_MB_PER_THREAD * index_threads
+                ),
+            ));
+        }
+        let log_level = args
+            .log_level
+            .clone()
+            .or(file.log.level.clone())
+            .unwrap_or_else(|| "info".into());
+        tracing_subscriber::EnvFilter::try_new(&log_level).map_err(|error| {
+            invalid("log_level (LOG_LEVEL)", &format!("'{log_level}': {error}"))
+        })?;
+        let log_format = match args
+            .log_format
+            .clone()
+            .or(file.log.format.clone())
+            .as_deref()
+            .unwrap_or("text")
+        {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(invalid(
+                    "log_format (LOG_FORMAT)",
+                    &format!("'{other}' is not text or json"),
+                ));
+            }
+        };
+        Ok(Settings {
+            listen,
+            store: StoreConfig {
+                data_dir,
+                commit: CommitPolicy {
+                    interval: Duration::from_millis(commit_interval_ms),
+                    max_docs: commit_max_docs as usize,
+                    max_bytes: commit_max_bytes as usize,
+                },
+                index_memory_bytes: (index_memory_mb << 20) as usize,
+                index_threads: index_threads as usize,
+                wal_segment_bytes: wal_segment_mb << 20,
+                request_queue: defaults.request_queue,
+            },
+            limits: IngestLimits {
+                max_body_bytes: max_body_bytes as usize,
+                max_batch_events: max_batch_events as usize,
+            },
+            tokens_file: args.tokens_file.clone().or(file.auth.tokens_file.clone()),
+            log_level,
+            log_format,
+        })
+    }
+
+    /// The effective settings in the TOML file's shape (what `check-config` prints).
+    pub fn to_file_config(&self) -> FileConfig {
+        FileConfig {
+            server: ServerSection {
+                listen: Some(self.listen.to_string()),
+                max_body_bytes: Some(self.limits.max_body_bytes as u64),
+                max_batch_events: Some(self.limits.max_batch_events as u64),
+            },
+            storage: StorageSection {
+                data_dir: Some(self.store.data_dir.clone()),
+                commit_interval_ms: Some(self.store.commit.interval.as_millis() as u64),
+                commit_max_docs: Some(self.store.commit.max_docs as u64),
+                commit_max_bytes: Some(self.store.commit.max_bytes as u64),
+                index_memory_mb: Some((self.store.index_memory_bytes >> 20) as u64),
+                index_threads: Some(self.store.index_threads as u64),
+                wal_segment_mb: Some(self.store.wal_segment_bytes >> 20),
+            },
+            auth: AuthSection {
+                tokens_file: self.tokens_file.clone(),
+            },
+            log: LogSection {
+                level: Some(self.log_level.clone()),
+                format: Some(match self.log_format {
+                    LogFormat::Text => "text".into(),
+                    LogFormat::Json => "json".into(),
+                }),
+            },
+        }
+    }
+}
+
+fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|error| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: error.to_string(),
+    })
+}
+
+fn positive(key: &'static str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        Err(invalid(key, "must be greater than 0"))
+    } else {
+        Ok(())
+    }
+}
+
+fn invalid(key: &'static str, message: &str) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_embedded_standalone_setup() {
+        let settings = Settings::resolve(&SettingsArgs::default()).unwrap();
+        assert_eq!(settings.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(settings.store.data_dir, PathBuf::from("./data"));
+        assert_eq!(settings.store.commit.interval, Duration::from_millis(500));
+        assert_eq!(settings.limits, IngestLimits::default());
+        assert_eq!(settings.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[server]\nlisten = \"0.0.0.0:9000\"\n[storage]\ndata_dir = \"/var/lib/a\"\ncommit_interval_ms = 250\n[log]\nformat = \"json\"\n").unwrap();
+        let args = SettingsArgs {
+            config: Some(path),
+            commit_interval_ms: Some(100),
+            ..Default::default()
+        };
+        let settings = Settings::resolve(&args).unwrap();
+        assert_eq!(settings.listen.port(), 9000);
+        assert_eq!(settings.store.data_dir, PathBuf::from("/var/lib/a"));
+        assert_eq!(settings.store.commit.interval, Duration::from_millis(100));
+        assert_eq!(settings.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn invalid_settings_name_their_key() {
+        let cases = [
+            (
+                SettingsArgs {
+                    listen: Some("nowhere".into()),
+                    ..Default::default()
+                },
+                "listen",
+            ),
+            (
+                SettingsArgs {
+                    commit_interval_ms: Some(0),
+                    ..Default::default()
+                },
+                "commit_interval_ms",
+            ),
+            (
+                SettingsArgs {
+                    index_threads: Some(4),
+                    index_memory_mb: Some(20),
+                    ..Default::default()
+                },
+                "index_memory_mb",
+            ),
+            (
+                SettingsArgs {
+                    log_format: Some("xml".into()),
+                    ..Default::default()
+                },
+                "log_format",
+            ),
+            (
+                SettingsArgs {
+                    log_level: Some("info,[".into()),
+                    ..Default::default()
+                },
+                "log_level",
+            ),
+        ];
+        for (args, key) in cases {
+            let error = Settings::resolve(&args).unwrap_err().to_string();
+            assert!(error.contains(key), "{error}");
+        }
+    }
+
+    #[test]
+    fn unknown_file_keys_are_errors_and_the_printed_config_reloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[storage]\ncommit_intervall_ms = 5\n").unwrap();
+        let args = SettingsArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        assert!(
+            Settings::resolve(&args)
+                .unwrap_err()
+                .to_string()
+                .contains("commit_intervall_ms")
+        );
+        let printed = toml::to_string(
+            &Settings::resolve(&SettingsArgs::default())
+                .unwrap()
+                .to_file_config(),
+        )
+        .unwrap();
+        std::fs::write(&path, printed).unwrap();
+        assert!(Settings::resolve(&args).is_ok());
+    }
+}

@@ -1,0 +1,215 @@
+//! The `scaivault-audit` command: `serve`, `check-config`, `import`, `gen`, `bench`, `token`.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use scaivault_audit::auth::{Authenticator, BootstrapToken, StaticTokens};
+use scaivault_audit::config::{Settings, SettingsArgs};
+use scaivault_audit::query::cursor::CursorCodec;
+use scaivault_audit::state::AppState;
+use scaivault_audit::store::{Store, StoreMetrics};
+use scaivault_audit::{api, bench, import, telemetry, workload};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "scaivault-audit",
+    version,
+    about = "Audit-log service of the ScaiVault secrets manager"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the service (defaults: data in ./data, listening on 127.0.0.1:8080).
+    Serve(SettingsArgs),
+    /// Validate the configuration and print the effective settings as TOML.
+    CheckConfig(SettingsArgs),
+    /// Bulk-load NDJSON events into a data directory (offline: the server must not run on it).
+    Import(import::ImportArgs),
+    /// Write the reference workload (../shared/WORKLOAD.md) as NDJSON.
+    Gen(workload::GenArgs),
+    /// Run a benchmark and print its figures.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+    /// Manage static API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Generate a token and print it with its entry for the tokens file.
+    New {
+        /// Name of the entry (for operators).
+        #[arg(long)]
+        name: String,
+        /// Identity the token acts as (e.g. sa:scaivault-ingest).
+        #[arg(long)]
+        identity_id: String,
+        /// Scopes, comma-separated: audit:read, audit:write, audit:export.
+        #[arg(long, value_delimiter = ',')]
+        scopes: Vec<String>,
+        /// Tenant the token is bound to.
+        #[arg(
+            long,
+            conflicts_with = "all_tenants",
+            required_unless_present = "all_tenants"
+        )]
+        tenant_id: Option<String>,
+        /// Partner admin: any tenant (chosen with X-Tenant-ID).
+        #[arg(long)]
+        all_tenants: bool,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => run_async(serve(args)),
+        Command::CheckConfig(args) => check_config(&args),
+        Command::Import(args) => run_async(import::run(args)),
+        Command::Gen(args) => workload::run_gen(&args).context("gen failed"),
+        Command::Bench(command) => run_async(bench::run(command)),
+        Command::Token(command) => token(command),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn run_async(future: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")?
+        .block_on(future)
+}
+
+fn check_config(args: &SettingsArgs) -> anyhow::Result<()> {
+    let settings = Settings::resolve(args)?;
+    print!("{}", toml::to_string(&settings.to_file_config())?);
+    Ok(())
+}
+
+async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
+    let settings = Settings::resolve(&args)?;
+    telemetry::init_logging(&settings.log_level, settings.log_format)
+        .map_err(anyhow::Error::msg)?;
+    let mut registry = telemetry::new_registry();
+    let store = Store::open(&settings.store, StoreMetrics::register(&mut registry))?;
+    let (authenticator, bootstrap) = authenticator(&settings)?;
+    let cursors = CursorCodec::load_or_create(&settings.store.data_dir)
+        .context("failed to load the cursor key")?;
+    let state = AppState::new(
+        store.clone(),
+        authenticator,
+        cursors,
+        registry,
+        settings.limits,
+    );
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("failed to listen on {}", settings.listen))?;
+    announce(&listener, bootstrap.as_ref())?;
+    ignore_file_size_signal();
+    tracing::info!(data_dir = %settings.store.data_dir.display(), "scaivault-audit started");
+    api::serve(listener, api::routes(state), shutdown_signal()).await;
+    tracing::info!("shutting down: final commit");
+    store.shutdown().await;
+    Ok(())
+}
+
+/// Static tokens when configured; otherwise the bootstrap token of the data directory.
+fn authenticator(settings: &Settings) -> anyhow::Result<(Authenticator, Option<BootstrapToken>)> {
+    if let Some(path) = &settings.tokens_file {
+        return Ok((Authenticator::new(StaticTokens::load(path)?), None));
+    }
+    let bootstrap = BootstrapToken::load_or_create(&settings.store.data_dir)?;
+    let mut tokens = StaticTokens::default();
+    tokens.insert(&bootstrap.token, BootstrapToken::principal());
+    Ok((Authenticator::new(tokens), Some(bootstrap)))
+}
+
+/// Prints where the service listens and, on its first start, the bootstrap token (stdout).
+fn announce(
+    listener: &tokio::net::TcpListener,
+    bootstrap: Option<&BootstrapToken>,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "listening on http://{}", listener.local_addr()?)?;
+    match bootstrap {
+        Some(token) if token.created => {
+            writeln!(out, "bootstrap token: {}", token.token)?;
+            writeln!(out, "(stored in {}; shown only once)", token.path.display())?;
+        }
+        Some(token) => writeln!(out, "bootstrap token: stored in {}", token.path.display())?,
+        None => {}
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Under a file-size limit, writes should fail with EFBIG (answered 503), not kill the process.
+fn ignore_file_size_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::from_raw(25)) {
+        Ok(mut stream) => {
+            tokio::spawn(async move {
+                while stream.recv().await.is_some() {
+                    tracing::warn!("file size limit reached (SIGXFSZ)");
+                }
+            });
+        }
+        Err(error) => tracing::warn!(%error, "cannot handle SIGXFSZ"),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut terminate), Ok(mut interrupt)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot listen for SIGTERM/SIGINT; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM received"),
+        _ = interrupt.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+fn token(command: TokenCommand) -> anyhow::Result<()> {
+    let TokenCommand::New {
+        name,
+        identity_id,
+        scopes,
+        tenant_id,
+        all_tenants,
+    } = command;
+    let token = scaivault_audit::auth::static_tokens::generate_token()
+        .map_err(|error| anyhow::anyhow!("{error}"))?;
+    let scopes: Vec<String> = scopes.iter().map(|scope| format!("{scope:?}")).collect();
+    let tenant_line = match tenant_id {
+        Some(tenant) => format!("tenant_id = {tenant:?}"),
+        None if all_tenants => "all_tenants = true".to_string(),
+        None => anyhow::bail!("give --tenant-id or --all-tenants"),
+    };
+    let entry = format!(
+        "[[tokens]]\nname = {name:?}\nsha256 = \"{}\"\nidentity_id = {identity_id:?}\nscopes = [{}]\n{tenant_line}\n",
+        scaivault_audit::auth::hash_token(&token),
+        scopes.join(", ")
+    );
+    // Validate the entry exactly as the server will.
+    StaticTokens::parse(&entry).map_err(anyhow::Error::msg)?;
+    println!("token: {token}");
+    println!("# add to the tokens file:\n{entry}");
+    Ok(())
+}

@@ -1,0 +1,68 @@
+//! What every handler shares: cheap handles only (Arcs and clones of them).
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use prometheus_client::registry::Registry;
+
+use crate::auth::Authenticator;
+use crate::query::cursor::CursorCodec;
+use crate::store::Store;
+
+/// Limits of one ingest request (SPEC §3.6: 10,000 events / 16 MiB).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IngestLimits {
+    pub max_body_bytes: usize,
+    pub max_batch_events: usize,
+}
+
+impl Default for IngestLimits {
+    fn default() -> Self {
+        IngestLimits {
+            max_body_bytes: 16 * 1024 * 1024,
+            max_batch_events: 10_000,
+        }
+    }
+}
+
+/// Shared application state.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub auth: Arc<Authenticator>,
+    pub cursors: CursorCodec,
+    /// The Prometheus registry, complete once the server starts (read-only afterwards).
+    pub metrics: Arc<Registry>,
+    pub limits: IngestLimits,
+    ids: Arc<Mutex<ulid::Generator>>,
+}
+
+impl AppState {
+    pub fn new(
+        store: Store,
+        auth: Authenticator,
+        cursors: CursorCodec,
+        metrics: Registry,
+        limits: IngestLimits,
+    ) -> Self {
+        AppState {
+            store,
+            auth: Arc::new(auth),
+            cursors,
+            metrics: Arc::new(metrics),
+            limits,
+            ids: Arc::new(Mutex::new(ulid::Generator::new())),
+        }
+    }
+
+    /// A new event id: `log_` and a ULID, monotonic within this process so ids sort in
+    /// ingest order.
+    pub fn new_event_id(&self) -> String {
+        let ulid = match self.ids.lock().generate() {
+            Ok(ulid) => ulid,
+            // 2^80 ids in one millisecond: fall back to a fresh random one.
+            Err(_) => ulid::Ulid::generate(),
+        };
+        format!("log_{ulid}")
+    }
+}

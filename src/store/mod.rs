@@ -1,0 +1,434 @@
+//! The durable audit store: a write-ahead log in front of a Tantivy index.
+//!
+//! ```text
+//! data/
+//!   LOCK          held (flock) by the one process using this directory
+//!   wal/          write-ahead log segments (see `wal`)
+//!   index/        the Tantivy index; each commit's payload records the WAL position it covers
+//! ```
+//!
+//! Data flows one way: ingest → WAL (durable, acknowledged) → index (searchable within the
+//! commit interval) → searchers. On start, the WAL after the last commit is replayed.
+
+pub mod dedup;
+pub mod metrics;
+pub mod schema;
+pub mod search;
+pub mod wal;
+pub mod writer;
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tantivy::store::{Compressor, ZstdCompressor};
+use tantivy::{Index, IndexReader, IndexSettings, ReloadPolicy};
+use tokio::sync::{mpsc, oneshot};
+
+pub use metrics::{CommitTrigger, StoreMetrics};
+pub use schema::Fields;
+pub use writer::{CommitPolicy, IngestOutcome, PreparedEvent, WriteError};
+
+use dedup::Deduplicator;
+use wal::Wal;
+use writer::{CommitPayload, IndexStage, Request, SharedState};
+
+/// Settings of the store (validated by `config`).
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub data_dir: PathBuf,
+    pub commit: CommitPolicy,
+    /// Tantivy indexing memory budget, split across the indexing threads.
+    pub index_memory_bytes: usize,
+    pub index_threads: usize,
+    pub wal_segment_bytes: u64,
+    /// Ingest requests that may wait for the WAL stage before callers wait to enqueue.
+    pub request_queue: usize,
+}
+
+impl StoreConfig {
+    /// Defaults for a data directory (the embedded standalone default).
+    pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        StoreConfig {
+            data_dir: data_dir.into(),
+            commit: CommitPolicy {
+                interval: Duration::from_millis(500),
+                max_docs: 200_000,
+                max_bytes: 64 * 1024 * 1024,
+            },
+            index_memory_bytes: 256 * 1024 * 1024,
+            index_threads: 2,
+            wal_segment_bytes: 64 * 1024 * 1024,
+            request_queue: 1024,
+        }
+    }
+}
+
+/// Errors opening the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("failed to {action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("data directory {0} is in use by another scaivault-audit process")]
+    Locked(PathBuf),
+    #[error("failed to open the index: {0}")]
+    Index(#[from] tantivy::TantivyError),
+    #[error(
+        "index in {path} was written with a different schema (found fields: {found}); reindex or use another data directory"
+    )]
+    SchemaMismatch { path: PathBuf, found: String },
+    #[error("index commit payload is unreadable: {0}")]
+    Payload(#[source] serde_json::Error),
+}
+
+/// Health of the store, for readiness.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreHealth {
+    /// Index open and WAL replayed.
+    pub ready: bool,
+    pub index_ok: bool,
+    pub wal_ok: bool,
+    pub startup_error: Option<String>,
+}
+
+/// Handle to the store. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<StoreInner>,
+}
+
+struct StoreInner {
+    reader: IndexReader,
+    fields: Fields,
+    requests: mpsc::Sender<Request>,
+    shared: Arc<SharedState>,
+    startup_error: Mutex<Option<String>>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    _lock: File,
+}
+
+impl Store {
+    /// Opens the store. The WAL replay runs in the background: [`Store::health`] reports
+    /// `ready` once it is done; until then writes answer [`WriteError::NotReady`].
+    pub fn open(config: &StoreConfig, metrics: StoreMetrics) -> Result<Store, StoreError> {
+        let data_dir = &config.data_dir;
+        create_dir(data_dir)?;
+        let lock = lock_data_dir(data_dir)?;
+        let index_dir = data_dir.join("index");
+        let (index, fields) = open_or_create_index(&index_dir)?;
+        let payload = CommitPayload::parse(index.load_metas()?.payload.as_deref())
+            .map_err(StoreError::Payload)?;
+        let reader: IndexReader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()?;
+        let dedup_reader: IndexReader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()?;
+        let index_writer = index
+            .writer_with_num_threads(config.index_threads.max(1), config.index_memory_bytes)?;
+        metrics
+            .index_documents
+            .set(reader.searcher().num_docs() as i64);
+
+        let shared = Arc::new(SharedState::default());
+        shared
+            .committed_seq
+            .store(payload.next_seq, Ordering::SeqCst);
+        shared.index_ok.store(true, Ordering::SeqCst);
+        shared.wal_ok.store(true, Ordering::SeqCst);
+        let (requests, request_rx) = mpsc::channel(config.request_queue.max(1));
+        let inner = Arc::new(StoreInner {
+            reader: reader.clone(),
+            fields,
+            requests,
+            shared: shared.clone(),
+            startup_error: Mutex::new(None),
+            threads: Mutex::new(Vec::new()),
+            _lock: lock,
+        });
+        let index_stage = IndexStage::new(
+            index_writer,
+            reader,
+            fields,
+            config.commit,
+            shared,
+            metrics,
+            payload.next_seq,
+        );
+        let startup = Startup {
+            wal_dir: data_dir.join("wal"),
+            wal_segment_bytes: config.wal_segment_bytes,
+            committed_seq: payload.next_seq,
+            index_stage,
+            dedup_reader,
+            request_rx,
+            index_queue: 64,
+        };
+        let background = Arc::downgrade(&inner);
+        std::thread::Builder::new()
+            .name("store-startup".into())
+            .spawn(move || startup.run(background))
+            .map_err(|source| StoreError::Io {
+                action: "spawn the store thread",
+                path: data_dir.clone(),
+                source,
+            })?;
+        Ok(Store { inner })
+    }
+
+    /// Stores a batch durably; returns once it is on disk (or why it is not).
+    pub async fn ingest(&self, events: Vec<PreparedEvent>) -> Result<IngestOutcome, WriteError> {
+        if !self.inner.shared.ready.load(Ordering::SeqCst) {
+            return Err(WriteError::NotReady);
+        }
+        let (reply, response) = oneshot::channel();
+        let request = Request::Ingest {
+            events,
+            enqueued: Instant::now(),
+            reply,
+        };
+        self.inner
+            .requests
+            .send(request)
+            .await
+            .map_err(|_| WriteError::Closed)?;
+        response.await.map_err(|_| WriteError::Closed)?
+    }
+
+    /// Commits everything acknowledged so far and makes it searchable.
+    pub async fn flush(&self) -> Result<(), WriteError> {
+        let (reply, response) = oneshot::channel();
+        self.inner
+            .requests
+            .send(Request::Flush { reply })
+            .await
+            .map_err(|_| WriteError::Closed)?;
+        response.await.map_err(|_| WriteError::Closed)?
+    }
+
+    /// Final commit and stop of the writer threads. Later writes answer [`WriteError::Closed`].
+    pub async fn shutdown(&self) {
+        let (reply, response) = oneshot::channel();
+        if self
+            .inner
+            .requests
+            .send(Request::Shutdown { reply })
+            .await
+            .is_ok()
+        {
+            let _ = response.await;
+        }
+        let threads = std::mem::take(&mut *self.inner.threads.lock());
+        let _ = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                let _ = thread.join();
+            }
+        })
+        .await;
+    }
+
+    /// Waits until the WAL replay is done, or fails with the startup error.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let health = self.health();
+            if health.ready {
+                return Ok(());
+            }
+            if let Some(error) = health.startup_error {
+                return Err(error);
+            }
+            if Instant::now() >= deadline {
+                return Err("timed out waiting for the WAL replay".to_string());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A point-in-time view of the committed index.
+    pub fn searcher(&self) -> tantivy::Searcher {
+        self.inner.reader.searcher()
+    }
+
+    pub fn fields(&self) -> &Fields {
+        &self.inner.fields
+    }
+
+    /// Sequence number below which every event is committed (a consistent snapshot bound).
+    pub fn committed_seq(&self) -> u64 {
+        self.inner.shared.committed_seq.load(Ordering::SeqCst)
+    }
+
+    pub fn health(&self) -> StoreHealth {
+        let shared = &self.inner.shared;
+        StoreHealth {
+            ready: shared.ready.load(Ordering::SeqCst),
+            index_ok: shared.index_ok.load(Ordering::SeqCst),
+            wal_ok: shared.wal_ok.load(Ordering::SeqCst),
+            startup_error: self.inner.startup_error.lock().clone(),
+        }
+    }
+}
+
+/// The background start: replay the WAL into the index, then run the writer stages.
+struct Startup {
+    wal_dir: PathBuf,
+    wal_segment_bytes: u64,
+    committed_seq: u64,
+    index_stage: IndexStage,
+    dedup_reader: IndexReader,
+    request_rx: mpsc::Receiver<Request>,
+    index_queue: usize,
+}
+
+impl Startup {
+    fn run(self, store: std::sync::Weak<StoreInner>) {
+        let shared = self.index_stage.shared.clone();
+        match self.replay_and_spawn() {
+            Ok(threads) => {
+                if let Some(store) = store.upgrade() {
+                    store.threads.lock().extend(threads);
+                }
+                shared.ready.store(true, Ordering::SeqCst);
+            }
+            Err(error) => {
+                tracing::error!(%error, "store failed to start");
+                if let Some(store) = store.upgrade() {
+                    *store.startup_error.lock() = Some(error);
+                }
+            }
+        }
+    }
+
+    fn replay_and_spawn(mut self) -> Result<Vec<std::thread::JoinHandle<()>>, String> {
+        let started = Instant::now();
+        let (wal, report) = Wal::open(&self.wal_dir, self.wal_segment_bytes, self.committed_seq)
+            .map_err(|e| e.to_string())?;
+        let mut replayed = 0u64;
+        let mut undecodable = 0u64;
+        let stage = &mut self.index_stage;
+        wal.replay_from(
+            self.committed_seq,
+            |seq, source| match serde_json::from_slice(source) {
+                Ok(event) => {
+                    replayed += 1;
+                    stage.add(seq, event, source.to_vec(), Some(CommitTrigger::Replay));
+                }
+                Err(error) => {
+                    undecodable += 1;
+                    tracing::error!(%error, seq, "skipping an undecodable WAL event");
+                }
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        // Sequence numbers continue after the WAL even if its last events were undecodable.
+        stage.next_seq = stage.next_seq.max(wal.next_seq());
+        stage
+            .commit(CommitTrigger::Replay)
+            .map_err(|e| e.to_string())?;
+        let elapsed = started.elapsed();
+        stage
+            .metrics
+            .replay_duration_seconds
+            .set(elapsed.as_secs_f64());
+        stage.metrics.replayed_events.inc_by(replayed);
+        stage.metrics.wal_bytes.set(wal.disk_bytes() as i64);
+        tracing::info!(
+            replayed,
+            undecodable,
+            tail_bytes_cut = report.tail_bytes_cut,
+            elapsed_ms = elapsed.as_millis() as u64,
+            "write-ahead log replayed"
+        );
+        let dedup =
+            Deduplicator::load(self.dedup_reader, stage.fields.id).map_err(|e| e.to_string())?;
+        let (wal_thread, index_thread) = writer::spawn_stages(
+            wal,
+            dedup,
+            self.index_stage,
+            self.request_rx,
+            self.index_queue,
+        )
+        .map_err(|e| format!("failed to spawn writer threads: {e}"))?;
+        Ok(vec![wal_thread, index_thread])
+    }
+}
+
+fn create_dir(path: &Path) -> Result<(), StoreError> {
+    fs::create_dir_all(path).map_err(|source| StoreError::Io {
+        action: "create",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn lock_data_dir(data_dir: &Path) -> Result<File, StoreError> {
+    let path = data_dir.join("LOCK");
+    let file = File::create(&path).map_err(|source| StoreError::Io {
+        action: "create",
+        path: path.clone(),
+        source,
+    })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked(data_dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(source)) => Err(StoreError::Io {
+            action: "lock",
+            path,
+            source,
+        }),
+    }
+}
+
+/// Index settings: zstd-compressed document store in larger blocks, because audit events are
+/// very repetitive and disk per event is one of the product's goals.
+fn index_settings() -> IndexSettings {
+    IndexSettings {
+        docstore_compression: Compressor::Zstd(ZstdCompressor {
+            compression_level: Some(3),
+        }),
+        docstore_blocksize: 64 * 1024,
+        ..IndexSettings::default()
+    }
+}
+
+fn open_or_create_index(index_dir: &Path) -> Result<(Index, Fields), StoreError> {
+    create_dir(index_dir)?;
+    let (schema, fields) = schema::build_schema();
+    let meta = index_dir.join("meta.json");
+    let exists = meta.try_exists().map_err(|source| StoreError::Io {
+        action: "check",
+        path: meta.clone(),
+        source,
+    })?;
+    if !exists {
+        let index = Index::builder()
+            .schema(schema)
+            .settings(index_settings())
+            .create_in_dir(index_dir)?;
+        return Ok((index, fields));
+    }
+    let index = Index::open_in_dir(index_dir)?;
+    if index.schema() != schema {
+        let found: Vec<String> = index
+            .schema()
+            .fields()
+            .map(|(_, entry)| entry.name().to_string())
+            .collect();
+        return Err(StoreError::SchemaMismatch {
+            path: index_dir.to_path_buf(),
+            found: found.join(","),
+        });
+    }
+    Ok((index, fields))
+}

@@ -1,0 +1,151 @@
+//! The Tantivy schema, built once into typed [`Fields`].
+//!
+//! Designed for the whole query API: exact-match fields are raw `STRING`s or ordinals, the
+//! time and the ingest sequence are fast fields (keyset paging sorts on them), `secret_path`
+//! and `identity_id` are fast too (summaries count them without loading events), `source_ip`
+//! is an IP field (CIDR ranges), and `text` feeds the `q=` free-text search. The event itself
+//! is kept once, as its storage JSON, in `source`.
+//!
+//! Room for the per-tenant hash chain: `chain_hash` is part of the schema from the start (a
+//! schema cannot gain fields without a reindex), so the chain can be filled in later.
+
+use tantivy::schema::{
+    BytesOptions, FAST, Field, INDEXED, IndexRecordOption, IpAddrOptions, NumericOptions, STORED,
+    STRING, Schema, TextFieldIndexing, TextOptions,
+};
+
+use crate::event::AuditEvent;
+
+/// Bumped whenever the schema changes; stored in every commit payload.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Names of the fast fields read by collectors.
+pub mod fast {
+    pub const TIMESTAMP: &str = "ts";
+    pub const SEQ: &str = "seq";
+    pub const ACTION: &str = "action";
+    pub const SUCCESS: &str = "success";
+    pub const IDENTITY_ID: &str = "identity_id";
+    pub const SECRET_PATH: &str = "secret_path";
+}
+
+/// Typed handles of every field; nothing else looks fields up by name.
+#[derive(Debug, Clone, Copy)]
+pub struct Fields {
+    pub id: Field,
+    pub tenant: Field,
+    pub timestamp: Field,
+    pub seq: Field,
+    pub action: Field,
+    pub identity_type: Field,
+    pub identity_id: Field,
+    pub secret_path: Field,
+    pub source_ip: Field,
+    pub request_id: Field,
+    pub success: Field,
+    pub text: Field,
+    pub source: Field,
+    pub chain_hash: Field,
+}
+
+/// Builds the schema and its field handles.
+pub fn build_schema() -> (Schema, Fields) {
+    let mut builder = Schema::builder();
+    let indexed_fast = || NumericOptions::default().set_indexed().set_fast();
+    let raw_fast = || STRING.set_fast(tantivy::tokenizer::RAW_TOKENIZER_NAME);
+    // Free text needs no positions: phrase queries are not offered, and positions would double
+    // the size of the text postings.
+    let free_text = TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default()
+            .set_tokenizer("default")
+            .set_index_option(IndexRecordOption::Basic),
+    );
+    let fields = Fields {
+        id: builder.add_text_field("id", STRING),
+        tenant: builder.add_text_field("tenant", STRING),
+        timestamp: builder.add_i64_field(fast::TIMESTAMP, indexed_fast()),
+        seq: builder.add_u64_field(fast::SEQ, indexed_fast()),
+        action: builder.add_u64_field(fast::ACTION, indexed_fast()),
+        identity_type: builder.add_u64_field("identity_type", INDEXED),
+        identity_id: builder.add_text_field(fast::IDENTITY_ID, raw_fast()),
+        secret_path: builder.add_text_field(fast::SECRET_PATH, raw_fast()),
+        source_ip: builder.add_ip_addr_field(
+            "source_ip",
+            IpAddrOptions::default().set_indexed().set_fast(),
+        ),
+        request_id: builder.add_text_field("request_id", STRING),
+        success: builder.add_bool_field(fast::SUCCESS, NumericOptions::from(INDEXED | FAST)),
+        text: builder.add_text_field("text", free_text),
+        source: builder.add_bytes_field("source", BytesOptions::from(STORED)),
+        chain_hash: builder.add_bytes_field("chain_hash", BytesOptions::from(STORED)),
+    };
+    (builder.build(), fields)
+}
+
+impl Fields {
+    /// The Tantivy document of one event. `source` is the event's storage JSON.
+    pub fn document(
+        &self,
+        event: &AuditEvent,
+        seq: u64,
+        source: &[u8],
+    ) -> tantivy::TantivyDocument {
+        let mut doc = tantivy::TantivyDocument::default();
+        doc.add_text(self.id, &event.id);
+        doc.add_text(self.tenant, &event.tenant_id);
+        doc.add_i64(self.timestamp, event.timestamp_us);
+        doc.add_u64(self.seq, seq);
+        doc.add_u64(self.action, event.action.ordinal());
+        doc.add_u64(self.identity_type, event.identity_type.ordinal());
+        doc.add_text(self.identity_id, &event.identity_id);
+        doc.add_text(self.text, &event.identity_id);
+        if let Some(path) = &event.secret_path {
+            doc.add_text(self.secret_path, path);
+            doc.add_text(self.text, path);
+        }
+        if let Some(ip) = event.source_ip {
+            doc.add_ip_addr(self.source_ip, to_ipv6(ip));
+        }
+        if let Some(request_id) = &event.request_id {
+            doc.add_text(self.request_id, request_id);
+        }
+        if let Some(user_agent) = &event.user_agent {
+            doc.add_text(self.text, user_agent);
+        }
+        for (key, value) in &event.extra_data {
+            doc.add_text(self.text, key);
+            add_json_strings(&mut doc, self.text, value);
+        }
+        doc.add_bool(self.success, event.success);
+        doc.add_bytes(self.source, source);
+        doc
+    }
+}
+
+/// Tantivy keeps every IP as IPv6; IPv4 addresses are stored mapped (`::ffff:a.b.c.d`).
+pub fn to_ipv6(ip: std::net::IpAddr) -> std::net::Ipv6Addr {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        std::net::IpAddr::V6(v6) => v6,
+    }
+}
+
+/// Adds every string, number and key inside `value` to the free-text field.
+fn add_json_strings(doc: &mut tantivy::TantivyDocument, field: Field, value: &serde_json::Value) {
+    match value {
+        serde_json::Value::String(text) => doc.add_text(field, text),
+        serde_json::Value::Number(number) => doc.add_text(field, number.to_string()),
+        serde_json::Value::Array(items) => {
+            for item in items {
+                add_json_strings(doc, field, item);
+            }
+        }
+        serde_json::Value::Object(map) => {
+            for (key, item) in map {
+                doc.add_text(field, key);
+                add_json_strings(doc, field, item);
+            }
+        }
+        serde_json::Value::Bool(_) | serde_json::Value::Null => {}
+    }
+}

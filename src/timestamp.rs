@@ -1,0 +1,179 @@
+//! RFC 3339 timestamps as integer microseconds since the Unix epoch (UTC).
+//!
+//! Parsing is strict RFC 3339 (a `T`, seconds, an offset); formatting is the ScaiVault output
+//! form `2026-04-23T18:00:00.123456Z`, written by hand because exports format millions of them.
+
+use std::str::FromStr;
+
+/// Microseconds since the Unix epoch of an RFC 3339 timestamp with any offset.
+///
+/// Sub-microsecond digits are truncated. Returns a short reason on failure.
+pub fn parse_rfc3339_micros(text: &str) -> Result<i64, &'static str> {
+    check_rfc3339_shape(text)?;
+    let timestamp = jiff::Timestamp::from_str(text).map_err(|_| "not a valid date or time")?;
+    Ok(timestamp.as_microsecond())
+}
+
+/// Checks the RFC 3339 grammar that jiff's more lenient parser would also accept variants of.
+fn check_rfc3339_shape(text: &str) -> Result<(), &'static str> {
+    let bytes = text.as_bytes();
+    let digits = |range: std::ops::Range<usize>| {
+        bytes
+            .get(range)
+            .is_some_and(|part| part.iter().all(u8::is_ascii_digit))
+    };
+    let at = |index: usize, expected: &[u8]| bytes.get(index).is_some_and(|b| expected.contains(b));
+    let date_time_ok = digits(0..4)
+        && at(4, b"-")
+        && digits(5..7)
+        && at(7, b"-")
+        && digits(8..10)
+        && at(10, b"Tt")
+        && digits(11..13)
+        && at(13, b":")
+        && digits(14..16)
+        && at(16, b":")
+        && digits(17..19);
+    if !date_time_ok {
+        return Err("expected YYYY-MM-DDTHH:MM:SS");
+    }
+    let mut rest = &bytes[19..];
+    if let Some((b'.', after_dot)) = rest.split_first() {
+        let fraction_len = after_dot.iter().take_while(|b| b.is_ascii_digit()).count();
+        if fraction_len == 0 || fraction_len > 9 {
+            return Err("fractional seconds must have 1 to 9 digits");
+        }
+        rest = &after_dot[fraction_len..];
+    }
+    let offset_ok = match rest {
+        [b'Z' | b'z'] => true,
+        [b'+' | b'-', h1, h2, b':', m1, m2] => [h1, h2, m1, m2].iter().all(|b| b.is_ascii_digit()),
+        _ => false,
+    };
+    if offset_ok {
+        Ok(())
+    } else {
+        Err("expected an offset such as Z or +02:00")
+    }
+}
+
+/// Formats microseconds since the epoch as `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
+pub fn format_micros(micros: i64) -> String {
+    let mut out = String::with_capacity(27);
+    write_micros(micros, &mut out);
+    out
+}
+
+/// Appends the [`format_micros`] form to `out`.
+pub fn write_micros(micros: i64, out: &mut String) {
+    let seconds = micros.div_euclid(1_000_000);
+    let fraction = micros.rem_euclid(1_000_000);
+    let days = seconds.div_euclid(86_400);
+    let second_of_day = seconds.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(days);
+    push_padded(out, year, 4);
+    out.push('-');
+    push_padded(out, month, 2);
+    out.push('-');
+    push_padded(out, day, 2);
+    out.push('T');
+    push_padded(out, second_of_day / 3600, 2);
+    out.push(':');
+    push_padded(out, second_of_day % 3600 / 60, 2);
+    out.push(':');
+    push_padded(out, second_of_day % 60, 2);
+    out.push('.');
+    push_padded(out, fraction, 6);
+    out.push('Z');
+}
+
+fn push_padded(out: &mut String, value: i64, width: usize) {
+    use std::fmt::Write;
+    // Writing to a String cannot fail.
+    let _ = write!(out, "{value:0width$}");
+}
+
+/// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian calendar).
+fn civil_from_days(days_since_epoch: i64) -> (i64, i64, i64) {
+    let z = days_since_epoch + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// Microseconds since the epoch, now.
+pub fn now_micros() -> i64 {
+    jiff::Timestamp::now().as_microsecond()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_offsets_and_truncates_to_micros() {
+        let utc = parse_rfc3339_micros("2026-04-23T18:00:00.123456Z").unwrap();
+        assert_eq!(
+            parse_rfc3339_micros("2026-04-23T20:00:00.123456+02:00"),
+            Ok(utc)
+        );
+        assert_eq!(
+            parse_rfc3339_micros("2026-04-23T18:00:00.123456789Z"),
+            Ok(utc)
+        );
+        assert_eq!(parse_rfc3339_micros("2026-04-23t18:00:00.123456z"), Ok(utc));
+        assert_eq!(
+            parse_rfc3339_micros("2026-04-23T18:00:00.1Z"),
+            Ok(utc - 23_456)
+        );
+    }
+
+    #[test]
+    fn rejects_what_rfc3339_does_not_allow() {
+        for text in [
+            "2026-04-23",
+            "2026-04-23T18:00:00",
+            "2026-04-23 18:00:00Z",
+            "2026-04-23T18:00Z",
+            "2026-04-23T18:00:00.Z",
+            "2026-04-23T18:00:00+0200",
+            "2026-04-23T18:00:00+02",
+            "2026-13-01T00:00:00Z",
+            "2026-02-29T00:00:00Z",
+            "2026-04-23T18:00:00Z[UTC]",
+            "",
+        ] {
+            assert!(parse_rfc3339_micros(text).is_err(), "{text}");
+        }
+    }
+
+    #[test]
+    fn formats_like_jiff_across_the_calendar() {
+        let mut rng = fastrand::Rng::with_seed(3);
+        let samples = (0..5_000).map(|_| rng.i64(-2_000_000_000_000_000..253_402_300_799_000_000));
+        for micros in samples.chain([0, -1, 951_782_400_000_000, 1_776_967_200_123_456]) {
+            let expected = jiff::Timestamp::from_microsecond(micros)
+                .unwrap()
+                .strftime("%Y-%m-%dT%H:%M:%S.%6fZ")
+                .to_string();
+            assert_eq!(format_micros(micros), expected, "{micros}");
+        }
+    }
+
+    #[test]
+    fn format_round_trips_through_parse() {
+        let micros = 1_776_967_200_123_456;
+        assert_eq!(parse_rfc3339_micros(&format_micros(micros)), Ok(micros));
+    }
+}
