@@ -9,6 +9,8 @@ pub mod health;
 pub mod ingest;
 pub mod logs;
 pub mod request_id;
+pub mod summary;
+pub mod trails;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -35,7 +37,11 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     health::routes(state.clone())
         .or(ingest::routes(state.clone()))
         .unify()
-        .or(logs::routes(state))
+        .or(logs::routes(state.clone()))
+        .unify()
+        .or(summary::routes(state.clone()))
+        .unify()
+        .or(trails::routes(state))
         .unify()
         .recover(error::recover)
         .unify()

@@ -4,6 +4,7 @@
 //! validated [`LogFilters`] plus the caller's tenant into one conjunctive Tantivy query.
 
 pub mod cursor;
+pub mod summary;
 
 use std::net::IpAddr;
 use std::ops::Bound;
@@ -41,6 +42,8 @@ pub struct LogFilters {
     pub identity_type: Option<IdentityType>,
     /// Plain string prefix of `secret_path`.
     pub path_prefix: Option<String>,
+    /// Exact `secret_path` (the secret trail).
+    pub secret_path: Option<String>,
     pub success: Option<bool>,
     /// Exact address (a /32 or /128) or CIDR network.
     pub source_ip: Option<IpNet>,
@@ -132,6 +135,7 @@ pub fn parse_log_params(
             &mut errors,
             parse_path_prefix,
         ),
+        secret_path: None,
         success: parse_with(get("success"), "success", &mut errors, |text| match text {
             "true" => Ok(true),
             "false" => Ok(false),
@@ -290,6 +294,12 @@ pub fn build_query(
     }
     if let Some(prefix) = &filters.path_prefix {
         clauses.push((Occur::Must, prefix_query(fields, prefix)));
+    }
+    if let Some(path) = &filters.secret_path {
+        clauses.push((
+            Occur::Must,
+            term(Term::from_field_text(fields.secret_path, path)),
+        ));
     }
     if let Some(success) = filters.success {
         clauses.push((

@@ -1,0 +1,118 @@
+//! `GET /v1/audit/summary` (SPEC §3.4): totals, actions, top identities and resources.
+
+use serde_json::json;
+use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::http::{HeaderMap, StatusCode};
+use warp::reply::Response;
+
+use super::{ApiError, authenticate, json_response, raw_query, respond, tenant_header, with_state};
+use crate::auth::Scope;
+use crate::event::FieldErrors;
+use crate::query::summary::{self, Aggregate};
+use crate::query::{self, LogFilters};
+use crate::state::AppState;
+
+/// Default and largest length of the top lists.
+const DEFAULT_TOP: usize = 10;
+const MAX_TOP: usize = 100;
+
+pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
+    warp::path!("v1" / "audit" / "summary")
+        .and(warp::get())
+        .and(warp::header::headers_cloned())
+        .and(raw_query())
+        .and(with_state(state))
+        .then(
+            |headers: HeaderMap, raw: String, state: AppState| async move {
+                respond(summary(state, headers, raw).await)
+            },
+        )
+        .boxed()
+}
+
+async fn summary(
+    state: AppState,
+    headers: HeaderMap,
+    raw_query: String,
+) -> Result<Response, ApiError> {
+    let principal = authenticate(&state, &headers)?;
+    principal.require(Scope::Read)?;
+    let tenant = principal.read_tenant(tenant_header(&headers))?;
+    let pairs = query::query_pairs(&raw_query);
+    let (filters, top) = parse_summary_params(&pairs).map_err(ApiError::validation)?;
+    super::require_ready(&state)?;
+    let aggregate = aggregate(state, tenant, filters).await?;
+    let body = json!({
+        "total_events": aggregate.total,
+        "successful_events": aggregate.successful,
+        "failed_events": aggregate.failed(),
+        "actions_breakdown": aggregate.actions_breakdown(),
+        "top_identities": summary::top(&aggregate.by_identity, top)
+            .into_iter()
+            .map(|entry| json!({"identity_id": entry.key, "count": entry.count}))
+            .collect::<Vec<_>>(),
+        "top_resources": summary::top(&aggregate.by_path, top)
+            .into_iter()
+            .map(|entry| json!({"path": entry.key, "count": entry.count}))
+            .collect::<Vec<_>>(),
+    });
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+fn parse_summary_params(pairs: &[(String, String)]) -> Result<(LogFilters, usize), FieldErrors> {
+    let params = query::parse_log_params(pairs, &["from", "to", "top"]);
+    let top = match pairs.iter().find(|(name, _)| name == "top") {
+        None => Ok(DEFAULT_TOP),
+        Some((_, value)) => match value.parse::<usize>() {
+            Ok(top) if (1..=MAX_TOP).contains(&top) => Ok(top),
+            _ => Err(format!("must be an integer between 1 and {MAX_TOP}")),
+        },
+    };
+    match (params, top) {
+        (Ok(params), Ok(top)) => Ok((params.filters, top)),
+        (Err(mut errors), Err(message)) => {
+            errors.add("top", message);
+            Err(errors)
+        }
+        (Err(errors), Ok(_)) => Err(errors),
+        (Ok(_), Err(message)) => {
+            let mut errors = FieldErrors::default();
+            errors.add("top", message);
+            Err(errors)
+        }
+    }
+}
+
+/// Aggregates the tenant's events matching `filters` on a blocking thread.
+pub async fn aggregate(
+    state: AppState,
+    tenant: String,
+    filters: LogFilters,
+) -> Result<Aggregate, ApiError> {
+    tokio::task::spawn_blocking(move || {
+        let searcher = state.store.searcher();
+        let query = query::build_query(searcher.index(), state.store.fields(), &tenant, &filters)?;
+        summary::aggregate(&searcher, query.as_ref()).map_err(|error| ApiError::internal(&error))
+    })
+    .await
+    .map_err(|error| ApiError::internal(&error))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_is_bounded_and_unknown_params_rejected() {
+        let parse = |query: &str| parse_summary_params(&query::query_pairs(query));
+        assert_eq!(parse("").unwrap().1, 10);
+        assert_eq!(parse("top=100").unwrap().1, 100);
+        for bad in ["top=0", "top=101", "top=x"] {
+            assert!(parse(bad).unwrap_err().0.contains_key("top"), "{bad}");
+        }
+        assert!(parse("action=read").unwrap_err().0.contains_key("action"));
+        let errors = parse("from=x&top=0").unwrap_err().0;
+        assert!(errors.contains_key("from") && errors.contains_key("top"));
+    }
+}

@@ -1,0 +1,234 @@
+//! `GET /v1/audit/secrets/{path}` and `GET /v1/audit/identities/{identity_id}` (SPEC §3.2,
+//! §3.3): a filtered, paged trail plus a summary of the last 30 days.
+
+use percent_encoding::percent_decode_str;
+use serde_json::{Value, json};
+use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::http::{HeaderMap, StatusCode};
+use warp::path::Tail;
+use warp::reply::Response;
+
+use super::logs::run_page;
+use super::summary::aggregate;
+use super::{ApiError, authenticate, json_response, raw_query, respond, tenant_header, with_state};
+use crate::auth::Scope;
+use crate::event::{AuditEvent, check_secret_path};
+use crate::query::summary::{self, Aggregate};
+use crate::query::{self, LOG_PARAM_NAMES, LogFilters};
+use crate::state::AppState;
+use crate::timestamp;
+
+/// Days covered by a trail's summary.
+const WINDOW_DAYS: i64 = 30;
+const TOP_ENTRIES: usize = 10;
+const MAX_IDENTITY_ID_CHARS: usize = 256;
+
+/// Which trail a request is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Trail {
+    Secret(String),
+    Identity(String),
+}
+
+pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
+    let secrets = warp::path!("v1" / "audit" / "secrets" / ..)
+        .and(warp::path::tail())
+        .map(|tail: Tail| tail.as_str().to_string())
+        .and_then(|raw: String| async move { decode_segment(&raw).map(Trail::Secret) });
+    let identities = warp::path!("v1" / "audit" / "identities" / ..)
+        .and(warp::path::tail())
+        .map(|tail: Tail| tail.as_str().to_string())
+        .and_then(|raw: String| async move { decode_segment(&raw).map(Trail::Identity) });
+    secrets
+        .or(identities)
+        .unify()
+        .and(warp::get())
+        .and(warp::header::headers_cloned())
+        .and(raw_query())
+        .and(with_state(state))
+        .then(
+            |trail: Trail, headers: HeaderMap, raw: String, state: AppState| async move {
+                respond(trail_response(state, trail, headers, raw).await)
+            },
+        )
+        .boxed()
+}
+
+/// Percent-decodes the rest of the path; an empty rest is not this route.
+fn decode_segment(raw: &str) -> Result<String, warp::Rejection> {
+    if raw.is_empty() {
+        return Err(warp::reject::not_found());
+    }
+    match percent_decode_str(raw).decode_utf8() {
+        Ok(text) => Ok(text.into_owned()),
+        Err(_) => Err(warp::reject::custom(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
+            "the path is not valid UTF-8 after percent-decoding",
+        ))),
+    }
+}
+
+async fn trail_response(
+    state: AppState,
+    trail: Trail,
+    headers: HeaderMap,
+    raw_query: String,
+) -> Result<Response, ApiError> {
+    let principal = authenticate(&state, &headers)?;
+    principal.require(Scope::Read)?;
+    let tenant = principal.read_tenant(tenant_header(&headers))?;
+    check_trail(&trail)?;
+    let excluded = match trail {
+        Trail::Secret(_) => "path_prefix",
+        Trail::Identity(_) => "identity_id",
+    };
+    let allowed: Vec<&str> = LOG_PARAM_NAMES
+        .iter()
+        .copied()
+        .filter(|name| *name != excluded)
+        .collect();
+    let mut params = query::parse_log_params(&query::query_pairs(&raw_query), &allowed)
+        .map_err(ApiError::validation)?;
+    super::require_ready(&state)?;
+    let (endpoint, pinned) = pin(&trail, LogFilters::default());
+    params.filters = pin(&trail, params.filters).1;
+    // The trail's key is part of the filters, so it is part of the cursor fingerprint too.
+    let page = run_page(state.clone(), endpoint, tenant.clone(), params).await?;
+    let window = LogFilters {
+        from_us: Some(timestamp::now_micros() - WINDOW_DAYS * 86_400_000_000),
+        ..pinned
+    };
+    let aggregate = aggregate(state, tenant, window).await?;
+    let logs: Vec<_> = page.events.iter().map(AuditEvent::api).collect();
+    let body = match &trail {
+        Trail::Secret(path) => json!({
+            "path": path, "logs": logs, "cursor": page.cursor, "has_more": page.has_more,
+            "summary": secret_summary(&aggregate),
+        }),
+        Trail::Identity(identity) => json!({
+            "identity_id": identity, "logs": logs, "cursor": page.cursor, "has_more": page.has_more,
+            "summary": identity_summary(&aggregate),
+        }),
+    };
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+fn check_trail(trail: &Trail) -> Result<(), ApiError> {
+    match trail {
+        Trail::Secret(path) => check_secret_path(path).map_err(|problem| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_path",
+                format!("secret path {problem}"),
+            )
+        }),
+        Trail::Identity(identity)
+            if identity.is_empty()
+                || identity.chars().count() > MAX_IDENTITY_ID_CHARS
+                || identity.chars().any(char::is_control) =>
+        {
+            let mut errors = crate::event::FieldErrors::default();
+            errors.add(
+                "identity_id",
+                format!("must be 1 to {MAX_IDENTITY_ID_CHARS} printable characters"),
+            );
+            Err(ApiError::validation(errors))
+        }
+        Trail::Identity(_) => Ok(()),
+    }
+}
+
+/// Adds the trail's own filter; returns the endpoint name for cursor binding.
+fn pin(trail: &Trail, mut filters: LogFilters) -> (&'static str, LogFilters) {
+    match trail {
+        Trail::Secret(path) => {
+            filters.secret_path = Some(path.clone());
+            ("secrets", filters)
+        }
+        Trail::Identity(identity) => {
+            filters.identity_id = Some(identity.clone());
+            ("identities", filters)
+        }
+    }
+}
+
+fn optional_time(micros: Option<i64>) -> Value {
+    micros.map_or(Value::Null, |micros| {
+        timestamp::format_micros(micros).into()
+    })
+}
+
+fn secret_summary(aggregate: &Aggregate) -> Value {
+    json!({
+        "window_days": WINDOW_DAYS,
+        "total_events": aggregate.total,
+        "successful_events": aggregate.successful,
+        "failed_events": aggregate.failed(),
+        "actions_breakdown": aggregate.actions_breakdown(),
+        "unique_identities": aggregate.by_identity.len(),
+        "top_identities": summary::top(&aggregate.by_identity, TOP_ENTRIES)
+            .into_iter()
+            .map(|entry| json!({"identity_id": entry.key, "count": entry.count}))
+            .collect::<Vec<_>>(),
+        "last_accessed_at": optional_time(aggregate.last_read_us),
+    })
+}
+
+fn identity_summary(aggregate: &Aggregate) -> Value {
+    json!({
+        "window_days": WINDOW_DAYS,
+        "total_events": aggregate.total,
+        "successful_events": aggregate.successful,
+        "failed_events": aggregate.failed(),
+        "actions_breakdown": aggregate.actions_breakdown(),
+        "unique_secrets": aggregate.by_path.len(),
+        "top_resources": summary::top(&aggregate.by_path, TOP_ENTRIES)
+            .into_iter()
+            .map(|entry| json!({"path": entry.key, "count": entry.count}))
+            .collect::<Vec<_>>(),
+        "first_seen": optional_time(aggregate.first_us),
+        "last_seen": optional_time(aggregate.last_us),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_are_percent_decoded() {
+        assert_eq!(
+            decode_segment("user%3Aalice%40acme.example").unwrap(),
+            "user:alice@acme.example"
+        );
+        assert_eq!(
+            decode_segment("user:alice@acme.example").unwrap(),
+            "user:alice@acme.example"
+        );
+        assert_eq!(
+            decode_segment("environments/production/x").unwrap(),
+            "environments/production/x"
+        );
+        assert!(decode_segment("").is_err());
+        assert!(decode_segment("%ff").is_err());
+    }
+
+    #[test]
+    fn trails_validate_their_key() {
+        assert_eq!(
+            check_trail(&Trail::Secret("Bad/Path".into()))
+                .unwrap_err()
+                .code,
+            "invalid_path"
+        );
+        assert!(check_trail(&Trail::Secret("a/b".into())).is_ok());
+        assert_eq!(
+            check_trail(&Trail::Identity("x".repeat(300)))
+                .unwrap_err()
+                .code,
+            "validation_error"
+        );
+    }
+}
