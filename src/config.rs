@@ -12,6 +12,8 @@ use std::time::Duration;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
+use crate::api::rate_limit::RateLimits;
+use crate::auth::jwt::{JwksSource, JwtOptions};
 use crate::state::IngestLimits;
 use crate::store::{CommitPolicy, StoreConfig};
 
@@ -49,6 +51,29 @@ pub struct SettingsArgs {
     /// token is generated in the data directory.
     #[arg(long, env = "SCAIVAULT_AUDIT_TOKENS_FILE", value_name = "FILE")]
     pub tokens_file: Option<PathBuf>,
+    /// JWKS of ScaiKey JWTs: an http(s) URL, or `file://` / a path.
+    #[arg(long, env = "SCAIKEY_JWKS_URL", value_name = "URL")]
+    pub jwks_url: Option<String>,
+    /// Required `iss` claim of JWTs (unchecked when unset).
+    #[arg(long, env = "SCAIVAULT_AUDIT_JWT_ISSUER", value_name = "ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim of JWTs (unchecked when unset).
+    #[arg(long, env = "SCAIVAULT_AUDIT_JWT_AUDIENCE", value_name = "AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Audit queries per minute per identity (0 = unlimited).
+    #[arg(
+        long,
+        env = "SCAIVAULT_AUDIT_RATE_LIMIT_QUERIES_PER_MINUTE",
+        value_name = "N"
+    )]
+    pub rate_limit_queries_per_minute: Option<u32>,
+    /// Export requests per minute per identity (0 = unlimited).
+    #[arg(
+        long,
+        env = "SCAIVAULT_AUDIT_RATE_LIMIT_EXPORTS_PER_MINUTE",
+        value_name = "N"
+    )]
+    pub rate_limit_exports_per_minute: Option<u32>,
     /// Commit the index at least this often while events are pending (milliseconds).
     #[arg(long, env = "SCAIVAULT_AUDIT_COMMIT_INTERVAL_MS", value_name = "MS")]
     pub commit_interval_ms: Option<u64>,
@@ -119,6 +144,11 @@ pub struct StorageSection {
 #[serde(deny_unknown_fields)]
 pub struct AuthSection {
     pub tokens_file: Option<PathBuf>,
+    pub jwks_url: Option<String>,
+    pub jwt_issuer: Option<String>,
+    pub jwt_audience: Option<String>,
+    pub rate_limit_queries_per_minute: Option<u32>,
+    pub rate_limit_exports_per_minute: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -143,6 +173,11 @@ pub struct Settings {
     pub store: StoreConfig,
     pub limits: IngestLimits,
     pub tokens_file: Option<PathBuf>,
+    /// The JWKS location as configured, and parsed.
+    pub jwks_url: Option<String>,
+    pub jwks: Option<JwksSource>,
+    pub jwt: JwtOptions,
+    pub rate_limits: RateLimits,
     pub log_level: String,
     pub log_format: LogFormat,
 }
@@ -233,6 +268,14 @@ impl Settings {
                 ),
             ));
         }
+        let jwks_url = args.jwks_url.clone().or(file.auth.jwks_url.clone());
+        let jwks = match &jwks_url {
+            Some(text) => Some(
+                JwksSource::parse(text)
+                    .map_err(|message| invalid("jwks_url (SCAIKEY_JWKS_URL)", &message))?,
+            ),
+            None => None,
+        };
         let log_level = args
             .log_level
             .clone()
@@ -276,6 +319,23 @@ impl Settings {
                 max_batch_events: max_batch_events as usize,
             },
             tokens_file: args.tokens_file.clone().or(file.auth.tokens_file.clone()),
+            jwks_url,
+            jwks,
+            jwt: JwtOptions {
+                issuer: args.jwt_issuer.clone().or(file.auth.jwt_issuer.clone()),
+                audience: args.jwt_audience.clone().or(file.auth.jwt_audience.clone()),
+                ..JwtOptions::default()
+            },
+            rate_limits: RateLimits {
+                queries_per_minute: args
+                    .rate_limit_queries_per_minute
+                    .or(file.auth.rate_limit_queries_per_minute)
+                    .unwrap_or(RateLimits::default().queries_per_minute),
+                exports_per_minute: args
+                    .rate_limit_exports_per_minute
+                    .or(file.auth.rate_limit_exports_per_minute)
+                    .unwrap_or(RateLimits::default().exports_per_minute),
+            },
             log_level,
             log_format,
         })
@@ -300,6 +360,11 @@ impl Settings {
             },
             auth: AuthSection {
                 tokens_file: self.tokens_file.clone(),
+                jwks_url: self.jwks_url.clone(),
+                jwt_issuer: self.jwt.issuer.clone(),
+                jwt_audience: self.jwt.audience.clone(),
+                rate_limit_queries_per_minute: Some(self.rate_limits.queries_per_minute),
+                rate_limit_exports_per_minute: Some(self.rate_limits.exports_per_minute),
             },
             log: LogSection {
                 level: Some(self.log_level.clone()),
@@ -438,5 +503,19 @@ mod tests {
         .unwrap();
         std::fs::write(&path, printed).unwrap();
         assert!(Settings::resolve(&args).is_ok());
+    }
+
+    #[test]
+    fn the_shipped_config_file_is_valid_and_states_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/scaivault-audit.toml");
+        let args = SettingsArgs {
+            config: Some(path),
+            ..Default::default()
+        };
+        let from_file = Settings::resolve(&args).unwrap().to_file_config();
+        let defaults = Settings::resolve(&SettingsArgs::default())
+            .unwrap()
+            .to_file_config();
+        assert_eq!(from_file, defaults);
     }
 }

@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use scaivault_audit::auth::jwt::JwtVerifier;
 use scaivault_audit::auth::{Authenticator, BootstrapToken, StaticTokens};
 use scaivault_audit::config::{Settings, SettingsArgs};
 use scaivault_audit::query::cursor::CursorCodec;
@@ -103,7 +104,7 @@ async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?;
     let mut registry = telemetry::new_registry();
     let store = Store::open(&settings.store, StoreMetrics::register(&mut registry))?;
-    let (authenticator, bootstrap) = authenticator(&settings)?;
+    let (authenticator, bootstrap) = authenticator(&settings).await?;
     let cursors = CursorCodec::load_or_create(&settings.store.data_dir)
         .context("failed to load the cursor key")?;
     let state = AppState::new(
@@ -112,6 +113,7 @@ async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
         cursors,
         registry,
         settings.limits,
+        settings.rate_limits,
     );
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -125,15 +127,26 @@ async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Static tokens when configured; otherwise the bootstrap token of the data directory.
-fn authenticator(settings: &Settings) -> anyhow::Result<(Authenticator, Option<BootstrapToken>)> {
-    if let Some(path) = &settings.tokens_file {
-        return Ok((Authenticator::new(StaticTokens::load(path)?), None));
+/// JWTs and/or static tokens when configured; otherwise the bootstrap token of the data
+/// directory (the first standalone start).
+async fn authenticator(
+    settings: &Settings,
+) -> anyhow::Result<(Authenticator, Option<BootstrapToken>)> {
+    let jwt = match &settings.jwks {
+        Some(source) => Some(JwtVerifier::new(source.clone(), settings.jwt.clone()).await?),
+        None => None,
+    };
+    if settings.tokens_file.is_some() || jwt.is_some() {
+        let tokens = match &settings.tokens_file {
+            Some(path) => StaticTokens::load(path)?,
+            None => StaticTokens::default(),
+        };
+        return Ok((Authenticator::new(tokens, jwt), None));
     }
     let bootstrap = BootstrapToken::load_or_create(&settings.store.data_dir)?;
     let mut tokens = StaticTokens::default();
     tokens.insert(&bootstrap.token, BootstrapToken::principal());
-    Ok((Authenticator::new(tokens), Some(bootstrap)))
+    Ok((Authenticator::new(tokens, None), Some(bootstrap)))
 }
 
 /// Prints where the service listens and, on its first start, the bootstrap token (stdout).

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use prometheus_client::registry::Registry;
 
+use crate::api::rate_limit::{RateLimiter, RateLimits};
 use crate::auth::Authenticator;
 use crate::query::cursor::CursorCodec;
 use crate::store::Store;
@@ -34,6 +35,7 @@ pub struct AppState {
     /// The Prometheus registry, complete once the server starts (read-only afterwards).
     pub metrics: Arc<Registry>,
     pub limits: IngestLimits,
+    pub rate_limiter: Arc<RateLimiter>,
     ids: Arc<Mutex<ulid::Generator>>,
 }
 
@@ -44,6 +46,7 @@ impl AppState {
         cursors: CursorCodec,
         metrics: Registry,
         limits: IngestLimits,
+        rate_limits: RateLimits,
     ) -> Self {
         AppState {
             store,
@@ -51,6 +54,7 @@ impl AppState {
             cursors,
             metrics: Arc::new(metrics),
             limits,
+            rate_limiter: Arc::new(RateLimiter::new(rate_limits)),
             ids: Arc::new(Mutex::new(ulid::Generator::new())),
         }
     }

@@ -87,6 +87,18 @@ impl ApiError {
         )
     }
 
+    /// 429 `rate_limited`; the caller adds `Retry-After`.
+    pub fn rate_limited(limit: u32, retry_after_secs: u64) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "rate limit of {limit} requests per minute exceeded; retry in {retry_after_secs} s"
+            ),
+        )
+        .with_details(json!({ "retry_after": retry_after_secs }))
+    }
+
     pub fn not_found() -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", "no such route")
     }

@@ -34,7 +34,7 @@ where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
 {
-    let principal = authenticate(&state, &headers)?;
+    let principal = authenticate(&state, &headers).await?;
     principal.require(Scope::Write)?;
     super::require_ready(&state)?;
     let body = read_body(body, content_length(&headers), state.limits.max_body_bytes).await?;

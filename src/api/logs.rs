@@ -6,8 +6,9 @@ use warp::filters::BoxedFilter;
 use warp::http::{HeaderMap, StatusCode};
 use warp::reply::Response;
 
-use super::{ApiError, authenticate, json_response, raw_query, respond, tenant_header, with_state};
-use crate::auth::Scope;
+use super::rate_limit::Category;
+use super::{ApiError, json_response, rate_limited, raw_query, tenant_header, with_state};
+use crate::auth::{Principal, Scope};
 use crate::event::AuditEvent;
 use crate::query::{self, LogFilters, LogParams, cursor};
 use crate::state::AppState;
@@ -21,7 +22,8 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(with_state(state))
         .then(
             |headers: HeaderMap, raw: String, state: AppState| async move {
-                respond(list_logs(state, headers, raw).await)
+                let handler = |principal| list_logs(state.clone(), principal, headers.clone(), raw);
+                rate_limited(&state, &headers, Scope::Read, Category::Queries, handler).await
             },
         )
         .boxed()
@@ -29,11 +31,10 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
 
 async fn list_logs(
     state: AppState,
+    principal: Principal,
     headers: HeaderMap,
     raw_query: String,
 ) -> Result<Response, ApiError> {
-    let principal = authenticate(&state, &headers)?;
-    principal.require(Scope::Read)?;
     let tenant = principal.read_tenant(tenant_header(&headers))?;
     let params = query::parse_log_params(&query::query_pairs(&raw_query), query::LOG_PARAM_NAMES)
         .map_err(ApiError::validation)?;

@@ -8,6 +8,8 @@ pub mod error;
 pub mod health;
 pub mod ingest;
 pub mod logs;
+pub mod openapi;
+pub mod rate_limit;
 pub mod request_id;
 pub mod summary;
 pub mod trails;
@@ -25,9 +27,10 @@ use warp::filters::BoxedFilter;
 use warp::http::{HeaderMap, StatusCode, header};
 use warp::reply::Response;
 
-use crate::auth::Principal;
+use crate::auth::{Principal, Scope};
 use crate::state::AppState;
 pub use error::ApiError;
+use rate_limit::Category;
 
 /// How long in-flight requests may take to finish after shutdown begins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -42,6 +45,8 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .or(summary::routes(state.clone()))
         .unify()
         .or(trails::routes(state))
+        .unify()
+        .or(openapi::routes())
         .unify()
         .recover(error::recover)
         .unify()
@@ -126,11 +131,41 @@ pub fn raw_query() -> impl Filter<Extract = (String,), Error = Infallible> + Clo
 }
 
 /// Authenticates the request's bearer token.
-pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
+pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
     let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok());
-    Ok(state.auth.authenticate(authorization)?)
+    Ok(state.auth.authenticate(authorization).await?)
+}
+
+/// Runs a rate-limited handler: authenticate, require `scope`, take a token of `category`,
+/// then call `handler`. Every response after authentication carries the rate-limit headers.
+pub async fn rate_limited<F, Fut>(
+    state: &AppState,
+    headers: &HeaderMap,
+    scope: Scope,
+    category: Category,
+    handler: F,
+) -> Response
+where
+    F: FnOnce(Principal) -> Fut,
+    Fut: Future<Output = Result<Response, ApiError>>,
+{
+    let principal = match authenticate(state, headers).await {
+        Ok(principal) => principal,
+        Err(error) => return error.into_response(),
+    };
+    if let Err(error) = principal.require(scope) {
+        return ApiError::from(error).into_response();
+    }
+    let decision = state.rate_limiter.acquire(&principal.identity_id, category);
+    let mut response = if decision.allowed {
+        respond(handler(principal).await)
+    } else {
+        ApiError::rate_limited(decision.limit, decision.retry_after_secs).into_response()
+    };
+    decision.apply_headers(response.headers_mut());
+    response
 }
 
 /// The `X-Tenant-ID` header, if any.

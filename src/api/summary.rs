@@ -6,8 +6,9 @@ use warp::filters::BoxedFilter;
 use warp::http::{HeaderMap, StatusCode};
 use warp::reply::Response;
 
-use super::{ApiError, authenticate, json_response, raw_query, respond, tenant_header, with_state};
-use crate::auth::Scope;
+use super::rate_limit::Category;
+use super::{ApiError, json_response, rate_limited, raw_query, tenant_header, with_state};
+use crate::auth::{Principal, Scope};
 use crate::event::FieldErrors;
 use crate::query::summary::{self, Aggregate};
 use crate::query::{self, LogFilters};
@@ -25,7 +26,8 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(with_state(state))
         .then(
             |headers: HeaderMap, raw: String, state: AppState| async move {
-                respond(summary(state, headers, raw).await)
+                let handler = |principal| summary(state.clone(), principal, headers.clone(), raw);
+                rate_limited(&state, &headers, Scope::Read, Category::Queries, handler).await
             },
         )
         .boxed()
@@ -33,11 +35,10 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
 
 async fn summary(
     state: AppState,
+    principal: Principal,
     headers: HeaderMap,
     raw_query: String,
 ) -> Result<Response, ApiError> {
-    let principal = authenticate(&state, &headers)?;
-    principal.require(Scope::Read)?;
     let tenant = principal.read_tenant(tenant_header(&headers))?;
     let pairs = query::query_pairs(&raw_query);
     let (filters, top) = parse_summary_params(&pairs).map_err(ApiError::validation)?;

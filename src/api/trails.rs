@@ -10,9 +10,10 @@ use warp::path::Tail;
 use warp::reply::Response;
 
 use super::logs::run_page;
+use super::rate_limit::Category;
 use super::summary::aggregate;
-use super::{ApiError, authenticate, json_response, raw_query, respond, tenant_header, with_state};
-use crate::auth::Scope;
+use super::{ApiError, json_response, rate_limited, raw_query, tenant_header, with_state};
+use crate::auth::{Principal, Scope};
 use crate::event::{AuditEvent, check_secret_path};
 use crate::query::summary::{self, Aggregate};
 use crate::query::{self, LOG_PARAM_NAMES, LogFilters};
@@ -49,7 +50,10 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(with_state(state))
         .then(
             |trail: Trail, headers: HeaderMap, raw: String, state: AppState| async move {
-                respond(trail_response(state, trail, headers, raw).await)
+                let handler = |principal| {
+                    trail_response(state.clone(), principal, trail, headers.clone(), raw)
+                };
+                rate_limited(&state, &headers, Scope::Read, Category::Queries, handler).await
             },
         )
         .boxed()
@@ -72,12 +76,11 @@ fn decode_segment(raw: &str) -> Result<String, warp::Rejection> {
 
 async fn trail_response(
     state: AppState,
+    principal: Principal,
     trail: Trail,
     headers: HeaderMap,
     raw_query: String,
 ) -> Result<Response, ApiError> {
-    let principal = authenticate(&state, &headers)?;
-    principal.require(Scope::Read)?;
     let tenant = principal.read_tenant(tenant_header(&headers))?;
     check_trail(&trail)?;
     let excluded = match trail {

@@ -1,9 +1,11 @@
 //! Who is calling, what they may do, and for which tenant.
 //!
 //! A bearer token resolves to a [`Principal`]: an identity, a set of [`Scope`]s and the
-//! tenants it may act for. Token sources: static tokens from a file (stored hashed) and the
-//! generated bootstrap token ([`static_tokens`]).
+//! tenants it may act for. Token sources: ScaiKey JWTs verified against a JWKS ([`jwt`]),
+//! static tokens from a file (stored hashed) and the generated bootstrap token
+//! ([`static_tokens`]).
 
+pub mod jwt;
 pub mod static_tokens;
 
 use std::collections::BTreeSet;
@@ -124,21 +126,27 @@ impl Principal {
 #[derive(Debug, Default)]
 pub struct Authenticator {
     static_tokens: StaticTokens,
+    jwt: Option<jwt::JwtVerifier>,
 }
 
 impl Authenticator {
-    pub fn new(static_tokens: StaticTokens) -> Self {
-        Authenticator { static_tokens }
+    pub fn new(static_tokens: StaticTokens, jwt: Option<jwt::JwtVerifier>) -> Self {
+        Authenticator { static_tokens, jwt }
     }
 
-    /// Authenticates the value of an `Authorization` header.
-    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, AuthError> {
+    /// Authenticates the value of an `Authorization` header: JWTs against the JWKS (when
+    /// configured), anything else against the static tokens.
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, AuthError> {
         let header = authorization.ok_or(AuthError::Missing)?;
         let token = bearer_token(header)?;
-        self.static_tokens
-            .lookup(token)
-            .cloned()
-            .ok_or(AuthError::Invalid)
+        match &self.jwt {
+            Some(verifier) if jwt::looks_like_jwt(token) => verifier.verify(token).await,
+            _ => self
+                .static_tokens
+                .lookup(token)
+                .cloned()
+                .ok_or(AuthError::Invalid),
+        }
     }
 }
 
@@ -208,10 +216,14 @@ mod tests {
         assert_eq!(bearer_token("Bearer"), Err(AuthError::Malformed));
         assert_eq!(bearer_token("Bearer "), Err(AuthError::Malformed));
         let auth = Authenticator::default();
-        assert_eq!(auth.authenticate(None), Err(AuthError::Missing));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         assert_eq!(
-            auth.authenticate(Some("Bearer nope")),
-            Err(AuthError::Invalid)
+            runtime.block_on(auth.authenticate(None)),
+            Err(AuthError::Missing)
         );
+        let invalid = runtime.block_on(auth.authenticate(Some("Bearer nope")));
+        assert_eq!(invalid, Err(AuthError::Invalid));
     }
 }

@@ -298,4 +298,18 @@ mod tests {
         assert!(!second.created);
         assert_eq!(second.token, first.token);
     }
+
+    #[test]
+    fn the_example_tokens_file_holds_the_documented_tokens() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tokens.example.toml");
+        let tokens = StaticTokens::load(&path).unwrap();
+        let ingest = tokens.lookup("skt_dev_ingest_acme").unwrap();
+        assert_eq!(ingest.scopes, [Scope::Write].into_iter().collect());
+        assert_eq!(ingest.tenants, TenantAccess::One("tnt_acme".into()));
+        assert!(tokens.lookup("skt_dev_reader_acme").is_some());
+        assert_eq!(
+            tokens.lookup("skt_dev_partner_admin").unwrap().tenants,
+            TenantAccess::All
+        );
+    }
 }

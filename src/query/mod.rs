@@ -311,9 +311,14 @@ pub fn build_query(
         clauses.push((Occur::Must, ip_query(fields, network)));
     }
     if let Some(request_id) = &filters.request_id {
+        // A fast field only (see the schema): an exact match is the range [id, id].
+        let exact = Term::from_field_text(fields.request_id, request_id);
         clauses.push((
             Occur::Must,
-            term(Term::from_field_text(fields.request_id, request_id)),
+            Box::new(RangeQuery::new(
+                Bound::Included(exact.clone()),
+                Bound::Included(exact),
+            )),
         ));
     }
     if let Some(text) = &filters.text {
@@ -356,9 +361,6 @@ fn prefix_successor(prefix: &str) -> Option<String> {
 fn ip_query(fields: &Fields, network: IpNet) -> Box<dyn Query> {
     let first = to_ipv6(network.network());
     let last = to_ipv6(network.broadcast());
-    if first == last {
-        return term(Term::from_field_ip_addr(fields.source_ip, first));
-    }
     Box::new(RangeQuery::new(
         Bound::Included(Term::from_field_ip_addr(fields.source_ip, first)),
         Bound::Included(Term::from_field_ip_addr(fields.source_ip, last)),

@@ -188,10 +188,9 @@ impl SegmentCollector for SegmentAggregate {
 }
 
 fn count_term(column: Option<&StrColumn>, counts: &mut [u64], doc: DocId) {
-    if let Some(ordinal) = column.and_then(|column| column.ords().first(doc)) {
-        if let Some(slot) = counts.get_mut(ordinal as usize) {
-            *slot += 1;
-        }
+    let ordinal = column.and_then(|column| column.ords().first(doc));
+    if let Some(slot) = ordinal.and_then(|ordinal| counts.get_mut(ordinal as usize)) {
+        *slot += 1;
     }
 }
 

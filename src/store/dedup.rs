@@ -9,7 +9,8 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 
 use tantivy::IndexReader;
-use tantivy::schema::Field;
+
+use super::schema::fast;
 
 /// Bits per expected id; with 7 probes this gives about a 1% false-positive rate.
 const BITS_PER_ID: usize = 10;
@@ -76,19 +77,17 @@ pub struct Deduplicator {
     pending: HashMap<String, u64>,
     pending_order: VecDeque<(u64, String)>,
     reader: IndexReader,
-    id_field: Field,
 }
 
 impl Deduplicator {
     /// Builds the filter from every id in the index.
-    pub fn load(reader: IndexReader, id_field: Field) -> tantivy::Result<Self> {
+    pub fn load(reader: IndexReader) -> tantivy::Result<Self> {
         reader.reload()?;
         let mut dedup = Deduplicator {
             filter: BloomFilter::with_capacity(0),
             pending: HashMap::new(),
             pending_order: VecDeque::new(),
             reader,
-            id_field,
         };
         dedup.rebuild_filter()?;
         Ok(dedup)
@@ -147,12 +146,10 @@ impl Deduplicator {
     fn in_index(&self, id: &str) -> tantivy::Result<bool> {
         let searcher = self.reader.searcher();
         for segment in searcher.segment_readers() {
-            if segment
-                .inverted_index(self.id_field)?
-                .terms()
-                .get(id.as_bytes())?
-                .is_some()
-            {
+            let Some(ids) = segment.fast_fields().str(fast::ID)? else {
+                continue;
+            };
+            if ids.dictionary().term_ord(id)?.is_some() {
                 return Ok(true);
             }
         }
@@ -164,8 +161,10 @@ impl Deduplicator {
         let stored = searcher.num_docs() as usize + self.pending.len();
         let mut filter = BloomFilter::with_capacity(stored * 2);
         for segment in searcher.segment_readers() {
-            let inverted = segment.inverted_index(self.id_field)?;
-            let mut terms = inverted.terms().stream()?;
+            let Some(ids) = segment.fast_fields().str(fast::ID)? else {
+                continue;
+            };
+            let mut terms = ids.dictionary().stream()?;
             while terms.advance() {
                 filter.insert(&String::from_utf8_lossy(terms.key()));
             }

@@ -350,8 +350,7 @@ impl Startup {
             elapsed_ms = elapsed.as_millis() as u64,
             "write-ahead log replayed"
         );
-        let dedup =
-            Deduplicator::load(self.dedup_reader, stage.fields.id).map_err(|e| e.to_string())?;
+        let dedup = Deduplicator::load(self.dedup_reader).map_err(|e| e.to_string())?;
         let (wal_thread, index_thread) = writer::spawn_stages(
             wal,
             dedup,

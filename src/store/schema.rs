@@ -10,9 +10,10 @@
 //! schema cannot gain fields without a reindex), so the chain can be filled in later.
 
 use tantivy::schema::{
-    BytesOptions, FAST, Field, INDEXED, IndexRecordOption, IpAddrOptions, NumericOptions, STORED,
-    STRING, Schema, TextFieldIndexing, TextOptions,
+    BytesOptions, Field, INDEXED, IndexRecordOption, IpAddrOptions, NumericOptions, STORED, Schema,
+    TextFieldIndexing, TextOptions,
 };
+use tantivy::tokenizer::RAW_TOKENIZER_NAME;
 
 use crate::event::AuditEvent;
 
@@ -21,6 +22,8 @@ pub const SCHEMA_VERSION: u32 = 1;
 
 /// Names of the fast fields read by collectors.
 pub mod fast {
+    pub const ID: &str = "id";
+    pub const REQUEST_ID: &str = "request_id";
     pub const TIMESTAMP: &str = "ts";
     pub const SEQ: &str = "seq";
     pub const ACTION: &str = "action";
@@ -49,32 +52,44 @@ pub struct Fields {
 }
 
 /// Builds the schema and its field handles.
+///
+/// Disk per event is a product goal, so every choice here is about bytes: near-unique values
+/// (`id`, `request_id`, timestamp, sequence, IP) are fast fields only — an inverted-index term
+/// per event would cost more than the event's compressed source — and are queried through
+/// fast-field ranges. No field keeps norms: results are ordered by time, never scored.
 pub fn build_schema() -> (Schema, Fields) {
     let mut builder = Schema::builder();
+    let fast_only = || NumericOptions::default().set_fast();
     let indexed_fast = || NumericOptions::default().set_indexed().set_fast();
-    let raw_fast = || STRING.set_fast(tantivy::tokenizer::RAW_TOKENIZER_NAME);
+    let raw_indexing = || {
+        TextFieldIndexing::default()
+            .set_tokenizer(RAW_TOKENIZER_NAME)
+            .set_index_option(IndexRecordOption::Basic)
+            .set_fieldnorms(false)
+    };
+    let exact = || TextOptions::default().set_indexing_options(raw_indexing());
+    let exact_fast = || exact().set_fast(RAW_TOKENIZER_NAME);
+    let fast_text = || TextOptions::default().set_fast(RAW_TOKENIZER_NAME);
     // Free text needs no positions: phrase queries are not offered, and positions would double
     // the size of the text postings.
     let free_text = TextOptions::default().set_indexing_options(
         TextFieldIndexing::default()
             .set_tokenizer("default")
-            .set_index_option(IndexRecordOption::Basic),
+            .set_index_option(IndexRecordOption::Basic)
+            .set_fieldnorms(false),
     );
     let fields = Fields {
-        id: builder.add_text_field("id", STRING),
-        tenant: builder.add_text_field("tenant", STRING),
-        timestamp: builder.add_i64_field(fast::TIMESTAMP, indexed_fast()),
-        seq: builder.add_u64_field(fast::SEQ, indexed_fast()),
+        id: builder.add_text_field(fast::ID, fast_text()),
+        tenant: builder.add_text_field("tenant", exact()),
+        timestamp: builder.add_i64_field(fast::TIMESTAMP, fast_only()),
+        seq: builder.add_u64_field(fast::SEQ, fast_only()),
         action: builder.add_u64_field(fast::ACTION, indexed_fast()),
         identity_type: builder.add_u64_field("identity_type", INDEXED),
-        identity_id: builder.add_text_field(fast::IDENTITY_ID, raw_fast()),
-        secret_path: builder.add_text_field(fast::SECRET_PATH, raw_fast()),
-        source_ip: builder.add_ip_addr_field(
-            "source_ip",
-            IpAddrOptions::default().set_indexed().set_fast(),
-        ),
-        request_id: builder.add_text_field("request_id", STRING),
-        success: builder.add_bool_field(fast::SUCCESS, NumericOptions::from(INDEXED | FAST)),
+        identity_id: builder.add_text_field(fast::IDENTITY_ID, exact_fast()),
+        secret_path: builder.add_text_field(fast::SECRET_PATH, exact_fast()),
+        source_ip: builder.add_ip_addr_field("source_ip", IpAddrOptions::default().set_fast()),
+        request_id: builder.add_text_field(fast::REQUEST_ID, fast_text()),
+        success: builder.add_bool_field(fast::SUCCESS, indexed_fast()),
         text: builder.add_text_field("text", free_text),
         source: builder.add_bytes_field("source", BytesOptions::from(STORED)),
         chain_hash: builder.add_bytes_field("chain_hash", BytesOptions::from(STORED)),

@@ -334,6 +334,15 @@ impl Wal {
         }
     }
 
+    /// Starts a new segment when everything in the active one is committed and it holds at
+    /// least `min_bytes`, so that [`Wal::remove_segments_below`] can delete it.
+    pub fn retire_committed_active(&mut self, committed_seq: u64, min_bytes: u64) -> Result<()> {
+        if committed_seq >= self.next_seq && self.active_len > 0 && self.active_len >= min_bytes {
+            self.roll()?;
+        }
+        Ok(())
+    }
+
     /// Deletes segments whose every event is below `committed_seq` (already in the index).
     pub fn remove_segments_below(&mut self, committed_seq: u64) -> Result<usize> {
         let mut removable = 0;
@@ -635,5 +644,34 @@ mod tests {
         wal.append(&record(1, &["after"]), 1).unwrap();
         let events: Vec<String> = replayed(&wal, 0).into_iter().map(|(_, e)| e).collect();
         assert_eq!(events, vec!["durable", "after"]);
+    }
+
+    #[test]
+    fn a_fully_committed_active_segment_is_retired_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = Wal::open(dir.path(), 1 << 20, 0).unwrap();
+        wal.append(&record(0, &["a", "b"]), 2).unwrap();
+        wal.retire_committed_active(1, 0).unwrap();
+        assert_eq!(
+            list_segments(dir.path()).unwrap().len(),
+            1,
+            "not everything is committed"
+        );
+        wal.retire_committed_active(2, 1 << 20).unwrap();
+        assert_eq!(
+            list_segments(dir.path()).unwrap().len(),
+            1,
+            "below the size threshold"
+        );
+        wal.retire_committed_active(2, 0).unwrap();
+        wal.remove_segments_below(2).unwrap();
+        let segments = list_segments(dir.path()).unwrap();
+        assert_eq!(
+            segments.iter().map(|s| s.first_seq).collect::<Vec<_>>(),
+            vec![2]
+        );
+        assert_eq!(wal.disk_bytes(), 0);
+        wal.append(&record(2, &["c"]), 1).unwrap();
+        assert_eq!(replayed(&wal, 0), vec![(2, "c".to_string())]);
     }
 }

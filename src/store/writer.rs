@@ -28,6 +28,8 @@ use crate::event::AuditEvent;
 
 /// Most events one group commit takes before writing (bounds the group's memory and latency).
 const MAX_GROUP_EVENTS: usize = 50_000;
+/// A fully committed active WAL segment at least this large is closed so it can be deleted.
+const RETIRE_ACTIVE_SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
 
 /// An event ready for the writer: validated, id assigned, storage JSON encoded.
 #[derive(Debug, Clone)]
@@ -380,7 +382,7 @@ struct PendingReply {
 impl WalStage {
     fn run(mut self, mut requests: mpsc::Receiver<Request>) {
         while let Some(first) = requests.blocking_recv() {
-            self.observe_commits();
+            self.observe_commits(RETIRE_ACTIVE_SEGMENT_BYTES);
             let mut group = Vec::new();
             let mut control = None;
             let mut group_events = 0;
@@ -412,7 +414,13 @@ impl WalStage {
                 // A dropped flush reply tells the caller the store is closed.
                 Some(Request::Flush { reply }) => drop(self.index.send(IndexMessage::Flush(reply))),
                 Some(Request::Shutdown { reply }) => {
-                    let _ = self.index.send(IndexMessage::Shutdown(reply));
+                    let (index_done, index_reply) = oneshot::channel();
+                    if self.index.send(IndexMessage::Shutdown(index_done)).is_ok() {
+                        let _ = index_reply.blocking_recv();
+                    }
+                    // After the final commit every WAL segment is redundant: leave none behind.
+                    self.observe_commits(0);
+                    let _ = reply.send(());
                     return;
                 }
                 _ => {}
@@ -421,10 +429,14 @@ impl WalStage {
     }
 
     /// Applies commits the index stage published: prune dedup state and committed WAL segments.
-    fn observe_commits(&mut self) {
+    /// `retire_bytes`: a fully committed active segment at least this large is retired too.
+    fn observe_commits(&mut self, retire_bytes: u64) {
         let committed = self.shared.committed_seq.load(Ordering::SeqCst);
         if committed <= self.seen_committed_seq {
             return;
+        }
+        if let Err(error) = self.wal.retire_committed_active(committed, retire_bytes) {
+            tracing::warn!(%error, "failed to start a new WAL segment");
         }
         if let Err(error) = self.dedup.on_commit(committed) {
             tracing::error!(%error, "failed to refresh the id index after a commit");

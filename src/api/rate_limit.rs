@@ -1,0 +1,240 @@
+//! Per-identity token buckets (SPEC §3.7): audit queries 50/min and exports 5/min by default.
+//!
+//! A bucket holds up to `limit` tokens and refills continuously at `limit` per minute; each
+//! request takes one. Responses carry `X-RateLimit-Limit`, `X-RateLimit-Remaining` and
+//! `X-RateLimit-Reset` (Unix time when the bucket is full again); an empty bucket answers
+//! 429 `rate_limited` with `Retry-After`.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use warp::http::{HeaderMap, HeaderValue};
+
+/// Buckets are swept of full (idle) entries once the map grows past this.
+const SWEEP_THRESHOLD: usize = 10_000;
+
+/// What a request is counted against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Category {
+    /// Logs, trails and summaries.
+    Queries,
+    /// Export creation and status.
+    Exports,
+}
+
+/// Limits per minute; 0 disables a category.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimits {
+    pub queries_per_minute: u32,
+    pub exports_per_minute: u32,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            queries_per_minute: 50,
+            exports_per_minute: 5,
+        }
+    }
+}
+
+impl RateLimits {
+    fn per_minute(&self, category: Category) -> u32 {
+        match category {
+            Category::Queries => self.queries_per_minute,
+            Category::Exports => self.exports_per_minute,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+/// The outcome of taking a token.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Decision {
+    pub allowed: bool,
+    pub limit: u32,
+    pub remaining: u32,
+    /// Unix seconds at which the bucket is full again.
+    pub reset_unix: u64,
+    /// Seconds until one token is available (only meaningful when refused).
+    pub retry_after_secs: u64,
+}
+
+impl Decision {
+    /// Sets the `X-RateLimit-*` headers (and `Retry-After` when refused).
+    pub fn apply_headers(&self, headers: &mut HeaderMap) {
+        if self.limit == 0 {
+            return;
+        }
+        headers.insert("x-ratelimit-limit", HeaderValue::from(self.limit));
+        headers.insert("x-ratelimit-remaining", HeaderValue::from(self.remaining));
+        headers.insert("x-ratelimit-reset", HeaderValue::from(self.reset_unix));
+        if !self.allowed {
+            headers.insert("retry-after", HeaderValue::from(self.retry_after_secs));
+        }
+    }
+}
+
+/// Token buckets keyed by identity and category.
+#[derive(Debug, Default)]
+pub struct RateLimiter {
+    limits: RateLimits,
+    buckets: Mutex<HashMap<(String, Category), Bucket>>,
+}
+
+impl RateLimiter {
+    pub fn new(limits: RateLimits) -> Self {
+        RateLimiter {
+            limits,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one token from `identity`'s bucket for `category`.
+    pub fn acquire(&self, identity: &str, category: Category) -> Decision {
+        self.acquire_at(identity, category, Instant::now())
+    }
+
+    fn acquire_at(&self, identity: &str, category: Category, now: Instant) -> Decision {
+        let limit = self.limits.per_minute(category);
+        if limit == 0 {
+            return Decision {
+                allowed: true,
+                limit: 0,
+                remaining: 0,
+                reset_unix: 0,
+                retry_after_secs: 0,
+            };
+        }
+        let capacity = f64::from(limit);
+        let per_second = capacity / 60.0;
+        let mut buckets = self.buckets.lock();
+        if buckets.len() > SWEEP_THRESHOLD {
+            buckets.retain(|_, bucket| {
+                bucket.tokens + elapsed_secs(bucket.updated, now) * per_second < capacity
+            });
+        }
+        let bucket = buckets
+            .entry((identity.to_string(), category))
+            .or_insert(Bucket {
+                tokens: capacity,
+                updated: now,
+            });
+        bucket.tokens =
+            (bucket.tokens + elapsed_secs(bucket.updated, now) * per_second).min(capacity);
+        bucket.updated = now;
+        let allowed = bucket.tokens >= 1.0;
+        if allowed {
+            bucket.tokens -= 1.0;
+        }
+        let seconds_to_full = (capacity - bucket.tokens) / per_second;
+        let seconds_to_one = ((1.0 - bucket.tokens) / per_second).max(0.0);
+        Decision {
+            allowed,
+            limit,
+            remaining: bucket.tokens.floor() as u32,
+            reset_unix: unix_now() + seconds_to_full.ceil() as u64,
+            retry_after_secs: (seconds_to_one.ceil() as u64).max(1),
+        }
+    }
+}
+
+fn elapsed_secs(since: Instant, now: Instant) -> f64 {
+    now.saturating_duration_since(since).as_secs_f64()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_empties_then_refills_at_the_configured_rate() {
+        let limiter = RateLimiter::new(RateLimits {
+            queries_per_minute: 3,
+            exports_per_minute: 1,
+        });
+        let start = Instant::now();
+        let remaining: Vec<u32> = (0..3)
+            .map(|_| {
+                limiter
+                    .acquire_at("sa:a", Category::Queries, start)
+                    .remaining
+            })
+            .collect();
+        assert_eq!(remaining, vec![2, 1, 0]);
+        let refused = limiter.acquire_at("sa:a", Category::Queries, start);
+        assert!(!refused.allowed);
+        assert_eq!(refused.retry_after_secs, 20);
+        // Other identities and categories have their own buckets.
+        assert!(limiter.acquire_at("sa:b", Category::Queries, start).allowed);
+        assert!(limiter.acquire_at("sa:a", Category::Exports, start).allowed);
+        assert!(!limiter.acquire_at("sa:a", Category::Exports, start).allowed);
+        // 3 per minute = one token every 20 s.
+        assert!(
+            !limiter
+                .acquire_at("sa:a", Category::Queries, start + Duration::from_secs(19))
+                .allowed
+        );
+        assert!(
+            limiter
+                .acquire_at("sa:a", Category::Queries, start + Duration::from_secs(41))
+                .allowed
+        );
+    }
+
+    #[test]
+    fn zero_disables_limiting_and_headers() {
+        let limiter = RateLimiter::new(RateLimits {
+            queries_per_minute: 0,
+            exports_per_minute: 0,
+        });
+        let decision = limiter.acquire("sa:a", Category::Queries);
+        assert!(decision.allowed);
+        let mut headers = HeaderMap::new();
+        decision.apply_headers(&mut headers);
+        assert!(headers.is_empty());
+    }
+
+    #[test]
+    fn headers_describe_the_bucket() {
+        let limiter = RateLimiter::new(RateLimits {
+            queries_per_minute: 1,
+            exports_per_minute: 1,
+        });
+        limiter.acquire("sa:a", Category::Queries);
+        let refused = limiter.acquire("sa:a", Category::Queries);
+        let mut headers = HeaderMap::new();
+        refused.apply_headers(&mut headers);
+        assert_eq!(headers["x-ratelimit-limit"], "1");
+        assert_eq!(headers["x-ratelimit-remaining"], "0");
+        assert!(
+            headers["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+                >= 59
+        );
+        assert!(
+            headers["x-ratelimit-reset"]
+                .to_str()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+                > unix_now()
+        );
+    }
+}
