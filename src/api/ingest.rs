@@ -14,6 +14,9 @@ use crate::event::{self, FieldErrors, ValidEvent};
 use crate::state::{AppState, IngestLimits};
 use crate::store::PreparedEvent;
 
+/// An oversized body is read and dropped for at most this long before the 413 is sent.
+const DISCARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// At most this many field errors are listed in one 422 response.
 const MAX_REPORTED_FIELD_ERRORS: usize = 100;
 
@@ -107,6 +110,7 @@ where
     let too_large =
         || ApiError::payload_too_large(format!("the request body exceeds {limit} bytes"));
     if declared.is_some_and(|length| length > limit as u64) {
+        discard_rest(body, limit).await;
         return Err(too_large());
     }
     let mut buffer = BytesMut::with_capacity(declared.map_or(64 * 1024, |length| length as usize));
@@ -115,6 +119,7 @@ where
             ApiError::invalid_request(format!("failed to read the request body: {error}"))
         })?;
         if buffer.len() + chunk.remaining() > limit {
+            discard_rest(body, limit).await;
             return Err(too_large());
         }
         while chunk.has_remaining() {
@@ -125,6 +130,26 @@ where
         }
     }
     Ok(buffer)
+}
+
+/// Reads and drops what is left of an oversized body (bounded in bytes and time), so the
+/// client finishes sending and reads the 413 instead of hitting a reset connection.
+async fn discard_rest<S, B>(mut body: S, limit: usize)
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: Buf,
+{
+    let budget = (limit as u64).saturating_mul(4);
+    let drain = async {
+        let mut discarded = 0u64;
+        while let Some(Ok(chunk)) = body.next().await {
+            discarded += chunk.remaining() as u64;
+            if discarded > budget {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DISCARD_TIMEOUT, drain).await;
 }
 
 #[derive(serde::Deserialize)]
