@@ -93,8 +93,9 @@ fn push_padded(out: &mut String, value: i64, width: usize) {
     let _ = write!(out, "{value:0width$}");
 }
 
-/// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian calendar).
-fn civil_from_days(days_since_epoch: i64) -> (i64, i64, i64) {
+/// (year, month, day) of a day count since 1970-01-01: Howard Hinnant's days-to-civil
+/// algorithm (proleptic Gregorian calendar), infallible and cheap enough for exports.
+pub fn civil_from_days(days_since_epoch: i64) -> (i64, i64, i64) {
     let z = days_since_epoch + 719_468;
     let era = z.div_euclid(146_097);
     let day_of_era = z.rem_euclid(146_097);

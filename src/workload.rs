@@ -8,6 +8,8 @@ use std::io::Write;
 
 use fastrand::Rng;
 
+use crate::timestamp::civil_from_days;
+
 /// (action, weight, has a secret path), as in the reference generator.
 const ACTIONS: [(&str, u32, bool); 22] = [
     ("read", 700, true),
@@ -858,9 +860,9 @@ fn push_date(out: &mut Vec<u8>, days_since_epoch: i64) {
     let (year, month, day) = civil_from_days(days_since_epoch);
     push_padded_decimal(out, year.unsigned_abs(), 4);
     out.push(b'-');
-    push_padded_decimal(out, u64::from(month), 2);
+    push_padded_decimal(out, month.unsigned_abs(), 2);
     out.push(b'-');
-    push_padded_decimal(out, u64::from(day), 2);
+    push_padded_decimal(out, day.unsigned_abs(), 2);
 }
 
 fn push_time_of_day(out: &mut Vec<u8>, micros_of_day: i64) {
@@ -874,27 +876,6 @@ fn push_time_of_day(out: &mut Vec<u8>, micros_of_day: i64) {
     out.push(b'.');
     push_padded_decimal(out, micros % MICROS_PER_SECOND.unsigned_abs(), 6);
     out.push(b'Z');
-}
-
-/// Proleptic Gregorian (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's
-/// `civil_from_days`); infallible and faster than a calendar library call per day.
-fn civil_from_days(days_since_epoch: i64) -> (i64, u32, u32) {
-    let shifted = days_since_epoch + 719_468;
-    let era = shifted.div_euclid(146_097);
-    let day_of_era = shifted.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let shifted_month = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
-    let month = if shifted_month < 10 {
-        shifted_month + 3
-    } else {
-        shifted_month - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    // Both fit: month is 1..=12 and day 1..=31.
-    (year, month as u32, day as u32)
 }
 
 fn push_decimal(out: &mut Vec<u8>, value: u64) {
