@@ -9,7 +9,7 @@ use warp::http::{HeaderMap, StatusCode, header};
 use warp::reply::Response;
 
 use super::{ApiError, authenticate, json_response, respond, with_state};
-use crate::auth::{AuthError, Principal, Scope};
+use crate::auth::{AuthError, Principal, Scope, TenantAccess};
 use crate::event::{self, FieldErrors, ValidEvent};
 use crate::state::{AppState, IngestLimits};
 use crate::store::PreparedEvent;
@@ -37,7 +37,7 @@ where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
 {
-    let principal = authenticate(&state, &headers).await?;
+    let principal = acting_for(authenticate(&state, &headers).await?, &headers)?;
     principal.require(Scope::Write)?;
     super::require_ready(&state)?;
     let body = read_body(body, content_length(&headers), state.limits.max_body_bytes).await?;
@@ -55,6 +55,22 @@ where
     let outcome = state.store.ingest(prepared).await?;
     let body = json!({"accepted": submitted, "ids": outcome.ids, "duplicates": outcome.duplicates});
     Ok(json_response(StatusCode::OK, &body))
+}
+
+/// With `X-Tenant-ID`, the request acts for that one tenant (as on reads): a tenant-bound token
+/// must name its own tenant, and an all-tenant token's events default to, and must belong to,
+/// the named tenant.
+fn acting_for(principal: Principal, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    match super::tenant_header(headers) {
+        Some(asked) => {
+            let tenant = principal.read_tenant(Some(asked))?;
+            Ok(Principal {
+                tenants: TenantAccess::One(tenant),
+                ..principal
+            })
+        }
+        None => Ok(principal),
+    }
 }
 
 /// The body's wire format, from `Content-Type`.
@@ -262,7 +278,6 @@ fn prepare(events: Vec<ValidEvent>, state: &AppState) -> Vec<PreparedEvent> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::TenantAccess;
 
     fn principal(tenants: TenantAccess) -> Principal {
         Principal {

@@ -394,9 +394,9 @@ fn lock_data_dir(data_dir: &Path) -> Result<File, StoreError> {
 fn index_settings() -> IndexSettings {
     IndexSettings {
         docstore_compression: Compressor::Zstd(ZstdCompressor {
-            compression_level: Some(3),
+            compression_level: Some(9),
         }),
-        docstore_blocksize: 64 * 1024,
+        docstore_blocksize: 256 * 1024,
         ..IndexSettings::default()
     }
 }

@@ -1,0 +1,863 @@
+//! `docs/openapi.json` against the real server: every representative response (successes and
+//! each error status) is validated with `jsonschema` against the schema the document declares
+//! for its path, method and status, declared headers are checked, every declared operation is
+//! routed, and every declared query parameter constraint is what the server enforces. Any drift
+//! between the server and the document fails here.
+
+// Test code: a failed expectation is a test failure, so panicking is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::*;
+use reqwest::header::CONTENT_TYPE;
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{Value, json};
+
+const TEST_DEADLINE: Duration = Duration::from_secs(300);
+const SECRET: &str = "environments/production/db";
+const IDENTITY: &str = "user:alice@acme.example";
+const LOGS: &str = "/v1/audit/logs";
+const EVENTS: &str = "/v1/audit/events";
+const SECRETS: &str = "/v1/audit/secrets/{path}";
+const IDENTITIES: &str = "/v1/audit/identities/{identity_id}";
+const SUMMARY: &str = "/v1/audit/summary";
+/// Headers whose presence on an undocumented response is drift.
+const CHECKED_HEADERS: &[&str] = &[
+    "x-request-id",
+    "x-ratelimit-limit",
+    "x-ratelimit-remaining",
+    "x-ratelimit-reset",
+    "retry-after",
+];
+
+// ---------------------------------------------------------------------------------------------
+// The document
+// ---------------------------------------------------------------------------------------------
+
+struct Document {
+    root: Value,
+}
+
+impl Document {
+    fn load() -> Document {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json");
+        let text = std::fs::read_to_string(path).expect("read docs/openapi.json");
+        Document {
+            root: serde_json::from_str(&text).expect("docs/openapi.json is JSON"),
+        }
+    }
+
+    /// Follows local `$ref`s until a non-reference value.
+    fn resolve<'a>(&'a self, mut value: &'a Value) -> &'a Value {
+        for _ in 0..16 {
+            let Some(target) = value.get("$ref").and_then(Value::as_str) else {
+                return value;
+            };
+            let pointer = target
+                .strip_prefix('#')
+                .unwrap_or_else(|| panic!("non-local $ref {target}"));
+            value = self
+                .root
+                .pointer(pointer)
+                .unwrap_or_else(|| panic!("dangling $ref {target}"));
+        }
+        panic!("$ref chain too long at {value}");
+    }
+
+    fn operations(&self) -> Vec<(String, String)> {
+        let mut operations = Vec::new();
+        for (path, item) in self.root["paths"].as_object().expect("paths") {
+            for method in item.as_object().expect("path item").keys() {
+                if ["get", "post", "put", "delete", "patch"].contains(&method.as_str()) {
+                    operations.push((path.clone(), method.clone()));
+                }
+            }
+        }
+        operations
+    }
+
+    fn operation(&self, path: &str, method: &str) -> &Value {
+        let operation = &self.root["paths"][path][method];
+        assert!(
+            operation.is_object(),
+            "{} {path} is not documented",
+            method.to_uppercase()
+        );
+        operation
+    }
+
+    /// The operation's parameters, resolved.
+    fn parameters(&self, path: &str, method: &str) -> Vec<&Value> {
+        self.operation(path, method)["parameters"]
+            .as_array()
+            .map(|parameters| parameters.iter().map(|p| self.resolve(p)).collect())
+            .unwrap_or_default()
+    }
+
+    fn query_parameters(&self, path: &str, method: &str) -> Vec<&Value> {
+        self.parameters(path, method)
+            .into_iter()
+            .filter(|parameter| parameter["in"] == "query")
+            .collect()
+    }
+
+    /// A compiled validator for `schema`, whose `$ref`s resolve inside this document.
+    fn validator(&self, schema: &Value) -> jsonschema::Validator {
+        let wrapper = json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "components": self.root["components"].clone(),
+            "allOf": [schema],
+        });
+        jsonschema::options()
+            .should_validate_formats(true)
+            .build(&wrapper)
+            .unwrap_or_else(|error| panic!("schema {schema} does not compile: {error}"))
+    }
+
+    fn assert_valid(&self, schema: &Value, instance: &Value, context: &str) {
+        let validator = self.validator(schema);
+        let errors: Vec<String> = validator
+            .iter_errors(instance)
+            .map(|error| format!("at '{}': {error}", error.instance_path()))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{context}: does not match the documented schema {schema}:\n{}\ninstance: {instance}",
+            errors.join("\n")
+        );
+    }
+
+    /// Validates `reply` against what `method path` declares for its status.
+    fn check(&self, path: &str, method: &str, reply: &Reply) {
+        let status = reply.0.as_str().to_owned();
+        let responses = &self.operation(path, method)["responses"];
+        let context = format!("{} {path} -> {status}", method.to_uppercase());
+        let response = responses.get(&status).unwrap_or_else(|| {
+            let declared: Vec<&String> = responses.as_object().expect("responses").keys().collect();
+            panic!(
+                "{context}: status not documented (documented: {declared:?}); body: {}",
+                reply.2
+            )
+        });
+        self.check_response(response, reply, &context);
+    }
+
+    /// Validates `reply` against `#/components/responses/{name}`.
+    fn check_component(&self, name: &str, reply: &Reply) {
+        let response = &self.root["components"]["responses"][name];
+        assert!(response.is_object(), "no component response {name}");
+        self.check_response(response, reply, &format!("component response {name}"));
+    }
+
+    fn check_response(&self, response: &Value, reply: &Reply, context: &str) {
+        let (_, headers, body) = reply;
+        let response = self.resolve(response);
+        match response.get("content").and_then(Value::as_object) {
+            Some(content) => {
+                let content_type = headers
+                    .get(CONTENT_TYPE)
+                    .and_then(|value| value.to_str().ok())
+                    .unwrap_or_else(|| panic!("{context}: no Content-Type"));
+                let media = content.get(content_type).unwrap_or_else(|| {
+                    let declared: Vec<&String> = content.keys().collect();
+                    panic!(
+                        "{context}: Content-Type {content_type} is not documented ({declared:?})"
+                    )
+                });
+                self.assert_valid(&media["schema"], body, &format!("{context}: body"));
+            }
+            None => assert_eq!(body, &json!(""), "{context}: undocumented body"),
+        }
+        let declared = response.get("headers").and_then(Value::as_object);
+        let mut declared_names = BTreeSet::new();
+        for (name, header) in declared.into_iter().flatten() {
+            declared_names.insert(name.to_ascii_lowercase());
+            let header = self.resolve(header);
+            match headers.get(name.as_str()) {
+                None => assert_ne!(
+                    header["required"],
+                    json!(true),
+                    "{context}: required header {name} missing"
+                ),
+                Some(value) => {
+                    let text = value.to_str().expect("ASCII header").to_owned();
+                    let schema = &header["schema"];
+                    let instance = match schema["type"].as_str() {
+                        Some("integer") => text.parse::<i64>().map_or(json!(text), Value::from),
+                        _ => json!(text),
+                    };
+                    self.assert_valid(schema, &instance, &format!("{context}: header {name}"));
+                }
+            }
+        }
+        for name in CHECKED_HEADERS {
+            if headers.contains_key(*name) {
+                assert!(
+                    declared_names.contains(*name),
+                    "{context}: the server sent {name}, which is not documented for this response"
+                );
+            }
+        }
+        if let Some(error) = body.get("error") {
+            assert_eq!(
+                error["request_id"],
+                json!(request_id_header(headers)),
+                "{context}: error.request_id vs X-Request-ID"
+            );
+        }
+    }
+}
+
+/// A concrete URL path for a documented path template.
+fn concrete(path: &str, secret: &str, identity: &str) -> String {
+    path.replace("{path}", secret)
+        .replace("{identity_id}", &percent_encode(identity))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures
+// ---------------------------------------------------------------------------------------------
+
+struct Tokens {
+    rw: StaticToken,
+    read_only: StaticToken,
+    write_only: StaticToken,
+    admin: StaticToken,
+}
+
+fn tokens() -> Tokens {
+    Tokens {
+        rw: StaticToken::new("oa-rw", &["audit:read", "audit:write"], Some(TENANT)),
+        read_only: StaticToken::new("oa-read", &["audit:read"], Some(TENANT)),
+        write_only: StaticToken::new("oa-write", &["audit:write"], Some(TENANT)),
+        admin: StaticToken::new("oa-admin", &["audit:read", "audit:write"], None),
+    }
+}
+
+impl Tokens {
+    fn all(&self) -> Vec<&StaticToken> {
+        vec![&self.rw, &self.read_only, &self.write_only, &self.admin]
+    }
+}
+
+/// A recent event of the token's tenant on [`SECRET`] by [`IDENTITY`].
+fn trail_event(i: u64, action: &str) -> Value {
+    let mut event = event_for_tenant(i, None);
+    event["timestamp"] = json!(recent_timestamp(60 + i, i));
+    event["action"] = json!(action);
+    event["secret_path"] = json!(SECRET);
+    event["identity_type"] = json!("user");
+    event["identity_id"] = json!(IDENTITY);
+    event
+}
+
+async fn get(client: &Client, server: &Server, url: &str, token: Option<&str>) -> Reply {
+    get_as(client, server.base_url(), url, token, None).await
+}
+
+async fn request(
+    client: &Client,
+    server: &Server,
+    method: Method,
+    url: &str,
+    token: Option<&str>,
+) -> Reply {
+    let mut builder = client.request(method, format!("{}{url}", server.base_url()));
+    if let Some(token) = token {
+        builder = builder.bearer_auth(token);
+    }
+    send(builder).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// The document on its own
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn every_schema_compiles_and_examples_match() {
+    let doc = Document::load();
+    assert_eq!(doc.root["openapi"], "3.1.0");
+    let schemas = doc.root["components"]["schemas"]
+        .as_object()
+        .expect("components.schemas");
+    for (name, schema) in schemas {
+        doc.validator(&json!({ "$ref": format!("#/components/schemas/{name}") }));
+        for example in schema["examples"].as_array().into_iter().flatten() {
+            doc.assert_valid(schema, example, &format!("example of {name}"));
+        }
+    }
+    // The document's enums are the server's.
+    let actions: Vec<&str> = schemas["Action"]["enum"]
+        .as_array()
+        .expect("Action enum")
+        .iter()
+        .map(|value| value.as_str().expect("string"))
+        .collect();
+    assert_eq!(actions, ACTIONS);
+    // Every operation documents X-Request-ID on every response, and 401 where it authenticates.
+    for (path, method) in doc.operations() {
+        let operation = doc.operation(&path, &method);
+        let protected = operation["security"] != json!([]);
+        for (status, response) in operation["responses"].as_object().expect("responses") {
+            let response = doc.resolve(response);
+            assert!(
+                response["headers"]["X-Request-ID"].is_object(),
+                "{method} {path} {status} lacks X-Request-ID"
+            );
+        }
+        assert_eq!(
+            operation["responses"]["401"].is_object(),
+            protected,
+            "{method} {path}: 401 documented iff authenticated"
+        );
+    }
+}
+
+/// The checks below would be worthless if the validator accepted anything: drifted bodies fail.
+#[test]
+fn the_validator_rejects_drifted_bodies() {
+    let doc = Document::load();
+    let logs_200 = &doc.root["paths"][LOGS]["get"]["responses"]["200"]["content"]["application/json"]
+        ["schema"];
+    let event = doc.root["components"]["schemas"]["Event"]["examples"][0].clone();
+    let page = |event: Value| json!({"logs": [event], "cursor": null, "has_more": false});
+    assert!(doc.validator(logs_200).is_valid(&page(event.clone())));
+    let mut drifted = Vec::new();
+    let mut with = |field: &str, value: Value| {
+        let mut changed = event.clone();
+        changed[field] = value;
+        drifted.push(page(changed));
+    };
+    with("tenant_id", json!("tnt_acme"));
+    with("timestamp", json!("2026-04-23T18:00:00Z"));
+    with("timestamp", json!("2026-04-23T25:00:00.000000Z"));
+    with("action", json!("launch"));
+    with("source_ip", json!("999.1.1.1"));
+    with("secret_path", json!("Upper/Case"));
+    with("duration_ms", json!(-1));
+    with("extra_data", Value::Null);
+    let mut missing = event.clone();
+    missing.as_object_mut().unwrap().remove("request_id");
+    drifted.push(page(missing));
+    drifted.push(json!({"logs": [], "cursor": null}));
+    drifted.push(json!({"logs": [], "cursor": null, "has_more": false, "total": 0}));
+    for body in &drifted {
+        assert!(
+            !doc.validator(logs_200).is_valid(body),
+            "accepted a drifted body: {body}"
+        );
+    }
+    let error_422 = &doc.root["paths"][LOGS]["get"]["responses"]["422"]["content"]["application/json"]
+        ["schema"];
+    let envelope = |code: &str, details: Value| json!({"error": {"code": code, "message": "m", "details": details, "request_id": "req_1"}});
+    let validator = doc.validator(error_422);
+    assert!(validator.is_valid(&envelope(
+        "validation_error",
+        json!({"fields": {"limit": "x"}})
+    )));
+    assert!(!validator.is_valid(&envelope(
+        "invalid_request",
+        json!({"fields": {"limit": "x"}})
+    )));
+    assert!(!validator.is_valid(&envelope("validation_error", json!({}))));
+    assert!(!validator.is_valid(&json!({"error": {"code": "validation_error", "message": "m"}})));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Responses against the document
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn responses_match_the_document() {
+    let dir = TestDir::new();
+    within(TEST_DEADLINE, "responses_match_the_document", async {
+        let doc = Document::load();
+        let tokens = tokens();
+        let args = ["--max-body-bytes", "65536", "--max-batch-events", "50"];
+        let server =
+            start_with_tokens(&dir, "tokens.toml", &tokens.all(), Some(1000), &args).await;
+        let client = client();
+        let base = server.base_url();
+        let rw = tokens.rw.secret.as_str();
+
+        // --- 200s -------------------------------------------------------------------------
+        let json_events: Vec<Value> = ["read", "write", "read", "rotate"]
+            .iter()
+            .enumerate()
+            .map(|(i, action)| trail_event(i as u64, action))
+            .collect();
+        let reply = post_events(&client, base, rw, json!({ "events": json_events })).await;
+        assert_eq!(reply.0, StatusCode::OK, "{}", reply.2);
+        doc.check(EVENTS, "post", &reply);
+        let mut ids = reply_ids(&reply.2);
+
+        let ndjson: String = (10..12)
+            .map(|i| format!("{}\n", with_id(trail_event(i, "list"), &producer_id())))
+            .collect();
+        let reply = post_raw(&client, base, rw, "application/x-ndjson", ndjson.clone()).await;
+        assert_eq!(reply.0, StatusCode::OK, "{}", reply.2);
+        doc.check(EVENTS, "post", &reply);
+        ids.extend(reply_ids(&reply.2));
+
+        // A retried batch: stored once, reported as duplicates.
+        let reply = post_raw(&client, base, rw, "application/x-ndjson", ndjson).await;
+        assert_eq!(reply.0, StatusCode::OK, "{}", reply.2);
+        assert_eq!(reply.2["duplicates"], json!(2));
+        doc.check(EVENTS, "post", &reply);
+
+        // A partner admin names the tenant; no path, IPv6 source, nulls everywhere.
+        let system_event = json!({
+            "tenant_id": TENANT, "timestamp": recent_timestamp(5, 0), "action": "identity_sync",
+            "identity_type": "system", "identity_id": "system:sync", "success": false,
+            "source_ip": "fd00::1", "secret_path": null, "extra_data": {"k": [1, {"x": null}]}
+        });
+        let reply = post_events(
+            &client,
+            base,
+            &tokens.admin.secret,
+            json!({ "events": [system_event] }),
+        )
+        .await;
+        assert_eq!(reply.0, StatusCode::OK, "{}", reply.2);
+        doc.check(EVENTS, "post", &reply);
+        ids.extend(reply_ids(&reply.2));
+        wait_until_visible(&client, base, rw, None, &ids, VISIBILITY_DEADLINE).await;
+
+        let first = get(&client, &server, &format!("{LOGS}?limit=2"), Some(rw)).await;
+        assert_eq!(first.0, StatusCode::OK, "{}", first.2);
+        assert_eq!(first.2["has_more"], json!(true));
+        doc.check(LOGS, "get", &first);
+        let cursor = first.2["cursor"].as_str().expect("cursor").to_owned();
+        let url = format!("{LOGS}?limit=2&cursor={}", percent_encode(&cursor));
+        let second = get(&client, &server, &url, Some(rw)).await;
+        assert_eq!(second.0, StatusCode::OK, "{}", second.2);
+        assert_ne!(second.2["logs"][0]["id"], first.2["logs"][0]["id"]);
+        doc.check(LOGS, "get", &second);
+        let filtered = format!(
+            "{LOGS}?action=read,identity_sync&order=asc&source_ip=fd00::/16&success=false&limit=1000"
+        );
+        let reply = get(&client, &server, &filtered, Some(rw)).await;
+        assert_eq!(reply.0, StatusCode::OK, "{}", reply.2);
+        assert_eq!(reply.2["logs"].as_array().map(Vec::len), Some(1));
+        doc.check(LOGS, "get", &reply);
+
+        let secret_url = concrete(SECRETS, SECRET, IDENTITY);
+        let reply = get(&client, &server, &secret_url, Some(rw)).await;
+        assert_eq!(reply.0, StatusCode::OK, "{}", reply.2);
+        assert_eq!(reply.2["summary"]["total_events"], json!(6));
+        assert!(reply.2["summary"]["last_accessed_at"].is_string());
+        doc.check(SECRETS, "get", &reply);
+        let reply = get(&client, &server, "/v1/audit/secrets/no/such/secret", Some(rw)).await;
+        assert_eq!(reply.0, StatusCode::OK, "{}", reply.2);
+        assert_eq!(reply.2["summary"]["last_accessed_at"], Value::Null);
+        doc.check(SECRETS, "get", &reply);
+
+        let identity_url = concrete(IDENTITIES, SECRET, IDENTITY);
+        let reply = get(&client, &server, &identity_url, Some(rw)).await;
+        assert_eq!(reply.0, StatusCode::OK, "{}", reply.2);
+        assert_eq!(reply.2["identity_id"], json!(IDENTITY));
+        assert_eq!(reply.2["summary"]["unique_secrets"], json!(1));
+        doc.check(IDENTITIES, "get", &reply);
+        let raw = format!("/v1/audit/identities/{IDENTITY}?limit=1");
+        let reply = get(&client, &server, &raw, Some(rw)).await;
+        assert_eq!(reply.0, StatusCode::OK, "{}", reply.2);
+        doc.check(IDENTITIES, "get", &reply);
+
+        for url in [SUMMARY.to_owned(), format!("{SUMMARY}?top=1")] {
+            let reply = get(&client, &server, &url, Some(rw)).await;
+            assert_eq!(reply.0, StatusCode::OK, "{}", reply.2);
+            assert_eq!(reply.2["total_events"], json!(7));
+            doc.check(SUMMARY, "get", &reply);
+        }
+
+        for path in [
+            "/v1/health",
+            "/v1/health/ready",
+            "/metrics",
+            "/v1/audit/openapi.json",
+        ] {
+            let reply = get(&client, &server, path, None).await;
+            assert_eq!(reply.0, StatusCode::OK, "{path}: {}", reply.2);
+            doc.check(path, "get", &reply);
+        }
+        let served = get(&client, &server, "/v1/audit/openapi.json", None).await;
+        assert_eq!(served.2, doc.root, "the served document is docs/openapi.json");
+
+        // --- 400 --------------------------------------------------------------------------
+        let admin = tokens.admin.secret.as_str();
+        let cases: Vec<(&str, String, Option<&str>, &str)> = vec![
+            (LOGS, format!("{LOGS}?cursor=garbage"), Some(rw), "invalid_cursor"),
+            (LOGS, LOGS.to_owned(), Some(admin), "invalid_request"),
+            (SECRETS, "/v1/audit/secrets/Bad/Path".to_owned(), Some(rw), "invalid_path"),
+            (SECRETS, "/v1/audit/secrets/%ff".to_owned(), Some(rw), "invalid_path"),
+            (SECRETS, format!("{secret_url}?cursor={cursor}"), Some(rw), "invalid_cursor"),
+            (IDENTITIES, "/v1/audit/identities/%ff".to_owned(), None, "invalid_path"),
+            (IDENTITIES, identity_url.clone(), Some(admin), "invalid_request"),
+            (SUMMARY, SUMMARY.to_owned(), Some(admin), "invalid_request"),
+        ];
+        for (path, url, token, code) in cases {
+            let reply = get(&client, &server, &url, token).await;
+            assert_error(&reply, StatusCode::BAD_REQUEST, code);
+            doc.check(path, "get", &reply);
+        }
+        let reply = post_raw(&client, base, rw, "application/json", "{\"events\": [").await;
+        assert_error(&reply, StatusCode::BAD_REQUEST, "invalid_request");
+        doc.check(EVENTS, "post", &reply);
+        let reply = post_raw(&client, base, rw, "application/x-ndjson", "{}\nnot json\n").await;
+        assert_error(&reply, StatusCode::BAD_REQUEST, "invalid_request");
+        assert_eq!(reply.2["error"]["details"]["line"], json!(2));
+        doc.check(EVENTS, "post", &reply);
+
+        // --- 401 --------------------------------------------------------------------------
+        for (path, method) in doc.operations() {
+            if doc.operation(&path, &method)["security"] == json!([]) {
+                continue;
+            }
+            let url = concrete(&path, SECRET, IDENTITY);
+            let method_value = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let reply = request(&client, &server, method_value.clone(), &url, None).await;
+            assert_error(&reply, StatusCode::UNAUTHORIZED, "authentication_required");
+            doc.check(&path, &method, &reply);
+            let reply = request(&client, &server, method_value, &url, Some("skt_nope")).await;
+            assert_error(&reply, StatusCode::UNAUTHORIZED, "token_invalid");
+            doc.check(&path, &method, &reply);
+        }
+
+        // --- 403 --------------------------------------------------------------------------
+        for path in [LOGS, SECRETS, IDENTITIES, SUMMARY] {
+            let url = concrete(path, SECRET, IDENTITY);
+            let reply = get(&client, &server, &url, Some(tokens.write_only.secret.as_str())).await;
+            assert_error(&reply, StatusCode::FORBIDDEN, "insufficient_scope");
+            doc.check(path, "get", &reply);
+            let reply = get_as(&client, base, &url, Some(rw), Some(OTHER_TENANT)).await;
+            assert_error(&reply, StatusCode::FORBIDDEN, "tenant_access_denied");
+            doc.check(path, "get", &reply);
+        }
+        let one = json!({ "events": [trail_event(20, "read")] });
+        let reply = post_events(&client, base, &tokens.read_only.secret, one).await;
+        assert_error(&reply, StatusCode::FORBIDDEN, "insufficient_scope");
+        doc.check(EVENTS, "post", &reply);
+        let foreign = json!({ "events": [event_for_tenant(21, Some(OTHER_TENANT))] });
+        let reply = post_events(&client, base, rw, foreign).await;
+        assert_error(&reply, StatusCode::FORBIDDEN, "tenant_access_denied");
+        doc.check(EVENTS, "post", &reply);
+
+        // --- 404 and 405 ------------------------------------------------------------------
+        let reply = get(&client, &server, "/v1/audit/secrets/", Some(rw)).await;
+        assert_error(&reply, StatusCode::NOT_FOUND, "not_found");
+        doc.check(SECRETS, "get", &reply);
+        let reply = get(&client, &server, "/v1/audit/identities/", Some(rw)).await;
+        assert_error(&reply, StatusCode::NOT_FOUND, "not_found");
+        doc.check(IDENTITIES, "get", &reply);
+        let reply = get(&client, &server, "/v1/audit/no-such-route", Some(rw)).await;
+        assert_error(&reply, StatusCode::NOT_FOUND, "not_found");
+        doc.check_component("NotFound", &reply);
+        let reply = request(&client, &server, Method::DELETE, LOGS, Some(rw)).await;
+        assert_error(
+            &reply,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        );
+        doc.check_component("MethodNotAllowed", &reply);
+
+        // --- 413 --------------------------------------------------------------------------
+        let too_many: Vec<Value> = (0..51).map(|i| trail_event(100 + i, "read")).collect();
+        let reply = post_events(&client, base, rw, json!({ "events": too_many })).await;
+        assert_error(&reply, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+        doc.check(EVENTS, "post", &reply);
+        let reply = post_raw(&client, base, rw, "application/json", vec![b' '; 70_000]).await;
+        assert_error(&reply, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+        doc.check(EVENTS, "post", &reply);
+
+        // --- 422 --------------------------------------------------------------------------
+        let long_identity = format!("/v1/audit/identities/{}", "x".repeat(300));
+        let cases: Vec<(&str, String, &str)> = vec![
+            (LOGS, format!("{LOGS}?limit=0"), "limit"),
+            (LOGS, format!("{LOGS}?q=nofield:x"), "q"),
+            (SECRETS, format!("{secret_url}?path_prefix=a"), "path_prefix"),
+            (IDENTITIES, format!("{identity_url}?identity_id=a"), "identity_id"),
+            (IDENTITIES, long_identity, "identity_id"),
+            (SUMMARY, format!("{SUMMARY}?top=0"), "top"),
+        ];
+        for (path, url, field) in cases {
+            let reply = get(&client, &server, &url, Some(rw)).await;
+            assert_validation_error(&reply, field);
+            doc.check(path, "get", &reply);
+        }
+        let mut bad = trail_event(30, "read");
+        bad["action"] = json!("launch");
+        let reply = post_events(&client, base, rw, json!({ "events": [bad] })).await;
+        assert_validation_error(&reply, "events[0].action");
+        doc.check(EVENTS, "post", &reply);
+        let reply = post_events(&client, base, rw, json!({ "events": [] })).await;
+        assert_validation_error(&reply, "events");
+        doc.check(EVENTS, "post", &reply);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limited_responses_match_the_document() {
+    let dir = TestDir::new();
+    within(
+        TEST_DEADLINE,
+        "rate_limited_responses_match_the_document",
+        async {
+            let doc = Document::load();
+            let tokens = tokens();
+            let server = start_with_tokens(&dir, "tokens.toml", &tokens.all(), Some(1), &[]).await;
+            let client = client();
+            let rw = tokens.rw.secret.as_str();
+            let reply = get(&client, &server, LOGS, Some(rw)).await;
+            assert_eq!(reply.0, StatusCode::OK, "{}", reply.2);
+            assert_eq!(header_u64(&reply.1, "x-ratelimit-limit"), Some(1));
+            doc.check(LOGS, "get", &reply);
+            for path in [LOGS, SECRETS, IDENTITIES, SUMMARY] {
+                let url = concrete(path, SECRET, IDENTITY);
+                let reply = get(&client, &server, &url, Some(rw)).await;
+                assert_error(&reply, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+                doc.check(path, "get", &reply);
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unavailable_response_matches_the_document() {
+    let dir = TestDir::new();
+    within(
+        TEST_DEADLINE,
+        "unavailable_response_matches_the_document",
+        async {
+            let doc = Document::load();
+            let server =
+                Server::start_wrapped(&["prlimit", "--fsize=2000000"], &dir.data_dir(), &[]).await;
+            let client = client();
+            let reply = ingest_until_refused(&client, &server, server.token(), 100).await;
+            assert_error(
+                &reply,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+            );
+            doc.check(EVENTS, "post", &reply);
+        },
+    )
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Routes and parameters against the document
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_documented_operation_is_routed_and_no_other_method() {
+    let dir = TestDir::new();
+    within(
+        TEST_DEADLINE,
+        "every_documented_operation_is_routed",
+        async {
+            let doc = Document::load();
+            let server = Server::start(&dir.data_dir(), &[]).await;
+            let client = client();
+            let paths = doc.root["paths"].as_object().expect("paths");
+            assert_eq!(paths.len(), 9, "documented paths: {:?}", paths.keys());
+            for (path, item) in paths {
+                let url = concrete(path, SECRET, IDENTITY);
+                for method in ["get", "post", "put", "delete", "patch"] {
+                    let method_value =
+                        Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+                    let reply = request(&client, &server, method_value, &url, None).await;
+                    if item.get(method).is_some() {
+                        assert_ne!(
+                            reply.0,
+                            StatusCode::NOT_FOUND,
+                            "{method} {url}: {}",
+                            reply.2
+                        );
+                        assert_ne!(reply.0, StatusCode::METHOD_NOT_ALLOWED, "{method} {url}");
+                        doc.check(path, method, &reply);
+                    } else {
+                        assert_error(&reply, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+                        doc.check_component("MethodNotAllowed", &reply);
+                    }
+                }
+            }
+        },
+    )
+    .await;
+}
+
+/// A valid value of a documented query parameter, for probing the others.
+fn sample(name: &str, doc: &Document) -> String {
+    match name {
+        "from" => "2026-01-01T00:00:00Z".into(),
+        "to" => "2030-01-01T00:00:00+02:00".into(),
+        "action" => doc.root["components"]["schemas"]["Action"]["enum"]
+            .as_array()
+            .expect("actions")
+            .iter()
+            .map(|action| action.as_str().expect("string"))
+            .collect::<Vec<_>>()
+            .join(","),
+        "identity_id" => IDENTITY.into(),
+        "identity_type" => "service_account".into(),
+        "path_prefix" => "environments/".into(),
+        "success" => "false".into(),
+        "source_ip" => "10.0.0.0/8".into(),
+        "request_id" => "req_1".into(),
+        "q" => "salesforce".into(),
+        "limit" => "5".into(),
+        "cursor" => String::new(),
+        "order" => "asc".into(),
+        "top" => "5".into(),
+        other => panic!("documented query parameter {other} has no sample value in this test"),
+    }
+}
+
+/// Values the parameter's documented schema accepts and rejects.
+fn probes(doc: &Document, name: &str, schema: &Value) -> (Vec<String>, Vec<String>) {
+    let schema = doc.resolve(schema);
+    let mut valid = vec![sample(name, doc)];
+    let mut invalid = Vec::new();
+    match schema["type"].as_str() {
+        Some("integer") => {
+            invalid.push("x".into());
+            if let Some(min) = schema["minimum"].as_i64() {
+                valid.push(min.to_string());
+                invalid.push((min - 1).to_string());
+            }
+            if let Some(max) = schema["maximum"].as_i64() {
+                valid.push(max.to_string());
+                invalid.push((max + 1).to_string());
+            }
+        }
+        Some("boolean") => {
+            valid.extend(["true".into(), "false".into()]);
+            invalid.push("maybe".into());
+        }
+        Some("array") => invalid.push("bogus".into()),
+        _ => {}
+    }
+    if let Some(values) = schema["enum"].as_array() {
+        valid.extend(
+            values
+                .iter()
+                .map(|v| v.as_str().expect("string").to_owned()),
+        );
+        invalid.push("bogus".into());
+    }
+    if schema["format"] == "date-time" {
+        invalid.extend(["yesterday".into(), "2026-01-01".into()]);
+    }
+    if schema["minLength"].as_u64().is_some_and(|min| min >= 1) {
+        invalid.push(String::new());
+    }
+    if let Some(max) = schema["maxLength"].as_u64() {
+        valid.push("a".repeat(max as usize));
+        invalid.push("a".repeat(max as usize + 1));
+    }
+    if schema.get("pattern").is_some() || schema.get("anyOf").is_some() {
+        invalid.push("Bad Value!".into());
+    }
+    (valid, invalid)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn documented_query_parameters_are_exactly_what_the_server_accepts() {
+    let dir = TestDir::new();
+    within(TEST_DEADLINE, "documented_query_parameters", async {
+        let doc = Document::load();
+        // Rate limiting off (the harness default).
+        let server = Server::start(&dir.data_dir(), &[]).await;
+        let client = client();
+        let token = server.token().to_owned();
+        let mut all_names: BTreeSet<String> = ["colour", "tenant_id", "page", "offset", "sort"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        for (path, method) in doc.operations() {
+            for parameter in doc.query_parameters(&path, &method) {
+                all_names.insert(parameter["name"].as_str().expect("name").to_owned());
+            }
+        }
+        for path in [LOGS, SECRETS, IDENTITIES, SUMMARY] {
+            let base_url = concrete(path, SECRET, IDENTITY);
+            let declared = doc.query_parameters(path, "get");
+            let declared_names: BTreeSet<String> = declared
+                .iter()
+                .map(|parameter| parameter["name"].as_str().expect("name").to_owned())
+                .collect();
+            let query = |pairs: &[(&str, &str)]| {
+                let encoded: Vec<String> = pairs
+                    .iter()
+                    .map(|(name, value)| format!("{name}={}", percent_encode(value)))
+                    .collect();
+                format!("{base_url}?{}", encoded.join("&"))
+            };
+            let get = |url: String| {
+                let client = client.clone();
+                let base = server.base_url().to_owned();
+                let token = token.clone();
+                async move { get_as(&client, &base, &url, Some(token.as_str()), Some(TENANT)).await }
+            };
+            // Every declared parameter at once.
+            let samples: Vec<(String, String)> = declared_names
+                .iter()
+                .map(|name| (name.clone(), sample(name, &doc)))
+                .collect();
+            let pairs: Vec<(&str, &str)> = samples
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_str()))
+                .collect();
+            let reply = get(query(&pairs)).await;
+            assert_eq!(reply.0, StatusCode::OK, "{path} with {pairs:?}: {}", reply.2);
+            doc.check(path, "get", &reply);
+            // Each declared parameter's documented constraints.
+            for parameter in &declared {
+                let name = parameter["name"].as_str().expect("name");
+                let (valid, invalid) = probes(&doc, name, &parameter["schema"]);
+                for value in valid {
+                    let reply = get(query(&[(name, &value)])).await;
+                    assert_eq!(reply.0, StatusCode::OK, "{path} {name}={value}: {}", reply.2);
+                    doc.check(path, "get", &reply);
+                }
+                for value in invalid {
+                    let reply = get(query(&[(name, &value)])).await;
+                    assert_eq!(
+                        reply.0,
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "{path}: {name}={value} breaks the documented schema but was accepted: {}",
+                        reply.2
+                    );
+                    assert_validation_error(&reply, name);
+                    doc.check(path, "get", &reply);
+                }
+                // Given twice: refused.
+                let value = sample(name, &doc);
+                let reply = get(query(&[(name, &value), (name, &value)])).await;
+                assert_validation_error(&reply, name);
+            }
+            // Every other parameter name is unknown here.
+            for name in all_names.difference(&declared_names) {
+                let value = match name.as_str() {
+                    "colour" | "tenant_id" | "page" | "offset" | "sort" => "x".to_owned(),
+                    known => sample(known, &doc),
+                };
+                let reply = get(query(&[(name, &value)])).await;
+                assert_validation_error(&reply, name);
+                assert_eq!(
+                    reply.2["error"]["details"]["fields"][name],
+                    json!("unknown parameter"),
+                    "{path}?{name}"
+                );
+                doc.check(path, "get", &reply);
+            }
+        }
+    })
+    .await;
+}
