@@ -394,7 +394,7 @@ fn lock_data_dir(data_dir: &Path) -> Result<File, StoreError> {
 fn index_settings() -> IndexSettings {
     IndexSettings {
         docstore_compression: Compressor::Zstd(ZstdCompressor {
-            compression_level: Some(9),
+            compression_level: Some(6),
         }),
         docstore_blocksize: 256 * 1024,
         ..IndexSettings::default()
