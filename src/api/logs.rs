@@ -1,32 +1,19 @@
 //! `GET /v1/audit/logs` (SPEC §3.1): filtered, keyset-paged, newest first by default.
 
 use serde_json::json;
-use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::http::{HeaderMap, StatusCode};
 use warp::reply::Response;
 
-use super::rate_limit::Category;
-use super::{ApiError, json_response, rate_limited, raw_query, tenant_header, with_state};
-use crate::auth::{Principal, Scope};
+use super::{ApiError, json_response, tenant_header};
+use crate::auth::Principal;
 use crate::event::AuditEvent;
 use crate::query::{self, LogFilters, LogParams, cursor};
 use crate::state::AppState;
 use crate::store::search::{self, Direction, SortKey};
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
-    warp::path!("v1" / "audit" / "logs")
-        .and(warp::get())
-        .and(warp::header::headers_cloned())
-        .and(raw_query())
-        .and(with_state(state))
-        .then(
-            |headers: HeaderMap, raw: String, state: AppState| async move {
-                let handler = |principal| list_logs(state.clone(), principal, headers.clone(), raw);
-                rate_limited(&state, &headers, Scope::Read, Category::Queries, handler).await
-            },
-        )
-        .boxed()
+    super::query_route(warp::path!("v1" / "audit" / "logs"), state, list_logs)
 }
 
 async fn list_logs(

@@ -138,6 +138,28 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Princ
     Ok(state.auth.authenticate(authorization).await?)
 }
 
+/// A rate-limited `GET` query route: `path`, then bearer auth with `audit:read`, one token of
+/// the caller's query budget, and `handler(state, principal, headers, raw_query)`.
+pub fn query_route<P, H, Fut>(path: P, state: AppState, handler: H) -> BoxedFilter<(Response,)>
+where
+    P: Filter<Extract = (), Error = warp::Rejection> + Clone + Send + Sync + 'static,
+    H: Fn(AppState, Principal, HeaderMap, String) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response, ApiError>> + Send,
+{
+    path.and(warp::get())
+        .and(warp::header::headers_cloned())
+        .and(raw_query())
+        .and(with_state(state))
+        .then(move |headers: HeaderMap, raw: String, state: AppState| {
+            let handler = handler.clone();
+            async move {
+                let run = |principal| handler(state.clone(), principal, headers.clone(), raw);
+                rate_limited(&state, &headers, Scope::Read, Category::Queries, run).await
+            }
+        })
+        .boxed()
+}
+
 /// Runs a rate-limited handler: authenticate, require `scope`, take a token of `category`,
 /// then call `handler`. Every response after authentication carries the rate-limit headers.
 pub async fn rate_limited<F, Fut>(

@@ -1,14 +1,12 @@
 //! `GET /v1/audit/summary` (SPEC §3.4): totals, actions, top identities and resources.
 
 use serde_json::json;
-use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::http::{HeaderMap, StatusCode};
 use warp::reply::Response;
 
-use super::rate_limit::Category;
-use super::{ApiError, json_response, rate_limited, raw_query, tenant_header, with_state};
-use crate::auth::{Principal, Scope};
+use super::{ApiError, json_response, tenant_header};
+use crate::auth::Principal;
 use crate::event::FieldErrors;
 use crate::query::summary::{self, Aggregate};
 use crate::query::{self, LogFilters};
@@ -19,18 +17,7 @@ const DEFAULT_TOP: usize = 10;
 const MAX_TOP: usize = 100;
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
-    warp::path!("v1" / "audit" / "summary")
-        .and(warp::get())
-        .and(warp::header::headers_cloned())
-        .and(raw_query())
-        .and(with_state(state))
-        .then(
-            |headers: HeaderMap, raw: String, state: AppState| async move {
-                let handler = |principal| summary(state.clone(), principal, headers.clone(), raw);
-                rate_limited(&state, &headers, Scope::Read, Category::Queries, handler).await
-            },
-        )
-        .boxed()
+    super::query_route(warp::path!("v1" / "audit" / "summary"), state, summary)
 }
 
 async fn summary(
