@@ -669,3 +669,60 @@ async fn disk_full_answers_503_and_loses_nothing() {
     .await;
     assert_each_present_once(&logs, &concat(&[&acked, &after_ids]));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Readiness during the WAL replay
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn not_ready_and_writes_refused_until_the_wal_is_replayed() {
+    tokio::time::timeout(TEST_DEADLINE, async {
+        let dir = TestDir::new();
+        let data = dir.data_dir();
+        let client = client();
+        let mut server = Server::start(&data, NO_COMMITS).await;
+        // 100,000 acknowledged, uncommitted events make the replay long enough to observe.
+        const BATCHES: u64 = 20;
+        const BATCH: u64 = 5_000;
+        for batch in 0..BATCHES {
+            let events: Vec<Value> = (0..BATCH).map(|i| event(batch * BATCH + i)).collect();
+            let body = json!({ "events": events });
+            let reply = post_events(&client, server.base_url(), server.token(), body).await;
+            assert_eq!(reply.0, StatusCode::OK, "{}", reply.2);
+        }
+        server.kill9();
+
+        let mut server = Server::start_listening(&data, NO_COMMITS).await;
+        let ready_url = format!("{}/v1/health/ready", server.base_url());
+        let early = client.get(&ready_url).send().await.unwrap();
+        assert_eq!(early.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let early: Value = early.json().await.unwrap();
+        assert_eq!(early["status"], "not_ready", "{early}");
+        assert_eq!(early["checks"]["wal"], "starting", "{early}");
+        let refused = post_events(
+            &client,
+            server.base_url(),
+            server.token(),
+            json!({ "events": [event(BATCHES * BATCH)] }),
+        )
+        .await;
+        assert_error(
+            &refused,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service_unavailable",
+        );
+
+        server.wait_ready().await;
+        let summary = client
+            .get(format!("{}/v1/audit/summary", server.base_url()))
+            .bearer_auth(server.token())
+            .header("X-Tenant-ID", TENANT)
+            .send()
+            .await
+            .unwrap();
+        let summary: Value = summary.json().await.unwrap();
+        assert_eq!(summary["total_events"], BATCHES * BATCH, "{summary}");
+    })
+    .await
+    .expect("test deadline");
+}

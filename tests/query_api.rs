@@ -1246,3 +1246,68 @@ async fn server_errors_never_leak_internals() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn free_text_search_covers_agent_path_identity_and_extra_data() {
+    let dir = TestDir::new();
+    let server = Server::start(&dir.data_dir(), &[]).await;
+    let client = client();
+    let marked = |i: u64, field: &str, value: Value| {
+        let mut event = event(i);
+        event[field] = value;
+        event
+    };
+    let events = [
+        marked(1, "user_agent", json!("terraform-provider-scaivault/0.9.1")),
+        marked(2, "extra_data", json!({"lease_id": "lease_7f3a9c"})),
+        marked(3, "secret_path", json!("integrations/stripe/oauth-1")),
+        marked(4, "identity_id", json!("user:zed@acme.example")),
+    ];
+    let ids = ingest_ok(&client, server.base_url(), server.token(), &events).await;
+    wait_until_visible(
+        &client,
+        server.base_url(),
+        server.token(),
+        Some(TENANT),
+        &ids,
+        Duration::from_secs(10),
+    )
+    .await;
+    let search = |q: &str| {
+        let url = format!(
+            "{}/v1/audit/logs?q={}",
+            server.base_url(),
+            percent_encode(q)
+        );
+        let request = client
+            .get(url)
+            .bearer_auth(server.token())
+            .header("X-Tenant-ID", TENANT);
+        send(request)
+    };
+    for (q, expected) in [
+        ("terraform", vec![&ids[0]]),
+        ("lease_7f3a9c", vec![&ids[1]]),
+        ("stripe", vec![&ids[2]]),
+        ("zed", vec![&ids[3]]),
+        ("stripe OR zed", vec![&ids[3], &ids[2]]),
+        ("stripe AND zed", vec![]),
+    ] {
+        let (status, _, body) = search(q).await;
+        assert_eq!(status, StatusCode::OK, "{q}: {body}");
+        let found: Vec<&str> = body["logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_str().unwrap())
+            .collect();
+        let expected: Vec<&str> = expected.iter().map(|id| id.as_str()).collect();
+        assert_eq!(found, expected, "q={q}");
+    }
+    let (status, _, body) = search("\"terraform provider\"").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["logs"][0]["id"], ids[0].as_str(), "phrase query");
+    assert_eq!(body["logs"].as_array().unwrap().len(), 1);
+    let reply = search("title:(unbalanced").await;
+    assert_validation_error(&reply, "q");
+}

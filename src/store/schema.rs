@@ -70,12 +70,12 @@ pub fn build_schema() -> (Schema, Fields) {
     let exact = || TextOptions::default().set_indexing_options(raw_indexing());
     let exact_fast = || exact().set_fast(RAW_TOKENIZER_NAME);
     let fast_text = || TextOptions::default().set_fast(RAW_TOKENIZER_NAME);
-    // Free text needs no positions: phrase queries are not offered, and positions would double
-    // the size of the text postings.
+    // Free text keeps positions: a word the tokenizer splits (`lease_7f3a`, `api-credentials`,
+    // `sa:billing`) becomes a phrase query, which needs them.
     let free_text = TextOptions::default().set_indexing_options(
         TextFieldIndexing::default()
             .set_tokenizer("default")
-            .set_index_option(IndexRecordOption::Basic)
+            .set_index_option(IndexRecordOption::WithFreqsAndPositions)
             .set_fieldnorms(false),
     );
     let fields = Fields {

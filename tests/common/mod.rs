@@ -180,6 +180,23 @@ impl Server {
 
     /// Like [`Server::start`], with the binary run through `wrapper` (e.g. `prlimit --fsize=N`).
     pub async fn start_wrapped(wrapper: &[&str], data_dir: &Path, extra_args: &[&str]) -> Server {
+        let mut server = Server::spawn(wrapper, data_dir, extra_args).await;
+        server.wait_until_ready(Instant::now()).await;
+        server
+    }
+
+    /// Like [`Server::start`], but returns as soon as the server listens (it may still be
+    /// replaying its WAL).
+    pub async fn start_listening(data_dir: &Path, extra_args: &[&str]) -> Server {
+        Server::spawn(&[], data_dir, extra_args).await
+    }
+
+    /// Waits until `GET /v1/health/ready` answers 200.
+    pub async fn wait_ready(&mut self) {
+        self.wait_until_ready(Instant::now()).await;
+    }
+
+    async fn spawn(wrapper: &[&str], data_dir: &Path, extra_args: &[&str]) -> Server {
         let root = data_dir.parent().expect("data dir has a parent directory");
         let (stdout_log, stderr_log) = next_log_paths(root);
         let stderr_file = File::create(&stderr_log).expect("create stderr log");
@@ -222,7 +239,6 @@ impl Server {
         let started = Instant::now();
         let addr = server.wait_for_listening_line(&stdout_lines, started).await;
         server.base_url = format!("http://{addr}");
-        server.wait_until_ready(started).await;
         server.token = bootstrap_token(data_dir, &stdout_lines);
         server
     }
@@ -1077,7 +1093,6 @@ impl Server {
         let started = Instant::now();
         let addr = server.wait_for_listening_line(&stdout_lines, started).await;
         server.base_url = format!("http://{addr}");
-        server.wait_until_ready(started).await;
         server.token = bootstrap_token(data_dir, &stdout_lines);
         server
     }
