@@ -47,6 +47,12 @@ pub struct SettingsArgs {
     /// HTTP listen address (host:port; port 0 picks a free port).
     #[arg(long, env = "BIND_ADDRESS", value_name = "ADDR")]
     pub listen: Option<String>,
+    /// TLS certificate chain (PEM); with --tls-key-file the API serves HTTPS.
+    #[arg(long, env = "TLS_CERT_FILE", value_name = "FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "TLS_KEY_FILE", value_name = "FILE")]
+    pub tls_key_file: Option<PathBuf>,
     /// Static API tokens file (TOML, hashed tokens). Without any auth configured, a bootstrap
     /// token is generated in the data directory.
     #[arg(long, env = "SCAIVAULT_AUDIT_TOKENS_FILE", value_name = "FILE")]
@@ -124,6 +130,8 @@ pub struct FileConfig {
 #[serde(deny_unknown_fields)]
 pub struct ServerSection {
     pub listen: Option<String>,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
     pub max_body_bytes: Option<u64>,
     pub max_batch_events: Option<u64>,
 }
@@ -170,6 +178,8 @@ pub enum LogFormat {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
+    /// Certificate chain and key files, when the API serves HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
     pub store: StoreConfig,
     pub limits: IngestLimits,
     pub tokens_file: Option<PathBuf>,
@@ -268,6 +278,23 @@ impl Settings {
                 ),
             ));
         }
+        let tls = match (
+            args.tls_cert_file
+                .clone()
+                .or(file.server.tls_cert_file.clone()),
+            args.tls_key_file
+                .clone()
+                .or(file.server.tls_key_file.clone()),
+        ) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => {
+                return Err(invalid(
+                    "tls_cert_file/tls_key_file (TLS_CERT_FILE/TLS_KEY_FILE)",
+                    "set both or neither",
+                ));
+            }
+        };
         let jwks_url = args.jwks_url.clone().or(file.auth.jwks_url.clone());
         let jwks = match &jwks_url {
             Some(text) => Some(
@@ -302,6 +329,7 @@ impl Settings {
         };
         Ok(Settings {
             listen,
+            tls,
             store: StoreConfig {
                 data_dir,
                 commit: CommitPolicy {
@@ -346,6 +374,8 @@ impl Settings {
         FileConfig {
             server: ServerSection {
                 listen: Some(self.listen.to_string()),
+                tls_cert_file: self.tls.as_ref().map(|(cert, _)| cert.clone()),
+                tls_key_file: self.tls.as_ref().map(|(_, key)| key.clone()),
                 max_body_bytes: Some(self.limits.max_body_bytes as u64),
                 max_batch_events: Some(self.limits.max_batch_events as u64),
             },

@@ -99,6 +99,9 @@ fn run_async(future: impl std::future::Future<Output = anyhow::Result<()>>) -> a
 
 fn check_config(args: &SettingsArgs) -> anyhow::Result<()> {
     let settings = Settings::resolve(args)?;
+    if let Some((cert, key)) = &settings.tls {
+        api::tls::acceptor(cert, key)?;
+    }
     print!("{}", toml::to_string(&settings.to_file_config())?);
     Ok(())
 }
@@ -123,10 +126,14 @@ async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("failed to listen on {}", settings.listen))?;
-    announce(&listener, bootstrap.as_ref())?;
+    let tls = match &settings.tls {
+        Some((cert, key)) => Some(api::tls::acceptor(cert, key)?),
+        None => None,
+    };
+    announce(&listener, tls.is_some(), bootstrap.as_ref())?;
     ignore_file_size_signal();
     tracing::info!(data_dir = %settings.store.data_dir.display(), "scaivault-audit started");
-    api::serve(listener, api::routes(state), shutdown_signal()).await;
+    api::serve(listener, api::routes(state), tls, shutdown_signal()).await;
     tracing::info!("shutting down: final commit");
     store.shutdown().await;
     Ok(())
@@ -157,11 +164,13 @@ async fn authenticator(
 /// Prints where the service listens and, on its first start, the bootstrap token (stdout).
 fn announce(
     listener: &tokio::net::TcpListener,
+    tls: bool,
     bootstrap: Option<&BootstrapToken>,
 ) -> anyhow::Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "listening on http://{}", listener.local_addr()?)?;
+    let scheme = if tls { "https" } else { "http" };
+    writeln!(out, "listening on {scheme}://{}", listener.local_addr()?)?;
     match bootstrap {
         Some(token) if token.created => {
             writeln!(out, "bootstrap token: {}", token.token)?;

@@ -12,6 +12,7 @@ pub mod openapi;
 pub mod rate_limit;
 pub mod request_id;
 pub mod summary;
+pub mod tls;
 pub mod trails;
 
 use std::convert::Infallible;
@@ -22,6 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use serde::Serialize;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::http::{HeaderMap, StatusCode, header};
@@ -34,6 +36,8 @@ use rate_limit::Category;
 
 /// How long in-flight requests may take to finish after shutdown begins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// A client that has not finished its TLS handshake by then is dropped.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Every route of the service, with rejections mapped to the error envelope.
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
@@ -53,15 +57,16 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .boxed()
 }
 
-/// Serves `routes` on `listener` until `shutdown` resolves, then lets in-flight requests finish.
+/// Serves `routes` on `listener` (over TLS when `tls` is set) until `shutdown` resolves, then
+/// lets in-flight requests finish.
 pub async fn serve(
     listener: TcpListener,
     routes: BoxedFilter<(Response,)>,
+    tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
     let service = warp::service(routes);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -75,13 +80,17 @@ pub async fn serve(
                         continue;
                     }
                 };
-                let service = service.clone();
-                let hyper_service = hyper::service::service_fn(move |request| request_id::handle(service.clone(), request));
-                let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), hyper_service).into_owned();
-                let connection = graceful.watch(connection);
+                let connection = Connection { service: service.clone(), watcher: graceful.watcher() };
+                let tls = tls.clone();
+                // The TLS handshake runs in the connection's own task, never in the accept loop.
                 tokio::spawn(async move {
-                    if let Err(error) = connection.await {
-                        tracing::debug!(%error, "connection ended with an error");
+                    match tls {
+                        None => connection.serve(stream).await,
+                        Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                            Ok(Ok(tls_stream)) => connection.serve(tls_stream).await,
+                            Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
+                            Err(_) => tracing::debug!("TLS handshake timed out"),
+                        },
                     }
                 });
             }
@@ -94,6 +103,39 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!("in-flight requests did not finish within the drain timeout");
+    }
+}
+
+/// One accepted connection: the routes and the graceful-shutdown watcher it reports to.
+struct Connection<S> {
+    service: S,
+    watcher: hyper_util::server::graceful::Watcher,
+}
+
+impl<S> Connection<S>
+where
+    S: tower::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = Response,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    async fn serve<I>(self, io: I)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let service = self.service;
+        let hyper_service =
+            hyper::service::service_fn(move |request| request_id::handle(service.clone(), request));
+        let builder = auto::Builder::new(TokioExecutor::new());
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), hyper_service);
+        if let Err(error) = self.watcher.watch(connection.into_owned()).await {
+            tracing::debug!(%error, "connection ended with an error");
+        }
     }
 }
 
