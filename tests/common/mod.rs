@@ -197,6 +197,16 @@ impl Server {
     }
 
     async fn spawn(wrapper: &[&str], data_dir: &Path, extra_args: &[&str]) -> Server {
+        // Tests poll and page through logs far faster than the default 50 queries/min.
+        Server::spawn_with_limit(wrapper, data_dir, 0, extra_args).await
+    }
+
+    async fn spawn_with_limit(
+        wrapper: &[&str],
+        data_dir: &Path,
+        queries_per_minute: u32,
+        extra_args: &[&str],
+    ) -> Server {
         let root = data_dir.parent().expect("data dir has a parent directory");
         let (stdout_log, stderr_log) = next_log_paths(root);
         let stderr_file = File::create(&stderr_log).expect("create stderr log");
@@ -214,8 +224,8 @@ impl Server {
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--listen", "127.0.0.1:0"])
-            // Tests poll and page through logs far faster than the default 50 queries/min.
-            .args(["--rate-limit-queries-per-minute", "0"])
+            .arg("--rate-limit-queries-per-minute")
+            .arg(queries_per_minute.to_string())
             .args(extra_args)
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())
@@ -1060,40 +1070,9 @@ impl Server {
         queries_per_minute: u32,
         extra_args: &[&str],
     ) -> Server {
-        let root = data_dir.parent().expect("data dir has a parent directory");
-        let (stdout_log, stderr_log) = next_log_paths(root);
-        let stderr_file = File::create(&stderr_log).expect("create stderr log");
-        let mut command = Command::new(BINARY);
-        command
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["--listen", "127.0.0.1:0"])
-            .arg("--rate-limit-queries-per-minute")
-            .arg(queries_per_minute.to_string())
-            .args(extra_args)
-            .env("RUST_BACKTRACE", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(stderr_file));
-        for (name, _) in std::env::vars_os() {
-            if is_server_setting(&name.to_string_lossy()) {
-                command.env_remove(name);
-            }
-        }
-        let mut child = command.spawn().expect("spawn scaivault-audit");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let stdout_lines = spawn_stdout_reader(stdout, stdout_log);
-        let mut server = Server {
-            child,
-            base_url: String::new(),
-            token: None,
-            stderr_log,
-        };
-        let started = Instant::now();
-        let addr = server.wait_for_listening_line(&stdout_lines, started).await;
-        server.base_url = format!("http://{addr}");
-        server.token = bootstrap_token(data_dir, &stdout_lines);
+        let mut server =
+            Server::spawn_with_limit(&[], data_dir, queries_per_minute, extra_args).await;
+        server.wait_ready().await;
         server
     }
 }
