@@ -14,6 +14,7 @@ pub mod auth;
 pub mod bench;
 pub mod config;
 pub mod event;
+pub mod export;
 pub mod import;
 pub mod query;
 pub mod state;

@@ -1,0 +1,98 @@
+//! The byte path of a part file: optional gzip, then a writer that hashes and counts exactly the
+//! bytes handed to the destination.
+
+use std::io::{self, Write};
+
+use flate2::Compression as GzLevel;
+use flate2::write::GzEncoder;
+use sha2::{Digest, Sha256};
+
+use super::Compression;
+
+/// Passes bytes through to `inner`, hashing (SHA-256) and counting exactly what `inner` accepted.
+pub(super) struct HashingWriter<W: Write> {
+    inner: W,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    fn new(inner: W) -> Self {
+        Self {
+            inner,
+            hasher: Sha256::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Flushes `inner` and returns it with the byte count and the lowercase hex SHA-256.
+    pub(super) fn finish(mut self) -> io::Result<(W, u64, String)> {
+        self.inner.flush()?;
+        let sha256 = hex::encode(self.hasher.finalize());
+        Ok((self.inner, self.bytes, sha256))
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let accepted = self.inner.write(buf)?;
+        let written = &buf[..accepted];
+        self.hasher.update(written);
+        self.bytes += written.len() as u64;
+        Ok(accepted)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Where encoded bytes go: straight to the hashing writer, or through a gzip encoder first.
+pub(super) enum Sink<W: Write> {
+    Plain(HashingWriter<W>),
+    Gzip(GzEncoder<HashingWriter<W>>),
+}
+
+impl<W: Write> Sink<W> {
+    pub(super) fn new(compression: Compression, out: W) -> Self {
+        let hashing = HashingWriter::new(out);
+        match compression {
+            Compression::None => Sink::Plain(hashing),
+            Compression::Gzip => Sink::Gzip(GzEncoder::new(hashing, GzLevel::default())),
+        }
+    }
+
+    /// Completes the gzip stream (header and trailer even when empty) and returns the hasher.
+    pub(super) fn finish(self) -> io::Result<HashingWriter<W>> {
+        match self {
+            Sink::Plain(hashing) => Ok(hashing),
+            Sink::Gzip(encoder) => encoder.finish(),
+        }
+    }
+}
+
+impl<W: Write> Write for Sink<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Sink::Plain(hashing) => hashing.write(buf),
+            Sink::Gzip(encoder) => encoder.write(buf),
+        }
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            Sink::Plain(hashing) => hashing.write_all(buf),
+            Sink::Gzip(encoder) => encoder.write_all(buf),
+        }
+    }
+
+    /// Flushes the destination. For gzip this deliberately does not force a deflate sync block
+    /// (which would bloat the stream): only bytes already compressed move on, and the stream is
+    /// completed by [`Sink::finish`].
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Sink::Plain(hashing) => hashing.flush(),
+            Sink::Gzip(encoder) => encoder.get_mut().flush(),
+        }
+    }
+}
