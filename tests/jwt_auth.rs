@@ -37,6 +37,19 @@ fn sign(kid: &str, claims: &Value) -> String {
     encode(&header, claims, &key).unwrap()
 }
 
+/// Changes one character in the middle of the signature (the last character of a base64url
+/// signature may carry only padding bits, so changing it can leave the bytes unchanged).
+fn tamper_signature(token: &str) -> String {
+    let signature_start = token.rfind('.').unwrap() + 1;
+    let position = signature_start + (token.len() - signature_start) / 2;
+    let original = token.as_bytes()[position];
+    let replacement = if original == b'A' { 'B' } else { 'A' };
+    let mut tampered = token.to_string();
+    tampered.replace_range(position..position + 1, &replacement.to_string());
+    assert_ne!(tampered, token);
+    tampered
+}
+
 fn claims(sub: &str, scope: &str, tenant: Option<&str>, expires_in: i64) -> Value {
     let now = unix_now() as i64;
     let mut claims = json!({"sub": sub, "scope": scope, "iat": now, "exp": now + expires_in,
@@ -113,9 +126,10 @@ async fn bad_scaikey_tokens_get_precise_errors() {
         StatusCode::UNAUTHORIZED,
         "token_expired",
     );
-    let mut tampered = sign("rsa-1", &claims("sa:r", "audit:read", Some(TENANT), 600));
-    tampered.pop();
-    tampered.push('A');
+    let tampered = tamper_signature(&sign(
+        "rsa-1",
+        &claims("sa:r", "audit:read", Some(TENANT), 600),
+    ));
     assert_error(
         &get_logs_with(&server, &tampered, None).await,
         StatusCode::UNAUTHORIZED,
