@@ -13,4 +13,11 @@ command -v prlimit >/dev/null || { echo "prlimit (util-linux) is required by the
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
-cargo test --locked
+cargo test --locked --doc
+
+# Unit and black-box tests; the closing line sums every test binary's result.
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+cargo test --locked --all-targets 2>&1 | tee "$log"
+awk '/^test result:/ { passed += $4; failed += $6 }
+     END { printf "tests: %d passed, %d failed\n", passed, failed; exit (passed == 0 || failed > 0) }' "$log"
