@@ -11,8 +11,7 @@ use std::ops::Bound;
 
 use ipnet::IpNet;
 use tantivy::query::{
-    AllQuery, BooleanQuery, EmptyQuery, Occur, Query, QueryParser, RangeQuery, TermQuery,
-    TermSetQuery,
+    BooleanQuery, Occur, Query, QueryParser, RangeQuery, TermQuery, TermSetQuery,
 };
 use tantivy::schema::IndexRecordOption;
 use tantivy::{Index, Term};
@@ -365,16 +364,6 @@ fn ip_query(fields: &Fields, network: IpNet) -> Box<dyn Query> {
         Bound::Included(Term::from_field_ip_addr(fields.source_ip, first)),
         Bound::Included(Term::from_field_ip_addr(fields.source_ip, last)),
     ))
-}
-
-/// A query matching nothing or everything, for callers that need a placeholder.
-pub fn match_all() -> Box<dyn Query> {
-    Box::new(AllQuery)
-}
-
-/// A query matching nothing.
-pub fn match_none() -> Box<dyn Query> {
-    Box::new(EmptyQuery)
 }
 
 #[cfg(test)]
