@@ -181,9 +181,9 @@ pub enum TenantRule<'a> {
     Required,
 }
 
-const KNOWN_FIELDS: &[&str] = &[
+/// The SPEC §2 fields in §2 order: the keys of every event in the API shape.
+pub const API_FIELDS: [&str; 12] = [
     "id",
-    "tenant_id",
     "timestamp",
     "action",
     "secret_path",
@@ -197,6 +197,9 @@ const KNOWN_FIELDS: &[&str] = &[
     "extra_data",
 ];
 
+/// The field naming an event's tenant: accepted on input, never in the API shape.
+pub const TENANT_FIELD: &str = "tenant_id";
+
 /// Validates one incoming event (a JSON value of the SPEC §2 shape).
 ///
 /// Error keys are field names (`action`, `timestamp`); the caller prefixes them with the
@@ -209,7 +212,7 @@ pub fn validate(value: Value, tenant_rule: TenantRule<'_>) -> Result<ValidEvent,
         return Err(errors);
     };
     for key in object.keys() {
-        if !KNOWN_FIELDS.contains(&key.as_str()) {
+        if !API_FIELDS.contains(&key.as_str()) && key != TENANT_FIELD {
             errors.add(key.clone(), "unknown field");
         }
     }
@@ -218,7 +221,12 @@ pub fn validate(value: Value, tenant_rule: TenantRule<'_>) -> Result<ValidEvent,
         Some(value) => Some(value),
     };
     let id = optional_string(take("id"), "id", &mut errors, check_id);
-    let tenant_id = optional_string(take("tenant_id"), "tenant_id", &mut errors, check_tenant_id);
+    let tenant_id = optional_string(
+        take(TENANT_FIELD),
+        TENANT_FIELD,
+        &mut errors,
+        check_tenant_id,
+    );
     let timestamp_us = required(take("timestamp"), "timestamp", &mut errors, parse_timestamp);
     let action = required(take("action"), "action", &mut errors, parse_action);
     let secret_path = optional_string(take("secret_path"), "secret_path", &mut errors, |p| {

@@ -933,49 +933,11 @@ fn json_string(value: &str) -> Box<str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::{API_FIELDS, Action, IdentityType, TENANT_FIELD};
     use serde_json::Value;
     use std::collections::HashMap;
     use std::sync::OnceLock;
 
-    const FIELD_ORDER: [&str; 13] = [
-        "id",
-        "timestamp",
-        "action",
-        "secret_path",
-        "identity_type",
-        "identity_id",
-        "source_ip",
-        "user_agent",
-        "success",
-        "duration_ms",
-        "request_id",
-        "extra_data",
-        "tenant_id",
-    ];
-    const ACTION_NAMES: [&str; 22] = [
-        "read",
-        "list",
-        "write",
-        "rotate",
-        "delete",
-        "dynamic_generate",
-        "dynamic_renew",
-        "dynamic_revoke",
-        "pki_issue",
-        "pki_sign",
-        "pki_revoke",
-        "pki_ca_create",
-        "policy_create",
-        "policy_update",
-        "policy_delete",
-        "policy_bind",
-        "policy_unbind",
-        "webhook_delivery",
-        "subscription_event",
-        "federation_sync",
-        "identity_sync",
-        "export_created",
-    ];
     const PATHLESS_ACTIONS: [&str; 7] = [
         "policy_create",
         "policy_update",
@@ -985,8 +947,14 @@ mod tests {
         "identity_sync",
         "export_created",
     ];
-    const IDENTITY_TYPES: [&str; 4] = ["user", "service_account", "group", "system"];
     const SAMPLE_SIZE: u64 = 50_000;
+
+    /// The SPEC §2 fields in order, then `tenant_id` when the workload includes it.
+    fn expected_field_order(include_tenant: bool) -> impl Iterator<Item = &'static str> {
+        API_FIELDS
+            .into_iter()
+            .chain(include_tenant.then_some(TENANT_FIELD))
+    }
 
     fn options(count: u64) -> WorkloadOptions {
         WorkloadOptions {
@@ -1068,13 +1036,16 @@ mod tests {
                 let object = event.as_object().unwrap();
                 let expected_fields = if include_tenant { 13 } else { 12 };
                 assert_eq!(object.len(), expected_fields, "{event}");
-                for field in &FIELD_ORDER[..expected_fields] {
-                    assert!(object.contains_key(*field), "{field} missing in {event}");
+                for field in expected_field_order(include_tenant) {
+                    assert!(object.contains_key(field), "{field} missing in {event}");
                 }
                 let action = event["action"].as_str().unwrap();
-                assert!(ACTION_NAMES.contains(&action), "{action}");
+                assert!(Action::parse(action).is_some(), "{action}");
                 let identity_type = event["identity_type"].as_str().unwrap();
-                assert!(IDENTITY_TYPES.contains(&identity_type), "{identity_type}");
+                assert!(
+                    IdentityType::parse(identity_type).is_some(),
+                    "{identity_type}"
+                );
                 match event["secret_path"].as_str() {
                     Some(path) => {
                         assert!(!PATHLESS_ACTIONS.contains(&action), "{event}");
@@ -1102,8 +1073,7 @@ mod tests {
     fn fields_appear_in_reference_order() {
         let bytes = generate(options(200));
         for line in std::str::from_utf8(&bytes).unwrap().lines() {
-            let positions: Vec<usize> = FIELD_ORDER
-                .iter()
+            let positions: Vec<usize> = expected_field_order(true)
                 .map(|field| line.find(&format!("\"{field}\":")).unwrap())
                 .collect();
             assert!(positions.windows(2).all(|pair| pair[0] < pair[1]), "{line}");

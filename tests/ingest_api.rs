@@ -839,21 +839,6 @@ async fn producer_ids_are_returned_as_sent() {
     assert_eq!(logs.len(), 4);
 }
 
-const EVENT_FIELDS: &[&str] = &[
-    "id",
-    "timestamp",
-    "action",
-    "secret_path",
-    "identity_type",
-    "identity_id",
-    "source_ip",
-    "user_agent",
-    "success",
-    "duration_ms",
-    "request_id",
-    "extra_data",
-];
-
 /// Asserts `stored` has exactly the §2 fields (a `tenant_id`, if echoed, must be right) and
 /// that every field equals `sent`, except the normalised timestamp.
 fn assert_stored_as_sent(stored: &Value, sent: &Value, normalised_timestamp: &str) {
@@ -863,7 +848,7 @@ fn assert_stored_as_sent(stored: &Value, sent: &Value, normalised_timestamp: &st
         .keys()
         .map(String::as_str)
         .collect();
-    for field in EVENT_FIELDS {
+    for field in API_FIELDS {
         assert!(
             keys.contains(field),
             "stored event lacks `{field}`: {stored}"
@@ -871,7 +856,7 @@ fn assert_stored_as_sent(stored: &Value, sent: &Value, normalised_timestamp: &st
     }
     for key in &keys {
         assert!(
-            EVENT_FIELDS.contains(key) || *key == "tenant_id",
+            API_FIELDS.contains(key) || *key == "tenant_id",
             "unexpected field `{key}`: {stored}"
         );
     }
@@ -883,7 +868,7 @@ fn assert_stored_as_sent(stored: &Value, sent: &Value, normalised_timestamp: &st
         json!(normalised_timestamp),
         "timestamp normalisation"
     );
-    for field in EVENT_FIELDS.iter().filter(|field| **field != "timestamp") {
+    for field in API_FIELDS.iter().filter(|field| **field != "timestamp") {
         assert_eq!(stored[*field], sent[*field], "field `{field}` of {stored}");
     }
 }

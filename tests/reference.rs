@@ -26,7 +26,9 @@ use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{ACTIONS, Server, TestDir, client, percent_encode, post_raw, reply_ids, try_send};
+use common::{
+    ACTIONS, API_FIELDS, Server, TestDir, client, percent_encode, post_raw, reply_ids, try_send,
+};
 use fastrand::Rng;
 use ipnet::IpNet;
 use reqwest::{Client, StatusCode};
@@ -90,21 +92,6 @@ const POLL_INTERVAL: Duration = Duration::from_millis(100);
 const MAX_REPORTED_MISMATCHES: usize = 40;
 const MAX_SHOWN_CHARS: usize = 600;
 
-/// The SPEC §2 fields, in §2 order: the exact key order of every returned event.
-const API_FIELDS: [&str; 12] = [
-    "id",
-    "timestamp",
-    "action",
-    "secret_path",
-    "identity_type",
-    "identity_id",
-    "source_ip",
-    "user_agent",
-    "success",
-    "duration_ms",
-    "request_id",
-    "extra_data",
-];
 const IDENTITY_TYPES: [&str; 4] = ["user", "service_account", "group", "system"];
 const UNKNOWN_SECRET_PATH: &str = "environments/nowhere/no-such-service/no-such-secret";
 const UNKNOWN_IDENTITY: &str = "user:nobody@nowhere.example";

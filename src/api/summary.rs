@@ -36,16 +36,24 @@ async fn summary(
         "successful_events": aggregate.successful,
         "failed_events": aggregate.failed(),
         "actions_breakdown": aggregate.actions_breakdown(),
-        "top_identities": summary::top(&aggregate.by_identity, top)
-            .into_iter()
-            .map(|entry| json!({"identity_id": entry.key, "count": entry.count}))
-            .collect::<Vec<_>>(),
-        "top_resources": summary::top(&aggregate.by_path, top)
-            .into_iter()
-            .map(|entry| json!({"path": entry.key, "count": entry.count}))
-            .collect::<Vec<_>>(),
+        "top_identities": top_identities(&aggregate, top),
+        "top_resources": top_resources(&aggregate, top),
     });
     Ok(json_response(StatusCode::OK, &body))
+}
+
+/// `[{identity_id, count}]`, the `n` busiest identities.
+pub fn top_identities(aggregate: &Aggregate, n: usize) -> Vec<serde_json::Value> {
+    let top = summary::top(&aggregate.by_identity, n).into_iter();
+    top.map(|entry| json!({"identity_id": entry.key, "count": entry.count}))
+        .collect()
+}
+
+/// `[{path, count}]`, the `n` most used secret paths.
+pub fn top_resources(aggregate: &Aggregate, n: usize) -> Vec<serde_json::Value> {
+    let top = summary::top(&aggregate.by_path, n).into_iter();
+    top.map(|entry| json!({"path": entry.key, "count": entry.count}))
+        .collect()
 }
 
 fn parse_summary_params(pairs: &[(String, String)]) -> Result<(LogFilters, usize), FieldErrors> {

@@ -11,11 +11,11 @@ use warp::reply::Response;
 
 use super::logs::run_page;
 use super::rate_limit::Category;
-use super::summary::aggregate;
+use super::summary::{aggregate, top_identities, top_resources};
 use super::{ApiError, json_response, rate_limited, raw_query, tenant_header, with_state};
 use crate::auth::{Principal, Scope};
 use crate::event::{AuditEvent, check_secret_path};
-use crate::query::summary::{self, Aggregate};
+use crate::query::summary::Aggregate;
 use crate::query::{self, LOG_PARAM_NAMES, LogFilters};
 use crate::state::AppState;
 use crate::timestamp;
@@ -163,37 +163,43 @@ fn optional_time(micros: Option<i64>) -> Value {
     })
 }
 
+/// The fields both trail summaries share (SPEC §3.2, §3.3), in order.
+fn window_summary(aggregate: &Aggregate) -> serde_json::Map<String, Value> {
+    let mut summary = serde_json::Map::new();
+    summary.insert("window_days".into(), WINDOW_DAYS.into());
+    summary.insert("total_events".into(), aggregate.total.into());
+    summary.insert("successful_events".into(), aggregate.successful.into());
+    summary.insert("failed_events".into(), aggregate.failed().into());
+    summary.insert(
+        "actions_breakdown".into(),
+        aggregate.actions_breakdown().into(),
+    );
+    summary
+}
+
 fn secret_summary(aggregate: &Aggregate) -> Value {
-    json!({
-        "window_days": WINDOW_DAYS,
-        "total_events": aggregate.total,
-        "successful_events": aggregate.successful,
-        "failed_events": aggregate.failed(),
-        "actions_breakdown": aggregate.actions_breakdown(),
-        "unique_identities": aggregate.by_identity.len(),
-        "top_identities": summary::top(&aggregate.by_identity, TOP_ENTRIES)
-            .into_iter()
-            .map(|entry| json!({"identity_id": entry.key, "count": entry.count}))
-            .collect::<Vec<_>>(),
-        "last_accessed_at": optional_time(aggregate.last_read_us),
-    })
+    let mut summary = window_summary(aggregate);
+    let top_identities = top_identities(aggregate, TOP_ENTRIES);
+    summary.insert(
+        "unique_identities".into(),
+        aggregate.by_identity.len().into(),
+    );
+    summary.insert("top_identities".into(), top_identities.into());
+    summary.insert(
+        "last_accessed_at".into(),
+        optional_time(aggregate.last_read_us),
+    );
+    summary.into()
 }
 
 fn identity_summary(aggregate: &Aggregate) -> Value {
-    json!({
-        "window_days": WINDOW_DAYS,
-        "total_events": aggregate.total,
-        "successful_events": aggregate.successful,
-        "failed_events": aggregate.failed(),
-        "actions_breakdown": aggregate.actions_breakdown(),
-        "unique_secrets": aggregate.by_path.len(),
-        "top_resources": summary::top(&aggregate.by_path, TOP_ENTRIES)
-            .into_iter()
-            .map(|entry| json!({"path": entry.key, "count": entry.count}))
-            .collect::<Vec<_>>(),
-        "first_seen": optional_time(aggregate.first_us),
-        "last_seen": optional_time(aggregate.last_us),
-    })
+    let mut summary = window_summary(aggregate);
+    let top_resources = top_resources(aggregate, TOP_ENTRIES);
+    summary.insert("unique_secrets".into(), aggregate.by_path.len().into());
+    summary.insert("top_resources".into(), top_resources.into());
+    summary.insert("first_seen".into(), optional_time(aggregate.first_us));
+    summary.insert("last_seen".into(), optional_time(aggregate.last_us));
+    summary.into()
 }
 
 #[cfg(test)]

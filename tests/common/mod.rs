@@ -48,6 +48,22 @@ pub const NO_COMMITS: &[&str] = &[
     "100000000",
 ];
 
+/// The SPEC §2 fields in §2 order (the tests' own copy of the contract).
+pub const API_FIELDS: [&str; 12] = [
+    "id",
+    "timestamp",
+    "action",
+    "secret_path",
+    "identity_type",
+    "identity_id",
+    "source_ip",
+    "user_agent",
+    "success",
+    "duration_ms",
+    "request_id",
+    "extra_data",
+];
+
 pub const ACTIONS: &[&str] = &[
     "read",
     "write",

@@ -436,20 +436,7 @@ mod tests {
         assert!(text.ends_with('\n') && !text.contains('\r'));
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), events.len());
-        let spec_order = [
-            "id",
-            "timestamp",
-            "action",
-            "secret_path",
-            "identity_type",
-            "identity_id",
-            "source_ip",
-            "user_agent",
-            "success",
-            "duration_ms",
-            "request_id",
-            "extra_data",
-        ];
+        let spec_order = crate::event::API_FIELDS;
         for (line, event) in lines.iter().zip(&events) {
             let parsed: serde_json::Map<String, Value> = serde_json::from_str(line).unwrap();
             let keys: Vec<&str> = parsed.keys().map(String::as_str).collect();
