@@ -1,0 +1,168 @@
+{{/* Names, labels and the paths the container sees. */}}
+
+{{- define "scaivault-audit.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "scaivault-audit.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The headless Service (the StatefulSet's serviceName). */}}
+{{- define "scaivault-audit.headlessName" -}}
+{{- printf "%s-headless" (include "scaivault-audit.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "scaivault-audit.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "scaivault-audit.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "scaivault-audit.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "scaivault-audit.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: scaivault
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "scaivault-audit.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "scaivault-audit.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "scaivault-audit.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* Where the container finds its files. */}}
+{{- define "scaivault-audit.configDir" -}}/etc/scaivault-audit{{- end }}
+{{- define "scaivault-audit.configFile" -}}/etc/scaivault-audit/scaivault-audit.toml{{- end }}
+{{- define "scaivault-audit.tlsDir" -}}/var/run/scaivault-audit/tls{{- end }}
+{{- define "scaivault-audit.tokensDir" -}}/var/run/scaivault-audit/tokens{{- end }}
+{{- define "scaivault-audit.jwksDir" -}}/var/run/scaivault-audit/jwks{{- end }}
+{{- define "scaivault-audit.scaivaultDir" -}}/var/run/scaivault-audit/scaivault{{- end }}
+
+{{/* The chart's own Secret holds whatever is given inline; an existing Secret wins. */}}
+{{- define "scaivault-audit.secretName" -}}
+{{- printf "%s-secrets" (include "scaivault-audit.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "scaivault-audit.tokensSecret" -}}
+{{- $a := .Values.auth.staticTokens }}
+{{- if $a.existingSecret }}{{ $a.existingSecret }}{{ else if $a.tokensToml }}{{ include "scaivault-audit.secretName" . }}{{ end }}
+{{- end }}
+
+{{- define "scaivault-audit.tokensKey" -}}
+{{- if .Values.auth.staticTokens.existingSecret }}{{ .Values.auth.staticTokens.existingSecretKey }}{{ else }}tokens.toml{{ end }}
+{{- end }}
+
+{{- define "scaivault-audit.jwksSecret" -}}
+{{- $j := .Values.auth.jwt }}
+{{- if $j.jwksExistingSecret }}{{ $j.jwksExistingSecret }}{{ else if $j.jwks }}{{ include "scaivault-audit.secretName" . }}{{ end }}
+{{- end }}
+
+{{- define "scaivault-audit.jwksKey" -}}
+{{- if .Values.auth.jwt.jwksExistingSecret }}{{ .Values.auth.jwt.jwksExistingSecretKey }}{{ else }}jwks.json{{ end }}
+{{- end }}
+
+{{- define "scaivault-audit.scaivaultSecret" -}}
+{{- $s := .Values.scaivault }}
+{{- if $s.existingSecret }}{{ $s.existingSecret }}{{ else if $s.token }}{{ include "scaivault-audit.secretName" . }}{{ end }}
+{{- end }}
+
+{{- define "scaivault-audit.scaivaultKey" -}}
+{{- if .Values.scaivault.existingSecret }}{{ .Values.scaivault.existingSecretKey }}{{ else }}token{{ end }}
+{{- end }}
+
+{{/* True (non-empty) when the chart renders its own Secret. */}}
+{{- define "scaivault-audit.ownSecret" -}}
+{{- if or (and .Values.auth.staticTokens.tokensToml (not .Values.auth.staticTokens.existingSecret)) (and .Values.auth.jwt.jwks (not .Values.auth.jwt.jwksExistingSecret)) (and .Values.scaivault.token (not .Values.scaivault.existingSecret)) }}true{{ end }}
+{{- end }}
+
+{{/* The JWKS location given to the service: a URL, or the mounted file. */}}
+{{- define "scaivault-audit.jwksUrl" -}}
+{{- if .Values.auth.jwt.jwksUrl }}{{ .Values.auth.jwt.jwksUrl }}{{ else if include "scaivault-audit.jwksSecret" . }}file://{{ include "scaivault-audit.jwksDir" . }}/jwks.json{{ end }}
+{{- end }}
+
+{{- define "scaivault-audit.scheme" -}}
+{{- if .Values.tls.enabled }}HTTPS{{ else }}HTTP{{ end }}
+{{- end }}
+
+{{/*
+The service's TOML file, in the shape of config/scaivault-audit.toml. Strings go through toJson:
+a JSON string is a valid TOML basic string. Numbers go through int64, because Helm reads YAML
+numbers as float64 and would print large ones in exponent notation.
+*/}}
+{{- define "scaivault-audit.configToml" -}}
+{{- $c := .Values.config -}}
+# Rendered by the scaivault-audit Helm chart from its values; see config/scaivault-audit.toml in
+# the repository for every key. listen, data_dir and the log level/format come from the
+# container's environment (BIND_ADDRESS, SCAIVAULT_AUDIT_DATA_DIR, LOG_LEVEL, LOG_FORMAT).
+
+[server]
+max_body_bytes = {{ int64 $c.server.maxBodyBytes }}
+max_batch_events = {{ int64 $c.server.maxBatchEvents }}
+{{- if .Values.tls.enabled }}
+tls_cert_file = {{ printf "%s/tls.crt" (include "scaivault-audit.tlsDir" .) | toJson }}
+tls_key_file = {{ printf "%s/tls.key" (include "scaivault-audit.tlsDir" .) | toJson }}
+{{- end }}
+
+[storage]
+commit_interval_ms = {{ int64 $c.storage.commitIntervalMs }}
+commit_max_docs = {{ int64 $c.storage.commitMaxDocs }}
+commit_max_bytes = {{ int64 $c.storage.commitMaxBytes }}
+index_memory_mb = {{ int64 $c.storage.indexMemoryMb }}
+index_threads = {{ int64 $c.storage.indexThreads }}
+wal_segment_mb = {{ int64 $c.storage.walSegmentMb }}
+
+[auth]
+rate_limit_queries_per_minute = {{ int64 $c.rateLimit.queriesPerMinute }}
+rate_limit_exports_per_minute = {{ int64 $c.rateLimit.exportsPerMinute }}
+{{- if include "scaivault-audit.tokensSecret" . }}
+tokens_file = {{ printf "%s/tokens.toml" (include "scaivault-audit.tokensDir" .) | toJson }}
+{{- end }}
+{{- with include "scaivault-audit.jwksUrl" . }}
+jwks_url = {{ toJson . }}
+{{- end }}
+{{- with .Values.auth.jwt.issuer }}
+jwt_issuer = {{ toJson . }}
+{{- end }}
+{{- with .Values.auth.jwt.audience }}
+jwt_audience = {{ toJson . }}
+{{- end }}
+{{- with .Values.auth.tokenReview }}
+{{- if .enabled }}
+
+[auth.token_review]
+enabled = true
+audience = {{ toJson .audience }}
+{{- range .bindings }}
+
+[[auth.token_review.bindings]]
+service_account = {{ toJson .serviceAccount }}
+scopes = {{ toJson .scopes }}
+tenant_id = {{ toJson .tenantId }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
