@@ -15,9 +15,14 @@ cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --locked --doc
 
-# Unit and black-box tests; the closing line sums every test binary's result.
+# Object-store emulators for the export tests (installed into .tools/ on first use).
 log="$(mktemp)"
-trap 'rm -f "$log"' EXIT
+trap 'rm -f "$log"; scripts/emulators.sh stop' EXIT
+scripts/emulators.sh start
+# shellcheck source=/dev/null
+source .tools/emulators.env
+
+# Unit and black-box tests; the closing line sums every test binary's result.
 cargo test --locked --all-targets 2>&1 | tee "$log"
 awk '/^test result:/ { passed += $4; failed += $6 }
      END { printf "tests: %d passed, %d failed\n", passed, failed; exit (passed == 0 || failed > 0) }' "$log"

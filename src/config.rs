@@ -104,6 +104,29 @@ pub struct SettingsArgs {
     /// Most events in one ingest request.
     #[arg(long, env = "SCAIVAULT_AUDIT_MAX_BATCH_EVENTS", value_name = "N")]
     pub max_batch_events: Option<u64>,
+    /// ScaiVault base URL, for reading export destination credentials.
+    #[arg(long, env = "SCAIVAULT_URL", value_name = "URL")]
+    pub scaivault_url: Option<String>,
+    /// File holding the service's ScaiVault token (re-read when it changes).
+    #[arg(long, env = "SCAIVAULT_TOKEN_FILE", value_name = "FILE")]
+    pub scaivault_token_file: Option<PathBuf>,
+    /// Development credentials backend: `DIR/<secret path>.json` documents instead of ScaiVault.
+    #[arg(long, env = "SCAIVAULT_AUDIT_CREDENTIALS_DIR", value_name = "DIR")]
+    pub credentials_dir: Option<PathBuf>,
+    /// Export jobs running at once.
+    #[arg(
+        long,
+        env = "SCAIVAULT_AUDIT_EXPORT_MAX_CONCURRENT_JOBS",
+        value_name = "N"
+    )]
+    pub export_max_concurrent_jobs: Option<u64>,
+    /// How long an export keeps retrying transient failures before it fails (seconds).
+    #[arg(
+        long,
+        env = "SCAIVAULT_AUDIT_EXPORT_RETRY_MAX_SECONDS",
+        value_name = "SECONDS"
+    )]
+    pub export_retry_max_seconds: Option<u64>,
     /// Log filter: a level (`info`) or tracing directives (`info,scaivault_audit=debug`).
     #[arg(long, env = "LOG_LEVEL", value_name = "FILTER")]
     pub log_level: Option<String>,
@@ -122,6 +145,8 @@ pub struct FileConfig {
     pub storage: StorageSection,
     #[serde(default)]
     pub auth: AuthSection,
+    #[serde(default)]
+    pub export: ExportSection,
     #[serde(default)]
     pub log: LogSection,
 }
@@ -161,6 +186,16 @@ pub struct AuthSection {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
+pub struct ExportSection {
+    pub scaivault_url: Option<String>,
+    pub scaivault_token_file: Option<PathBuf>,
+    pub credentials_dir: Option<PathBuf>,
+    pub max_concurrent_jobs: Option<u64>,
+    pub retry_max_seconds: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct LogSection {
     pub level: Option<String>,
     pub format: Option<String>,
@@ -188,8 +223,88 @@ pub struct Settings {
     pub jwks: Option<JwksSource>,
     pub jwt: JwtOptions,
     pub rate_limits: RateLimits,
+    pub export: ExportSettings,
     pub log_level: String,
     pub log_format: LogFormat,
+}
+
+/// Where export credentials come from, and how export jobs run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportSettings {
+    pub scaivault_url: Option<String>,
+    pub scaivault_token_file: Option<PathBuf>,
+    pub credentials_dir: Option<PathBuf>,
+    pub max_concurrent_jobs: usize,
+    pub retry_max_elapsed: Duration,
+}
+
+impl ExportSettings {
+    pub const DEFAULT_MAX_CONCURRENT_JOBS: u64 = 2;
+    pub const DEFAULT_RETRY_MAX_SECONDS: u64 = 900;
+
+    fn resolve(args: &SettingsArgs, file: &ExportSection) -> Result<Self, ConfigError> {
+        let scaivault_url = args.scaivault_url.clone().or(file.scaivault_url.clone());
+        let scaivault_token_file = args
+            .scaivault_token_file
+            .clone()
+            .or(file.scaivault_token_file.clone());
+        let credentials_dir = args
+            .credentials_dir
+            .clone()
+            .or(file.credentials_dir.clone());
+        if let Some(url) = &scaivault_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(invalid(
+                "scaivault_url (SCAIVAULT_URL)",
+                &format!("'{url}' is not an http(s) URL"),
+            ));
+        }
+        if scaivault_url.is_some() != scaivault_token_file.is_some() {
+            return Err(invalid(
+                "scaivault_url/scaivault_token_file (SCAIVAULT_URL/SCAIVAULT_TOKEN_FILE)",
+                "set both or neither",
+            ));
+        }
+        if scaivault_url.is_some() && credentials_dir.is_some() {
+            return Err(invalid(
+                "credentials_dir (SCAIVAULT_AUDIT_CREDENTIALS_DIR)",
+                "is a development backend and cannot be combined with SCAIVAULT_URL",
+            ));
+        }
+        let max_concurrent_jobs = args
+            .export_max_concurrent_jobs
+            .or(file.max_concurrent_jobs)
+            .unwrap_or(Self::DEFAULT_MAX_CONCURRENT_JOBS);
+        if !(1..=64).contains(&max_concurrent_jobs) {
+            return Err(invalid(
+                "export.max_concurrent_jobs",
+                "must be between 1 and 64",
+            ));
+        }
+        let retry_max_seconds = args
+            .export_retry_max_seconds
+            .or(file.retry_max_seconds)
+            .unwrap_or(Self::DEFAULT_RETRY_MAX_SECONDS);
+        positive("export.retry_max_seconds", retry_max_seconds)?;
+        Ok(ExportSettings {
+            scaivault_url,
+            scaivault_token_file,
+            credentials_dir,
+            max_concurrent_jobs: max_concurrent_jobs as usize,
+            retry_max_elapsed: Duration::from_secs(retry_max_seconds),
+        })
+    }
+
+    fn to_section(&self) -> ExportSection {
+        ExportSection {
+            scaivault_url: self.scaivault_url.clone(),
+            scaivault_token_file: self.scaivault_token_file.clone(),
+            credentials_dir: self.credentials_dir.clone(),
+            max_concurrent_jobs: Some(self.max_concurrent_jobs as u64),
+            retry_max_seconds: Some(self.retry_max_elapsed.as_secs()),
+        }
+    }
 }
 
 impl Settings {
@@ -364,6 +479,7 @@ impl Settings {
                     .or(file.auth.rate_limit_exports_per_minute)
                     .unwrap_or(RateLimits::default().exports_per_minute),
             },
+            export: ExportSettings::resolve(args, &file.export)?,
             log_level,
             log_format,
         })
@@ -396,6 +512,7 @@ impl Settings {
                 rate_limit_queries_per_minute: Some(self.rate_limits.queries_per_minute),
                 rate_limit_exports_per_minute: Some(self.rate_limits.exports_per_minute),
             },
+            export: self.export.to_section(),
             log: LogSection {
                 level: Some(self.log_level.clone()),
                 format: Some(match self.log_format {

@@ -1,12 +1,17 @@
 //! The `scaivault-audit` command: `serve`, `check-config`, `import`, `gen`, `bench`, `token`.
 
+use std::sync::Arc;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use scaivault_audit::auth::jwt::JwtVerifier;
 use scaivault_audit::auth::{Authenticator, BootstrapToken, StaticTokens};
 use scaivault_audit::config::{Settings, SettingsArgs};
+use scaivault_audit::export::credentials::{CredentialSource, ScaiVaultClient};
+use scaivault_audit::export::engine::{EngineConfig, ExportEngine, RetryPolicy};
+use scaivault_audit::export::runner::LocalRunner;
 use scaivault_audit::query::cursor::CursorCodec;
-use scaivault_audit::state::AppState;
+use scaivault_audit::state::{AppState, ExportHandles};
 use scaivault_audit::store::{Store, StoreMetrics};
 use scaivault_audit::{api, bench, import, telemetry, workload};
 
@@ -115,6 +120,11 @@ async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
     let (authenticator, bootstrap) = authenticator(&settings).await?;
     let cursors = CursorCodec::load_or_create(&settings.store.data_dir)
         .context("failed to load the cursor key")?;
+    let runner = export_runner(&settings, &store)?;
+    let exports = ExportHandles {
+        engine: runner.engine().clone(),
+        registry: Arc::new(runner.clone()),
+    };
     let state = AppState::new(
         store.clone(),
         authenticator,
@@ -122,6 +132,7 @@ async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
         registry,
         settings.limits,
         settings.rate_limits,
+        exports,
     );
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -133,10 +144,60 @@ async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
     announce(&listener, tls.is_some(), bootstrap.as_ref())?;
     ignore_file_size_signal();
     tracing::info!(data_dir = %settings.store.data_dir.display(), "scaivault-audit started");
+    resume_exports_when_ready(&store, &runner);
     api::serve(listener, api::routes(state), tls, shutdown_signal()).await;
-    tracing::info!("shutting down: final commit");
+    tracing::info!("shutting down: stopping exports, final commit");
+    runner.shutdown().await;
     store.shutdown().await;
     Ok(())
+}
+
+/// The in-process export runner over the data directory's job files.
+fn export_runner(settings: &Settings, store: &Store) -> anyhow::Result<LocalRunner> {
+    let export = &settings.export;
+    let credentials = match (&export.scaivault_url, &export.scaivault_token_file) {
+        (Some(url), Some(token_file)) => CredentialSource::ScaiVault(
+            ScaiVaultClient::new(url, token_file.clone()).map_err(anyhow::Error::msg)?,
+        ),
+        _ => match &export.credentials_dir {
+            Some(dir) => CredentialSource::Directory(dir.clone()),
+            None => CredentialSource::Unconfigured,
+        },
+    };
+    let exports_dir = settings.store.data_dir.join("exports");
+    let engine = ExportEngine::new(
+        store.clone(),
+        credentials,
+        EngineConfig {
+            spool_dir: exports_dir.join("spool"),
+            retry: RetryPolicy {
+                max_elapsed: export.retry_max_elapsed,
+                ..RetryPolicy::default()
+            },
+        },
+    );
+    Ok(LocalRunner::open(
+        engine,
+        &exports_dir.join("jobs"),
+        export.max_concurrent_jobs,
+    )?)
+}
+
+/// Resumes unfinished exports once the store has replayed its WAL (their snapshots must see
+/// every acknowledged event).
+fn resume_exports_when_ready(store: &Store, runner: &LocalRunner) {
+    let store = store.clone();
+    let runner = runner.clone();
+    tokio::spawn(async move {
+        while store
+            .wait_ready(std::time::Duration::from_secs(60))
+            .await
+            .is_err()
+        {
+            tracing::info!("exports wait for the store to finish replaying");
+        }
+        runner.resume();
+    });
 }
 
 /// JWTs and/or static tokens when configured; otherwise the bootstrap token of the data

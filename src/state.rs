@@ -7,6 +7,8 @@ use prometheus_client::registry::Registry;
 
 use crate::api::rate_limit::{RateLimiter, RateLimits};
 use crate::auth::Authenticator;
+use crate::export::engine::ExportEngine;
+use crate::export::registry::ExportRegistry;
 use crate::query::cursor::CursorCodec;
 use crate::store::Store;
 
@@ -36,7 +38,18 @@ pub struct AppState {
     pub metrics: Arc<Registry>,
     pub limits: IngestLimits,
     pub rate_limiter: Arc<RateLimiter>,
+    /// Estimates exports (and, standalone, runs them).
+    pub export_engine: ExportEngine,
+    /// Where exports are recorded: the standalone runner or the AuditExport resources.
+    pub exports: Arc<dyn ExportRegistry>,
     ids: Arc<Mutex<ulid::Generator>>,
+}
+
+/// The export side of the state.
+#[derive(Clone)]
+pub struct ExportHandles {
+    pub engine: ExportEngine,
+    pub registry: Arc<dyn ExportRegistry>,
 }
 
 impl AppState {
@@ -47,6 +60,7 @@ impl AppState {
         metrics: Registry,
         limits: IngestLimits,
         rate_limits: RateLimits,
+        exports: ExportHandles,
     ) -> Self {
         AppState {
             store,
@@ -55,6 +69,8 @@ impl AppState {
             metrics: Arc::new(metrics),
             limits,
             rate_limiter: Arc::new(RateLimiter::new(rate_limits)),
+            export_engine: exports.engine,
+            exports: exports.registry,
             ids: Arc::new(Mutex::new(ulid::Generator::new())),
         }
     }

@@ -8,9 +8,9 @@ use warp::reply::Response;
 use super::{ApiError, json_response, tenant_header};
 use crate::auth::Principal;
 use crate::event::AuditEvent;
-use crate::query::{self, LogFilters, LogParams, cursor};
+use crate::query::{self, LogParams, cursor};
 use crate::state::AppState;
-use crate::store::search::{self, Direction, SortKey};
+use crate::store::search;
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     super::query_route(warp::path!("v1" / "audit" / "logs"), state, list_logs)
@@ -61,7 +61,7 @@ pub async fn run_page(
         Some(text) => Some(state.cursors.decode(text, fingerprint)?),
         None => None,
     };
-    let searchable = narrow_to_cursor(filters, page.direction, after);
+    let searchable = query::narrow_to_cursor(filters, page.direction, after);
     let codec = state.cursors.clone();
     tokio::task::spawn_blocking(move || {
         let searcher = state.store.searcher();
@@ -88,55 +88,4 @@ pub async fn run_page(
     })
     .await
     .map_err(|error| ApiError::internal(&error))?
-}
-
-/// Tightens the time range to what can still follow the cursor, so the index skips the rest.
-fn narrow_to_cursor(
-    mut filters: LogFilters,
-    direction: Direction,
-    after: Option<SortKey>,
-) -> LogFilters {
-    let Some(after) = after else {
-        return filters;
-    };
-    match direction {
-        Direction::NewestFirst => {
-            let bound = after.timestamp_us.saturating_add(1);
-            filters.to_us = Some(filters.to_us.map_or(bound, |to| to.min(bound)));
-        }
-        Direction::OldestFirst => {
-            filters.from_us = Some(
-                filters
-                    .from_us
-                    .map_or(after.timestamp_us, |from| from.max(after.timestamp_us)),
-            );
-        }
-    }
-    filters
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cursor_narrowing_keeps_ties() {
-        let after = Some(SortKey {
-            timestamp_us: 100,
-            seq: 5,
-        });
-        let newest = narrow_to_cursor(LogFilters::default(), Direction::NewestFirst, after);
-        assert_eq!(newest.to_us, Some(101));
-        let bounded = narrow_to_cursor(
-            LogFilters {
-                to_us: Some(50),
-                ..Default::default()
-            },
-            Direction::NewestFirst,
-            after,
-        );
-        assert_eq!(bounded.to_us, Some(50));
-        let oldest = narrow_to_cursor(LogFilters::default(), Direction::OldestFirst, after);
-        assert_eq!(oldest.from_us, Some(100));
-    }
 }

@@ -5,6 +5,7 @@
 //! Every response carries `X-Request-ID` (a client-sent one is echoed).
 
 pub mod error;
+pub mod exports;
 pub mod health;
 pub mod ingest;
 pub mod logs;
@@ -48,7 +49,9 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .unify()
         .or(summary::routes(state.clone()))
         .unify()
-        .or(trails::routes(state))
+        .or(trails::routes(state.clone()))
+        .unify()
+        .or(exports::routes(state))
         .unify()
         .or(openapi::routes())
         .unify()

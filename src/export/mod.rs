@@ -1,7 +1,17 @@
 //! Exports (SPEC §3.5): time ranges of a tenant's events written to object storage as JSONL or
 //! CSV part files plus a manifest.
 //!
-//! `format` encodes part files (streaming, optionally gzip, with per-file record count, size
-//! and SHA-256).
+//! - [`job`]: the data model (spec, checkpoint, status) shared by REST, runner and operator;
+//! - [`engine`]: one job from snapshot to manifest, with retries and resume;
+//! - [`format`]: part-file encoders (JSONL/CSV, gzip, size and SHA-256);
+//! - [`sink`]: destinations (file, S3, GCS, Azure Blob) behind one trait;
+//! - [`credentials`]: destination credentials from ScaiVault (or a development directory);
+//! - [`registry`] and [`runner`]: where exports are recorded, and the standalone job runner.
 
+pub mod credentials;
+pub mod engine;
 pub mod format;
+pub mod job;
+pub mod registry;
+pub mod runner;
+pub mod sink;

@@ -19,7 +19,7 @@ use tantivy::{Index, Term};
 use crate::event::{Action, FieldErrors, IdentityType};
 use crate::store::Fields;
 use crate::store::schema::to_ipv6;
-use crate::store::search::Direction;
+use crate::store::search::{Direction, SortKey};
 use crate::timestamp;
 
 /// Default page size (SPEC §3.1).
@@ -49,6 +49,8 @@ pub struct LogFilters {
     pub request_id: Option<String>,
     /// Free-text Tantivy query over user agent, path, identity and extra data.
     pub text: Option<String>,
+    /// Only events ingested before this sequence number (an export's snapshot).
+    pub before_seq: Option<u64>,
 }
 
 /// Paging parameters.
@@ -149,6 +151,7 @@ pub fn parse_log_params(
                 non_empty(text)
             }
         }),
+        before_seq: None,
     };
     let limit =
         parse_with(get("limit"), "limit", &mut errors, parse_limit).unwrap_or(DEFAULT_LIMIT);
@@ -242,6 +245,31 @@ fn parse_ip_or_cidr(text: &str) -> Result<IpNet, String> {
         .map_err(|_| "must be an IP address or a CIDR network such as 10.0.0.0/8".to_string())
 }
 
+/// Tightens the time range to what can still follow the cursor, so the index skips the rest.
+pub fn narrow_to_cursor(
+    mut filters: LogFilters,
+    direction: Direction,
+    after: Option<SortKey>,
+) -> LogFilters {
+    let Some(after) = after else {
+        return filters;
+    };
+    match direction {
+        Direction::NewestFirst => {
+            let bound = after.timestamp_us.saturating_add(1);
+            filters.to_us = Some(filters.to_us.map_or(bound, |to| to.min(bound)));
+        }
+        Direction::OldestFirst => {
+            filters.from_us = Some(
+                filters
+                    .from_us
+                    .map_or(after.timestamp_us, |from| from.max(after.timestamp_us)),
+            );
+        }
+    }
+    filters
+}
+
 /// Errors building a query from valid-looking filters (the free text can still be malformed).
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
@@ -317,6 +345,16 @@ pub fn build_query(
             Box::new(RangeQuery::new(
                 Bound::Included(exact.clone()),
                 Bound::Included(exact),
+            )),
+        ));
+    }
+    if let Some(before) = filters.before_seq {
+        // A fast field only: the snapshot is the range [0, before).
+        clauses.push((
+            Occur::Must,
+            Box::new(RangeQuery::new(
+                Bound::Unbounded,
+                Bound::Excluded(Term::from_field_u64(fields.seq, before)),
             )),
         ));
     }
@@ -468,5 +506,26 @@ mod tests {
             parse_ip_or_cidr("fd00::1").unwrap(),
             "fd00::1/128".parse().unwrap()
         );
+    }
+
+    #[test]
+    fn cursor_narrowing_keeps_ties() {
+        let after = Some(SortKey {
+            timestamp_us: 100,
+            seq: 5,
+        });
+        let newest = narrow_to_cursor(LogFilters::default(), Direction::NewestFirst, after);
+        assert_eq!(newest.to_us, Some(101));
+        let bounded = narrow_to_cursor(
+            LogFilters {
+                to_us: Some(50),
+                ..Default::default()
+            },
+            Direction::NewestFirst,
+            after,
+        );
+        assert_eq!(bounded.to_us, Some(50));
+        let oldest = narrow_to_cursor(LogFilters::default(), Direction::OldestFirst, after);
+        assert_eq!(oldest.from_us, Some(100));
     }
 }

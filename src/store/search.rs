@@ -17,7 +17,9 @@ use super::schema::{Fields, fast};
 use crate::event::AuditEvent;
 
 /// A position in the total order of events: timestamp, then ingest sequence.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct SortKey {
     pub timestamp_us: i64,
     pub seq: u64,

@@ -6,6 +6,8 @@
 // Each test crate uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod export;
+
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -243,6 +245,7 @@ impl Server {
             .arg("--rate-limit-queries-per-minute")
             .arg(queries_per_minute.to_string())
             .args(extra_args)
+            .args(default_export_limit(extra_args))
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -425,6 +428,15 @@ fn spawn_stdout_reader(stdout: ChildStdout, log_path: PathBuf) -> Receiver<Strin
 }
 
 /// Finds `listening on http://IP:PORT` anywhere in a line (plain or structured logs).
+/// Tests create exports far faster than the default 5/min, unless they set the limit.
+fn default_export_limit(extra_args: &[&str]) -> &'static [&'static str] {
+    if extra_args.contains(&"--rate-limit-exports-per-minute") {
+        &[]
+    } else {
+        &["--rate-limit-exports-per-minute", "0"]
+    }
+}
+
 pub fn parse_listening_line(line: &str) -> Option<SocketAddr> {
     const MARKER: &str = "listening on http://";
     let start = line.find(MARKER)? + MARKER.len();

@@ -50,7 +50,7 @@ impl<W: Write> Write for HashingWriter<W> {
 /// Where encoded bytes go: straight to the hashing writer, or through a gzip encoder first.
 pub(super) enum Sink<W: Write> {
     Plain(HashingWriter<W>),
-    Gzip(GzEncoder<HashingWriter<W>>),
+    Gzip(Box<GzEncoder<HashingWriter<W>>>),
 }
 
 impl<W: Write> Sink<W> {
@@ -58,7 +58,7 @@ impl<W: Write> Sink<W> {
         let hashing = HashingWriter::new(out);
         match compression {
             Compression::None => Sink::Plain(hashing),
-            Compression::Gzip => Sink::Gzip(GzEncoder::new(hashing, GzLevel::default())),
+            Compression::Gzip => Sink::Gzip(Box::new(GzEncoder::new(hashing, GzLevel::default()))),
         }
     }
 

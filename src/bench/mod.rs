@@ -6,7 +6,9 @@
 //! 2. disk bytes per event after a final commit (graceful stop of that server);
 //! 3. bulk import of the same events into a fresh data directory.
 //!
-//! Run it from a release build: `cargo run --release -- bench ingest`.
+//! `bench export` measures the export engine (see [`export`]).
+//!
+//! Run them from a release build: `cargo run --release -- bench ingest`.
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -19,6 +21,8 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use tokio::io::AsyncBufReadExt;
 
+mod export;
+
 use crate::store::{Store, StoreConfig, StoreMetrics};
 use crate::workload::{WorkloadGenerator, WorkloadOptions};
 
@@ -27,6 +31,8 @@ use crate::workload::{WorkloadGenerator, WorkloadOptions};
 pub enum BenchCommand {
     /// HTTP ingest, disk per event, peak RSS and bulk import on the reference workload.
     Ingest(IngestBenchArgs),
+    /// Exports (JSONL/CSV, gzip or not) to the file sink and optionally an S3 endpoint.
+    Export(export::ExportBenchArgs),
 }
 
 /// Flags of `bench ingest`.
@@ -54,6 +60,7 @@ pub struct IngestBenchArgs {
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Ingest(args) => ingest(args).await,
+        BenchCommand::Export(args) => export::run(args).await,
     }
 }
 

@@ -1,0 +1,601 @@
+//! The export engine: one job from snapshot to manifest.
+//!
+//! ```text
+//! snapshot (seq < committed) ─▶ pages in (timestamp, seq) order ─▶ PartEncoder ─▶ spool file
+//!     ─▶ Sink::upload_file ─▶ checkpoint (persisted by the caller) ─▶ … ─▶ manifest.json
+//! ```
+//! A part is encoded on a blocking thread into a spool file, then uploaded; the checkpoint
+//! records the sort position of its last event, so a restarted job continues with the next part
+//! and neither repeats nor skips a record. Transient failures (destination or ScaiVault away) are
+//! retried with capped exponential backoff; permanent ones fail the job with an actionable code.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde_json::json;
+use tantivy::collector::Count;
+use tokio_util::sync::CancellationToken;
+
+use super::credentials::CredentialSource;
+use super::format::{self, PartEncoder};
+use super::job::{Checkpoint, ExportFailure, ExportSpec, FileEntry};
+use super::sink::{self, Sink, SinkError};
+use crate::query::{self, LogFilters};
+use crate::store::Store;
+use crate::store::search::{self, Direction, SortKey};
+use crate::timestamp;
+
+/// Events fetched per index query while encoding a part.
+const PAGE_EVENTS: usize = 20_000;
+
+/// Name of the claim object that marks a prefix as one export's (next to its files).
+pub const CLAIM_NAME: &str = ".scaivault-export";
+
+/// Retry schedule of transient failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub initial_delay: Duration,
+    pub max_delay: Duration,
+    /// Give up (and fail the job) once retrying has taken this long.
+    pub max_elapsed: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            initial_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(30),
+            max_elapsed: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+/// Settings of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Where part files wait for upload (destinations other than `file`).
+    pub spool_dir: PathBuf,
+    pub retry: RetryPolicy,
+}
+
+/// What a finished job produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportOutcome {
+    pub files: Vec<FileEntry>,
+    pub record_count: u64,
+    pub completed_at: String,
+}
+
+/// Receives the checkpoint after every uploaded part; an error stops the job.
+#[async_trait]
+pub trait ProgressSink: Send + Sync {
+    async fn checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), ExportFailure>;
+}
+
+/// Runs export jobs against the store.
+#[derive(Clone)]
+pub struct ExportEngine {
+    store: Store,
+    credentials: CredentialSource,
+    config: Arc<EngineConfig>,
+}
+
+/// The failure of a cancelled job.
+pub fn cancelled() -> ExportFailure {
+    ExportFailure::new("cancelled", "the export was cancelled")
+}
+
+fn internal(error: impl std::fmt::Display) -> ExportFailure {
+    tracing::error!(%error, "export failed internally");
+    ExportFailure::new(
+        "internal_error",
+        "the export failed inside the audit service; see its log",
+    )
+}
+
+/// A failure of one step: retry it or give up.
+enum StepError {
+    Transient(ExportFailure),
+    Permanent(ExportFailure),
+}
+
+impl From<SinkError> for StepError {
+    fn from(error: SinkError) -> Self {
+        if error.is_transient() {
+            StepError::Transient(error.to_failure())
+        } else {
+            StepError::Permanent(error.to_failure())
+        }
+    }
+}
+
+/// One encoded part, waiting in its spool file.
+struct EncodedPart {
+    records: u64,
+    size_bytes: u64,
+    sha256: String,
+    last: Option<SortKey>,
+}
+
+impl ExportEngine {
+    pub fn new(store: Store, credentials: CredentialSource, config: EngineConfig) -> Self {
+        ExportEngine {
+            store,
+            credentials,
+            config: Arc::new(config),
+        }
+    }
+
+    /// The store the engine exports from.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// A checkpoint whose snapshot is every event acknowledged so far (pending events are
+    /// committed first).
+    pub async fn start_checkpoint(&self) -> Result<Checkpoint, ExportFailure> {
+        self.store.flush().await.map_err(|error| {
+            tracing::warn!(%error, "commit before an export snapshot failed");
+            ExportFailure::new(
+                "store_unavailable",
+                "the audit store could not commit pending events; the export will retry",
+            )
+        })?;
+        Ok(Checkpoint::start(self.store.committed_seq()))
+    }
+
+    /// How many events `spec` matches now (the `estimated_records` of a new export).
+    pub async fn estimate(&self, spec: &ExportSpec) -> Result<u64, ExportFailure> {
+        let mut filters = spec.log_filters().map_err(invalid_spec)?;
+        filters.before_seq = Some(self.store.committed_seq());
+        let store = self.store.clone();
+        let tenant = spec.tenant_id.clone();
+        tokio::task::spawn_blocking(move || {
+            let searcher = store.searcher();
+            let query = query::build_query(searcher.index(), store.fields(), &tenant, &filters)
+                .map_err(|error| ExportFailure::new("invalid_spec", error.to_string()))?;
+            searcher
+                .search(query.as_ref(), &Count)
+                .map(|count| count as u64)
+                .map_err(internal)
+        })
+        .await
+        .map_err(internal)?
+    }
+
+    /// Runs (or resumes from `checkpoint`) the export `export_id` to completion.
+    pub async fn run(
+        &self,
+        export_id: &str,
+        spec: &ExportSpec,
+        mut checkpoint: Checkpoint,
+        progress: &dyn ProgressSink,
+        cancel: &CancellationToken,
+    ) -> Result<ExportOutcome, ExportFailure> {
+        let mut filters = spec.log_filters().map_err(invalid_spec)?;
+        filters.before_seq = Some(checkpoint.snapshot_seq);
+        let sink = self
+            .retry(cancel, || async {
+                let credentials = self
+                    .credentials
+                    .destination(
+                        spec.destination.kind,
+                        spec.destination.credentials_path.as_deref(),
+                    )
+                    .await
+                    .map_err(|error| {
+                        if error.is_transient() {
+                            StepError::Transient(error.to_failure())
+                        } else {
+                            StepError::Permanent(error.to_failure())
+                        }
+                    })?;
+                Ok(sink::open(&spec.destination, credentials).await?)
+            })
+            .await?;
+        if let Some(outcome) = self.claim(sink.as_ref(), export_id, spec, cancel).await? {
+            return Ok(outcome);
+        }
+        self.discard_incomplete(sink.as_ref(), export_id, spec, cancel)
+            .await?;
+        let spool_dir = self.spool_dir(sink.as_ref())?;
+        loop {
+            if cancel.is_cancelled() {
+                return Err(cancelled());
+            }
+            let number = checkpoint.files.len() + 1;
+            let spool_path = spool_dir.join(sink::spool_name(export_id, number));
+            let part = self
+                .encode_part(spec, &filters, checkpoint.after, &spool_path, cancel)
+                .await;
+            let part = match part {
+                Ok(part) => part,
+                Err(failure) => {
+                    remove_quietly(&spool_path);
+                    return Err(failure);
+                }
+            };
+            if part.records == 0 {
+                remove_quietly(&spool_path);
+                break;
+            }
+            let key = spec.part_key(number);
+            let content_type = format::content_type(spec.format, spec.compression);
+            let uploaded = self
+                .retry(cancel, || async {
+                    Ok(sink.upload_file(&key, &spool_path, content_type).await?)
+                })
+                .await;
+            remove_quietly(&spool_path);
+            uploaded?;
+            tracing::info!(
+                export_id,
+                key,
+                records = part.records,
+                "export part uploaded"
+            );
+            checkpoint.files.push(FileEntry {
+                key,
+                size_bytes: part.size_bytes,
+                records: part.records,
+                sha256: part.sha256,
+            });
+            checkpoint.after = part.last;
+            progress.checkpoint(&checkpoint).await?;
+            if part.records < spec.max_records_per_file {
+                break;
+            }
+        }
+        self.write_manifest(sink.as_ref(), export_id, spec, &checkpoint, cancel)
+            .await
+    }
+
+    /// Removes what an interrupted or cancelled job of `export_id` left behind: incomplete
+    /// multipart uploads and spool files. Objects already uploaded stay.
+    pub async fn abort(&self, export_id: &str, spec: &ExportSpec) -> Result<(), ExportFailure> {
+        remove_spooled(&self.config.spool_dir, export_id);
+        let credentials = self
+            .credentials
+            .destination(
+                spec.destination.kind,
+                spec.destination.credentials_path.as_deref(),
+            )
+            .await
+            .map_err(|error| error.to_failure())?;
+        let sink = sink::open(&spec.destination, credentials)
+            .await
+            .map_err(|error| error.to_failure())?;
+        sink.abort_incomplete(&spec.destination.prefix, export_id)
+            .await
+            .map_err(|error| error.to_failure())?;
+        Ok(())
+    }
+
+    fn spool_dir(&self, sink: &dyn Sink) -> Result<PathBuf, ExportFailure> {
+        let dir = match sink.spool_dir() {
+            Some(dir) => dir.to_path_buf(),
+            None => self.config.spool_dir.clone(),
+        };
+        std::fs::create_dir_all(&dir).map_err(internal)?;
+        Ok(dir)
+    }
+
+    /// Makes the prefix this export's: fails when another export's manifest, claim or part
+    /// files are there; returns the outcome when this export already completed.
+    async fn claim(
+        &self,
+        sink: &dyn Sink,
+        export_id: &str,
+        spec: &ExportSpec,
+        cancel: &CancellationToken,
+    ) -> Result<Option<ExportOutcome>, ExportFailure> {
+        let location = format!("{}/{}", sink.location(), spec.destination.prefix);
+        let manifest = self
+            .retry(cancel, || async {
+                Ok(sink.get_bytes(&spec.manifest_key()).await?)
+            })
+            .await?;
+        if let Some(manifest) = manifest {
+            let manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap_or_default();
+            return match manifest.get("export_id").and_then(|id| id.as_str()) {
+                Some(id) if id == export_id => Ok(Some(outcome_of_manifest(&manifest)?)),
+                other => Err(conflict(&location, other)),
+            };
+        }
+        let claim_key = format!("{}{CLAIM_NAME}", spec.destination.prefix);
+        let claim = self
+            .retry(cancel, || async { Ok(sink.get_bytes(&claim_key).await?) })
+            .await?;
+        match claim {
+            Some(claim) => {
+                let claim: serde_json::Value = serde_json::from_slice(&claim).unwrap_or_default();
+                match claim.get("export_id").and_then(|id| id.as_str()) {
+                    Some(id) if id == export_id => Ok(None),
+                    other => Err(conflict(&location, other)),
+                }
+            }
+            None => {
+                let first_part = self
+                    .retry(cancel, || async {
+                        Ok(sink.get_bytes(&spec.part_key(1)).await?)
+                    })
+                    .await?;
+                if first_part.is_some() {
+                    return Err(conflict(&location, None));
+                }
+                let body = json!({
+                    "export_id": export_id,
+                    "tenant_id": spec.tenant_id,
+                    "claimed_at": timestamp::format_micros(now_micros()),
+                })
+                .to_string()
+                .into_bytes();
+                self.retry(cancel, || async {
+                    Ok(sink
+                        .put_bytes(&claim_key, body.clone(), "application/json")
+                        .await?)
+                })
+                .await?;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn discard_incomplete(
+        &self,
+        sink: &dyn Sink,
+        export_id: &str,
+        spec: &ExportSpec,
+        cancel: &CancellationToken,
+    ) -> Result<(), ExportFailure> {
+        remove_spooled(&self.config.spool_dir, export_id);
+        let removed = self
+            .retry(cancel, || async {
+                Ok(sink
+                    .abort_incomplete(&spec.destination.prefix, export_id)
+                    .await?)
+            })
+            .await?;
+        if removed > 0 {
+            tracing::info!(
+                export_id,
+                removed,
+                "discarded incomplete uploads of an earlier attempt"
+            );
+        }
+        Ok(())
+    }
+
+    /// Encodes up to `max_records_per_file` events after `after` into `path`.
+    async fn encode_part(
+        &self,
+        spec: &ExportSpec,
+        filters: &LogFilters,
+        after: Option<SortKey>,
+        path: &Path,
+        cancel: &CancellationToken,
+    ) -> Result<EncodedPart, ExportFailure> {
+        let store = self.store.clone();
+        let spec = spec.clone();
+        let filters = filters.clone();
+        let path = path.to_path_buf();
+        let cancel = cancel.clone();
+        tokio::task::spawn_blocking(move || {
+            encode_part_blocking(&store, &spec, &filters, after, &path, &cancel)
+        })
+        .await
+        .map_err(internal)?
+    }
+
+    async fn write_manifest(
+        &self,
+        sink: &dyn Sink,
+        export_id: &str,
+        spec: &ExportSpec,
+        checkpoint: &Checkpoint,
+        cancel: &CancellationToken,
+    ) -> Result<ExportOutcome, ExportFailure> {
+        let outcome = ExportOutcome {
+            files: checkpoint.files.clone(),
+            record_count: checkpoint.records(),
+            completed_at: timestamp::format_micros(now_micros()),
+        };
+        let manifest = manifest_json(export_id, spec, &outcome);
+        let body = serde_json::to_vec_pretty(&manifest).map_err(internal)?;
+        self.retry(cancel, || async {
+            Ok(sink
+                .put_bytes(&spec.manifest_key(), body.clone(), "application/json")
+                .await?)
+        })
+        .await?;
+        Ok(outcome)
+    }
+
+    /// Runs `step` until it succeeds, fails permanently, is cancelled, or retrying has taken
+    /// longer than the policy allows.
+    async fn retry<T, F, Fut>(
+        &self,
+        cancel: &CancellationToken,
+        mut step: F,
+    ) -> Result<T, ExportFailure>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StepError>>,
+    {
+        let policy = self.config.retry;
+        let started = Instant::now();
+        let mut delay = policy.initial_delay;
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let outcome = tokio::select! {
+                outcome = step() => outcome,
+                () = cancel.cancelled() => return Err(cancelled()),
+            };
+            let failure = match outcome {
+                Ok(value) => return Ok(value),
+                Err(StepError::Permanent(failure)) => return Err(failure),
+                Err(StepError::Transient(failure)) => failure,
+            };
+            if started.elapsed() + delay > policy.max_elapsed {
+                return Err(ExportFailure::new(
+                    &failure.code,
+                    format!(
+                        "{} (gave up after {attempts} attempts over {} s)",
+                        failure.message,
+                        started.elapsed().as_secs()
+                    ),
+                ));
+            }
+            tracing::warn!(
+                code = failure.code,
+                message = failure.message,
+                attempts,
+                "export step failed; retrying"
+            );
+            let jittered = delay.mul_f64(0.5 + fastrand::f64() / 2.0);
+            tokio::select! {
+                () = tokio::time::sleep(jittered) => {}
+                () = cancel.cancelled() => return Err(cancelled()),
+            }
+            delay = (delay * 2).min(policy.max_delay);
+        }
+    }
+}
+
+fn encode_part_blocking(
+    store: &Store,
+    spec: &ExportSpec,
+    filters: &LogFilters,
+    mut after: Option<SortKey>,
+    path: &Path,
+    cancel: &CancellationToken,
+) -> Result<EncodedPart, ExportFailure> {
+    let file = std::fs::File::create(path).map_err(internal)?;
+    let mut encoder = PartEncoder::new(spec.format, spec.compression, file).map_err(internal)?;
+    let searcher = store.searcher();
+    let fields = store.fields();
+    let mut remaining = spec.max_records_per_file;
+    while remaining > 0 {
+        if cancel.is_cancelled() {
+            return Err(cancelled());
+        }
+        let narrowed = query::narrow_to_cursor(filters.clone(), Direction::OldestFirst, after);
+        let query = query::build_query(searcher.index(), fields, &spec.tenant_id, &narrowed)
+            .map_err(|error| ExportFailure::new("invalid_spec", error.to_string()))?;
+        let limit = remaining.min(PAGE_EVENTS as u64) as usize;
+        let page = search::top_by_time(
+            &searcher,
+            fields,
+            query.as_ref(),
+            Direction::OldestFirst,
+            after,
+            limit,
+        )
+        .map_err(internal)?;
+        for (key, event) in &page.events {
+            encoder.write_event(event).map_err(internal)?;
+            after = Some(*key);
+        }
+        remaining -= page.events.len() as u64;
+        if !page.has_more {
+            break;
+        }
+    }
+    let (file, stats) = encoder.finish().map_err(internal)?;
+    file.sync_all().map_err(internal)?;
+    Ok(EncodedPart {
+        records: stats.records,
+        size_bytes: stats.size_bytes,
+        sha256: stats.sha256,
+        last: after,
+    })
+}
+
+/// The manifest (SPEC §3.5): the status of the GET response plus format, filters, time range
+/// and export id.
+fn manifest_json(export_id: &str, spec: &ExportSpec, outcome: &ExportOutcome) -> serde_json::Value {
+    json!({
+        "export_id": export_id,
+        "status": "completed",
+        "tenant_id": spec.tenant_id,
+        "format": spec.format,
+        "compression": spec.compression,
+        "from": spec.from,
+        "to": spec.to,
+        "filters": spec.filters,
+        "max_records_per_file": spec.max_records_per_file,
+        "record_count": outcome.record_count,
+        "files": outcome.files,
+        "completed_at": outcome.completed_at,
+    })
+}
+
+fn outcome_of_manifest(manifest: &serde_json::Value) -> Result<ExportOutcome, ExportFailure> {
+    let files: Vec<FileEntry> = manifest
+        .get("files")
+        .cloned()
+        .and_then(|files| serde_json::from_value(files).ok())
+        .ok_or_else(|| internal("an earlier manifest of this export has no readable files"))?;
+    Ok(ExportOutcome {
+        record_count: files.iter().map(|file| file.records).sum(),
+        files,
+        completed_at: manifest
+            .get("completed_at")
+            .and_then(|at| at.as_str())
+            .unwrap_or_default()
+            .to_string(),
+    })
+}
+
+fn conflict(location: &str, other: Option<&str>) -> ExportFailure {
+    let owner = match other {
+        Some(id) => format!("export {id}"),
+        None => "objects of another export".to_string(),
+    };
+    ExportFailure::new(
+        "destination_conflict",
+        format!(
+            "{location} already holds {owner}; choose another prefix (an export never \
+             overwrites another export's files)"
+        ),
+    )
+}
+
+fn invalid_spec(errors: crate::event::FieldErrors) -> ExportFailure {
+    let detail = errors
+        .0
+        .iter()
+        .map(|(field, problem)| format!("{field} {problem}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    ExportFailure::new("invalid_spec", detail)
+}
+
+fn now_micros() -> i64 {
+    jiff::Timestamp::now().as_microsecond()
+}
+
+fn remove_quietly(path: &Path) {
+    if let Err(error) = std::fs::remove_file(path)
+        && error.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %path.display(), %error, "could not remove a spool file");
+    }
+}
+
+/// Removes the spool files of `export_id` in `dir`.
+fn remove_spooled(dir: &Path, export_id: &str) {
+    let own = sink::spool_prefix(export_id);
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&own) {
+            remove_quietly(&entry.path());
+        }
+    }
+}
