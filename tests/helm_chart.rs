@@ -579,6 +579,38 @@ fn the_pod_is_locked_down_and_probed_on_the_health_endpoints() {
             assert_eq!(get["scheme"], scheme, "{name}: {probe}");
         }
         assert_eq!(container["ports"][0]["name"], "http", "{name}");
+
+        // The PodDisruptionBudget and NetworkPolicy select this pod.
+        let pod_labels = &rendered.one("StatefulSet")["spec"]["template"]["metadata"]["labels"];
+        let selects = |selector: &Value| {
+            selector["matchLabels"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .all(|(key, value)| &pod_labels[key] == value)
+        };
+        for budget in rendered.all("PodDisruptionBudget") {
+            assert!(selects(&budget["spec"]["selector"]), "{name}");
+            let set = ["minAvailable", "maxUnavailable"]
+                .iter()
+                .filter(|key| !budget["spec"][**key].is_null())
+                .count();
+            assert_eq!(set, 1, "{name}: one of minAvailable/maxUnavailable");
+        }
+        for policy in rendered.all("NetworkPolicy") {
+            assert!(selects(&policy["spec"]["podSelector"]), "{name}");
+            let ingress = policy["spec"]["ingress"].as_array().unwrap();
+            assert_eq!(ingress.len(), 1, "{name}");
+            assert_eq!(
+                ingress[0]["ports"],
+                serde_json::json!([{"port": "http", "protocol": "TCP"}]),
+                "{name}: only the API port"
+            );
+            assert!(
+                ingress[0]["from"].is_array(),
+                "{name}: never open to every source"
+            );
+        }
     }
 }
 
