@@ -15,6 +15,11 @@ cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --locked --doc
 
+# helm, kubectl and kubernetes-validate for the chart tests (cached in .tools/).
+scripts/k8s-tools.sh install
+# shellcheck source=/dev/null
+source .tools/k8s-tools.env
+
 # Object-store emulators for the export tests (installed into .tools/ on first use).
 log="$(mktemp)"
 trap 'rm -f "$log"; scripts/emulators.sh stop' EXIT
