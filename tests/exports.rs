@@ -577,3 +577,37 @@ async fn pending_and_running_exports_can_be_cancelled_and_finished_ones_cannot()
         "completed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_requests_have_their_own_rate_limit() {
+    let dir = TestDir::new();
+    let out = dir.root().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let server = Server::start(
+        &dir.data_dir(),
+        &[
+            "--rate-limit-exports-per-minute",
+            "2",
+            "--commit-interval-ms",
+            "200",
+        ],
+    )
+    .await;
+    let (client, base, token) = (client(), server.base_url(), server.token());
+    for n in 0..2 {
+        start_export(&client, base, token, &export_body(&out, &format!("r{n}/"))).await;
+    }
+    let reply = post_export(&client, base, token, &export_body(&out, "r2/")).await;
+    assert_error(&reply, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    assert!(reply.1.contains_key("retry-after"), "{:?}", reply.1);
+    assert_eq!(reply.1["x-ratelimit-limit"], "2");
+    // Queries are budgeted separately: listing still works.
+    let (status, _, _) = send(
+        client
+            .get(format!("{base}/v1/audit/exports"))
+            .bearer_auth(token)
+            .header("X-Tenant-ID", TENANT),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+}

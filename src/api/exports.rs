@@ -97,7 +97,11 @@ async fn create_export(
         .export_engine
         .estimate(&spec)
         .await
-        .map_err(|failure| ApiError::validation(field_error("filters", &failure.message)))?;
+        .map_err(|failure| match failure.code.as_str() {
+            // The free-text filter parses only against the index.
+            "invalid_spec" => ApiError::validation(field_error("filters.q", &failure.message)),
+            _ => ApiError::internal(&failure),
+        })?;
     let export_id = registry::new_export_id();
     let record = ExportRecord {
         export_id: export_id.clone(),

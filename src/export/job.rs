@@ -507,3 +507,90 @@ pub struct ExportStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<Checkpoint>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn request(change: Value) -> Value {
+        let mut body = json!({
+            "from": "2026-01-01T00:00:00Z", "to": "2026-02-01T00:00:00Z", "format": "csv",
+            "destination": {"type": "s3", "bucket": "acme-audit", "prefix": "scaivault/2026-01/",
+                            "credentials_path": "infra/aws/audit-export-writer"},
+        });
+        for (key, value) in change.as_object().into_iter().flatten() {
+            body[key] = value.clone();
+        }
+        body
+    }
+
+    fn problems(change: Value) -> Vec<String> {
+        match ExportSpec::from_request(&request(change), "tnt_acme") {
+            Ok(spec) => panic!("accepted: {spec:?}"),
+            Err(errors) => errors.0.into_keys().collect(),
+        }
+    }
+
+    #[test]
+    fn a_valid_request_becomes_a_spec_with_defaults_and_normalised_times() {
+        let spec = ExportSpec::from_request(
+            &request(json!({"filters": {"action": ["read", "write"], "success": true}})),
+            "tnt_acme",
+        )
+        .unwrap_or_else(|errors| panic!("{errors:?}"));
+        assert_eq!(spec.from, "2026-01-01T00:00:00.000000Z");
+        assert_eq!(spec.compression, Compression::None);
+        assert_eq!(spec.max_records_per_file, DEFAULT_MAX_RECORDS_PER_FILE);
+        assert_eq!(spec.filters["action"], "read,write");
+        assert_eq!(spec.filters["success"], "true");
+        assert_eq!(spec.part_key(12), "scaivault/2026-01/part-0012.csv");
+        let filters = spec
+            .log_filters()
+            .unwrap_or_else(|errors| panic!("{errors:?}"));
+        assert_eq!(filters.actions.len(), 2);
+        assert_eq!(filters.success, Some(true));
+        assert!(filters.from_us.is_some() && filters.to_us.is_some());
+    }
+
+    #[test]
+    fn every_problem_is_reported_by_field() {
+        assert_eq!(problems(json!({"from": "2026-03-01T00:00:00Z"})), ["to"]);
+        assert_eq!(
+            problems(json!({"format": "xml", "compression": "zip"})),
+            ["compression", "format"]
+        );
+        assert_eq!(
+            problems(json!({"filters": {"secret_path": "/bad/"}})),
+            ["filters.secret_path"]
+        );
+        assert_eq!(
+            problems(
+                json!({"destination": {"type": "gcs", "bucket": "b", "credentials_path": "a"}})
+            ),
+            ["destination.bucket"]
+        );
+        assert_eq!(
+            problems(
+                json!({"destination": {"type": "azure_blob", "bucket": "with.dot",
+                                            "credentials_path": "a/b"}})
+            ),
+            ["destination.bucket"]
+        );
+        assert_eq!(
+            problems(json!({"destination": {"type": "s3", "bucket": "acme-audit",
+                                            "credentials_path": "a/b", "secret_access_key": "x"}})),
+            ["destination.secret_access_key"]
+        );
+    }
+
+    #[test]
+    fn prefixes_cannot_escape_or_hide_control_characters() {
+        for prefix in ["../x/", "a/./b/", "/abs/", "tab\there/", "back\\slash/"] {
+            assert!(check_prefix(prefix).is_err(), "{prefix}");
+        }
+        for prefix in ["", "scaivault/2026-01/", "flat-", "a..b/"] {
+            assert!(check_prefix(prefix).is_ok(), "{prefix}");
+        }
+    }
+}
