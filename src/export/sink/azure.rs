@@ -24,9 +24,7 @@ use azure_storage_blob::{BlobContainerClient, BlobServiceClient, BlobServiceClie
 use base64::Engine;
 use hmac::{KeyInit, Mac};
 
-use super::{
-    Sink, SinkError, SinkErrorKind, UPLOAD_CHUNK_BYTES, file_len, kind_of_status, read_chunk,
-};
+use super::{Sink, SinkError, SinkErrorKind, UPLOAD_CHUNK_BYTES, kind_of_status, read_chunk};
 use crate::export::credentials::{AzureAuth, AzureCredentials, SecretString};
 
 /// Blob service API version sent by the client (supported by Azure and by Azurite 3.35).
@@ -181,17 +179,13 @@ impl Sink for AzureSink {
         format!("azure://{}/{}", self.account, self.container_name)
     }
 
-    async fn upload_file(
+    async fn upload_large(
         &self,
         key: &str,
         path: &Path,
+        size: u64,
         content_type: &str,
     ) -> Result<(), SinkError> {
-        let size = file_len(path).await?;
-        if size <= UPLOAD_CHUNK_BYTES as u64 {
-            let body = read_chunk(path, 0, size as usize).await?;
-            return self.put_bytes(key, body, content_type).await;
-        }
         self.upload_blocks(key, path, size, content_type).await
     }
 

@@ -75,10 +75,21 @@ impl Sink for FileSink {
         Some(&self.root)
     }
 
+    /// A rename (or copy) into place, whatever the size.
     async fn upload_file(
         &self,
         key: &str,
         path: &Path,
+        _content_type: &str,
+    ) -> Result<(), SinkError> {
+        self.place(path, key)
+    }
+
+    async fn upload_large(
+        &self,
+        key: &str,
+        path: &Path,
+        _size: u64,
         _content_type: &str,
     ) -> Result<(), SinkError> {
         self.place(path, key)

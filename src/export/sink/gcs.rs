@@ -10,9 +10,7 @@ use google_cloud_gax::retry_policy::RetryPolicyExt;
 use google_cloud_storage::client::Storage;
 use google_cloud_storage::retry_policy::RetryableErrors;
 
-use super::{
-    Sink, SinkError, SinkErrorKind, UPLOAD_CHUNK_BYTES, file_len, kind_of_status, read_chunk,
-};
+use super::{Sink, SinkError, SinkErrorKind, UPLOAD_CHUNK_BYTES, kind_of_status};
 use crate::export::credentials::GcsCredentials;
 
 /// How long the client keeps retrying one request before the engine's own backoff takes over.
@@ -99,18 +97,14 @@ impl Sink for GcsSink {
         format!("gs://{}", self.bucket)
     }
 
-    async fn upload_file(
+    /// Streams the file in a resumable upload (8 MiB chunks).
+    async fn upload_large(
         &self,
         key: &str,
         path: &Path,
+        _size: u64,
         content_type: &str,
     ) -> Result<(), SinkError> {
-        let size = file_len(path).await?;
-        if size <= UPLOAD_CHUNK_BYTES as u64 {
-            let body = read_chunk(path, 0, size as usize).await?;
-            return self.put_bytes(key, body, content_type).await;
-        }
-        // Larger parts stream from the file in a resumable upload (8 MiB chunks).
         let file = tokio::fs::File::open(path).await.map_err(|error| {
             SinkError::new(
                 SinkErrorKind::Rejected,

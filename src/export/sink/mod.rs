@@ -86,11 +86,29 @@ pub trait Sink: Send + Sync {
         None
     }
 
-    /// Uploads the complete local file `path` as `key`, streaming it in chunks.
+    /// Uploads the complete local file `path` as `key`: in one request up to
+    /// [`UPLOAD_CHUNK_BYTES`], else through [`Sink::upload_large`].
     async fn upload_file(
         &self,
         key: &str,
         path: &Path,
+        content_type: &str,
+    ) -> Result<(), SinkError> {
+        let size = file_len(path).await?;
+        if size <= UPLOAD_CHUNK_BYTES as u64 {
+            let body = read_chunk(path, 0, size as usize).await?;
+            return self.put_bytes(key, body, content_type).await;
+        }
+        self.upload_large(key, path, size, content_type).await
+    }
+
+    /// Uploads a file larger than one chunk, streaming it in chunks (multipart, blocks,
+    /// resumable).
+    async fn upload_large(
+        &self,
+        key: &str,
+        path: &Path,
+        size: u64,
         content_type: &str,
     ) -> Result<(), SinkError>;
 

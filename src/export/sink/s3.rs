@@ -15,9 +15,7 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 
-use super::{
-    Sink, SinkError, SinkErrorKind, UPLOAD_CHUNK_BYTES, file_len, kind_of_status, read_chunk,
-};
+use super::{Sink, SinkError, SinkErrorKind, UPLOAD_CHUNK_BYTES, kind_of_status, read_chunk};
 use crate::export::credentials::S3Credentials;
 
 pub struct S3Sink {
@@ -115,24 +113,6 @@ impl S3Sink {
                 format!("{action} {location}: the request could not be built"),
             ),
         }
-    }
-
-    async fn put_small(
-        &self,
-        key: &str,
-        body: Vec<u8>,
-        content_type: &str,
-    ) -> Result<(), SinkError> {
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_type(content_type)
-            .body(ByteStream::from(body))
-            .send()
-            .await
-            .map_err(|error| self.error("uploading", key, error))?;
-        Ok(())
     }
 
     async fn upload_multipart(
@@ -244,17 +224,13 @@ impl Sink for S3Sink {
         format!("s3://{}", self.bucket)
     }
 
-    async fn upload_file(
+    async fn upload_large(
         &self,
         key: &str,
         path: &Path,
+        size: u64,
         content_type: &str,
     ) -> Result<(), SinkError> {
-        let size = file_len(path).await?;
-        if size <= UPLOAD_CHUNK_BYTES as u64 {
-            let body = read_chunk(path, 0, size as usize).await?;
-            return self.put_small(key, body, content_type).await;
-        }
         self.upload_multipart(key, path, size, content_type).await
     }
 
@@ -264,7 +240,16 @@ impl Sink for S3Sink {
         body: Vec<u8>,
         content_type: &str,
     ) -> Result<(), SinkError> {
-        self.put_small(key, body, content_type).await
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|error| self.error("uploading", key, error))?;
+        Ok(())
     }
 
     async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, SinkError> {
