@@ -133,6 +133,37 @@ pub struct SettingsArgs {
     /// Log format: `text` or `json`.
     #[arg(long, env = "LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
+    #[command(flatten)]
+    pub kubernetes: KubernetesArgs,
+}
+
+/// Kubernetes settings: the operator and ServiceAccount-token authentication.
+#[derive(Debug, Clone, Default, Args)]
+pub struct KubernetesArgs {
+    /// Run the AuditExport operator (default: on when running inside a cluster).
+    #[arg(long, env = "SCAIVAULT_AUDIT_OPERATOR", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub operator: Option<bool>,
+    /// Namespace whose AuditExports the operator runs and the REST API creates (default: the
+    /// client's namespace, i.e. the pod's).
+    #[arg(
+        long,
+        env = "SCAIVAULT_AUDIT_OPERATOR_NAMESPACE",
+        value_name = "NAMESPACE"
+    )]
+    pub operator_namespace: Option<String>,
+    /// Export jobs that run at once on the leader.
+    #[arg(long, env = "SCAIVAULT_AUDIT_MAX_CONCURRENT_EXPORTS", value_name = "N")]
+    pub max_concurrent_exports: Option<u64>,
+    /// Accept Kubernetes ServiceAccount tokens, verified with the TokenReview API.
+    #[arg(long, env = "SCAIVAULT_AUDIT_TOKEN_REVIEW", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub token_review: Option<bool>,
+    /// Audience ServiceAccount tokens must be issued for.
+    #[arg(
+        long,
+        env = "SCAIVAULT_AUDIT_TOKEN_REVIEW_AUDIENCE",
+        value_name = "AUDIENCE"
+    )]
+    pub token_review_audience: Option<String>,
 }
 
 /// The TOML file (every key optional; unknown keys are errors).
@@ -149,6 +180,8 @@ pub struct FileConfig {
     pub export: ExportSection,
     #[serde(default)]
     pub log: LogSection,
+    #[serde(default)]
+    pub operator: OperatorSection,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -182,6 +215,39 @@ pub struct AuthSection {
     pub jwt_audience: Option<String>,
     pub rate_limit_queries_per_minute: Option<u32>,
     pub rate_limit_exports_per_minute: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_review: Option<TokenReviewSection>,
+}
+
+/// `[auth.token_review]`: Kubernetes ServiceAccount tokens.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenReviewSection {
+    pub enabled: Option<bool>,
+    pub audience: Option<String>,
+    #[serde(default)]
+    pub bindings: Vec<TokenReviewBindingSection>,
+}
+
+/// `[[auth.token_review.bindings]]`: scopes and tenant of one ServiceAccount.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenReviewBindingSection {
+    /// `namespace/name`.
+    pub service_account: String,
+    pub scopes: Vec<String>,
+    pub tenant_id: Option<String>,
+    pub all_tenants: Option<bool>,
+}
+
+/// `[operator]`: the AuditExport controller.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorSection {
+    pub enabled: Option<bool>,
+    pub namespace: Option<String>,
+    pub max_concurrent_exports: Option<u64>,
+    pub lease_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -226,6 +292,20 @@ pub struct Settings {
     pub export: ExportSettings,
     pub log_level: String,
     pub log_format: LogFormat,
+    pub operator: OperatorSettings,
+    pub token_review: Option<crate::auth::token_review::TokenReviewSettings>,
+}
+
+/// The operator's resolved settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorSettings {
+    pub enabled: bool,
+    /// `None`: the Kubernetes client's default namespace.
+    pub namespace: Option<String>,
+    pub max_concurrent_exports: usize,
+    pub lease_name: String,
+    /// This replica's lease identity: the pod name (`HOSTNAME`).
+    pub identity: String,
 }
 
 /// Where export credentials come from, and how export jobs run.
@@ -482,6 +562,8 @@ impl Settings {
             export: ExportSettings::resolve(args, &file.export)?,
             log_level,
             log_format,
+            operator: resolve_operator(&args.kubernetes, &file.operator)?,
+            token_review: resolve_token_review(&args.kubernetes, file.auth.token_review.as_ref())?,
         })
     }
 
@@ -511,6 +593,7 @@ impl Settings {
                 jwt_audience: self.jwt.audience.clone(),
                 rate_limit_queries_per_minute: Some(self.rate_limits.queries_per_minute),
                 rate_limit_exports_per_minute: Some(self.rate_limits.exports_per_minute),
+                token_review: self.token_review.as_ref().map(token_review_section),
             },
             export: self.export.to_section(),
             log: LogSection {
@@ -519,6 +602,12 @@ impl Settings {
                     LogFormat::Text => "text".into(),
                     LogFormat::Json => "json".into(),
                 }),
+            },
+            operator: OperatorSection {
+                enabled: Some(self.operator.enabled),
+                namespace: self.operator.namespace.clone(),
+                max_concurrent_exports: Some(self.operator.max_concurrent_exports as u64),
+                lease_name: Some(self.operator.lease_name.clone()),
             },
         }
     }
@@ -533,6 +622,135 @@ fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
         path: path.to_path_buf(),
         message: error.to_string(),
     })
+}
+
+// === Kubernetes: operator and TokenReview ===
+
+/// Default lease of the operator's leader election.
+pub const DEFAULT_LEASE_NAME: &str = "scaivault-audit-operator";
+
+/// Whether the process runs in a Kubernetes pod (the API server's service is in the env).
+fn in_cluster() -> bool {
+    std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+}
+
+fn resolve_operator(
+    args: &KubernetesArgs,
+    file: &OperatorSection,
+) -> Result<OperatorSettings, ConfigError> {
+    let max = args
+        .max_concurrent_exports
+        .or(file.max_concurrent_exports)
+        .unwrap_or(2);
+    if !(1..=64).contains(&max) {
+        return Err(invalid(
+            "max_concurrent_exports",
+            "must be between 1 and 64",
+        ));
+    }
+    let identity = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| format!("scaivault-audit-{}", std::process::id()));
+    Ok(OperatorSettings {
+        enabled: args.operator.or(file.enabled).unwrap_or_else(in_cluster),
+        namespace: args.operator_namespace.clone().or(file.namespace.clone()),
+        max_concurrent_exports: max as usize,
+        lease_name: file
+            .lease_name
+            .clone()
+            .unwrap_or_else(|| DEFAULT_LEASE_NAME.into()),
+        identity,
+    })
+}
+
+fn resolve_token_review(
+    args: &KubernetesArgs,
+    file: Option<&TokenReviewSection>,
+) -> Result<Option<crate::auth::token_review::TokenReviewSettings>, ConfigError> {
+    use crate::auth::token_review::{Binding, TokenReviewSettings};
+    use crate::auth::{Scope, TenantAccess};
+    let enabled = args
+        .token_review
+        .or(file.and_then(|f| f.enabled))
+        .unwrap_or(false);
+    if !enabled {
+        return Ok(None);
+    }
+    let key = "auth.token_review.bindings";
+    let mut bindings = Vec::new();
+    for binding in file.map(|f| f.bindings.as_slice()).unwrap_or_default() {
+        let account = &binding.service_account;
+        if account.split('/').filter(|part| !part.is_empty()).count() != 2
+            || account.matches('/').count() != 1
+        {
+            return Err(invalid(
+                key,
+                &format!("service_account '{account}' is not namespace/name"),
+            ));
+        }
+        let scopes = binding
+            .scopes
+            .iter()
+            .map(|scope| {
+                Scope::parse(scope).ok_or_else(|| invalid(key, &format!("unknown scope '{scope}'")))
+            })
+            .collect::<Result<_, _>>()?;
+        let tenants = match (&binding.tenant_id, binding.all_tenants.unwrap_or(false)) {
+            (Some(tenant), false) => {
+                crate::event::check_tenant_id(tenant)
+                    .map_err(|message| invalid(key, &format!("tenant_id: {message}")))?;
+                TenantAccess::One(tenant.clone())
+            }
+            (None, true) => TenantAccess::All,
+            _ => {
+                return Err(invalid(
+                    key,
+                    &format!("{account}: give tenant_id or all_tenants = true"),
+                ));
+            }
+        };
+        bindings.push(Binding {
+            service_account: account.clone(),
+            scopes,
+            tenants,
+        });
+    }
+    Ok(Some(TokenReviewSettings {
+        audience: args
+            .token_review_audience
+            .clone()
+            .or(file.and_then(|f| f.audience.clone()))
+            .filter(|audience| !audience.is_empty()),
+        bindings,
+    }))
+}
+
+fn token_review_section(
+    settings: &crate::auth::token_review::TokenReviewSettings,
+) -> TokenReviewSection {
+    use crate::auth::TenantAccess;
+    TokenReviewSection {
+        enabled: Some(true),
+        audience: settings.audience.clone(),
+        bindings: settings
+            .bindings
+            .iter()
+            .map(|binding| TokenReviewBindingSection {
+                service_account: binding.service_account.clone(),
+                scopes: binding
+                    .scopes
+                    .iter()
+                    .map(|scope| scope.as_str().to_string())
+                    .collect(),
+                tenant_id: match &binding.tenants {
+                    TenantAccess::One(tenant) => Some(tenant.clone()),
+                    TenantAccess::All => None,
+                },
+                all_tenants: matches!(binding.tenants, TenantAccess::All).then_some(true),
+            })
+            .collect(),
+    }
 }
 
 fn positive(key: &'static str, value: u64) -> Result<(), ConfigError> {

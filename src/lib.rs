@@ -16,6 +16,7 @@ pub mod config;
 pub mod event;
 pub mod export;
 pub mod import;
+pub mod operator;
 pub mod query;
 pub mod state;
 pub mod store;

@@ -47,6 +47,12 @@ enum Command {
     /// Manage static API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Write the AuditExport CustomResourceDefinition (generated from the Rust types).
+    Crdgen {
+        /// Output file; `-` writes to stdout.
+        #[arg(long, default_value = "crds/auditexport.yaml")]
+        output: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -84,6 +90,7 @@ fn main() -> std::process::ExitCode {
         Command::Gen(args) => workload::run_gen(&args).context("gen failed"),
         Command::Bench(command) => run_async(bench::run(command)),
         Command::Token(command) => token(command),
+        Command::Crdgen { output } => crdgen(&output),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -272,6 +279,25 @@ async fn shutdown_signal() {
         _ = terminate.recv() => tracing::info!("SIGTERM received"),
         _ = interrupt.recv() => tracing::info!("SIGINT received"),
     }
+}
+
+fn crdgen(output: &std::path::Path) -> anyhow::Result<()> {
+    let yaml = scaivault_audit::operator::crd_yaml().map_err(anyhow::Error::msg)?;
+    if output == std::path::Path::new("-") {
+        print!("{yaml}");
+        return Ok(());
+    }
+    if let Some(parent) = output
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("failed to create {}", parent.display()))?;
+    }
+    std::fs::write(output, yaml)
+        .with_context(|| format!("failed to write {}", output.display()))?;
+    eprintln!("wrote {}", output.display());
+    Ok(())
 }
 
 fn token(command: TokenCommand) -> anyhow::Result<()> {

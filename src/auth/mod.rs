@@ -3,10 +3,12 @@
 //! A bearer token resolves to a [`Principal`]: an identity, a set of [`Scope`]s and the
 //! tenants it may act for. Token sources: ScaiKey JWTs verified against a JWKS ([`jwt`]),
 //! static tokens from a file (stored hashed) and the generated bootstrap token
-//! ([`static_tokens`]).
+//! ([`static_tokens`]); in a cluster, Kubernetes ServiceAccount tokens checked with the
+//! TokenReview API ([`token_review`]).
 
 pub mod jwt;
 pub mod static_tokens;
+pub mod token_review;
 
 use std::collections::BTreeSet;
 
@@ -127,21 +129,47 @@ impl Principal {
 pub struct Authenticator {
     static_tokens: StaticTokens,
     jwt: Option<jwt::JwtVerifier>,
+    token_review: Option<token_review::TokenReviewer>,
 }
 
 impl Authenticator {
     pub fn new(static_tokens: StaticTokens, jwt: Option<jwt::JwtVerifier>) -> Self {
-        Authenticator { static_tokens, jwt }
+        Authenticator {
+            static_tokens,
+            jwt,
+            token_review: None,
+        }
+    }
+
+    /// Also accepts Kubernetes ServiceAccount tokens, verified with TokenReview.
+    pub fn with_token_review(mut self, reviewer: token_review::TokenReviewer) -> Self {
+        self.token_review = Some(reviewer);
+        self
     }
 
     /// Authenticates the value of an `Authorization` header: JWTs against the JWKS (when
-    /// configured), anything else against the static tokens.
+    /// configured), then as ServiceAccount tokens (when TokenReview is on); anything else
+    /// against the static tokens.
     pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, AuthError> {
         let header = authorization.ok_or(AuthError::Missing)?;
         let token = bearer_token(header)?;
-        match &self.jwt {
-            Some(verifier) if jwt::looks_like_jwt(token) => verifier.verify(token).await,
-            _ => self
+        if !jwt::looks_like_jwt(token) {
+            return self
+                .static_tokens
+                .lookup(token)
+                .cloned()
+                .ok_or(AuthError::Invalid);
+        }
+        if let Some(verifier) = &self.jwt {
+            match verifier.verify(token).await {
+                // Not a ScaiKey JWT: it may be a ServiceAccount token.
+                Err(AuthError::Invalid) if self.token_review.is_some() => {}
+                result => return result,
+            }
+        }
+        match &self.token_review {
+            Some(reviewer) => reviewer.verify(token).await,
+            None => self
                 .static_tokens
                 .lookup(token)
                 .cloned()

@@ -1,0 +1,459 @@
+//! The AuditExport controller: `reconcile` is plumbing (metrics, finalizer); the decisions are
+//! in [`plan`] (pure) and carried out by [`Ctx`]'s methods. Export jobs run in their own tasks
+//! ([`super::jobs`]), so a reconcile never waits for an export.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use parking_lot::Mutex;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::crd::{AuditExport, AuditExportStatus, ExportJobPhase};
+use super::exporter::Exporter;
+use super::jobs::{JobRequest, Jobs, StopReason};
+use super::metrics::{OperatorMetrics, ReconcileResult};
+use super::status::{self, VALIDATION_ERROR, reasons};
+use super::{CANCEL_ANNOTATION, EXPORT_ID_ANNOTATION, FIELD_MANAGER, FINALIZER, convert};
+use crate::event::FieldErrors;
+use crate::export::job::{Checkpoint, ExportFailure, ExportSpec};
+use crate::export::registry::new_export_id;
+
+/// Failures of one reconcile; all of them are retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("failed to patch status: {0}")]
+    PatchStatus(#[source] kube::Error),
+    #[error("failed to estimate the export: {0}")]
+    Estimate(#[source] ExportFailure),
+    #[error("failed to clean up incomplete uploads: {0}")]
+    Cleanup(#[source] ExportFailure),
+    #[error("object has no {0}")]
+    MissingObjectKey(&'static str),
+    #[error("finalizer failed: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// Bounded metric label.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::PatchStatus(_) => "patch_status",
+            Error::Estimate(_) => "estimate",
+            Error::Cleanup(_) => "cleanup",
+            Error::MissingObjectKey(_) => "missing_object_key",
+            Error::Finalizer(_) => "finalizer",
+        }
+    }
+}
+
+/// The time source (tests pin it).
+pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
+/// Controller settings.
+#[derive(Debug, Clone)]
+pub struct ControllerSettings {
+    /// Namespace to watch; `None` watches all namespaces.
+    pub namespace: Option<String>,
+    /// Export jobs that run at once; more wait in `Pending`.
+    pub max_concurrent_exports: usize,
+    /// Reconciles that run at once.
+    pub reconcile_concurrency: u16,
+    /// Name reported on Kubernetes Events (`reportingController`).
+    pub reporter: String,
+}
+
+impl Default for ControllerSettings {
+    fn default() -> Self {
+        ControllerSettings {
+            namespace: None,
+            max_concurrent_exports: 2,
+            reconcile_concurrency: 4,
+            reporter: super::REPORTER.to_string(),
+        }
+    }
+}
+
+/// What every reconcile shares.
+pub struct Ctx {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub exporter: Arc<dyn Exporter>,
+    pub jobs: Jobs,
+    pub metrics: OperatorMetrics,
+    pub clock: Clock,
+    /// Consecutive failures per object, for the requeue backoff.
+    failures: Mutex<std::collections::HashMap<String, u32>>,
+}
+
+impl Ctx {
+    pub fn new(
+        client: Client,
+        exporter: Arc<dyn Exporter>,
+        settings: &ControllerSettings,
+        metrics: OperatorMetrics,
+        clock: Clock,
+    ) -> Arc<Ctx> {
+        let recorder = Recorder::new(client.clone(), Reporter::from(settings.reporter.as_str()));
+        Arc::new(Ctx {
+            jobs: Jobs::new(settings.max_concurrent_exports, metrics.clone()),
+            client,
+            recorder,
+            exporter,
+            metrics,
+            clock,
+            failures: Mutex::default(),
+        })
+    }
+
+    fn now(&self) -> Timestamp {
+        (self.clock)()
+    }
+}
+
+/// Runs the controller until `shutdown` fires; then stops the jobs of this process without
+/// touching their status (the next leader resumes them from their checkpoints).
+pub async fn run(ctx: Arc<Ctx>, settings: &ControllerSettings, shutdown: CancellationToken) {
+    let api: Api<AuditExport> = match &settings.namespace {
+        Some(namespace) => Api::namespaced(ctx.client.clone(), namespace),
+        None => Api::all(ctx.client.clone()),
+    };
+    let stop = shutdown.clone();
+    Controller::new(api, watcher::Config::default().any_semantic())
+        .with_config(ControllerConfig::default().concurrency(settings.reconcile_concurrency))
+        .graceful_shutdown_on(async move { stop.cancelled().await })
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(name = %object.name, "reconciled"),
+                Err(error) => tracing::warn!(%error, "reconcile failed"),
+            }
+        })
+        .await;
+    ctx.jobs.stop_all(StopReason::Shutdown).await;
+}
+
+/// Plumbing: metrics, then the finalizer around [`apply`] and [`cleanup`].
+pub async fn reconcile(object: Arc<AuditExport>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let namespace = object
+        .namespace()
+        .ok_or(Error::MissingObjectKey(".metadata.namespace"))?;
+    let api: Api<AuditExport> = Api::namespaced(ctx.client.clone(), &namespace);
+    let result = finalizer(&api, FINALIZER, object, |event| async {
+        match event {
+            Finalizer::Apply(object) => apply(&object, &api, &ctx).await,
+            Finalizer::Cleanup(object) => cleanup(&object, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|error| Error::Finalizer(Box::new(error)));
+    let outcome = match &result {
+        Ok(_) => ReconcileResult::Ok,
+        Err(_) => ReconcileResult::Error,
+    };
+    ctx.metrics.observe_reconcile(outcome, started.elapsed());
+    result
+}
+
+/// Transient failures requeue with exponential backoff (1 s doubling to 5 min) per object.
+pub fn error_policy(object: Arc<AuditExport>, error: &Error, ctx: Arc<Ctx>) -> Action {
+    let key = object_key(&object);
+    let attempts = {
+        let mut failures = ctx.failures.lock();
+        let count = failures.entry(key).or_insert(0);
+        *count = count.saturating_add(1);
+        *count
+    };
+    ctx.metrics.reconcile_error(error.metric_label());
+    let delay = backoff(attempts);
+    tracing::warn!(%error, name = %object.name_any(), attempts, ?delay, "reconcile failed; retrying");
+    Action::requeue(delay)
+}
+
+/// The retry delay after `attempts` consecutive failures.
+pub fn backoff(attempts: u32) -> Duration {
+    let exponent = attempts.saturating_sub(1).min(9);
+    Duration::from_secs((1u64 << exponent).min(300))
+}
+
+fn object_key(object: &AuditExport) -> String {
+    format!(
+        "{}/{}",
+        object.namespace().unwrap_or_default(),
+        object.name_any()
+    )
+}
+
+/// What a reconcile does with an object (pure).
+#[derive(Debug, PartialEq)]
+pub enum Plan {
+    /// Nothing to do: finished, or the job runs in this process.
+    Idle,
+    /// The spec is invalid: report it once per generation and wait for a change.
+    ReportInvalid(FieldErrors),
+    /// Accept the export (id, estimate, `Pending`) and queue its job.
+    Start(ExportSpec),
+    /// The job was running in a process that is gone: resume it from its checkpoint.
+    Resume(ExportSpec, Checkpoint),
+    /// Cancellation was requested through the REST API.
+    Cancel(Option<ExportSpec>),
+}
+
+/// Decides what to do with `object`; `job_running` says whether its job runs here.
+pub fn plan(object: &AuditExport, job_running: bool) -> Plan {
+    let status = object.status.clone().unwrap_or_default();
+    let phase = status.phase;
+    let finished = matches!(
+        phase,
+        Some(ExportJobPhase::Completed | ExportJobPhase::Cancelled)
+    ) || (phase == Some(ExportJobPhase::Failed)
+        && (status.started_at.is_some()
+            || status.observed_generation == object.metadata.generation));
+    if finished {
+        return Plan::Idle;
+    }
+    let spec = convert::export_spec(&object.spec);
+    if object.annotations().contains_key(CANCEL_ANNOTATION) {
+        return Plan::Cancel(spec.ok());
+    }
+    if job_running {
+        return Plan::Idle;
+    }
+    match (spec, phase) {
+        (Err(errors), _) => Plan::ReportInvalid(errors),
+        (Ok(spec), Some(ExportJobPhase::Running)) => match convert::checkpoint(&status) {
+            Some(checkpoint) => Plan::Resume(spec, checkpoint),
+            None => Plan::Start(spec),
+        },
+        (Ok(spec), _) => Plan::Start(spec),
+    }
+}
+
+/// Apply branch of the finalizer.
+async fn apply(object: &AuditExport, api: &Api<AuditExport>, ctx: &Ctx) -> Result<Action, Error> {
+    let key = object_key(object);
+    let job_running = ctx.jobs.is_running(&key);
+    let action = match plan(object, job_running) {
+        Plan::Idle => Action::await_change(),
+        Plan::ReportInvalid(errors) => report_invalid(object, api, ctx, &errors).await?,
+        Plan::Start(spec) => start(object, api, ctx, spec, None).await?,
+        Plan::Resume(spec, checkpoint) => start(object, api, ctx, spec, Some(checkpoint)).await?,
+        Plan::Cancel(spec) => cancel(object, api, ctx, spec).await?,
+    };
+    ctx.failures.lock().remove(&key);
+    Ok(action)
+}
+
+async fn report_invalid(
+    object: &AuditExport,
+    api: &Api<AuditExport>,
+    ctx: &Ctx,
+    errors: &FieldErrors,
+) -> Result<Action, Error> {
+    let message = errors
+        .0
+        .iter()
+        .map(|(field, problem)| format!("{field}: {problem}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let mut status = object.status.clone().unwrap_or_default();
+    let failure = ExportFailure::new(VALIDATION_ERROR, format!("invalid spec: {message}"));
+    status.completed_at = None;
+    status::set_failed(&mut status, &failure, object.metadata.generation, ctx.now());
+    patch_status(api, &object.name_any(), &status).await?;
+    publish(
+        ctx,
+        object,
+        EventType::Warning,
+        reasons::INVALID_SPEC,
+        &failure.message,
+    )
+    .await;
+    ctx.metrics.job_phase(ExportJobPhase::Failed);
+    // A new generation triggers the next reconcile; nothing else would change the outcome.
+    Ok(Action::await_change())
+}
+
+async fn start(
+    object: &AuditExport,
+    api: &Api<AuditExport>,
+    ctx: &Ctx,
+    spec: ExportSpec,
+    checkpoint: Option<Checkpoint>,
+) -> Result<Action, Error> {
+    let mut status = object.status.clone().unwrap_or_default();
+    if status.phase != Some(ExportJobPhase::Pending) && checkpoint.is_none() {
+        let estimate = ctx
+            .exporter
+            .estimate(&spec)
+            .await
+            .map_err(Error::Estimate)?;
+        let export_id = status
+            .export_id
+            .clone()
+            .or_else(|| object.annotations().get(EXPORT_ID_ANNOTATION).cloned())
+            .unwrap_or_else(new_export_id);
+        status = AuditExportStatus {
+            export_id: Some(export_id),
+            estimated_records: Some(estimate),
+            conditions: status.conditions,
+            ..AuditExportStatus::default()
+        };
+        status::set_phase(
+            &mut status,
+            ExportJobPhase::Pending,
+            object.metadata.generation,
+            ctx.now(),
+        );
+        patch_status(api, &object.name_any(), &status).await?;
+        let note = format!(
+            "export {} queued: about {estimate} records",
+            status.export_id.clone().unwrap_or_default()
+        );
+        publish(ctx, object, EventType::Normal, reasons::QUEUED, &note).await;
+        ctx.metrics.job_phase(ExportJobPhase::Pending);
+    }
+    let export_id = status
+        .export_id
+        .clone()
+        .ok_or(Error::MissingObjectKey(".status.exportId"))?;
+    ctx.jobs.spawn(JobRequest {
+        key: object_key(object),
+        api: api.clone(),
+        object: object.clone(),
+        export_id,
+        spec,
+        status,
+        checkpoint,
+        exporter: ctx.exporter.clone(),
+        recorder: ctx.recorder.clone(),
+        clock: ctx.clock.clone(),
+    });
+    Ok(Action::requeue(Duration::from_secs(600)))
+}
+
+async fn cancel(
+    object: &AuditExport,
+    api: &Api<AuditExport>,
+    ctx: &Ctx,
+    spec: Option<ExportSpec>,
+) -> Result<Action, Error> {
+    let key = object_key(object);
+    if ctx.jobs.is_running(&key) {
+        // The job task aborts its uploads and reports Cancelled.
+        ctx.jobs.stop(&key, StopReason::Cancel);
+        return Ok(Action::await_change());
+    }
+    let mut status = object.status.clone().unwrap_or_default();
+    if let (Some(spec), Some(export_id)) = (&spec, &status.export_id)
+        && status.started_at.is_some()
+    {
+        ctx.exporter
+            .abort(export_id, spec)
+            .await
+            .map_err(Error::Cleanup)?;
+    }
+    status::set_phase(
+        &mut status,
+        ExportJobPhase::Cancelled,
+        object.metadata.generation,
+        ctx.now(),
+    );
+    patch_status(api, &object.name_any(), &status).await?;
+    publish(
+        ctx,
+        object,
+        EventType::Normal,
+        reasons::CANCELLED,
+        "the export was cancelled",
+    )
+    .await;
+    ctx.metrics.job_phase(ExportJobPhase::Cancelled);
+    Ok(Action::await_change())
+}
+
+/// Cleanup branch of the finalizer: stop the job, remove incomplete uploads.
+async fn cleanup(object: &AuditExport, ctx: &Ctx) -> Result<Action, Error> {
+    let key = object_key(object);
+    ctx.jobs.stop_and_wait(&key, StopReason::Delete).await;
+    let status = object.status.clone().unwrap_or_default();
+    let unfinished = !matches!(
+        status.phase,
+        Some(ExportJobPhase::Completed | ExportJobPhase::Cancelled)
+    );
+    if let (true, Some(_), Some(export_id), Ok(spec)) = (
+        unfinished,
+        &status.started_at,
+        &status.export_id,
+        convert::export_spec(&object.spec),
+    ) {
+        ctx.exporter
+            .abort(export_id, &spec)
+            .await
+            .map_err(Error::Cleanup)?;
+        publish(
+            ctx,
+            object,
+            EventType::Normal,
+            "CleanedUp",
+            "incomplete uploads removed",
+        )
+        .await;
+    }
+    ctx.failures.lock().remove(&key);
+    Ok(Action::await_change())
+}
+
+/// Server-side apply of the whole status (this controller owns every status field).
+pub async fn patch_status(
+    api: &Api<AuditExport>,
+    name: &str,
+    status: &AuditExportStatus,
+) -> Result<(), Error> {
+    let body = json!({
+        "apiVersion": AuditExport::api_version(&()),
+        "kind": AuditExport::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(Error::PatchStatus)?;
+    Ok(())
+}
+
+/// Publishes a Kubernetes Event about `object`; failures are logged, never fatal.
+pub async fn publish(ctx: &Ctx, object: &AuditExport, type_: EventType, reason: &str, note: &str) {
+    publish_with(&ctx.recorder, object, type_, reason, note).await;
+}
+
+pub async fn publish_with(
+    recorder: &Recorder,
+    object: &AuditExport,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note.to_string()),
+        action: "Export".to_string(),
+        secondary: None,
+    };
+    if let Err(error) = recorder.publish(&event, &object.object_ref(&())).await {
+        tracing::warn!(%error, reason, "failed to publish a Kubernetes event");
+    }
+}

@@ -1,0 +1,54 @@
+//! What the controller needs from the export engine, as a trait: the controller runs the real
+//! [`ExportEngine`], its tests a scripted fake.
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use crate::export::engine::{ExportEngine, ExportOutcome, ProgressSink};
+use crate::export::job::{Checkpoint, ExportFailure, ExportSpec};
+
+/// Runs export jobs (see [`ExportEngine`]).
+#[async_trait]
+pub trait Exporter: Send + Sync + 'static {
+    /// Events the export would write now.
+    async fn estimate(&self, spec: &ExportSpec) -> Result<u64, ExportFailure>;
+    /// A checkpoint for a job starting now (fixes its snapshot).
+    fn start_checkpoint(&self) -> Checkpoint;
+    /// Runs (or resumes) a job until it completes, fails or `cancel` fires.
+    async fn run(
+        &self,
+        export_id: &str,
+        spec: &ExportSpec,
+        checkpoint: Checkpoint,
+        progress: &dyn ProgressSink,
+        cancel: &CancellationToken,
+    ) -> Result<ExportOutcome, ExportFailure>;
+    /// Removes the incomplete uploads of a job that will not finish.
+    async fn abort(&self, export_id: &str, spec: &ExportSpec) -> Result<(), ExportFailure>;
+}
+
+#[async_trait]
+impl Exporter for ExportEngine {
+    async fn estimate(&self, spec: &ExportSpec) -> Result<u64, ExportFailure> {
+        ExportEngine::estimate(self, spec).await
+    }
+
+    fn start_checkpoint(&self) -> Checkpoint {
+        ExportEngine::start_checkpoint(self)
+    }
+
+    async fn run(
+        &self,
+        export_id: &str,
+        spec: &ExportSpec,
+        checkpoint: Checkpoint,
+        progress: &dyn ProgressSink,
+        cancel: &CancellationToken,
+    ) -> Result<ExportOutcome, ExportFailure> {
+        ExportEngine::run(self, export_id, spec, checkpoint, progress, cancel).await
+    }
+
+    async fn abort(&self, export_id: &str, spec: &ExportSpec) -> Result<(), ExportFailure> {
+        ExportEngine::abort(self, export_id, spec).await
+    }
+}

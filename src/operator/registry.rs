@@ -1,0 +1,227 @@
+//! The REST API's exports in a cluster: one AuditExport resource per export.
+//!
+//! `POST /v1/audit/export` creates a resource named after the export id (`exp_…` with `-` for
+//! `_`) that records the tenant (`spec.tenantId`), the requester and the id (annotations),
+//! then writes its `Pending` status. Resources applied with kubectl get their id from the
+//! controller (`status.exportId`) and appear in the listing with the same status.
+//! `DELETE /v1/audit/exports/{id}` annotates the resource; the controller cancels the job.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+
+use super::crd::{AuditExport, ExportJobPhase};
+use super::status;
+use super::{
+    CANCEL_ANNOTATION, EXPORT_ID_ANNOTATION, REQUESTED_BY_ANNOTATION, controller, convert,
+};
+use crate::export::registry::{ExportList, ExportRecord, ExportRegistry, RegistryError};
+
+/// Label with the tenant, so tenants can be selected with `kubectl get aex -l`.
+pub const TENANT_LABEL: &str = "audit.scailabs.ai/tenant";
+
+/// [`ExportRegistry`] over the AuditExport resources of one namespace.
+#[derive(Clone)]
+pub struct KubeRegistry {
+    api: Api<AuditExport>,
+}
+
+impl KubeRegistry {
+    pub fn new(client: Client, namespace: &str) -> Self {
+        KubeRegistry {
+            api: Api::namespaced(client, namespace),
+        }
+    }
+
+    /// The resource name of a REST-created export.
+    pub fn resource_name(export_id: &str) -> String {
+        export_id.replace('_', "-")
+    }
+
+    async fn find(
+        &self,
+        tenant: &str,
+        export_id: &str,
+    ) -> Result<Option<AuditExport>, RegistryError> {
+        // REST-created exports are found by name; kubectl-created ones by their status.
+        let by_name = self
+            .api
+            .get_opt(&Self::resource_name(export_id))
+            .await
+            .map_err(unavailable)?;
+        if let Some(object) =
+            by_name.filter(|object| export_id_of(object).as_deref() == Some(export_id))
+        {
+            return Ok((object.spec.tenant_id == tenant).then_some(object));
+        }
+        let all = self
+            .api
+            .list(&ListParams::default())
+            .await
+            .map_err(unavailable)?;
+        Ok(all.items.into_iter().find(|object| {
+            object.spec.tenant_id == tenant && export_id_of(object).as_deref() == Some(export_id)
+        }))
+    }
+}
+
+/// The export id of a resource: its status, else the annotation of a REST-created one.
+fn export_id_of(object: &AuditExport) -> Option<String> {
+    object
+        .status
+        .as_ref()
+        .and_then(|status| status.export_id.clone())
+        .or_else(|| object.annotations().get(EXPORT_ID_ANNOTATION).cloned())
+}
+
+/// The REST view of a resource; `None` for resources without an id yet or with an invalid
+/// spec (they are not exports the API could describe).
+pub fn record_of(object: &AuditExport) -> Option<ExportRecord> {
+    let export_id = export_id_of(object)?;
+    let spec = convert::export_spec(&object.spec).ok()?;
+    let requested_by = object
+        .annotations()
+        .get(REQUESTED_BY_ANNOTATION)
+        .cloned()
+        .unwrap_or_else(|| {
+            format!(
+                "kubernetes:{}/{}",
+                object.namespace().unwrap_or_default(),
+                object.name_any()
+            )
+        });
+    let created_at = object
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|time| status::rfc3339(time.0))
+        .unwrap_or_default();
+    Some(ExportRecord {
+        export_id,
+        spec,
+        requested_by,
+        status: convert::export_status(object.status.as_ref(), created_at),
+    })
+}
+
+fn unavailable(error: kube::Error) -> RegistryError {
+    RegistryError::Unavailable(error.to_string())
+}
+
+#[async_trait]
+impl ExportRegistry for KubeRegistry {
+    async fn create(&self, record: ExportRecord) -> Result<ExportRecord, RegistryError> {
+        let name = Self::resource_name(&record.export_id);
+        let mut object = AuditExport::new(&name, convert::resource_spec(&record.spec));
+        object.metadata.annotations = Some(BTreeMap::from([
+            (EXPORT_ID_ANNOTATION.to_string(), record.export_id.clone()),
+            (
+                REQUESTED_BY_ANNOTATION.to_string(),
+                record.requested_by.clone(),
+            ),
+        ]));
+        if crate::event::check_tenant_id(&record.spec.tenant_id).is_ok()
+            && record.spec.tenant_id.len() <= 63
+        {
+            object.metadata.labels = Some(BTreeMap::from([(
+                TENANT_LABEL.to_string(),
+                record.spec.tenant_id.clone(),
+            )]));
+        }
+        let created = self
+            .api
+            .create(&PostParams::default(), &object)
+            .await
+            .map_err(unavailable)?;
+        // Pending with the id and estimate right away, so GET shows them before the
+        // controller picks the resource up.
+        let mut pending = created.status.clone().unwrap_or_default();
+        pending.export_id = Some(record.export_id.clone());
+        pending.estimated_records = Some(record.status.estimated_records);
+        status::set_phase(
+            &mut pending,
+            ExportJobPhase::Pending,
+            created.metadata.generation,
+            k8s_openapi::jiff::Timestamp::now(),
+        );
+        controller::patch_status(&self.api, &name, &pending)
+            .await
+            .map_err(|error| RegistryError::Unavailable(error.to_string()))?;
+        Ok(record)
+    }
+
+    async fn get(
+        &self,
+        tenant: &str,
+        export_id: &str,
+    ) -> Result<Option<ExportRecord>, RegistryError> {
+        Ok(self
+            .find(tenant, export_id)
+            .await?
+            .as_ref()
+            .and_then(record_of))
+    }
+
+    async fn list(
+        &self,
+        tenant: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<ExportList, RegistryError> {
+        let all = self
+            .api
+            .list(&ListParams::default())
+            .await
+            .map_err(unavailable)?;
+        let mut records: Vec<ExportRecord> = all
+            .items
+            .iter()
+            .filter(|object| object.spec.tenant_id == tenant)
+            .filter_map(record_of)
+            .filter(|record| after.is_none_or(|after| record.export_id.as_str() < after))
+            .collect();
+        // Ids are ULIDs: descending id order is newest first.
+        records.sort_by(|a, b| b.export_id.cmp(&a.export_id));
+        let more = records.len() > limit;
+        records.truncate(limit);
+        let next_after = if more {
+            records.last().map(|record| record.export_id.clone())
+        } else {
+            None
+        };
+        Ok(ExportList {
+            exports: records,
+            next_after,
+        })
+    }
+
+    async fn cancel(
+        &self,
+        tenant: &str,
+        export_id: &str,
+    ) -> Result<Option<ExportRecord>, RegistryError> {
+        let Some(object) = self.find(tenant, export_id).await? else {
+            return Ok(None);
+        };
+        let Some(record) = record_of(&object) else {
+            return Ok(None);
+        };
+        if record.status.phase.is_terminal() {
+            return Err(RegistryError::Finished(export_id.to_string()));
+        }
+        let patch = json!({"metadata": {"annotations": {CANCEL_ANNOTATION: "true"}}});
+        let patched = self
+            .api
+            .patch(
+                &object.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(record_of(&patched).or(Some(record)))
+    }
+}

@@ -1,0 +1,442 @@
+//! Reconciler scenarios against a mock API server: every request the controller makes is
+//! checked (path, field manager, body) in the order a real API server would see it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::runtime::controller::Action;
+use serde_json::{Value, json};
+
+use super::controller::{Plan, plan, reconcile};
+use super::crd::{AuditExport, AuditExportStatus, ExportJobPhase};
+use super::fixtures::{Call, FakeExporter, Script, conditions, now, part, test_context};
+use super::{convert, status};
+use crate::export::job::{Checkpoint, ExportFailure};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn pair(status: &str, reason: &str) -> (String, String) {
+    (status.to_string(), reason.to_string())
+}
+
+fn object_with(status: &Value) -> AuditExport {
+    AuditExport::test()
+        .finalized()
+        .with_status(serde_json::from_value(status.clone()).unwrap())
+}
+
+/// A status of a job that ran elsewhere and uploaded `files` parts.
+fn running_status(files: usize) -> AuditExportStatus {
+    let mut status = AuditExportStatus {
+        export_id: Some("exp_01test".into()),
+        estimated_records: Some(4),
+        started_at: Some("2026-09-21T00:00:00Z".into()),
+        ..AuditExportStatus::default()
+    };
+    let checkpoint = Checkpoint {
+        snapshot_seq: 42,
+        files: (1..=files).map(part).collect(),
+        after: None,
+    };
+    convert::record_checkpoint(&mut status, &checkpoint);
+    status::set_phase(&mut status, ExportJobPhase::Running, Some(1), now());
+    status
+}
+
+#[tokio::test]
+async fn a_new_resource_gets_the_finalizer_first() {
+    let exporter = FakeExporter::new(Script::Complete { parts: 1 });
+    let (ctx, mut server) = test_context(exporter.clone());
+    let object = AuditExport::test();
+    let scenario = async {
+        server.expect_finalizer_added(&object).await;
+        server.expect_silence().await;
+    };
+    let (action, ()) = tokio::time::timeout(TIMEOUT, async {
+        tokio::join!(reconcile(Arc::new(object.clone()), ctx.clone()), scenario)
+    })
+    .await
+    .unwrap();
+    assert_eq!(action.unwrap(), Action::await_change());
+    assert!(exporter.calls().is_empty());
+}
+
+#[tokio::test]
+async fn an_export_goes_through_pending_running_and_completed() {
+    let exporter = FakeExporter::new(Script::Complete { parts: 2 });
+    let (ctx, mut server) = test_context(exporter.clone());
+    let object = AuditExport::test().finalized();
+    let reconciled = tokio::spawn(reconcile(Arc::new(object.clone()), ctx.clone()));
+    let when =
+        serde_json::to_value(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now())).unwrap();
+    tokio::time::timeout(TIMEOUT, async {
+        // Accepted: id, estimate, Pending, conditions: the whole status in one apply.
+        let pending = server.expect_status_apply(&object).await;
+        let export_id = pending["exportId"].as_str().unwrap().to_string();
+        assert!(
+            export_id.starts_with("exp_") && export_id.len() == 30,
+            "{export_id}"
+        );
+        let condition = |type_: &str, status: &str, reason: &str, message: &str| {
+            json!({"type": type_, "status": status, "reason": reason, "message": message,
+                   "observedGeneration": 1, "lastTransitionTime": when})
+        };
+        assert_eq!(
+            pending,
+            json!({
+                "phase": "Pending",
+                "exportId": export_id,
+                "estimatedRecords": 4,
+                "conditions": [
+                    condition("Ready", "False", "Queued", "the export has not run yet"),
+                    condition("Progressing", "True", "Queued", "waiting for a free export slot"),
+                    condition("Failed", "False", "NoFailure", ""),
+                ],
+                "observedGeneration": 1,
+            })
+        );
+        let event = server.expect_event("Normal", "Queued").await;
+        assert_eq!(
+            event["note"],
+            format!("export {export_id} queued: about 4 records")
+        );
+        let mut current = object_with(&pending);
+
+        // The job: Running with its snapshot, then one apply per uploaded part.
+        let running = server.expect_status_apply(&current).await;
+        assert_eq!(running["phase"], "Running");
+        assert_eq!(running["startedAt"], "2026-09-21T14:13:20Z");
+        assert_eq!(running["checkpoint"], json!({"snapshotSeq": 42}));
+        assert_eq!(running["exportId"], export_id.as_str());
+        assert_eq!(
+            conditions(&running)["Progressing"],
+            pair("True", "Exporting")
+        );
+        current = object_with(&running);
+        server.expect_event("Normal", "Started").await;
+        for parts in 1..=2u64 {
+            let progress = server.expect_status_apply(&current).await;
+            assert_eq!(progress["files"].as_array().unwrap().len() as u64, parts);
+            assert_eq!(progress["recordCount"], 2 * parts);
+            assert_eq!(progress["checkpoint"]["afterSeq"], parts);
+            current = object_with(&progress);
+        }
+        let done = server.expect_status_apply(&current).await;
+        assert_eq!(done["phase"], "Completed");
+        assert_eq!(done["recordCount"], 4);
+        assert_eq!(done["completedAt"], "2026-09-21T14:13:20Z");
+        assert!(done.get("checkpoint").is_none(), "{done}");
+        assert_eq!(done["files"][1]["key"], "2026-01/part-0002.jsonl");
+        let conditions = conditions(&done);
+        assert_eq!(conditions["Ready"], pair("True", "Completed"));
+        assert_eq!(conditions["Progressing"], pair("False", "Completed"));
+        assert_eq!(conditions["Failed"], pair("False", "NoFailure"));
+        let event = server.expect_event("Normal", "Completed").await;
+        assert_eq!(event["note"], "4 records exported in 2 files");
+        ctx.jobs.wait_idle().await;
+        server.expect_silence().await;
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        reconciled.await.unwrap().unwrap(),
+        Action::requeue(Duration::from_secs(600))
+    );
+    assert_eq!(
+        exporter.calls(),
+        [
+            Call::Estimate,
+            Call::Run {
+                resumed_after_files: 0
+            }
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_failed_export_reports_why() {
+    let failure = ExportFailure::new("destination_error", "bucket acme-audit does not exist");
+    let exporter = FakeExporter::new(Script::Fail(failure));
+    let (ctx, mut server) = test_context(exporter.clone());
+    let object = AuditExport::test().finalized();
+    let reconciled = tokio::spawn(reconcile(Arc::new(object.clone()), ctx.clone()));
+    tokio::time::timeout(TIMEOUT, async {
+        let mut current = object_with(&server.expect_status_apply(&object).await);
+        server.expect_event("Normal", "Queued").await;
+        current = object_with(&server.expect_status_apply(&current).await);
+        server.expect_event("Normal", "Started").await;
+        current = object_with(&server.expect_status_apply(&current).await);
+        let failed = server.expect_status_apply(&current).await;
+        assert_eq!(failed["phase"], "Failed");
+        assert_eq!(
+            failed["error"],
+            json!({"code": "destination_error", "message": "bucket acme-audit does not exist"})
+        );
+        let conditions = conditions(&failed);
+        assert_eq!(conditions["Failed"], pair("True", "ExportFailed"));
+        assert_eq!(conditions["Ready"], pair("False", "ExportFailed"));
+        let failed_condition = failed["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Failed")
+            .unwrap();
+        assert_eq!(
+            failed_condition["message"],
+            "bucket acme-audit does not exist"
+        );
+        let event = server.expect_event("Warning", "ExportFailed").await;
+        assert_eq!(
+            event["note"],
+            "destination_error: bucket acme-audit does not exist"
+        );
+        ctx.jobs.wait_idle().await;
+        server.expect_silence().await;
+    })
+    .await
+    .unwrap();
+    reconciled.await.unwrap().unwrap();
+    // A failed export that had started is final: the next reconcile does nothing.
+    let mut finished = AuditExport::test()
+        .finalized()
+        .with_status(running_status(1));
+    status::set_failed(
+        finished.status.as_mut().unwrap(),
+        &ExportFailure::new("x", "y"),
+        Some(1),
+        now(),
+    );
+    assert_eq!(plan(&finished, false), Plan::Idle);
+}
+
+#[tokio::test]
+async fn deleting_a_running_export_stops_it_cleans_up_and_releases_the_finalizer() {
+    let exporter = FakeExporter::new(Script::Hang);
+    let (ctx, mut server) = test_context(exporter.clone());
+    let object = AuditExport::test().finalized();
+    let reconciled = tokio::spawn(reconcile(Arc::new(object.clone()), ctx.clone()));
+    let export_id = tokio::time::timeout(TIMEOUT, async {
+        let pending = server.expect_status_apply(&object).await;
+        let mut current = object_with(&pending);
+        server.expect_event("Normal", "Queued").await;
+        current = object_with(&server.expect_status_apply(&current).await);
+        server.expect_event("Normal", "Started").await;
+        server.expect_status_apply(&current).await; // part 1, then the job hangs
+        server.expect_silence().await;
+        pending["exportId"].as_str().unwrap().to_string()
+    })
+    .await
+    .unwrap();
+    reconciled.await.unwrap().unwrap();
+    assert!(ctx.jobs.is_running("default/test"));
+
+    let deleting = AuditExport::test()
+        .finalized()
+        .with_status(running_status(1))
+        .deleting();
+    let mut deleting = deleting;
+    deleting.status.as_mut().unwrap().export_id = Some(export_id.clone());
+    let cleanup = tokio::spawn(reconcile(Arc::new(deleting.clone()), ctx.clone()));
+    tokio::time::timeout(TIMEOUT, async {
+        // No status write for a deleted export: its job stops quietly, the uploads go.
+        server.expect_event("Normal", "CleanedUp").await;
+        server.expect_finalizer_removed(&deleting).await;
+        server.expect_silence().await;
+    })
+    .await
+    .unwrap();
+    assert_eq!(cleanup.await.unwrap().unwrap(), Action::await_change());
+    assert!(!ctx.jobs.is_running("default/test"));
+    assert_eq!(
+        exporter.calls(),
+        [
+            Call::Estimate,
+            Call::Run {
+                resumed_after_files: 0
+            },
+            Call::Abort(export_id)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_completed_export_keeps_its_files() {
+    let exporter = FakeExporter::new(Script::Hang);
+    let (ctx, mut server) = test_context(exporter.clone());
+    let mut status = running_status(2);
+    status::set_phase(&mut status, ExportJobPhase::Completed, Some(1), now());
+    let deleting = AuditExport::test()
+        .finalized()
+        .with_status(status)
+        .deleting();
+    let cleanup = tokio::spawn(reconcile(Arc::new(deleting.clone()), ctx.clone()));
+    tokio::time::timeout(TIMEOUT, async {
+        server.expect_finalizer_removed(&deleting).await;
+        server.expect_silence().await;
+    })
+    .await
+    .unwrap();
+    cleanup.await.unwrap().unwrap();
+    assert!(exporter.calls().is_empty());
+}
+
+#[tokio::test]
+async fn a_new_controller_resumes_from_the_checkpoint_in_status() {
+    let exporter = FakeExporter::new(Script::Complete { parts: 2 });
+    let (ctx, mut server) = test_context(exporter.clone());
+    let object = AuditExport::test()
+        .finalized()
+        .with_status(running_status(1));
+    let reconciled = tokio::spawn(reconcile(Arc::new(object.clone()), ctx.clone()));
+    tokio::time::timeout(TIMEOUT, async {
+        // No new id, no new estimate, no Pending: straight back to Running.
+        let running = server.expect_status_apply(&object).await;
+        assert_eq!(running["phase"], "Running");
+        assert_eq!(running["exportId"], "exp_01test");
+        assert_eq!(
+            running["startedAt"], "2026-09-21T00:00:00Z",
+            "the original start is kept"
+        );
+        assert_eq!(running["files"].as_array().unwrap().len(), 1);
+        let mut current = object_with(&running);
+        let event = server.expect_event("Normal", "Resumed").await;
+        assert_eq!(event["note"], "resumed after 1 files");
+        let progress = server.expect_status_apply(&current).await;
+        assert_eq!(progress["files"].as_array().unwrap().len(), 2);
+        current = object_with(&progress);
+        let done = server.expect_status_apply(&current).await;
+        assert_eq!(done["phase"], "Completed");
+        assert_eq!(done["recordCount"], 4);
+        server.expect_event("Normal", "Completed").await;
+        ctx.jobs.wait_idle().await;
+    })
+    .await
+    .unwrap();
+    reconciled.await.unwrap().unwrap();
+    assert_eq!(
+        exporter.calls(),
+        [Call::Run {
+            resumed_after_files: 1
+        }]
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_spec_is_reported_once_and_waits_for_a_change() {
+    let exporter = FakeExporter::new(Script::Complete { parts: 1 });
+    let (ctx, mut server) = test_context(exporter.clone());
+    let object = AuditExport::test().finalized().invalid();
+    let reconciled = tokio::spawn(reconcile(Arc::new(object.clone()), ctx.clone()));
+    let reported = tokio::time::timeout(TIMEOUT, async {
+        let failed = server.expect_status_apply(&object).await;
+        assert_eq!(failed["phase"], "Failed");
+        assert_eq!(failed["error"]["code"], "validation_error");
+        assert_eq!(
+            failed["error"]["message"],
+            "invalid spec: to: must be after from"
+        );
+        assert_eq!(failed["observedGeneration"], 1);
+        assert_eq!(conditions(&failed)["Failed"], pair("True", "InvalidSpec"));
+        server.expect_event("Warning", "InvalidSpec").await;
+        failed
+    })
+    .await
+    .unwrap();
+    assert_eq!(reconciled.await.unwrap().unwrap(), Action::await_change());
+
+    // The same generation again (e.g. a resync): no write, no event, no requeue.
+    let again = object
+        .clone()
+        .with_status(serde_json::from_value(reported.clone()).unwrap());
+    let second = tokio::spawn(reconcile(Arc::new(again.clone()), ctx.clone()));
+    tokio::time::timeout(TIMEOUT, server.expect_silence())
+        .await
+        .unwrap();
+    assert_eq!(second.await.unwrap().unwrap(), Action::await_change());
+
+    // A fixed spec (new generation) is accepted.
+    let mut fixed = AuditExport::test()
+        .finalized()
+        .with_status(serde_json::from_value(reported).unwrap());
+    fixed.metadata.generation = Some(2);
+    assert!(matches!(plan(&fixed, false), Plan::Start(_)));
+    assert!(exporter.calls().is_empty());
+}
+
+#[tokio::test]
+async fn cancelling_a_queued_export_marks_it_cancelled() {
+    let exporter = FakeExporter::new(Script::Complete { parts: 1 });
+    let (ctx, mut server) = test_context(exporter.clone());
+    let mut status = AuditExportStatus {
+        export_id: Some("exp_01test".into()),
+        ..AuditExportStatus::default()
+    };
+    status::set_phase(&mut status, ExportJobPhase::Pending, Some(1), now());
+    let object = AuditExport::test()
+        .finalized()
+        .with_status(status)
+        .cancel_requested();
+    let reconciled = tokio::spawn(reconcile(Arc::new(object.clone()), ctx.clone()));
+    tokio::time::timeout(TIMEOUT, async {
+        let cancelled = server.expect_status_apply(&object).await;
+        assert_eq!(cancelled["phase"], "Cancelled");
+        assert_eq!(
+            conditions(&cancelled)["Progressing"],
+            pair("False", "Cancelled")
+        );
+        server.expect_event("Normal", "Cancelled").await;
+        server.expect_silence().await;
+    })
+    .await
+    .unwrap();
+    reconciled.await.unwrap().unwrap();
+    assert!(
+        exporter.calls().is_empty(),
+        "nothing was uploaded, nothing to abort"
+    );
+}
+
+#[test]
+fn plan_table() {
+    let base = AuditExport::test().finalized();
+    let cases: [(AuditExport, bool, &str); 6] = [
+        (base.clone(), false, "start"),
+        (base.clone(), true, "idle"),
+        (base.clone().with_status(running_status(1)), false, "resume"),
+        (base.clone().with_status(running_status(1)), true, "idle"),
+        (base.clone().invalid(), false, "invalid"),
+        (
+            base.clone()
+                .with_status(running_status(1))
+                .cancel_requested(),
+            true,
+            "cancel",
+        ),
+    ];
+    for (object, job_running, want) in cases {
+        let got = match plan(&object, job_running) {
+            Plan::Idle => "idle",
+            Plan::ReportInvalid(_) => "invalid",
+            Plan::Start(_) => "start",
+            Plan::Resume(..) => "resume",
+            Plan::Cancel(_) => "cancel",
+        };
+        assert_eq!(
+            got,
+            want,
+            "{:?} running={job_running}",
+            object.status.map(|s| s.phase)
+        );
+    }
+}
+
+#[test]
+fn backoff_doubles_up_to_five_minutes() {
+    use super::controller::backoff;
+    let delays: Vec<u64> = [1, 2, 3, 9, 10, 50]
+        .iter()
+        .map(|n| backoff(*n).as_secs())
+        .collect();
+    assert_eq!(delays, [1, 2, 4, 256, 300, 300]);
+}
