@@ -5,6 +5,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use scaivault_audit::auth::jwt::JwtVerifier;
+use scaivault_audit::auth::token_review::TokenReviewer;
 use scaivault_audit::auth::{Authenticator, BootstrapToken, StaticTokens};
 use scaivault_audit::config::{Settings, SettingsArgs};
 use scaivault_audit::export::credentials::{CredentialSource, ScaiVaultClient};
@@ -13,7 +14,7 @@ use scaivault_audit::export::runner::LocalRunner;
 use scaivault_audit::query::cursor::CursorCodec;
 use scaivault_audit::state::{AppState, ExportHandles};
 use scaivault_audit::store::{Store, StoreMetrics};
-use scaivault_audit::{api, bench, import, telemetry, workload};
+use scaivault_audit::{api, bench, import, operator, telemetry, workload};
 
 // glibc's allocator spent about a fifth of the ingest CPU in malloc/free (large request
 // bodies, many short-lived JSON values); mimalloc removes most of that.
@@ -124,13 +125,25 @@ async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?;
     let mut registry = telemetry::new_registry();
     let store = Store::open(&settings.store, StoreMetrics::register(&mut registry))?;
-    let (authenticator, bootstrap) = authenticator(&settings).await?;
+    let cluster = operator::connect(&settings)
+        .await
+        .context("failed to connect to the Kubernetes API")?;
+    let (authenticator, bootstrap) = authenticator(&settings, cluster.as_ref()).await?;
     let cursors = CursorCodec::load_or_create(&settings.store.data_dir)
         .context("failed to load the cursor key")?;
     let runner = export_runner(&settings, &store)?;
+    let operator_metrics = operator::metrics::OperatorMetrics::register(&mut registry);
+    // In a cluster, exports are AuditExport resources run by the lease holder.
+    let operator_cluster = cluster.as_ref().filter(|_| settings.operator.enabled);
     let exports = ExportHandles {
         engine: runner.engine().clone(),
-        registry: Arc::new(runner.clone()),
+        registry: match operator_cluster {
+            Some(cluster) => Arc::new(operator::registry::KubeRegistry::new(
+                cluster.client.clone(),
+                &cluster.namespace,
+            )),
+            None => Arc::new(runner.clone()),
+        },
     };
     let state = AppState::new(
         store.clone(),
@@ -151,9 +164,29 @@ async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
     announce(&listener, tls.is_some(), bootstrap.as_ref())?;
     ignore_file_size_signal();
     tracing::info!(data_dir = %settings.store.data_dir.display(), "scaivault-audit started");
-    resume_exports_when_ready(&store, &runner);
+    let operator_shutdown = tokio_util::sync::CancellationToken::new();
+    let operator_task = match operator_cluster {
+        Some(cluster) => Some(operator::spawn(
+            cluster,
+            store.clone(),
+            runner.engine().clone(),
+            &settings.operator,
+            operator_metrics,
+            operator_shutdown.clone(),
+        )),
+        None => {
+            resume_exports_when_ready(&store, &runner);
+            None
+        }
+    };
     api::serve(listener, api::routes(state), tls, shutdown_signal()).await;
     tracing::info!("shutting down: stopping exports, final commit");
+    operator_shutdown.cancel();
+    if let Some(task) = operator_task
+        && let Err(error) = task.await
+    {
+        tracing::error!(%error, "the operator task failed");
+    }
     runner.shutdown().await;
     store.shutdown().await;
     Ok(())
@@ -211,17 +244,31 @@ fn resume_exports_when_ready(store: &Store, runner: &LocalRunner) {
 /// directory (the first standalone start).
 async fn authenticator(
     settings: &Settings,
+    cluster: Option<&operator::Cluster>,
 ) -> anyhow::Result<(Authenticator, Option<BootstrapToken>)> {
     let jwt = match &settings.jwks {
         Some(source) => Some(JwtVerifier::new(source.clone(), settings.jwt.clone()).await?),
         None => None,
     };
-    if settings.tokens_file.is_some() || jwt.is_some() {
+    let token_review = match (&settings.token_review, cluster) {
+        (Some(review), Some(cluster)) => {
+            Some(TokenReviewer::new(cluster.client.clone(), review.clone()))
+        }
+        _ => None,
+    };
+    if settings.tokens_file.is_some() || jwt.is_some() || token_review.is_some() {
         let tokens = match &settings.tokens_file {
             Some(path) => StaticTokens::load(path)?,
             None => StaticTokens::default(),
         };
-        return Ok((Authenticator::new(tokens, jwt), None));
+        let authenticator = Authenticator::new(tokens, jwt);
+        return Ok((
+            match token_review {
+                Some(reviewer) => authenticator.with_token_review(reviewer),
+                None => authenticator,
+            },
+            None,
+        ));
     }
     let bootstrap = BootstrapToken::load_or_create(&settings.store.data_dir)?;
     let mut tokens = StaticTokens::default();

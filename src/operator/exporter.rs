@@ -13,7 +13,7 @@ pub trait Exporter: Send + Sync + 'static {
     /// Events the export would write now.
     async fn estimate(&self, spec: &ExportSpec) -> Result<u64, ExportFailure>;
     /// A checkpoint for a job starting now (fixes its snapshot).
-    fn start_checkpoint(&self) -> Checkpoint;
+    async fn start_checkpoint(&self) -> Result<Checkpoint, ExportFailure>;
     /// Runs (or resumes) a job until it completes, fails or `cancel` fires.
     async fn run(
         &self,
@@ -33,8 +33,8 @@ impl Exporter for ExportEngine {
         ExportEngine::estimate(self, spec).await
     }
 
-    fn start_checkpoint(&self) -> Checkpoint {
-        ExportEngine::start_checkpoint(self)
+    async fn start_checkpoint(&self) -> Result<Checkpoint, ExportFailure> {
+        ExportEngine::start_checkpoint(self).await
     }
 
     async fn run(

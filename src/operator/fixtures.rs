@@ -145,8 +145,8 @@ impl Exporter for FakeExporter {
         Ok(4)
     }
 
-    fn start_checkpoint(&self) -> Checkpoint {
-        Checkpoint::start(42)
+    async fn start_checkpoint(&self) -> Result<Checkpoint, ExportFailure> {
+        Ok(Checkpoint::start(42))
     }
 
     async fn run(
@@ -175,6 +175,7 @@ impl Exporter for FakeExporter {
         }
         match &self.script {
             Script::Complete { .. } => Ok(ExportOutcome {
+                completed_at: "2026-09-21T14:13:20Z".into(),
                 record_count: checkpoint.records(),
                 files: checkpoint.files,
             }),

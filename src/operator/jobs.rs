@@ -191,15 +191,18 @@ impl JobTask {
     async fn execute(&self) {
         let request = &self.request;
         let resumed = request.checkpoint.is_some();
-        let checkpoint = request
-            .checkpoint
-            .clone()
-            .unwrap_or_else(|| request.exporter.start_checkpoint());
         let sink = StatusSink {
             api: request.api.clone(),
             name: request.object.name_any(),
             status: Mutex::new(request.status.clone()),
             clock: request.clock.clone(),
+        };
+        let checkpoint = match &request.checkpoint {
+            Some(checkpoint) => checkpoint.clone(),
+            None => match request.exporter.start_checkpoint().await {
+                Ok(checkpoint) => checkpoint,
+                Err(failure) => return self.failed(&sink, &failure).await,
+            },
         };
         sink.update(|status, now| {
             status
@@ -244,6 +247,7 @@ impl JobTask {
         sink.update(|status, now| {
             status.files = outcome.files.iter().map(convert::export_file).collect();
             status.record_count = Some(outcome.record_count);
+            status.completed_at = Some(outcome.completed_at.clone());
             status.checkpoint = None;
             status::set_phase(status, ExportJobPhase::Completed, None, now);
         })

@@ -93,3 +93,59 @@ pub async fn run(
     )
     .await;
 }
+
+/// The cluster connection of `serve`, when the operator or TokenReview is on.
+#[derive(Clone)]
+pub struct Cluster {
+    pub client: kube::Client,
+    /// Namespace of the AuditExports the operator runs and the REST API creates.
+    pub namespace: String,
+}
+
+/// Connects to the cluster (in-cluster config or `KUBECONFIG`) when the settings need it.
+pub async fn connect(settings: &crate::config::Settings) -> Result<Option<Cluster>, kube::Error> {
+    if !settings.operator.enabled && settings.token_review.is_none() {
+        return Ok(None);
+    }
+    let client = kube::Client::try_default().await?;
+    let namespace = settings
+        .operator
+        .namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_string());
+    Ok(Some(Cluster { client, namespace }))
+}
+
+/// Starts the operator in the background once the store has replayed its WAL; cancel
+/// `shutdown` and await the handle to stop it (jobs are left to the next leader).
+pub fn spawn(
+    cluster: &Cluster,
+    store: crate::store::Store,
+    engine: crate::export::engine::ExportEngine,
+    settings: &crate::config::OperatorSettings,
+    metrics: metrics::OperatorMetrics,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let client = cluster.client.clone();
+    let settings = crate::config::OperatorSettings {
+        namespace: Some(cluster.namespace.clone()),
+        ..settings.clone()
+    };
+    tokio::spawn(async move {
+        while store
+            .wait_ready(std::time::Duration::from_secs(60))
+            .await
+            .is_err()
+        {
+            tracing::info!("the operator waits for the store to finish replaying");
+        }
+        run(
+            client,
+            std::sync::Arc::new(engine),
+            &settings,
+            metrics,
+            shutdown,
+        )
+        .await;
+    })
+}
