@@ -20,12 +20,16 @@ scripts/k8s-tools.sh install
 # shellcheck source=/dev/null
 source .tools/k8s-tools.env
 
-# Object-store emulators for the export tests (installed into .tools/ on first use).
+# Object-store emulators for the export tests and the Kubernetes API emulator (kmock + our
+# shim) for the operator tests, installed into .tools/ on first use and stopped on exit.
 log="$(mktemp)"
-trap 'rm -f "$log"; scripts/emulators.sh stop' EXIT
+trap 'rm -f "$log"; scripts/emulators.sh stop; scripts/kmock.sh stop' EXIT
 scripts/emulators.sh start
 # shellcheck source=/dev/null
 source .tools/emulators.env
+scripts/kmock.sh start
+# shellcheck source=/dev/null
+source .tools/kmock.env
 
 # Unit and black-box tests; the closing line sums every test binary's result.
 cargo test --locked --all-targets 2>&1 | tee "$log"
