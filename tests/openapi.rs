@@ -25,6 +25,11 @@ const EVENTS: &str = "/v1/audit/events";
 const SECRETS: &str = "/v1/audit/secrets/{path}";
 const IDENTITIES: &str = "/v1/audit/identities/{identity_id}";
 const SUMMARY: &str = "/v1/audit/summary";
+const EXPORT: &str = "/v1/audit/export";
+const EXPORTS: &str = "/v1/audit/exports";
+const EXPORT_ONE: &str = "/v1/audit/exports/{export_id}";
+/// Well-formed, but no export has it.
+const UNKNOWN_EXPORT: &str = "exp_01jz0000000000000000000000";
 /// Headers whose presence on an undocumented response is drift.
 const CHECKED_HEADERS: &[&str] = &[
     "x-request-id",
@@ -202,7 +207,8 @@ impl Document {
                 );
             }
         }
-        if let Some(error) = body.get("error") {
+        // Error envelopes only: the `error` field of an export (200) is not one.
+        if let Some(error) = body.get("error").filter(|_| !reply.0.is_success()) {
             assert_eq!(
                 error["request_id"],
                 json!(request_id_header(headers)),
@@ -216,6 +222,7 @@ impl Document {
 fn concrete(path: &str, secret: &str, identity: &str) -> String {
     path.replace("{path}", secret)
         .replace("{identity_id}", &percent_encode(identity))
+        .replace("{export_id}", UNKNOWN_EXPORT)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -227,6 +234,8 @@ struct Tokens {
     read_only: StaticToken,
     write_only: StaticToken,
     admin: StaticToken,
+    export: StaticToken,
+    export_admin: StaticToken,
 }
 
 fn tokens() -> Tokens {
@@ -235,12 +244,21 @@ fn tokens() -> Tokens {
         read_only: StaticToken::new("oa-read", &["audit:read"], Some(TENANT)),
         write_only: StaticToken::new("oa-write", &["audit:write"], Some(TENANT)),
         admin: StaticToken::new("oa-admin", &["audit:read", "audit:write"], None),
+        export: StaticToken::new("oa-export", &["audit:export"], Some(TENANT)),
+        export_admin: StaticToken::new("oa-export-admin", &["audit:export"], None),
     }
 }
 
 impl Tokens {
     fn all(&self) -> Vec<&StaticToken> {
-        vec![&self.rw, &self.read_only, &self.write_only, &self.admin]
+        vec![
+            &self.rw,
+            &self.read_only,
+            &self.write_only,
+            &self.admin,
+            &self.export,
+            &self.export_admin,
+        ]
     }
 }
 
@@ -271,6 +289,37 @@ async fn request(
         builder = builder.bearer_auth(token);
     }
     send(builder).await
+}
+
+/// An export call as `token` for `tenant`, with a raw body when one is given.
+async fn export_call(
+    client: &Client,
+    server: &Server,
+    method: Method,
+    url: &str,
+    token: &str,
+    tenant: Option<&str>,
+    body: Option<Vec<u8>>,
+) -> Reply {
+    let mut builder = client
+        .request(method, format!("{}{url}", server.base_url()))
+        .bearer_auth(token);
+    if let Some(tenant) = tenant {
+        builder = builder.header("X-Tenant-ID", tenant);
+    }
+    if let Some(body) = body {
+        builder = builder.header(CONTENT_TYPE, "application/json").body(body);
+    }
+    send(builder).await
+}
+
+fn json_bytes(body: &Value) -> Option<Vec<u8>> {
+    Some(serde_json::to_vec(body).unwrap())
+}
+
+/// The documented schema of `POST /v1/audit/export`'s body.
+fn export_request_schema(doc: &Document) -> &Value {
+    &doc.operation(EXPORT, "post")["requestBody"]["content"]["application/json"]["schema"]
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -365,6 +414,41 @@ fn the_validator_rejects_drifted_bodies() {
     )));
     assert!(!validator.is_valid(&envelope("validation_error", json!({}))));
     assert!(!validator.is_valid(&json!({"error": {"code": "validation_error", "message": "m"}})));
+
+    let export_200 = &doc.operation(EXPORT_ONE, "get")["responses"]["200"]["content"]["application/json"]
+        ["schema"];
+    let export = doc.root["components"]["schemas"]["Export"]["examples"][0].clone();
+    let validator = doc.validator(export_200);
+    assert!(validator.is_valid(&export));
+    let drifted_exports = [
+        ("status", json!("done")),
+        ("from", json!("2026-01-01T00:00:00Z")),
+        ("completed_at", json!("yesterday")),
+        (
+            "files",
+            json!([{"key": "part-0001.jsonl", "size_bytes": 1, "records": 1}]),
+        ),
+        ("error", json!({"code": "oops", "message": "m"})),
+        ("filters", json!({"limit": "5"})),
+        (
+            "destination",
+            json!({"type": "s3", "bucket": "b", "prefix": "", "access_key_id": "AKIA"}),
+        ),
+    ];
+    for (field, value) in drifted_exports {
+        let mut changed = export.clone();
+        changed[field] = value;
+        assert!(
+            !validator.is_valid(&changed),
+            "accepted a drifted export: {changed}"
+        );
+    }
+    let mut missing = export.clone();
+    missing.as_object_mut().unwrap().remove("started_at");
+    assert!(
+        !validator.is_valid(&missing),
+        "accepted an export without started_at"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -487,6 +571,9 @@ async fn responses_match_the_document() {
         let served = get(&client, &server, "/v1/audit/openapi.json", None).await;
         assert_eq!(served.2, doc.root, "the served document is docs/openapi.json");
 
+        // After the summaries: creating an export records an `export_created` event.
+        check_export_responses(&doc, &client, &server, &tokens, &dir).await;
+
         // --- 400 --------------------------------------------------------------------------
         let admin = tokens.admin.secret.as_str();
         let cases: Vec<(&str, String, Option<&str>, &str)> = vec![
@@ -519,10 +606,21 @@ async fn responses_match_the_document() {
             }
             let url = concrete(&path, SECRET, IDENTITY);
             let method_value = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
-            let reply = request(&client, &server, method_value.clone(), &url, None).await;
+            // With a body: `POST /v1/audit/export` refuses one without a length before auth.
+            let send_as = |token: Option<&str>| {
+                let mut builder = client.request(method_value.clone(), format!("{base}{url}"));
+                if let Some(token) = token {
+                    builder = builder.bearer_auth(token);
+                }
+                if method == "post" {
+                    builder = builder.header(CONTENT_TYPE, "application/json").body("{}");
+                }
+                send(builder)
+            };
+            let reply = send_as(None).await;
             assert_error(&reply, StatusCode::UNAUTHORIZED, "authentication_required");
             doc.check(&path, &method, &reply);
-            let reply = request(&client, &server, method_value, &url, Some("skt_nope")).await;
+            let reply = send_as(Some("skt_nope")).await;
             assert_error(&reply, StatusCode::UNAUTHORIZED, "token_invalid");
             doc.check(&path, &method, &reply);
         }
@@ -600,6 +698,280 @@ async fn responses_match_the_document() {
     .await;
 }
 
+/// Every status of the export endpoints, from real calls with a `file` destination.
+async fn check_export_responses(
+    doc: &Document,
+    client: &Client,
+    server: &Server,
+    tokens: &Tokens,
+    dir: &TestDir,
+) {
+    let token = tokens.export.secret.as_str();
+    let call = move |method: Method, url: String, body: Option<Vec<u8>>| async move {
+        export_call(client, server, method, &url, token, Some(TENANT), body).await
+    };
+    let out = dir.root().join("exports");
+    std::fs::create_dir_all(&out).unwrap();
+    let request_schema = export_request_schema(doc);
+    let request = json!({
+        "from": "2020-01-01T00:00:00Z", "to": "2100-01-01T00:00:00+02:00",
+        "format": "csv", "compression": "gzip", "max_records_per_file": 1,
+        "filters": {"action": ["read", "write"], "success": true, "path_prefix": "environments/"},
+        "destination": {"type": "file", "bucket": out.to_str().unwrap(), "prefix": "oa/"},
+    });
+    doc.assert_valid(request_schema, &request, "the export request");
+
+    // --- 202, then 200s while it runs and once it is over -------------------------------
+    let reply = call(Method::POST, EXPORT.into(), json_bytes(&request)).await;
+    assert_eq!(reply.0, StatusCode::ACCEPTED, "{}", reply.2);
+    doc.check(EXPORT, "post", &reply);
+    let id = reply.2["export_id"].as_str().expect("export_id").to_owned();
+    let url = format!("{EXPORTS}/{id}");
+    let started = std::time::Instant::now();
+    let finished = loop {
+        let reply = call(Method::GET, url.clone(), None).await;
+        assert_eq!(reply.0, StatusCode::OK, "{}", reply.2);
+        doc.check(EXPORT_ONE, "get", &reply);
+        if !matches!(reply.2["status"].as_str(), Some("pending" | "running")) {
+            break reply.2;
+        }
+        assert!(
+            started.elapsed() < TEST_DEADLINE / 2,
+            "export {id}: {}",
+            reply.2
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert_eq!(finished["status"], "completed", "{finished}");
+    assert_eq!(finished["record_count"], json!(2), "{finished}");
+    assert_eq!(finished["files"].as_array().map(Vec::len), Some(2));
+
+    // A failed export shows its error: no credentials backend is configured.
+    let mut s3 = request.clone();
+    s3["destination"] =
+        json!({"type": "s3", "bucket": "acme-audit", "credentials_path": "infra/aws/writer"});
+    doc.assert_valid(request_schema, &s3, "the s3 export request");
+    let reply = call(Method::POST, EXPORT.into(), json_bytes(&s3)).await;
+    assert_eq!(reply.0, StatusCode::ACCEPTED, "{}", reply.2);
+    doc.check(EXPORT, "post", &reply);
+    let failed_id = reply.2["export_id"].as_str().expect("export_id").to_owned();
+    let failed_url = format!("{EXPORTS}/{failed_id}");
+    let started = std::time::Instant::now();
+    let failed = loop {
+        let reply = call(Method::GET, failed_url.clone(), None).await;
+        assert_eq!(reply.0, StatusCode::OK, "{}", reply.2);
+        doc.check(EXPORT_ONE, "get", &reply);
+        if reply.2["status"] != "pending" && reply.2["status"] != "running" {
+            break reply.2;
+        }
+        assert!(
+            started.elapsed() < TEST_DEADLINE / 2,
+            "export {failed_id}: {}",
+            reply.2
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert_eq!(
+        failed["error"]["code"], "credentials_not_configured",
+        "{failed}"
+    );
+
+    // Cancelling right away: 200 if the job was still going, 409 if it already failed.
+    let reply = call(Method::POST, EXPORT.into(), json_bytes(&s3)).await;
+    assert_eq!(reply.0, StatusCode::ACCEPTED, "{}", reply.2);
+    let racing = format!("{EXPORTS}/{}", reply.2["export_id"].as_str().expect("id"));
+    let reply = call(Method::DELETE, racing, None).await;
+    assert!(
+        [StatusCode::OK, StatusCode::CONFLICT].contains(&reply.0),
+        "{}",
+        reply.2
+    );
+    doc.check(EXPORT_ONE, "delete", &reply);
+
+    // Listing, newest first, one per page.
+    let reply = call(Method::GET, format!("{EXPORTS}?limit=1"), None).await;
+    assert_eq!(reply.0, StatusCode::OK, "{}", reply.2);
+    assert_eq!(reply.2["has_more"], json!(true), "{}", reply.2);
+    doc.check(EXPORTS, "get", &reply);
+    let cursor = reply.2["cursor"].as_str().expect("cursor").to_owned();
+    let reply = call(
+        Method::GET,
+        format!("{EXPORTS}?limit=500&cursor={cursor}"),
+        None,
+    )
+    .await;
+    assert_eq!(reply.0, StatusCode::OK, "{}", reply.2);
+    assert_eq!(reply.2["has_more"], json!(false), "{}", reply.2);
+    assert_eq!(reply.2["exports"][0]["export_id"], json!(failed_id));
+    assert_eq!(reply.2["exports"][1]["export_id"], json!(id));
+    doc.check(EXPORTS, "get", &reply);
+
+    // --- 409 and 404 ------------------------------------------------------------------
+    let reply = call(Method::DELETE, url.clone(), None).await;
+    assert_error(&reply, StatusCode::CONFLICT, "export_finished");
+    doc.check(EXPORT_ONE, "delete", &reply);
+    let unknown = concrete(EXPORT_ONE, SECRET, IDENTITY);
+    for method in [Method::GET, Method::DELETE] {
+        let reply = call(method.clone(), unknown.clone(), None).await;
+        assert_error(&reply, StatusCode::NOT_FOUND, "export_not_found");
+        doc.check(EXPORT_ONE, &method.as_str().to_lowercase(), &reply);
+    }
+    // Another tenant's token sees nothing of this tenant's exports.
+    let other = export_call(
+        client,
+        server,
+        Method::GET,
+        &url,
+        &tokens.export_admin.secret,
+        Some(OTHER_TENANT),
+        None,
+    )
+    .await;
+    assert_error(&other, StatusCode::NOT_FOUND, "export_not_found");
+    doc.check(EXPORT_ONE, "get", &other);
+
+    // --- 400, 403, 413 ----------------------------------------------------------------
+    let reply = call(Method::POST, EXPORT.into(), Some(b"{not json".to_vec())).await;
+    assert_error(&reply, StatusCode::BAD_REQUEST, "invalid_request");
+    doc.check(EXPORT, "post", &reply);
+    let reply = call(Method::POST, EXPORT.into(), None).await;
+    assert_error(&reply, StatusCode::BAD_REQUEST, "invalid_request");
+    doc.check(EXPORT, "post", &reply);
+    let admin = tokens.export_admin.secret.as_str();
+    let no_tenant: [(Method, &str, &str, Option<Vec<u8>>); 4] = [
+        (Method::POST, EXPORT, EXPORT, json_bytes(&request)),
+        (Method::GET, EXPORTS, EXPORTS, None),
+        (Method::GET, EXPORT_ONE, &url, None),
+        (Method::DELETE, EXPORT_ONE, &url, None),
+    ];
+    for (method, path, url, body) in no_tenant {
+        let reply = export_call(client, server, method.clone(), url, admin, None, body).await;
+        assert_error(&reply, StatusCode::BAD_REQUEST, "invalid_request");
+        doc.check(path, &method.as_str().to_lowercase(), &reply);
+    }
+    let reply = export_call(
+        client,
+        server,
+        Method::POST,
+        EXPORT,
+        token,
+        Some(OTHER_TENANT),
+        json_bytes(&request),
+    )
+    .await;
+    assert_error(&reply, StatusCode::FORBIDDEN, "tenant_access_denied");
+    doc.check(EXPORT, "post", &reply);
+    let rw = tokens.rw.secret.as_str();
+    let reply = export_call(client, server, Method::GET, EXPORTS, rw, None, None).await;
+    assert_error(&reply, StatusCode::FORBIDDEN, "insufficient_scope");
+    assert_eq!(
+        reply.2["error"]["details"]["required_scope"],
+        "audit:export"
+    );
+    doc.check(EXPORTS, "get", &reply);
+    let mut padded = request.clone();
+    padded["filters"]["q"] = json!("x".repeat(70_000));
+    let reply = call(Method::POST, EXPORT.into(), json_bytes(&padded)).await;
+    assert_error(&reply, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+    doc.check(EXPORT, "post", &reply);
+
+    // --- 422: refused by the server and by the documented schema alike -----------------
+    let with = |field: &str, value: Value| {
+        let mut body = request.clone();
+        body[field] = value;
+        body
+    };
+    let destination = |value: Value| with("destination", value);
+    let mut unknown_key = request.clone();
+    unknown_key["colour"] = json!("blue");
+    let mut missing = request.clone();
+    missing.as_object_mut().unwrap().remove("from");
+    let bad_bodies: Vec<(Value, &str)> = vec![
+        (json!([]), "body"),
+        (unknown_key, "colour"),
+        (missing, "from"),
+        (with("to", json!("yesterday")), "to"),
+        (with("format", json!("xml")), "format"),
+        (with("compression", json!("zstd")), "compression"),
+        (
+            with("max_records_per_file", json!(0)),
+            "max_records_per_file",
+        ),
+        (
+            with("max_records_per_file", json!(100_000_001)),
+            "max_records_per_file",
+        ),
+        (with("filters", json!("read")), "filters"),
+        (with("filters", json!({"limit": "5"})), "filters.limit"),
+        (
+            with("filters", json!({"action": ["launch"]})),
+            "filters.action",
+        ),
+        (
+            with("filters", json!({"success": "maybe"})),
+            "filters.success",
+        ),
+        (
+            with("filters", json!({"identity_type": "robot"})),
+            "filters.identity_type",
+        ),
+        (
+            with("filters", json!({"secret_path": "Bad/Path"})),
+            "filters.secret_path",
+        ),
+        (destination(json!("s3://acme-audit")), "destination"),
+        (
+            destination(json!({"type": "ftp", "bucket": "b"})),
+            "destination.type",
+        ),
+        (
+            destination(json!({"type": "s3", "bucket": "acme-audit"})),
+            "destination.credentials_path",
+        ),
+        (
+            destination(
+                json!({"type": "s3", "bucket": "acme-audit", "credentials_path": "a/b",
+                               "access_key_id": "AKIA..."}),
+            ),
+            "destination.access_key_id",
+        ),
+        (
+            destination(json!({"type": "file", "bucket": "/tmp", "prefix": "x".repeat(513)})),
+            "destination.prefix",
+        ),
+    ];
+    let validator = doc.validator(request_schema);
+    for (body, field) in bad_bodies {
+        assert!(
+            !validator.is_valid(&body),
+            "the documented schema accepts a body the server refuses on {field}: {body}"
+        );
+        let reply = call(Method::POST, EXPORT.into(), json_bytes(&body)).await;
+        assert_validation_error(&reply, field);
+        doc.check(EXPORT, "post", &reply);
+    }
+    // `to` before `from` is beyond the schema, not beyond the server.
+    let reply = call(
+        Method::POST,
+        EXPORT.into(),
+        json_bytes(&with("to", json!("2019-01-01T00:00:00Z"))),
+    )
+    .await;
+    assert_validation_error(&reply, "to");
+    doc.check(EXPORT, "post", &reply);
+    for (query, field) in [
+        ("limit=0", "limit"),
+        ("limit=501", "limit"),
+        ("cursor=abc", "cursor"),
+        ("page=2", "page"),
+    ] {
+        let reply = call(Method::GET, format!("{EXPORTS}?{query}"), None).await;
+        assert_validation_error(&reply, field);
+        doc.check(EXPORTS, "get", &reply);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn rate_limited_responses_match_the_document() {
     let dir = TestDir::new();
@@ -609,7 +981,9 @@ async fn rate_limited_responses_match_the_document() {
         async {
             let doc = Document::load();
             let tokens = tokens();
-            let server = start_with_tokens(&dir, "tokens.toml", &tokens.all(), Some(1), &[]).await;
+            let args = ["--rate-limit-exports-per-minute", "1"];
+            let server =
+                start_with_tokens(&dir, "tokens.toml", &tokens.all(), Some(1), &args).await;
             let client = client();
             let rw = tokens.rw.secret.as_str();
             let reply = get(&client, &server, LOGS, Some(rw)).await;
@@ -621,6 +995,40 @@ async fn rate_limited_responses_match_the_document() {
                 let reply = get(&client, &server, &url, Some(rw)).await;
                 assert_error(&reply, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
                 doc.check(path, "get", &reply);
+            }
+            // Creating and cancelling share the export bucket; listing and reading, the query one.
+            let export = tokens.export.secret.as_str();
+            let tenant = Some(TENANT);
+            let one = concrete(EXPORT_ONE, SECRET, IDENTITY);
+            let empty = Some(b"{}".to_vec());
+            let reply = export_call(
+                &client,
+                &server,
+                Method::POST,
+                EXPORT,
+                export,
+                tenant,
+                empty.clone(),
+            )
+            .await;
+            assert_validation_error(&reply, "from");
+            assert_eq!(header_u64(&reply.1, "x-ratelimit-limit"), Some(1));
+            doc.check(EXPORT, "post", &reply);
+            let reply =
+                export_call(&client, &server, Method::GET, EXPORTS, export, tenant, None).await;
+            assert_eq!(reply.0, StatusCode::OK, "{}", reply.2);
+            doc.check(EXPORTS, "get", &reply);
+            let limited = [
+                (Method::POST, EXPORT, EXPORT, empty),
+                (Method::DELETE, EXPORT_ONE, one.as_str(), None),
+                (Method::GET, EXPORTS, EXPORTS, None),
+                (Method::GET, EXPORT_ONE, one.as_str(), None),
+            ];
+            for (method, path, url, body) in limited {
+                let reply =
+                    export_call(&client, &server, method.clone(), url, export, tenant, body).await;
+                assert_error(&reply, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+                doc.check(path, &method.as_str().to_lowercase(), &reply);
             }
         },
     )
@@ -665,7 +1073,7 @@ async fn every_documented_operation_is_routed_and_no_other_method() {
             let server = Server::start(&dir.data_dir(), &[]).await;
             let client = client();
             let paths = doc.root["paths"].as_object().expect("paths");
-            assert_eq!(paths.len(), 9, "documented paths: {:?}", paths.keys());
+            assert_eq!(paths.len(), 12, "documented paths: {:?}", paths.keys());
             for (path, item) in paths {
                 let url = concrete(path, SECRET, IDENTITY);
                 for method in ["get", "post", "put", "delete", "patch"] {

@@ -182,6 +182,11 @@ pub async fn recover(rejection: warp::Rejection) -> Result<Response, std::conver
         )
     } else if let Some(error) = rejection.find::<ApiError>() {
         error.clone()
+    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+        // `content_length_limit` (export requests) refuses by the declared length alone.
+        ApiError::payload_too_large("the request body exceeds the size limit of this endpoint")
+    } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
+        ApiError::invalid_request("a Content-Length header is required")
     } else {
         tracing::debug!(?rejection, "request rejected");
         ApiError::invalid_request("the request could not be understood")
