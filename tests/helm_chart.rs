@@ -794,6 +794,26 @@ fn bad_values_are_rejected_with_a_clear_message() {
             "index-memory-per-thread.yaml",
             "config.storage.indexMemoryMb must be at least 15 MiB per indexing thread (60 for indexThreads 4)",
         ),
+        (
+            "scaivault-url-not-http.yaml",
+            "at '/scaivault/url': 'scaivault.example.internal' does not match pattern",
+        ),
+        (
+            "scaivault-url-without-token.yaml",
+            "scaivault.url needs the service's ScaiVault token",
+        ),
+        (
+            "scaivault-token-without-url.yaml",
+            "the ScaiVault token (scaivault.token or scaivault.existingSecret) needs scaivault.url",
+        ),
+        (
+            "export-too-many-jobs.yaml",
+            "at '/export/maxConcurrentJobs': maximum: got 65, want 64",
+        ),
+        (
+            "export-no-retries.yaml",
+            "at '/export/retryMaxSeconds': minimum: got 0, want 1",
+        ),
     ];
     let mut files: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
@@ -1174,6 +1194,20 @@ fn the_binary_accepts_the_rendered_arguments_environment_and_config() {
                 "{name}"
             );
         }
+        // Exports read credentials from ScaiVault exactly when its token is mounted.
+        let scaivault = rendered.has_mount("scaivault-token");
+        assert_eq!(
+            get("export", "scaivault_token_file"),
+            scaivault
+                .then(|| pod.map("/var/run/scaivault-audit/scaivault/token"))
+                .and_then(|path| string(&path)),
+            "{name}"
+        );
+        assert_eq!(
+            get("export", "scaivault_url").is_some(),
+            scaivault,
+            "{name}"
+        );
         // Every key of the ConfigMap's file took effect as written.
         let file: toml::Table =
             toml::from_str(&std::fs::read_to_string(&pod.config_file).unwrap()).unwrap();

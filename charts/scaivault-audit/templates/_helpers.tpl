@@ -165,4 +165,14 @@ tenant_id = {{ toJson .tenantId }}
 {{- end }}
 {{- end }}
 {{- end }}
+
+[export]
+max_concurrent_jobs = {{ int64 .Values.export.maxConcurrentJobs }}
+retry_max_seconds = {{ int64 .Values.export.retryMaxSeconds }}
+{{- with .Values.scaivault.url }}
+scaivault_url = {{ toJson . }}
+{{- end }}
+{{- if include "scaivault-audit.scaivaultSecret" . }}
+scaivault_token_file = {{ printf "%s/token" (include "scaivault-audit.scaivaultDir" .) | toJson }}
+{{- end }}
 {{- end }}
