@@ -466,16 +466,62 @@ impl ExportEngine {
     }
 }
 
+/// Pages of events in flight between the reader and the encoder thread.
+const PAGES_IN_FLIGHT: usize = 2;
+
+/// A stored event on its way to the encoder: sequence number and storage JSON.
+type Stored = (u64, Vec<u8>);
+
+/// Encodes a part on two threads: this one reads the index (query, stored documents), a
+/// scoped one decodes and encodes (JSON in, JSON/CSV out, gzip, SHA-256, file writes).
 fn encode_part_blocking(
     store: &Store,
     spec: &ExportSpec,
     filters: &LogFilters,
-    mut after: Option<SortKey>,
+    after: Option<SortKey>,
     path: &Path,
     cancel: &CancellationToken,
 ) -> Result<EncodedPart, ExportFailure> {
     let file = std::fs::File::create(path).map_err(internal)?;
     let mut encoder = PartEncoder::new(spec.format, spec.compression, file).map_err(internal)?;
+    let (pages, received) = std::sync::mpsc::sync_channel::<Vec<Stored>>(PAGES_IN_FLIGHT);
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(move || -> Result<_, ExportFailure> {
+            for page in received {
+                for (seq, source) in &page {
+                    let event = search::decode_event(source, *seq).map_err(internal)?;
+                    encoder.write_event(&event).map_err(internal)?;
+                }
+            }
+            encoder.finish().map_err(internal)
+        });
+        let read = read_part(store, spec, filters, after, cancel, &pages);
+        drop(pages);
+        let written = writer
+            .join()
+            .unwrap_or_else(|_| Err(internal("the export encoder thread panicked")));
+        let last = read?;
+        let (file, stats) = written?;
+        file.sync_all().map_err(internal)?;
+        Ok(EncodedPart {
+            records: stats.records,
+            size_bytes: stats.size_bytes,
+            sha256: stats.sha256,
+            last,
+        })
+    })
+}
+
+/// Sends up to `max_records_per_file` events after `after` to `pages`, page by page; returns
+/// the sort position of the last one.
+fn read_part(
+    store: &Store,
+    spec: &ExportSpec,
+    filters: &LogFilters,
+    mut after: Option<SortKey>,
+    cancel: &CancellationToken,
+    pages: &std::sync::mpsc::SyncSender<Vec<Stored>>,
+) -> Result<Option<SortKey>, ExportFailure> {
     let searcher = store.searcher();
     let fields = store.fields();
     let mut remaining = spec.max_records_per_file;
@@ -487,32 +533,32 @@ fn encode_part_blocking(
         let query = query::build_query(searcher.index(), fields, &spec.tenant_id, &narrowed)
             .map_err(|error| ExportFailure::new("invalid_spec", error.to_string()))?;
         let limit = remaining.min(PAGE_EVENTS as u64) as usize;
-        let page = search::top_by_time(
+        let (hits, has_more) = search::top_hits(
             &searcher,
-            fields,
             query.as_ref(),
             Direction::OldestFirst,
             after,
             limit,
         )
         .map_err(internal)?;
-        for (key, event) in &page.events {
-            encoder.write_event(event).map_err(internal)?;
-            after = Some(*key);
+        remaining -= hits.len() as u64;
+        let mut page = Vec::with_capacity(hits.len());
+        for (key, address) in hits {
+            page.push((
+                key.seq,
+                search::load_source(&searcher, fields, address).map_err(internal)?,
+            ));
+            after = Some(key);
         }
-        remaining -= page.events.len() as u64;
-        if !page.has_more {
+        if pages.send(page).is_err() {
+            // The encoder stopped on an error of its own, which join() reports.
+            break;
+        }
+        if !has_more {
             break;
         }
     }
-    let (file, stats) = encoder.finish().map_err(internal)?;
-    file.sync_all().map_err(internal)?;
-    Ok(EncodedPart {
-        records: stats.records,
-        size_bytes: stats.size_bytes,
-        sha256: stats.sha256,
-        last: after,
-    })
+    Ok(after)
 }
 
 /// The manifest (SPEC §3.5): the status of the GET response plus format, filters, time range

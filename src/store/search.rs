@@ -75,6 +75,23 @@ pub fn top_by_time(
     after: Option<SortKey>,
     limit: usize,
 ) -> Result<Page, SearchError> {
+    let (hits, has_more) = top_hits(searcher, query, direction, after, limit)?;
+    let mut events = Vec::with_capacity(hits.len());
+    for (key, address) in hits {
+        events.push((key, load_event(searcher, fields, address, key.seq)?));
+    }
+    Ok(Page { events, has_more })
+}
+
+/// The positions and addresses of up to `limit` events strictly after `after`, and whether
+/// more follow; nothing is loaded from the document store.
+pub fn top_hits(
+    searcher: &Searcher,
+    query: &dyn Query,
+    direction: Direction,
+    after: Option<SortKey>,
+    limit: usize,
+) -> Result<(Vec<(SortKey, DocAddress)>, bool), SearchError> {
     let collector = TopByTime {
         keep: limit + 1,
         direction,
@@ -83,14 +100,10 @@ pub fn top_by_time(
     let mut hits = searcher.search(query, &collector)?;
     let has_more = hits.len() > limit;
     hits.truncate(limit);
-    let mut events = Vec::with_capacity(hits.len());
-    for hit in hits {
-        events.push((
-            hit.key,
-            load_event(searcher, fields, hit.address, hit.key.seq)?,
-        ));
-    }
-    Ok(Page { events, has_more })
+    Ok((
+        hits.into_iter().map(|hit| (hit.key, hit.address)).collect(),
+        has_more,
+    ))
 }
 
 /// Loads the stored event of a document.
@@ -100,11 +113,26 @@ pub fn load_event(
     address: DocAddress,
     seq: u64,
 ) -> Result<AuditEvent, SearchError> {
+    let source = load_source(searcher, fields, address)?;
+    decode_event(&source, seq)
+}
+
+/// The stored storage-JSON of a document.
+pub fn load_source(
+    searcher: &Searcher,
+    fields: &Fields,
+    address: DocAddress,
+) -> Result<Vec<u8>, SearchError> {
     let document: TantivyDocument = searcher.doc(address)?;
-    let source = document
+    Ok(document
         .get_first(fields.source)
         .and_then(|value| value.as_bytes())
-        .unwrap_or_default();
+        .unwrap_or_default()
+        .to_vec())
+}
+
+/// Decodes a stored event (`seq` names it in the error).
+pub fn decode_event(source: &[u8], seq: u64) -> Result<AuditEvent, SearchError> {
     serde_json::from_slice(source).map_err(|source| SearchError::Decode { seq, source })
 }
 

@@ -9,6 +9,10 @@ use sha2::{Digest, Sha256};
 
 use super::Compression;
 
+/// zlib level of gzip parts: 2 (zlib-rs's fast strategy) compresses audit JSON about 6x at
+/// several times the speed of the default 6 (docs/benchmarks.md).
+const GZIP_LEVEL: u32 = 2;
+
 /// Passes bytes through to `inner`, hashing (SHA-256) and counting exactly what `inner` accepted.
 pub(super) struct HashingWriter<W: Write> {
     inner: W,
@@ -58,7 +62,9 @@ impl<W: Write> Sink<W> {
         let hashing = HashingWriter::new(out);
         match compression {
             Compression::None => Sink::Plain(hashing),
-            Compression::Gzip => Sink::Gzip(Box::new(GzEncoder::new(hashing, GzLevel::default()))),
+            Compression::Gzip => {
+                Sink::Gzip(Box::new(GzEncoder::new(hashing, GzLevel::new(GZIP_LEVEL))))
+            }
         }
     }
 
