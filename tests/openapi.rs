@@ -606,7 +606,6 @@ async fn responses_match_the_document() {
             }
             let url = concrete(&path, SECRET, IDENTITY);
             let method_value = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
-            // With a body: `POST /v1/audit/export` refuses one without a length before auth.
             let send_as = |token: Option<&str>| {
                 let mut builder = client.request(method_value.clone(), format!("{base}{url}"));
                 if let Some(token) = token {

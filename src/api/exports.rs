@@ -25,22 +25,19 @@ use crate::store::PreparedEvent;
 use crate::timestamp;
 
 /// Largest accepted export request body.
-const MAX_BODY_BYTES: u64 = 64 * 1024;
+const MAX_BODY_BYTES: usize = 64 * 1024;
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let create = warp::path!("v1" / "audit" / "export")
         .and(warp::post())
         .and(warp::header::headers_cloned())
-        .and(warp::body::content_length_limit(MAX_BODY_BYTES))
-        .and(warp::body::bytes())
+        .and(warp::body::stream())
         .and(with_state(state.clone()))
-        .then(
-            |headers: HeaderMap, body: bytes::Bytes, state: AppState| async move {
-                let run =
-                    |principal| create_export(state.clone(), principal, headers.clone(), body);
-                rate_limited(&state, &headers, Scope::Export, Category::Exports, run).await
-            },
-        );
+        .then(|headers: HeaderMap, body, state: AppState| async move {
+            // Authentication and the rate limit come first; the body is read (bounded) after.
+            let run = |principal| create_export(state.clone(), principal, headers.clone(), body);
+            rate_limited(&state, &headers, Scope::Export, Category::Exports, run).await
+        });
     let list = warp::path!("v1" / "audit" / "exports")
         .and(warp::get())
         .and(warp::header::headers_cloned())
@@ -82,13 +79,23 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .boxed()
 }
 
-async fn create_export(
+async fn create_export<S, B>(
     state: AppState,
     principal: Principal,
     headers: HeaderMap,
-    body: bytes::Bytes,
-) -> Result<Response, ApiError> {
+    body: S,
+) -> Result<Response, ApiError>
+where
+    S: futures::Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: bytes::Buf,
+{
     let tenant = principal.read_tenant(tenant_header(&headers))?;
+    let body = super::ingest::read_body(
+        body,
+        super::ingest::content_length(&headers),
+        MAX_BODY_BYTES,
+    )
+    .await?;
     let body: Value = serde_json::from_slice(&body)
         .map_err(|error| ApiError::invalid_request(format!("the body is not JSON: {error}")))?;
     let spec = ExportSpec::from_request(&body, &tenant).map_err(ApiError::validation)?;

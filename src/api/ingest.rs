@@ -104,7 +104,7 @@ impl BodyFormat {
     }
 }
 
-fn content_length(headers: &HeaderMap) -> Option<u64> {
+pub(super) fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers
         .get(header::CONTENT_LENGTH)?
         .to_str()
@@ -114,7 +114,7 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 }
 
 /// Reads the body, refusing more than `limit` bytes (with or without a `Content-Length`).
-async fn read_body<S, B>(
+pub(super) async fn read_body<S, B>(
     mut body: S,
     declared: Option<u64>,
     limit: usize,
