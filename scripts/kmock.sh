@@ -104,10 +104,15 @@ cmd_start() {
 	cmd_install
 	cmd_stop
 	mkdir -p "$LOGS"
-	# ServiceAccount tokens the emulator's TokenReview accepts (tests/operator_kmock.rs).
+	# ServiceAccount tokens the emulator's TokenReview accepts (tests/operator_kmock.rs). The
+	# server sends only JWT-shaped tokens (three base64url parts) to TokenReview, as real
+	# ServiceAccount tokens are JWTs: the dotted ones reach the emulator through the server.
 	cat >"$TOKENS_FILE" <<'JSON'
 {"kmock-test-sa-token": {"username": "system:serviceaccount:scaivault:reporting", "audiences": ["scaivault-audit"]},
- "kmock-test-other-audience": {"username": "system:serviceaccount:scaivault:reporting", "audiences": ["elsewhere"]}}
+ "kmock-test-other-audience": {"username": "system:serviceaccount:scaivault:reporting", "audiences": ["elsewhere"]},
+ "kmock.sa-token.reporting": {"username": "system:serviceaccount:scaivault:reporting", "audiences": ["scaivault-audit"]},
+ "kmock.other-audience.reporting": {"username": "system:serviceaccount:scaivault:reporting", "audiences": ["elsewhere"]},
+ "kmock.sa-token.unbound": {"username": "system:serviceaccount:scaivault:unbound", "audiences": ["scaivault-audit"]}}
 JSON
 	local port pid attempt
 	for attempt in 1 2 3; do

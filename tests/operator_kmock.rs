@@ -1,24 +1,47 @@
-//! The real controller (leader election, watcher, finalizer, status) against the Kubernetes
-//! emulator (`scripts/kmock.sh start`), with an AuditExport applied by the real kubectl
-//! (`scripts/k8s-tools.sh install`). Fails loudly when either is missing.
+//! The operator against the Kubernetes emulator (`scripts/kmock.sh start`, kmock 0.8 +
+//! `tests/k8s_emulator.py`): the real binary in `serve --operator` mode with `KUBECONFIG` on the
+//! emulator, so exports run on the real engine over a real store; AuditExports applied with the
+//! real kubectl (`scripts/k8s-tools.sh install`); the REST API and the resources seeing the same
+//! exports; ServiceAccount tokens through TokenReview; and leader election between two
+//! candidates. Every test runs in its own namespace (its own Lease). Fails loudly when the
+//! emulator or kubectl is missing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use async_trait::async_trait;
+use common::export::*;
+use common::*;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::PostParams;
 use kube::{Api, Client, Config, ResourceExt};
-use scaivault_audit::config::OperatorSettings;
-use scaivault_audit::export::engine::{ExportOutcome, ProgressSink};
-use scaivault_audit::export::job::{Checkpoint, ExportFailure, ExportSpec, FileEntry};
+use reqwest::StatusCode;
 use scaivault_audit::operator::crd::ExportJobPhase;
-use scaivault_audit::operator::exporter::Exporter;
+use scaivault_audit::operator::leader::{self, LeaseSettings};
 use scaivault_audit::operator::metrics::OperatorMetrics;
-use scaivault_audit::operator::{AuditExport, FINALIZER};
+use scaivault_audit::operator::registry::TENANT_LABEL;
+use scaivault_audit::operator::{
+    AuditExport, CANCEL_ANNOTATION, EXPORT_ID_ANNOTATION, FINALIZER, REQUESTED_BY_ANNOTATION,
+};
+use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-const DEADLINE: Duration = Duration::from_secs(30);
+const DEADLINE: Duration = Duration::from_secs(60);
+const FROM: &str = "2020-01-01T00:00:00Z";
+const TO: &str = "2100-01-01T00:00:00Z";
+/// Tokens `scripts/kmock.sh` gives the emulator's TokenReview: JWT-shaped, as the server only
+/// reviews those (real ServiceAccount tokens are JWTs).
+const SA_TOKEN: &str = "kmock.sa-token.reporting";
+const OTHER_AUDIENCE_TOKEN: &str = "kmock.other-audience.reporting";
+const UNBOUND_SA_TOKEN: &str = "kmock.sa-token.unbound";
+/// Known to the emulator, but not JWT-shaped: never sent to TokenReview.
+const OPAQUE_SA_TOKEN: &str = "kmock-test-sa-token";
 
 fn emulator() -> (String, PathBuf) {
     let url = std::env::var("SCAIVAULT_TEST_KMOCK_URL").unwrap_or_else(|_| {
@@ -27,6 +50,13 @@ fn emulator() -> (String, PathBuf) {
     let kubeconfig = std::env::var("SCAIVAULT_TEST_KMOCK_KUBECONFIG")
         .expect("SCAIVAULT_TEST_KMOCK_KUBECONFIG (source .tools/kmock.env)");
     (url, PathBuf::from(kubeconfig))
+}
+
+fn kube_client(namespace: &str) -> Client {
+    let (url, _) = emulator();
+    let mut config = Config::new(url.parse().unwrap());
+    config.default_namespace = namespace.into();
+    Client::try_from(config).unwrap()
 }
 
 fn kubectl() -> PathBuf {
@@ -38,47 +68,9 @@ fn kubectl() -> PathBuf {
     path
 }
 
-/// Writes `parts` small part files into a `file` destination, one checkpoint per part.
-struct DirectoryExporter;
-
-#[async_trait]
-impl Exporter for DirectoryExporter {
-    async fn estimate(&self, _spec: &ExportSpec) -> Result<u64, ExportFailure> {
-        Ok(3)
-    }
-    async fn start_checkpoint(&self) -> Result<Checkpoint, ExportFailure> {
-        Ok(Checkpoint::start(1))
-    }
-    async fn run(
-        &self,
-        _id: &str,
-        spec: &ExportSpec,
-        mut checkpoint: Checkpoint,
-        progress: &dyn ProgressSink,
-        _cancel: &CancellationToken,
-    ) -> Result<ExportOutcome, ExportFailure> {
-        for number in checkpoint.files.len() + 1..=3 {
-            let key = spec.part_key(number);
-            let path = Path::new(&spec.destination.bucket).join(&key);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(&path, "{}\n").unwrap();
-            checkpoint.files.push(FileEntry {
-                key,
-                size_bytes: 3,
-                records: 1,
-                sha256: "00".repeat(32),
-            });
-            progress.checkpoint(&checkpoint).await?;
-        }
-        Ok(ExportOutcome {
-            record_count: checkpoint.records(),
-            files: checkpoint.files,
-            completed_at: "2026-01-01T00:00:00Z".into(),
-        })
-    }
-    async fn abort(&self, _id: &str, _spec: &ExportSpec) -> Result<(), ExportFailure> {
-        Ok(())
-    }
+/// A namespace of its own per test (and per run: the emulator outlives test runs).
+fn namespace(test: &str) -> String {
+    format!("{test}-{}-{}", std::process::id(), fastrand::u32(..))
 }
 
 async fn poll<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
@@ -95,76 +87,248 @@ async fn poll<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubectl_apply_runs_to_completion_and_delete_releases_the_finalizer() {
-    let (url, kubeconfig) = emulator();
-    let kubectl = kubectl();
-    let mut config = Config::new(url.parse().unwrap());
-    config.default_namespace = "default".into();
-    let client = Client::try_from(config).unwrap();
-    let name = format!("it-{}", std::process::id());
-    let destination = tempfile::tempdir().unwrap();
+/// `scaivault-audit serve --operator` on the emulator in `namespace`: a static partner-admin
+/// token (`admin`) with every scope, and TokenReview binding `scaivault/reporting` to
+/// `audit:read` on [`TENANT`].
+struct OperatorServer {
+    server: Server,
+    admin: String,
+    _dir: TestDir,
+}
 
-    let shutdown = CancellationToken::new();
-    let settings = OperatorSettings {
-        enabled: true,
-        namespace: Some("default".into()),
-        max_concurrent_exports: 1,
-        lease_name: format!("lease-{name}"),
-        identity: "test-replica".into(),
-    };
-    let operator = tokio::spawn({
-        let (client, shutdown) = (client.clone(), shutdown.clone());
-        async move {
-            scaivault_audit::operator::run(
-                client,
-                Arc::new(DirectoryExporter),
-                &settings,
-                OperatorMetrics::default(),
-                shutdown,
-            )
-            .await;
-        }
-    });
+impl OperatorServer {
+    async fn start(namespace: &str) -> OperatorServer {
+        let (_, kubeconfig) = emulator();
+        let dir = TestDir::new();
+        let admin = StaticToken::new(
+            "admin",
+            &["audit:read", "audit:write", "audit:export"],
+            None,
+        );
+        let tokens = dir.root().join("tokens.toml");
+        write_tokens_file(&tokens, &[&admin]);
+        let config = dir.root().join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"[operator]
+enabled = true
+namespace = "{namespace}"
+max_concurrent_exports = 1
 
-    let manifest = destination.path().join("export.yaml");
-    std::fs::write(&manifest, format!(
-        "apiVersion: audit.scailabs.ai/v1alpha1\nkind: AuditExport\nmetadata:\n  name: {name}\nspec:\n  tenantId: tnt_acme\n  from: \"2026-01-01T00:00:00Z\"\n  to: \"2026-02-01T00:00:00Z\"\n  format: jsonl\n  destination:\n    type: file\n    bucket: {}\n    prefix: out/\n",
-        destination.path().display()
-    )).unwrap();
-    // --validate=false: the emulator serves no OpenAPI document to validate against.
-    let applied = std::process::Command::new(&kubectl)
-        .args(["--kubeconfig"])
-        .arg(&kubeconfig)
-        .args(["apply", "--validate=false", "-f"])
-        .arg(&manifest)
-        .output()
+[auth]
+tokens_file = "{}"
+
+[auth.token_review]
+enabled = true
+audience = "scaivault-audit"
+
+[[auth.token_review.bindings]]
+service_account = "scaivault/reporting"
+scopes = ["audit:read"]
+tenant_id = "{TENANT}"
+"#,
+                tokens.display()
+            ),
+        )
         .unwrap();
+        let config_arg = config.to_str().unwrap().to_owned();
+        let mut args = vec!["--config", config_arg.as_str()];
+        args.extend_from_slice(FAST_COMMITS);
+        let server = Server::start_with_env(
+            &dir.data_dir(),
+            &args,
+            &[
+                ("KUBECONFIG", kubeconfig.as_os_str()),
+                ("HOSTNAME", OsStr::new(&format!("replica-{namespace}"))),
+            ],
+        )
+        .await;
+        OperatorServer {
+            server,
+            admin: admin.secret,
+            _dir: dir,
+        }
+    }
+
+    fn base(&self) -> &str {
+        self.server.base_url()
+    }
+}
+
+async fn list_exports(server: &OperatorServer, tenant: &str) -> Vec<Value> {
+    let (status, _, body) = get_as(
+        &client(),
+        server.base(),
+        "/v1/audit/exports",
+        Some(&server.admin),
+        Some(tenant),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["exports"].as_array().unwrap().clone()
+}
+
+/// The REST view and the resource's status describe the same files and counts.
+fn assert_same_status(rest: &Value, object: &AuditExport) {
+    let status = object.status.as_ref().expect("status");
+    assert_eq!(rest["export_id"], json!(status.export_id), "{rest}");
+    // The REST API shows 0 where the resource has no count yet.
+    assert_eq!(
+        rest["record_count"],
+        json!(status.record_count.unwrap_or(0)),
+        "{rest}"
+    );
+    let phase = match status.phase.expect("phase") {
+        ExportJobPhase::Pending => "pending",
+        ExportJobPhase::Running => "running",
+        ExportJobPhase::Completed => "completed",
+        ExportJobPhase::Failed => "failed",
+        ExportJobPhase::Cancelled => "cancelled",
+    };
+    assert_eq!(rest["status"], phase, "{rest}");
+    let files: Vec<Value> = status
+        .files
+        .iter()
+        .map(|file| {
+            json!({"key": file.key, "size_bytes": file.size_bytes, "records": file.records,
+                   "sha256": file.sha256})
+        })
+        .collect();
+    assert_eq!(rest["files"], json!(files), "{rest}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rest_export_becomes_a_resource_and_the_real_engine_writes_parts_and_manifest() {
+    let ns = namespace("rest");
+    let server = OperatorServer::start(&ns).await;
+    let (client, base, admin) = (client(), server.base(), server.admin.as_str());
+    let events: Vec<Value> = (0..250).map(event).collect();
+    let ids = ingest_ok(&client, base, admin, &events).await;
+    let logs = wait_until_visible(
+        &client,
+        base,
+        admin,
+        Some(TENANT),
+        &ids,
+        RESTART_VISIBILITY_DEADLINE,
+    )
+    .await;
+    let out = tempfile::tempdir().unwrap();
+    // The filter leaves out the service's own `export_created` event.
+    let body = json!({
+        "from": FROM, "to": TO, "format": "jsonl", "max_records_per_file": 100,
+        "filters": {"path_prefix": "environments/production/"},
+        "destination": {"type": "file", "bucket": out.path().to_str().unwrap(), "prefix": "acme/"},
+    });
+    let export_id = start_export(&client, base, admin, &body).await;
+
+    // The export is an AuditExport named after its id, recording tenant and requester.
+    let api: Api<AuditExport> = Api::namespaced(kube_client(&ns), &ns);
+    let name = export_id.replace('_', "-");
+    let created = api.get(&name).await.unwrap();
+    assert_eq!(created.spec.tenant_id, TENANT);
+    assert_eq!(
+        created.labels().get(TENANT_LABEL).map(String::as_str),
+        Some(TENANT)
+    );
+    let annotations = created.annotations();
+    assert_eq!(annotations[EXPORT_ID_ANNOTATION], export_id);
+    assert_eq!(annotations[REQUESTED_BY_ANNOTATION], "sa:admin");
+
+    let rest = wait_finished(&client, base, admin, &export_id).await;
+    assert_eq!(rest["status"], "completed", "{rest}");
+    let object = api.get(&name).await.unwrap();
+    assert_eq!(
+        object.status.as_ref().unwrap().phase,
+        Some(ExportJobPhase::Completed)
+    );
+    assert!(object.finalizers().contains(&FINALIZER.to_string()));
+    assert_same_status(&rest, &object);
+    let listed = list_exports(&server, TENANT).await;
+    let entry = listed
+        .iter()
+        .find(|entry| entry["export_id"] == json!(export_id))
+        .unwrap_or_else(|| panic!("{export_id} not listed: {listed:?}"));
+    assert_same_status(entry, &object);
     assert!(
-        applied.status.success(),
-        "kubectl apply: {}",
-        String::from_utf8_lossy(&applied.stderr)
+        list_exports(&server, OTHER_TENANT)
+            .await
+            .iter()
+            .all(|entry| entry["export_id"] != json!(export_id))
     );
 
-    let api: Api<AuditExport> = Api::namespaced(client.clone(), "default");
+    // The real engine wrote exactly the ingested events, in order, in parts of 100.
+    assert_eq!(rest["record_count"], 250);
+    let keys: Vec<&str> = rest["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|file| file["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "acme/part-0001.jsonl",
+            "acme/part-0002.jsonl",
+            "acme/part-0003.jsonl"
+        ]
+    );
+    let written = read_parts(&rest, |key| {
+        let path = out.path().join(&key);
+        async move { std::fs::read(path).ok() }
+    })
+    .await;
+    assert_eq!(written, expected_jsonl(&ascending(logs)));
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("acme/manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["export_id"], json!(export_id));
+    assert_eq!(manifest["files"], rest["files"]);
+    assert_eq!(manifest["record_count"], 250);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubectl_export_is_listed_for_its_tenant_only_and_delete_releases_the_finalizer() {
+    let ns = namespace("kubectl");
+    let server = OperatorServer::start(&ns).await;
+    let (client, base, admin) = (client(), server.base(), server.admin.as_str());
+    let ids = ingest_ok(
+        &client,
+        base,
+        admin,
+        &(0..30).map(event).collect::<Vec<_>>(),
+    )
+    .await;
+    wait_until_visible(
+        &client,
+        base,
+        admin,
+        Some(TENANT),
+        &ids,
+        RESTART_VISIBILITY_DEADLINE,
+    )
+    .await;
+    let out = tempfile::tempdir().unwrap();
+    let name = "from-kubectl";
+    let manifest = out.path().join("export.yaml");
+    std::fs::write(&manifest, format!(
+        "apiVersion: audit.scailabs.ai/v1alpha1\nkind: AuditExport\nmetadata:\n  name: {name}\nspec:\n  tenantId: {TENANT}\n  from: \"{FROM}\"\n  to: \"{TO}\"\n  format: jsonl\n  destination:\n    type: file\n    bucket: {}\n    prefix: out/\n",
+        out.path().display()
+    )).unwrap();
+    kubectl_ok(&["apply", "--validate=false", "-n", &ns, "-f"], &manifest);
+
+    let api: Api<AuditExport> = Api::namespaced(kube_client(&ns), &ns);
     let done = poll("phase Completed", async || {
-        let object = api.get(&name).await.ok()?;
+        let object = api.get(name).await.ok()?;
         let phase = object.status.as_ref()?.phase?;
         (phase == ExportJobPhase::Completed).then_some(object)
     })
     .await;
     let status = done.status.clone().unwrap();
-    assert_eq!(status.record_count, Some(3));
-    assert_eq!(status.files.len(), 3);
-    assert!(status.export_id.unwrap().starts_with("exp_"));
-    assert!(done.finalizers().contains(&FINALIZER.to_string()));
-    for file in &status.files {
-        assert!(
-            destination.path().join(&file.key).is_file(),
-            "{} missing",
-            file.key
-        );
-    }
+    assert_eq!(status.record_count, Some(30));
+    let export_id = status.export_id.clone().unwrap();
+    assert!(export_id.starts_with("exp_"), "{export_id}");
     let ready = status
         .conditions
         .iter()
@@ -175,26 +339,327 @@ async fn kubectl_apply_runs_to_completion_and_delete_releases_the_finalizer() {
         ("True", "Completed")
     );
 
-    let deleted = std::process::Command::new(&kubectl)
-        .args(["--kubeconfig"])
-        .arg(&kubeconfig)
-        .args(["delete", "auditexport", &name, "--wait=false"])
-        .output()
-        .unwrap();
+    let listed = list_exports(&server, TENANT).await;
+    let entry = listed
+        .iter()
+        .find(|entry| entry["export_id"] == json!(export_id))
+        .unwrap_or_else(|| panic!("{export_id} not listed for {TENANT}: {listed:?}"));
+    assert_same_status(entry, &done);
+    assert_eq!(
+        entry["requested_by"],
+        json!(format!("kubernetes:{ns}/{name}"))
+    );
+    let (code, _, single) = get_export(&client, base, admin, &export_id).await;
+    assert_eq!(code, StatusCode::OK, "{single}");
+    assert_same_status(&single, &done);
     assert!(
-        deleted.status.success(),
-        "kubectl delete: {}",
-        String::from_utf8_lossy(&deleted.stderr)
+        list_exports(&server, OTHER_TENANT)
+            .await
+            .iter()
+            .all(|entry| entry["export_id"] != json!(export_id)),
+        "another tenant sees the export"
+    );
+    let other = get_as(
+        &client,
+        base,
+        &format!("/v1/audit/exports/{export_id}"),
+        Some(admin),
+        Some(OTHER_TENANT),
+    )
+    .await;
+    assert_eq!(other.0, StatusCode::NOT_FOUND, "{}", other.2);
+    let written = read_parts(entry, |key| {
+        let path = out.path().join(&key);
+        async move { std::fs::read(path).ok() }
+    })
+    .await;
+    assert_eq!(written.iter().filter(|b| **b == b'\n').count(), 30);
+
+    kubectl_ok(
+        &["delete", "auditexport", name, "-n", &ns, "--wait=false"],
+        Path::new(""),
     );
     poll(
         "the finalizer to be released and the object gone",
-        async || matches!(api.get_opt(&name).await, Ok(None)).then_some(()),
+        async || matches!(api.get_opt(name).await, Ok(None)).then_some(()),
+    )
+    .await;
+    // A completed export's files stay.
+    assert!(out.path().join("out/manifest.json").is_file());
+}
+
+/// Runs kubectl on the emulator; `file` (when not empty) is appended.
+fn kubectl_ok(args: &[&str], file: &Path) {
+    let (_, kubeconfig) = emulator();
+    let mut command = std::process::Command::new(kubectl());
+    command.arg("--kubeconfig").arg(&kubeconfig).args(args);
+    if !file.as_os_str().is_empty() {
+        command.arg(file);
+    }
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_delete_annotates_a_pending_export_and_the_leader_cancels_it() {
+    let ns = namespace("cancel");
+    let client_k8s = kube_client(&ns);
+    // Someone else holds the lease: exports stay Pending until it is released.
+    let leases: Api<Lease> = Api::namespaced(client_k8s.clone(), &ns);
+    let blocker = Lease {
+        metadata: ObjectMeta {
+            name: Some(scaivault_audit::config::DEFAULT_LEASE_NAME.into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some("another-replica".into()),
+            lease_duration_seconds: Some(3600),
+            ..LeaseSpec::default()
+        }),
+    };
+    leases
+        .create(&PostParams::default(), &blocker)
+        .await
+        .unwrap();
+    let server = OperatorServer::start(&ns).await;
+    let (client, base, admin) = (client(), server.base(), server.admin.as_str());
+    let out = tempfile::tempdir().unwrap();
+    let body = json!({"from": FROM, "to": TO, "format": "jsonl",
+        "destination": {"type": "file", "bucket": out.path().to_str().unwrap(), "prefix": "c/"}});
+    let export_id = start_export(&client, base, admin, &body).await;
+    let api: Api<AuditExport> = Api::namespaced(client_k8s, &ns);
+    let name = export_id.replace('_', "-");
+    let pending = api.get(&name).await.unwrap();
+    assert_eq!(
+        pending.status.as_ref().unwrap().phase,
+        Some(ExportJobPhase::Pending)
+    );
+
+    let deleted = send(
+        client
+            .delete(format!("{base}/v1/audit/exports/{export_id}"))
+            .bearer_auth(admin)
+            .header("X-Tenant-ID", TENANT),
+    )
+    .await;
+    assert_eq!(deleted.0, StatusCode::OK, "{}", deleted.2);
+    let annotated = api.get(&name).await.unwrap();
+    assert_eq!(
+        annotated
+            .annotations()
+            .get(CANCEL_ANNOTATION)
+            .map(String::as_str),
+        Some("true")
+    );
+
+    // The lease is released: this server leads and its controller cancels the export.
+    let mut lease = leases
+        .get(scaivault_audit::config::DEFAULT_LEASE_NAME)
+        .await
+        .unwrap();
+    lease.spec.as_mut().unwrap().holder_identity = None;
+    leases
+        .replace(
+            scaivault_audit::config::DEFAULT_LEASE_NAME,
+            &PostParams::default(),
+            &lease,
+        )
+        .await
+        .unwrap();
+    let rest = wait_finished(&client, base, admin, &export_id).await;
+    assert_eq!(rest["status"], "cancelled", "{rest}");
+    let object = api.get(&name).await.unwrap();
+    assert_same_status(&rest, &object);
+    assert!(
+        !out.path().join("c/manifest.json").try_exists().unwrap(),
+        "a cancelled export has no manifest"
+    );
+    // Cancelling a finished export is refused.
+    let again = send(
+        client
+            .delete(format!("{base}/v1/audit/exports/{export_id}"))
+            .bearer_auth(admin)
+            .header("X-Tenant-ID", TENANT),
+    )
+    .await;
+    assert_eq!(again.0, StatusCode::CONFLICT, "{}", again.2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_account_tokens_are_verified_with_token_review_and_bound_to_their_tenant() {
+    let ns = namespace("tokenreview");
+    let server = OperatorServer::start(&ns).await;
+    let (client, base, admin) = (client(), server.base(), server.admin.as_str());
+    let ids = ingest_ok(&client, base, admin, &(0..5).map(event).collect::<Vec<_>>()).await;
+    wait_until_visible(
+        &client,
+        base,
+        admin,
+        Some(TENANT),
+        &ids,
+        RESTART_VISIBILITY_DEADLINE,
     )
     .await;
 
-    shutdown.cancel();
-    tokio::time::timeout(DEADLINE, operator)
+    // The bound ServiceAccount reads its tenant (no X-Tenant-ID needed) ...
+    let (status, _, body) = get_logs(&client, base, SA_TOKEN, None, "limit=100").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let seen: Vec<&str> = body["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|log| log["id"].as_str())
+        .collect();
+    assert!(ids.iter().all(|id| seen.contains(&id.as_str())), "{body}");
+    // ... and nothing else: not another tenant, not a scope it was not bound to.
+    let other = get_logs(&client, base, SA_TOKEN, Some(OTHER_TENANT), "limit=1").await;
+    assert_error(&other, StatusCode::FORBIDDEN, "tenant_access_denied");
+    let ingest = post_events(&client, base, SA_TOKEN, json!({"events": [event(99)]})).await;
+    assert_error(&ingest, StatusCode::FORBIDDEN, "insufficient_scope");
+    let export = post_export(
+        &client,
+        base,
+        SA_TOKEN,
+        &json!({"from": FROM, "to": TO, "format": "jsonl",
+                "destination": {"type": "file", "bucket": "/tmp", "prefix": "x/"}}),
+    )
+    .await;
+    assert_error(&export, StatusCode::FORBIDDEN, "insufficient_scope");
+
+    // Another audience, an unbound ServiceAccount, an unknown token, an opaque token: 401.
+    for token in [
+        OTHER_AUDIENCE_TOKEN,
+        UNBOUND_SA_TOKEN,
+        "kmock.no-such.token",
+        OPAQUE_SA_TOKEN,
+    ] {
+        let reply = get_logs(&client, base, token, None, "limit=1").await;
+        assert_error(&reply, StatusCode::UNAUTHORIZED, "token_invalid");
+    }
+}
+
+/// A leader-election candidate whose `lead` flags when it leads.
+struct Candidate {
+    leading: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn candidate(ns: &str, lease: &str, identity: &str) -> Candidate {
+    let api: Api<Lease> = Api::namespaced(kube_client(ns), ns);
+    let settings = LeaseSettings {
+        lease_duration: Duration::from_secs(2),
+        renew_interval: Duration::from_millis(200),
+        ..LeaseSettings::new(ns, lease, identity)
+    };
+    let leading = Arc::new(AtomicBool::new(false));
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn({
+        let (leading, shutdown) = (leading.clone(), shutdown.clone());
+        async move {
+            leader::run(
+                api,
+                settings,
+                OperatorMetrics::default(),
+                shutdown,
+                move |token| {
+                    let leading = leading.clone();
+                    async move {
+                        leading.store(true, Ordering::SeqCst);
+                        token.cancelled().await;
+                        leading.store(false, Ordering::SeqCst);
+                    }
+                },
+            )
+            .await;
+        }
+    });
+    Candidate {
+        leading,
+        shutdown,
+        task,
+    }
+}
+
+async fn holder(leases: &Api<Lease>, name: &str) -> Option<String> {
+    leases
+        .get(name)
+        .await
+        .ok()?
+        .spec?
+        .holder_identity
+        .filter(|holder| !holder.is_empty())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_of_two_candidates_leads_and_the_other_takes_over_within_the_lease_duration() {
+    let ns = namespace("leader");
+    let lease = "election";
+    let leases: Api<Lease> = Api::namespaced(kube_client(&ns), &ns);
+    let a = candidate(&ns, lease, "replica-a");
+    let b = candidate(&ns, lease, "replica-b");
+    let both = [&a, &b];
+    let first = poll("a leader", async || {
+        both.iter().position(|c| c.leading.load(Ordering::SeqCst))
+    })
+    .await;
+    // For several renewals, exactly one leads and the lease names it.
+    let names = ["replica-a", "replica-b"];
+    for _ in 0..15 {
+        let leaders: Vec<bool> = both
+            .iter()
+            .map(|c| c.leading.load(Ordering::SeqCst))
+            .collect();
+        assert_eq!(leaders.iter().filter(|l| **l).count(), 1, "{leaders:?}");
+        assert!(leaders[first]);
+        assert_eq!(holder(&leases, lease).await.as_deref(), Some(names[first]));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The leader shuts down (releasing the lease): the other leads within the lease duration.
+    let (leader, follower) = if first == 0 { (a, b) } else { (b, a) };
+    let stopped_at = tokio::time::Instant::now();
+    leader.shutdown.cancel();
+    tokio::time::timeout(DEADLINE, leader.task)
         .await
         .unwrap()
         .unwrap();
+    assert!(!leader.leading.load(Ordering::SeqCst));
+    poll("the follower to lead", async || {
+        follower.leading.load(Ordering::SeqCst).then_some(())
+    })
+    .await;
+    assert!(
+        stopped_at.elapsed() < Duration::from_secs(2),
+        "takeover after a release took {:?}",
+        stopped_at.elapsed()
+    );
+    let new_holder = names[1 - first];
+    assert_eq!(holder(&leases, lease).await.as_deref(), Some(new_holder));
+
+    // The new leader dies without releasing: a fresh candidate waits for the lease to expire
+    // (2 s unchanged), then takes over.
+    follower.task.abort();
+    let crashed_at = tokio::time::Instant::now();
+    let c = candidate(&ns, lease, "replica-c");
+    poll("the fresh candidate to lead", async || {
+        c.leading.load(Ordering::SeqCst).then_some(())
+    })
+    .await;
+    let waited = crashed_at.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(6),
+        "takeover after a crash took {waited:?}"
+    );
+    assert_eq!(holder(&leases, lease).await.as_deref(), Some("replica-c"));
+    c.shutdown.cancel();
+    tokio::time::timeout(DEADLINE, c.task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(holder(&leases, lease).await, None, "released on shutdown");
 }

@@ -216,7 +216,19 @@ impl Server {
 
     async fn spawn(wrapper: &[&str], data_dir: &Path, extra_args: &[&str]) -> Server {
         // Tests poll and page through logs far faster than the default 50 queries/min.
-        Server::spawn_with_limit(wrapper, data_dir, 0, extra_args).await
+        Server::spawn_with_limit(wrapper, data_dir, 0, extra_args, &[]).await
+    }
+
+    /// Like [`Server::start`], with extra environment variables (e.g. `KUBECONFIG`, `HOSTNAME`
+    /// for the operator mode).
+    pub async fn start_with_env(
+        data_dir: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Server {
+        let mut server = Server::spawn_with_limit(&[], data_dir, 0, extra_args, env).await;
+        server.wait_until_ready(Instant::now()).await;
+        server
     }
 
     async fn spawn_with_limit(
@@ -224,6 +236,7 @@ impl Server {
         data_dir: &Path,
         queries_per_minute: u32,
         extra_args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
     ) -> Server {
         let root = data_dir.parent().expect("data dir has a parent directory");
         let (stdout_log, stderr_log) = next_log_paths(root);
@@ -255,6 +268,7 @@ impl Server {
                 command.env_remove(name);
             }
         }
+        command.envs(env.iter().copied());
         let mut child = command.spawn().expect("spawn scaivault-audit");
         let stdout = child.stdout.take().expect("piped stdout");
         let stdout_lines = spawn_stdout_reader(stdout, stdout_log);
@@ -1099,7 +1113,7 @@ impl Server {
         extra_args: &[&str],
     ) -> Server {
         let mut server =
-            Server::spawn_with_limit(&[], data_dir, queries_per_minute, extra_args).await;
+            Server::spawn_with_limit(&[], data_dir, queries_per_minute, extra_args, &[]).await;
         server.wait_ready().await;
         server
     }
