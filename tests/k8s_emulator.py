@@ -83,7 +83,7 @@ class ShimEmulator(kmock.KubernetesEmulator):
     async def _render_error(self, exc):
         if isinstance(exc, kmock.KubernetesNotFoundError):
             exc = kmock.KubernetesNotFoundError(reason='NotFound', message=exc.message)
-        elif isinstance(exc, kmock.KubernetesObjectConflictError):
+        elif type(exc).__name__ == 'KubernetesObjectConflictError':
             exc = kmock.KubernetesError(status=409, reason='AlreadyExists', message='already exists')
         return await super()._render_error(exc)
 
