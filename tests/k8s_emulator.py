@@ -12,7 +12,8 @@ on (measured in ../shared/research/k8s-testing-and-build.md §1.1.1):
 - ``/status`` isolation for resources with a status subresource;
 - list responses with kind/apiVersion and a numeric resourceVersion; equality label selectors;
 - TokenReview answered from a token table (``--tokens FILE``: JSON ``{token: {"username",
-  "audiences"}}``).
+  "audiences"}}``), and for ``kmock.secret.NAME`` from the Secret ``kmock-tokens/NAME``
+  (revoked by deleting it).
 
 Server-side apply is still a merge patch here (no managedFields): assert SSA request shapes in
 the tower-test unit tests instead. Uses kmock internals: pin kmock==0.8 (scripts/kmock.sh).
@@ -42,6 +43,9 @@ RESOURCES = {
     'secrets': ('v1', 'Secret', True, [], []),
     'namespaces': ('v1', 'Namespace', False, [], ['ns']),
 }
+# Revocable tokens: `kmock.secret.NAME` is valid while the Secret kmock-tokens/NAME exists.
+SECRET_TOKEN_PREFIX = 'kmock.secret.'
+SECRET_TOKEN_NAMESPACE = 'kmock-tokens'
 WITH_STATUS = {plural for plural, info in RESOURCES.items() if 'status' in info[3]}
 _resource_versions = itertools.count(100)
 
@@ -201,10 +205,27 @@ class ShimEmulator(kmock.KubernetesEmulator):
                 new.pop(keep, None)
         return [{'op': 'replace', 'path': '', 'value': new}]
 
+    def _secret_token(self, token):
+        """``kmock.secret.NAME``: valid while the Secret ``kmock-tokens/NAME`` exists (data
+        ``username``, ``audiences`` comma-separated), so a test can revoke it by deleting it."""
+        name = token[len(SECRET_TOKEN_PREFIX):]
+        try:
+            secret = self.objects['v1/secrets', SECRET_TOKEN_NAMESPACE, name]
+        except (KeyError, LookupError):
+            return None
+        if secret is None or secret.deleted:
+            return None
+        data = {key: base64.b64decode(value).decode()
+                for key, value in (secret.raw.get('data') or {}).items()}
+        return {'username': data.get('username', ''),
+                'audiences': [a for a in data.get('audiences', '').split(',') if a]}
+
     def _token_review(self, body):
         token = (body.get('spec') or {}).get('token', '')
         wanted = (body.get('spec') or {}).get('audiences') or []
         entry = self.tokens.get(token)
+        if entry is None and token.startswith(SECRET_TOKEN_PREFIX):
+            entry = self._secret_token(token)
         status = {'authenticated': False, 'error': 'invalid bearer token'}
         if entry is not None:
             audiences = entry.get('audiences') or []

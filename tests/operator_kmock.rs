@@ -663,3 +663,41 @@ async fn one_of_two_candidates_leads_and_the_other_takes_over_within_the_lease_d
         .unwrap();
     assert_eq!(holder(&leases, lease).await, None, "released on shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_service_account_token_is_refused_once_its_cached_review_expires() {
+    use k8s_openapi::api::core::v1::Secret;
+    use scaivault_audit::auth::token_review::CACHE_TTL;
+    let ns = namespace("revoke");
+    let server = OperatorServer::start(&ns).await;
+    let (client, base) = (client(), server.base());
+    // A token the emulator accepts while the Secret kmock-tokens/NAME exists.
+    let name = format!("revocable-{}", fastrand::u64(..));
+    let token = format!("kmock.secret.{name}");
+    let secrets: Api<Secret> = Api::namespaced(kube_client("kmock-tokens"), "kmock-tokens");
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "stringData": {"username": "system:serviceaccount:scaivault:reporting",
+                       "audiences": "scaivault-audit"},
+    }))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+
+    let reviewed_at = tokio::time::Instant::now();
+    let (status, _, body) = get_logs(&client, base, &token, None, "limit=1").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    secrets
+        .delete(&name, &kube::api::DeleteParams::default())
+        .await
+        .unwrap();
+    // Within the cache TTL the positive review is reused ...
+    let (status, _, body) = get_logs(&client, base, &token, None, "limit=1").await;
+    assert_eq!(status, StatusCode::OK, "cached review: {body}");
+    // ... but not beyond it: the token is reviewed again and refused.
+    tokio::time::sleep_until(reviewed_at + CACHE_TTL + Duration::from_secs(1)).await;
+    let reply = get_logs(&client, base, &token, None, "limit=1").await;
+    assert_error(&reply, StatusCode::UNAUTHORIZED, "token_invalid");
+}
