@@ -151,9 +151,6 @@ pub struct KubernetesArgs {
         value_name = "NAMESPACE"
     )]
     pub operator_namespace: Option<String>,
-    /// Export jobs that run at once on the leader.
-    #[arg(long, env = "SCAIVAULT_AUDIT_MAX_CONCURRENT_EXPORTS", value_name = "N")]
-    pub max_concurrent_exports: Option<u64>,
     /// Accept Kubernetes ServiceAccount tokens, verified with the TokenReview API.
     #[arg(long, env = "SCAIVAULT_AUDIT_TOKEN_REVIEW", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub token_review: Option<bool>,
@@ -246,7 +243,6 @@ pub struct TokenReviewBindingSection {
 pub struct OperatorSection {
     pub enabled: Option<bool>,
     pub namespace: Option<String>,
-    pub max_concurrent_exports: Option<u64>,
     pub lease_name: Option<String>,
 }
 
@@ -522,6 +518,7 @@ impl Settings {
                 ));
             }
         };
+        let export = ExportSettings::resolve(args, &file.export)?;
         Ok(Settings {
             listen,
             tls,
@@ -559,10 +556,14 @@ impl Settings {
                     .or(file.auth.rate_limit_exports_per_minute)
                     .unwrap_or(RateLimits::default().exports_per_minute),
             },
-            export: ExportSettings::resolve(args, &file.export)?,
+            export: export.clone(),
             log_level,
             log_format,
-            operator: resolve_operator(&args.kubernetes, &file.operator)?,
+            operator: resolve_operator(
+                &args.kubernetes,
+                &file.operator,
+                export.max_concurrent_jobs,
+            )?,
             token_review: resolve_token_review(&args.kubernetes, file.auth.token_review.as_ref())?,
         })
     }
@@ -606,7 +607,6 @@ impl Settings {
             operator: OperatorSection {
                 enabled: Some(self.operator.enabled),
                 namespace: self.operator.namespace.clone(),
-                max_concurrent_exports: Some(self.operator.max_concurrent_exports as u64),
                 lease_name: Some(self.operator.lease_name.clone()),
             },
         }
@@ -634,20 +634,13 @@ fn in_cluster() -> bool {
     std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
 }
 
+/// The operator runs at most `max_concurrent_exports` jobs: `[export] max_concurrent_jobs`,
+/// the same limit as the standalone runner's.
 fn resolve_operator(
     args: &KubernetesArgs,
     file: &OperatorSection,
+    max_concurrent_exports: usize,
 ) -> Result<OperatorSettings, ConfigError> {
-    let max = args
-        .max_concurrent_exports
-        .or(file.max_concurrent_exports)
-        .unwrap_or(2);
-    if !(1..=64).contains(&max) {
-        return Err(invalid(
-            "max_concurrent_exports",
-            "must be between 1 and 64",
-        ));
-    }
     let identity = std::env::var("HOSTNAME")
         .ok()
         .filter(|name| !name.is_empty())
@@ -655,7 +648,7 @@ fn resolve_operator(
     Ok(OperatorSettings {
         enabled: args.operator.or(file.enabled).unwrap_or_else(in_cluster),
         namespace: args.operator_namespace.clone().or(file.namespace.clone()),
-        max_concurrent_exports: max as usize,
+        max_concurrent_exports,
         lease_name: file
             .lease_name
             .clone()

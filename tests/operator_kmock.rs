@@ -114,7 +114,9 @@ impl OperatorServer {
                 r#"[operator]
 enabled = true
 namespace = "{namespace}"
-max_concurrent_exports = 1
+
+[export]
+max_concurrent_jobs = 1
 
 [auth]
 tokens_file = "{}"

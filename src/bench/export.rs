@@ -1,6 +1,6 @@
 //! `bench export`: exports of the reference workload (one tenant) as JSONL and CSV, with and
 //! without gzip, to the file sink and optionally to an S3 endpoint (e.g. the moto emulator),
-//! printing events/s and the process's resident memory while each export runs.
+//! printing events/s and the process's anonymous resident memory while each export runs.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -209,7 +209,7 @@ async fn measure(
     );
     let bytes: u64 = outcome.files.iter().map(|file| file.size_bytes).sum();
     println!(
-        "export {:<5} {:<4} -> {:<4}: {} events in {:.2} s = {:>9.0} events/s, {:.1} MB in {} file(s), RSS {:.0} -> peak {:.0} MiB",
+        "export {:<5} {:<4} -> {:<4}: {} events in {:.2} s = {:>9.0} events/s, {:.1} MB in {} file(s), anonymous RSS {:.0} -> peak {:.0} MiB",
         format!("{format:?}").to_lowercase(),
         format!("{compression:?}").to_lowercase(),
         destination.kind.as_str(),
@@ -224,12 +224,13 @@ async fn measure(
     Ok(())
 }
 
-/// Resident set size of this process in KiB.
+/// Anonymous resident memory of this process in KiB: heap and stacks, without the index's
+/// memory-mapped file pages (those are page cache, shared and reclaimable).
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {
-            let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+            let line = status.lines().find(|line| line.starts_with("RssAnon:"))?;
             line.split_whitespace().nth(1)?.parse().ok()
         })
         .unwrap_or(0)
