@@ -32,6 +32,7 @@ scripts/kmock.sh start
 source .tools/kmock.env
 
 # Unit and black-box tests; the closing line sums every test binary's result.
-cargo test --locked --all-targets 2>&1 | tee "$log"
+# --no-fail-fast: every test binary runs, so the closing line counts the whole suite.
+cargo test --locked --all-targets --no-fail-fast 2>&1 | tee "$log"
 awk '/^test result:/ { passed += $4; failed += $6 }
      END { printf "tests: %d passed, %d failed\n", passed, failed; exit (passed == 0 || failed > 0) }' "$log"

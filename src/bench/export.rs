@@ -20,7 +20,7 @@ use crate::export::job::{
     Checkpoint, DEFAULT_MAX_RECORDS_PER_FILE, Destination, DestinationType, ExportFailure,
     ExportSpec,
 };
-use crate::store::{Store, StoreConfig, StoreMetrics};
+use crate::store::Store;
 
 /// Flags of `bench export`.
 #[derive(Debug, Clone, Args)]
@@ -112,28 +112,14 @@ async fn load_store(dir: &Path, events: u64, seed: u64) -> anyhow::Result<Store>
     });
     let mut ndjson = Vec::with_capacity(events as usize * 420);
     while generator.write_next(&mut ndjson) {}
-    let store = Store::open(
-        &StoreConfig::with_data_dir(dir.join("data")),
-        StoreMetrics::unregistered(),
-    )?;
-    store
-        .wait_ready(Duration::from_secs(60))
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let store = super::open_store(&dir.join("data")).await?;
     let reader: Box<dyn std::io::BufRead + Send> = Box::new(std::io::Cursor::new(ndjson));
     crate::import::import_reader(Some(&store), reader, "benchmark".into(), None, None).await?;
     store.flush().await?;
     // Reopen, so that segment merges of the import do not run during the measurements.
     store.shutdown().await;
     drop(store);
-    let store = Store::open(
-        &StoreConfig::with_data_dir(dir.join("data")),
-        StoreMetrics::unregistered(),
-    )?;
-    store
-        .wait_ready(Duration::from_secs(60))
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let store = super::open_store(&dir.join("data")).await?;
     println!(
         "store: {events} events of {TENANT} imported and reopened in {:.1} s",
         started.elapsed().as_secs_f64()

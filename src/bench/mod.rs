@@ -298,6 +298,18 @@ async fn bulk_import(
     data_dir: &Path,
     ndjson: Vec<u8>,
 ) -> anyhow::Result<crate::import::ImportSummary> {
+    let store = open_store(data_dir).await?;
+    let reader: Box<dyn BufRead + Send> = Box::new(std::io::Cursor::new(ndjson));
+    let mut summary =
+        crate::import::import_reader(Some(&store), reader, "benchmark".into(), None, None).await?;
+    store.flush().await?;
+    store.shutdown().await;
+    summary.elapsed = summary.elapsed.max(Duration::from_nanos(1));
+    Ok(summary)
+}
+
+/// A store on `data_dir` (no metrics), once it has replayed its WAL.
+async fn open_store(data_dir: &Path) -> anyhow::Result<Store> {
     let store = Store::open(
         &StoreConfig::with_data_dir(data_dir),
         StoreMetrics::unregistered(),
@@ -306,13 +318,7 @@ async fn bulk_import(
         .wait_ready(Duration::from_secs(60))
         .await
         .map_err(anyhow::Error::msg)?;
-    let reader: Box<dyn BufRead + Send> = Box::new(std::io::Cursor::new(ndjson));
-    let mut summary =
-        crate::import::import_reader(Some(&store), reader, "benchmark".into(), None, None).await?;
-    store.flush().await?;
-    store.shutdown().await;
-    summary.elapsed = summary.elapsed.max(Duration::from_nanos(1));
-    Ok(summary)
+    Ok(store)
 }
 
 fn report_disk(label: &str, dir: &Path, events: u64) -> anyhow::Result<()> {

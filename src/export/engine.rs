@@ -102,6 +102,14 @@ enum StepError {
     Permanent(ExportFailure),
 }
 
+impl StepError {
+    fn into_failure(self) -> ExportFailure {
+        match self {
+            StepError::Transient(failure) | StepError::Permanent(failure) => failure,
+        }
+    }
+}
+
 impl From<SinkError> for StepError {
     fn from(error: SinkError) -> Self {
         if error.is_transient() {
@@ -177,25 +185,7 @@ impl ExportEngine {
     ) -> Result<ExportOutcome, ExportFailure> {
         let mut filters = spec.log_filters().map_err(invalid_spec)?;
         filters.before_seq = Some(checkpoint.snapshot_seq);
-        let sink = self
-            .retry(cancel, || async {
-                let credentials = self
-                    .credentials
-                    .destination(
-                        spec.destination.kind,
-                        spec.destination.credentials_path.as_deref(),
-                    )
-                    .await
-                    .map_err(|error| {
-                        if error.is_transient() {
-                            StepError::Transient(error.to_failure())
-                        } else {
-                            StepError::Permanent(error.to_failure())
-                        }
-                    })?;
-                Ok(sink::open(&spec.destination, credentials).await?)
-            })
-            .await?;
+        let sink = self.retry(cancel, || self.open_sink(spec)).await?;
         if let Some(outcome) = self.claim(sink.as_ref(), export_id, spec, cancel).await? {
             return Ok(outcome);
         }
@@ -257,6 +247,19 @@ impl ExportEngine {
     /// multipart uploads and spool files. Objects already uploaded stay.
     pub async fn abort(&self, export_id: &str, spec: &ExportSpec) -> Result<(), ExportFailure> {
         remove_spooled(&self.config.spool_dir, export_id);
+        let sink = self
+            .open_sink(spec)
+            .await
+            .map_err(StepError::into_failure)?;
+        sink.abort_incomplete(&spec.destination.prefix, export_id)
+            .await
+            .map_err(|error| error.to_failure())?;
+        Ok(())
+    }
+
+    /// The destination's sink, with credentials read from ScaiVault (or the development
+    /// directory).
+    async fn open_sink(&self, spec: &ExportSpec) -> Result<Arc<dyn Sink>, StepError> {
         let credentials = self
             .credentials
             .destination(
@@ -264,14 +267,14 @@ impl ExportEngine {
                 spec.destination.credentials_path.as_deref(),
             )
             .await
-            .map_err(|error| error.to_failure())?;
-        let sink = sink::open(&spec.destination, credentials)
-            .await
-            .map_err(|error| error.to_failure())?;
-        sink.abort_incomplete(&spec.destination.prefix, export_id)
-            .await
-            .map_err(|error| error.to_failure())?;
-        Ok(())
+            .map_err(|error| {
+                if error.is_transient() {
+                    StepError::Transient(error.to_failure())
+                } else {
+                    StepError::Permanent(error.to_failure())
+                }
+            })?;
+        Ok(sink::open(&spec.destination, credentials).await?)
     }
 
     fn spool_dir(&self, sink: &dyn Sink) -> Result<PathBuf, ExportFailure> {
