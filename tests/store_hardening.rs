@@ -120,6 +120,20 @@ async fn metric(client: &Client, server: &Server, name: &str) -> f64 {
         .expect("numeric sample")
 }
 
+/// `text` without ANSI colour sequences (`ESC [ ... m`).
+fn without_ansi(text: &str) -> String {
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+}
+
 fn quarantined_files(data: &Path) -> Vec<(String, Vec<u8>)> {
     let mut files: Vec<_> = std::fs::read_dir(data.join("quarantine"))
         .expect("quarantine directory exists")
@@ -184,7 +198,7 @@ async fn a_damaged_wal_record_is_quarantined_and_everything_else_served() {
             .await,
             len as f64
         );
-        let log = std::fs::read_to_string(server.stderr_log()).unwrap();
+        let log = without_ansi(&std::fs::read_to_string(server.stderr_log()).unwrap());
         let segment_name = segment.file_name().unwrap().to_string_lossy().into_owned();
         assert!(
             log.lines().any(|line| line.contains("ERROR")
