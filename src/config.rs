@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::rate_limit::RateLimits;
 use crate::auth::jwt::{JwksSource, JwtOptions};
-use crate::state::IngestLimits;
+use crate::state::{IngestLimits, WorkLimits};
 use crate::store::{CommitPolicy, StoreConfig};
 
 /// Tantivy needs at least this much indexing memory per thread.
@@ -135,6 +135,34 @@ pub struct SettingsArgs {
     pub log_format: Option<String>,
     #[command(flatten)]
     pub kubernetes: KubernetesArgs,
+    /// Summary aggregations (summary endpoint, trail summaries) running at once, all tenants
+    /// together; more wait up to --busy-wait-ms, then get 503.
+    #[arg(
+        long,
+        env = "SCAIVAULT_AUDIT_MAX_CONCURRENT_SUMMARIES",
+        value_name = "N"
+    )]
+    pub max_concurrent_summaries: Option<u64>,
+    /// Ingest bodies parsed and validated at once, all tenants together; more wait up to
+    /// --busy-wait-ms, then get 503.
+    #[arg(
+        long,
+        env = "SCAIVAULT_AUDIT_MAX_CONCURRENT_INGEST_PARSES",
+        value_name = "N"
+    )]
+    pub max_concurrent_ingest_parses: Option<u64>,
+    /// How long a summary or an ingest parse waits for a free slot before the request is
+    /// answered 503 with Retry-After (milliseconds).
+    #[arg(long, env = "SCAIVAULT_AUDIT_BUSY_WAIT_MS", value_name = "MS")]
+    pub busy_wait_ms: Option<u64>,
+    /// Test hook: every summary keeps its slot this long after finishing (milliseconds).
+    #[arg(
+        long,
+        env = "SCAIVAULT_AUDIT_DEBUG_SUMMARY_HOLD_MS",
+        value_name = "MS",
+        hide = true
+    )]
+    pub debug_summary_hold_ms: Option<u64>,
 }
 
 /// Kubernetes settings: the operator and ServiceAccount-token authentication.
@@ -189,6 +217,9 @@ pub struct ServerSection {
     pub tls_key_file: Option<PathBuf>,
     pub max_body_bytes: Option<u64>,
     pub max_batch_events: Option<u64>,
+    pub max_concurrent_summaries: Option<u64>,
+    pub max_concurrent_ingest_parses: Option<u64>,
+    pub busy_wait_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -290,6 +321,7 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub operator: OperatorSettings,
     pub token_review: Option<crate::auth::token_review::TokenReviewSettings>,
+    pub work: WorkLimits,
 }
 
 /// The operator's resolved settings.
@@ -519,6 +551,7 @@ impl Settings {
             }
         };
         let export = ExportSettings::resolve(args, &file.export)?;
+        let work = resolve_work_limits(args, &file.server)?;
         Ok(Settings {
             listen,
             tls,
@@ -565,6 +598,7 @@ impl Settings {
                 export.max_concurrent_jobs,
             )?,
             token_review: resolve_token_review(&args.kubernetes, file.auth.token_review.as_ref())?,
+            work,
         })
     }
 
@@ -577,6 +611,9 @@ impl Settings {
                 tls_key_file: self.tls.as_ref().map(|(_, key)| key.clone()),
                 max_body_bytes: Some(self.limits.max_body_bytes as u64),
                 max_batch_events: Some(self.limits.max_batch_events as u64),
+                max_concurrent_summaries: Some(self.work.max_concurrent_summaries as u64),
+                max_concurrent_ingest_parses: Some(self.work.max_concurrent_ingest_parses as u64),
+                busy_wait_ms: Some(self.work.permit_wait.as_millis() as u64),
             },
             storage: StorageSection {
                 data_dir: Some(self.store.data_dir.clone()),
@@ -611,6 +648,46 @@ impl Settings {
             },
         }
     }
+}
+
+/// The global bounds on summaries and ingest parsing (`[server]`).
+fn resolve_work_limits(
+    args: &SettingsArgs,
+    server: &ServerSection,
+) -> Result<WorkLimits, ConfigError> {
+    let defaults = WorkLimits::default();
+    let summaries = args
+        .max_concurrent_summaries
+        .or(server.max_concurrent_summaries)
+        .unwrap_or(defaults.max_concurrent_summaries as u64);
+    let parses = args
+        .max_concurrent_ingest_parses
+        .or(server.max_concurrent_ingest_parses)
+        .unwrap_or(defaults.max_concurrent_ingest_parses as u64);
+    let wait_ms = args
+        .busy_wait_ms
+        .or(server.busy_wait_ms)
+        .unwrap_or(defaults.permit_wait.as_millis() as u64);
+    for (key, value) in [
+        ("server.max_concurrent_summaries", summaries),
+        ("server.max_concurrent_ingest_parses", parses),
+    ] {
+        if !(1..=1024).contains(&value) {
+            return Err(invalid(key, "must be between 1 and 1024"));
+        }
+    }
+    if wait_ms > 60_000 {
+        return Err(invalid(
+            "server.busy_wait_ms",
+            "must be at most 60000 (one minute)",
+        ));
+    }
+    Ok(WorkLimits {
+        max_concurrent_summaries: summaries as usize,
+        max_concurrent_ingest_parses: parses as usize,
+        permit_wait: Duration::from_millis(wait_ms),
+        summary_hold: Duration::from_millis(args.debug_summary_hold_ms.unwrap_or(0)),
+    })
 }
 
 fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -773,6 +850,39 @@ mod tests {
         assert_eq!(settings.store.commit.interval, Duration::from_millis(500));
         assert_eq!(settings.limits, IngestLimits::default());
         assert_eq!(settings.log_format, LogFormat::Text);
+        assert_eq!(settings.work, WorkLimits::default());
+    }
+
+    #[test]
+    fn work_limits_come_from_the_server_section_and_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[server]\nmax_concurrent_summaries = 2\nmax_concurrent_ingest_parses = 3\nbusy_wait_ms = 10\n",
+        )
+        .unwrap();
+        let args = SettingsArgs {
+            config: Some(path),
+            max_concurrent_summaries: Some(5),
+            ..Default::default()
+        };
+        let settings = Settings::resolve(&args).unwrap();
+        assert_eq!(settings.work.max_concurrent_summaries, 5);
+        assert_eq!(settings.work.max_concurrent_ingest_parses, 3);
+        assert_eq!(settings.work.permit_wait, Duration::from_millis(10));
+        let printed = settings.to_file_config().server;
+        assert_eq!(printed.max_concurrent_ingest_parses, Some(3));
+        let zero = SettingsArgs {
+            max_concurrent_ingest_parses: Some(0),
+            ..Default::default()
+        };
+        assert!(
+            Settings::resolve(&zero)
+                .unwrap_err()
+                .to_string()
+                .contains("max_concurrent_ingest_parses")
+        );
     }
 
     #[test]

@@ -153,7 +153,8 @@ async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
         settings.limits,
         settings.rate_limits,
         exports,
-    );
+    )
+    .with_work_limits(&settings.work);
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("failed to listen on {}", settings.listen))?;

@@ -6,6 +6,7 @@ use parking_lot::Mutex;
 use prometheus_client::registry::Registry;
 
 use crate::api::rate_limit::{RateLimiter, RateLimits};
+use crate::api::work_limit::WorkGates;
 use crate::auth::Authenticator;
 use crate::export::engine::ExportEngine;
 use crate::export::registry::ExportRegistry;
@@ -28,6 +29,30 @@ impl Default for IngestLimits {
     }
 }
 
+/// Global bounds on expensive request work (see `api::work_limit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkLimits {
+    /// Summary aggregations (`/v1/audit/summary` and the trails' summaries) running at once.
+    pub max_concurrent_summaries: usize,
+    /// Ingest bodies being parsed and validated at once.
+    pub max_concurrent_ingest_parses: usize,
+    /// How long a request waits for a free slot before it is answered 503.
+    pub permit_wait: std::time::Duration,
+    /// Test hook: a summary keeps its slot this long after finishing.
+    pub summary_hold: std::time::Duration,
+}
+
+impl Default for WorkLimits {
+    fn default() -> Self {
+        WorkLimits {
+            max_concurrent_summaries: 4,
+            max_concurrent_ingest_parses: 8,
+            permit_wait: std::time::Duration::from_secs(2),
+            summary_hold: std::time::Duration::ZERO,
+        }
+    }
+}
+
 /// Shared application state.
 #[derive(Clone)]
 pub struct AppState {
@@ -43,6 +68,8 @@ pub struct AppState {
     /// Where exports are recorded: the standalone runner or the AuditExport resources.
     pub exports: Arc<dyn ExportRegistry>,
     ids: Arc<Mutex<ulid::Generator>>,
+    /// Global bounds on summaries and ingest parsing.
+    pub work: WorkGates,
 }
 
 /// The export side of the state.
@@ -72,7 +99,14 @@ impl AppState {
             export_engine: exports.engine,
             exports: exports.registry,
             ids: Arc::new(Mutex::new(ulid::Generator::new())),
+            work: WorkGates::new(&WorkLimits::default()),
         }
+    }
+
+    /// The state with these work bounds instead of the defaults.
+    pub fn with_work_limits(mut self, limits: &WorkLimits) -> Self {
+        self.work = WorkGates::new(limits);
+        self
     }
 
     /// A new event id: `log_` and a ULID, monotonic within this process so ids sort in

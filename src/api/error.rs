@@ -77,6 +77,12 @@ impl ApiError {
         )
     }
 
+    /// 503 `service_unavailable` because the service is at capacity: the response carries
+    /// `Retry-After` (and `details.retry_after`).
+    pub fn busy(message: impl Into<String>, retry_after_secs: u64) -> Self {
+        Self::unavailable(message).with_details(json!({ "retry_after": retry_after_secs }))
+    }
+
     /// 500 `internal_error`; `cause` is logged, not sent.
     pub fn internal(cause: &dyn std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
@@ -106,13 +112,25 @@ impl ApiError {
     /// The envelope as an HTTP response carrying the current request id.
     pub fn into_response(self) -> Response {
         let request_id = super::request_id::current();
+        let retry_after = self
+            .details
+            .as_ref()
+            .and_then(|details| details.get("retry_after"))
+            .and_then(Value::as_u64);
         let mut error =
             json!({ "code": self.code, "message": self.message, "request_id": request_id });
         if let Some(details) = self.details {
             error["details"] = details;
         }
         let body = json!({ "error": error });
-        super::json_response(self.status, &body)
+        let mut response = super::json_response(self.status, &body);
+        // Every error that tells the client when to retry says so in the standard header too.
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(warp::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 

@@ -44,8 +44,13 @@ where
     let format = BodyFormat::of(&headers);
     let limits = state.limits;
     let id_state = state.clone();
+    // Parsing holds the body and its parsed values (several times its size): a bounded
+    // number run at once, whoever sends them. The body is read before, so a slow client
+    // never holds a slot.
+    let slot = state.work.ingest_parses.enter().await?;
     // Parsing and validating up to 16 MiB is CPU work: keep it off the async workers.
     let prepared = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
         let events = parse_and_validate(&body, format, &principal, limits)?;
         Ok::<_, ApiError>(prepare(events, &id_state))
     })

@@ -15,6 +15,7 @@ pub mod request_id;
 pub mod summary;
 pub mod tls;
 pub mod trails;
+pub mod work_limit;
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -80,16 +80,26 @@ fn parse_summary_params(pairs: &[(String, String)]) -> Result<(LogFilters, usize
     }
 }
 
-/// Aggregates the tenant's events matching `filters` on a blocking thread.
+/// Aggregates the tenant's events matching `filters` on a blocking thread, in one of the
+/// global summary slots (503 with `Retry-After` when none frees up in time).
 pub async fn aggregate(
     state: AppState,
     tenant: String,
     filters: LogFilters,
 ) -> Result<Aggregate, ApiError> {
+    let slot = state.work.summaries.enter().await?;
     tokio::task::spawn_blocking(move || {
+        // The slot is released when the work is done, even if the client went away: the
+        // memory is in use until then.
+        let _slot = slot;
         let searcher = state.store.searcher();
         let query = query::build_query(searcher.index(), state.store.fields(), &tenant, &filters)?;
-        summary::aggregate(&searcher, query.as_ref()).map_err(|error| ApiError::internal(&error))
+        let aggregate = summary::aggregate(&searcher, query.as_ref())
+            .map_err(|error| ApiError::internal(&error));
+        if !state.work.summary_hold.is_zero() {
+            std::thread::sleep(state.work.summary_hold);
+        }
+        aggregate
     })
     .await
     .map_err(|error| ApiError::internal(&error))?

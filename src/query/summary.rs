@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 use tantivy::collector::{Collector, SegmentCollector};
 use tantivy::columnar::{Column, StrColumn};
-use tantivy::query::Query;
+use tantivy::query::{EnableScoring, Query};
 use tantivy::{DocId, Score, Searcher, SegmentOrdinal, SegmentReader};
 
 use crate::event::Action;
@@ -94,8 +94,17 @@ pub fn top(counts: &HashMap<String, u64>, n: usize) -> Vec<Ranked> {
 }
 
 /// Aggregates every event matching `query`.
+///
+/// Segment by segment, each segment's counts merged (and dropped) before the next segment is
+/// read: memory holds the merged maps and one segment's, not every segment's at once.
 pub fn aggregate(searcher: &Searcher, query: &dyn Query) -> tantivy::Result<Aggregate> {
-    searcher.search(query, &AggregateCollector)
+    let weight = query.weight(EnableScoring::disabled_from_searcher(searcher))?;
+    let mut merged = Aggregate::default();
+    for (ordinal, segment) in searcher.segment_readers().iter().enumerate() {
+        let fruit = AggregateCollector.collect_segment(weight.as_ref(), ordinal as u32, segment)?;
+        merged.merge(fruit);
+    }
+    Ok(merged)
 }
 
 struct AggregateCollector;
@@ -144,8 +153,9 @@ struct SegmentAggregate {
     successes: Column<bool>,
     identities: Option<StrColumn>,
     paths: Option<StrColumn>,
-    identity_counts: Vec<u64>,
-    path_counts: Vec<u64>,
+    /// Per term ordinal; `u32` because a segment holds fewer than 2^32 documents.
+    identity_counts: Vec<u32>,
+    path_counts: Vec<u32>,
     action_counts: [u64; 32],
     partial: Aggregate,
 }
@@ -187,14 +197,14 @@ impl SegmentCollector for SegmentAggregate {
     }
 }
 
-fn count_term(column: Option<&StrColumn>, counts: &mut [u64], doc: DocId) {
+fn count_term(column: Option<&StrColumn>, counts: &mut [u32], doc: DocId) {
     let ordinal = column.and_then(|column| column.ords().first(doc));
     if let Some(slot) = ordinal.and_then(|ordinal| counts.get_mut(ordinal as usize)) {
         *slot += 1;
     }
 }
 
-fn resolve_terms(column: Option<&StrColumn>, counts: &[u64]) -> HashMap<String, u64> {
+fn resolve_terms(column: Option<&StrColumn>, counts: &[u32]) -> HashMap<String, u64> {
     let mut resolved = HashMap::new();
     let Some(column) = column else {
         return resolved;
@@ -206,7 +216,7 @@ fn resolve_terms(column: Option<&StrColumn>, counts: &[u64]) -> HashMap<String, 
             .ord_to_str(ordinal as u64, &mut term)
             .unwrap_or(false)
         {
-            resolved.insert(term.clone(), *count);
+            resolved.insert(term.clone(), u64::from(*count));
         }
     }
     resolved

@@ -45,6 +45,9 @@ pub struct StoreMetrics {
     pub index_documents: Gauge,
     pub replay_duration_seconds: Gauge<f64, AtomicU64>,
     pub replayed_events: Counter,
+    /// Damaged WAL stretches and undecodable events moved to quarantine.
+    pub wal_quarantined: Counter,
+    pub wal_quarantined_bytes: Counter,
 }
 
 impl StoreMetrics {
@@ -62,6 +65,8 @@ impl StoreMetrics {
             index_documents: Gauge::default(),
             replay_duration_seconds: Gauge::default(),
             replayed_events: Counter::default(),
+            wal_quarantined: Counter::default(),
+            wal_quarantined_bytes: Counter::default(),
         };
         registry.register(
             "events_ingested",
@@ -117,6 +122,16 @@ impl StoreMetrics {
             "wal_replayed_events",
             "Events replayed from the write-ahead log at start",
             metrics.replayed_events.clone(),
+        );
+        registry.register(
+            "wal_quarantined",
+            "Damaged write-ahead log stretches and undecodable events moved to the quarantine directory (not served)",
+            metrics.wal_quarantined.clone(),
+        );
+        registry.register(
+            "wal_quarantined_bytes",
+            "Bytes moved to the quarantine directory",
+            metrics.wal_quarantined_bytes.clone(),
         );
         metrics
     }

@@ -5,10 +5,13 @@
 //!   LOCK          held (flock) by the one process using this directory
 //!   wal/          write-ahead log segments (see `wal`)
 //!   index/        the Tantivy index; each commit's payload records the WAL position it covers
+//!   quarantine/   damaged WAL bytes and undecodable events, moved aside at start (never read)
 //! ```
 //!
 //! Data flows one way: ingest → WAL (durable, acknowledged) → index (searchable within the
-//! commit interval) → searchers. On start, the WAL after the last commit is replayed.
+//! commit interval) → searchers. On start, the WAL after the last commit is replayed; what
+//! fails its checks is copied to `quarantine/` (error log, `wal_quarantined` metrics) and the
+//! store serves everything else.
 
 pub mod dedup;
 pub mod metrics;
@@ -167,6 +170,7 @@ impl Store {
         );
         let startup = Startup {
             wal_dir: data_dir.join("wal"),
+            quarantine_dir: data_dir.join("quarantine"),
             wal_segment_bytes: config.wal_segment_bytes,
             committed_seq: payload.next_seq,
             index_stage,
@@ -283,6 +287,7 @@ impl Store {
 /// The background start: replay the WAL into the index, then run the writer stages.
 struct Startup {
     wal_dir: PathBuf,
+    quarantine_dir: PathBuf,
     wal_segment_bytes: u64,
     committed_seq: u64,
     index_stage: IndexStage,
@@ -312,25 +317,40 @@ impl Startup {
 
     fn replay_and_spawn(mut self) -> Result<Vec<std::thread::JoinHandle<()>>, String> {
         let started = Instant::now();
-        let (wal, report) = Wal::open(&self.wal_dir, self.wal_segment_bytes, self.committed_seq)
-            .map_err(|e| e.to_string())?;
-        let mut replayed = 0u64;
-        let mut undecodable = 0u64;
-        let stage = &mut self.index_stage;
-        wal.replay_from(
+        let (wal, report) = Wal::open(
+            &self.wal_dir,
+            &self.quarantine_dir,
+            self.wal_segment_bytes,
             self.committed_seq,
-            |seq, source| match serde_json::from_slice(source) {
-                Ok(event) => {
-                    replayed += 1;
-                    stage.add(seq, event, source.to_vec(), Some(CommitTrigger::Replay));
-                }
-                Err(error) => {
-                    undecodable += 1;
-                    tracing::error!(%error, seq, "skipping an undecodable WAL event");
-                }
-            },
         )
         .map_err(|e| e.to_string())?;
+        let mut quarantined = report.quarantined.clone();
+        let mut replayed = 0u64;
+        let mut undecodable = Vec::new();
+        let stage = &mut self.index_stage;
+        quarantined.extend(
+            wal.replay_from(
+                self.committed_seq,
+                |seq, source| match serde_json::from_slice(source) {
+                    Ok(event) => {
+                        replayed += 1;
+                        stage.add(seq, event, source.to_vec(), Some(CommitTrigger::Replay));
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, seq, "a WAL event does not decode; moving it to quarantine");
+                        undecodable.push((seq, source.to_vec()));
+                    }
+                },
+            )
+            .map_err(|e| e.to_string())?,
+        );
+        for (seq, source) in &undecodable {
+            let name = format!("event-{seq:020}.json");
+            let copy = wal::quarantine_bytes(wal.quarantine_dir(), &name, source)
+                .map_err(|e| e.to_string())?;
+            tracing::error!(seq, quarantined_to = %copy.path.display(), "undecodable WAL event quarantined; it is not served");
+            quarantined.push(copy);
+        }
         // Sequence numbers continue after the WAL even if its last events were undecodable.
         stage.next_seq = stage.next_seq.max(wal.next_seq());
         stage
@@ -343,14 +363,33 @@ impl Startup {
             .set(elapsed.as_secs_f64());
         stage.metrics.replayed_events.inc_by(replayed);
         stage.metrics.wal_bytes.set(wal.disk_bytes() as i64);
+        stage
+            .metrics
+            .wal_quarantined
+            .inc_by(quarantined.len() as u64);
+        let quarantined_bytes: u64 = quarantined.iter().map(|copy| copy.bytes).sum();
+        stage
+            .metrics
+            .wal_quarantined_bytes
+            .inc_by(quarantined_bytes);
+        if !quarantined.is_empty() {
+            tracing::error!(
+                pieces = quarantined.len(),
+                bytes = quarantined_bytes,
+                dir = %self.quarantine_dir.display(),
+                "damaged write-ahead log data was moved to quarantine; serving everything else"
+            );
+        }
         tracing::info!(
             replayed,
-            undecodable,
+            undecodable = undecodable.len(),
+            quarantined = quarantined.len(),
             tail_bytes_cut = report.tail_bytes_cut,
             elapsed_ms = elapsed.as_millis() as u64,
             "write-ahead log replayed"
         );
-        let dedup = Deduplicator::load(self.dedup_reader).map_err(|e| e.to_string())?;
+        let dedup = Deduplicator::load(self.dedup_reader, self.index_stage.fields)
+            .map_err(|e| e.to_string())?;
         let (wal_thread, index_thread) = writer::spawn_stages(
             wal,
             dedup,
@@ -494,7 +533,8 @@ mod tests {
         // that also holds an already committed event (seq 2), which must not be indexed twice.
         let wal_dir = dir.path().join("wal");
         std::fs::remove_dir_all(&wal_dir).unwrap();
-        let (mut wal, _) = Wal::open(&wal_dir, 1 << 20, 2).unwrap();
+        let quarantine_dir = dir.path().join("quarantine");
+        let (mut wal, _) = Wal::open(&wal_dir, &quarantine_dir, 1 << 20, 2).unwrap();
         let committed = event("e2", 30);
         let record = wal::encode_record(2, std::iter::once(committed.source.as_slice()));
         wal.append(&record, 1).unwrap();

@@ -20,6 +20,14 @@ use crate::event::AuditEvent;
 /// Bumped whenever the schema changes; stored in every commit payload.
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// The value of the `id` fast field: `tenant_id/id`, the key producer ids are deduplicated
+/// on (ids are unique per tenant only). Neither a tenant id nor an event id may contain `/`,
+/// so the key is unambiguous, and a bare id (written before keys were per tenant) is told
+/// apart by having no `/`.
+pub fn id_key(tenant_id: &str, id: &str) -> String {
+    format!("{tenant_id}/{id}")
+}
+
 /// Names of the fast fields read by collectors.
 pub mod fast {
     pub const ID: &str = "id";
@@ -106,7 +114,7 @@ impl Fields {
         source: &[u8],
     ) -> tantivy::TantivyDocument {
         let mut doc = tantivy::TantivyDocument::default();
-        doc.add_text(self.id, &event.id);
+        doc.add_text(self.id, id_key(&event.tenant_id, &event.id));
         doc.add_text(self.tenant, &event.tenant_id);
         doc.add_i64(self.timestamp, event.timestamp_us);
         doc.add_u64(self.seq, seq);

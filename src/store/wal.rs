@@ -8,11 +8,23 @@
 //!
 //! One record is one ingest request, so a request is atomic on disk: a torn record (a crash
 //! mid-write) loses only a request that was never acknowledged. Several records share one
-//! `fdatasync` (group commit). On open, the tail of the newest segment is checked record by
-//! record and cut at the first torn or corrupt record.
+//! `fdatasync` (group commit).
+//!
+//! What counts as damage: every record before the newest segment's last write was synced
+//! whole before it was acknowledged, so only that last write can be torn by a crash.
+//! * **Torn** (normal after kill -9 or power loss): the newest segment ends inside a record,
+//!   or only zero bytes follow its last valid record. The tail is cut (warning); it held no
+//!   acknowledged event.
+//! * **Damaged** (disk or filesystem fault, tampering): a record that fails its checksum,
+//!   structure or sequence check while bytes other than zeros follow, in any segment, or
+//!   an older segment not ending exactly after a valid record. The damaged bytes are copied
+//!   into the quarantine directory before anything is cut or deleted, logged at error level
+//!   with segment and offset, and skipped; when a valid record follows a damaged one, replay
+//!   resumes there, so the damage costs only that record. A newest segment with a damaged
+//!   record in its middle is closed, so nothing is appended behind the damage.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -100,90 +112,198 @@ pub fn decode_payload(payload: &[u8]) -> Option<RecordEvents<'_>> {
         .then_some(RecordEvents { first_seq, events })
 }
 
-/// How a segment scan ended.
+/// How the bytes after the last valid record of a segment look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScanEnd {
-    /// The file ended exactly after a valid record.
+    /// The file ends exactly after a valid record.
     Clean,
-    /// The file ended inside a record (a crash mid-write).
+    /// The file ends inside a record, or only zero bytes follow: a write cut short by a crash.
     Torn,
-    /// A record failed its checksum or structure check.
+    /// A record failed its checksum or structure check and no valid record follows it.
     Corrupt,
 }
 
-/// Result of reading a segment record by record.
+/// A stretch of a segment that failed its checks: `len` bytes from `offset`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Damage {
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// Result of reading a segment record by record.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SegmentScan {
-    /// Bytes of valid records from the start of the file.
+    /// Offset just after the last valid record.
     pub valid_len: u64,
     /// Sequence number after the last valid record, if there was one.
     pub end_seq: Option<u64>,
+    /// What follows `valid_len`.
     pub end: ScanEnd,
+    /// Damaged records skipped because a valid record follows each of them.
+    pub holes: Vec<Damage>,
+}
+
+/// What the next record of a stream turned out to be.
+enum NextRecord {
+    /// The input ended exactly here.
+    End,
+    /// The input ended inside the record.
+    Torn,
+    /// The header declares an impossible length.
+    BadLength,
+    /// A complete record of this many bytes (header included) is in the payload buffer.
+    Complete(u64),
+}
+
+/// Reads the next record's payload into `payload`.
+fn next_record(reader: &mut impl Read, payload: &mut Vec<u8>) -> io::Result<NextRecord> {
+    let mut header = [0u8; RECORD_HEADER_BYTES];
+    match read_full(reader, &mut header)? {
+        0 => return Ok(NextRecord::End),
+        n if n < RECORD_HEADER_BYTES => return Ok(NextRecord::Torn),
+        _ => {}
+    }
+    let payload_len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+    let checksum = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    if payload_len == 0 || payload_len > MAX_PAYLOAD_BYTES {
+        return Ok(NextRecord::BadLength);
+    }
+    payload.resize(payload_len as usize, 0);
+    if read_full(reader, payload)? < payload.len() {
+        return Ok(NextRecord::Torn);
+    }
+    if crc32c::crc32c(payload) != checksum {
+        // Checked by the caller through `check_record`, which also decodes.
+        payload.clear();
+    }
+    Ok(NextRecord::Complete(
+        (RECORD_HEADER_BYTES + payload_len as usize) as u64,
+    ))
+}
+
+/// Decodes a payload that passed its checksum (an empty one did not) and checks that it
+/// continues the sequence: exactly at `expected`, or anywhere after it behind a hole.
+fn check_record(
+    payload: &[u8],
+    expected: Option<u64>,
+    after_hole: bool,
+) -> Option<RecordEvents<'_>> {
+    let record = decode_payload(payload)?;
+    let continues = match expected {
+        None => true,
+        Some(expected) if after_hole => record.first_seq >= expected,
+        Some(expected) => record.first_seq == expected,
+    };
+    continues.then_some(record)
+}
+
+/// Whether a valid record continuing after `expected` starts at `offset` of `file`.
+fn valid_record_at(file: &File, offset: u64, expected: Option<u64>) -> io::Result<bool> {
+    let mut reader = BufReader::new(PositionedReader { file, offset });
+    let mut payload = Vec::new();
+    Ok(match next_record(&mut reader, &mut payload)? {
+        NextRecord::Complete(_) => check_record(&payload, expected, true).is_some(),
+        _ => false,
+    })
+}
+
+/// Whether every byte of `file` from `offset` on is zero.
+fn zeros_from(file: &File, offset: u64) -> io::Result<bool> {
+    let mut reader = PositionedReader { file, offset };
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        match reader.read(&mut buffer)? {
+            0 => return Ok(true),
+            n if buffer[..n].iter().any(|&byte| byte != 0) => return Ok(false),
+            _ => {}
+        }
+    }
+}
+
+/// `Read` over a file from an offset, without moving any shared cursor.
+struct PositionedReader<'a> {
+    file: &'a File,
+    offset: u64,
+}
+
+impl Read for PositionedReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let read = self.file.read_at(buf, self.offset)?;
+        self.offset += read as u64;
+        Ok(read)
+    }
 }
 
 /// Reads every valid record of a segment in order, calling `visit` for each.
+///
+/// A damaged record (checksum, structure or sequence check failed) followed by a valid record
+/// is skipped and reported as a hole; a damaged record with nothing valid after it ends the
+/// scan (`Corrupt`), unless only zero bytes follow (`Torn`, like a record cut short).
 pub fn scan_segment(path: &Path, mut visit: impl FnMut(&RecordEvents<'_>)) -> Result<SegmentScan> {
+    let read_error = |source| WalError::Io {
+        action: "read WAL segment",
+        path: path.to_path_buf(),
+        source,
+    };
     let file = File::open(path).map_err(io_error("open WAL segment", path))?;
-    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut reader = BufReader::with_capacity(1 << 20, &file);
     let mut scan = SegmentScan {
         valid_len: 0,
         end_seq: None,
         end: ScanEnd::Clean,
+        holes: Vec::new(),
     };
+    let mut offset = 0u64;
+    let mut after_hole = false;
     let mut payload = Vec::new();
     loop {
-        let mut header = [0u8; RECORD_HEADER_BYTES];
-        match read_full(&mut reader, &mut header).map_err(io_error("read WAL segment", path))? {
-            0 => return Ok(scan),
-            n if n < RECORD_HEADER_BYTES => {
+        let next = next_record(&mut reader, &mut payload).map_err(read_error)?;
+        let damaged_len = match next {
+            NextRecord::End => return Ok(scan),
+            NextRecord::Torn => {
                 return Ok(SegmentScan {
                     end: ScanEnd::Torn,
                     ..scan
                 });
             }
-            _ => {}
-        }
-        let payload_len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
-        let checksum = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        if payload_len == 0 || payload_len > MAX_PAYLOAD_BYTES {
-            return Ok(SegmentScan {
-                end: ScanEnd::Corrupt,
-                ..scan
-            });
-        }
-        payload.resize(payload_len as usize, 0);
-        let read =
-            read_full(&mut reader, &mut payload).map_err(io_error("read WAL segment", path))?;
-        if read < payload.len() {
-            return Ok(SegmentScan {
-                end: ScanEnd::Torn,
-                ..scan
-            });
-        }
-        if crc32c::crc32c(&payload) != checksum {
-            return Ok(SegmentScan {
-                end: ScanEnd::Corrupt,
-                ..scan
-            });
-        }
-        let Some(record) = decode_payload(&payload) else {
-            return Ok(SegmentScan {
-                end: ScanEnd::Corrupt,
-                ..scan
-            });
+            NextRecord::BadLength => None,
+            NextRecord::Complete(len) => match check_record(&payload, scan.end_seq, after_hole) {
+                Some(record) => {
+                    visit(&record);
+                    offset += len;
+                    scan.valid_len = offset;
+                    scan.end_seq = Some(record.end_seq());
+                    after_hole = false;
+                    continue;
+                }
+                None => Some(len),
+            },
         };
-        if scan
-            .end_seq
-            .is_some_and(|expected| expected != record.first_seq)
-        {
-            return Ok(SegmentScan {
-                end: ScanEnd::Corrupt,
-                ..scan
-            });
+        let resumes_at = damaged_len.map(|len| offset + len);
+        let resumes = match resumes_at {
+            Some(next) => valid_record_at(&file, next, scan.end_seq).map_err(read_error)?,
+            None => false,
+        };
+        match resumes_at {
+            Some(next) if resumes => {
+                scan.holes.push(Damage {
+                    offset,
+                    len: next - offset,
+                });
+                offset = next;
+                after_hole = true;
+                reader.seek(SeekFrom::Start(next)).map_err(read_error)?;
+            }
+            _ => {
+                let torn = zeros_from(&file, offset).map_err(read_error)?;
+                let end = if torn {
+                    ScanEnd::Torn
+                } else {
+                    ScanEnd::Corrupt
+                };
+                return Ok(SegmentScan { end, ..scan });
+            }
         }
-        visit(&record);
-        scan.valid_len += (RECORD_HEADER_BYTES + payload.len()) as u64;
-        scan.end_seq = Some(record.end_seq());
     }
 }
 
@@ -207,17 +327,29 @@ struct Segment {
     path: PathBuf,
 }
 
+/// Damaged bytes copied into the quarantine directory before the log dropped them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    /// The copy.
+    pub path: PathBuf,
+    pub bytes: u64,
+}
+
 /// What opening the WAL found and repaired.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OpenReport {
-    /// Bytes cut off the newest segment's tail (torn or corrupt records).
+    /// Bytes cut off the newest segment's tail (torn, or corrupt and quarantined first).
     pub tail_bytes_cut: u64,
+    /// Damaged stretches of the newest segment moved aside.
+    pub quarantined: Vec<Quarantined>,
 }
 
 /// The write side of the log. Owned by exactly one thread (the writer's WAL stage).
 #[derive(Debug)]
 pub struct Wal {
     dir: PathBuf,
+    /// Where damaged bytes are copied before the log drops them.
+    quarantine_dir: PathBuf,
     segments: Vec<Segment>,
     active: File,
     /// Length of the active segment up to its last durable record.
@@ -226,15 +358,19 @@ pub struct Wal {
     next_seq: u64,
     /// Set when a failed write could not be cut off again; the next append retries the cut.
     needs_truncate: bool,
+    /// The segment `open` already checked and quarantined from (replay does not repeat it).
+    checked_at_open: Option<u64>,
 }
 
 impl Wal {
-    /// Opens (or creates) the log in `dir`, cutting a torn or corrupt tail off the newest segment.
+    /// Opens (or creates) the log in `dir`, repairing the newest segment (see the module docs):
+    /// a torn tail is cut; damaged records are first copied into `quarantine_dir`.
     ///
     /// `min_next_seq` is the index's committed position: sequence numbers never go below it,
     /// even when the log is empty.
     pub fn open(
         dir: &Path,
+        quarantine_dir: &Path,
         segment_max_bytes: u64,
         min_next_seq: u64,
     ) -> Result<(Self, OpenReport)> {
@@ -242,23 +378,47 @@ impl Wal {
         let mut segments = list_segments(dir)?;
         let mut report = OpenReport::default();
         let mut next_seq = min_next_seq;
+        let mut has_holes = false;
         if let Some(newest) = segments.last() {
             let scan = scan_segment(&newest.path, |_| {})?;
+            has_holes = !scan.holes.is_empty();
+            for hole in &scan.holes {
+                report.quarantined.push(quarantine_damage(
+                    quarantine_dir,
+                    &newest.path,
+                    *hole,
+                    "damaged record skipped",
+                )?);
+            }
             let file_len = fs::metadata(&newest.path)
                 .map_err(io_error("stat WAL segment", &newest.path))?
                 .len();
             if scan.valid_len < file_len {
                 report.tail_bytes_cut = file_len - scan.valid_len;
-                tracing::warn!(
-                    segment = %newest.path.display(),
-                    cut_bytes = report.tail_bytes_cut,
-                    end = ?scan.end,
-                    "cutting torn or corrupt tail off the write-ahead log"
-                );
+                if scan.end == ScanEnd::Corrupt {
+                    let damage = Damage {
+                        offset: scan.valid_len,
+                        len: report.tail_bytes_cut,
+                    };
+                    report.quarantined.push(quarantine_damage(
+                        quarantine_dir,
+                        &newest.path,
+                        damage,
+                        "damaged tail cut",
+                    )?);
+                } else {
+                    tracing::warn!(
+                        segment = %newest.path.display(),
+                        offset = scan.valid_len,
+                        cut_bytes = report.tail_bytes_cut,
+                        "cutting a torn tail (a write interrupted by a crash) off the write-ahead log"
+                    );
+                }
                 truncate_file(&newest.path, scan.valid_len)?;
             }
             next_seq = next_seq.max(scan.end_seq.unwrap_or(newest.first_seq));
         }
+        let checked_at_open = segments.last().map(|segment| segment.first_seq);
         let (active, active_len) = match segments.last() {
             Some(newest) => {
                 let file = OpenOptions::new()
@@ -281,16 +441,27 @@ impl Wal {
                 (file, 0)
             }
         };
-        let wal = Wal {
+        let mut wal = Wal {
             dir: dir.to_path_buf(),
+            quarantine_dir: quarantine_dir.to_path_buf(),
             segments,
             active,
             active_len,
             segment_max_bytes,
             next_seq,
             needs_truncate: false,
+            checked_at_open,
         };
+        if has_holes {
+            // Never append behind a hole: the damaged segment is deleted once committed.
+            wal.roll()?;
+        }
         Ok((wal, report))
+    }
+
+    /// Where damaged bytes are copied.
+    pub fn quarantine_dir(&self) -> &Path {
+        &self.quarantine_dir
     }
 
     /// The sequence number the next appended event gets.
@@ -372,15 +543,20 @@ impl Wal {
 
     /// Replays every event with a sequence number `>= from_seq`, in order.
     ///
-    /// A corrupt record in an older segment (damage after the fact, not a torn write) is
-    /// logged and the rest of that segment skipped; returns how many such segments there were.
-    pub fn replay_from(&self, from_seq: u64, mut visit: impl FnMut(u64, &[u8])) -> Result<usize> {
+    /// Damage in an older segment (it was synced whole, so any failed check is damage after
+    /// the fact) is copied into the quarantine directory and skipped: a damaged record
+    /// followed by valid ones costs only that record. Returns the copies.
+    pub fn replay_from(
+        &self,
+        from_seq: u64,
+        mut visit: impl FnMut(u64, &[u8]),
+    ) -> Result<Vec<Quarantined>> {
         let start = self
             .segments
             .iter()
             .rposition(|segment| segment.first_seq <= from_seq)
             .unwrap_or(0);
-        let mut damaged = 0;
+        let mut quarantined = Vec::new();
         for segment in &self.segments[start..] {
             let scan = scan_segment(&segment.path, |record| {
                 for (offset, event) in record.events.iter().enumerate() {
@@ -390,13 +566,34 @@ impl Wal {
                     }
                 }
             })?;
+            if self.checked_at_open == Some(segment.first_seq) {
+                continue;
+            }
+            for hole in &scan.holes {
+                quarantined.push(quarantine_damage(
+                    &self.quarantine_dir,
+                    &segment.path,
+                    *hole,
+                    "damaged record skipped",
+                )?);
+            }
             if scan.end != ScanEnd::Clean {
-                damaged += 1;
-                tracing::error!(segment = %segment.path.display(), end = ?scan.end,
-                    valid_bytes = scan.valid_len, "write-ahead log segment is damaged; skipping its rest");
+                let file_len = fs::metadata(&segment.path)
+                    .map_err(io_error("stat WAL segment", &segment.path))?
+                    .len();
+                let damage = Damage {
+                    offset: scan.valid_len,
+                    len: file_len - scan.valid_len,
+                };
+                quarantined.push(quarantine_damage(
+                    &self.quarantine_dir,
+                    &segment.path,
+                    damage,
+                    "damaged rest of an older segment skipped",
+                )?);
             }
         }
-        Ok(damaged)
+        Ok(quarantined)
     }
 
     fn roll(&mut self) -> Result<()> {
@@ -461,6 +658,58 @@ fn create_segment(dir: &Path, first_seq: u64) -> Result<Segment> {
     Ok(Segment { first_seq, path })
 }
 
+/// Copies `damage` of `segment` into `quarantine_dir` (durably, before the log may drop it)
+/// and logs it at error level. The copy is named after the segment and the offset, so a
+/// repeated start overwrites rather than multiplies it.
+pub fn quarantine_damage(
+    quarantine_dir: &Path,
+    segment: &Path,
+    damage: Damage,
+    what: &'static str,
+) -> Result<Quarantined> {
+    let name = segment
+        .file_name()
+        .map_or_else(|| "segment".into(), |name| name.to_string_lossy());
+    let copy_name = format!("{name}.{:020}.damaged", damage.offset);
+    let mut bytes = Vec::new();
+    File::open(segment)
+        .and_then(|file| {
+            PositionedReader {
+                file: &file,
+                offset: damage.offset,
+            }
+            .take(damage.len)
+            .read_to_end(&mut bytes)
+        })
+        .map_err(io_error("read WAL segment", segment))?;
+    let copy = quarantine_bytes(quarantine_dir, &copy_name, &bytes)?;
+    tracing::error!(
+        segment = %segment.display(),
+        offset = damage.offset,
+        bytes = damage.len,
+        quarantined_to = %copy.path.display(),
+        "write-ahead log {what}: its bytes failed their checksum or structure check and were moved to quarantine; the events in them are not served"
+    );
+    Ok(copy)
+}
+
+/// Writes `bytes` to `quarantine_dir/name` durably (temporary file, rename, directory sync).
+pub fn quarantine_bytes(quarantine_dir: &Path, name: &str, bytes: &[u8]) -> Result<Quarantined> {
+    fs::create_dir_all(quarantine_dir)
+        .map_err(io_error("create quarantine directory", quarantine_dir))?;
+    let path = quarantine_dir.join(name);
+    let temporary = quarantine_dir.join(format!(".{name}.tmp"));
+    fs::write(&temporary, bytes)
+        .and_then(|()| File::open(&temporary)?.sync_all())
+        .and_then(|()| fs::rename(&temporary, &path))
+        .map_err(io_error("write quarantine file", &path))?;
+    sync_dir(quarantine_dir)?;
+    Ok(Quarantined {
+        path,
+        bytes: bytes.len() as u64,
+    })
+}
+
 fn truncate_file(path: &Path, len: u64) -> Result<()> {
     let file = OpenOptions::new()
         .write(true)
@@ -492,6 +741,19 @@ mod tests {
         })
         .unwrap();
         out
+    }
+
+    fn open_wal(
+        dir: &Path,
+        segment_max_bytes: u64,
+        min_next_seq: u64,
+    ) -> Result<(Wal, OpenReport)> {
+        Wal::open(
+            dir,
+            &dir.join("quarantine"),
+            segment_max_bytes,
+            min_next_seq,
+        )
     }
 
     fn newest_segment(dir: &Path) -> PathBuf {
@@ -530,12 +792,12 @@ mod tests {
     #[test]
     fn appends_survive_reopen_and_replay_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut wal, _) = Wal::open(dir.path(), 1 << 20, 0).unwrap();
+        let (mut wal, _) = open_wal(dir.path(), 1 << 20, 0).unwrap();
         wal.append(&record(0, &["e0", "e1"]), 2).unwrap();
         wal.append(&[record(2, &["e2"]), record(3, &["e3"])].concat(), 2)
             .unwrap();
         drop(wal);
-        let (wal, report) = Wal::open(dir.path(), 1 << 20, 0).unwrap();
+        let (wal, report) = open_wal(dir.path(), 1 << 20, 0).unwrap();
         assert_eq!(report.tail_bytes_cut, 0);
         assert_eq!(wal.next_seq(), 4);
         let all: Vec<u64> = replayed(&wal, 0).into_iter().map(|(seq, _)| seq).collect();
@@ -549,14 +811,15 @@ mod tests {
         let second = record(1, &["second", "third"]);
         for cut in 1..second.len() {
             let dir = tempfile::tempdir().unwrap();
-            let (mut wal, _) = Wal::open(dir.path(), 1 << 20, 0).unwrap();
+            let (mut wal, _) = open_wal(dir.path(), 1 << 20, 0).unwrap();
             wal.append(&first, 1).unwrap();
             wal.append(&second, 2).unwrap();
             drop(wal);
             let path = newest_segment(dir.path());
             truncate_file(&path, (first.len() + second.len() - cut) as u64).unwrap();
-            let (mut wal, report) = Wal::open(dir.path(), 1 << 20, 0).unwrap();
+            let (mut wal, report) = open_wal(dir.path(), 1 << 20, 0).unwrap();
             assert_eq!(report.tail_bytes_cut, (second.len() - cut) as u64);
+            assert!(report.quarantined.is_empty(), "a torn tail is not damage");
             assert_eq!(wal.next_seq(), 1);
             assert_eq!(replayed(&wal, 0), vec![(0, "first".to_string())]);
             wal.append(&record(1, &["again"]), 1).unwrap();
@@ -567,7 +830,7 @@ mod tests {
     #[test]
     fn garbage_after_the_last_record_is_cut() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut wal, _) = Wal::open(dir.path(), 1 << 20, 0).unwrap();
+        let (mut wal, _) = open_wal(dir.path(), 1 << 20, 0).unwrap();
         wal.append(&record(0, &["kept"]), 1).unwrap();
         drop(wal);
         let path = newest_segment(dir.path());
@@ -576,7 +839,7 @@ mod tests {
         bytes.extend_from_slice(&[0x5a; 100]);
         bytes.extend_from_slice(&[0; 4096]);
         fs::write(&path, &bytes).unwrap();
-        let (wal, report) = Wal::open(dir.path(), 1 << 20, 0).unwrap();
+        let (wal, report) = open_wal(dir.path(), 1 << 20, 0).unwrap();
         assert_eq!(report.tail_bytes_cut, (bytes.len() - kept_len) as u64);
         assert_eq!(replayed(&wal, 0), vec![(0, "kept".to_string())]);
     }
@@ -584,7 +847,7 @@ mod tests {
     #[test]
     fn a_corrupt_record_cuts_the_tail_from_there() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut wal, _) = Wal::open(dir.path(), 1 << 20, 0).unwrap();
+        let (mut wal, _) = open_wal(dir.path(), 1 << 20, 0).unwrap();
         let first = record(0, &["one"]);
         wal.append(&first, 1).unwrap();
         wal.append(&record(1, &["two"]), 1).unwrap();
@@ -594,16 +857,98 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 0xff;
         fs::write(&path, &bytes).unwrap();
-        let (wal, report) = Wal::open(dir.path(), 1 << 20, 0).unwrap();
+        let (wal, report) = open_wal(dir.path(), 1 << 20, 0).unwrap();
         assert!(report.tail_bytes_cut > 0);
+        assert_eq!(report.quarantined.len(), 1);
+        assert_eq!(
+            fs::read(&report.quarantined[0].path).unwrap(),
+            bytes[first.len()..]
+        );
         assert_eq!(fs::metadata(&path).unwrap().len(), first.len() as u64);
         assert_eq!(wal.next_seq(), 1);
     }
 
     #[test]
+    fn zeros_after_the_last_record_are_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = open_wal(dir.path(), 1 << 20, 0).unwrap();
+        wal.append(&record(0, &["kept"]), 1).unwrap();
+        drop(wal);
+        append_to(&newest_segment(dir.path()), &[0; 5000]);
+        let (_, report) = open_wal(dir.path(), 1 << 20, 0).unwrap();
+        assert_eq!(report.tail_bytes_cut, 5000);
+        assert!(report.quarantined.is_empty());
+    }
+
+    fn append_to(path: &Path, bytes: &[u8]) {
+        let mut all = fs::read(path).unwrap();
+        all.extend_from_slice(bytes);
+        fs::write(path, all).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_record_in_the_middle_is_quarantined_and_the_rest_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = open_wal(dir.path(), 1 << 20, 0).unwrap();
+        let first = record(0, &["one"]);
+        let second = record(1, &["two", "2b"]);
+        wal.append(&first, 1).unwrap();
+        wal.append(&second, 2).unwrap();
+        wal.append(&record(3, &["three"]), 1).unwrap();
+        drop(wal);
+        let path = newest_segment(dir.path());
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[first.len() + RECORD_HEADER_BYTES + 3] ^= 0xff;
+        fs::write(&path, &bytes).unwrap();
+
+        let (mut wal, report) = open_wal(dir.path(), 1 << 20, 0).unwrap();
+        assert_eq!(report.tail_bytes_cut, 0);
+        assert_eq!(report.quarantined.len(), 1);
+        let copy = &report.quarantined[0];
+        assert!(copy.path.starts_with(dir.path().join("quarantine")));
+        assert_eq!(
+            fs::read(&copy.path).unwrap(),
+            bytes[first.len()..first.len() + second.len()]
+        );
+        assert_eq!(wal.next_seq(), 4);
+        let expected = vec![(0, "one".to_string()), (3, "three".to_string())];
+        assert_eq!(replayed(&wal, 0), expected);
+        // Appends go to a new segment, never behind the damage; replay does not re-quarantine.
+        wal.append(&record(4, &["four"]), 1).unwrap();
+        assert_eq!(list_segments(dir.path()).unwrap().len(), 2);
+        let quarantined = wal.replay_from(0, |_, _| {}).unwrap();
+        assert!(quarantined.is_empty());
+        assert_eq!(replayed(&wal, 0).len(), 3);
+    }
+
+    #[test]
+    fn damage_in_an_older_segment_is_quarantined_at_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = open_wal(dir.path(), 32, 0).unwrap();
+        for seq in 0..3 {
+            wal.append(&record(seq, &["an event long enough to fill a segment"]), 1)
+                .unwrap();
+        }
+        drop(wal);
+        let oldest = list_segments(dir.path()).unwrap()[0].path.clone();
+        let mut bytes = fs::read(&oldest).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        fs::write(&oldest, &bytes).unwrap();
+
+        let (wal, report) = open_wal(dir.path(), 32, 0).unwrap();
+        assert!(report.quarantined.is_empty());
+        let mut seen = Vec::new();
+        let quarantined = wal.replay_from(0, |seq, _| seen.push(seq)).unwrap();
+        assert_eq!(seen, vec![1, 2]);
+        assert_eq!(quarantined.len(), 1);
+        assert_eq!(fs::read(&quarantined[0].path).unwrap(), bytes);
+    }
+
+    #[test]
     fn segments_roll_and_committed_ones_are_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut wal, _) = Wal::open(dir.path(), 32, 0).unwrap();
+        let (mut wal, _) = open_wal(dir.path(), 32, 0).unwrap();
         for seq in 0..5 {
             wal.append(&record(seq, &["an event long enough to fill a segment"]), 1)
                 .unwrap();
@@ -625,7 +970,7 @@ mod tests {
     #[test]
     fn an_empty_log_starts_at_the_committed_position() {
         let dir = tempfile::tempdir().unwrap();
-        let (wal, _) = Wal::open(dir.path(), 1 << 20, 1234).unwrap();
+        let (wal, _) = open_wal(dir.path(), 1 << 20, 1234).unwrap();
         assert_eq!(wal.next_seq(), 1234);
         assert!(newest_segment(dir.path()).ends_with("00000000000000001234.wal"));
     }
@@ -633,7 +978,7 @@ mod tests {
     #[test]
     fn a_failed_write_leaves_nothing_behind() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut wal, _) = Wal::open(dir.path(), 1 << 20, 0).unwrap();
+        let (mut wal, _) = open_wal(dir.path(), 1 << 20, 0).unwrap();
         wal.append(&record(0, &["durable"]), 1).unwrap();
         // A read-only handle makes the next write fail like a full disk would.
         let path = newest_segment(dir.path());
@@ -649,7 +994,7 @@ mod tests {
     #[test]
     fn a_fully_committed_active_segment_is_retired_and_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut wal, _) = Wal::open(dir.path(), 1 << 20, 0).unwrap();
+        let (mut wal, _) = open_wal(dir.path(), 1 << 20, 0).unwrap();
         wal.append(&record(0, &["a", "b"]), 2).unwrap();
         wal.retire_committed_active(1, 0).unwrap();
         assert_eq!(

@@ -520,11 +520,12 @@ impl WalStage {
         let kept_from = sequenced.len();
         for prepared in events {
             outcome.ids.push(prepared.event.id.clone());
-            if prepared.producer_id && self.dedup.is_stored(&prepared.event.id)? {
+            let event = &prepared.event;
+            if prepared.producer_id && self.dedup.is_stored(&event.tenant_id, &event.id)? {
                 outcome.duplicates += 1;
                 continue;
             }
-            self.dedup.record(&prepared.event.id, *next_seq);
+            self.dedup.record(&event.tenant_id, &event.id, *next_seq);
             sequenced.push(Sequenced {
                 seq: *next_seq,
                 event: prepared.event,

@@ -122,6 +122,9 @@ numbers as float64 and would print large ones in exponent notation.
 [server]
 max_body_bytes = {{ int64 $c.server.maxBodyBytes }}
 max_batch_events = {{ int64 $c.server.maxBatchEvents }}
+max_concurrent_summaries = {{ int64 $c.server.maxConcurrentSummaries }}
+max_concurrent_ingest_parses = {{ int64 $c.server.maxConcurrentIngestParses }}
+busy_wait_ms = {{ int64 $c.server.busyWaitMs }}
 {{- if .Values.tls.enabled }}
 tls_cert_file = {{ printf "%s/tls.crt" (include "scaivault-audit.tlsDir" .) | toJson }}
 tls_key_file = {{ printf "%s/tls.key" (include "scaivault-audit.tlsDir" .) | toJson }}
