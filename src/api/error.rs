@@ -112,7 +112,16 @@ impl ApiError {
             error["details"] = details;
         }
         let body = json!({ "error": error });
-        super::json_response(self.status, &body)
+        let mut response = super::json_response(self.status, &body);
+        // A 429 says when to come back in its details and in `Retry-After`.
+        if self.status == StatusCode::TOO_MANY_REQUESTS
+            && let Some(seconds) = body["error"]["details"]["retry_after"].as_u64()
+        {
+            response
+                .headers_mut()
+                .insert(warp::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 
@@ -127,12 +136,17 @@ impl From<AuthError> for ApiError {
             AuthError::InsufficientScope(_) => (StatusCode::FORBIDDEN, "insufficient_scope"),
             AuthError::TenantAccessDenied(_) => (StatusCode::FORBIDDEN, "tenant_access_denied"),
             AuthError::TenantRequired => (StatusCode::BAD_REQUEST, "invalid_request"),
+            AuthError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
+            AuthError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
         };
         let api_error = ApiError::new(status, code, error.to_string());
         match error {
             AuthError::InsufficientScope(scope) => {
                 api_error.with_details(json!({ "required_scope": scope.as_str() }))
             }
+            AuthError::RateLimited {
+                retry_after_secs, ..
+            } => api_error.with_details(json!({ "retry_after": retry_after_secs })),
             _ => api_error,
         }
     }
