@@ -966,4 +966,36 @@ mod tests {
             .to_file_config();
         assert_eq!(from_file, defaults);
     }
+
+    #[test]
+    fn a_jwks_needs_an_audience_unless_any_audience_is_allowed() {
+        let jwks = || SettingsArgs {
+            jwks_url: Some("file:///etc/jwks.json".into()),
+            ..Default::default()
+        };
+        let error = Settings::resolve(&jwks()).unwrap_err().to_string();
+        assert!(error.contains("jwt_audience"), "{error}");
+        assert!(error.contains("jwt_allow_any_audience"), "{error}");
+        let allowed = Settings::resolve(&SettingsArgs {
+            jwt_allow_any_audience: Some(true),
+            ..jwks()
+        })
+        .unwrap();
+        assert_eq!(allowed.jwt.audience, None);
+        let with_audience = Settings::resolve(&SettingsArgs {
+            jwt_audience: Some("scaivault-audit".into()),
+            jwks_refresh_seconds: Some(60),
+            ..jwks()
+        })
+        .unwrap();
+        assert_eq!(with_audience.jwt.refresh_interval, Duration::from_secs(60));
+        let error = Settings::resolve(&SettingsArgs {
+            jwt_audience: Some("scaivault-audit".into()),
+            jwks_refresh_seconds: Some(0),
+            ..jwks()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("jwks_refresh_seconds"), "{error}");
+    }
 }

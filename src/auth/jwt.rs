@@ -353,16 +353,13 @@ async fn refresh_periodically(verifier: Weak<JwtVerifier>) {
 /// The `iss` claim of a JWT-shaped token, read WITHOUT verifying anything: only to decide
 /// where a token could be verified, never to trust it.
 pub fn unverified_issuer(token: &str) -> Option<String> {
-    #[derive(Deserialize)]
-    struct Issuer {
-        iss: Option<String>,
-    }
     if token.len() > MAX_TOKEN_BYTES || !looks_like_jwt(token) {
         return None;
     }
     let payload = token.split('.').nth(1)?;
     let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
-    serde_json::from_slice::<Issuer>(&bytes).ok()?.iss
+    let claims: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes).ok()?;
+    claims.get("iss")?.as_str().map(str::to_string)
 }
 
 /// True if `token` has the shape of a compact JWT (three base64url parts).
@@ -1551,5 +1548,64 @@ mod tests {
         ] {
             assert!(!looks_like_jwt(not_jwt), "{not_jwt:?}");
         }
+    }
+
+    #[test]
+    fn the_issuer_is_peeked_without_verification() {
+        let token = rs256(&claims());
+        assert_eq!(
+            unverified_issuer(&token).as_deref(),
+            Some("https://scaikey.example/tenants/tnt_acme")
+        );
+        let forged = format!(
+            "{}.{}.x",
+            b64(&json!({"alg": "RS256"})),
+            b64(&json!({"iss": "k8s"}))
+        );
+        assert_eq!(unverified_issuer(&forged).as_deref(), Some("k8s"));
+        let no_iss = rs256(&without(claims(), "iss"));
+        assert_eq!(unverified_issuer(&no_iss), None);
+        for junk in ["skt_abc", "a.b.c", "a.bm90IGpzb24.c", "a.WyJpc3MiXQ.c"] {
+            assert_eq!(unverified_issuer(junk), None, "{junk}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_started_verifier_is_not_ready_until_its_jwks_loads_then_follows_it() {
+        bounded(async {
+            let server = JwksServer::start(json!({})).await;
+            server.serve(None);
+            let verifier = JwtVerifier::start(
+                JwksSource::Url(server.url.clone()),
+                JwtOptions {
+                    refresh_interval: Duration::from_secs(1),
+                    ..JwtOptions::default()
+                },
+            )
+            .await
+            .expect("start");
+            assert!(
+                verifier
+                    .not_ready()
+                    .is_some_and(|why| why.contains("HTTP status 500"))
+            );
+            assert_eq!(
+                verifier.verify(&rs256(&claims())).await,
+                Err(AuthError::Unavailable)
+            );
+            server.serve(Some(serde_json::from_str(JWKS).expect("jwks.json")));
+            while verifier.not_ready().is_some() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert!(verifier.verify(&rs256(&claims())).await.is_ok());
+            // rsa-1 leaves the published set: the periodic refresh drops it.
+            server.serve(Some(
+                serde_json::from_str(JWKS_RSA_2).expect("jwks-rsa-2.json"),
+            ));
+            while verifier.verify(&rs256(&claims())).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
     }
 }
