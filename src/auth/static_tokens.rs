@@ -334,7 +334,13 @@ mod tests {
         assert!(!format!("{first:?}").contains(&first.token));
         let empty = tempfile::tempdir().unwrap();
         assert_eq!(BootstrapToken::read(empty.path()).unwrap(), None);
-        assert!(!empty.path().join(BOOTSTRAP_TOKEN_FILE).try_exists().unwrap());
+        assert!(
+            !empty
+                .path()
+                .join(BOOTSTRAP_TOKEN_FILE)
+                .try_exists()
+                .unwrap()
+        );
     }
 
     #[test]
