@@ -105,8 +105,9 @@ cmd_start() {
 	cmd_stop
 	mkdir -p "$LOGS"
 	# ServiceAccount tokens the emulator's TokenReview accepts (tests/operator_kmock.rs). The
-	# server sends only JWT-shaped tokens (three base64url parts) to TokenReview, as real
-	# ServiceAccount tokens are JWTs: the dotted ones reach the emulator through the server.
+	# server sends only JWT-shaped tokens whose `iss` is the cluster's to TokenReview, as real
+	# ServiceAccount tokens are: the tests wrap these keys in such a JWT (payload
+	# {"iss": ..., "kmock_token": KEY}), which the emulator maps back to KEY.
 	cat >"$TOKENS_FILE" <<'JSON'
 {"kmock-test-sa-token": {"username": "system:serviceaccount:scaivault:reporting", "audiences": ["scaivault-audit"]},
  "kmock-test-other-audience": {"username": "system:serviceaccount:scaivault:reporting", "audiences": ["elsewhere"]},

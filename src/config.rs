@@ -163,6 +163,19 @@ pub struct SettingsArgs {
         hide = true
     )]
     pub debug_summary_hold_ms: Option<u64>,
+    /// Accept JWTs for any audience (otherwise --jwt-audience is required with a JWKS).
+    #[arg(long, env = "SCAIVAULT_AUDIT_JWT_ALLOW_ANY_AUDIENCE", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub jwt_allow_any_audience: Option<bool>,
+    /// Re-load the JWKS this often, so removed keys stop working (seconds).
+    #[arg(
+        long,
+        env = "SCAIVAULT_AUDIT_JWKS_REFRESH_SECONDS",
+        value_name = "SECONDS"
+    )]
+    pub jwks_refresh_seconds: Option<u64>,
+    /// Failed authentications per minute per client address before it gets 429 (0 = unlimited).
+    #[arg(long, env = "SCAIVAULT_AUDIT_FAILED_AUTH_PER_MINUTE", value_name = "N")]
+    pub failed_auth_per_minute: Option<u32>,
 }
 
 /// Kubernetes settings: the operator and ServiceAccount-token authentication.
@@ -189,6 +202,13 @@ pub struct KubernetesArgs {
         value_name = "AUDIENCE"
     )]
     pub token_review_audience: Option<String>,
+    /// Issuer (`iss`) of the cluster's ServiceAccount tokens: only those are reviewed.
+    #[arg(
+        long,
+        env = "SCAIVAULT_AUDIT_TOKEN_REVIEW_ISSUER",
+        value_name = "ISSUER"
+    )]
+    pub token_review_issuer: Option<String>,
 }
 
 /// The TOML file (every key optional; unknown keys are errors).
@@ -243,6 +263,9 @@ pub struct AuthSection {
     pub jwt_audience: Option<String>,
     pub rate_limit_queries_per_minute: Option<u32>,
     pub rate_limit_exports_per_minute: Option<u32>,
+    pub jwt_allow_any_audience: Option<bool>,
+    pub jwks_refresh_seconds: Option<u64>,
+    pub failed_auth_per_minute: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_review: Option<TokenReviewSection>,
 }
@@ -253,6 +276,7 @@ pub struct AuthSection {
 pub struct TokenReviewSection {
     pub enabled: Option<bool>,
     pub audience: Option<String>,
+    pub issuer: Option<String>,
     #[serde(default)]
     pub bindings: Vec<TokenReviewBindingSection>,
 }
@@ -322,6 +346,10 @@ pub struct Settings {
     pub operator: OperatorSettings,
     pub token_review: Option<crate::auth::token_review::TokenReviewSettings>,
     pub work: WorkLimits,
+    /// JWTs for any audience are accepted although a JWKS is configured without audience.
+    pub jwt_allow_any_audience: bool,
+    /// Failed authentications per minute per client address (0 = unlimited).
+    pub failed_auth_per_minute: u32,
 }
 
 /// The operator's resolved settings.
@@ -552,6 +580,7 @@ impl Settings {
         };
         let export = ExportSettings::resolve(args, &file.export)?;
         let work = resolve_work_limits(args, &file.server)?;
+        let auth = resolve_auth(args, &file.auth, jwks.is_some())?;
         Ok(Settings {
             listen,
             tls,
@@ -574,11 +603,7 @@ impl Settings {
             tokens_file: args.tokens_file.clone().or(file.auth.tokens_file.clone()),
             jwks_url,
             jwks,
-            jwt: JwtOptions {
-                issuer: args.jwt_issuer.clone().or(file.auth.jwt_issuer.clone()),
-                audience: args.jwt_audience.clone().or(file.auth.jwt_audience.clone()),
-                ..JwtOptions::default()
-            },
+            jwt: auth.jwt,
             rate_limits: RateLimits {
                 queries_per_minute: args
                     .rate_limit_queries_per_minute
@@ -599,6 +624,8 @@ impl Settings {
             )?,
             token_review: resolve_token_review(&args.kubernetes, file.auth.token_review.as_ref())?,
             work,
+            jwt_allow_any_audience: auth.allow_any_audience,
+            failed_auth_per_minute: auth.failed_auth_per_minute,
         })
     }
 
@@ -631,6 +658,9 @@ impl Settings {
                 jwt_audience: self.jwt.audience.clone(),
                 rate_limit_queries_per_minute: Some(self.rate_limits.queries_per_minute),
                 rate_limit_exports_per_minute: Some(self.rate_limits.exports_per_minute),
+                jwt_allow_any_audience: Some(self.jwt_allow_any_audience),
+                jwks_refresh_seconds: Some(self.jwt.refresh_interval.as_secs()),
+                failed_auth_per_minute: Some(self.failed_auth_per_minute),
                 token_review: self.token_review.as_ref().map(token_review_section),
             },
             export: self.export.to_section(),
@@ -698,6 +728,59 @@ fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
     toml::from_str(&text).map_err(|error| ConfigError::Parse {
         path: path.to_path_buf(),
         message: error.to_string(),
+    })
+}
+
+// === Authentication ===
+
+/// The resolved JWT options and failed-authentication limit.
+struct AuthSettings {
+    jwt: JwtOptions,
+    allow_any_audience: bool,
+    failed_auth_per_minute: u32,
+}
+
+/// With a JWKS, a JWT audience is required unless any audience is explicitly allowed: ScaiKey
+/// signs the tokens of every service with the same keys.
+fn resolve_auth(
+    args: &SettingsArgs,
+    file: &AuthSection,
+    jwks_configured: bool,
+) -> Result<AuthSettings, ConfigError> {
+    let audience = args
+        .jwt_audience
+        .clone()
+        .or(file.jwt_audience.clone())
+        .filter(|audience| !audience.is_empty());
+    let allow_any_audience = args
+        .jwt_allow_any_audience
+        .or(file.jwt_allow_any_audience)
+        .unwrap_or(false);
+    if jwks_configured && audience.is_none() && !allow_any_audience {
+        return Err(invalid(
+            "jwt_audience (--jwt-audience, SCAIVAULT_AUDIT_JWT_AUDIENCE)",
+            "is required when jwks_url is set, so that JWTs ScaiKey issued for other services \
+             are refused; to accept every audience, set jwt_allow_any_audience = true \
+             (--jwt-allow-any-audience, SCAIVAULT_AUDIT_JWT_ALLOW_ANY_AUDIENCE)",
+        ));
+    }
+    let refresh_seconds = args
+        .jwks_refresh_seconds
+        .or(file.jwks_refresh_seconds)
+        .unwrap_or(crate::auth::jwt::DEFAULT_REFRESH_INTERVAL.as_secs());
+    positive("jwks_refresh_seconds", refresh_seconds)?;
+    Ok(AuthSettings {
+        jwt: JwtOptions {
+            issuer: args.jwt_issuer.clone().or(file.jwt_issuer.clone()),
+            audience,
+            refresh_interval: Duration::from_secs(refresh_seconds),
+            ..JwtOptions::default()
+        },
+        allow_any_audience,
+        failed_auth_per_minute: args
+            .failed_auth_per_minute
+            .or(file.failed_auth_per_minute)
+            .unwrap_or(crate::auth::failures::DEFAULT_FAILED_AUTH_PER_MINUTE),
     })
 }
 
@@ -793,6 +876,12 @@ fn resolve_token_review(
             .or(file.and_then(|f| f.audience.clone()))
             .filter(|audience| !audience.is_empty()),
         bindings,
+        issuer: args
+            .token_review_issuer
+            .clone()
+            .or(file.and_then(|f| f.issuer.clone()))
+            .filter(|issuer| !issuer.is_empty())
+            .unwrap_or_else(|| crate::auth::token_review::DEFAULT_ISSUER.to_string()),
     }))
 }
 
@@ -803,6 +892,7 @@ fn token_review_section(
     TokenReviewSection {
         enabled: Some(true),
         audience: settings.audience.clone(),
+        issuer: Some(settings.issuer.clone()),
         bindings: settings
             .bindings
             .iter()
@@ -985,5 +1075,37 @@ mod tests {
             .unwrap()
             .to_file_config();
         assert_eq!(from_file, defaults);
+    }
+
+    #[test]
+    fn a_jwks_needs_an_audience_unless_any_audience_is_allowed() {
+        let jwks = || SettingsArgs {
+            jwks_url: Some("file:///etc/jwks.json".into()),
+            ..Default::default()
+        };
+        let error = Settings::resolve(&jwks()).unwrap_err().to_string();
+        assert!(error.contains("jwt_audience"), "{error}");
+        assert!(error.contains("jwt_allow_any_audience"), "{error}");
+        let allowed = Settings::resolve(&SettingsArgs {
+            jwt_allow_any_audience: Some(true),
+            ..jwks()
+        })
+        .unwrap();
+        assert_eq!(allowed.jwt.audience, None);
+        let with_audience = Settings::resolve(&SettingsArgs {
+            jwt_audience: Some("scaivault-audit".into()),
+            jwks_refresh_seconds: Some(60),
+            ..jwks()
+        })
+        .unwrap();
+        assert_eq!(with_audience.jwt.refresh_interval, Duration::from_secs(60));
+        let error = Settings::resolve(&SettingsArgs {
+            jwt_audience: Some("scaivault-audit".into()),
+            jwks_refresh_seconds: Some(0),
+            ..jwks()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("jwks_refresh_seconds"), "{error}");
     }
 }

@@ -58,6 +58,18 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum TokenCommand {
+    /// Print the bootstrap token of a data directory (the server never prints it). Works in
+    /// a running pod: `kubectl exec POD -- scaivault-audit token bootstrap`.
+    Bootstrap {
+        /// The server's data directory.
+        #[arg(
+            long,
+            env = "SCAIVAULT_AUDIT_DATA_DIR",
+            value_name = "DIR",
+            default_value = "./data"
+        )]
+        data_dir: std::path::PathBuf,
+    },
     /// Generate a token and print it with its entry for the tokens file.
     New {
         /// Name of the entry (for operators).
@@ -129,6 +141,7 @@ async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
         .await
         .context("failed to connect to the Kubernetes API")?;
     let (authenticator, bootstrap) = authenticator(&settings, cluster.as_ref()).await?;
+    let authenticator = authenticator.with_failed_auth_limit(settings.failed_auth_per_minute);
     let cursors = CursorCodec::load_or_create(&settings.store.data_dir)
         .context("failed to load the cursor key")?;
     let runner = export_runner(&settings, &store)?;
@@ -162,7 +175,12 @@ async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
         Some((cert, key)) => Some(api::tls::acceptor(cert, key)?),
         None => None,
     };
-    announce(&listener, tls.is_some(), bootstrap.as_ref())?;
+    announce(
+        &listener,
+        tls.is_some(),
+        bootstrap.as_ref(),
+        &settings.store.data_dir,
+    )?;
     ignore_file_size_signal();
     tracing::info!(data_dir = %settings.store.data_dir.display(), "scaivault-audit started");
     let operator_shutdown = tokio_util::sync::CancellationToken::new();
@@ -248,7 +266,7 @@ async fn authenticator(
     cluster: Option<&operator::Cluster>,
 ) -> anyhow::Result<(Authenticator, Option<BootstrapToken>)> {
     let jwt = match &settings.jwks {
-        Some(source) => Some(JwtVerifier::new(source.clone(), settings.jwt.clone()).await?),
+        Some(source) => Some(JwtVerifier::start(source.clone(), settings.jwt.clone()).await?),
         None => None,
     };
     let token_review = match (&settings.token_review, cluster) {
@@ -277,23 +295,26 @@ async fn authenticator(
     Ok((Authenticator::new(tokens, None), Some(bootstrap)))
 }
 
-/// Prints where the service listens and, on its first start, the bootstrap token (stdout).
+/// Prints where the service listens and where the bootstrap token is (stdout). The token
+/// itself is never printed: logs are collected and kept where tokens must not be.
 fn announce(
     listener: &tokio::net::TcpListener,
     tls: bool,
     bootstrap: Option<&BootstrapToken>,
+    data_dir: &std::path::Path,
 ) -> anyhow::Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     let scheme = if tls { "https" } else { "http" };
     writeln!(out, "listening on {scheme}://{}", listener.local_addr()?)?;
-    match bootstrap {
-        Some(token) if token.created => {
-            writeln!(out, "bootstrap token: {}", token.token)?;
-            writeln!(out, "(stored in {}; shown only once)", token.path.display())?;
-        }
-        Some(token) => writeln!(out, "bootstrap token: stored in {}", token.path.display())?,
-        None => {}
+    if let Some(token) = bootstrap {
+        let state = if token.created { "generated" } else { "kept" };
+        writeln!(
+            out,
+            "bootstrap token {state} in {}; print it with: scaivault-audit token bootstrap --data-dir {}",
+            token.path.display(),
+            data_dir.display()
+        )?;
     }
     out.flush()?;
     Ok(())
@@ -349,13 +370,16 @@ fn crdgen(output: &std::path::Path) -> anyhow::Result<()> {
 }
 
 fn token(command: TokenCommand) -> anyhow::Result<()> {
-    let TokenCommand::New {
-        name,
-        identity_id,
-        scopes,
-        tenant_id,
-        all_tenants,
-    } = command;
+    let (name, identity_id, scopes, tenant_id, all_tenants) = match command {
+        TokenCommand::Bootstrap { data_dir } => return print_bootstrap_token(&data_dir),
+        TokenCommand::New {
+            name,
+            identity_id,
+            scopes,
+            tenant_id,
+            all_tenants,
+        } => (name, identity_id, scopes, tenant_id, all_tenants),
+    };
     let token = scaivault_audit::auth::static_tokens::generate_token()
         .map_err(|error| anyhow::anyhow!("{error}"))?;
     let scopes: Vec<String> = scopes.iter().map(|scope| format!("{scope:?}")).collect();
@@ -374,4 +398,19 @@ fn token(command: TokenCommand) -> anyhow::Result<()> {
     println!("token: {token}");
     println!("# add to the tokens file:\n{entry}");
     Ok(())
+}
+
+/// `token bootstrap`: the data directory's bootstrap token on stdout, alone on its line.
+fn print_bootstrap_token(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    match BootstrapToken::read(data_dir)? {
+        Some(token) => {
+            println!("{token}");
+            Ok(())
+        }
+        None => anyhow::bail!(
+            "no bootstrap token in {}: the server generates one on its first start without \
+             configured authentication (tokens file, JWKS or TokenReview)",
+            data_dir.display()
+        ),
+    }
 }

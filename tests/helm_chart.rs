@@ -701,6 +701,56 @@ fn rbac_is_least_privilege() {
     assert!(token_review_cases > 0, "a ci/ file enables TokenReview");
 }
 
+/// A default install has working, recoverable auth: a kept admin token Secret whose token the
+/// rendered tokens file (hashes only) accepts with every scope for all tenants.
+#[test]
+fn the_default_install_has_a_kept_admin_token_the_tokens_file_accepts() {
+    use scaivault_audit::auth::{Scope, StaticTokens, TenantAccess};
+    let tools = tools();
+    let rendered = render(&tools, &cases().into_iter().next().unwrap());
+    let decode = |secret: &Value, key: &str| {
+        let value = secret["data"][key].as_str().unwrap();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(value)
+            .unwrap();
+        String::from_utf8(bytes).unwrap()
+    };
+    let admin = rendered
+        .named("Secret", "scaivault-audit-admin-token")
+        .expect("the admin token Secret");
+    assert_eq!(
+        admin["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
+    );
+    let token = decode(admin, "token");
+    assert!(
+        token.starts_with("skt_") && token.len() == 68,
+        "like `token new`: {token}"
+    );
+    let secrets = rendered
+        .named("Secret", "scaivault-audit-secrets")
+        .expect("the chart's Secret");
+    let tokens_toml = decode(secrets, "tokens.toml");
+    assert!(
+        !tokens_toml.contains(&token),
+        "the tokens file holds only hashes"
+    );
+    let tokens = StaticTokens::parse(&tokens_toml).unwrap();
+    let principal = tokens.lookup(&token).expect("the admin token is accepted");
+    assert_eq!(principal.tenants, TenantAccess::All);
+    assert_eq!(principal.scopes, Scope::ALL.into_iter().collect());
+    assert!(rendered.has_mount("tokens"));
+    // Without it (and without other auth) no tokens file is configured: the bootstrap token.
+    let output = run(Command::new(&tools.helm)
+        .current_dir(root())
+        .args(["template", RELEASE, CHART, "--namespace", NAMESPACE])
+        .args(["--set", "auth.adminToken.enabled=false"]));
+    assert!(output.status.success(), "{}", describe(&output));
+    let yaml = text(&output.stdout);
+    assert!(!yaml.contains("admin-token"), "{yaml}");
+    assert!(!yaml.contains("tokens_file"), "{yaml}");
+}
+
 #[test]
 fn storage_class_and_size_come_from_the_values() {
     let tools = tools();
@@ -813,6 +863,14 @@ fn bad_values_are_rejected_with_a_clear_message() {
         (
             "export-no-retries.yaml",
             "at '/export/retryMaxSeconds': minimum: got 0, want 1",
+        ),
+        (
+            "jwt-without-audience.yaml",
+            "auth.jwt.audience is required with a JWKS",
+        ),
+        (
+            "admin-token-with-existing-tokens-secret.yaml",
+            "auth.adminToken.enabled cannot add the admin token to auth.staticTokens.existingSecret",
         ),
     ];
     let mut files: Vec<String> = std::fs::read_dir(&dir)
@@ -1217,6 +1275,14 @@ fn the_default_rendering_keeps_the_shipped_defaults() {
         .arg(root().join("config/scaivault-audit.toml")));
     assert!(output.status.success(), "{}", describe(&output));
     let mut shipped: toml::Table = toml::from_str(&text(&output.stdout)).unwrap();
+    // The chart's admin token (auth.adminToken) is a tokens file the standalone run lacks.
+    let tokens_file = chart["auth"].as_table_mut().unwrap().remove("tokens_file");
+    assert_eq!(
+        tokens_file,
+        Some(toml::Value::String(
+            pod.map("/var/run/scaivault-audit/tokens/tokens.toml")
+        ))
+    );
     for (section, key, in_pod) in [
         ("server", "listen", "0.0.0.0:8080".to_string()),
         ("storage", "data_dir", pod.map("/data")),

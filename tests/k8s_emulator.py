@@ -59,6 +59,21 @@ def _missing(obj, path):
     return False
 
 
+def _token_key(token):
+    """The token table key of a token: a JWT-shaped token whose payload names one
+    (``{"iss": ..., "kmock_token": KEY}``, as tests/operator_kmock.rs builds them with the
+    cluster's issuer) stands for KEY; any other token is its own key."""
+    parts = token.split('.')
+    if len(parts) == 3:
+        try:
+            payload = json.loads(base64.urlsafe_b64decode(parts[1] + '=' * (-len(parts[1]) % 4)))
+        except ValueError:
+            payload = None
+        if isinstance(payload, dict) and isinstance(payload.get('kmock_token'), str):
+            return payload['kmock_token']
+    return token
+
+
 def _now():
     return datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%dT%H:%M:%SZ')
 
@@ -221,7 +236,7 @@ class ShimEmulator(kmock.KubernetesEmulator):
                 'audiences': [a for a in data.get('audiences', '').split(',') if a]}
 
     def _token_review(self, body):
-        token = (body.get('spec') or {}).get('token', '')
+        token = _token_key((body.get('spec') or {}).get('token', ''))
         wanted = (body.get('spec') or {}).get('audiences') or []
         entry = self.tokens.get(token)
         if entry is None and token.startswith(SECRET_TOKEN_PREFIX):

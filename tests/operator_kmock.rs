@@ -35,11 +35,27 @@ use tokio_util::sync::CancellationToken;
 const DEADLINE: Duration = Duration::from_secs(60);
 const FROM: &str = "2020-01-01T00:00:00Z";
 const TO: &str = "2100-01-01T00:00:00Z";
-/// Tokens `scripts/kmock.sh` gives the emulator's TokenReview: JWT-shaped, as the server only
-/// reviews those (real ServiceAccount tokens are JWTs).
+/// Keys of the tokens `scripts/kmock.sh` gives the emulator's TokenReview; [`sa_token`] makes
+/// the bearer token: the server only reviews JWTs issued by the cluster (real ServiceAccount
+/// tokens are).
 const SA_TOKEN: &str = "kmock.sa-token.reporting";
 const OTHER_AUDIENCE_TOKEN: &str = "kmock.other-audience.reporting";
 const UNBOUND_SA_TOKEN: &str = "kmock.sa-token.unbound";
+
+/// A JWT-shaped token from the cluster's default issuer standing for the emulator's `key`.
+fn sa_token(key: &str) -> String {
+    use base64::Engine;
+    let b64 = |value: Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string().as_bytes())
+    };
+    format!(
+        "{}.{}.a21vY2s",
+        b64(json!({"alg": "RS256", "kid": "kmock"})),
+        b64(
+            json!({"iss": scaivault_audit::auth::token_review::DEFAULT_ISSUER, "kmock_token": key})
+        )
+    )
+}
 /// Known to the emulator, but not JWT-shaped: never sent to TokenReview.
 const OPAQUE_SA_TOKEN: &str = "kmock-test-sa-token";
 
@@ -508,7 +524,8 @@ async fn service_account_tokens_are_verified_with_token_review_and_bound_to_thei
     .await;
 
     // The bound ServiceAccount reads its tenant (no X-Tenant-ID needed) ...
-    let (status, _, body) = get_logs(&client, base, SA_TOKEN, None, "limit=100").await;
+    let sa = sa_token(SA_TOKEN);
+    let (status, _, body) = get_logs(&client, base, &sa, None, "limit=100").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let seen: Vec<&str> = body["logs"]
         .as_array()
@@ -518,14 +535,14 @@ async fn service_account_tokens_are_verified_with_token_review_and_bound_to_thei
         .collect();
     assert!(ids.iter().all(|id| seen.contains(&id.as_str())), "{body}");
     // ... and nothing else: not another tenant, not a scope it was not bound to.
-    let other = get_logs(&client, base, SA_TOKEN, Some(OTHER_TENANT), "limit=1").await;
+    let other = get_logs(&client, base, &sa, Some(OTHER_TENANT), "limit=1").await;
     assert_error(&other, StatusCode::FORBIDDEN, "tenant_access_denied");
-    let ingest = post_events(&client, base, SA_TOKEN, json!({"events": [event(99)]})).await;
+    let ingest = post_events(&client, base, &sa, json!({"events": [event(99)]})).await;
     assert_error(&ingest, StatusCode::FORBIDDEN, "insufficient_scope");
     let export = post_export(
         &client,
         base,
-        SA_TOKEN,
+        &sa,
         &json!({"from": FROM, "to": TO, "format": "jsonl",
                 "destination": {"type": "file", "bucket": "/tmp", "prefix": "x/"}}),
     )
@@ -534,12 +551,12 @@ async fn service_account_tokens_are_verified_with_token_review_and_bound_to_thei
 
     // Another audience, an unbound ServiceAccount, an unknown token, an opaque token: 401.
     for token in [
-        OTHER_AUDIENCE_TOKEN,
-        UNBOUND_SA_TOKEN,
-        "kmock.no-such.token",
-        OPAQUE_SA_TOKEN,
+        sa_token(OTHER_AUDIENCE_TOKEN),
+        sa_token(UNBOUND_SA_TOKEN),
+        sa_token("kmock.no-such.token"),
+        OPAQUE_SA_TOKEN.to_string(),
     ] {
-        let reply = get_logs(&client, base, token, None, "limit=1").await;
+        let reply = get_logs(&client, base, &token, None, "limit=1").await;
         assert_error(&reply, StatusCode::UNAUTHORIZED, "token_invalid");
     }
 }
@@ -675,7 +692,7 @@ async fn a_revoked_service_account_token_is_refused_once_its_cached_review_expir
     let (client, base) = (client(), server.base());
     // A token the emulator accepts while the Secret kmock-tokens/NAME exists.
     let name = format!("revocable-{}", fastrand::u64(..));
-    let token = format!("kmock.secret.{name}");
+    let token = sa_token(&format!("kmock.secret.{name}"));
     let secrets: Api<Secret> = Api::namespaced(kube_client("kmock-tokens"), "kmock-tokens");
     let secret: Secret = serde_json::from_value(json!({
         "metadata": {"name": name},

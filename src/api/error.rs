@@ -145,12 +145,17 @@ impl From<AuthError> for ApiError {
             AuthError::InsufficientScope(_) => (StatusCode::FORBIDDEN, "insufficient_scope"),
             AuthError::TenantAccessDenied(_) => (StatusCode::FORBIDDEN, "tenant_access_denied"),
             AuthError::TenantRequired => (StatusCode::BAD_REQUEST, "invalid_request"),
+            AuthError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
+            AuthError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
         };
         let api_error = ApiError::new(status, code, error.to_string());
         match error {
             AuthError::InsufficientScope(scope) => {
                 api_error.with_details(json!({ "required_scope": scope.as_str() }))
             }
+            AuthError::RateLimited {
+                retry_after_secs, ..
+            } => api_error.with_details(json!({ "retry_after": retry_after_secs })),
             _ => api_error,
         }
     }

@@ -61,10 +61,20 @@ fn readiness(state: &AppState) -> Response {
             json!("the last write-ahead log append failed"),
         );
     }
+    // Without its JWKS the service cannot authenticate JWTs: out of the Service until loaded.
+    let auth_problem = state.auth.not_ready();
+    if let Some(reason) = &auth_problem {
+        errors.insert("auth".into(), json!(reason));
+    }
     // A failing WAL or index only affects writes: queries still work, so the pod stays in
     // the Service and the checks tell operators what is wrong.
-    let ready = health.ready;
-    let mut body = json!({"status": if ready { "ready" } else { "not_ready" }, "checks": {"index": index, "wal": wal}});
+    let ready = health.ready && auth_problem.is_none();
+    let auth = if auth_problem.is_some() {
+        "starting"
+    } else {
+        "ok"
+    };
+    let mut body = json!({"status": if ready { "ready" } else { "not_ready" }, "checks": {"index": index, "wal": wal, "auth": auth}});
     if !errors.is_empty() {
         body["errors"] = errors.into();
     }

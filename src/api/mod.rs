@@ -4,6 +4,7 @@
 //! (`.then`) and turn every failure into ScaiVault's envelope through [`error::ApiError`].
 //! Every response carries `X-Request-ID` (a client-sent one is echoed).
 
+pub mod client;
 pub mod error;
 pub mod exports;
 pub mod health;
@@ -75,8 +76,8 @@ pub async fn serve(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
                     Err(error) => {
                         // Usually EMFILE: back off instead of spinning.
                         tracing::warn!(%error, "failed to accept a connection");
@@ -84,7 +85,7 @@ pub async fn serve(
                         continue;
                     }
                 };
-                let connection = Connection { service: service.clone(), watcher: graceful.watcher() };
+                let connection = Connection { service: service.clone(), watcher: graceful.watcher(), client: peer.ip() };
                 let tls = tls.clone();
                 // The TLS handshake runs in the connection's own task, never in the accept loop.
                 tokio::spawn(async move {
@@ -114,6 +115,8 @@ pub async fn serve(
 struct Connection<S> {
     service: S,
     watcher: hyper_util::server::graceful::Watcher,
+    /// The peer's address (see [`client`]).
+    client: std::net::IpAddr,
 }
 
 impl<S> Connection<S>
@@ -132,9 +135,10 @@ where
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let service = self.service;
-        let hyper_service =
-            hyper::service::service_fn(move |request| request_id::handle(service.clone(), request));
+        let (service, peer) = (self.service, self.client);
+        let hyper_service = hyper::service::service_fn(move |request| {
+            client::scope(peer, request_id::handle(service.clone(), request))
+        });
         let builder = auto::Builder::new(TokioExecutor::new());
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), hyper_service);
         if let Err(error) = self.watcher.watch(connection.into_owned()).await {
@@ -176,12 +180,16 @@ pub fn raw_query() -> impl Filter<Extract = (String,), Error = Infallible> + Clo
     warp::query::raw().or(warp::any().map(String::new)).unify()
 }
 
-/// Authenticates the request's bearer token.
+/// Authenticates the request's bearer token (failed attempts are limited per client
+/// address).
 pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
     let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok());
-    Ok(state.auth.authenticate(authorization).await?)
+    Ok(state
+        .auth
+        .authenticate_from(client::current(), authorization)
+        .await?)
 }
 
 /// A rate-limited `GET` query route: `path`, then bearer auth with `audit:read`, one token of

@@ -10,12 +10,19 @@
 //! [`JwtOptions::refresh_min_interval`]; callers arriving during a refresh wait for it and
 //! share its result. Verifications with known keys never wait for a refresh.
 //!
+//! The server starts the verifier with [`JwtVerifier::start`]: the key set is also re-loaded
+//! every [`JwtOptions::refresh_interval`], so a key removed from the JWKS stops verifying
+//! tokens within that interval. A key set that cannot be loaded at start does not stop the
+//! process: the verifier reports itself not ready ([`JwtVerifier::not_ready`], which keeps
+//! the pod out of its Service), answers JWTs with [`AuthError::Unavailable`], and retries
+//! with a backoff until the load succeeds.
+//!
 //! Nothing from a token and no key material is ever logged.
 
 use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -41,6 +48,12 @@ const MAX_JWKS_BYTES: usize = 1024 * 1024;
 const MIN_RSA_MODULUS_BITS: usize = 2048;
 /// Larger configured leeways are capped (and cannot underflow jsonwebtoken's clock check).
 const MAX_LEEWAY: Duration = Duration::from_secs(3600);
+/// First retry delay after a failed load of a key set that never loaded; doubled per failure.
+const FIRST_LOAD_RETRY_MIN: Duration = Duration::from_secs(1);
+/// Longest delay between retries of a key set that never loaded.
+const FIRST_LOAD_RETRY_MAX: Duration = Duration::from_secs(30);
+/// Default [`JwtOptions::refresh_interval`] (`[auth] jwks_refresh_seconds`).
+pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(300);
 
 /// Where the JWKS comes from: `file:///path/jwks.json` (or a plain path) or an http(s) URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +108,8 @@ pub struct JwtOptions {
     pub refresh_min_interval: Duration,
     /// Bound on one JWKS load (file or HTTP).
     pub fetch_timeout: Duration,
+    /// The key set is re-loaded this often (by [`JwtVerifier::start`]'s background task).
+    pub refresh_interval: Duration,
 }
 
 impl Default for JwtOptions {
@@ -105,6 +120,7 @@ impl Default for JwtOptions {
             leeway: Duration::from_secs(30),
             refresh_min_interval: Duration::from_secs(30),
             fetch_timeout: Duration::from_secs(5),
+            refresh_interval: DEFAULT_REFRESH_INTERVAL,
         }
     }
 }
@@ -157,9 +173,12 @@ pub struct JwtVerifier {
     /// One per allowed algorithm: jsonwebtoken wants every listed algorithm to fit the key.
     validations: Vec<Validation>,
     keys: RwLock<Arc<KeySet>>,
-    /// When the last unknown-kid refresh started; held while a refresh runs.
+    /// Why no key set is loaded yet; `None` once a load succeeded.
+    unloaded: RwLock<Option<String>>,
+    /// When the last unknown-kid refresh started; held while any refresh runs.
     refresh_gate: tokio::sync::Mutex<Option<Instant>>,
     refresh_min_interval: Duration,
+    refresh_interval: Duration,
 }
 
 impl fmt::Debug for JwtVerifier {
@@ -172,24 +191,82 @@ impl fmt::Debug for JwtVerifier {
 }
 
 impl JwtVerifier {
-    /// Loads the JWKS once (fails if it cannot be read or parsed).
+    /// Loads the JWKS once (fails if it cannot be read or parsed); no periodic refresh.
     pub async fn new(source: JwksSource, options: JwtOptions) -> Result<Self, JwksError> {
+        let verifier = Self::unloaded(source, &options)?;
+        let keys = verifier.loader.load().await?;
+        verifier.install(keys);
+        Ok(verifier)
+    }
+
+    /// Loads the JWKS (a failure is logged and leaves the verifier not ready) and spawns the
+    /// task that re-loads it every [`JwtOptions::refresh_interval`], and retries a failed
+    /// first load with a backoff. The task ends when the verifier is dropped. Fails only if
+    /// the HTTP client cannot be built.
+    pub async fn start(source: JwksSource, options: JwtOptions) -> Result<Arc<Self>, JwksError> {
+        let verifier = Arc::new(Self::unloaded(source, &options)?);
+        verifier.reload().await;
+        tokio::spawn(refresh_periodically(Arc::downgrade(&verifier)));
+        Ok(verifier)
+    }
+
+    fn unloaded(source: JwksSource, options: &JwtOptions) -> Result<Self, JwksError> {
         let loader = JwksLoader::new(source, options.fetch_timeout)?;
-        let keys = loader.load().await?;
+        let origin = loader.origin.describe();
         Ok(JwtVerifier {
             loader,
             validations: ALLOWED_ALGORITHMS
                 .iter()
-                .map(|algorithm| validation_for(*algorithm, &options))
+                .map(|algorithm| validation_for(*algorithm, options))
                 .collect(),
-            keys: RwLock::new(Arc::new(keys)),
+            keys: RwLock::new(Arc::new(KeySet { keys: Vec::new() })),
+            unloaded: RwLock::new(Some(format!("the JWKS from {origin} is not loaded yet"))),
             refresh_gate: tokio::sync::Mutex::new(None),
             refresh_min_interval: options.refresh_min_interval,
+            refresh_interval: options.refresh_interval.max(Duration::from_secs(1)),
         })
+    }
+
+    /// Why the verifier cannot verify yet (no key set was ever loaded), if so.
+    pub fn not_ready(&self) -> Option<String> {
+        self.unloaded.read().clone()
+    }
+
+    fn install(&self, keys: KeySet) -> Arc<KeySet> {
+        let keys = Arc::new(keys);
+        *self.keys.write() = Arc::clone(&keys);
+        *self.unloaded.write() = None;
+        keys
+    }
+
+    /// Re-loads the key set now; true if it loaded. A failure keeps the previous keys.
+    async fn reload(&self) -> bool {
+        let mut last_refresh = self.refresh_gate.lock().await;
+        *last_refresh = Some(Instant::now());
+        match self.loader.load().await {
+            Ok(keys) => {
+                self.install(keys);
+                true
+            }
+            Err(error) => {
+                let mut unloaded = self.unloaded.write();
+                if unloaded.is_some() {
+                    tracing::error!(%error, "cannot load the JWKS; not ready, retrying");
+                    *unloaded = Some(error.to_string());
+                } else {
+                    warn!(%error, "JWKS refresh failed; keeping the previous keys");
+                }
+                false
+            }
+        }
     }
 
     /// Verifies a compact JWT and maps its claims to a Principal.
     pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        if self.unloaded.read().is_some() {
+            debug!("JWT not verified: the JWKS is not loaded yet");
+            return Err(AuthError::Unavailable);
+        }
         let header = acceptable_header(token)?;
         let key = self.key_for(&header).await?;
         let validation = self
@@ -239,17 +316,50 @@ impl JwtVerifier {
         }
         *last_refresh = Some(Instant::now());
         match self.loader.load().await {
-            Ok(keys) => {
-                let keys = Arc::new(keys);
-                *self.keys.write() = Arc::clone(&keys);
-                keys
-            }
+            Ok(keys) => self.install(keys),
             Err(error) => {
                 warn!(%error, "JWKS refresh failed; keeping the previous keys");
                 current
             }
         }
     }
+}
+
+/// Re-loads the key set of `verifier` every refresh interval (sooner, with a backoff, while
+/// it never loaded) until the verifier is dropped.
+async fn refresh_periodically(verifier: Weak<JwtVerifier>) {
+    let mut retry = FIRST_LOAD_RETRY_MIN;
+    loop {
+        let wait = match verifier.upgrade() {
+            Some(verifier) if verifier.not_ready().is_some() => {
+                retry.min(verifier.refresh_interval)
+            }
+            Some(verifier) => verifier.refresh_interval,
+            None => return,
+        };
+        tokio::time::sleep(wait).await;
+        let Some(verifier) = verifier.upgrade() else {
+            return;
+        };
+        let was_ready = verifier.not_ready().is_none();
+        if verifier.reload().await || was_ready {
+            retry = FIRST_LOAD_RETRY_MIN;
+        } else {
+            retry = (retry * 2).min(FIRST_LOAD_RETRY_MAX);
+        }
+    }
+}
+
+/// The `iss` claim of a JWT-shaped token, read WITHOUT verifying anything: only to decide
+/// where a token could be verified, never to trust it.
+pub fn unverified_issuer(token: &str) -> Option<String> {
+    if token.len() > MAX_TOKEN_BYTES || !looks_like_jwt(token) {
+        return None;
+    }
+    let payload = token.split('.').nth(1)?;
+    let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
+    let claims: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes).ok()?;
+    claims.get("iss")?.as_str().map(str::to_string)
 }
 
 /// True if `token` has the shape of a compact JWT (three base64url parts).
@@ -1438,5 +1548,64 @@ mod tests {
         ] {
             assert!(!looks_like_jwt(not_jwt), "{not_jwt:?}");
         }
+    }
+
+    #[test]
+    fn the_issuer_is_peeked_without_verification() {
+        let token = rs256(&claims());
+        assert_eq!(
+            unverified_issuer(&token).as_deref(),
+            Some("https://scaikey.example/tenants/tnt_acme")
+        );
+        let forged = format!(
+            "{}.{}.x",
+            b64(&json!({"alg": "RS256"})),
+            b64(&json!({"iss": "k8s"}))
+        );
+        assert_eq!(unverified_issuer(&forged).as_deref(), Some("k8s"));
+        let no_iss = rs256(&without(claims(), "iss"));
+        assert_eq!(unverified_issuer(&no_iss), None);
+        for junk in ["skt_abc", "a.b.c", "a.bm90IGpzb24.c", "a.WyJpc3MiXQ.c"] {
+            assert_eq!(unverified_issuer(junk), None, "{junk}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_started_verifier_is_not_ready_until_its_jwks_loads_then_follows_it() {
+        bounded(async {
+            let server = JwksServer::start(json!({})).await;
+            server.serve(None);
+            let verifier = JwtVerifier::start(
+                JwksSource::Url(server.url.clone()),
+                JwtOptions {
+                    refresh_interval: Duration::from_secs(1),
+                    ..JwtOptions::default()
+                },
+            )
+            .await
+            .expect("start");
+            assert!(
+                verifier
+                    .not_ready()
+                    .is_some_and(|why| why.contains("HTTP status 500"))
+            );
+            assert_eq!(
+                verifier.verify(&rs256(&claims())).await,
+                Err(AuthError::Unavailable)
+            );
+            server.serve(Some(serde_json::from_str(JWKS).expect("jwks.json")));
+            while verifier.not_ready().is_some() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert!(verifier.verify(&rs256(&claims())).await.is_ok());
+            // rsa-1 leaves the published set: the periodic refresh drops it.
+            server.serve(Some(
+                serde_json::from_str(JWKS_RSA_2).expect("jwks-rsa-2.json"),
+            ));
+            while verifier.verify(&rs256(&claims())).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
     }
 }

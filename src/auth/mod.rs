@@ -4,13 +4,17 @@
 //! tenants it may act for. Token sources: ScaiKey JWTs verified against a JWKS ([`jwt`]),
 //! static tokens from a file (stored hashed) and the generated bootstrap token
 //! ([`static_tokens`]); in a cluster, Kubernetes ServiceAccount tokens checked with the
-//! TokenReview API ([`token_review`]).
+//! TokenReview API ([`token_review`]). Failed authentication is limited per client address
+//! ([`failures`]).
 
+pub mod failures;
 pub mod jwt;
 pub mod static_tokens;
 pub mod token_review;
 
 use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::event::TenantRule;
 
@@ -78,6 +82,12 @@ pub enum AuthError {
     TenantAccessDenied(String),
     #[error("the X-Tenant-ID header is required for tokens not bound to one tenant")]
     TenantRequired,
+    #[error("the signing keys of JWTs are not loaded yet; retry shortly")]
+    Unavailable,
+    #[error(
+        "too many failed authentication attempts from this address (limit {limit} per minute); retry in {retry_after_secs} s"
+    )]
+    RateLimited { limit: u32, retry_after_secs: u64 },
 }
 
 impl Principal {
@@ -128,16 +138,18 @@ impl Principal {
 #[derive(Debug, Default)]
 pub struct Authenticator {
     static_tokens: StaticTokens,
-    jwt: Option<jwt::JwtVerifier>,
+    jwt: Option<Arc<jwt::JwtVerifier>>,
     token_review: Option<token_review::TokenReviewer>,
+    failures: failures::FailedAuthLimiter,
 }
 
 impl Authenticator {
-    pub fn new(static_tokens: StaticTokens, jwt: Option<jwt::JwtVerifier>) -> Self {
+    pub fn new(static_tokens: StaticTokens, jwt: Option<Arc<jwt::JwtVerifier>>) -> Self {
         Authenticator {
             static_tokens,
             jwt,
             token_review: None,
+            failures: failures::FailedAuthLimiter::default(),
         }
     }
 
@@ -147,34 +159,71 @@ impl Authenticator {
         self
     }
 
-    /// Authenticates the value of an `Authorization` header: JWTs against the JWKS (when
-    /// configured), then as ServiceAccount tokens (when TokenReview is on); anything else
-    /// against the static tokens.
+    /// Refuses a client address for a while after `per_minute` failed authentications
+    /// (0: never).
+    pub fn with_failed_auth_limit(mut self, per_minute: u32) -> Self {
+        self.failures = failures::FailedAuthLimiter::new(per_minute);
+        self
+    }
+
+    /// Why authentication cannot work yet (the JWKS never loaded), if so.
+    pub fn not_ready(&self) -> Option<String> {
+        self.jwt.as_ref().and_then(|verifier| verifier.not_ready())
+    }
+
+    /// Authenticates the value of an `Authorization` header (see [`Self::authenticate_from`]),
+    /// without a client address (no failure limit).
     pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, AuthError> {
+        self.authenticate_from(None, authorization).await
+    }
+
+    /// Authenticates the value of an `Authorization` header sent from `client`. A client
+    /// over its budget of failed authentications is refused before its token is looked at;
+    /// a refused token (invalid, expired or malformed) counts against the budget.
+    pub async fn authenticate_from(
+        &self,
+        client: Option<IpAddr>,
+        authorization: Option<&str>,
+    ) -> Result<Principal, AuthError> {
         let header = authorization.ok_or(AuthError::Missing)?;
-        let token = bearer_token(header)?;
-        if !jwt::looks_like_jwt(token) {
-            return self
-                .static_tokens
-                .lookup(token)
-                .cloned()
-                .ok_or(AuthError::Invalid);
+        if let Some(client) = client {
+            self.failures
+                .check(client)
+                .map_err(|refusal| AuthError::RateLimited {
+                    limit: refusal.limit,
+                    retry_after_secs: refusal.retry_after_secs,
+                })?;
         }
-        if let Some(verifier) = &self.jwt {
-            match verifier.verify(token).await {
-                // Not a ScaiKey JWT: it may be a ServiceAccount token.
-                Err(AuthError::Invalid) if self.token_review.is_some() => {}
-                result => return result,
+        let result = match bearer_token(header) {
+            Ok(token) => self.resolve(token).await,
+            Err(error) => Err(error),
+        };
+        if let (Some(client), Err(AuthError::Invalid | AuthError::Expired | AuthError::Malformed)) =
+            (client, &result)
+        {
+            self.failures.record_failure(client);
+        }
+        result
+    }
+
+    /// A bearer token's principal: ServiceAccount tokens of this cluster (by their unverified
+    /// issuer) through TokenReview when it is on, other JWTs against the JWKS when one is
+    /// configured, anything else against the static tokens.
+    async fn resolve(&self, token: &str) -> Result<Principal, AuthError> {
+        if jwt::looks_like_jwt(token) {
+            if let Some(reviewer) = &self.token_review
+                && reviewer.is_cluster_token(token)
+            {
+                return reviewer.verify(token).await;
+            }
+            if let Some(verifier) = &self.jwt {
+                return verifier.verify(token).await;
             }
         }
-        match &self.token_review {
-            Some(reviewer) => reviewer.verify(token).await,
-            None => self
-                .static_tokens
-                .lookup(token)
-                .cloned()
-                .ok_or(AuthError::Invalid),
-        }
+        self.static_tokens
+            .lookup(token)
+            .cloned()
+            .ok_or(AuthError::Invalid)
     }
 }
 

@@ -165,16 +165,46 @@ impl TokenEntry {
     }
 }
 
-/// The bootstrap token of a standalone start without configured auth.
-#[derive(Debug, Clone)]
+/// The bootstrap token of a standalone start without configured auth. It is never printed
+/// by the server or written to its log: `scaivault-audit token bootstrap --data-dir DIR`
+/// prints it ([`BootstrapToken::read`]).
+#[derive(Clone)]
 pub struct BootstrapToken {
     pub token: String,
     pub path: PathBuf,
-    /// True when this start generated it (print it once).
+    /// True when this start generated it.
     pub created: bool,
 }
 
+impl std::fmt::Debug for BootstrapToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BootstrapToken")
+            .field("path", &self.path)
+            .field("created", &self.created)
+            .finish_non_exhaustive()
+    }
+}
+
 impl BootstrapToken {
+    /// The token stored in `DIR/bootstrap-token`, or `None` if there is none (the server
+    /// never started on `data_dir` without configured authentication). Never creates one.
+    pub fn read(data_dir: &Path) -> Result<Option<String>, TokenFileError> {
+        let path = data_dir.join(BOOTSTRAP_TOKEN_FILE);
+        match fs::read_to_string(&path) {
+            Ok(text) if text.trim().is_empty() => Err(TokenFileError::Invalid {
+                path,
+                message: "the file is empty".into(),
+            }),
+            Ok(text) => Ok(Some(text.trim().to_string())),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(TokenFileError::Io {
+                action: "read",
+                path,
+                source,
+            }),
+        }
+    }
+
     /// Reads `DIR/bootstrap-token`, or generates one and writes it with mode 0600.
     pub fn load_or_create(data_dir: &Path) -> Result<Self, TokenFileError> {
         let path = data_dir.join(BOOTSTRAP_TOKEN_FILE);
@@ -297,6 +327,20 @@ mod tests {
         let second = BootstrapToken::load_or_create(dir.path()).unwrap();
         assert!(!second.created);
         assert_eq!(second.token, first.token);
+        assert_eq!(
+            BootstrapToken::read(dir.path()).unwrap().as_deref(),
+            Some(first.token.as_str())
+        );
+        assert!(!format!("{first:?}").contains(&first.token));
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(BootstrapToken::read(empty.path()).unwrap(), None);
+        assert!(
+            !empty
+                .path()
+                .join(BOOTSTRAP_TOKEN_FILE)
+                .try_exists()
+                .unwrap()
+        );
     }
 
     #[test]

@@ -2,6 +2,10 @@
 //! (for an audience), then mapped to scopes and a tenant by configured bindings. Positive
 //! reviews are cached briefly, keyed by the token's SHA-256, so a busy in-cluster caller does
 //! not cost one API request per call.
+//!
+//! Only tokens whose (unverified) `iss` claim is the cluster's issuer are sent to the API
+//! server, and refusals are cached for [`NEGATIVE_CACHE_TTL`]: a caller cannot make the
+//! service forward arbitrary JWT-shaped strings, or the same refused one over and over.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -16,8 +20,12 @@ use super::{AuthError, Principal, Scope, TenantAccess};
 
 /// How long a positive review is trusted.
 pub const CACHE_TTL: Duration = Duration::from_secs(30);
-/// Most cached reviews; the cache is cleared when full.
+/// How long a refused token is refused without asking the API server again.
+pub const NEGATIVE_CACHE_TTL: Duration = Duration::from_secs(10);
+/// Most cached reviews (each of the two caches); a cache is cleared when full.
 const CACHE_CAPACITY: usize = 4096;
+/// The issuer of ServiceAccount tokens in a default cluster (`--service-account-issuer`).
+pub const DEFAULT_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 
 /// Which ServiceAccount gets which scopes and tenant.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,12 +37,15 @@ pub struct Binding {
 }
 
 /// TokenReview settings.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenReviewSettings {
     /// Audience the tokens must be issued for (projected token `audience`); `None` accepts the
     /// API server's default audience.
     pub audience: Option<String>,
     pub bindings: Vec<Binding>,
+    /// The cluster's ServiceAccount token issuer: only tokens whose `iss` claim is exactly
+    /// this are reviewed.
+    pub issuer: String,
 }
 
 /// Verifies ServiceAccount tokens through TokenReview.
@@ -42,6 +53,8 @@ pub struct TokenReviewer {
     api: Api<TokenReview>,
     settings: TokenReviewSettings,
     cache: Mutex<HashMap<[u8; 32], (Principal, Instant)>>,
+    /// Tokens refused recently, and when.
+    refused: Mutex<HashMap<[u8; 32], Instant>>,
 }
 
 impl std::fmt::Debug for TokenReviewer {
@@ -65,29 +78,55 @@ impl TokenReviewer {
             api: Api::all(client),
             settings,
             cache: Mutex::default(),
+            refused: Mutex::default(),
         }
+    }
+
+    /// Whether `token` claims to come from this cluster (its `iss`, read without verifying
+    /// the signature, is the configured issuer): only those are worth a review.
+    pub fn is_cluster_token(&self, token: &str) -> bool {
+        super::jwt::unverified_issuer(token).as_deref() == Some(self.settings.issuer.as_str())
     }
 
     /// The principal of a ServiceAccount token, or why not.
     pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        if !self.is_cluster_token(token) {
+            return Err(AuthError::Invalid);
+        }
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some((principal, at)) = self.cache.lock().get(&key)
             && at.elapsed() < CACHE_TTL
         {
             return Ok(principal.clone());
         }
-        let username = self.review(token).await?;
-        let principal = self.principal(&username)?;
-        let mut cache = self.cache.lock();
-        if cache.len() >= CACHE_CAPACITY {
-            cache.clear();
+        if self
+            .refused
+            .lock()
+            .get(&key)
+            .is_some_and(|at| at.elapsed() < NEGATIVE_CACHE_TTL)
+        {
+            tracing::debug!("ServiceAccount token refused recently; not reviewed again");
+            return Err(AuthError::Invalid);
         }
-        cache.insert(key, (principal.clone(), Instant::now()));
-        Ok(principal)
+        let principal = match self.review(token).await {
+            Ok(username) => self.principal(&username),
+            Err(Refused::Unavailable) => return Err(AuthError::Invalid),
+            Err(Refused::Refused) => Err(AuthError::Invalid),
+        };
+        match principal {
+            Ok(principal) => {
+                remember(&self.cache, key, (principal.clone(), Instant::now()));
+                Ok(principal)
+            }
+            Err(error) => {
+                remember(&self.refused, key, Instant::now());
+                Err(error)
+            }
+        }
     }
 
     /// Asks the API server; the authenticated username.
-    async fn review(&self, token: &str) -> Result<String, AuthError> {
+    async fn review(&self, token: &str) -> Result<String, Refused> {
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: token.to_string(),
@@ -105,21 +144,21 @@ impl TokenReviewer {
             .await
             .map_err(|error| {
                 tracing::warn!(%error, "TokenReview failed");
-                AuthError::Invalid
+                Refused::Unavailable
             })?;
         let status = reviewed.status.unwrap_or_default();
         if status.authenticated != Some(true) {
-            return Err(AuthError::Invalid);
+            return Err(Refused::Refused);
         }
         if let Some(audience) = &self.settings.audience
             && !status.audiences.unwrap_or_default().contains(audience)
         {
-            return Err(AuthError::Invalid);
+            return Err(Refused::Refused);
         }
         status
             .user
             .and_then(|user| user.username)
-            .ok_or(AuthError::Invalid)
+            .ok_or(Refused::Refused)
     }
 
     /// Maps a reviewed username to its binding.
@@ -137,6 +176,23 @@ impl TokenReviewer {
             tenants: binding.tenants.clone(),
         })
     }
+}
+
+/// Why a review did not authenticate the token.
+enum Refused {
+    /// The API server answered: not authenticated (cached).
+    Refused,
+    /// The API server could not be asked (not cached: the next request asks again).
+    Unavailable,
+}
+
+/// Inserts into a bounded cache (cleared when full).
+fn remember<V>(cache: &Mutex<HashMap<[u8; 32], V>>, key: [u8; 32], value: V) {
+    let mut cache = cache.lock();
+    if cache.len() >= CACHE_CAPACITY {
+        cache.clear();
+    }
+    cache.insert(key, value);
 }
 
 #[cfg(test)]

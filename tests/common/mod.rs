@@ -186,6 +186,7 @@ pub struct Server {
     child: Child,
     base_url: String,
     token: Option<String>,
+    stdout_log: PathBuf,
     stderr_log: PathBuf,
 }
 
@@ -271,18 +272,20 @@ impl Server {
         command.envs(env.iter().copied());
         let mut child = command.spawn().expect("spawn scaivault-audit");
         let stdout = child.stdout.take().expect("piped stdout");
-        let stdout_lines = spawn_stdout_reader(stdout, stdout_log);
+        let stdout_lines = spawn_stdout_reader(stdout, stdout_log.clone());
 
         let mut server = Server {
             child,
             base_url: String::new(),
             token: None,
+            stdout_log,
             stderr_log,
         };
         let started = Instant::now();
         let addr = server.wait_for_listening_line(&stdout_lines, started).await;
         server.base_url = format!("http://{addr}");
-        server.token = bootstrap_token(data_dir, &stdout_lines);
+        // The bootstrap token (if any) is written before the server prints where it listens.
+        server.token = read_bootstrap_token(data_dir);
         server
     }
 
@@ -305,6 +308,11 @@ impl Server {
 
     pub fn stderr_log(&self) -> &Path {
         &self.stderr_log
+    }
+
+    /// Everything the server wrote to stdout so far.
+    pub fn stdout_log(&self) -> &Path {
+        &self.stdout_log
     }
 
     /// Panics unless the process is still running (it must not die on its own).
@@ -461,29 +469,31 @@ pub fn parse_listening_line(line: &str) -> Option<SocketAddr> {
     addr.parse().ok()
 }
 
-/// The token from `<data_dir>/bootstrap-token`, cross-checked against the printed line.
-fn bootstrap_token(data_dir: &Path, stdout_lines: &Receiver<String>) -> Option<String> {
-    let printed = stdout_lines.try_iter().find_map(|line| {
-        let start = line.find("bootstrap token: ")? + "bootstrap token: ".len();
-        let token: String = line[start..]
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
-            .collect();
-        // A restart prints where the existing token is stored instead of the token.
-        token.starts_with("skt_").then_some(token)
-    });
-    let stored = match fs::read_to_string(data_dir.join("bootstrap-token")) {
-        Ok(text) => Some(text.trim().to_owned()),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
-        Err(error) => panic!("read bootstrap token: {error}"),
-    };
-    if let (Some(printed), Some(stored)) = (&printed, &stored) {
-        assert_eq!(
-            printed, stored,
-            "printed bootstrap token differs from the stored one"
+/// The bootstrap token of `data_dir` as `scaivault-audit token bootstrap --data-dir` prints
+/// it (the server never prints it); `None` when the directory has none.
+pub fn read_bootstrap_token(data_dir: &Path) -> Option<String> {
+    let output = Command::new(BINARY)
+        .args(["token", "bootstrap", "--data-dir"])
+        .arg(data_dir)
+        .env_remove("SCAIVAULT_AUDIT_DATA_DIR")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run scaivault-audit token bootstrap");
+    let stdout = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if output.status.success() {
+        assert!(
+            stdout.starts_with("skt_") && !stdout.contains(char::is_whitespace),
+            "token bootstrap printed {stdout:?}"
         );
+        return Some(stdout);
     }
-    stored.or(printed)
+    assert!(
+        stderr.contains("no bootstrap token"),
+        "token bootstrap failed: {} {stderr}",
+        output.status
+    );
+    None
 }
 
 // ---------------------------------------------------------------------------------------------

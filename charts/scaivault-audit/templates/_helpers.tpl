@@ -69,7 +69,41 @@ app.kubernetes.io/part-of: scaivault
 
 {{- define "scaivault-audit.tokensSecret" -}}
 {{- $a := .Values.auth.staticTokens }}
-{{- if $a.existingSecret }}{{ $a.existingSecret }}{{ else if $a.tokensToml }}{{ include "scaivault-audit.secretName" . }}{{ end }}
+{{- if $a.existingSecret }}{{ $a.existingSecret }}{{ else if or $a.tokensToml .Values.auth.adminToken.enabled }}{{ include "scaivault-audit.secretName" . }}{{ end }}
+{{- end }}
+
+{{/* The admin token's Secret: created at install, kept by uninstall, reused by upgrades. */}}
+{{- define "scaivault-audit.adminTokenSecretName" -}}
+{{- printf "%s-admin-token" (include "scaivault-audit.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The admin token: the one in the existing admin token Secret (upgrades, re-installs), else a new
+random one ("skt_" and 64 hex digits, like `scaivault-audit token new`). Remembered for the rest
+of the rendering, so the Secret and the tokens file's hash agree.
+*/}}
+{{- define "scaivault-audit.adminToken" -}}
+{{- $a := .Values.auth.adminToken }}
+{{- if not (hasKey $a "generatedValue") }}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "scaivault-audit.adminTokenSecretName" .) }}
+{{- $data := default dict (get (default dict $existing) "data") }}
+{{- if hasKey $data "token" }}
+{{- $_ := set $a "generatedValue" (get $data "token" | b64dec) }}
+{{- else }}
+{{- $_ := set $a "generatedValue" (printf "skt_%s" (randAlphaNum 64 | sha256sum)) }}
+{{- end }}
+{{- end }}
+{{- get $a "generatedValue" }}
+{{- end }}
+
+{{/* The admin token's entry of the tokens file: its SHA-256 (the file's format), every scope. */}}
+{{- define "scaivault-audit.adminTokenEntry" -}}
+[[tokens]]
+name = "chart-admin-token"
+sha256 = {{ include "scaivault-audit.adminToken" . | sha256sum | quote }}
+identity_id = "system:chart-admin"
+scopes = ["audit:read", "audit:write", "audit:export"]
+all_tenants = true
 {{- end }}
 
 {{- define "scaivault-audit.tokensKey" -}}
@@ -96,7 +130,7 @@ app.kubernetes.io/part-of: scaivault
 
 {{/* True (non-empty) when the chart renders its own Secret. */}}
 {{- define "scaivault-audit.ownSecret" -}}
-{{- if or (and .Values.auth.staticTokens.tokensToml (not .Values.auth.staticTokens.existingSecret)) (and .Values.auth.jwt.jwks (not .Values.auth.jwt.jwksExistingSecret)) (and .Values.scaivault.token (not .Values.scaivault.existingSecret)) }}true{{ end }}
+{{- if or (and (or .Values.auth.staticTokens.tokensToml .Values.auth.adminToken.enabled) (not .Values.auth.staticTokens.existingSecret)) (and .Values.auth.jwt.jwks (not .Values.auth.jwt.jwksExistingSecret)) (and .Values.scaivault.token (not .Values.scaivault.existingSecret)) }}true{{ end }}
 {{- end }}
 
 {{/* The JWKS location given to the service: a URL, or the mounted file. */}}
@@ -141,6 +175,9 @@ wal_segment_mb = {{ int64 $c.storage.walSegmentMb }}
 [auth]
 rate_limit_queries_per_minute = {{ int64 $c.rateLimit.queriesPerMinute }}
 rate_limit_exports_per_minute = {{ int64 $c.rateLimit.exportsPerMinute }}
+failed_auth_per_minute = {{ int64 $c.rateLimit.failedAuthPerMinute }}
+jwks_refresh_seconds = {{ int64 .Values.auth.jwt.refreshSeconds }}
+jwt_allow_any_audience = {{ .Values.auth.jwt.allowAnyAudience }}
 {{- if include "scaivault-audit.tokensSecret" . }}
 tokens_file = {{ printf "%s/tokens.toml" (include "scaivault-audit.tokensDir" .) | toJson }}
 {{- end }}
@@ -159,6 +196,7 @@ jwt_audience = {{ toJson . }}
 [auth.token_review]
 enabled = true
 audience = {{ toJson .audience }}
+issuer = {{ toJson .issuer }}
 {{- range .bindings }}
 
 [[auth.token_review.bindings]]
