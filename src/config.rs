@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::rate_limit::RateLimits;
 use crate::auth::jwt::{JwksSource, JwtOptions};
+use crate::export::sink::endpoint::EndpointPolicy;
 use crate::state::{IngestLimits, WorkLimits};
 use crate::store::{CommitPolicy, StoreConfig};
 
@@ -127,6 +128,19 @@ pub struct SettingsArgs {
         value_name = "SECONDS"
     )]
     pub export_retry_max_seconds: Option<u64>,
+    /// Let exports connect to loopback, link-local, private and other non-public endpoints
+    /// (development and emulators only).
+    #[arg(long, env = "SCAIVAULT_AUDIT_EXPORT_ALLOW_PRIVATE_ENDPOINTS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub export_allow_private_endpoints: Option<bool>,
+    /// Destination hosts exports may reach even when they resolve to non-public addresses
+    /// (comma-separated names or IP literals).
+    #[arg(
+        long,
+        env = "SCAIVAULT_AUDIT_EXPORT_ENDPOINT_ALLOWLIST",
+        value_name = "HOSTS",
+        value_delimiter = ','
+    )]
+    pub export_endpoint_allowlist: Option<Vec<String>>,
     /// Log filter: a level (`info`) or tracing directives (`info,scaivault_audit=debug`).
     #[arg(long, env = "LOG_LEVEL", value_name = "FILTER")]
     pub log_level: Option<String>,
@@ -309,6 +323,8 @@ pub struct ExportSection {
     pub credentials_dir: Option<PathBuf>,
     pub max_concurrent_jobs: Option<u64>,
     pub retry_max_seconds: Option<u64>,
+    pub allow_private_endpoints: Option<bool>,
+    pub endpoint_allowlist: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -372,6 +388,8 @@ pub struct ExportSettings {
     pub credentials_dir: Option<PathBuf>,
     pub max_concurrent_jobs: usize,
     pub retry_max_elapsed: Duration,
+    /// Which destination endpoints exports may reach (SSRF protection).
+    pub endpoints: EndpointPolicy,
 }
 
 impl ExportSettings {
@@ -423,12 +441,14 @@ impl ExportSettings {
             .or(file.retry_max_seconds)
             .unwrap_or(Self::DEFAULT_RETRY_MAX_SECONDS);
         positive("export.retry_max_seconds", retry_max_seconds)?;
+        let endpoints = resolve_endpoint_policy(args, file)?;
         Ok(ExportSettings {
             scaivault_url,
             scaivault_token_file,
             credentials_dir,
             max_concurrent_jobs: max_concurrent_jobs as usize,
             retry_max_elapsed: Duration::from_secs(retry_max_seconds),
+            endpoints,
         })
     }
 
@@ -439,8 +459,48 @@ impl ExportSettings {
             credentials_dir: self.credentials_dir.clone(),
             max_concurrent_jobs: Some(self.max_concurrent_jobs as u64),
             retry_max_seconds: Some(self.retry_max_elapsed.as_secs()),
+            allow_private_endpoints: Some(self.endpoints.allow_private),
+            endpoint_allowlist: Some(self.endpoints.allowlist.clone()),
         }
     }
+}
+
+/// `[export] allow_private_endpoints` and `[export] endpoint_allowlist`: off and empty by
+/// default; allowlist entries are host names or IP literals.
+fn resolve_endpoint_policy(
+    args: &SettingsArgs,
+    file: &ExportSection,
+) -> Result<EndpointPolicy, ConfigError> {
+    let allow_private = args
+        .export_allow_private_endpoints
+        .or(file.allow_private_endpoints)
+        .unwrap_or(false);
+    let mut allowlist = Vec::new();
+    let entries = args
+        .export_endpoint_allowlist
+        .clone()
+        .or(file.endpoint_allowlist.clone())
+        .unwrap_or_default();
+    for entry in entries {
+        let entry = entry.trim();
+        if entry.is_empty() {
+            continue;
+        }
+        let bare = entry.trim_start_matches('[').trim_end_matches(']');
+        let valid = bare.parse::<std::net::IpAddr>().is_ok()
+            || (!bare.contains([':', '/', '@', ' ']) && url::Host::parse(bare).is_ok());
+        if !valid {
+            return Err(invalid(
+                "export.endpoint_allowlist (SCAIVAULT_AUDIT_EXPORT_ENDPOINT_ALLOWLIST)",
+                &format!("'{entry}' is not a host name or IP address (no scheme, port or path)"),
+            ));
+        }
+        allowlist.push(bare.to_ascii_lowercase());
+    }
+    Ok(EndpointPolicy {
+        allow_private,
+        allowlist,
+    })
 }
 
 impl Settings {

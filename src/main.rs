@@ -233,6 +233,7 @@ fn export_runner(settings: &Settings, store: &Store) -> anyhow::Result<LocalRunn
                 max_elapsed: export.retry_max_elapsed,
                 ..RetryPolicy::default()
             },
+            endpoints: export.endpoints.clone(),
         },
     );
     Ok(LocalRunner::open(

@@ -2,7 +2,11 @@
 //! (Azurite), with credentials from a local server that speaks ScaiVault's secrets API. Every
 //! object is read back and compared byte for byte. Faults: the destination goes away and comes
 //! back, the process is killed mid-export, wrong credentials, ScaiVault errors; no secret ever
-//! appears in the logs.
+//! appears in the logs. Hostile destinations: a 100 MB object at the prefix (refused, memory
+//! flat), two exports racing for one prefix, a foreign multipart upload, private endpoints.
+//!
+//! The emulators listen on loopback, so these servers run with `--export-allow-private-endpoints`
+//! except where the endpoint policy itself is under test.
 //!
 //! Needs `scripts/emulators.sh start` and `.tools/emulators.env` sourced (scripts/test.sh does);
 //! without them every test here fails with a message saying so.
@@ -18,6 +22,8 @@ use serde_json::{Value, json};
 const VAULT_TOKEN: &str = "svt_vault_token_for_tests_7f3a";
 const S3_SECRET: &str = "s3-secret-key-never-logged-91c2";
 const PART_RECORDS: u64 = 10_000;
+/// The emulators are on loopback.
+const ALLOW_PRIVATE: &str = "--export-allow-private-endpoints";
 
 struct Setup {
     dir: TestDir,
@@ -27,9 +33,14 @@ struct Setup {
 
 impl Setup {
     async fn start() -> Setup {
+        Setup::start_with(&[ALLOW_PRIVATE]).await
+    }
+
+    /// A server with `extra` flags instead of `--export-allow-private-endpoints`.
+    async fn start_with(extra: &[&str]) -> Setup {
         let dir = TestDir::new();
         let vault = FakeScaiVault::start(VAULT_TOKEN).await;
-        let server = start_server(&dir, &vault).await;
+        let server = start_server_with(&dir, &vault, extra).await;
         Setup { dir, vault, server }
     }
 
@@ -60,24 +71,27 @@ impl Setup {
 }
 
 async fn start_server(dir: &TestDir, vault: &FakeScaiVault) -> Server {
+    start_server_with(dir, vault, &[ALLOW_PRIVATE]).await
+}
+
+async fn start_server_with(dir: &TestDir, vault: &FakeScaiVault, extra: &[&str]) -> Server {
+    let mut args = vec![
+        "--commit-interval-ms".to_string(),
+        "200".to_string(),
+        "--scaivault-url".to_string(),
+        vault.url.clone(),
+        "--scaivault-token-file".to_string(),
+        dir.root().join("scaivault-token").display().to_string(),
+        "--log-level".to_string(),
+        "debug".to_string(),
+    ];
+    args.extend(extra.iter().map(|arg| arg.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let token_file = dir.root().join("scaivault-token");
     if !token_file.try_exists().unwrap() {
         std::fs::write(&token_file, format!("{VAULT_TOKEN}\n")).unwrap();
     }
-    Server::start(
-        &dir.data_dir(),
-        &[
-            "--commit-interval-ms",
-            "200",
-            "--scaivault-url",
-            &vault.url,
-            "--scaivault-token-file",
-            token_file.to_str().unwrap(),
-            "--log-level",
-            "debug",
-        ],
-    )
-    .await
+    Server::start(&dir.data_dir(), &args).await
 }
 
 /// Ingests `count` events and returns them as the API shows them, oldest first.
@@ -490,4 +504,319 @@ async fn a_killed_export_resumes_after_the_last_uploaded_part() {
         log_text.contains("resuming export"),
         "the restarted server resumed the job"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile destinations
+// ---------------------------------------------------------------------------------------------
+
+/// A kilobyte figure of `/proc/<pid>/status` (`VmRSS`, `VmHWM`).
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+fn unique_prefix(label: &str) -> String {
+    format!(
+        "{label}-{}/",
+        ulid::Ulid::generate().to_string().to_lowercase()
+    )
+}
+
+/// Starts an export of `body` and expects it to fail with `code`.
+async fn expect_failure(setup: &Setup, body: &Value, code: &str) -> Value {
+    let client = client();
+    let id = start_export(&client, setup.base(), setup.token(), body).await;
+    let failed = wait_finished(&client, setup.base(), setup.token(), &id).await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert_eq!(failed["error"]["code"], code, "{failed}");
+    failed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_100_mb_object_at_the_prefix_is_refused_without_being_downloaded() {
+    let endpoint = emulator_env("SCAIVAULT_TEST_S3_ENDPOINT");
+    let bucket = emulator_env("SCAIVAULT_TEST_BUCKET");
+    let setup = Setup::start().await;
+    setup.vault.put("infra/aws/writer", s3_secret(&endpoint));
+    ingest_events(&setup, 10).await;
+    let s3 = s3_client(&endpoint);
+    // Warm-up: a small foreign claim, refused the same way (the S3 client is built and used).
+    let small = unique_prefix("small");
+    s3.put_object()
+        .bucket(&bucket)
+        .key(format!("{small}.scaivault-export"))
+        .body(b"{\"export_id\": \"exp_someone_else\"}".to_vec().into())
+        .send()
+        .await
+        .unwrap();
+    let failed = expect_failure(
+        &setup,
+        &export_request("s3", &bucket, &small, "infra/aws/writer"),
+        "destination_conflict",
+    )
+    .await;
+    assert!(
+        !failed["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("exp_someone_else"),
+        "another export's id is never shown: {failed}"
+    );
+
+    // 100 MB at the claim key (the claim is the one object whose body is read) and, copied,
+    // as a foreign first part (only checked for existence).
+    let huge_claim = unique_prefix("huge-claim");
+    let huge_part = unique_prefix("huge-part");
+    let claim_key = format!("{huge_claim}.scaivault-export");
+    s3.put_object()
+        .bucket(&bucket)
+        .key(&claim_key)
+        .body(vec![b'x'; 100 << 20].into())
+        .send()
+        .await
+        .unwrap();
+    s3.copy_object()
+        .bucket(&bucket)
+        .key(format!("{huge_part}part-0001.jsonl"))
+        .copy_source(format!("{bucket}/{claim_key}"))
+        .send()
+        .await
+        .unwrap();
+    let pid = setup.server.pid();
+    let rss_before = proc_status_kib(pid, "VmRSS");
+    let peak_before = proc_status_kib(pid, "VmHWM");
+    for prefix in [&huge_claim, &huge_part] {
+        expect_failure(
+            &setup,
+            &export_request("s3", &bucket, prefix, "infra/aws/writer"),
+            "destination_conflict",
+        )
+        .await;
+    }
+    let rss_after = proc_status_kib(pid, "VmRSS");
+    let peak_after = proc_status_kib(pid, "VmHWM");
+    eprintln!("VmRSS {rss_before} -> {rss_after} KiB, VmHWM {peak_before} -> {peak_after} KiB");
+    assert!(
+        peak_after < peak_before + 24 * 1024,
+        "peak memory grew by {} KiB reading a 100 MB object",
+        peak_after - peak_before
+    );
+    assert!(rss_after < rss_before + 24 * 1024);
+    // Nothing was written next to the foreign objects.
+    assert_eq!(
+        s3_keys(&endpoint, &bucket, &huge_part).await,
+        vec![format!("{huge_part}part-0001.jsonl")]
+    );
+}
+
+/// Reads an object of `kind` from its emulator.
+async fn read_object(kind: &str, key: &str) -> Option<Vec<u8>> {
+    let bucket = emulator_env("SCAIVAULT_TEST_BUCKET");
+    match kind {
+        "s3" => s3_get(&emulator_env("SCAIVAULT_TEST_S3_ENDPOINT"), &bucket, key).await,
+        "gcs" => gcs_get(&emulator_env("SCAIVAULT_TEST_GCS_ENDPOINT"), &bucket, key).await,
+        _ => {
+            azure_get(
+                &emulator_env("SCAIVAULT_TEST_AZURE_ENDPOINT"),
+                &emulator_env("SCAIVAULT_TEST_AZURE_ACCOUNT"),
+                &emulator_env("SCAIVAULT_TEST_AZURE_KEY"),
+                &format!("{bucket}/{key}"),
+            )
+            .await
+        }
+    }
+}
+
+/// Two exports started together for one prefix: exactly one completes, the other fails with
+/// `destination_conflict`, and the winner's objects are intact.
+async fn race_for_one_prefix(setup: &Setup, kind: &str, bucket: &str, credentials_path: &str) {
+    let client = client();
+    let prefix = unique_prefix(&format!("race-{kind}"));
+    let mut body = export_request(kind, bucket, &prefix, credentials_path);
+    body["max_records_per_file"] = json!(100);
+    let (first, second) = tokio::join!(
+        start_export(&client, setup.base(), setup.token(), &body),
+        start_export(&client, setup.base(), setup.token(), &body),
+    );
+    let (first, second) = tokio::join!(
+        wait_finished(&client, setup.base(), setup.token(), &first),
+        wait_finished(&client, setup.base(), setup.token(), &second),
+    );
+    let (winner, loser) = if first["status"] == "completed" {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    assert_eq!(winner["status"], "completed", "{kind}: {winner}");
+    assert_eq!(loser["status"], "failed", "{kind}: {loser}");
+    assert_eq!(
+        loser["error"]["code"], "destination_conflict",
+        "{kind}: {loser}"
+    );
+    read_parts(&winner, |key| {
+        let kind = kind.to_string();
+        async move { read_object(&kind, &key).await }
+    })
+    .await;
+    let manifest: Value = serde_json::from_slice(
+        &read_object(kind, &format!("{prefix}manifest.json"))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["export_id"], winner["export_id"], "{kind}");
+    assert_eq!(manifest["files"], winner["files"], "{kind}");
+    let claim: Value = serde_json::from_slice(
+        &read_object(kind, &format!("{prefix}.scaivault-export"))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claim["export_id"], winner["export_id"], "{kind}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_exports_racing_for_one_prefix_on_object_stores_leave_one_winner() {
+    let s3_endpoint = emulator_env("SCAIVAULT_TEST_S3_ENDPOINT");
+    let bucket = emulator_env("SCAIVAULT_TEST_BUCKET");
+    let account = emulator_env("SCAIVAULT_TEST_AZURE_ACCOUNT");
+    let setup = Setup::start().await;
+    setup.vault.put("infra/aws/writer", s3_secret(&s3_endpoint));
+    setup.vault.put(
+        "infra/gcp/writer",
+        json!({"service_account_json": gcs_service_account(),
+               "endpoint_url": emulator_env("SCAIVAULT_TEST_GCS_ENDPOINT")}),
+    );
+    setup.vault.put(
+        "infra/azure/writer",
+        json!({"account_name": account, "account_key": emulator_env("SCAIVAULT_TEST_AZURE_KEY"),
+               "endpoint_url": emulator_env("SCAIVAULT_TEST_AZURE_ENDPOINT")}),
+    );
+    ingest_events(&setup, 250).await;
+    for (kind, path) in [
+        ("s3", "infra/aws/writer"),
+        ("gcs", "infra/gcp/writer"),
+        ("azure_blob", "infra/azure/writer"),
+    ] {
+        race_for_one_prefix(&setup, kind, &bucket, path).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_exports_racing_for_one_file_prefix_leave_one_winner() {
+    let setup = Setup::start().await;
+    ingest_events(&setup, 250).await;
+    let out = setup.dir.root().join("race-out");
+    std::fs::create_dir_all(&out).unwrap();
+    let client = client();
+    let mut body = export_request("file", out.to_str().unwrap(), "race/", "unused");
+    body["destination"]
+        .as_object_mut()
+        .unwrap()
+        .remove("credentials_path");
+    body["max_records_per_file"] = json!(100);
+    let (first, second) = tokio::join!(
+        start_export(&client, setup.base(), setup.token(), &body),
+        start_export(&client, setup.base(), setup.token(), &body),
+    );
+    let (first, second) = tokio::join!(
+        wait_finished(&client, setup.base(), setup.token(), &first),
+        wait_finished(&client, setup.base(), setup.token(), &second),
+    );
+    let statuses = [first["status"].clone(), second["status"].clone()];
+    assert!(
+        statuses.contains(&json!("completed")) && statuses.contains(&json!("failed")),
+        "{first}\n{second}"
+    );
+    let (winner, loser) = if first["status"] == "completed" {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    assert_eq!(loser["error"]["code"], "destination_conflict", "{loser}");
+    read_parts(&winner, |key| {
+        let path = out.join(&key);
+        async move { std::fs::read(path).ok() }
+    })
+    .await;
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(out.join("race/manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["export_id"], winner["export_id"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_aborts_only_this_exports_multipart_uploads() {
+    let endpoint = emulator_env("SCAIVAULT_TEST_S3_ENDPOINT");
+    let bucket = emulator_env("SCAIVAULT_TEST_BUCKET");
+    let setup = Setup::start().await;
+    setup.vault.put("infra/aws/writer", s3_secret(&endpoint));
+    ingest_events(&setup, 20).await;
+    // Another client's upload in progress, at the very key of our first part.
+    let prefix = unique_prefix("foreign-upload");
+    let s3 = s3_client(&endpoint);
+    let foreign = s3
+        .create_multipart_upload()
+        .bucket(&bucket)
+        .key(format!("{prefix}part-0001.jsonl"))
+        .send()
+        .await
+        .unwrap();
+    let foreign_id = foreign.upload_id().unwrap().to_string();
+    let open_ids = || async {
+        s3_client(&endpoint)
+            .list_multipart_uploads()
+            .bucket(&bucket)
+            .prefix(&prefix)
+            .send()
+            .await
+            .unwrap()
+            .uploads()
+            .iter()
+            .filter_map(|upload| upload.upload_id().map(str::to_string))
+            .collect::<Vec<_>>()
+    };
+    // Our export discards incomplete uploads before it starts, and completes.
+    let body = export_request("s3", &bucket, &prefix, "infra/aws/writer");
+    run_to_completion(&setup, &body).await;
+    assert_eq!(open_ids().await, vec![foreign_id.clone()]);
+    // A second export loses the claim, fails, and its cleanup runs: still untouched.
+    expect_failure(&setup, &body, "destination_conflict").await;
+    assert_eq!(open_ids().await, vec![foreign_id]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_endpoints_are_refused_before_any_connection_unless_allowlisted() {
+    let endpoint = emulator_env("SCAIVAULT_TEST_S3_ENDPOINT");
+    let bucket = emulator_env("SCAIVAULT_TEST_BUCKET");
+    // A loopback listener that counts connections (and forwards them to the S3 emulator).
+    let proxy = Proxy::start(endpoint_addr(&endpoint)).await;
+    let connections = || proxy.connections.load(std::sync::atomic::Ordering::SeqCst);
+    let strict = Setup::start_with(&[]).await;
+    strict
+        .vault
+        .put("infra/aws/internal", s3_secret(&proxy.url()));
+    ingest_events(&strict, 10).await;
+    let prefix = unique_prefix("ssrf");
+    let body = export_request("s3", &bucket, &prefix, "infra/aws/internal");
+    let failed = expect_failure(&strict, &body, "destination_endpoint_refused").await;
+    let message = failed["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("loopback") && message.contains("endpoint_allowlist"),
+        "{failed}"
+    );
+    assert_eq!(connections(), 0, "no connection to a refused endpoint");
+
+    let allowed =
+        Setup::start_with(&["--export-endpoint-allowlist", "example.invalid,127.0.0.1"]).await;
+    allowed
+        .vault
+        .put("infra/aws/internal", s3_secret(&proxy.url()));
+    ingest_events(&allowed, 10).await;
+    run_to_completion(&allowed, &body).await;
+    assert!(connections() > 0, "the allowlisted endpoint was reached");
 }

@@ -20,6 +20,7 @@ use crate::export::job::{
     Checkpoint, DEFAULT_MAX_RECORDS_PER_FILE, Destination, DestinationType, ExportFailure,
     ExportSpec,
 };
+use crate::export::sink::endpoint::EndpointPolicy;
 use crate::store::Store;
 
 /// Flags of `bench export`.
@@ -64,6 +65,8 @@ pub async fn run(args: ExportBenchArgs) -> anyhow::Result<()> {
         EngineConfig {
             spool_dir: temp.path().join("spool"),
             retry: RetryPolicy::default(),
+            // The benchmark writes to a local emulator.
+            endpoints: EndpointPolicy::allow_all(),
         },
     );
     let out = temp.path().join("out");

@@ -22,7 +22,8 @@ use tokio_util::sync::CancellationToken;
 use super::credentials::CredentialSource;
 use super::format::{self, PartEncoder};
 use super::job::{Checkpoint, ExportFailure, ExportSpec, FileEntry};
-use super::sink::{self, Sink, SinkError};
+use super::sink::endpoint::EndpointPolicy;
+use super::sink::{self, Sink, SinkContext, SinkError, SmallObject};
 use crate::query::{self, LogFilters};
 use crate::store::Store;
 use crate::store::search::{self, Direction, SortKey};
@@ -59,6 +60,8 @@ pub struct EngineConfig {
     /// Where part files wait for upload (destinations other than `file`).
     pub spool_dir: PathBuf,
     pub retry: RetryPolicy,
+    /// Which destination endpoints jobs may connect to.
+    pub endpoints: EndpointPolicy,
 }
 
 /// What a finished job produced.
@@ -185,8 +188,14 @@ impl ExportEngine {
     ) -> Result<ExportOutcome, ExportFailure> {
         let mut filters = spec.log_filters().map_err(invalid_spec)?;
         filters.before_seq = Some(checkpoint.snapshot_seq);
-        let sink = self.retry(cancel, || self.open_sink(spec)).await?;
-        if let Some(outcome) = self.claim(sink.as_ref(), export_id, spec, cancel).await? {
+        let sink = self
+            .retry(cancel, || self.open_sink(export_id, spec))
+            .await?;
+        if let Some(outcome) = self
+            .claim(sink.as_ref(), export_id, spec, &checkpoint, cancel)
+            .await?
+        {
+            sink::forget_uploads(&self.config.spool_dir, export_id);
             return Ok(outcome);
         }
         self.discard_incomplete(sink.as_ref(), export_id, spec, cancel)
@@ -239,19 +248,24 @@ impl ExportEngine {
                 break;
             }
         }
-        self.write_manifest(sink.as_ref(), export_id, spec, &checkpoint, cancel)
-            .await
+        let outcome = self
+            .write_manifest(sink.as_ref(), export_id, spec, &checkpoint, cancel)
+            .await?;
+        sink::forget_uploads(&self.config.spool_dir, export_id);
+        Ok(outcome)
     }
 
-    /// Removes what an interrupted or cancelled job of `export_id` left behind: incomplete
-    /// multipart uploads and spool files. Objects already uploaded stay.
+    /// Removes what an interrupted or cancelled job of `export_id` left behind: its own
+    /// incomplete multipart uploads (those in its upload journal) and spool files. Objects
+    /// already uploaded stay, and nothing of another export is touched: a job that lost the
+    /// claim has nothing to abort.
     pub async fn abort(&self, export_id: &str, spec: &ExportSpec) -> Result<(), ExportFailure> {
         remove_spooled(&self.config.spool_dir, export_id);
         let sink = self
-            .open_sink(spec)
+            .open_sink(export_id, spec)
             .await
             .map_err(StepError::into_failure)?;
-        sink.abort_incomplete(&spec.destination.prefix, export_id)
+        sink.abort_incomplete(&spec.destination.prefix)
             .await
             .map_err(|error| error.to_failure())?;
         Ok(())
@@ -259,7 +273,11 @@ impl ExportEngine {
 
     /// The destination's sink, with credentials read from ScaiVault (or the development
     /// directory).
-    async fn open_sink(&self, spec: &ExportSpec) -> Result<Arc<dyn Sink>, StepError> {
+    async fn open_sink(
+        &self,
+        export_id: &str,
+        spec: &ExportSpec,
+    ) -> Result<Arc<dyn Sink>, StepError> {
         let credentials = self
             .credentials
             .destination(
@@ -274,7 +292,12 @@ impl ExportEngine {
                     StepError::Permanent(error.to_failure())
                 }
             })?;
-        Ok(sink::open(&spec.destination, credentials).await?)
+        let context = SinkContext {
+            export_id: export_id.to_string(),
+            endpoints: self.config.endpoints.clone(),
+            journal_dir: self.config.spool_dir.clone(),
+        };
+        Ok(sink::open(&spec.destination, credentials, &context).await?)
     }
 
     fn spool_dir(&self, sink: &dyn Sink) -> Result<PathBuf, ExportFailure> {
@@ -286,65 +309,127 @@ impl ExportEngine {
         Ok(dir)
     }
 
-    /// Makes the prefix this export's: fails when another export's manifest, claim or part
-    /// files are there; returns the outcome when this export already completed.
+    /// Makes the prefix this export's with one conditional create of the claim object, or
+    /// fails with `destination_conflict` when another export (or anything else) is there.
+    /// Returns the outcome when this export already completed (its claim and a manifest are
+    /// there). Existence is checked with HEAD requests; the only body read is the claim's,
+    /// capped at [`sink::READ_LIMIT_BYTES`].
     async fn claim(
         &self,
         sink: &dyn Sink,
         export_id: &str,
         spec: &ExportSpec,
+        checkpoint: &Checkpoint,
         cancel: &CancellationToken,
     ) -> Result<Option<ExportOutcome>, ExportFailure> {
         let location = format!("{}/{}", sink.location(), spec.destination.prefix);
-        let manifest = self
+        let claim_key = format!("{}{CLAIM_NAME}", spec.destination.prefix);
+        match self
+            .claim_owner(sink, &claim_key, export_id, spec, cancel)
+            .await?
+        {
+            Owner::Us => return self.resumed(sink, spec, checkpoint, cancel).await,
+            Owner::Other(other) => return Err(conflict(&location, export_id, other.as_deref())),
+            Owner::Nobody => {}
+        }
+        // Objects without a claim (another tool, a deleted claim) are never overwritten.
+        for key in [spec.manifest_key(), spec.part_key(1)] {
+            let found = self
+                .retry(cancel, || async { Ok(sink.exists(&key).await?) })
+                .await?;
+            if found {
+                return Err(conflict(&location, export_id, None));
+            }
+        }
+        let body = json!({
+            "export_id": export_id,
+            "tenant_id": spec.tenant_id,
+            "claimed_at": timestamp::format_micros(now_micros()),
+        })
+        .to_string()
+        .into_bytes();
+        let created = self
             .retry(cancel, || async {
-                Ok(sink.get_bytes(&spec.manifest_key()).await?)
+                Ok(sink
+                    .create_new(&claim_key, body.clone(), "application/json")
+                    .await?)
             })
             .await?;
-        if let Some(manifest) = manifest {
-            let manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap_or_default();
-            return match manifest.get("export_id").and_then(|id| id.as_str()) {
-                Some(id) if id == export_id => Ok(Some(outcome_of_manifest(&manifest)?)),
-                other => Err(conflict(&location, other)),
-            };
+        if created {
+            return Ok(None);
         }
-        let claim_key = format!("{}{CLAIM_NAME}", spec.destination.prefix);
+        // Someone was faster, or an earlier attempt of this very create succeeded.
+        match self
+            .claim_owner(sink, &claim_key, export_id, spec, cancel)
+            .await?
+        {
+            Owner::Us => Ok(None),
+            Owner::Other(other) => Err(conflict(&location, export_id, other.as_deref())),
+            Owner::Nobody => Err(conflict(&location, export_id, None)),
+        }
+    }
+
+    /// Whose the claim object at `claim_key` is.
+    async fn claim_owner(
+        &self,
+        sink: &dyn Sink,
+        claim_key: &str,
+        export_id: &str,
+        spec: &ExportSpec,
+        cancel: &CancellationToken,
+    ) -> Result<Owner, ExportFailure> {
         let claim = self
-            .retry(cancel, || async { Ok(sink.get_bytes(&claim_key).await?) })
+            .retry(cancel, || async { Ok(sink.read_small(claim_key).await?) })
             .await?;
-        match claim {
-            Some(claim) => {
-                let claim: serde_json::Value = serde_json::from_slice(&claim).unwrap_or_default();
+        Ok(match claim {
+            SmallObject::Missing => Owner::Nobody,
+            SmallObject::TooLarge => Owner::Other(None),
+            SmallObject::Body(body) => {
+                let claim: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                let same_tenant = claim.get("tenant_id").and_then(|id| id.as_str())
+                    == Some(spec.tenant_id.as_str());
                 match claim.get("export_id").and_then(|id| id.as_str()) {
-                    Some(id) if id == export_id => Ok(None),
-                    other => Err(conflict(&location, other)),
+                    Some(id) if id == export_id => Owner::Us,
+                    // Another export of the same tenant may be named; another tenant's not.
+                    Some(id) if same_tenant => Owner::Other(Some(id.to_string())),
+                    _ => Owner::Other(None),
                 }
             }
-            None => {
-                let first_part = self
-                    .retry(cancel, || async {
-                        Ok(sink.get_bytes(&spec.part_key(1)).await?)
-                    })
-                    .await?;
-                if first_part.is_some() {
-                    return Err(conflict(&location, None));
-                }
-                let body = json!({
-                    "export_id": export_id,
-                    "tenant_id": spec.tenant_id,
-                    "claimed_at": timestamp::format_micros(now_micros()),
-                })
-                .to_string()
-                .into_bytes();
-                self.retry(cancel, || async {
-                    Ok(sink
-                        .put_bytes(&claim_key, body.clone(), "application/json")
-                        .await?)
-                })
-                .await?;
-                Ok(None)
-            }
-        }
+        })
+    }
+
+    /// This export's claim is there: the outcome if its manifest was written (the files are
+    /// the checkpoint's, every part was checkpointed before the manifest), else `None`.
+    async fn resumed(
+        &self,
+        sink: &dyn Sink,
+        spec: &ExportSpec,
+        checkpoint: &Checkpoint,
+        cancel: &CancellationToken,
+    ) -> Result<Option<ExportOutcome>, ExportFailure> {
+        let manifest_key = spec.manifest_key();
+        let manifest = self
+            .retry(cancel, || async {
+                Ok(sink.read_small(&manifest_key).await?)
+            })
+            .await?;
+        let completed_at = match manifest {
+            SmallObject::Missing => return Ok(None),
+            SmallObject::Body(body) => serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|manifest| {
+                    manifest
+                        .get("completed_at")
+                        .and_then(|at| at.as_str())
+                        .map(str::to_string)
+                }),
+            SmallObject::TooLarge => None,
+        };
+        Ok(Some(ExportOutcome {
+            files: checkpoint.files.clone(),
+            record_count: checkpoint.records(),
+            completed_at: completed_at.unwrap_or_else(|| timestamp::format_micros(now_micros())),
+        }))
     }
 
     async fn discard_incomplete(
@@ -357,9 +442,7 @@ impl ExportEngine {
         remove_spooled(&self.config.spool_dir, export_id);
         let removed = self
             .retry(cancel, || async {
-                Ok(sink
-                    .abort_incomplete(&spec.destination.prefix, export_id)
-                    .await?)
+                Ok(sink.abort_incomplete(&spec.destination.prefix).await?)
             })
             .await?;
         if removed > 0 {
@@ -583,25 +666,19 @@ fn manifest_json(export_id: &str, spec: &ExportSpec, outcome: &ExportOutcome) ->
     })
 }
 
-fn outcome_of_manifest(manifest: &serde_json::Value) -> Result<ExportOutcome, ExportFailure> {
-    let files: Vec<FileEntry> = manifest
-        .get("files")
-        .cloned()
-        .and_then(|files| serde_json::from_value(files).ok())
-        .ok_or_else(|| internal("an earlier manifest of this export has no readable files"))?;
-    Ok(ExportOutcome {
-        record_count: files.iter().map(|file| file.records).sum(),
-        files,
-        completed_at: manifest
-            .get("completed_at")
-            .and_then(|at| at.as_str())
-            .unwrap_or_default()
-            .to_string(),
-    })
+/// Who holds a prefix's claim object.
+enum Owner {
+    Us,
+    /// Another export: its id when it is the same tenant's.
+    Other(Option<String>),
+    Nobody,
 }
 
-fn conflict(location: &str, other: Option<&str>) -> ExportFailure {
-    let owner = match other {
+/// The failure of an export whose prefix holds objects of another export or client. Only an
+/// export of the same tenant is named: tenants never learn each other's export ids.
+fn conflict(location: &str, export_id: &str, same_tenant_owner: Option<&str>) -> ExportFailure {
+    tracing::warn!(export_id, location, "destination prefix is taken");
+    let owner = match same_tenant_owner {
         Some(id) => format!("export {id}"),
         None => "objects of another export".to_string(),
     };

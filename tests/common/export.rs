@@ -230,6 +230,8 @@ impl FakeScaiVault {
 #[derive(Clone)]
 pub struct Proxy {
     pub addr: SocketAddr,
+    /// Connections accepted so far.
+    pub connections: Arc<AtomicUsize>,
     down: Arc<AtomicBool>,
     budget: Arc<AtomicU64>,
     generation: Arc<AtomicU64>,
@@ -240,6 +242,7 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let proxy = Proxy {
             addr: listener.local_addr().expect("addr"),
+            connections: Arc::default(),
             down: Arc::default(),
             budget: Arc::new(AtomicU64::new(u64::MAX)),
             generation: Arc::default(),
@@ -247,6 +250,7 @@ impl Proxy {
         let state = proxy.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                state.connections.fetch_add(1, Ordering::SeqCst);
                 if state.down.load(Ordering::SeqCst) {
                     drop(client);
                     continue;
@@ -392,7 +396,7 @@ pub async fn s3_open_uploads(endpoint: &str, bucket: &str, prefix: &str) -> usiz
         .len()
 }
 
-fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
+pub fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
     use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
     let config = aws_sdk_s3::Config::builder()
         .behavior_version(BehaviorVersion::latest())

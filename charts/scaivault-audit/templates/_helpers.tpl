@@ -210,6 +210,8 @@ tenant_id = {{ toJson .tenantId }}
 [export]
 max_concurrent_jobs = {{ int64 .Values.export.maxConcurrentJobs }}
 retry_max_seconds = {{ int64 .Values.export.retryMaxSeconds }}
+allow_private_endpoints = {{ .Values.export.allowPrivateEndpoints | default false }}
+endpoint_allowlist = {{ .Values.export.endpointAllowlist | default list | toJson }}
 {{- with .Values.scaivault.url }}
 scaivault_url = {{ toJson . }}
 {{- end }}

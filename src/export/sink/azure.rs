@@ -18,13 +18,18 @@ use azure_core::http::{
     ClientOptions, Context, ExponentialRetryOptions, Request, RequestContent, RetryOptions, Url,
 };
 use azure_storage_blob::models::{
-    BlockBlobClientCommitBlockListOptions, BlockBlobClientUploadOptions, BlockLookupList,
+    BlobClientDownloadOptions, BlockBlobClientCommitBlockListOptions, BlockBlobClientUploadOptions,
+    BlockLookupList, HttpRange,
 };
 use azure_storage_blob::{BlobContainerClient, BlobServiceClient, BlobServiceClientOptions};
 use base64::Engine;
 use hmac::{KeyInit, Mac};
 
-use super::{Sink, SinkError, SinkErrorKind, UPLOAD_CHUNK_BYTES, kind_of_status, read_chunk};
+use super::endpoint::{EndpointPolicy, FilteringResolver};
+use super::{
+    CappedBuffer, READ_LIMIT_BYTES, Sink, SinkError, SinkErrorKind, SmallObject,
+    UPLOAD_CHUNK_BYTES, kind_of_status, read_chunk,
+};
 use crate::export::credentials::{AzureAuth, AzureCredentials, SecretString};
 
 /// Blob service API version sent by the client (supported by Azure and by Azurite 3.35).
@@ -37,7 +42,11 @@ pub struct AzureSink {
 }
 
 impl AzureSink {
-    pub fn new(container: &str, credentials: &AzureCredentials) -> Result<Self, SinkError> {
+    pub fn new(
+        container: &str,
+        credentials: &AzureCredentials,
+        endpoints: &EndpointPolicy,
+    ) -> Result<Self, SinkError> {
         let invalid = |reason: String| SinkError::new(SinkErrorKind::InvalidCredentials, reason);
         let mut url = Url::parse(&credentials.endpoint_url).map_err(|_| {
             invalid("the Azure endpoint URL in the credentials secret is not a URL".into())
@@ -48,6 +57,9 @@ impl AzureSink {
                 max_total_elapsed: azure_core::time::Duration::seconds(60),
                 ..Default::default()
             }),
+            transport: Some(azure_core::http::Transport::new(Arc::new(http_client(
+                endpoints,
+            )?))),
             ..Default::default()
         };
         match &credentials.auth {
@@ -207,34 +219,106 @@ impl Sink for AzureSink {
         Ok(())
     }
 
-    async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, SinkError> {
-        let blob = self.container.blob_client(key);
-        let downloaded = match blob.download(None).await {
+    /// `If-None-Match: *`: the upload succeeds only if no blob exists.
+    async fn create_new(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+    ) -> Result<bool, SinkError> {
+        let options = BlockBlobClientUploadOptions {
+            blob_content_type: Some(content_type.to_string()),
+            ..Default::default()
+        }
+        .if_not_exists();
+        let uploaded = self
+            .container
+            .blob_client(key)
+            .upload(RequestContent::from(body), Some(options))
+            .await;
+        match uploaded {
+            Ok(_) => Ok(true),
+            Err(error) if matches!(status_and_code(&error).0, 409 | 412) => Ok(false),
+            Err(error) => Err(self.error("claiming", key, &error)),
+        }
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool, SinkError> {
+        match self.container.blob_client(key).get_properties(None).await {
+            Ok(_) => Ok(true),
+            Err(error) => match status_and_code(&error) {
+                (404, code) if code == "BlobNotFound" || code.is_empty() => Ok(false),
+                _ => Err(self.error("checking", key, &error)),
+            },
+        }
+    }
+
+    async fn read_small(&self, key: &str) -> Result<SmallObject, SinkError> {
+        use futures::StreamExt;
+        let limit = READ_LIMIT_BYTES as u64 + 1;
+        let options = BlobClientDownloadOptions {
+            range: Some(HttpRange::from(0..limit)),
+            parallel: std::num::NonZero::new(1),
+            partition_size: std::num::NonZero::new(limit as usize),
+            ..Default::default()
+        };
+        let downloaded = match self
+            .container
+            .blob_client(key)
+            .download(Some(options))
+            .await
+        {
             Ok(downloaded) => downloaded,
             Err(error) => {
-                if let ErrorKind::HttpResponse {
-                    error_code: Some(code),
-                    ..
-                } = error.kind()
-                    && code == "BlobNotFound"
-                {
-                    return Ok(None);
-                }
-                return Err(self.error("reading", key, &error));
+                return match status_and_code(&error) {
+                    (404, code) if code == "BlobNotFound" || code.is_empty() => {
+                        Ok(SmallObject::Missing)
+                    }
+                    (416, _) => Ok(SmallObject::Body(Vec::new())),
+                    _ => Err(self.error("reading", key, &error)),
+                };
             }
         };
-        let bytes = downloaded
-            .body
-            .collect()
-            .await
-            .map_err(|error| self.error("reading", key, &error))?;
-        Ok(Some(bytes.to_vec()))
+        let mut body = downloaded.body;
+        let mut buffer = CappedBuffer::default();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|error| self.error("reading", key, &error))?;
+            if !buffer.push(&chunk) {
+                break;
+            }
+        }
+        Ok(buffer.finish())
     }
 
     /// Uncommitted blocks are discarded by Azure itself (after a week); nothing to abort.
-    async fn abort_incomplete(&self, _prefix: &str, _export_id: &str) -> Result<usize, SinkError> {
+    async fn abort_incomplete(&self, _prefix: &str) -> Result<usize, SinkError> {
         Ok(0)
     }
+}
+
+/// The HTTP status and Azure error code of a failed request (`0` and empty when it has none).
+fn status_and_code(error: &azure_core::Error) -> (u16, String) {
+    match error.kind() {
+        ErrorKind::HttpResponse {
+            status, error_code, ..
+        } => (u16::from(*status), error_code.clone().unwrap_or_default()),
+        _ => (0, String::new()),
+    }
+}
+
+/// The HTTP client of the Azure sink: addresses filtered by the endpoint policy, no redirects
+/// (a redirect to an IP literal would bypass the resolver).
+fn http_client(endpoints: &EndpointPolicy) -> Result<reqwest::Client, SinkError> {
+    reqwest::Client::builder()
+        .dns_resolver(Arc::new(FilteringResolver::new(endpoints.clone())))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|error| {
+            SinkError::new(
+                SinkErrorKind::Rejected,
+                format!("creating the Azure HTTP client: {error}"),
+            )
+        })
 }
 
 /// Key bytes whose `Debug` prints nothing.

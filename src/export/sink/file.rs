@@ -5,18 +5,20 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
-use super::{Sink, SinkError, SinkErrorKind};
+use super::{CappedBuffer, READ_LIMIT_BYTES, Sink, SinkError, SinkErrorKind, SmallObject};
 
 /// Name prefix of files spooled by an export, removed by `abort_incomplete`.
 const SPOOL_PREFIX: &str = ".scaivault-export-";
 
 pub struct FileSink {
     root: PathBuf,
+    /// The export whose spool files `abort_incomplete` removes.
+    export_id: String,
 }
 
 impl FileSink {
-    /// A sink writing under the existing directory `root`.
-    pub fn open(root: &str) -> Result<Self, SinkError> {
+    /// A sink writing under the existing directory `root` for the export `export_id`.
+    pub fn open(root: &str, export_id: &str) -> Result<Self, SinkError> {
         let root = PathBuf::from(root);
         if !root.is_dir() {
             return Err(SinkError::new(
@@ -27,7 +29,10 @@ impl FileSink {
                 ),
             ));
         }
-        Ok(FileSink { root })
+        Ok(FileSink {
+            root,
+            export_id: export_id.to_string(),
+        })
     }
 
     fn io_error(&self, action: &str, error: std::io::Error) -> SinkError {
@@ -113,16 +118,69 @@ impl Sink for FileSink {
         placed
     }
 
-    async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, SinkError> {
-        match std::fs::read(self.target(key)) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(error) => Err(self.io_error("reading", error)),
+    /// `O_EXCL`: of two racing exports exactly one creates the file.
+    async fn create_new(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        _content_type: &str,
+    ) -> Result<bool, SinkError> {
+        use std::io::Write;
+        let target = self.target(key);
+        let parent = target.parent().unwrap_or(&self.root).to_path_buf();
+        std::fs::create_dir_all(&parent).map_err(|error| self.io_error("creating", error))?;
+        let mut file = match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&target)
+        {
+            Ok(file) => file,
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+            Err(error) => return Err(self.io_error("claiming", error)),
+        };
+        file.write_all(&body)
+            .and_then(|()| file.sync_all())
+            .map_err(|error| self.io_error("writing", error))?;
+        std::fs::File::open(&parent)
+            .and_then(|dir| dir.sync_all())
+            .map_err(|error| self.io_error("syncing", error))?;
+        Ok(true)
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool, SinkError> {
+        match std::fs::symlink_metadata(self.target(key)) {
+            Ok(_) => Ok(true),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(error) => Err(self.io_error("checking", error)),
         }
     }
 
-    async fn abort_incomplete(&self, _prefix: &str, export_id: &str) -> Result<usize, SinkError> {
-        let own = spool_prefix(export_id);
+    async fn read_small(&self, key: &str) -> Result<SmallObject, SinkError> {
+        use std::io::Read;
+        let file = match std::fs::File::open(self.target(key)) {
+            Ok(file) => file,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(SmallObject::Missing);
+            }
+            Err(error) => return Err(self.io_error("reading", error)),
+        };
+        let mut buffer = CappedBuffer::default();
+        let mut chunk = vec![0u8; 64 * 1024];
+        // At most one byte past the limit is read, whatever the file (or FIFO) holds.
+        let mut limited = file.take(READ_LIMIT_BYTES as u64 + 1);
+        loop {
+            let n = limited
+                .read(&mut chunk)
+                .map_err(|error| self.io_error("reading", error))?;
+            if n == 0 || !buffer.push(&chunk[..n]) {
+                break;
+            }
+        }
+        Ok(buffer.finish())
+    }
+
+    async fn abort_incomplete(&self, _prefix: &str) -> Result<usize, SinkError> {
+        let own = spool_prefix(&self.export_id);
         let mut removed = 0;
         let entries =
             std::fs::read_dir(&self.root).map_err(|error| self.io_error("listing", error))?;
@@ -145,4 +203,62 @@ pub fn spool_prefix(export_id: &str) -> String {
 /// Spool file name of part `number` of `export_id` (inside a [`Sink::spool_dir`]).
 pub fn spool_name(export_id: &str, number: usize) -> String {
     format!("{}part-{number:04}.partial", spool_prefix(export_id))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn sink(dir: &Path) -> FileSink {
+        FileSink::open(dir.to_str().unwrap(), "exp_test").unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn of_many_racing_creates_exactly_one_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = std::sync::Arc::new(sink(dir.path()));
+        let mut tasks = Vec::new();
+        for i in 0..16 {
+            let sink = sink.clone();
+            tasks.push(tokio::spawn(async move {
+                sink.create_new("p/.claim", format!("{i}").into_bytes(), "text/plain")
+                    .await
+                    .unwrap()
+            }));
+        }
+        let mut winners = 0;
+        for task in tasks {
+            winners += usize::from(task.await.unwrap());
+        }
+        assert_eq!(winners, 1);
+        assert!(sink.exists("p/.claim").await.unwrap());
+        assert!(!sink.exists("p/other").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn reads_stop_at_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = sink(dir.path());
+        std::fs::write(dir.path().join("small"), b"{}").unwrap();
+        std::fs::write(dir.path().join("exact"), vec![b'x'; READ_LIMIT_BYTES]).unwrap();
+        std::fs::write(dir.path().join("large"), vec![b'x'; READ_LIMIT_BYTES + 1]).unwrap();
+        assert_eq!(
+            sink.read_small("small").await.unwrap(),
+            SmallObject::Body(b"{}".to_vec())
+        );
+        assert!(matches!(
+            sink.read_small("exact").await.unwrap(),
+            SmallObject::Body(body) if body.len() == READ_LIMIT_BYTES
+        ));
+        assert_eq!(
+            sink.read_small("large").await.unwrap(),
+            SmallObject::TooLarge
+        );
+        assert_eq!(
+            sink.read_small("missing").await.unwrap(),
+            SmallObject::Missing
+        );
+    }
 }

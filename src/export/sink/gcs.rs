@@ -8,9 +8,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use google_cloud_gax::retry_policy::RetryPolicyExt;
 use google_cloud_storage::client::Storage;
+use google_cloud_storage::model_ext::ReadRange;
 use google_cloud_storage::retry_policy::RetryableErrors;
 
-use super::{Sink, SinkError, SinkErrorKind, UPLOAD_CHUNK_BYTES, kind_of_status};
+use super::{
+    CappedBuffer, READ_LIMIT_BYTES, Sink, SinkError, SinkErrorKind, SmallObject,
+    UPLOAD_CHUNK_BYTES, kind_of_status,
+};
 use crate::export::credentials::GcsCredentials;
 
 /// How long the client keeps retrying one request before the engine's own backoff takes over.
@@ -137,30 +141,83 @@ impl Sink for GcsSink {
         Ok(())
     }
 
-    async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, SinkError> {
-        let mut response = match self
+    /// `ifGenerationMatch=0`: the write succeeds only if no live object exists.
+    async fn create_new(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+    ) -> Result<bool, SinkError> {
+        let written = self
+            .client
+            .write_object(self.bucket_path(), key, bytes::Bytes::from(body))
+            .set_content_type(content_type)
+            .set_if_generation_match(0)
+            .send_buffered()
+            .await;
+        match written {
+            Ok(_) => Ok(true),
+            Err(error) if error.http_status_code() == Some(412) => Ok(false),
+            Err(error) => Err(self.error("claiming", key, &error)),
+        }
+    }
+
+    /// The data-plane client has no metadata call: a one-byte ranged read stands in (its
+    /// response carries the object's metadata; the body is at most one byte).
+    async fn exists(&self, key: &str) -> Result<bool, SinkError> {
+        let response = self
             .client
             .read_object(self.bucket_path(), key)
+            .set_read_range(ReadRange::head(1))
             .send()
-            .await
-        {
+            .await;
+        match response {
+            Ok(_) => Ok(true),
+            // An empty object has no first byte.
+            Err(error) if error.http_status_code() == Some(416) => Ok(true),
+            Err(error) if error.http_status_code() == Some(404) => Ok(false),
+            Err(error) => Err(self.error("checking", key, &error)),
+        }
+    }
+
+    async fn read_small(&self, key: &str) -> Result<SmallObject, SinkError> {
+        let response = self
+            .client
+            .read_object(self.bucket_path(), key)
+            .set_read_range(ReadRange::segment(0, READ_LIMIT_BYTES as u64 + 1))
+            .send()
+            .await;
+        let mut response = match response {
             Ok(response) => response,
             Err(error) if error.http_status_code() == Some(404) => {
-                // 404 is also what a missing bucket gets: tell them apart by reading nothing.
-                return Ok(None);
+                return Ok(SmallObject::Missing);
+            }
+            Err(error) if error.http_status_code() == Some(416) => {
+                return Ok(SmallObject::Body(Vec::new()));
             }
             Err(error) => return Err(self.error("reading", key, &error)),
         };
-        let mut contents = Vec::new();
+        let mut buffer = CappedBuffer::default();
         while let Some(chunk) = response.next().await {
             let chunk = chunk.map_err(|error| self.error("reading", key, &error))?;
-            contents.extend_from_slice(&chunk);
+            if !buffer.push(&chunk) {
+                break;
+            }
         }
-        Ok(Some(contents))
+        Ok(buffer.finish())
     }
 
     /// GCS discards incomplete resumable uploads itself (after a week); nothing to abort.
-    async fn abort_incomplete(&self, _prefix: &str, _export_id: &str) -> Result<usize, SinkError> {
+    async fn abort_incomplete(&self, _prefix: &str) -> Result<usize, SinkError> {
         Ok(0)
     }
+}
+
+/// The `token_uri` of the service account key, which the auth library may call.
+pub fn token_uri(credentials: &GcsCredentials) -> Option<String> {
+    let key: serde_json::Value =
+        serde_json::from_str(credentials.service_account_json.expose()).ok()?;
+    key.get("token_uri")
+        .and_then(|uri| uri.as_str())
+        .map(str::to_string)
 }

@@ -1,7 +1,10 @@
 //! Amazon S3 and S3-compatible stores with `aws-sdk-s3`: single PUT for small files, multipart
-//! upload in [`UPLOAD_CHUNK_BYTES`] parts otherwise, aborted on failure.
+//! upload in [`UPLOAD_CHUNK_BYTES`] parts otherwise, aborted on failure. Every multipart upload
+//! is recorded in the export's upload journal first, and only journaled uploads are aborted.
+//! The client resolves host names through [`FilteringResolver`], so it never connects to an
+//! address the endpoint policy refuses.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,18 +18,30 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 
-use super::{Sink, SinkError, SinkErrorKind, UPLOAD_CHUNK_BYTES, kind_of_status, read_chunk};
+use super::endpoint::FilteringResolver;
+use super::{
+    CappedBuffer, Sink, SinkContext, SinkError, SinkErrorKind, SmallObject, UPLOAD_CHUNK_BYTES,
+    capped_range, journal, kind_of_status, read_chunk,
+};
 use crate::export::credentials::S3Credentials;
 
 pub struct S3Sink {
     client: Client,
     bucket: String,
+    /// This export's upload journal.
+    journal: PathBuf,
 }
 
 impl S3Sink {
-    pub fn new(bucket: &str, credentials: &S3Credentials) -> Self {
+    pub fn new(bucket: &str, credentials: &S3Credentials, context: &SinkContext) -> Self {
+        let http_client = aws_smithy_http_client::Builder::new()
+            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                aws_smithy_http_client::tls::rustls_provider::CryptoMode::AwsLc,
+            ))
+            .build_with_resolver(FilteringResolver::new(context.endpoints.clone()));
         let mut config = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
+            .http_client(http_client)
             .credentials_provider(Credentials::new(
                 credentials.access_key_id.expose(),
                 credentials.secret_access_key.expose(),
@@ -56,6 +71,7 @@ impl S3Sink {
         S3Sink {
             client: Client::from_conf(config.build()),
             bucket: bucket.to_string(),
+            journal: journal::journal_path(&context.journal_dir, &context.export_id),
         }
     }
 
@@ -66,6 +82,13 @@ impl S3Sink {
     {
         let location = format!("s3://{}/{key}", self.bucket);
         match &error {
+            SdkError::DispatchFailure(failure) if refused_by_resolver(failure) => SinkError::new(
+                SinkErrorKind::EndpointRefused,
+                format!(
+                    "{action} {location}: the S3 endpoint resolves only to addresses that \
+                     [export] endpoint_allowlist / allow_private_endpoints do not allow"
+                ),
+            ),
             SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
                 SinkError::transient(format!("{action} {location}: S3 is unreachable"))
             }
@@ -96,7 +119,7 @@ impl S3Sink {
                     }
                     SinkErrorKind::AccessDenied => {
                         "the credentials lack permission (s3:PutObject, s3:GetObject, \
-                         s3:ListBucketMultipartUploads, s3:AbortMultipartUpload)"
+                         s3:ListBucket, s3:AbortMultipartUpload)"
                             .to_string()
                     }
                     _ => format!("S3 answered {status}"),
@@ -137,6 +160,16 @@ impl S3Sink {
                 format!("S3 returned no upload id for s3://{}/{key}", self.bucket),
             ));
         };
+        if let Err(error) = journal::record(&self.journal, &upload_id, key) {
+            self.abort_upload(key, &upload_id).await;
+            return Err(SinkError::new(
+                SinkErrorKind::Rejected,
+                format!(
+                    "recording the upload of s3://{}/{key}: {error}",
+                    self.bucket
+                ),
+            ));
+        }
         let uploaded = self.upload_parts(key, &upload_id, path, size).await;
         match uploaded {
             Ok(parts) => self
@@ -156,17 +189,21 @@ impl S3Sink {
                 .map_err(|error| self.error("completing upload of", key, error)),
             Err(error) => {
                 // Best effort: a later abort_incomplete() catches what this misses.
-                let _ = self
-                    .client
-                    .abort_multipart_upload()
-                    .bucket(&self.bucket)
-                    .key(key)
-                    .upload_id(&upload_id)
-                    .send()
-                    .await;
+                self.abort_upload(key, &upload_id).await;
                 Err(error)
             }
         }
+    }
+
+    async fn abort_upload(&self, key: &str, upload_id: &str) {
+        let _ = self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await;
     }
 
     async fn upload_parts(
@@ -252,59 +289,138 @@ impl Sink for S3Sink {
         Ok(())
     }
 
-    async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, SinkError> {
+    async fn create_new(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+    ) -> Result<bool, SinkError> {
+        let created = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .if_none_match("*")
+            .body(ByteStream::from(body))
+            .send()
+            .await;
+        match created {
+            Ok(_) => Ok(true),
+            Err(error) if status_of(&error) == Some(412) => Ok(false),
+            Err(error) if status_of(&error) == Some(409) => Err(SinkError::transient(format!(
+                "claiming s3://{}/{key}: a concurrent write is in progress",
+                self.bucket
+            ))),
+            Err(error) => Err(self.error("claiming", key, error)),
+        }
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool, SinkError> {
+        let head = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await;
+        match head {
+            Ok(_) => Ok(true),
+            // (A missing bucket is 404 too; the claim's GET, which comes first, tells it apart.)
+            Err(error) if error.code() == Some("NotFound") || status_of(&error) == Some(404) => {
+                Ok(false)
+            }
+            Err(error) => Err(self.error("checking", key, error)),
+        }
+    }
+
+    async fn read_small(&self, key: &str) -> Result<SmallObject, SinkError> {
         let response = self
             .client
             .get_object()
             .bucket(&self.bucket)
             .key(key)
+            .range(capped_range())
             .send()
             .await;
-        let output = match response {
+        let mut output = match response {
             Ok(output) => output,
-            Err(error) if error.code() == Some("NoSuchKey") => return Ok(None),
+            Err(error) if error.code() == Some("NoSuchKey") => return Ok(SmallObject::Missing),
+            // The range of an empty object is unsatisfiable.
+            Err(error) if status_of(&error) == Some(416) => {
+                return Ok(SmallObject::Body(Vec::new()));
+            }
             Err(error) => return Err(self.error("reading", key, error)),
         };
-        let bytes = output.body.collect().await.map_err(|_| {
-            SinkError::transient(format!(
-                "reading s3://{}/{key}: the download broke off",
-                self.bucket
-            ))
-        })?;
-        Ok(Some(bytes.into_bytes().to_vec()))
+        let mut buffer = CappedBuffer::default();
+        while let Some(chunk) = output.body.next().await {
+            let chunk = chunk.map_err(|_| {
+                SinkError::transient(format!(
+                    "reading s3://{}/{key}: the download broke off",
+                    self.bucket
+                ))
+            })?;
+            if !buffer.push(&chunk) {
+                break;
+            }
+        }
+        Ok(buffer.finish())
     }
 
-    async fn abort_incomplete(&self, prefix: &str, _export_id: &str) -> Result<usize, SinkError> {
-        let listing = self
-            .client
-            .list_multipart_uploads()
-            .bucket(&self.bucket)
-            .prefix(prefix)
-            .send()
-            .await
-            .map_err(|error| self.error("listing uploads under", prefix, error))?;
+    async fn abort_incomplete(&self, prefix: &str) -> Result<usize, SinkError> {
+        let local = |error: std::io::Error| {
+            SinkError::new(
+                SinkErrorKind::Rejected,
+                format!("reading the upload journal: {error}"),
+            )
+        };
         let mut aborted = 0;
-        for upload in listing.uploads() {
-            let (Some(key), Some(upload_id)) = (upload.key(), upload.upload_id()) else {
-                continue;
-            };
-            // Only our part files: the prefix may be shared with unrelated objects.
-            if !key
-                .strip_prefix(prefix)
-                .is_some_and(|rest| rest.starts_with("part-"))
-            {
+        for (upload_id, key) in journal::entries(&self.journal).map_err(local)? {
+            if !key.starts_with(prefix) {
                 continue;
             }
-            self.client
+            let result = self
+                .client
                 .abort_multipart_upload()
                 .bucket(&self.bucket)
-                .key(key)
-                .upload_id(upload_id)
+                .key(&key)
+                .upload_id(&upload_id)
                 .send()
-                .await
-                .map_err(|error| self.error("aborting upload of", key, error))?;
-            aborted += 1;
+                .await;
+            match result {
+                Ok(_) => aborted += 1,
+                // Completed or already aborted.
+                Err(error)
+                    if error.code() == Some("NoSuchUpload") || status_of(&error) == Some(404) => {}
+                Err(error) => return Err(self.error("aborting upload of", &key, error)),
+            }
         }
+        journal::remove(&self.journal).map_err(local)?;
         Ok(aborted)
     }
+}
+
+/// The HTTP status of a service error, if the request got that far.
+fn status_of<E, R: HasStatus>(error: &SdkError<E, R>) -> Option<u16> {
+    match error {
+        SdkError::ServiceError(service) => Some(service.raw().status_code()),
+        _ => None,
+    }
+}
+
+/// Whether a dispatch failure is the endpoint policy's refusal (every resolved address refused).
+fn refused_by_resolver(failure: &aws_smithy_runtime_api::client::result::DispatchFailure) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = failure
+        .as_connector_error()
+        .map(|error| error as &(dyn std::error::Error + 'static));
+    while let Some(error) = source {
+        if error
+            .downcast_ref::<super::endpoint::EndpointError>()
+            .is_some()
+        {
+            return true;
+        }
+        source = error.source();
+    }
+    false
 }
