@@ -141,6 +141,7 @@ async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
             Some(cluster) => Arc::new(operator::registry::KubeRegistry::new(
                 cluster.client.clone(),
                 &cluster.namespace,
+                cluster.signer.clone(),
             )),
             None => Arc::new(runner.clone()),
         },
