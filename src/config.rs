@@ -885,6 +885,33 @@ mod tests {
     }
 
     #[test]
+    fn operator_namespaces_are_checked_and_deduplicated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[operator]\nnamespaces = [\"team-a\"]\n").unwrap();
+        let from_file = SettingsArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        let settings = Settings::resolve(&from_file).unwrap();
+        assert_eq!(settings.operator.namespaces, ["team-a"]);
+        let reloaded = toml::to_string(&settings.to_file_config()).unwrap();
+        assert!(reloaded.contains("namespaces = [\"team-a\"]"), "{reloaded}");
+        let mut flag = from_file.clone();
+        flag.kubernetes.operator_namespaces =
+            Some(vec!["team-b".into(), " team-c".into(), "team-b".into()]);
+        let settings = Settings::resolve(&flag).unwrap();
+        assert_eq!(settings.operator.namespaces, ["team-b", "team-c"]);
+        for bad in ["Team_B", "", "-a", "a.b"] {
+            flag.kubernetes.operator_namespaces = Some(vec![bad.into()]);
+            let error = Settings::resolve(&flag).unwrap_err().to_string();
+            assert!(error.contains("operator.namespaces"), "{bad}: {error}");
+        }
+        let defaults = Settings::resolve(&SettingsArgs::default()).unwrap();
+        assert!(defaults.operator.namespaces.is_empty());
+    }
+
+    #[test]
     fn unknown_file_keys_are_errors_and_the_printed_config_reloads() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
