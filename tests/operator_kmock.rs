@@ -118,6 +118,11 @@ async fn labelled_namespace(name: &str, tenants: &str) {
 impl OperatorServer {
     /// The server, in `namespace` labelled for [`TENANT`].
     async fn start(namespace: &str) -> OperatorServer {
+        Self::start_watching(namespace, &[]).await
+    }
+
+    /// [`Self::start`], also running the AuditExports of `more` (`[operator] namespaces`).
+    async fn start_watching(namespace: &str, more: &[&str]) -> OperatorServer {
         labelled_namespace(namespace, TENANT).await;
         let (_, kubeconfig) = emulator();
         let dir = TestDir::new();
@@ -135,6 +140,7 @@ impl OperatorServer {
                 r#"[operator]
 enabled = true
 namespace = "{namespace}"
+namespaces = {more:?}
 
 [export]
 max_concurrent_jobs = 1
@@ -727,8 +733,11 @@ async fn a_revoked_service_account_token_is_refused_once_its_cached_review_expir
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resource_naming_a_tenant_its_namespace_does_not_allow_fails_and_writes_nothing() {
+    // The operator namespace allows only TENANT; a second watched namespace allows two tenants.
     let ns = namespace("tenancy");
-    let server = OperatorServer::start(&ns).await; // the namespace allows only TENANT
+    let team = format!("{ns}-team");
+    labelled_namespace(&team, &format!("tnt_x.{TENANT}")).await;
+    let server = OperatorServer::start_watching(&ns, &[&team]).await;
     let (client, base, admin) = (client(), server.base(), server.admin.as_str());
     let ids = ingest_ok(
         &client,
@@ -753,17 +762,16 @@ async fn a_resource_naming_a_tenant_its_namespace_does_not_allow_fails_and_write
     }
     let out = tempfile::tempdir().unwrap();
     // The filter leaves out the controller's own `export_created` event.
-    let apply = |name: &str, tenant: &str, annotations: &str| {
+    let apply = |ns: &str, name: &str, tenant: &str, annotations: &str| {
         let manifest = out.path().join(format!("{name}.yaml"));
         std::fs::write(&manifest, format!(
             "apiVersion: audit.scailabs.ai/v1alpha1\nkind: AuditExport\nmetadata:\n  name: {name}\n  annotations: {annotations}\nspec:\n  tenantId: {tenant}\n  from: \"{FROM}\"\n  to: \"{TO}\"\n  format: jsonl\n  filters:\n    pathPrefix: environments/production/\n  destination:\n    type: file\n    bucket: {}\n    prefix: {name}/\n",
             out.path().display()
         )).unwrap();
-        kubectl_ok(&["apply", "--validate=false", "-n", &ns, "-f"], &manifest);
+        kubectl_ok(&["apply", "--validate=false", "-n", ns, "-f"], &manifest);
     };
-    let api: Api<AuditExport> = Api::namespaced(kube_client(&ns), &ns);
-    let finished = |name: &'static str| {
-        let api = api.clone();
+    let finished = |ns: &str, name: &'static str| {
+        let api: Api<AuditExport> = Api::namespaced(kube_client(ns), ns);
         async move {
             poll("a finished phase", async || {
                 let object = api.get(name).await.ok()?;
@@ -776,8 +784,8 @@ async fn a_resource_naming_a_tenant_its_namespace_does_not_allow_fails_and_write
     };
 
     // Another tenant: Failed/TenantNotAllowed, the message names the label, nothing written.
-    apply("foreign", OTHER_TENANT, "{}");
-    let refused = finished("foreign").await;
+    apply(&ns, "foreign", OTHER_TENANT, "{}");
+    let refused = finished(&ns, "foreign").await;
     let status = refused.status.clone().unwrap();
     assert_eq!(status.phase, Some(ExportJobPhase::Failed));
     let failed = status
@@ -801,15 +809,17 @@ async fn a_resource_naming_a_tenant_its_namespace_does_not_allow_fails_and_write
         "nothing written for a refused export"
     );
 
-    // The namespace's own tenant, with forged annotations: they are ignored (a fresh id, the
-    // resource as requester); it completes and its export_created event is in the audit log.
+    // A tenant the second namespace's label lists, with forged annotations: they are ignored (a
+    // fresh id, the resource as requester); it completes and its export_created event is in the
+    // audit log.
     let forged = "exp_01forged0000000000000000";
     apply(
+        &team,
         "allowed",
         TENANT,
         &format!("{{{EXPORT_ID_ANNOTATION}: {forged}, {REQUESTED_BY_ANNOTATION}: \"user:ceo\"}}"),
     );
-    let done = finished("allowed").await;
+    let done = finished(&team, "allowed").await;
     let status = done.status.clone().unwrap();
     assert_eq!(status.phase, Some(ExportJobPhase::Completed), "{status:?}");
     assert_eq!(status.record_count, Some(5));
@@ -817,7 +827,7 @@ async fn a_resource_naming_a_tenant_its_namespace_does_not_allow_fails_and_write
     assert_ne!(export_id, forged);
     let (code, _, rest) = get_export(&client, base, admin, &export_id).await;
     assert_eq!(code, StatusCode::OK, "{rest}");
-    let actor = format!("kubernetes:{ns}/allowed");
+    let actor = format!("kubernetes:{team}/allowed");
     assert_eq!(rest["requested_by"], json!(actor));
     let created = poll("the export_created event", async || {
         let (_, _, body) = get_logs(

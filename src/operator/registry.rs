@@ -24,21 +24,51 @@ use crate::export::registry::{ExportList, ExportRecord, ExportRegistry, Registry
 /// Label with the tenant, so tenants can be selected with `kubectl get aex -l`.
 pub const TENANT_LABEL: &str = "audit.scailabs.ai/tenant";
 
-/// [`ExportRegistry`] over the AuditExport resources of one namespace.
+/// [`ExportRegistry`] over the AuditExport resources of the watched namespaces; it creates
+/// resources in the operator namespace.
 #[derive(Clone)]
 pub struct KubeRegistry {
     api: Api<AuditExport>,
+    client: Client,
     namespace: String,
+    /// Every namespace the operator runs AuditExports of (the operator namespace first).
+    watched: Vec<String>,
     signer: AnnotationSigner,
 }
 
 impl KubeRegistry {
     pub fn new(client: Client, namespace: &str, signer: AnnotationSigner) -> Self {
         KubeRegistry {
-            api: Api::namespaced(client, namespace),
+            api: Api::namespaced(client.clone(), namespace),
+            client,
             namespace: namespace.to_string(),
+            watched: vec![namespace.to_string()],
             signer,
         }
+    }
+
+    /// Also lists the AuditExports of `namespaces` (`[operator] namespaces`).
+    pub fn watching(mut self, namespaces: &[String]) -> Self {
+        for namespace in namespaces {
+            if !self.watched.contains(namespace) {
+                self.watched.push(namespace.clone());
+            }
+        }
+        self
+    }
+
+    /// The resources of every watched namespace.
+    async fn list_all(&self) -> Result<Vec<AuditExport>, RegistryError> {
+        let mut all = Vec::new();
+        for namespace in &self.watched {
+            let api: Api<AuditExport> = Api::namespaced(self.client.clone(), namespace);
+            let list = api
+                .list(&ListParams::default())
+                .await
+                .map_err(unavailable)?;
+            all.extend(list.items);
+        }
+        Ok(all)
     }
 
     /// The resource name of a REST-created export.
@@ -62,12 +92,8 @@ impl KubeRegistry {
         {
             return Ok((object.spec.tenant_id == tenant).then_some(object));
         }
-        let all = self
-            .api
-            .list(&ListParams::default())
-            .await
-            .map_err(unavailable)?;
-        Ok(all.items.into_iter().find(|object| {
+        let all = self.list_all().await?;
+        Ok(all.into_iter().find(|object| {
             object.spec.tenant_id == tenant
                 && export_id_of(object, &self.signer).as_deref() == Some(export_id)
         }))
@@ -190,13 +216,8 @@ impl ExportRegistry for KubeRegistry {
         after: Option<&str>,
         limit: usize,
     ) -> Result<ExportList, RegistryError> {
-        let all = self
-            .api
-            .list(&ListParams::default())
-            .await
-            .map_err(unavailable)?;
+        let all = self.list_all().await?;
         let mut records: Vec<ExportRecord> = all
-            .items
             .iter()
             .filter(|object| object.spec.tenant_id == tenant)
             .filter_map(|object| self.record_of(object))
@@ -232,8 +253,9 @@ impl ExportRegistry for KubeRegistry {
             return Err(RegistryError::Finished(export_id.to_string()));
         }
         let patch = json!({"metadata": {"annotations": {CANCEL_ANNOTATION: "true"}}});
-        let patched = self
-            .api
+        let namespace = object.namespace().unwrap_or_else(|| self.namespace.clone());
+        let api: Api<AuditExport> = Api::namespaced(self.client.clone(), &namespace);
+        let patched = api
             .patch(
                 &object.name_any(),
                 &PatchParams::default(),
