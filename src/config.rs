@@ -223,6 +223,15 @@ pub struct KubernetesArgs {
         value_name = "ISSUER"
     )]
     pub token_review_issuer: Option<String>,
+    /// Namespaces whose AuditExports the operator runs, comma-separated (default: the operator
+    /// namespace; that namespace is always watched, REST-created exports live there).
+    #[arg(
+        long,
+        env = "SCAIVAULT_AUDIT_OPERATOR_NAMESPACES",
+        value_name = "NAMESPACES",
+        value_delimiter = ','
+    )]
+    pub operator_namespaces: Option<Vec<String>>,
 }
 
 /// The TOML file (every key optional; unknown keys are errors).
@@ -313,6 +322,8 @@ pub struct OperatorSection {
     pub enabled: Option<bool>,
     pub namespace: Option<String>,
     pub lease_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespaces: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -378,6 +389,8 @@ pub struct OperatorSettings {
     pub lease_name: String,
     /// This replica's lease identity: the pod name (`HOSTNAME`).
     pub identity: String,
+    /// Further namespaces whose AuditExports the controller runs (besides `namespace`).
+    pub namespaces: Vec<String>,
 }
 
 /// Where export credentials come from, and how export jobs run.
@@ -735,6 +748,7 @@ impl Settings {
                 enabled: Some(self.operator.enabled),
                 namespace: self.operator.namespace.clone(),
                 lease_name: Some(self.operator.lease_name.clone()),
+                namespaces: Some(self.operator.namespaces.clone()).filter(|list| !list.is_empty()),
             },
         }
     }
@@ -874,7 +888,39 @@ fn resolve_operator(
             .clone()
             .unwrap_or_else(|| DEFAULT_LEASE_NAME.into()),
         identity,
+        namespaces: operator_namespaces(args, file)?,
     })
+}
+
+/// `[operator] namespaces`: DNS labels (RFC 1123), without duplicates, in the given order.
+fn operator_namespaces(
+    args: &KubernetesArgs,
+    file: &OperatorSection,
+) -> Result<Vec<String>, ConfigError> {
+    let given = args
+        .operator_namespaces
+        .clone()
+        .or(file.namespaces.clone())
+        .unwrap_or_default();
+    let mut namespaces: Vec<String> = Vec::with_capacity(given.len());
+    for namespace in given.iter().map(|name| name.trim()) {
+        let label = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
+        let valid = !namespace.is_empty()
+            && namespace.len() <= 63
+            && namespace.chars().all(label)
+            && !namespace.starts_with('-')
+            && !namespace.ends_with('-');
+        if !valid {
+            return Err(invalid(
+                "operator.namespaces",
+                &format!("'{namespace}' is not a namespace name (RFC 1123 label)"),
+            ));
+        }
+        if !namespaces.iter().any(|known| known == namespace) {
+            namespaces.push(namespace.to_string());
+        }
+    }
+    Ok(namespaces)
 }
 
 fn resolve_token_review(
@@ -1096,6 +1142,33 @@ mod tests {
             let error = Settings::resolve(&args).unwrap_err().to_string();
             assert!(error.contains(key), "{error}");
         }
+    }
+
+    #[test]
+    fn operator_namespaces_are_checked_and_deduplicated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[operator]\nnamespaces = [\"team-a\"]\n").unwrap();
+        let from_file = SettingsArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        let settings = Settings::resolve(&from_file).unwrap();
+        assert_eq!(settings.operator.namespaces, ["team-a"]);
+        let reloaded = toml::to_string(&settings.to_file_config()).unwrap();
+        assert!(reloaded.contains("namespaces = [\"team-a\"]"), "{reloaded}");
+        let mut flag = from_file.clone();
+        flag.kubernetes.operator_namespaces =
+            Some(vec!["team-b".into(), " team-c".into(), "team-b".into()]);
+        let settings = Settings::resolve(&flag).unwrap();
+        assert_eq!(settings.operator.namespaces, ["team-b", "team-c"]);
+        for bad in ["Team_B", "", "-a", "a.b"] {
+            flag.kubernetes.operator_namespaces = Some(vec![bad.into()]);
+            let error = Settings::resolve(&flag).unwrap_err().to_string();
+            assert!(error.contains("operator.namespaces"), "{bad}: {error}");
+        }
+        let defaults = Settings::resolve(&SettingsArgs::default()).unwrap();
+        assert!(defaults.operator.namespaces.is_empty());
     }
 
     #[test]

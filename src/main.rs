@@ -151,10 +151,14 @@ async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
     let exports = ExportHandles {
         engine: runner.engine().clone(),
         registry: match operator_cluster {
-            Some(cluster) => Arc::new(operator::registry::KubeRegistry::new(
-                cluster.client.clone(),
-                &cluster.namespace,
-            )),
+            Some(cluster) => Arc::new(
+                operator::registry::KubeRegistry::new(
+                    cluster.client.clone(),
+                    &cluster.namespace,
+                    cluster.signer.clone(),
+                )
+                .watching(&settings.operator.namespaces),
+            ),
             None => Arc::new(runner.clone()),
         },
     };

@@ -638,30 +638,84 @@ fn rbac_is_least_privilege() {
                     !resources.iter().any(|resource| resource == "secrets"),
                     "{name}: export credentials come from ScaiVault, never from Secrets"
                 );
+                assert!(
+                    !rule["verbs"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|v| v == "delete"),
+                    "{name}: the service never deletes anything ({rule})"
+                );
             }
         }
         let token_review = rendered.config_toml().contains("[auth.token_review]");
         let cluster_roles = rendered.all("ClusterRole");
         let chart_rbac = !rendered.all("Role").is_empty();
-        if token_review && chart_rbac {
-            token_review_cases += 1;
-            assert_eq!(cluster_roles.len(), 1, "{name}");
-            assert_eq!(
-                cluster_roles[0]["rules"],
-                serde_json::json!([{"apiGroups": ["authentication.k8s.io"],
-                    "resources": ["tokenreviews"], "verbs": ["create"]}]),
-                "{name}: the ClusterRole only creates TokenReviews"
+        // The namespaces the operator watches: the release namespace, then operator.namespaces.
+        let config: toml::Value = toml::from_str(&rendered.config_toml()).unwrap();
+        let mut watched = vec![NAMESPACE.to_string()];
+        for extra in config
+            .get("operator")
+            .and_then(|operator| operator.get("namespaces"))
+            .and_then(|list| list.as_array())
+            .into_iter()
+            .flatten()
+        {
+            let extra = extra.as_str().unwrap().to_string();
+            if !watched.contains(&extra) {
+                watched.push(extra);
+            }
+        }
+        if chart_rbac {
+            let expected = if token_review { 2 } else { 1 };
+            assert_eq!(cluster_roles.len(), expected, "{name}");
+            assert_eq!(rendered.all("ClusterRoleBinding").len(), expected, "{name}");
+            let rules: Vec<&Value> = cluster_roles.iter().map(|role| &role["rules"]).collect();
+            assert!(
+                rules.contains(&&serde_json::json!([{"apiGroups": [""],
+                    "resources": ["namespaces"], "resourceNames": watched, "verbs": ["get"]}])),
+                "{name}: the namespaces ClusterRole only gets the watched namespaces: {rules:?}"
             );
-            assert_eq!(rendered.all("ClusterRoleBinding").len(), 1, "{name}");
+            if token_review {
+                token_review_cases += 1;
+                assert!(
+                    rules.contains(
+                        &&serde_json::json!([{"apiGroups": ["authentication.k8s.io"],
+                        "resources": ["tokenreviews"], "verbs": ["create"]}])
+                    ),
+                    "{name}: the TokenReview ClusterRole only creates TokenReviews: {rules:?}"
+                );
+            }
+            // One Role (and RoleBinding) per watched namespace.
+            for kind in ["Role", "RoleBinding"] {
+                let mut namespaces: Vec<String> = rendered
+                    .all(kind)
+                    .iter()
+                    .map(|object| {
+                        object["metadata"]["namespace"]
+                            .as_str()
+                            .unwrap()
+                            .to_string()
+                    })
+                    .collect();
+                namespaces.sort();
+                let mut want = watched.clone();
+                want.sort();
+                assert_eq!(namespaces, want, "{name}: {kind}s");
+            }
         } else {
             assert!(
                 cluster_roles.is_empty(),
-                "{name}: no ClusterRole without TokenReview"
+                "{name}: no ClusterRole without chart RBAC"
             );
             assert!(rendered.all("ClusterRoleBinding").is_empty(), "{name}");
         }
         if chart_rbac {
-            let role = rendered.one("Role");
+            let role = rendered
+                .all("Role")
+                .into_iter()
+                .find(|role| role["metadata"]["namespace"] == NAMESPACE)
+                .unwrap();
             let granted = |group: &str, resource: &str, verb: &str| {
                 role["rules"].as_array().unwrap().iter().any(|rule| {
                     rule["apiGroups"]
@@ -690,7 +744,11 @@ fn rbac_is_least_privilege() {
                     "{name}: {verb} {resource}.{group}"
                 );
             }
-            let binding = rendered.one("RoleBinding");
+            let binding = rendered
+                .all("RoleBinding")
+                .into_iter()
+                .find(|binding| binding["metadata"]["namespace"] == NAMESPACE)
+                .unwrap();
             assert_eq!(
                 binding["subjects"][0]["name"],
                 rendered.pod_spec()["serviceAccountName"],
@@ -699,6 +757,16 @@ fn rbac_is_least_privilege() {
         }
     }
     assert!(token_review_cases > 0, "a ci/ file enables TokenReview");
+    let case = cases()
+        .into_iter()
+        .find(|case| case.name == "operator-namespaces-values.yaml")
+        .unwrap();
+    let rendered = render(&tools, &case);
+    assert_eq!(
+        rendered.all("Role").len(),
+        3,
+        "release namespace, team-a, team-b"
+    );
 }
 
 /// A default install has working, recoverable auth: a kept admin token Secret whose token the

@@ -13,7 +13,9 @@ on (measured in ../shared/research/k8s-testing-and-build.md §1.1.1):
 - list responses with kind/apiVersion and a numeric resourceVersion; equality label selectors;
 - TokenReview answered from a token table (``--tokens FILE``: JSON ``{token: {"username",
   "audiences"}}``), and for ``kmock.secret.NAME`` from the Secret ``kmock-tokens/NAME``
-  (revoked by deleting it).
+  (revoked by deleting it);
+- Namespace objects (``/api/v1/namespaces[/NAME]``: create, get, list), which kmock's path
+  parser cannot address, so tests can label namespaces (``audit.scailabs.ai/tenant``).
 
 Server-side apply is still a merge patch here (no managedFields): assert SSA request shapes in
 the tower-test unit tests instead. Uses kmock internals: pin kmock==0.8 (scripts/kmock.sh).
@@ -98,6 +100,45 @@ def _labels_match(selector, labels):
 
 class ShimEmulator(kmock.KubernetesEmulator):
     tokens: dict = {}
+    namespaces: dict = {}
+
+    async def __call__(self, raw_request):
+        parts = raw_request.path.strip('/').split('/')
+        if parts[:3] == ['api', 'v1', 'namespaces'] and len(parts) <= 4:
+            return await self._serve_namespace(raw_request, parts[3] if len(parts) == 4 else None)
+        return await super().__call__(raw_request)
+
+    async def _serve_namespace(self, raw_request, name):
+        """Namespaces (cluster-scoped): kmock reads ``/api/v1/namespaces/X`` as namespace X."""
+        def not_found():
+            return aiohttp.web.json_response(
+                {'kind': 'Status', 'apiVersion': 'v1', 'status': 'Failure', 'reason': 'NotFound',
+                 'message': f'namespaces "{name}" not found', 'code': 404}, status=404)
+        if raw_request.method == 'POST' and name is None:
+            body = await raw_request.json()
+            metadata = body.setdefault('metadata', {})
+            if metadata.get('name') in self.namespaces:
+                return aiohttp.web.json_response(
+                    {'kind': 'Status', 'apiVersion': 'v1', 'status': 'Failure',
+                     'reason': 'AlreadyExists', 'message': 'already exists', 'code': 409}, status=409)
+            metadata.update(uid=str(uuid.uuid4()), resourceVersion=str(next(_resource_versions)),
+                            creationTimestamp=_now())
+            body.update(apiVersion='v1', kind='Namespace', status={'phase': 'Active'})
+            self.namespaces[metadata['name']] = body
+            return aiohttp.web.json_response(body, status=201)
+        if raw_request.method == 'GET' and name is None:
+            items = list(self.namespaces.values())
+            selector = raw_request.query.get('labelSelector')
+            if selector:
+                items = [o for o in items if _labels_match(selector, o['metadata'].get('labels') or {})]
+            return aiohttp.web.json_response(
+                {'apiVersion': 'v1', 'kind': 'NamespaceList',
+                 'metadata': {'resourceVersion': str(next(_resource_versions))}, 'items': items})
+        if raw_request.method == 'GET':
+            return aiohttp.web.json_response(self.namespaces[name]) if name in self.namespaces else not_found()
+        return aiohttp.web.json_response(
+            {'kind': 'Status', 'apiVersion': 'v1', 'status': 'Failure', 'reason': 'MethodNotAllowed',
+             'message': f'{raw_request.method} on namespaces is not emulated', 'code': 405}, status=405)
 
     async def _render_error(self, exc):
         if isinstance(exc, kmock.KubernetesNotFoundError):

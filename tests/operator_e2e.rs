@@ -80,13 +80,20 @@ fn install_crd() {
     ]);
 }
 
-/// A namespace of its own, deleted on drop.
+/// A namespace of its own, labelled for tnt_acme, deleted on drop.
 struct Namespace(String);
 
 impl Namespace {
     fn create(test: &str) -> Namespace {
         let name = format!("scaivault-e2e-{test}-{}", fastrand::u32(..100_000));
         kubectl(&["create", "namespace", &name]);
+        // AuditExports applied here may export tnt_acme (set by a cluster administrator).
+        kubectl(&[
+            "label",
+            "namespace",
+            &name,
+            "audit.scailabs.ai/tenant=tnt_acme",
+        ]);
         Namespace(name)
     }
 }

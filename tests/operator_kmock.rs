@@ -3,8 +3,8 @@
 //! emulator, so exports run on the real engine over a real store; AuditExports applied with the
 //! real kubectl (`scripts/k8s-tools.sh install`); the REST API and the resources seeing the same
 //! exports; ServiceAccount tokens through TokenReview; and leader election between two
-//! candidates. Every test runs in its own namespace (its own Lease). Fails loudly when the
-//! emulator or kubectl is missing.
+//! candidates. Every test runs in its own namespace (its own Lease), labelled
+//! `audit.scailabs.ai/tenant: tnt_acme`. Fails loudly when the emulator or kubectl is missing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -18,6 +18,7 @@ use std::time::Duration;
 use common::export::*;
 use common::*;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::PostParams;
 use kube::{Api, Client, Config, ResourceExt};
@@ -26,6 +27,7 @@ use scaivault_audit::operator::crd::ExportJobPhase;
 use scaivault_audit::operator::leader::{self, LeaseSettings};
 use scaivault_audit::operator::metrics::OperatorMetrics;
 use scaivault_audit::operator::registry::TENANT_LABEL;
+use scaivault_audit::operator::trust::NAMESPACE_TENANT_LABEL;
 use scaivault_audit::operator::{
     AuditExport, CANCEL_ANNOTATION, EXPORT_ID_ANNOTATION, FINALIZER, REQUESTED_BY_ANNOTATION,
 };
@@ -112,8 +114,32 @@ struct OperatorServer {
     _dir: TestDir,
 }
 
+/// Creates the Namespace `name` labelled `audit.scailabs.ai/tenant: tenants` (as a cluster
+/// administrator would), unless it exists.
+async fn labelled_namespace(name: &str, tenants: &str) {
+    let namespaces: Api<Namespace> = Api::all(kube_client(name));
+    if namespaces.get_opt(name).await.unwrap().is_some() {
+        return;
+    }
+    let namespace: Namespace = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {NAMESPACE_TENANT_LABEL: tenants}},
+    }))
+    .unwrap();
+    namespaces
+        .create(&PostParams::default(), &namespace)
+        .await
+        .unwrap();
+}
+
 impl OperatorServer {
+    /// The server, in `namespace` labelled for [`TENANT`].
     async fn start(namespace: &str) -> OperatorServer {
+        Self::start_watching(namespace, &[]).await
+    }
+
+    /// [`Self::start`], also running the AuditExports of `more` (`[operator] namespaces`).
+    async fn start_watching(namespace: &str, more: &[&str]) -> OperatorServer {
+        labelled_namespace(namespace, TENANT).await;
         let (_, kubeconfig) = emulator();
         let dir = TestDir::new();
         let admin = StaticToken::new(
@@ -130,6 +156,7 @@ impl OperatorServer {
                 r#"[operator]
 enabled = true
 namespace = "{namespace}"
+namespaces = {more:?}
 
 [export]
 max_concurrent_jobs = 1
@@ -331,7 +358,7 @@ async fn a_kubectl_export_is_listed_for_its_tenant_only_and_delete_releases_the_
     let name = "from-kubectl";
     let manifest = out.path().join("export.yaml");
     std::fs::write(&manifest, format!(
-        "apiVersion: audit.scailabs.ai/v1alpha1\nkind: AuditExport\nmetadata:\n  name: {name}\nspec:\n  tenantId: {TENANT}\n  from: \"{FROM}\"\n  to: \"{TO}\"\n  format: jsonl\n  destination:\n    type: file\n    bucket: {}\n    prefix: out/\n",
+        "apiVersion: audit.scailabs.ai/v1alpha1\nkind: AuditExport\nmetadata:\n  name: {name}\nspec:\n  tenantId: {TENANT}\n  from: \"{FROM}\"\n  to: \"{TO}\"\n  format: jsonl\n  filters:\n    pathPrefix: environments/production/\n  destination:\n    type: file\n    bucket: {}\n    prefix: out/\n",
         out.path().display()
     )).unwrap();
     kubectl_ok(&["apply", "--validate=false", "-n", &ns, "-f"], &manifest);
@@ -719,4 +746,132 @@ async fn a_revoked_service_account_token_is_refused_once_its_cached_review_expir
     tokio::time::sleep_until(reviewed_at + CACHE_TTL + Duration::from_secs(1)).await;
     let reply = get_logs(&client, base, &token, None, "limit=1").await;
     assert_error(&reply, StatusCode::UNAUTHORIZED, "token_invalid");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resource_naming_a_tenant_its_namespace_does_not_allow_fails_and_writes_nothing() {
+    // The operator namespace allows only TENANT; a second watched namespace allows two tenants.
+    let ns = namespace("tenancy");
+    let team = format!("{ns}-team");
+    labelled_namespace(&team, &format!("tnt_x.{TENANT}")).await;
+    let server = OperatorServer::start_watching(&ns, &[&team]).await;
+    let (client, base, admin) = (client(), server.base(), server.admin.as_str());
+    let ids = ingest_ok(
+        &client,
+        base,
+        admin,
+        &(0..10)
+            .map(|i| event_for_tenant(i, Some(OTHER_TENANT)))
+            .chain((10..15).map(event))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    for (tenant, ids) in [(OTHER_TENANT, &ids[..10]), (TENANT, &ids[10..])] {
+        wait_until_visible(
+            &client,
+            base,
+            admin,
+            Some(tenant),
+            ids,
+            RESTART_VISIBILITY_DEADLINE,
+        )
+        .await;
+    }
+    let out = tempfile::tempdir().unwrap();
+    // The filter leaves out the controller's own `export_created` event.
+    let apply = |ns: &str, name: &str, tenant: &str, annotations: &str| {
+        let manifest = out.path().join(format!("{name}.yaml"));
+        std::fs::write(&manifest, format!(
+            "apiVersion: audit.scailabs.ai/v1alpha1\nkind: AuditExport\nmetadata:\n  name: {name}\n  annotations: {annotations}\nspec:\n  tenantId: {tenant}\n  from: \"{FROM}\"\n  to: \"{TO}\"\n  format: jsonl\n  filters:\n    pathPrefix: environments/production/\n  destination:\n    type: file\n    bucket: {}\n    prefix: {name}/\n",
+            out.path().display()
+        )).unwrap();
+        kubectl_ok(&["apply", "--validate=false", "-n", ns, "-f"], &manifest);
+    };
+    let finished = |ns: &str, name: &'static str| {
+        let api: Api<AuditExport> = Api::namespaced(kube_client(ns), ns);
+        async move {
+            poll("a finished phase", async || {
+                let object = api.get(name).await.ok()?;
+                let phase = object.status.as_ref()?.phase?;
+                matches!(phase, ExportJobPhase::Completed | ExportJobPhase::Failed)
+                    .then_some(object)
+            })
+            .await
+        }
+    };
+
+    // Another tenant: Failed/TenantNotAllowed, the message names the label, nothing written.
+    apply(&ns, "foreign", OTHER_TENANT, "{}");
+    let refused = finished(&ns, "foreign").await;
+    let status = refused.status.clone().unwrap();
+    assert_eq!(status.phase, Some(ExportJobPhase::Failed));
+    let failed = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Failed")
+        .unwrap();
+    assert_eq!(
+        (failed.status.as_str(), failed.reason.as_str()),
+        ("True", "TenantNotAllowed")
+    );
+    assert!(
+        failed.message.contains(NAMESPACE_TENANT_LABEL),
+        "{}",
+        failed.message
+    );
+    assert_eq!(status.export_id, None);
+    assert_eq!(status.record_count, None);
+    assert!(
+        !out.path().join("foreign").try_exists().unwrap(),
+        "nothing written for a refused export"
+    );
+
+    // A tenant the second namespace's label lists, with forged annotations: they are ignored (a
+    // fresh id, the resource as requester); it completes and its export_created event is in the
+    // audit log.
+    let forged = "exp_01forged0000000000000000";
+    apply(
+        &team,
+        "allowed",
+        TENANT,
+        &format!("{{{EXPORT_ID_ANNOTATION}: {forged}, {REQUESTED_BY_ANNOTATION}: \"user:ceo\"}}"),
+    );
+    let done = finished(&team, "allowed").await;
+    let status = done.status.clone().unwrap();
+    assert_eq!(status.phase, Some(ExportJobPhase::Completed), "{status:?}");
+    assert_eq!(status.record_count, Some(5));
+    let export_id = status.export_id.unwrap();
+    assert_ne!(export_id, forged);
+    let (code, _, rest) = get_export(&client, base, admin, &export_id).await;
+    assert_eq!(code, StatusCode::OK, "{rest}");
+    let actor = format!("kubernetes:{team}/allowed");
+    assert_eq!(rest["requested_by"], json!(actor));
+    let created = poll("the export_created event", async || {
+        let (_, _, body) = get_logs(
+            &client,
+            base,
+            admin,
+            Some(TENANT),
+            "action=export_created&limit=100",
+        )
+        .await;
+        body["logs"]
+            .as_array()?
+            .iter()
+            .find(|log| log["extra_data"]["export_id"] == json!(export_id))
+            .cloned()
+    })
+    .await;
+    assert_eq!(created["identity_id"], json!(actor), "{created}");
+    // The refused export left no trace in the other tenant's audit log.
+    let (code, _, other) = get_logs(
+        &client,
+        base,
+        admin,
+        Some(OTHER_TENANT),
+        "action=export_created&limit=100",
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "{other}");
+    assert_eq!(other["logs"], json!([]), "{other}");
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
@@ -17,15 +18,16 @@ use parking_lot::Mutex;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use super::audit::AuditLog;
 use super::crd::{AuditExport, AuditExportStatus, ExportJobPhase};
 use super::exporter::Exporter;
 use super::jobs::{JobRequest, Jobs, StopReason};
 use super::metrics::{OperatorMetrics, ReconcileResult};
 use super::status::{self, VALIDATION_ERROR, reasons};
-use super::{CANCEL_ANNOTATION, EXPORT_ID_ANNOTATION, FIELD_MANAGER, FINALIZER, convert};
+use super::trust::{self, AnnotationSigner, NAMESPACE_TENANT_LABEL, Origin, TENANT_NOT_ALLOWED};
+use super::{CANCEL_ANNOTATION, FIELD_MANAGER, FINALIZER, convert};
 use crate::event::FieldErrors;
 use crate::export::job::{Checkpoint, ExportFailure, ExportSpec};
-use crate::export::registry::new_export_id;
 
 /// Failures of one reconcile; all of them are retried with backoff.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +42,10 @@ pub enum Error {
     MissingObjectKey(&'static str),
     #[error("finalizer failed: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("failed to read the namespace's tenant label: {0}")]
+    Namespace(#[source] kube::Error),
+    #[error("failed to record export_created in the audit log: {0}")]
+    Record(String),
 }
 
 impl Error {
@@ -51,6 +57,8 @@ impl Error {
             Error::Cleanup(_) => "cleanup",
             Error::MissingObjectKey(_) => "missing_object_key",
             Error::Finalizer(_) => "finalizer",
+            Error::Namespace(_) => "namespace",
+            Error::Record(_) => "audit_log",
         }
     }
 }
@@ -61,8 +69,8 @@ pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
 /// Controller settings.
 #[derive(Debug, Clone)]
 pub struct ControllerSettings {
-    /// Namespace to watch; `None` watches all namespaces.
-    pub namespace: Option<String>,
+    /// Namespaces to watch, one watch each; empty watches all namespaces.
+    pub namespaces: Vec<String>,
     /// Export jobs that run at once; more wait in `Pending`.
     pub max_concurrent_exports: usize,
     /// Reconciles that run at once.
@@ -74,7 +82,7 @@ pub struct ControllerSettings {
 impl Default for ControllerSettings {
     fn default() -> Self {
         ControllerSettings {
-            namespace: None,
+            namespaces: Vec::new(),
             max_concurrent_exports: 2,
             reconcile_concurrency: 4,
             reporter: super::REPORTER.to_string(),
@@ -87,6 +95,12 @@ pub struct Ctx {
     pub client: Client,
     pub recorder: Recorder,
     pub exporter: Arc<dyn Exporter>,
+    /// Where `export_created` is recorded.
+    pub audit: Arc<dyn AuditLog>,
+    /// Verifies the annotations of resources the REST API created.
+    pub signer: AnnotationSigner,
+    /// Namespaces (read for their tenant label).
+    pub namespaces: Api<Namespace>,
     pub jobs: Jobs,
     pub metrics: OperatorMetrics,
     pub clock: Clock,
@@ -98,6 +112,8 @@ impl Ctx {
     pub fn new(
         client: Client,
         exporter: Arc<dyn Exporter>,
+        audit: Arc<dyn AuditLog>,
+        signer: AnnotationSigner,
         settings: &ControllerSettings,
         metrics: OperatorMetrics,
         clock: Clock,
@@ -105,9 +121,12 @@ impl Ctx {
         let recorder = Recorder::new(client.clone(), Reporter::from(settings.reporter.as_str()));
         Arc::new(Ctx {
             jobs: Jobs::new(settings.max_concurrent_exports, metrics.clone()),
+            namespaces: Api::all(client.clone()),
             client,
             recorder,
             exporter,
+            audit,
+            signer,
             metrics,
             clock,
             failures: Mutex::default(),
@@ -121,23 +140,31 @@ impl Ctx {
 
 /// Runs the controller until `shutdown` fires; then stops the jobs of this process without
 /// touching their status (the next leader resumes them from their checkpoints).
+/// One watch per namespace (so a namespaced Role in each is all the operator needs).
 pub async fn run(ctx: Arc<Ctx>, settings: &ControllerSettings, shutdown: CancellationToken) {
-    let api: Api<AuditExport> = match &settings.namespace {
-        Some(namespace) => Api::namespaced(ctx.client.clone(), namespace),
-        None => Api::all(ctx.client.clone()),
+    let apis: Vec<Api<AuditExport>> = if settings.namespaces.is_empty() {
+        vec![Api::all(ctx.client.clone())]
+    } else {
+        settings
+            .namespaces
+            .iter()
+            .map(|namespace| Api::namespaced(ctx.client.clone(), namespace))
+            .collect()
     };
-    let stop = shutdown.clone();
-    Controller::new(api, watcher::Config::default().any_semantic())
-        .with_config(ControllerConfig::default().concurrency(settings.reconcile_concurrency))
-        .graceful_shutdown_on(async move { stop.cancelled().await })
-        .run(reconcile, error_policy, ctx.clone())
-        .for_each(|result| async move {
-            match result {
-                Ok((object, _)) => tracing::debug!(name = %object.name, "reconciled"),
-                Err(error) => tracing::warn!(%error, "reconcile failed"),
-            }
-        })
-        .await;
+    let controllers = apis.into_iter().map(|api| {
+        let stop = shutdown.clone();
+        Controller::new(api, watcher::Config::default().any_semantic())
+            .with_config(ControllerConfig::default().concurrency(settings.reconcile_concurrency))
+            .graceful_shutdown_on(async move { stop.cancelled().await })
+            .run(reconcile, error_policy, ctx.clone())
+            .for_each(|result| async move {
+                match result {
+                    Ok((object, _)) => tracing::debug!(name = %object.name, "reconciled"),
+                    Err(error) => tracing::warn!(%error, "reconcile failed"),
+                }
+            })
+    });
+    futures::future::join_all(controllers).await;
     ctx.jobs.stop_all(StopReason::Shutdown).await;
 }
 
@@ -245,8 +272,14 @@ async fn apply(object: &AuditExport, api: &Api<AuditExport>, ctx: &Ctx) -> Resul
     let action = match plan(object, job_running) {
         Plan::Idle => Action::await_change(),
         Plan::ReportInvalid(errors) => report_invalid(object, api, ctx, &errors).await?,
-        Plan::Start(spec) => start(object, api, ctx, spec, None).await?,
-        Plan::Resume(spec, checkpoint) => start(object, api, ctx, spec, Some(checkpoint)).await?,
+        Plan::Start(spec) => match admit(object, ctx).await? {
+            Ok(origin) => start(object, api, ctx, spec, None, &origin).await?,
+            Err(refusal) => report_not_allowed(object, api, ctx, refusal).await?,
+        },
+        Plan::Resume(spec, checkpoint) => match admit(object, ctx).await? {
+            Ok(origin) => start(object, api, ctx, spec, Some(checkpoint), &origin).await?,
+            Err(refusal) => report_not_allowed(object, api, ctx, refusal).await?,
+        },
         Plan::Cancel(spec) => cancel(object, api, ctx, spec).await?,
     };
     ctx.failures.lock().remove(&key);
@@ -283,12 +316,65 @@ async fn report_invalid(
     Ok(Action::await_change())
 }
 
+/// Whether `object` may export its tenant: a resource the REST API created (valid signature)
+/// was authorised there; any other needs its tenant in its namespace's label. `Ok(Err(_))` is a
+/// refusal (the message names the label); `Err(_)` a failure to read the namespace (retried).
+async fn admit(object: &AuditExport, ctx: &Ctx) -> Result<Result<Origin, ExportFailure>, Error> {
+    let origin = trust::origin(object, &ctx.signer);
+    if matches!(origin, Origin::Service { .. }) {
+        return Ok(Ok(origin));
+    }
+    let namespace = object
+        .namespace()
+        .ok_or(Error::MissingObjectKey(".metadata.namespace"))?;
+    let found = ctx
+        .namespaces
+        .get_opt(&namespace)
+        .await
+        .map_err(Error::Namespace)?;
+    let label = found
+        .as_ref()
+        .and_then(|ns| ns.labels().get(NAMESPACE_TENANT_LABEL).cloned());
+    Ok(
+        trust::check_tenant(&namespace, label.as_deref(), &object.spec.tenant_id)
+            .map(|()| origin)
+            .map_err(|message| ExportFailure::new(TENANT_NOT_ALLOWED, message)),
+    )
+}
+
+/// A resource naming a tenant its namespace does not allow: Failed/TenantNotAllowed once per
+/// generation, nothing exported, nothing recorded.
+async fn report_not_allowed(
+    object: &AuditExport,
+    api: &Api<AuditExport>,
+    ctx: &Ctx,
+    refusal: ExportFailure,
+) -> Result<Action, Error> {
+    tracing::warn!(name = %object_key(object), tenant = %object.spec.tenant_id, "AuditExport refused: tenant not allowed in its namespace");
+    let mut status = object.status.clone().unwrap_or_default();
+    status.completed_at = None;
+    status.checkpoint = None;
+    status::set_failed(&mut status, &refusal, object.metadata.generation, ctx.now());
+    patch_status(api, &object.name_any(), &status).await?;
+    publish(
+        ctx,
+        object,
+        EventType::Warning,
+        reasons::TENANT_NOT_ALLOWED,
+        &refusal.message,
+    )
+    .await;
+    ctx.metrics.job_phase(ExportJobPhase::Failed);
+    Ok(Action::await_change())
+}
+
 async fn start(
     object: &AuditExport,
     api: &Api<AuditExport>,
     ctx: &Ctx,
     spec: ExportSpec,
     checkpoint: Option<Checkpoint>,
+    origin: &Origin,
 ) -> Result<Action, Error> {
     let mut status = object.status.clone().unwrap_or_default();
     if status.phase != Some(ExportJobPhase::Pending) && checkpoint.is_none() {
@@ -297,11 +383,18 @@ async fn start(
             .estimate(&spec)
             .await
             .map_err(Error::Estimate)?;
-        let export_id = status
-            .export_id
-            .clone()
-            .or_else(|| object.annotations().get(EXPORT_ID_ANNOTATION).cloned())
-            .unwrap_or_else(new_export_id);
+        let export_id = match (&status.export_id, origin) {
+            (Some(export_id), _) => export_id.clone(),
+            (None, Origin::Service { export_id, .. }) => export_id.clone(),
+            (None, Origin::Namespace) => trust::derived_export_id(object, ctx.now()),
+        };
+        if *origin == Origin::Namespace {
+            // Like the REST API: recorded before the export is accepted.
+            let actor = trust::resource_actor(object);
+            let event =
+                super::audit::export_created(&export_id, &spec, estimate, &actor, ctx.now());
+            ctx.audit.append(event).await.map_err(Error::Record)?;
+        }
         status = AuditExportStatus {
             export_id: Some(export_id),
             estimated_records: Some(estimate),

@@ -16,6 +16,7 @@ use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use super::audit::AuditLog;
 use super::controller::{ControllerSettings, Ctx};
 use super::crd::{
     AuditExport, AuditExportSpec, AuditExportStatus, DestinationKind, ExportDestination,
@@ -23,7 +24,9 @@ use super::crd::{
 };
 use super::exporter::Exporter;
 use super::metrics::OperatorMetrics;
-use super::{CANCEL_ANNOTATION, FINALIZER};
+use super::trust::{AnnotationSigner, SIGNATURE_ANNOTATION, Signed};
+use super::{CANCEL_ANNOTATION, EXPORT_ID_ANNOTATION, FINALIZER, REQUESTED_BY_ANNOTATION};
+use crate::event::AuditEvent;
 use crate::export::engine::{ExportOutcome, ProgressSink};
 use crate::export::job::{Checkpoint, ExportFailure, ExportSpec, FileEntry};
 
@@ -89,6 +92,60 @@ impl AuditExport {
     pub fn invalid(mut self) -> Self {
         self.spec.to = "2025-01-01T00:00:00Z".into();
         self
+    }
+
+    /// The annotations the REST API writes, signed with [`test_signer`].
+    pub fn rest_created(self, export_id: &str, requested_by: &str) -> Self {
+        let signature = test_signer()
+            .sign(&Signed {
+                namespace: "default",
+                name: "test",
+                export_id,
+                requested_by,
+                spec: &self.spec,
+            })
+            .unwrap();
+        self.with_annotations(export_id, requested_by, &signature)
+    }
+
+    pub fn with_annotations(
+        mut self,
+        export_id: &str,
+        requested_by: &str,
+        signature: &str,
+    ) -> Self {
+        let annotations = self.annotations_mut();
+        annotations.insert(EXPORT_ID_ANNOTATION.into(), export_id.into());
+        annotations.insert(REQUESTED_BY_ANNOTATION.into(), requested_by.into());
+        if !signature.is_empty() {
+            annotations.insert(SIGNATURE_ANNOTATION.into(), signature.into());
+        }
+        self
+    }
+}
+
+/// The annotation key of every test context.
+pub fn test_signer() -> AnnotationSigner {
+    AnnotationSigner::new([42; 32])
+}
+
+/// An audit log that keeps what it was given.
+#[derive(Default)]
+pub struct FakeAudit {
+    pub events: Mutex<Vec<AuditEvent>>,
+}
+
+impl FakeAudit {
+    pub fn events(&self) -> Vec<AuditEvent> {
+        self.events.lock().clone()
+    }
+}
+
+#[async_trait]
+impl AuditLog for FakeAudit {
+    async fn append(&self, event: AuditEvent) -> Result<(), String> {
+        self.events.lock().push(event);
+        Ok(())
     }
 }
 
@@ -195,16 +252,25 @@ impl Exporter for FakeExporter {
 
 /// A controller context on a mock API server.
 pub fn test_context(exporter: Arc<FakeExporter>) -> (Arc<Ctx>, ApiServer) {
+    let (ctx, server, _) = audited_context(exporter);
+    (ctx, server)
+}
+
+/// [`test_context`], with the audit log the controller records in.
+pub fn audited_context(exporter: Arc<FakeExporter>) -> (Arc<Ctx>, ApiServer, Arc<FakeAudit>) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
+    let audit = Arc::new(FakeAudit::default());
     let ctx = Ctx::new(
         client,
         exporter,
+        audit.clone(),
+        test_signer(),
         &ControllerSettings::default(),
         OperatorMetrics::default(),
         Arc::new(now),
     );
-    (ctx, ApiServer { handle })
+    (ctx, ApiServer { handle }, audit)
 }
 
 /// Plays the API server: each `expect_*` asserts one request and answers it.
@@ -309,6 +375,20 @@ impl ApiServer {
         reply.status = Some(serde_json::from_value(seen.body["status"].clone()).unwrap());
         send.send_response(json_response(&reply));
         seen.body["status"].clone()
+    }
+
+    /// Expects a read of the Namespace `default`, answered with `tenant_label` as its
+    /// `audit.scailabs.ai/tenant` label (`None`: no label).
+    pub async fn expect_namespace(&mut self, tenant_label: Option<&str>) {
+        let (seen, send) = self.next().await;
+        assert_eq!(seen.method, Method::GET, "{seen:?}");
+        assert_eq!(seen.uri, "/api/v1/namespaces/default");
+        let mut namespace = json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "default", "uid": "ns-uid"}});
+        if let Some(label) = tenant_label {
+            namespace["metadata"]["labels"] = json!({"audit.scailabs.ai/tenant": label});
+        }
+        send.send_response(json_response(&namespace));
     }
 
     /// Expects a Kubernetes Event with `reason`; returns it.

@@ -10,8 +10,10 @@
 //!
 //! [`crd`] holds the types, [`convert`] maps them to the export engine's model, [`status`]
 //! computes conditions, [`controller`] reconciles, [`jobs`] runs exports, [`leader`] holds the
-//! Lease, [`registry`] serves the REST API, [`metrics`] counts.
+//! Lease, [`registry`] serves the REST API, [`metrics`] counts, [`trust`] decides which tenant a
+//! resource may export, [`audit`] records `export_created`.
 
+pub mod audit;
 pub mod controller;
 pub mod convert;
 pub mod crd;
@@ -21,6 +23,7 @@ pub mod leader;
 pub mod metrics;
 pub mod registry;
 pub mod status;
+pub mod trust;
 
 #[cfg(test)]
 mod fixtures;
@@ -52,11 +55,35 @@ pub fn crd_yaml() -> Result<String, String> {
     ))
 }
 
-/// Runs the operator until `shutdown`: campaigns for the Lease and, while holding it, runs the
-/// controller on the AuditExports of `namespace`. Every replica calls this; one leads.
+/// What the controller works with besides the cluster: the export engine, the audit log it
+/// records `export_created` in, and the key of the REST API's annotations.
+pub struct Services {
+    pub exporter: std::sync::Arc<dyn exporter::Exporter>,
+    pub audit: std::sync::Arc<dyn audit::AuditLog>,
+    pub signer: trust::AnnotationSigner,
+}
+
+/// The namespaces the controller watches: the operator namespace (REST-created exports live
+/// there), then `[operator] namespaces`.
+pub fn watched_namespaces(
+    namespace: &str,
+    settings: &crate::config::OperatorSettings,
+) -> Vec<String> {
+    let mut namespaces = vec![namespace.to_string()];
+    for extra in &settings.namespaces {
+        if !namespaces.contains(extra) {
+            namespaces.push(extra.clone());
+        }
+    }
+    namespaces
+}
+
+/// Runs the operator until `shutdown`: campaigns for the Lease (in the operator namespace) and,
+/// while holding it, runs the controller on the AuditExports of the watched namespaces. Every
+/// replica calls this; one leads.
 pub async fn run(
     client: kube::Client,
-    exporter: std::sync::Arc<dyn exporter::Exporter>,
+    services: Services,
     settings: &crate::config::OperatorSettings,
     metrics: metrics::OperatorMetrics,
     shutdown: tokio_util::sync::CancellationToken,
@@ -65,8 +92,9 @@ pub async fn run(
         .namespace
         .clone()
         .unwrap_or_else(|| client.default_namespace().to_string());
+    let watched = watched_namespaces(&namespace, settings);
     let controller_settings = controller::ControllerSettings {
-        namespace: Some(namespace.clone()),
+        namespaces: watched.clone(),
         max_concurrent_exports: settings.max_concurrent_exports,
         ..controller::ControllerSettings::default()
     };
@@ -74,12 +102,14 @@ pub async fn run(
     let clock: controller::Clock = std::sync::Arc::new(k8s_openapi::jiff::Timestamp::now);
     let ctx = controller::Ctx::new(
         client.clone(),
-        exporter,
+        services.exporter,
+        services.audit,
+        services.signer,
         &controller_settings,
         metrics.clone(),
         clock,
     );
-    tracing::info!(%namespace, identity = %settings.identity, "operator started");
+    tracing::info!(%namespace, watched = ?watched, identity = %settings.identity, "operator started");
     leader::run(
         kube::Api::namespaced(client, &namespace),
         lease,
@@ -98,12 +128,23 @@ pub async fn run(
 #[derive(Clone)]
 pub struct Cluster {
     pub client: kube::Client,
-    /// Namespace of the AuditExports the operator runs and the REST API creates.
+    /// Namespace of the AuditExports the REST API creates (and of the Lease).
     pub namespace: String,
+    /// Signs the annotations of REST-created resources; the controller verifies them.
+    pub signer: trust::AnnotationSigner,
+}
+
+/// Why [`connect`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+    #[error("failed to load the annotation key in the data directory: {0}")]
+    Key(#[source] std::io::Error),
 }
 
 /// Connects to the cluster (in-cluster config or `KUBECONFIG`) when the settings need it.
-pub async fn connect(settings: &crate::config::Settings) -> Result<Option<Cluster>, kube::Error> {
+pub async fn connect(settings: &crate::config::Settings) -> Result<Option<Cluster>, ConnectError> {
     if !settings.operator.enabled && settings.token_review.is_none() {
         return Ok(None);
     }
@@ -113,7 +154,13 @@ pub async fn connect(settings: &crate::config::Settings) -> Result<Option<Cluste
         .namespace
         .clone()
         .unwrap_or_else(|| client.default_namespace().to_string());
-    Ok(Some(Cluster { client, namespace }))
+    let signer = trust::AnnotationSigner::load_or_create(&settings.store.data_dir)
+        .map_err(ConnectError::Key)?;
+    Ok(Some(Cluster {
+        client,
+        namespace,
+        signer,
+    }))
 }
 
 /// Starts the operator in the background once the store has replayed its WAL; cancel
@@ -131,6 +178,11 @@ pub fn spawn(
         namespace: Some(cluster.namespace.clone()),
         ..settings.clone()
     };
+    let services = Services {
+        exporter: std::sync::Arc::new(engine),
+        audit: std::sync::Arc::new(store.clone()),
+        signer: cluster.signer.clone(),
+    };
     tokio::spawn(async move {
         while store
             .wait_ready(std::time::Duration::from_secs(60))
@@ -139,13 +191,6 @@ pub fn spawn(
         {
             tracing::info!("the operator waits for the store to finish replaying");
         }
-        run(
-            client,
-            std::sync::Arc::new(engine),
-            &settings,
-            metrics,
-            shutdown,
-        )
-        .await;
+        run(client, services, &settings, metrics, shutdown).await;
     })
 }

@@ -1,8 +1,8 @@
 //! The REST API's exports in a cluster: one AuditExport resource per export.
 //!
 //! `POST /v1/audit/export` creates a resource named after the export id (`exp_…` with `-` for
-//! `_`) that records the tenant (`spec.tenantId`), the requester and the id (annotations),
-//! then writes its `Pending` status. Resources applied with kubectl get their id from the
+//! `_`) that records the tenant (`spec.tenantId`), the requester and the id (annotations,
+//! signed: see [`super::trust`]), then writes its `Pending` status. Resources applied with kubectl get their id from the
 //! controller (`status.exportId`) and appear in the listing with the same status.
 //! `DELETE /v1/audit/exports/{id}` annotates the resource; the controller cancels the job.
 
@@ -15,6 +15,7 @@ use serde_json::json;
 
 use super::crd::{AuditExport, ExportJobPhase};
 use super::status;
+use super::trust::{self, AnnotationSigner, Origin, SIGNATURE_ANNOTATION, Signed};
 use super::{
     CANCEL_ANNOTATION, EXPORT_ID_ANNOTATION, REQUESTED_BY_ANNOTATION, controller, convert,
 };
@@ -23,17 +24,51 @@ use crate::export::registry::{ExportList, ExportRecord, ExportRegistry, Registry
 /// Label with the tenant, so tenants can be selected with `kubectl get aex -l`.
 pub const TENANT_LABEL: &str = "audit.scailabs.ai/tenant";
 
-/// [`ExportRegistry`] over the AuditExport resources of one namespace.
+/// [`ExportRegistry`] over the AuditExport resources of the watched namespaces; it creates
+/// resources in the operator namespace.
 #[derive(Clone)]
 pub struct KubeRegistry {
     api: Api<AuditExport>,
+    client: Client,
+    namespace: String,
+    /// Every namespace the operator runs AuditExports of (the operator namespace first).
+    watched: Vec<String>,
+    signer: AnnotationSigner,
 }
 
 impl KubeRegistry {
-    pub fn new(client: Client, namespace: &str) -> Self {
+    pub fn new(client: Client, namespace: &str, signer: AnnotationSigner) -> Self {
         KubeRegistry {
-            api: Api::namespaced(client, namespace),
+            api: Api::namespaced(client.clone(), namespace),
+            client,
+            namespace: namespace.to_string(),
+            watched: vec![namespace.to_string()],
+            signer,
         }
+    }
+
+    /// Also lists the AuditExports of `namespaces` (`[operator] namespaces`).
+    pub fn watching(mut self, namespaces: &[String]) -> Self {
+        for namespace in namespaces {
+            if !self.watched.contains(namespace) {
+                self.watched.push(namespace.clone());
+            }
+        }
+        self
+    }
+
+    /// The resources of every watched namespace.
+    async fn list_all(&self) -> Result<Vec<AuditExport>, RegistryError> {
+        let mut all = Vec::new();
+        for namespace in &self.watched {
+            let api: Api<AuditExport> = Api::namespaced(self.client.clone(), namespace);
+            let list = api
+                .list(&ListParams::default())
+                .await
+                .map_err(unavailable)?;
+            all.extend(list.items);
+        }
+        Ok(all)
     }
 
     /// The resource name of a REST-created export.
@@ -52,47 +87,45 @@ impl KubeRegistry {
             .get_opt(&Self::resource_name(export_id))
             .await
             .map_err(unavailable)?;
-        if let Some(object) =
-            by_name.filter(|object| export_id_of(object).as_deref() == Some(export_id))
+        if let Some(object) = by_name
+            .filter(|object| export_id_of(object, &self.signer).as_deref() == Some(export_id))
         {
             return Ok((object.spec.tenant_id == tenant).then_some(object));
         }
-        let all = self
-            .api
-            .list(&ListParams::default())
-            .await
-            .map_err(unavailable)?;
-        Ok(all.items.into_iter().find(|object| {
-            object.spec.tenant_id == tenant && export_id_of(object).as_deref() == Some(export_id)
+        let all = self.list_all().await?;
+        Ok(all.into_iter().find(|object| {
+            object.spec.tenant_id == tenant
+                && export_id_of(object, &self.signer).as_deref() == Some(export_id)
         }))
+    }
+
+    fn record_of(&self, object: &AuditExport) -> Option<ExportRecord> {
+        record_of(object, &self.signer)
     }
 }
 
-/// The export id of a resource: its status, else the annotation of a REST-created one.
-fn export_id_of(object: &AuditExport) -> Option<String> {
-    object
+/// The export id of a resource: its status, else the (signed) annotation of a REST-created one.
+fn export_id_of(object: &AuditExport, signer: &AnnotationSigner) -> Option<String> {
+    let from_status = object
         .status
         .as_ref()
-        .and_then(|status| status.export_id.clone())
-        .or_else(|| object.annotations().get(EXPORT_ID_ANNOTATION).cloned())
+        .and_then(|status| status.export_id.clone());
+    from_status.or_else(|| match trust::origin(object, signer) {
+        Origin::Service { export_id, .. } => Some(export_id),
+        Origin::Namespace => None,
+    })
 }
 
 /// The REST view of a resource; `None` for resources without an id yet or with an invalid
-/// spec (they are not exports the API could describe).
-pub fn record_of(object: &AuditExport) -> Option<ExportRecord> {
-    let export_id = export_id_of(object)?;
+/// spec (they are not exports the API could describe). The requester is the signed
+/// `requested-by` annotation of a REST-created resource, else `kubernetes:NAMESPACE/NAME`.
+pub fn record_of(object: &AuditExport, signer: &AnnotationSigner) -> Option<ExportRecord> {
+    let export_id = export_id_of(object, signer)?;
     let spec = convert::export_spec(&object.spec).ok()?;
-    let requested_by = object
-        .annotations()
-        .get(REQUESTED_BY_ANNOTATION)
-        .cloned()
-        .unwrap_or_else(|| {
-            format!(
-                "kubernetes:{}/{}",
-                object.namespace().unwrap_or_default(),
-                object.name_any()
-            )
-        });
+    let requested_by = match trust::origin(object, signer) {
+        Origin::Service { requested_by, .. } => requested_by,
+        Origin::Namespace => trust::resource_actor(object),
+    };
     let created_at = object
         .metadata
         .creation_timestamp
@@ -115,13 +148,25 @@ fn unavailable(error: kube::Error) -> RegistryError {
 impl ExportRegistry for KubeRegistry {
     async fn create(&self, record: ExportRecord) -> Result<ExportRecord, RegistryError> {
         let name = Self::resource_name(&record.export_id);
-        let mut object = AuditExport::new(&name, convert::resource_spec(&record.spec));
+        let spec = convert::resource_spec(&record.spec);
+        let signature = self
+            .signer
+            .sign(&Signed {
+                namespace: &self.namespace,
+                name: &name,
+                export_id: &record.export_id,
+                requested_by: &record.requested_by,
+                spec: &spec,
+            })
+            .ok_or_else(|| RegistryError::Unavailable("failed to sign the resource".into()))?;
+        let mut object = AuditExport::new(&name, spec);
         object.metadata.annotations = Some(BTreeMap::from([
             (EXPORT_ID_ANNOTATION.to_string(), record.export_id.clone()),
             (
                 REQUESTED_BY_ANNOTATION.to_string(),
                 record.requested_by.clone(),
             ),
+            (SIGNATURE_ANNOTATION.to_string(), signature),
         ]));
         if crate::event::check_tenant_id(&record.spec.tenant_id).is_ok()
             && record.spec.tenant_id.len() <= 63
@@ -162,7 +207,7 @@ impl ExportRegistry for KubeRegistry {
             .find(tenant, export_id)
             .await?
             .as_ref()
-            .and_then(record_of))
+            .and_then(|object| self.record_of(object)))
     }
 
     async fn list(
@@ -171,16 +216,11 @@ impl ExportRegistry for KubeRegistry {
         after: Option<&str>,
         limit: usize,
     ) -> Result<ExportList, RegistryError> {
-        let all = self
-            .api
-            .list(&ListParams::default())
-            .await
-            .map_err(unavailable)?;
+        let all = self.list_all().await?;
         let mut records: Vec<ExportRecord> = all
-            .items
             .iter()
             .filter(|object| object.spec.tenant_id == tenant)
-            .filter_map(record_of)
+            .filter_map(|object| self.record_of(object))
             .filter(|record| after.is_none_or(|after| record.export_id.as_str() < after))
             .collect();
         // Ids are ULIDs: descending id order is newest first.
@@ -206,15 +246,16 @@ impl ExportRegistry for KubeRegistry {
         let Some(object) = self.find(tenant, export_id).await? else {
             return Ok(None);
         };
-        let Some(record) = record_of(&object) else {
+        let Some(record) = self.record_of(&object) else {
             return Ok(None);
         };
         if record.status.phase.is_terminal() {
             return Err(RegistryError::Finished(export_id.to_string()));
         }
         let patch = json!({"metadata": {"annotations": {CANCEL_ANNOTATION: "true"}}});
-        let patched = self
-            .api
+        let namespace = object.namespace().unwrap_or_else(|| self.namespace.clone());
+        let api: Api<AuditExport> = Api::namespaced(self.client.clone(), &namespace);
+        let patched = api
             .patch(
                 &object.name_any(),
                 &PatchParams::default(),
@@ -222,6 +263,6 @@ impl ExportRegistry for KubeRegistry {
             )
             .await
             .map_err(unavailable)?;
-        Ok(record_of(&patched).or(Some(record)))
+        Ok(self.record_of(&patched).or(Some(record)))
     }
 }

@@ -27,6 +27,8 @@ pub mod reasons {
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const EXPORT_FAILED: &str = "ExportFailed";
     pub const NO_FAILURE: &str = "NoFailure";
+    /// The namespace's `audit.scailabs.ai/tenant` label does not allow the resource's tenant.
+    pub const TENANT_NOT_ALLOWED: &str = "TenantNotAllowed";
 }
 
 /// Error code of a spec that fails validation (as in the REST API).
@@ -157,10 +159,10 @@ fn desired(status: &AuditExportStatus) -> [Wanted; 3] {
                 Some(error) => (error.code.as_str(), error.message.clone()),
                 None => ("", "the export failed".to_string()),
             };
-            let reason = if code == VALIDATION_ERROR {
-                reasons::INVALID_SPEC
-            } else {
-                reasons::EXPORT_FAILED
+            let reason = match code {
+                VALIDATION_ERROR => reasons::INVALID_SPEC,
+                super::trust::TENANT_NOT_ALLOWED => reasons::TENANT_NOT_ALLOWED,
+                _ => reasons::EXPORT_FAILED,
             };
             [
                 (READY, "False", reason, message.clone()),

@@ -8,9 +8,11 @@ use std::time::Duration;
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
 
-use super::controller::{Plan, plan, reconcile};
+use super::controller::{Ctx, Plan, plan, reconcile};
 use super::crd::{AuditExport, AuditExportStatus, ExportJobPhase};
-use super::fixtures::{Call, FakeExporter, Script, conditions, now, part, test_context};
+use super::fixtures::{
+    ApiServer, Call, FakeExporter, Script, audited_context, conditions, now, part, test_context,
+};
 use super::{convert, status};
 use crate::export::job::{Checkpoint, ExportFailure};
 
@@ -65,12 +67,14 @@ async fn a_new_resource_gets_the_finalizer_first() {
 #[tokio::test]
 async fn an_export_goes_through_pending_running_and_completed() {
     let exporter = FakeExporter::new(Script::Complete { parts: 2 });
-    let (ctx, mut server) = test_context(exporter.clone());
+    let (ctx, mut server, audit) = audited_context(exporter.clone());
     let object = AuditExport::test().finalized();
     let reconciled = tokio::spawn(reconcile(Arc::new(object.clone()), ctx.clone()));
     let when =
         serde_json::to_value(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now())).unwrap();
     tokio::time::timeout(TIMEOUT, async {
+        // The namespace's label allows the resource's tenant.
+        server.expect_namespace(Some("tnt_acme")).await;
         // Accepted: id, estimate, Pending, conditions: the whole status in one apply.
         let pending = server.expect_status_apply(&object).await;
         let export_id = pending["exportId"].as_str().unwrap().to_string();
@@ -101,6 +105,16 @@ async fn an_export_goes_through_pending_running_and_completed() {
             event["note"],
             format!("export {export_id} queued: about 4 records")
         );
+        // Recorded in the audit log before it was accepted, with the resource as the actor.
+        let recorded = audit.events();
+        assert_eq!(recorded.len(), 1);
+        let created = &recorded[0];
+        assert_eq!(created.id, format!("export_created:{export_id}"));
+        assert_eq!(created.action, crate::event::Action::ExportCreated);
+        assert_eq!(created.tenant_id, "tnt_acme");
+        assert_eq!(created.identity_id, "kubernetes:default/test");
+        assert_eq!(created.extra_data["export_id"], export_id.as_str());
+        assert_eq!(created.extra_data["estimated_records"], 4);
         let mut current = object_with(&pending);
 
         // The job: Running with its snapshot, then one apply per uploaded part.
@@ -162,6 +176,7 @@ async fn a_failed_export_reports_why() {
     let object = AuditExport::test().finalized();
     let reconciled = tokio::spawn(reconcile(Arc::new(object.clone()), ctx.clone()));
     tokio::time::timeout(TIMEOUT, async {
+        server.expect_namespace(Some("tnt_acme")).await;
         let mut current = object_with(&server.expect_status_apply(&object).await);
         server.expect_event("Normal", "Queued").await;
         current = object_with(&server.expect_status_apply(&current).await);
@@ -217,6 +232,7 @@ async fn deleting_a_running_export_stops_it_cleans_up_and_releases_the_finalizer
     let object = AuditExport::test().finalized();
     let reconciled = tokio::spawn(reconcile(Arc::new(object.clone()), ctx.clone()));
     let export_id = tokio::time::timeout(TIMEOUT, async {
+        server.expect_namespace(Some("tnt_other.tnt_acme")).await;
         let pending = server.expect_status_apply(&object).await;
         let mut current = object_with(&pending);
         server.expect_event("Normal", "Queued").await;
@@ -290,6 +306,7 @@ async fn a_new_controller_resumes_from_the_checkpoint_in_status() {
         .with_status(running_status(1));
     let reconciled = tokio::spawn(reconcile(Arc::new(object.clone()), ctx.clone()));
     tokio::time::timeout(TIMEOUT, async {
+        server.expect_namespace(Some("tnt_acme")).await;
         // No new id, no new estimate, no Pending: straight back to Running.
         let running = server.expect_status_apply(&object).await;
         assert_eq!(running["phase"], "Running");
@@ -439,4 +456,173 @@ fn backoff_doubles_up_to_five_minutes() {
         .map(|n| backoff(*n).as_secs())
         .collect();
     assert_eq!(delays, [1, 2, 4, 256, 300, 300]);
+}
+
+/// A resource whose namespace does not allow its tenant (`label`): Failed/TenantNotAllowed with
+/// a message naming the label, a Warning event, nothing estimated, run or recorded; the same
+/// generation again is left alone.
+async fn refused(label: Option<&str>) -> String {
+    let exporter = FakeExporter::new(Script::Complete { parts: 1 });
+    let (ctx, mut server, audit) = audited_context(exporter.clone());
+    let object = AuditExport::test().finalized();
+    let reconciled = tokio::spawn(reconcile(Arc::new(object.clone()), ctx.clone()));
+    let failed = tokio::time::timeout(TIMEOUT, async {
+        server.expect_namespace(label).await;
+        let failed = server.expect_status_apply(&object).await;
+        assert_eq!(failed["phase"], "Failed");
+        assert_eq!(failed["error"]["code"], "tenant_not_allowed");
+        assert!(failed.get("exportId").is_none(), "{failed}");
+        assert_eq!(failed["observedGeneration"], 1);
+        let conditions = conditions(&failed);
+        assert_eq!(conditions["Failed"], pair("True", "TenantNotAllowed"));
+        assert_eq!(conditions["Ready"], pair("False", "TenantNotAllowed"));
+        let event = server.expect_event("Warning", "TenantNotAllowed").await;
+        assert_eq!(event["note"], failed["error"]["message"]);
+        server.expect_silence().await;
+        failed
+    })
+    .await
+    .unwrap();
+    assert_eq!(reconciled.await.unwrap().unwrap(), Action::await_change());
+    assert!(exporter.calls().is_empty(), "nothing estimated or run");
+    assert!(audit.events().is_empty(), "nothing recorded");
+    // A resync of the same generation: no namespace read, no write.
+    let again = object.with_status(serde_json::from_value(failed.clone()).unwrap());
+    assert_eq!(plan(&again, false), Plan::Idle);
+    failed["error"]["message"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn a_tenant_the_namespace_label_does_not_list_is_not_allowed() {
+    let message = refused(Some("tnt_globex.tnt_initech")).await;
+    assert_eq!(
+        message,
+        "tenant 'tnt_acme' is not allowed in namespace 'default': its label \
+         audit.scailabs.ai/tenant allows 'tnt_globex.tnt_initech'"
+    );
+}
+
+#[tokio::test]
+async fn a_namespace_without_the_tenant_label_allows_no_tenant() {
+    let message = refused(None).await;
+    assert!(
+        message.starts_with("namespace 'default' has no label audit.scailabs.ai/tenant"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn annotations_without_a_valid_signature_are_ignored() {
+    let forged_id = "exp_01forged0000000000000000";
+    // Written by hand (no signature), signed by another key, or edited after signing: the
+    // namespace label decides, the export gets an id of its own and the resource is the actor.
+    let other_key = super::trust::AnnotationSigner::new([1; 32])
+        .sign(&super::trust::Signed {
+            namespace: "default",
+            name: "test",
+            export_id: forged_id,
+            requested_by: "user:ceo",
+            spec: &AuditExport::test().spec,
+        })
+        .unwrap();
+    let mut edited = AuditExport::test()
+        .finalized()
+        .rest_created(forged_id, "user:ceo");
+    edited.spec.destination.bucket = "/attacker".into();
+    let cases = [
+        AuditExport::test()
+            .finalized()
+            .with_annotations(forged_id, "user:ceo", ""),
+        AuditExport::test()
+            .finalized()
+            .with_annotations(forged_id, "user:ceo", &other_key),
+        edited,
+    ];
+    for object in cases {
+        let exporter = FakeExporter::new(Script::Complete { parts: 1 });
+        let (ctx, mut server, audit) = audited_context(exporter.clone());
+        // Unsigned is refused where the label does not allow the tenant ...
+        let refused = tokio::spawn(reconcile(Arc::new(object.clone()), ctx.clone()));
+        tokio::time::timeout(TIMEOUT, async {
+            server.expect_namespace(None).await;
+            let failed = server.expect_status_apply(&object).await;
+            assert_eq!(
+                conditions(&failed)["Failed"],
+                pair("True", "TenantNotAllowed")
+            );
+            server.expect_event("Warning", "TenantNotAllowed").await;
+        })
+        .await
+        .unwrap();
+        refused.await.unwrap().unwrap();
+        // ... and where it does, runs under its own id, recorded as the resource's.
+        let allowed = tokio::spawn(reconcile(Arc::new(object.clone()), ctx.clone()));
+        tokio::time::timeout(TIMEOUT, async {
+            server.expect_namespace(Some("tnt_acme")).await;
+            let pending = server.expect_status_apply(&object).await;
+            let export_id = pending["exportId"].as_str().unwrap();
+            assert_ne!(export_id, forged_id);
+            assert_eq!(
+                export_id,
+                super::trust::derived_export_id(&object, now()),
+                "derived from the resource's uid"
+            );
+            server.expect_event("Normal", "Queued").await;
+            let created = audit.events();
+            assert_eq!(created.len(), 1);
+            assert_eq!(created[0].identity_id, "kubernetes:default/test");
+            assert_eq!(created[0].extra_data["export_id"], export_id);
+            run_to_completion(&mut server, &object, &ctx).await;
+        })
+        .await
+        .unwrap();
+        allowed.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_signed_rest_resource_needs_no_label_and_keeps_its_id_and_requester() {
+    let exporter = FakeExporter::new(Script::Complete { parts: 1 });
+    let (ctx, mut server, audit) = audited_context(exporter.clone());
+    let export_id = "exp_01rest000000000000000000000";
+    let object = AuditExport::test()
+        .finalized()
+        .rest_created(export_id, "user:alice");
+    assert!(matches!(
+        super::trust::origin(&object, &super::fixtures::test_signer()),
+        super::trust::Origin::Service { .. }
+    ));
+    let reconciled = tokio::spawn(reconcile(Arc::new(object.clone()), ctx.clone()));
+    tokio::time::timeout(TIMEOUT, async {
+        // No namespace read: the REST API authorised the tenant.
+        let pending = server.expect_status_apply(&object).await;
+        assert_eq!(pending["exportId"], export_id);
+        server.expect_event("Normal", "Queued").await;
+        run_to_completion(&mut server, &object, &ctx).await;
+    })
+    .await
+    .unwrap();
+    reconciled.await.unwrap().unwrap();
+    assert!(
+        audit.events().is_empty(),
+        "the REST API recorded export_created itself"
+    );
+    let record = super::registry::record_of(
+        &object.clone().with_status(running_status(0)),
+        &super::fixtures::test_signer(),
+    )
+    .unwrap();
+    assert_eq!(record.requested_by, "user:alice");
+}
+
+/// The job of an accepted export (one part) runs to Completed.
+async fn run_to_completion(server: &mut ApiServer, object: &AuditExport, ctx: &Ctx) {
+    let running = server.expect_status_apply(object).await;
+    assert_eq!(running["phase"], "Running");
+    server.expect_event("Normal", "Started").await;
+    server.expect_status_apply(object).await;
+    let done = server.expect_status_apply(object).await;
+    assert_eq!(done["phase"], "Completed");
+    server.expect_event("Normal", "Completed").await;
+    ctx.jobs.wait_idle().await;
 }

@@ -218,4 +218,14 @@ scaivault_url = {{ toJson . }}
 {{- if include "scaivault-audit.scaivaultSecret" . }}
 scaivault_token_file = {{ printf "%s/token" (include "scaivault-audit.scaivaultDir" .) | toJson }}
 {{- end }}
+{{- with .Values.operator.namespaces }}
+
+[operator]
+namespaces = {{ toJson . }}
+{{- end }}
+{{- end }}
+
+{{/* The namespaces the operator watches: the release namespace, then operator.namespaces. */}}
+{{- define "scaivault-audit.watchedNamespaces" -}}
+{{- toJson (prepend (without (.Values.operator.namespaces | default list) .Release.Namespace) .Release.Namespace) }}
 {{- end }}
