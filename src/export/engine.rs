@@ -19,9 +19,10 @@ use serde_json::json;
 use tantivy::collector::Count;
 use tokio_util::sync::CancellationToken;
 
-use super::credentials::CredentialSource;
+use super::credentials::{CredentialSource, DestinationCredentials};
 use super::format::{self, PartEncoder};
-use super::job::{Checkpoint, ExportFailure, ExportSpec, FileEntry};
+use super::job::{Checkpoint, DestinationType, ExportFailure, ExportSpec, FileEntry};
+use super::policy::ExportPolicy;
 use super::sink::{self, Sink, SinkError};
 use crate::query::{self, LogFilters};
 use crate::store::Store;
@@ -59,6 +60,8 @@ pub struct EngineConfig {
     /// Where part files wait for upload (destinations other than `file`).
     pub spool_dir: PathBuf,
     pub retry: RetryPolicy,
+    /// Tenant confinement, checked before a job fetches credentials or opens its destination.
+    pub policy: ExportPolicy,
 }
 
 /// What a finished job produced.
@@ -142,6 +145,11 @@ impl ExportEngine {
         &self.store
     }
 
+    /// The confinement rules every export of this engine meets.
+    pub fn policy(&self) -> &ExportPolicy {
+        &self.config.policy
+    }
+
     /// A checkpoint whose snapshot is every event acknowledged so far (pending events are
     /// committed first).
     pub async fn start_checkpoint(&self) -> Result<Checkpoint, ExportFailure> {
@@ -183,6 +191,11 @@ impl ExportEngine {
         progress: &dyn ProgressSink,
         cancel: &CancellationToken,
     ) -> Result<ExportOutcome, ExportFailure> {
+        // Before anything is fetched or opened: also stops jobs accepted under older rules.
+        self.config
+            .policy
+            .check(spec)
+            .map_err(|refusal| refusal.to_failure())?;
         let mut filters = spec.log_filters().map_err(invalid_spec)?;
         filters.before_seq = Some(checkpoint.snapshot_seq);
         let sink = self.retry(cancel, || self.open_sink(spec)).await?;
@@ -247,6 +260,10 @@ impl ExportEngine {
     /// multipart uploads and spool files. Objects already uploaded stay.
     pub async fn abort(&self, export_id: &str, spec: &ExportSpec) -> Result<(), ExportFailure> {
         remove_spooled(&self.config.spool_dir, export_id);
+        if self.config.policy.check(spec).is_err() {
+            // A refused job never fetched credentials nor opened its destination.
+            return Ok(());
+        }
         let sink = self
             .open_sink(spec)
             .await
@@ -260,6 +277,15 @@ impl ExportEngine {
     /// The destination's sink, with credentials read from ScaiVault (or the development
     /// directory).
     async fn open_sink(&self, spec: &ExportSpec) -> Result<Arc<dyn Sink>, StepError> {
+        if spec.destination.kind == DestinationType::File {
+            let dir = self
+                .config
+                .policy
+                .file_directory(&spec.destination.bucket)
+                .map_err(|refusal| StepError::Permanent(refusal.to_failure()))?;
+            let credentials = DestinationCredentials::FileDirectory(dir);
+            return Ok(sink::open(&spec.destination, credentials).await?);
+        }
         let credentials = self
             .credentials
             .destination(
@@ -601,10 +627,15 @@ fn outcome_of_manifest(manifest: &serde_json::Value) -> Result<ExportOutcome, Ex
 }
 
 fn conflict(location: &str, other: Option<&str>) -> ExportFailure {
-    let owner = match other {
-        Some(id) => format!("export {id}"),
-        None => "objects of another export".to_string(),
-    };
+    // Another export's id may belong to another tenant: it stays in the log.
+    if let Some(other) = other {
+        tracing::info!(
+            location,
+            other_export = other,
+            "destination prefix already claimed"
+        );
+    }
+    let owner = "another export's objects";
     ExportFailure::new(
         "destination_conflict",
         format!(

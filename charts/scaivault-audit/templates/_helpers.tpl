@@ -169,6 +169,11 @@ tenant_id = {{ toJson .tenantId }}
 [export]
 max_concurrent_jobs = {{ int64 .Values.export.maxConcurrentJobs }}
 retry_max_seconds = {{ int64 .Values.export.retryMaxSeconds }}
+{{- /* Always rendered: in a pod, `file` destinations exist only when fileRoot is set. */}}
+file_root = {{ toJson (.Values.export.fileRoot | default "") }}
+{{- with .Values.export.credentialsPathPrefixes }}
+credentials_path_prefixes = {{ toJson . }}
+{{- end }}
 {{- with .Values.scaivault.url }}
 scaivault_url = {{ toJson . }}
 {{- end }}

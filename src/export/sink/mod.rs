@@ -143,7 +143,9 @@ pub async fn open(
         )
     };
     Ok(match (destination.kind, credentials) {
-        (DestinationType::File, _) => Arc::new(file::FileSink::open(&destination.bucket)?),
+        (DestinationType::File, DestinationCredentials::FileDirectory(dir)) => {
+            Arc::new(file::FileSink::open(&dir, &destination.bucket)?)
+        }
         (DestinationType::S3, DestinationCredentials::S3(credentials)) => {
             Arc::new(s3::S3Sink::new(&destination.bucket, &credentials))
         }
