@@ -390,6 +390,34 @@ async fn a_kubectl_export_is_listed_for_its_tenant_only_and_delete_releases_the_
     assert!(out.as_path().join("out/manifest.json").is_file());
 }
 
+/// An AuditExport naming another tenant's credentials ends Failed with `tenant_access_denied`
+/// before any credentials are read (none are configured: a fetch would have failed with
+/// `credentials_not_configured`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resource_with_a_foreign_credentials_path_fails_before_anything_is_fetched() {
+    let ns = namespace("confined");
+    let server = OperatorServer::start(&ns).await;
+    let manifest = server.dir.root().join("foreign.yaml");
+    std::fs::write(&manifest, format!(
+        "apiVersion: audit.scailabs.ai/v1alpha1\nkind: AuditExport\nmetadata:\n  name: foreign\nspec:\n  tenantId: {TENANT}\n  from: \"{FROM}\"\n  to: \"{TO}\"\n  format: jsonl\n  destination:\n    type: s3\n    bucket: acme-audit\n    credentialsPath: tenants/{OTHER_TENANT}/aws/writer\n",
+    )).unwrap();
+    kubectl_ok(&["apply", "--validate=false", "-n", &ns, "-f"], &manifest);
+    let api: Api<AuditExport> = Api::namespaced(kube_client(&ns), &ns);
+    let failed = poll("phase Failed", async || {
+        let object = api.get("foreign").await.ok()?;
+        let status = object.status?;
+        (status.phase? == ExportJobPhase::Failed).then_some(status)
+    })
+    .await;
+    let error = failed.error.unwrap();
+    assert_eq!(error.code, "tenant_access_denied", "{}", error.message);
+    assert!(
+        error.message.contains("credentials_path"),
+        "{}",
+        error.message
+    );
+}
+
 /// Runs kubectl on the emulator; `file` (when not empty) is appended.
 fn kubectl_ok(args: &[&str], file: &Path) {
     let (_, kubeconfig) = emulator();
