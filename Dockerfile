@@ -21,7 +21,7 @@ COPY . .
 RUN --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin scaivault-audit \
     && install -D -m 0755 target/release/scaivault-audit /out/scaivault-audit \
-    && mkdir -p /out/data
+    && mkdir -p /out/data /out/exports
 
 # ---- runtime --------------------------------------------------------------------------------
 # cc: glibc and libgcc for the Rust binary (same Debian 12 glibc as the builder), CA certificates
@@ -34,6 +34,8 @@ LABEL org.opencontainers.image.title="scaivault-audit" \
 COPY --from=build /out/scaivault-audit /usr/local/bin/scaivault-audit
 # An empty /data owned by the runtime user, so a fresh named volume is writable.
 COPY --from=build --chown=65532:65532 /out/data /data
+# The standalone default root of `file` export destinations (beside /data); unused in Kubernetes.
+COPY --from=build --chown=65532:65532 /out/exports /exports
 USER 65532:65532
 VOLUME ["/data"]
 EXPOSE 8080

@@ -10,10 +10,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
+use clap::builder::TypedValueParser;
 use serde::{Deserialize, Serialize};
 
 use crate::api::rate_limit::RateLimits;
 use crate::auth::jwt::{JwksSource, JwtOptions};
+use crate::export::policy::{
+    DEFAULT_CREDENTIALS_PATH_PREFIX, check_credentials_prefix, comparable_path, paths_overlap,
+};
 use crate::export::sink::endpoint::EndpointPolicy;
 use crate::state::{IngestLimits, WorkLimits};
 use crate::store::{CommitPolicy, StoreConfig};
@@ -141,6 +145,24 @@ pub struct SettingsArgs {
         value_delimiter = ','
     )]
     pub export_endpoint_allowlist: Option<Vec<String>>,
+    /// Directory holding every `file` export destination (`bucket` is a sub-directory of it);
+    /// empty disables them. Default: `exports` beside the data directory; unset in Kubernetes.
+    #[arg(
+        long,
+        env = "SCAIVAULT_AUDIT_EXPORT_FILE_ROOT",
+        value_name = "DIR",
+        value_parser = clap::builder::OsStringValueParser::new().map(PathBuf::from)
+    )]
+    pub export_file_root: Option<PathBuf>,
+    /// ScaiVault path prefixes export credentials may be read from, comma-separated;
+    /// `{tenant_id}` is replaced by the export's tenant (default `tenants/{tenant_id}/`).
+    #[arg(
+        long,
+        env = "SCAIVAULT_AUDIT_EXPORT_CREDENTIALS_PATH_PREFIXES",
+        value_name = "PREFIXES",
+        value_delimiter = ','
+    )]
+    pub export_credentials_path_prefixes: Option<Vec<String>>,
     /// Log filter: a level (`info`) or tracing directives (`info,scaivault_audit=debug`).
     #[arg(long, env = "LOG_LEVEL", value_name = "FILTER")]
     pub log_level: Option<String>,
@@ -336,6 +358,8 @@ pub struct ExportSection {
     pub retry_max_seconds: Option<u64>,
     pub allow_private_endpoints: Option<bool>,
     pub endpoint_allowlist: Option<Vec<String>>,
+    pub file_root: Option<PathBuf>,
+    pub credentials_path_prefixes: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -403,6 +427,10 @@ pub struct ExportSettings {
     pub retry_max_elapsed: Duration,
     /// Which destination endpoints exports may reach (SSRF protection).
     pub endpoints: EndpointPolicy,
+    /// Root of `file` destinations (as configured; `None`: they are refused).
+    pub file_root: Option<PathBuf>,
+    /// Secret-path prefixes export credentials may come from (`{tenant_id}` unexpanded).
+    pub credentials_path_prefixes: Vec<String>,
 }
 
 impl ExportSettings {
@@ -462,6 +490,8 @@ impl ExportSettings {
             max_concurrent_jobs: max_concurrent_jobs as usize,
             retry_max_elapsed: Duration::from_secs(retry_max_seconds),
             endpoints,
+            file_root: None,
+            credentials_path_prefixes: resolve_credentials_prefixes(args, file)?,
         })
     }
 
@@ -474,6 +504,9 @@ impl ExportSettings {
             retry_max_seconds: Some(self.retry_max_elapsed.as_secs()),
             allow_private_endpoints: Some(self.endpoints.allow_private),
             endpoint_allowlist: Some(self.endpoints.allowlist.clone()),
+            // Empty: file destinations are disabled.
+            file_root: Some(self.file_root.clone().unwrap_or_default()),
+            credentials_path_prefixes: Some(self.credentials_path_prefixes.clone()),
         }
     }
 }
@@ -514,6 +547,73 @@ fn resolve_endpoint_policy(
         allow_private,
         allowlist,
     })
+}
+
+/// `[export] credentials_path_prefixes`: every entry checked; empty entries are dropped (an
+/// empty list allows no credentials path at all).
+fn resolve_credentials_prefixes(
+    args: &SettingsArgs,
+    file: &ExportSection,
+) -> Result<Vec<String>, ConfigError> {
+    let key = "export.credentials_path_prefixes (SCAIVAULT_AUDIT_EXPORT_CREDENTIALS_PATH_PREFIXES)";
+    let prefixes: Vec<String> = args
+        .export_credentials_path_prefixes
+        .clone()
+        .or(file.credentials_path_prefixes.clone())
+        .unwrap_or_else(|| vec![DEFAULT_CREDENTIALS_PATH_PREFIX.to_string()])
+        .into_iter()
+        .map(|prefix| prefix.trim().to_string())
+        .filter(|prefix| !prefix.is_empty())
+        .collect();
+    for prefix in &prefixes {
+        check_credentials_prefix(prefix).map_err(|message| invalid(key, &message))?;
+    }
+    Ok(prefixes)
+}
+
+/// `[export] file_root`: explicit (empty disables), else `exports` beside the data directory
+/// standalone and unset in Kubernetes (in a pod, or with the operator on). It may neither
+/// contain nor lie inside the data directory (job files, spool and WAL live there).
+fn resolve_file_root(
+    args: &SettingsArgs,
+    file: &FileConfig,
+    data_dir: &Path,
+) -> Result<Option<PathBuf>, ConfigError> {
+    let key = "export.file_root (SCAIVAULT_AUDIT_EXPORT_FILE_ROOT)";
+    let kubernetes = in_cluster()
+        || args
+            .kubernetes
+            .operator
+            .or(file.operator.enabled)
+            .unwrap_or(false);
+    let root = match args
+        .export_file_root
+        .clone()
+        .or(file.export.file_root.clone())
+    {
+        Some(root) if root.as_os_str().is_empty() => return Ok(None),
+        Some(root) => root,
+        None if kubernetes => return Ok(None),
+        None => match data_dir.parent() {
+            Some(parent) => parent.join("exports"),
+            None => return Ok(None),
+        },
+    };
+    let comparable = |path: &Path| {
+        comparable_path(path)
+            .map_err(|error| invalid(key, &format!("cannot resolve {}: {error}", path.display())))
+    };
+    if paths_overlap(&comparable(&root)?, &comparable(data_dir)?) {
+        return Err(invalid(
+            key,
+            &format!(
+                "{} must neither contain nor lie inside the data directory {}",
+                root.display(),
+                data_dir.display()
+            ),
+        ));
+    }
+    Ok(Some(root))
 }
 
 impl Settings {
@@ -651,7 +751,8 @@ impl Settings {
                 ));
             }
         };
-        let export = ExportSettings::resolve(args, &file.export)?;
+        let mut export = ExportSettings::resolve(args, &file.export)?;
+        export.file_root = resolve_file_root(args, &file, &data_dir)?;
         let work = resolve_work_limits(args, &file.server)?;
         let auth = resolve_auth(args, &file.auth, jwks.is_some())?;
         Ok(Settings {
@@ -1194,6 +1295,91 @@ mod tests {
         .unwrap();
         std::fs::write(&path, printed).unwrap();
         assert!(Settings::resolve(&args).is_ok());
+    }
+
+    #[test]
+    fn the_file_root_defaults_beside_the_data_dir_and_is_unset_for_the_operator() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let standalone = SettingsArgs {
+            data_dir: Some(data.clone()),
+            ..Default::default()
+        };
+        let settings = Settings::resolve(&standalone).unwrap();
+        assert_eq!(settings.export.file_root, Some(dir.path().join("exports")));
+        assert_eq!(
+            settings.export.credentials_path_prefixes,
+            ["tenants/{tenant_id}/"]
+        );
+        let operator = SettingsArgs {
+            data_dir: Some(data.clone()),
+            kubernetes: KubernetesArgs {
+                operator: Some(true),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert_eq!(Settings::resolve(&operator).unwrap().export.file_root, None);
+        let explicit = SettingsArgs {
+            export_file_root: Some(dir.path().join("out")),
+            ..operator.clone()
+        };
+        assert_eq!(
+            Settings::resolve(&explicit).unwrap().export.file_root,
+            Some(dir.path().join("out"))
+        );
+        let disabled = SettingsArgs {
+            export_file_root: Some(PathBuf::new()),
+            ..standalone
+        };
+        assert_eq!(Settings::resolve(&disabled).unwrap().export.file_root, None);
+    }
+
+    #[test]
+    fn the_file_root_may_not_overlap_the_data_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::os::unix::fs::symlink(&data, dir.path().join("alias")).unwrap();
+        for root in [
+            data.join("exports"),
+            dir.path().to_path_buf(),
+            data.clone(),
+            dir.path().join("alias/sub"),
+            dir.path().join("other/../data/x"),
+        ] {
+            let args = SettingsArgs {
+                data_dir: Some(data.clone()),
+                export_file_root: Some(root.clone()),
+                ..Default::default()
+            };
+            let error = Settings::resolve(&args).unwrap_err().to_string();
+            assert!(error.contains("export.file_root"), "{root:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn credentials_prefixes_are_checked_and_round_trip() {
+        let args = SettingsArgs {
+            export_credentials_path_prefixes: Some(vec![
+                "tenants/{tenant_id}/".into(),
+                "infra/aws/audit-export-writer".into(),
+            ]),
+            ..Default::default()
+        };
+        let settings = Settings::resolve(&args).unwrap();
+        assert_eq!(settings.export.credentials_path_prefixes.len(), 2);
+        let printed = toml::to_string(&settings.to_file_config()).unwrap();
+        assert!(
+            printed.contains("infra/aws/audit-export-writer"),
+            "{printed}"
+        );
+        let bad = SettingsArgs {
+            export_credentials_path_prefixes: Some(vec!["/abs/".into()]),
+            ..Default::default()
+        };
+        let error = Settings::resolve(&bad).unwrap_err().to_string();
+        assert!(error.contains("credentials_path_prefixes"), "{error}");
     }
 
     #[test]

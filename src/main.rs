@@ -10,7 +10,8 @@ use scaivault_audit::auth::{Authenticator, BootstrapToken, StaticTokens};
 use scaivault_audit::config::{Settings, SettingsArgs};
 use scaivault_audit::export::credentials::{CredentialSource, ScaiVaultClient};
 use scaivault_audit::export::engine::{EngineConfig, ExportEngine, RetryPolicy};
-use scaivault_audit::export::runner::LocalRunner;
+use scaivault_audit::export::policy::ExportPolicy;
+use scaivault_audit::export::runner::{LocalRunner, RunnerMetrics};
 use scaivault_audit::query::cursor::CursorCodec;
 use scaivault_audit::state::{AppState, ExportHandles};
 use scaivault_audit::store::{Store, StoreMetrics};
@@ -144,7 +145,7 @@ async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
     let authenticator = authenticator.with_failed_auth_limit(settings.failed_auth_per_minute);
     let cursors = CursorCodec::load_or_create(&settings.store.data_dir)
         .context("failed to load the cursor key")?;
-    let runner = export_runner(&settings, &store)?;
+    let runner = export_runner(&settings, &store, &mut registry)?;
     let operator_metrics = operator::metrics::OperatorMetrics::register(&mut registry);
     // In a cluster, exports are AuditExport resources run by the lease holder.
     let operator_cluster = cluster.as_ref().filter(|_| settings.operator.enabled);
@@ -216,7 +217,11 @@ async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
 }
 
 /// The in-process export runner over the data directory's job files.
-fn export_runner(settings: &Settings, store: &Store) -> anyhow::Result<LocalRunner> {
+fn export_runner(
+    settings: &Settings,
+    store: &Store,
+    registry: &mut prometheus_client::registry::Registry,
+) -> anyhow::Result<LocalRunner> {
     let export = &settings.export;
     let credentials = match (&export.scaivault_url, &export.scaivault_token_file) {
         (Some(url), Some(token_file)) => CredentialSource::ScaiVault(
@@ -238,13 +243,50 @@ fn export_runner(settings: &Settings, store: &Store) -> anyhow::Result<LocalRunn
                 ..RetryPolicy::default()
             },
             endpoints: export.endpoints.clone(),
+            policy: export_policy(settings)?,
         },
     );
     Ok(LocalRunner::open(
         engine,
         &exports_dir.join("jobs"),
         export.max_concurrent_jobs,
+        RunnerMetrics::register(registry),
     )?)
+}
+
+/// The export confinement rules, with the `file` root created and resolved. A configured root
+/// that cannot be created stops the start; the standalone default only disables `file`.
+fn export_policy(settings: &Settings) -> anyhow::Result<ExportPolicy> {
+    let export = &settings.export;
+    let prefixes = export.credentials_path_prefixes.clone();
+    let Some(root) = &export.file_root else {
+        tracing::info!("file export destinations are disabled ([export] file_root is not set)");
+        return Ok(ExportPolicy::new(None, prefixes));
+    };
+    let default_root = settings
+        .store
+        .data_dir
+        .parent()
+        .map(|dir| dir.join("exports"));
+    let resolved = std::fs::create_dir_all(root).and_then(|()| root.canonicalize());
+    match resolved {
+        Ok(root) => {
+            tracing::info!(file_root = %root.display(), "file export destinations live under the file root");
+            Ok(ExportPolicy::new(Some(root), prefixes))
+        }
+        Err(error) if default_root.as_deref() == Some(root.as_path()) => {
+            tracing::warn!(
+                file_root = %root.display(),
+                %error,
+                "the default file export root cannot be created: file destinations are disabled"
+            );
+            Ok(ExportPolicy::new(None, prefixes))
+        }
+        Err(error) => Err(anyhow::anyhow!(
+            "export.file_root {} cannot be created: {error}",
+            root.display()
+        )),
+    }
 }
 
 /// Resumes unfinished exports once the store has replayed its WAL (their snapshots must see

@@ -711,10 +711,9 @@ async fn two_exports_racing_for_one_prefix_on_object_stores_leave_one_winner() {
 async fn two_exports_racing_for_one_file_prefix_leave_one_winner() {
     let setup = Setup::start().await;
     ingest_events(&setup, 250).await;
-    let out = setup.dir.root().join("race-out");
-    std::fs::create_dir_all(&out).unwrap();
+    let out = file_bucket(&setup.dir, "race-out");
     let client = client();
-    let mut body = export_request("file", out.to_str().unwrap(), "race/", "unused");
+    let mut body = export_request("file", "race-out", "race/", "unused");
     body["destination"]
         .as_object_mut()
         .unwrap()

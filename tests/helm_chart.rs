@@ -1327,7 +1327,8 @@ fn the_binary_accepts_the_rendered_arguments_environment_and_config() {
 }
 
 /// The chart's defaults are the defaults of `config/scaivault-audit.toml`, except where a pod
-/// differs from a standalone run: listen address, data directory, JSON logs.
+/// differs from a standalone run: listen address, data directory, JSON logs, and no `file`
+/// export root.
 #[test]
 fn the_default_rendering_keeps_the_shipped_defaults() {
     let tools = tools();
@@ -1355,6 +1356,7 @@ fn the_default_rendering_keeps_the_shipped_defaults() {
         ("server", "listen", "0.0.0.0:8080".to_string()),
         ("storage", "data_dir", pod.map("/data")),
         ("log", "format", "json".to_string()),
+        ("export", "file_root", String::new()),
     ] {
         let value = chart[section].as_table_mut().unwrap().remove(key);
         assert_eq!(value, Some(toml::Value::String(in_pod)), "{section}.{key}");

@@ -223,7 +223,7 @@ async fn the_crd_installs_and_is_served_with_its_schema() {
     assert!(explained.contains("credentialsPath"), "{explained}");
     let ns = Namespace::create("crd");
     // The API server's CEL rules refuse an export whose window is empty.
-    let manifest = "apiVersion: audit.scailabs.ai/v1alpha1\nkind: AuditExport\nmetadata:\n  name: empty-window\nspec:\n  tenantId: tnt_acme\n  from: \"2026-02-01T00:00:00Z\"\n  to: \"2026-01-01T00:00:00Z\"\n  format: jsonl\n  destination:\n    type: file\n    bucket: /tmp\n";
+    let manifest = "apiVersion: audit.scailabs.ai/v1alpha1\nkind: AuditExport\nmetadata:\n  name: empty-window\nspec:\n  tenantId: tnt_acme\n  from: \"2026-02-01T00:00:00Z\"\n  to: \"2026-01-01T00:00:00Z\"\n  format: jsonl\n  destination:\n    type: file\n    bucket: audit\n";
     let dir = TestDir::new();
     let path = dir.root().join("invalid.yaml");
     std::fs::write(&path, manifest).unwrap();
@@ -246,15 +246,14 @@ async fn the_s3_sample_with_a_file_destination_completes_with_files_and_manifest
 
     // config/samples/auditexport-s3.yaml, with its window widened to the ingested events and
     // a `file` destination (the operator runs on this machine, so it writes here).
-    let out = dir.root().join("out");
-    std::fs::create_dir_all(&out).unwrap();
+    let out = file_bucket(&dir, "out");
     let sample = std::fs::read_to_string(repo_file("config/samples/auditexport-s3.yaml")).unwrap();
     let head = sample.split("  destination:").next().unwrap();
     let manifest = format!(
         "{}  maxRecordsPerFile: 70\n  destination:\n    type: file\n    bucket: {}\n    prefix: scaivault/e2e/\n",
         head.replace("2026-01-01T00:00:00Z", "2020-01-01T00:00:00Z")
             .replace("2026-02-01T00:00:00Z", "2100-01-01T00:00:00Z"),
-        out.display()
+        bucket_name(&out)
     );
     let path = dir.root().join("sample.yaml");
     std::fs::write(&path, manifest).unwrap();
@@ -311,14 +310,13 @@ async fn a_rest_export_creates_a_resource_that_completes() {
     let dir = TestDir::new();
     let server = operator(&dir, &ns.0).await;
     let logs = ingest(&server, 120).await;
-    let out = dir.root().join("out");
-    std::fs::create_dir_all(&out).unwrap();
+    let out = file_bucket(&dir, "out");
     let (client, base, token) = (client(), server.base_url(), server.token());
     let body = json!({"from": "2020-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z",
         "format": "jsonl", "max_records_per_file": 50,
         // Leaves out the service's own `export_created` event.
         "filters": {"path_prefix": "environments/production/"},
-        "destination": {"type": "file", "bucket": out.to_str().unwrap(), "prefix": "rest/"}});
+        "destination": {"type": "file", "bucket": bucket_name(&out), "prefix": "rest/"}});
     let export_id = start_export(&client, base, token, &body).await;
     let name = export_id.replace('_', "-");
     let object = wait_completed(&ns.0, &name).await;

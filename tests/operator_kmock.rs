@@ -111,7 +111,7 @@ async fn poll<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
 struct OperatorServer {
     server: Server,
     admin: String,
-    _dir: TestDir,
+    dir: TestDir,
 }
 
 /// Creates the Namespace `name` labelled `audit.scailabs.ai/tenant: tenants` (as a cluster
@@ -192,7 +192,7 @@ tenant_id = "{TENANT}"
         OperatorServer {
             server,
             admin: admin.secret,
-            _dir: dir,
+            dir,
         }
     }
 
@@ -259,12 +259,12 @@ async fn a_rest_export_becomes_a_resource_and_the_real_engine_writes_parts_and_m
         RESTART_VISIBILITY_DEADLINE,
     )
     .await;
-    let out = tempfile::tempdir().unwrap();
+    let out = file_bucket(&server.dir, "out");
     // The filter leaves out the service's own `export_created` event.
     let body = json!({
         "from": FROM, "to": TO, "format": "jsonl", "max_records_per_file": 100,
         "filters": {"path_prefix": "environments/production/"},
-        "destination": {"type": "file", "bucket": out.path().to_str().unwrap(), "prefix": "acme/"},
+        "destination": {"type": "file", "bucket": bucket_name(&out), "prefix": "acme/"},
     });
     let export_id = start_export(&client, base, admin, &body).await;
 
@@ -320,13 +320,13 @@ async fn a_rest_export_becomes_a_resource_and_the_real_engine_writes_parts_and_m
         ]
     );
     let written = read_parts(&rest, |key| {
-        let path = out.path().join(&key);
+        let path = out.as_path().join(&key);
         async move { std::fs::read(path).ok() }
     })
     .await;
     assert_eq!(written, expected_jsonl(&ascending(logs)));
     let manifest: Value =
-        serde_json::from_slice(&std::fs::read(out.path().join("acme/manifest.json")).unwrap())
+        serde_json::from_slice(&std::fs::read(out.as_path().join("acme/manifest.json")).unwrap())
             .unwrap();
     assert_eq!(manifest["export_id"], json!(export_id));
     assert_eq!(manifest["files"], rest["files"]);
@@ -354,12 +354,12 @@ async fn a_kubectl_export_is_listed_for_its_tenant_only_and_delete_releases_the_
         RESTART_VISIBILITY_DEADLINE,
     )
     .await;
-    let out = tempfile::tempdir().unwrap();
+    let out = file_bucket(&server.dir, "out");
     let name = "from-kubectl";
-    let manifest = out.path().join("export.yaml");
+    let manifest = out.as_path().join("export.yaml");
     std::fs::write(&manifest, format!(
         "apiVersion: audit.scailabs.ai/v1alpha1\nkind: AuditExport\nmetadata:\n  name: {name}\nspec:\n  tenantId: {TENANT}\n  from: \"{FROM}\"\n  to: \"{TO}\"\n  format: jsonl\n  filters:\n    pathPrefix: environments/production/\n  destination:\n    type: file\n    bucket: {}\n    prefix: out/\n",
-        out.path().display()
+        bucket_name(&out)
     )).unwrap();
     kubectl_ok(&["apply", "--validate=false", "-n", &ns, "-f"], &manifest);
 
@@ -414,7 +414,7 @@ async fn a_kubectl_export_is_listed_for_its_tenant_only_and_delete_releases_the_
     .await;
     assert_eq!(other.0, StatusCode::NOT_FOUND, "{}", other.2);
     let written = read_parts(entry, |key| {
-        let path = out.path().join(&key);
+        let path = out.as_path().join(&key);
         async move { std::fs::read(path).ok() }
     })
     .await;
@@ -430,7 +430,35 @@ async fn a_kubectl_export_is_listed_for_its_tenant_only_and_delete_releases_the_
     )
     .await;
     // A completed export's files stay.
-    assert!(out.path().join("out/manifest.json").is_file());
+    assert!(out.as_path().join("out/manifest.json").is_file());
+}
+
+/// An AuditExport naming another tenant's credentials ends Failed with `tenant_access_denied`
+/// before any credentials are read (none are configured: a fetch would have failed with
+/// `credentials_not_configured`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resource_with_a_foreign_credentials_path_fails_before_anything_is_fetched() {
+    let ns = namespace("confined");
+    let server = OperatorServer::start(&ns).await;
+    let manifest = server.dir.root().join("foreign.yaml");
+    std::fs::write(&manifest, format!(
+        "apiVersion: audit.scailabs.ai/v1alpha1\nkind: AuditExport\nmetadata:\n  name: foreign\nspec:\n  tenantId: {TENANT}\n  from: \"{FROM}\"\n  to: \"{TO}\"\n  format: jsonl\n  destination:\n    type: s3\n    bucket: acme-audit\n    credentialsPath: tenants/{OTHER_TENANT}/aws/writer\n",
+    )).unwrap();
+    kubectl_ok(&["apply", "--validate=false", "-n", &ns, "-f"], &manifest);
+    let api: Api<AuditExport> = Api::namespaced(kube_client(&ns), &ns);
+    let failed = poll("phase Failed", async || {
+        let object = api.get("foreign").await.ok()?;
+        let status = object.status?;
+        (status.phase? == ExportJobPhase::Failed).then_some(status)
+    })
+    .await;
+    let error = failed.error.unwrap();
+    assert_eq!(error.code, "tenant_access_denied", "{}", error.message);
+    assert!(
+        error.message.contains("credentials_path"),
+        "{}",
+        error.message
+    );
 }
 
 /// Runs kubectl on the emulator; `file` (when not empty) is appended.
@@ -472,9 +500,9 @@ async fn rest_delete_annotates_a_pending_export_and_the_leader_cancels_it() {
         .unwrap();
     let server = OperatorServer::start(&ns).await;
     let (client, base, admin) = (client(), server.base(), server.admin.as_str());
-    let out = tempfile::tempdir().unwrap();
+    let out = file_bucket(&server.dir, "out");
     let body = json!({"from": FROM, "to": TO, "format": "jsonl",
-        "destination": {"type": "file", "bucket": out.path().to_str().unwrap(), "prefix": "c/"}});
+        "destination": {"type": "file", "bucket": bucket_name(&out), "prefix": "c/"}});
     let export_id = start_export(&client, base, admin, &body).await;
     let api: Api<AuditExport> = Api::namespaced(client_k8s, &ns);
     let name = export_id.replace('_', "-");
@@ -520,7 +548,7 @@ async fn rest_delete_annotates_a_pending_export_and_the_leader_cancels_it() {
     let object = api.get(&name).await.unwrap();
     assert_same_status(&rest, &object);
     assert!(
-        !out.path().join("c/manifest.json").try_exists().unwrap(),
+        !out.as_path().join("c/manifest.json").try_exists().unwrap(),
         "a cancelled export has no manifest"
     );
     // Cancelling a finished export is refused.
@@ -571,7 +599,7 @@ async fn service_account_tokens_are_verified_with_token_review_and_bound_to_thei
         base,
         &sa,
         &json!({"from": FROM, "to": TO, "format": "jsonl",
-                "destination": {"type": "file", "bucket": "/tmp", "prefix": "x/"}}),
+                "destination": {"type": "file", "bucket": "audit", "prefix": "x/"}}),
     )
     .await;
     assert_error(&export, StatusCode::FORBIDDEN, "insufficient_scope");

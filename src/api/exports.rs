@@ -99,6 +99,7 @@ where
     let body: Value = serde_json::from_slice(&body)
         .map_err(|error| ApiError::invalid_request(format!("the body is not JSON: {error}")))?;
     let spec = ExportSpec::from_request(&body, &tenant).map_err(ApiError::validation)?;
+    check_policy(&state, &spec).await?;
     super::require_ready(&state)?;
     let estimated = state
         .export_engine
@@ -193,6 +194,28 @@ async fn cancel_export(
         .map_err(registry_error)?
         .ok_or_else(|| not_found(&export_id))?;
     Ok(json_response(StatusCode::OK, &record_json(&record)))
+}
+
+/// The installation's confinement rules (before anything is fetched or recorded): a foreign
+/// credentials path is 403 `tenant_access_denied`, a refused `file` destination 422.
+async fn check_policy(state: &AppState, spec: &ExportSpec) -> Result<(), ApiError> {
+    let policy = state.export_engine.policy().clone();
+    let spec = spec.clone();
+    // A `file` destination's directory is inspected on disk.
+    let checked = tokio::task::spawn_blocking(move || policy.check(&spec))
+        .await
+        .map_err(|error| ApiError::internal(&error))?;
+    checked.map_err(|refusal| {
+        if refusal.is_access_denied() {
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "tenant_access_denied",
+                refusal.to_string(),
+            )
+        } else {
+            ApiError::validation(field_error(refusal.field(), &refusal.to_string()))
+        }
+    })
 }
 
 /// `limit` (1..=500, default 50) and `cursor` (the id to continue after).

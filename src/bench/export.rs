@@ -20,6 +20,7 @@ use crate::export::job::{
     Checkpoint, DEFAULT_MAX_RECORDS_PER_FILE, Destination, DestinationType, ExportFailure,
     ExportSpec,
 };
+use crate::export::policy::ExportPolicy;
 use crate::export::sink::endpoint::EndpointPolicy;
 use crate::store::Store;
 
@@ -52,6 +53,7 @@ pub async fn run(args: ExportBenchArgs) -> anyhow::Result<()> {
     println!("machine: {}", super::machine_description());
     let store = load_store(temp.path(), args.events, args.seed).await?;
     let secrets = temp.path().join("secrets");
+    std::fs::create_dir_all(temp.path().join("files").join(FILE_BUCKET))?;
     if let Some(endpoint) = &args.s3_endpoint {
         let file = secrets.join("bench/s3.json");
         std::fs::create_dir_all(secrets.join("bench"))?;
@@ -67,11 +69,13 @@ pub async fn run(args: ExportBenchArgs) -> anyhow::Result<()> {
             retry: RetryPolicy::default(),
             // The benchmark writes to a local emulator.
             endpoints: EndpointPolicy::allow_all(),
+            policy: ExportPolicy::new(
+                Some(temp.path().join("files").canonicalize()?),
+                vec!["bench/".to_string()],
+            ),
         },
     );
-    let out = temp.path().join("out");
-    std::fs::create_dir_all(&out)?;
-    let mut destinations = vec![file_destination(&out)];
+    let mut destinations = vec![file_destination()];
     if args.s3_endpoint.is_some() {
         destinations.push(Destination {
             kind: DestinationType::S3,
@@ -95,10 +99,13 @@ pub async fn run(args: ExportBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn file_destination(out: &Path) -> Destination {
+/// The `file` bucket, a directory under `files/` of the benchmark's directory (the file root).
+const FILE_BUCKET: &str = "out";
+
+fn file_destination() -> Destination {
     Destination {
         kind: DestinationType::File,
-        bucket: out.display().to_string(),
+        bucket: FILE_BUCKET.to_string(),
         prefix: String::new(),
         credentials_path: None,
     }

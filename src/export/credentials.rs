@@ -69,7 +69,8 @@ impl CredentialError {
         matches!(self, CredentialError::Unavailable(_))
     }
 
-    /// The export failure reported to users.
+    /// The export failure reported to users: it names the problem and the tenant's own path,
+    /// never the ScaiVault URL, the token file or the server's directories (those are logged).
     pub fn to_failure(&self) -> ExportFailure {
         let code = match self {
             CredentialError::NotConfigured => "credentials_not_configured",
@@ -81,7 +82,16 @@ impl CredentialError {
             CredentialError::Unavailable(_) => "scaivault_unavailable",
             CredentialError::Malformed { .. } => "credentials_invalid",
         };
-        ExportFailure::new(code, self.to_string())
+        let message = match self {
+            CredentialError::TokenFile { .. } => {
+                tracing::error!(error = %self, "the service's ScaiVault token is unreadable");
+                "the audit service could not read its own ScaiVault token; its operators must fix \
+                 it (see the service log)"
+                    .to_string()
+            }
+            other => other.to_string(),
+        };
+        ExportFailure::new(code, message)
     }
 }
 
@@ -190,7 +200,10 @@ pub enum DestinationCredentials {
     S3(S3Credentials),
     Gcs(GcsCredentials),
     Azure(AzureCredentials),
-    /// The file sink needs none.
+    /// A `file` destination's directory, already resolved under `[export] file_root` by the
+    /// [`super::policy::ExportPolicy`]: the only authority a file sink gets.
+    FileDirectory(PathBuf),
+    /// No credentials (a `file` destination before its directory is resolved: no sink opens).
     None,
 }
 
@@ -410,19 +423,17 @@ async fn read_secret_file(dir: &Path, path: &str) -> Result<SecretData, Credenti
             });
         }
         Err(error) => {
+            tracing::warn!(file = %file.display(), %error, "credentials file unreadable");
             return Err(CredentialError::Unavailable(format!(
-                "reading {}: {error}",
-                file.display()
+                "the credentials directory could not be read ({})",
+                error.kind()
             )));
         }
     };
     let document: SecretDocument =
         serde_json::from_slice(&bytes).map_err(|_| CredentialError::Malformed {
             path: path.to_string(),
-            reason: format!(
-                "{} is not a secret document with a \"data\" object",
-                file.display()
-            ),
+            reason: "the secret is not a document with a \"data\" object".into(),
         })?;
     Ok(SecretData::new(path, document.data))
 }
@@ -510,15 +521,15 @@ impl ScaiVaultClient {
             .send()
             .await
             .map_err(|error| {
-                // reqwest errors name the URL, which holds no secret; strip the cause chain
-                // anyway to keep messages short.
-                CredentialError::Unavailable(format!("GET {url}: {}", describe(&error)))
+                // The URL is the operators' business: logged, not shown to the tenant.
+                tracing::warn!(url, error = %error, "ScaiVault request failed");
+                CredentialError::Unavailable(format!("ScaiVault {}", describe(&error)))
             })?;
         let status = response.status();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|error| CredentialError::Unavailable(describe(&error)))?;
+        let body = response.bytes().await.map_err(|error| {
+            tracing::warn!(url, error = %error, "ScaiVault answer unreadable");
+            CredentialError::Unavailable(format!("ScaiVault {}", describe(&error)))
+        })?;
         if status.is_success() {
             let document: SecretDocument =
                 serde_json::from_slice(&body).map_err(|_| CredentialError::Malformed {
@@ -669,6 +680,44 @@ mod tests {
         ));
         assert!(map_error("a/b", 503, b"").is_transient());
         assert!(!map_error("a/b", 403, b"").is_transient());
+    }
+
+    #[test]
+    fn tenant_visible_messages_name_no_server_internals() {
+        let token = CredentialError::TokenFile {
+            file: "/var/run/secrets/scaivault/token".into(),
+            reason: "permission denied".into(),
+        };
+        let failure = token.to_failure();
+        assert_eq!(failure.code, "scaivault_authentication_failed");
+        assert!(!failure.message.contains("/var/run"), "{failure:?}");
+        let missing = map_error("tenants/tnt_acme/s3", 404, b"").to_failure();
+        assert!(
+            missing
+                .message
+                .contains("credentials secret 'tenants/tnt_acme/s3' was not found"),
+            "{missing:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn scaivault_connection_failures_do_not_name_the_url() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        let url = format!(
+            "http://{}",
+            listener.local_addr().unwrap_or_else(|e| panic!("{e}"))
+        );
+        drop(listener);
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let token = dir.path().join("token");
+        std::fs::write(&token, "t").unwrap_or_else(|e| panic!("{e}"));
+        let client = ScaiVaultClient::new(&url, token).unwrap_or_else(|e| panic!("{e}"));
+        let failure = match client.read_secret("tenants/tnt_acme/s3").await {
+            Err(error) => error.to_failure(),
+            Ok(data) => panic!("read {data:?}"),
+        };
+        assert_eq!(failure.code, "scaivault_unavailable");
+        assert!(!failure.message.contains("127.0.0.1"), "{failure:?}");
     }
 
     #[tokio::test]

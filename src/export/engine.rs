@@ -19,9 +19,10 @@ use serde_json::json;
 use tantivy::collector::Count;
 use tokio_util::sync::CancellationToken;
 
-use super::credentials::CredentialSource;
+use super::credentials::{CredentialSource, DestinationCredentials};
 use super::format::{self, PartEncoder};
-use super::job::{Checkpoint, ExportFailure, ExportSpec, FileEntry};
+use super::job::{Checkpoint, DestinationType, ExportFailure, ExportSpec, FileEntry};
+use super::policy::ExportPolicy;
 use super::sink::endpoint::EndpointPolicy;
 use super::sink::{self, Sink, SinkContext, SinkError, SmallObject};
 use crate::query::{self, LogFilters};
@@ -62,6 +63,8 @@ pub struct EngineConfig {
     pub retry: RetryPolicy,
     /// Which destination endpoints jobs may connect to.
     pub endpoints: EndpointPolicy,
+    /// Tenant confinement, checked before a job fetches credentials or opens its destination.
+    pub policy: ExportPolicy,
 }
 
 /// What a finished job produced.
@@ -145,6 +148,11 @@ impl ExportEngine {
         &self.store
     }
 
+    /// The confinement rules every export of this engine meets.
+    pub fn policy(&self) -> &ExportPolicy {
+        &self.config.policy
+    }
+
     /// A checkpoint whose snapshot is every event acknowledged so far (pending events are
     /// committed first).
     pub async fn start_checkpoint(&self) -> Result<Checkpoint, ExportFailure> {
@@ -186,6 +194,11 @@ impl ExportEngine {
         progress: &dyn ProgressSink,
         cancel: &CancellationToken,
     ) -> Result<ExportOutcome, ExportFailure> {
+        // Before anything is fetched or opened: also stops jobs accepted under older rules.
+        self.config
+            .policy
+            .check(spec)
+            .map_err(|refusal| refusal.to_failure())?;
         let mut filters = spec.log_filters().map_err(invalid_spec)?;
         filters.before_seq = Some(checkpoint.snapshot_seq);
         let sink = self
@@ -261,6 +274,10 @@ impl ExportEngine {
     /// claim has nothing to abort.
     pub async fn abort(&self, export_id: &str, spec: &ExportSpec) -> Result<(), ExportFailure> {
         remove_spooled(&self.config.spool_dir, export_id);
+        if self.config.policy.check(spec).is_err() {
+            // A refused job never fetched credentials nor opened its destination.
+            return Ok(());
+        }
         let sink = self
             .open_sink(export_id, spec)
             .await
@@ -278,6 +295,20 @@ impl ExportEngine {
         export_id: &str,
         spec: &ExportSpec,
     ) -> Result<Arc<dyn Sink>, StepError> {
+        let context = SinkContext {
+            export_id: export_id.to_string(),
+            endpoints: self.config.endpoints.clone(),
+            journal_dir: self.config.spool_dir.clone(),
+        };
+        if spec.destination.kind == DestinationType::File {
+            let dir = self
+                .config
+                .policy
+                .file_directory(&spec.destination.bucket)
+                .map_err(|refusal| StepError::Permanent(refusal.to_failure()))?;
+            let credentials = DestinationCredentials::FileDirectory(dir);
+            return Ok(sink::open(&spec.destination, credentials, &context).await?);
+        }
         let credentials = self
             .credentials
             .destination(
@@ -292,11 +323,6 @@ impl ExportEngine {
                     StepError::Permanent(error.to_failure())
                 }
             })?;
-        let context = SinkContext {
-            export_id: export_id.to_string(),
-            endpoints: self.config.endpoints.clone(),
-            journal_dir: self.config.spool_dir.clone(),
-        };
         Ok(sink::open(&spec.destination, credentials, &context).await?)
     }
 
@@ -674,14 +700,16 @@ enum Owner {
     Nobody,
 }
 
-/// The failure of an export whose prefix holds objects of another export or client. Only an
-/// export of the same tenant is named: tenants never learn each other's export ids.
-fn conflict(location: &str, export_id: &str, same_tenant_owner: Option<&str>) -> ExportFailure {
-    tracing::warn!(export_id, location, "destination prefix is taken");
-    let owner = match same_tenant_owner {
-        Some(id) => format!("export {id}"),
-        None => "objects of another export".to_string(),
-    };
+/// The failure of an export whose prefix holds objects of another export or client. The
+/// message never names the other export (it may be another tenant's); the log does.
+fn conflict(location: &str, export_id: &str, other: Option<&str>) -> ExportFailure {
+    tracing::warn!(
+        export_id,
+        location,
+        other_export = other.unwrap_or("-"),
+        "destination prefix is taken"
+    );
+    let owner = "objects of another export";
     ExportFailure::new(
         "destination_conflict",
         format!(

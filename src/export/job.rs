@@ -37,7 +37,8 @@ pub enum DestinationType {
     S3,
     Gcs,
     AzureBlob,
-    /// A local directory (standalone and development use); `bucket` is the directory.
+    /// A local directory (standalone and development use); `bucket` is a directory relative to
+    /// `[export] file_root` (see [`check_file_bucket`] and [`super::policy`]).
     File,
 }
 
@@ -357,15 +358,10 @@ fn parse_destination(value: Option<&Value>, errors: &mut FieldErrors) -> Option<
 }
 
 /// Bucket names: S3/GCS 3–63 of `a-z0-9.-`, Azure containers 3–63 of `a-z0-9-`; a `file`
-/// destination is an absolute directory path.
+/// destination is a directory relative to the server's file root ([`check_file_bucket`]).
 fn check_bucket(kind: DestinationType, bucket: &str) -> Result<(), &'static str> {
     match kind {
-        DestinationType::File => {
-            if !bucket.starts_with('/') || bucket.split('/').any(|part| part == "..") {
-                return Err("must be an absolute directory path without ..");
-            }
-            Ok(())
-        }
+        DestinationType::File => check_file_bucket(bucket),
         _ => {
             let allowed = |c: char| {
                 c.is_ascii_lowercase()
@@ -384,6 +380,38 @@ fn check_bucket(kind: DestinationType, bucket: &str) -> Result<(), &'static str>
             }
             Ok(())
         }
+    }
+}
+
+/// Most `/`-separated directories in the bucket of a `file` destination.
+const MAX_FILE_BUCKET_SEGMENTS: usize = 8;
+
+/// The bucket of a `file` destination: a directory relative to `[export] file_root`, named like
+/// an S3 bucket (3–63 of `a-z 0-9 . -`, starting and ending with a letter or digit), optionally
+/// followed by `/`-separated sub-directories of the same characters (1–63 each). No absolute
+/// path, no `.` or `..`, no hidden names, at most 8 levels.
+pub fn check_file_bucket(bucket: &str) -> Result<(), &'static str> {
+    const GRAMMAR: &str = "must be a directory relative to the file root: an S3-style bucket name \
+                           (3-63 of a-z 0-9 . -, starting and ending with a letter or digit), \
+                           optionally followed by /sub-directories of the same characters \
+                           (no absolute path, no . or .. segments, at most 8 levels)";
+    if bucket.starts_with('/') || bucket.split('/').count() > MAX_FILE_BUCKET_SEGMENTS {
+        return Err(GRAMMAR);
+    }
+    let segment_ok = |segment: &str, min: usize| {
+        let allowed =
+            |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
+        (min..=63).contains(&segment.len())
+            && segment.chars().all(allowed)
+            && segment.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && segment.ends_with(|c: char| c.is_ascii_alphanumeric())
+    };
+    let mut segments = bucket.split('/');
+    let first_ok = segments.next().is_some_and(|first| segment_ok(first, 3));
+    if first_ok && segments.all(|segment| segment_ok(segment, 1)) {
+        Ok(())
+    } else {
+        Err(GRAMMAR)
     }
 }
 
@@ -581,6 +609,36 @@ mod tests {
             problems(json!({"destination": {"type": "s3", "bucket": "acme-audit",
                                             "credentials_path": "a/b", "secret_access_key": "x"}})),
             ["destination.secret_access_key"]
+        );
+    }
+
+    #[test]
+    fn file_buckets_are_relative_s3_style_names() {
+        for bucket in ["audit", "acme-audit/2026", "a.b/c/d-e/f", "abc/1"] {
+            assert_eq!(check_file_bucket(bucket), Ok(()), "{bucket}");
+        }
+        for bucket in [
+            "/data/exports/jobs",
+            "/tmp",
+            "ab",
+            "audit/../data",
+            "audit/..",
+            "audit/.",
+            "audit/.hidden",
+            "audit/",
+            "audit//x",
+            "Audit",
+            "au_dit",
+            "audit/sub dir",
+            "audit\\x",
+            "a.b/c/d/e/f/g/h/i/j",
+            "",
+        ] {
+            assert!(check_file_bucket(bucket).is_err(), "{bucket}");
+        }
+        assert_eq!(
+            problems(json!({"destination": {"type": "file", "bucket": "/data/exports/jobs"}})),
+            ["destination.bucket"]
         );
     }
 

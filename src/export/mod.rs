@@ -6,12 +6,14 @@
 //! - [`format`]: part-file encoders (JSONL/CSV, gzip, size and SHA-256);
 //! - [`sink`]: destinations (file, S3, GCS, Azure Blob) behind one trait;
 //! - [`credentials`]: destination credentials from ScaiVault (or a development directory);
+//! - [`policy`]: tenant confinement (the `file` root, allowed credentials paths);
 //! - [`registry`] and [`runner`]: where exports are recorded, and the standalone job runner.
 
 pub mod credentials;
 pub mod engine;
 pub mod format;
 pub mod job;
+pub mod policy;
 pub mod registry;
 pub mod runner;
 pub mod sink;

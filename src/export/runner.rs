@@ -2,6 +2,10 @@
 //! every job (spec, status, checkpoint) is a JSON file in the data directory, rewritten
 //! atomically on each change. After a restart, pending and running jobs continue from their
 //! checkpoint.
+//!
+//! Only `exp_*.json` files are jobs; anything else in the directory is ignored, and a job file
+//! that cannot be read is renamed `*.corrupt` (logged and counted) so that no file there can
+//! stop the service from starting.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -10,6 +14,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -22,6 +28,13 @@ use crate::timestamp;
 /// How long `cancel` waits for a running job to stop before answering.
 const CANCEL_WAIT: Duration = Duration::from_secs(10);
 
+/// Name prefix and suffix of job files.
+const JOB_FILE_PREFIX: &str = "exp_";
+const JOB_FILE_SUFFIX: &str = ".json";
+
+/// Suffix given to a job file that could not be read.
+const CORRUPT_SUFFIX: &str = ".corrupt";
+
 /// Failures opening the job directory.
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
@@ -33,6 +46,26 @@ pub enum RunnerError {
     },
     #[error("export job file {file} is unreadable: {reason}")]
     Corrupt { file: String, reason: String },
+}
+
+/// Metrics of the standalone runner.
+#[derive(Clone, Default)]
+pub struct RunnerMetrics {
+    /// Job files renamed `*.corrupt` because they could not be read.
+    pub corrupt_job_files: Counter,
+}
+
+impl RunnerMetrics {
+    /// Creates the metrics and registers them (names get the registry's prefix).
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = RunnerMetrics::default();
+        registry.register(
+            "export_job_files_corrupt",
+            "Export job files that could not be read and were moved aside as *.corrupt",
+            metrics.corrupt_job_files.clone(),
+        );
+        metrics
+    }
 }
 
 /// Runs exports in this process.
@@ -53,11 +86,13 @@ struct Inner {
 }
 
 impl LocalRunner {
-    /// Opens (creating if needed) the job directory `jobs_dir` and loads every job in it.
+    /// Opens (creating if needed) the job directory `jobs_dir` and loads every job in it
+    /// (`exp_*.json`; unreadable ones are moved aside, see the module docs).
     pub fn open(
         engine: ExportEngine,
         jobs_dir: &Path,
         max_concurrent: usize,
+        metrics: RunnerMetrics,
     ) -> Result<Self, RunnerError> {
         let io = |source| RunnerError::Io {
             dir: jobs_dir.display().to_string(),
@@ -67,11 +102,15 @@ impl LocalRunner {
         let mut records = BTreeMap::new();
         for entry in std::fs::read_dir(jobs_dir).map_err(io)? {
             let path = entry.map_err(io)?.path();
-            if path.extension().and_then(|ext| ext.to_str()) != Some("json") {
+            if !is_job_file(&path) {
                 continue;
             }
-            let record = read_record(&path)?;
-            records.insert(record.export_id.clone(), record);
+            match read_record(&path) {
+                Ok(record) => {
+                    records.insert(record.export_id.clone(), record);
+                }
+                Err(error) => move_aside(&path, &error, &metrics),
+            }
         }
         Ok(LocalRunner {
             inner: Arc::new(Inner {
@@ -288,13 +327,53 @@ fn write_record(dir: &Path, record: &ExportRecord) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// `exp_*.json`: what [`write_record`] writes (temporary `.json.tmp` files are not jobs).
+fn is_job_file(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|name| name.to_str())
+        .is_some_and(|name| {
+            name.starts_with(JOB_FILE_PREFIX)
+                && name.ends_with(JOB_FILE_SUFFIX)
+                && name.len() > JOB_FILE_PREFIX.len() + JOB_FILE_SUFFIX.len()
+        })
+}
+
+/// Reads a job file; its export id must match its name (a copied or renamed file is not a job).
 fn read_record(path: &Path) -> Result<ExportRecord, RunnerError> {
     let corrupt = |reason: String| RunnerError::Corrupt {
         file: path.display().to_string(),
         reason,
     };
     let bytes = std::fs::read(path).map_err(|error| corrupt(error.to_string()))?;
-    serde_json::from_slice(&bytes).map_err(|error| corrupt(error.to_string()))
+    let record: ExportRecord =
+        serde_json::from_slice(&bytes).map_err(|error| corrupt(error.to_string()))?;
+    let named = path.file_stem().and_then(|stem| stem.to_str());
+    if named != Some(record.export_id.as_str()) {
+        return Err(corrupt(format!(
+            "it holds export {} but is not named after it",
+            record.export_id
+        )));
+    }
+    Ok(record)
+}
+
+/// Renames an unreadable job file `*.corrupt` (kept for inspection), logging and counting it.
+fn move_aside(path: &Path, error: &RunnerError, metrics: &RunnerMetrics) {
+    metrics.corrupt_job_files.inc();
+    let mut aside = path.as_os_str().to_os_string();
+    aside.push(CORRUPT_SUFFIX);
+    match std::fs::rename(path, &aside) {
+        Ok(()) => tracing::error!(
+            %error,
+            moved_to = %Path::new(&aside).display(),
+            "export job file unreadable: moved aside, the job is not resumed"
+        ),
+        Err(rename) => tracing::error!(
+            %error,
+            %rename,
+            "export job file unreadable and could not be moved aside: ignored"
+        ),
+    }
 }
 
 fn now() -> String {
@@ -382,6 +461,28 @@ impl ExportRegistry for LocalRunner {
                 }
                 other => return Ok(other),
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_exp_json_files_are_jobs() {
+        for name in ["exp_01jz.json", "exp_bad.json"] {
+            assert!(is_job_file(Path::new(name)), "{name}");
+        }
+        for name in [
+            "manifest.json",
+            "exp_.json",
+            "exp_01jz.json.tmp",
+            "exp_01jz.json.corrupt",
+            "exp_01jz",
+            ".scaivault-export",
+        ] {
+            assert!(!is_job_file(Path::new(name)), "{name}");
         }
     }
 }

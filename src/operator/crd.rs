@@ -119,7 +119,7 @@ pub struct ExportFilters {
 /// the ScaiVault secret that holds them.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[x_kube(validation = Rule::new("self.type == 'file' || has(self.credentialsPath)").message("credentialsPath is required for s3, gcs and azure_blob destinations").reason(Reason::FieldValueRequired))]
-#[x_kube(validation = Rule::new("self.type != 'file' || self.bucket.startsWith('/')").message("a file destination's bucket is an absolute directory path").reason(Reason::FieldValueInvalid))]
+#[x_kube(validation = Rule::new("self.type != 'file' || self.bucket.matches('^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?){0,7}$')").message("a file destination's bucket is a directory relative to the server's [export] file_root: a bucket-style name, optionally with /sub-directories").reason(Reason::FieldValueInvalid))]
 #[x_kube(validation = Rule::new("self.type == 'file' || self.bucket.matches('^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$')").message("bucket must be 3-63 lowercase letters, digits, hyphens or dots").reason(Reason::FieldValueInvalid))]
 #[x_kube(validation = Rule::new("self.type != 'azure_blob' || self.bucket.matches('^[a-z0-9-]+$')").message("an Azure container name has only lowercase letters, digits and hyphens").reason(Reason::FieldValueInvalid))]
 #[serde(rename_all = "camelCase")]
@@ -128,14 +128,17 @@ pub struct ExportDestination {
     /// development).
     #[serde(rename = "type")]
     pub kind: DestinationKind,
-    /// Bucket (S3, GCS) or container (Azure Blob) name; for `file`, an absolute directory.
+    /// Bucket (S3, GCS) or container (Azure Blob) name; for `file`, a directory relative to
+    /// the server's `[export] file_root` (e.g. `audit` or `audit/2026`).
     pub bucket: String,
     /// Prepended to every object key, e.g. `scaivault/2026-01/`. An export never overwrites
     /// another export's files under the same prefix.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 512))]
     pub prefix: Option<String>,
-    /// ScaiVault secret path of the upload credentials, e.g. `infra/aws/audit-export-writer`.
+    /// ScaiVault secret path of the upload credentials, e.g.
+    /// `tenants/tnt_acme/aws/audit-export-writer`; it must lie under one of the server's
+    /// `[export] credentials_path_prefixes` (default `tenants/{tenant_id}/`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 512),

@@ -53,7 +53,7 @@ impl AuditExport {
                 filters: None,
                 destination: ExportDestination {
                     kind: DestinationKind::File,
-                    bucket: "/var/lib/exports".into(),
+                    bucket: "audit-exports".into(),
                     prefix: Some("2026-01/".into()),
                     credentials_path: None,
                 },

@@ -19,6 +19,26 @@ use super::{Reply, send};
 /// How long a test waits for an export to finish.
 pub const EXPORT_DEADLINE: Duration = Duration::from_secs(120);
 
+/// The `file` export root the harness gives the server (`TestDir::root()/exports`).
+pub fn file_root(dir: &super::TestDir) -> PathBuf {
+    dir.root().join(super::FILE_ROOT_NAME)
+}
+
+/// Creates the bucket directory `bucket` under the file root and returns its path.
+pub fn file_bucket(dir: &super::TestDir, bucket: &str) -> PathBuf {
+    let path = file_root(dir).join(bucket);
+    std::fs::create_dir_all(&path).expect("create the bucket directory");
+    path
+}
+
+/// The bucket of a directory made by [`file_bucket`] (its name: buckets are one level deep).
+pub fn bucket_name(path: &Path) -> String {
+    path.file_name()
+        .and_then(|name| name.to_str())
+        .expect("a bucket directory name")
+        .to_string()
+}
+
 pub async fn post_export(client: &Client, base: &str, token: &str, body: &Value) -> Reply {
     send(
         client

@@ -260,6 +260,7 @@ impl Server {
             .arg(queries_per_minute.to_string())
             .args(extra_args)
             .args(default_export_limit(extra_args))
+            .args(default_export_confinement(data_dir, extra_args))
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -457,6 +458,33 @@ fn default_export_limit(extra_args: &[&str]) -> &'static [&'static str] {
     } else {
         &["--rate-limit-exports-per-minute", "0"]
     }
+}
+
+/// Directory name of the `file` export root beside the data directory (what the harness passes
+/// as `--export-file-root`; buckets are sub-directories of it, see `export::file_bucket`).
+pub const FILE_ROOT_NAME: &str = "exports";
+
+/// Credentials paths the harness allows (`--export-credentials-path-prefixes`): each tenant's own
+/// subtree and the `infra/...` paths the export tests keep their fake secrets under.
+pub const TEST_CREDENTIALS_PREFIXES: &str = "tenants/{tenant_id}/,infra/";
+
+/// `--export-file-root DATA_DIR/../exports` (also in operator mode, where it has no default) and
+/// the test credentials prefixes, unless the test sets them itself.
+fn default_export_confinement(data_dir: &Path, extra_args: &[&str]) -> Vec<std::ffi::OsString> {
+    let mut args = Vec::new();
+    if !extra_args.contains(&"--export-file-root") {
+        let root = data_dir
+            .parent()
+            .expect("data dir has a parent directory")
+            .join(FILE_ROOT_NAME);
+        args.push("--export-file-root".into());
+        args.push(root.into_os_string());
+    }
+    if !extra_args.contains(&"--export-credentials-path-prefixes") {
+        args.push("--export-credentials-path-prefixes".into());
+        args.push(TEST_CREDENTIALS_PREFIXES.into());
+    }
+    args
 }
 
 pub fn parse_listening_line(line: &str) -> Option<SocketAddr> {

@@ -212,6 +212,11 @@ max_concurrent_jobs = {{ int64 .Values.export.maxConcurrentJobs }}
 retry_max_seconds = {{ int64 .Values.export.retryMaxSeconds }}
 allow_private_endpoints = {{ .Values.export.allowPrivateEndpoints | default false }}
 endpoint_allowlist = {{ .Values.export.endpointAllowlist | default list | toJson }}
+{{- /* Always rendered: in a pod, `file` destinations exist only when fileRoot is set. */}}
+file_root = {{ toJson (.Values.export.fileRoot | default "") }}
+{{- with .Values.export.credentialsPathPrefixes }}
+credentials_path_prefixes = {{ toJson . }}
+{{- end }}
 {{- with .Values.scaivault.url }}
 scaivault_url = {{ toJson . }}
 {{- end }}

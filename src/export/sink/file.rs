@@ -1,36 +1,44 @@
 //! The `file` sink: a local directory (standalone and development use). Objects appear
 //! atomically: parts are spooled in the directory and renamed into place, then synced.
+//!
+//! The directory was resolved under `[export] file_root` by the export policy; keys are walked
+//! below it one directory at a time, and a symbolic link anywhere on the way is refused, so
+//! nothing is ever written or read outside the root. Messages name the bucket, never the
+//! server's paths.
 
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
 use super::{CappedBuffer, READ_LIMIT_BYTES, Sink, SinkError, SinkErrorKind, SmallObject};
+use crate::export::policy::{WalkError, walk_under};
 
 /// Name prefix of files spooled by an export, removed by `abort_incomplete`.
 const SPOOL_PREFIX: &str = ".scaivault-export-";
 
 pub struct FileSink {
     root: PathBuf,
+    /// The bucket as the tenant named it (for messages).
+    bucket: String,
     /// The export whose spool files `abort_incomplete` removes.
     export_id: String,
 }
 
 impl FileSink {
-    /// A sink writing under the existing directory `root` for the export `export_id`.
-    pub fn open(root: &str, export_id: &str) -> Result<Self, SinkError> {
-        let root = PathBuf::from(root);
-        if !root.is_dir() {
+    /// A sink writing under `dir`, the existing directory of `bucket` (not a symbolic link),
+    /// for the export `export_id`.
+    pub fn open(dir: &Path, bucket: &str, export_id: &str) -> Result<Self, SinkError> {
+        let is_plain_dir = std::fs::symlink_metadata(dir)
+            .is_ok_and(|metadata| metadata.is_dir() && !metadata.file_type().is_symlink());
+        if !is_plain_dir {
             return Err(SinkError::new(
                 SinkErrorKind::BucketNotFound,
-                format!(
-                    "the destination directory {} does not exist",
-                    root.display()
-                ),
+                format!("the destination directory '{bucket}' does not exist"),
             ));
         }
         Ok(FileSink {
-            root,
+            root: dir.to_path_buf(),
+            bucket: bucket.to_string(),
             export_id: export_id.to_string(),
         })
     }
@@ -41,21 +49,68 @@ impl FileSink {
             std::io::ErrorKind::NotFound => SinkErrorKind::BucketNotFound,
             _ => SinkErrorKind::Transient,
         };
+        tracing::warn!(dir = %self.root.display(), action, %error, "file destination I/O failed");
         SinkError::new(
             kind,
-            format!("{action} in {}: {error}", self.root.display()),
+            format!(
+                "{action} in the destination directory '{}': {}",
+                self.bucket,
+                error.kind()
+            ),
         )
+    }
+
+    fn walk_error(&self, key: &str, error: WalkError) -> SinkError {
+        match error {
+            WalkError::Io { source, .. } => self.io_error("creating directories", source),
+            other => SinkError::new(
+                SinkErrorKind::Rejected,
+                format!("key '{key}' in '{}': {other}", self.bucket),
+            ),
+        }
     }
 
     fn target(&self, key: &str) -> PathBuf {
         self.root.join(key)
     }
 
+    /// The directory of `key`, created below the root without following any link.
+    fn parent_of(&self, key: &str) -> Result<PathBuf, SinkError> {
+        match key.rsplit_once('/') {
+            Some((parent, _)) => {
+                walk_under(&self.root, parent, true).map_err(|error| self.walk_error(key, error))
+            }
+            None => Ok(self.root.clone()),
+        }
+    }
+
+    /// Checks the directories of `key` below the root (creating none, following no link);
+    /// a missing directory is fine: the key then does not exist.
+    fn existing_parent(&self, key: &str) -> Result<(), SinkError> {
+        match key.rsplit_once('/') {
+            Some((parent, _)) => match walk_under(&self.root, parent, false) {
+                Ok(_) => Ok(()),
+                Err(error) => Err(self.walk_error(key, error)),
+            },
+            None => Ok(()),
+        }
+    }
+
+    /// Refuses a symbolic link at `key` itself (renames replace links, reads would follow).
+    fn refuse_link(&self, key: &str, target: &Path) -> Result<(), SinkError> {
+        match std::fs::symlink_metadata(target) {
+            Ok(metadata) if metadata.file_type().is_symlink() => {
+                Err(self.walk_error(key, WalkError::Symlink(key.to_string())))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Renames `from` to `key` durably (file and directory synced).
     fn place(&self, from: &Path, key: &str) -> Result<(), SinkError> {
+        let parent = self.parent_of(key)?;
         let target = self.target(key);
-        let parent = target.parent().unwrap_or(&self.root).to_path_buf();
-        std::fs::create_dir_all(&parent).map_err(|error| self.io_error("creating", error))?;
+        self.refuse_link(key, &target)?;
         std::fs::File::open(from)
             .and_then(|file| file.sync_all())
             .map_err(|error| self.io_error("syncing", error))?;
@@ -73,7 +128,7 @@ impl FileSink {
 #[async_trait]
 impl Sink for FileSink {
     fn location(&self) -> String {
-        format!("file://{}", self.root.display())
+        format!("file://{}", self.bucket)
     }
 
     fn spool_dir(&self) -> Option<&Path> {
@@ -126,9 +181,9 @@ impl Sink for FileSink {
         _content_type: &str,
     ) -> Result<bool, SinkError> {
         use std::io::Write;
+        let parent = self.parent_of(key)?;
         let target = self.target(key);
-        let parent = target.parent().unwrap_or(&self.root).to_path_buf();
-        std::fs::create_dir_all(&parent).map_err(|error| self.io_error("creating", error))?;
+        self.refuse_link(key, &target)?;
         let mut file = match std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -148,6 +203,7 @@ impl Sink for FileSink {
     }
 
     async fn exists(&self, key: &str) -> Result<bool, SinkError> {
+        self.existing_parent(key)?;
         match std::fs::symlink_metadata(self.target(key)) {
             Ok(_) => Ok(true),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(false),
@@ -157,7 +213,10 @@ impl Sink for FileSink {
 
     async fn read_small(&self, key: &str) -> Result<SmallObject, SinkError> {
         use std::io::Read;
-        let file = match std::fs::File::open(self.target(key)) {
+        self.existing_parent(key)?;
+        let target = self.target(key);
+        self.refuse_link(key, &target)?;
+        let file = match std::fs::File::open(&target) {
             Ok(file) => file,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(SmallObject::Missing);
@@ -212,7 +271,7 @@ mod tests {
     use super::*;
 
     fn sink(dir: &Path) -> FileSink {
-        FileSink::open(dir.to_str().unwrap(), "exp_test").unwrap()
+        FileSink::open(dir, "bucket", "exp_test").unwrap()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

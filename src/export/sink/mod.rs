@@ -232,10 +232,9 @@ pub async fn open(
         )
     };
     Ok(match (destination.kind, credentials) {
-        (DestinationType::File, _) => Arc::new(file::FileSink::open(
-            &destination.bucket,
-            &context.export_id,
-        )?),
+        (DestinationType::File, DestinationCredentials::FileDirectory(dir)) => Arc::new(
+            file::FileSink::open(&dir, &destination.bucket, &context.export_id)?,
+        ),
         (DestinationType::S3, DestinationCredentials::S3(credentials)) => {
             Arc::new(s3::S3Sink::new(&destination.bucket, &credentials, context))
         }
@@ -282,7 +281,7 @@ async fn check_endpoints(
         DestinationCredentials::Azure(azure) => {
             urls.push(("blob endpoint", azure.endpoint_url.clone()));
         }
-        DestinationCredentials::None => {}
+        DestinationCredentials::None | DestinationCredentials::FileDirectory(_) => {}
     }
     for (what, url) in urls {
         policy
