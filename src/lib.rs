@@ -16,6 +16,7 @@ pub mod config;
 pub mod event;
 pub mod export;
 pub mod import;
+pub mod key_file;
 pub mod operator;
 pub mod query;
 pub mod state;

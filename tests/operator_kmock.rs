@@ -805,13 +805,14 @@ async fn a_resource_naming_a_tenant_its_namespace_does_not_allow_fails_and_write
         )
         .await;
     }
-    let out = tempfile::tempdir().unwrap();
+    let manifests = tempfile::tempdir().unwrap();
+    let out = file_bucket(&server.dir, "tenancy-out");
     // The filter leaves out the controller's own `export_created` event.
     let apply = |ns: &str, name: &str, tenant: &str, annotations: &str| {
-        let manifest = out.path().join(format!("{name}.yaml"));
+        let manifest = manifests.path().join(format!("{name}.yaml"));
         std::fs::write(&manifest, format!(
             "apiVersion: audit.scailabs.ai/v1alpha1\nkind: AuditExport\nmetadata:\n  name: {name}\n  annotations: {annotations}\nspec:\n  tenantId: {tenant}\n  from: \"{FROM}\"\n  to: \"{TO}\"\n  format: jsonl\n  filters:\n    pathPrefix: environments/production/\n  destination:\n    type: file\n    bucket: {}\n    prefix: {name}/\n",
-            out.path().display()
+            bucket_name(&out)
         )).unwrap();
         kubectl_ok(&["apply", "--validate=false", "-n", ns, "-f"], &manifest);
     };
@@ -850,7 +851,7 @@ async fn a_resource_naming_a_tenant_its_namespace_does_not_allow_fails_and_write
     assert_eq!(status.export_id, None);
     assert_eq!(status.record_count, None);
     assert!(
-        !out.path().join("foreign").try_exists().unwrap(),
+        !out.join("foreign").try_exists().unwrap(),
         "nothing written for a refused export"
     );
 

@@ -295,18 +295,7 @@ async fn record_export_created(
     record: &ExportRecord,
 ) -> Result<(), ApiError> {
     let spec = &record.spec;
-    let mut extra = serde_json::Map::new();
-    extra.insert("export_id".into(), json!(record.export_id));
-    extra.insert("format".into(), json!(spec.format));
-    extra.insert("destination_type".into(), json!(spec.destination.kind));
-    extra.insert("bucket".into(), json!(spec.destination.bucket));
-    extra.insert("prefix".into(), json!(spec.destination.prefix));
-    extra.insert("from".into(), json!(spec.from));
-    extra.insert("to".into(), json!(spec.to));
-    extra.insert(
-        "estimated_records".into(),
-        json!(record.status.estimated_records),
-    );
+    let extra = spec.export_created_details(&record.export_id, record.status.estimated_records);
     let event = AuditEvent {
         id: state.new_event_id(),
         tenant_id: spec.tenant_id.clone(),

@@ -194,6 +194,33 @@ impl ExportSpec {
         Ok(filters)
     }
 
+    /// The `extra_data` of this export's `export_created` audit event (REST and operator alike).
+    pub fn export_created_details(
+        &self,
+        export_id: &str,
+        estimated_records: u64,
+    ) -> serde_json::Map<String, Value> {
+        let mut extra = serde_json::Map::new();
+        extra.insert("export_id".into(), Value::from(export_id));
+        extra.insert("format".into(), serde_json::json!(self.format));
+        extra.insert(
+            "destination_type".into(),
+            serde_json::json!(self.destination.kind),
+        );
+        extra.insert(
+            "bucket".into(),
+            Value::from(self.destination.bucket.as_str()),
+        );
+        extra.insert(
+            "prefix".into(),
+            Value::from(self.destination.prefix.as_str()),
+        );
+        extra.insert("from".into(), Value::from(self.from.as_str()));
+        extra.insert("to".into(), Value::from(self.to.as_str()));
+        extra.insert("estimated_records".into(), Value::from(estimated_records));
+        extra
+    }
+
     /// Object key of part `number` (1-based): `{prefix}part-0001.jsonl[.gz]`.
     pub fn part_key(&self, number: usize) -> String {
         format!(

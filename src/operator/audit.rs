@@ -46,15 +46,7 @@ pub fn export_created(
     actor: &str,
     now: Timestamp,
 ) -> AuditEvent {
-    let mut extra = serde_json::Map::new();
-    extra.insert("export_id".into(), json!(export_id));
-    extra.insert("format".into(), json!(spec.format));
-    extra.insert("destination_type".into(), json!(spec.destination.kind));
-    extra.insert("bucket".into(), json!(spec.destination.bucket));
-    extra.insert("prefix".into(), json!(spec.destination.prefix));
-    extra.insert("from".into(), json!(spec.from));
-    extra.insert("to".into(), json!(spec.to));
-    extra.insert("estimated_records".into(), json!(estimated_records));
+    let mut extra = spec.export_created_details(export_id, estimated_records);
     extra.insert("created_through".into(), json!("AuditExport"));
     AuditEvent {
         id: export_created_id(export_id),

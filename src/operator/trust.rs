@@ -13,8 +13,6 @@
 //! The HMAC key is `DATA_DIR/operator-annotations.key` (32 random bytes, mode 0600, created on
 //! first start), so only this installation's service can sign.
 
-use std::fs;
-use std::io::Write;
 use std::path::Path;
 
 use base64::Engine;
@@ -68,28 +66,8 @@ impl AnnotationSigner {
 
     /// Reads `DIR/operator-annotations.key`, or creates it (random, mode 0600).
     pub fn load_or_create(data_dir: &Path) -> std::io::Result<Self> {
-        let path = data_dir.join(KEY_FILE);
-        match fs::read(&path) {
-            Ok(bytes) => {
-                let key: [u8; 32] = bytes.try_into().map_err(|_| {
-                    std::io::Error::other(format!("{} must hold exactly 32 bytes", path.display()))
-                })?;
-                return Ok(AnnotationSigner { key });
-            }
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-            Err(error) => return Err(error),
-        }
-        let mut key = [0u8; 32];
-        getrandom::fill(&mut key).map_err(std::io::Error::other)?;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)?;
-        file.write_all(&key)?;
-        file.sync_all()?;
-        Ok(AnnotationSigner { key })
+        crate::key_file::load_or_create(&data_dir.join(KEY_FILE))
+            .map(|key| AnnotationSigner { key })
     }
 
     /// The annotation value for `signed` (`None` only if the spec cannot be serialised).
@@ -239,6 +217,7 @@ pub fn derived_export_id(object: &AuditExport, now: Timestamp) -> String {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+    use std::fs;
 
     fn signed_object(signer: &AnnotationSigner) -> AuditExport {
         let mut object = AuditExport::test();

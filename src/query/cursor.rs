@@ -7,8 +7,6 @@
 //!
 //! `base64url( timestamp_us i64 LE | seq u64 LE | fingerprint u64 LE | HMAC-SHA256[..16] )`
 
-use std::fs;
-use std::io::Write;
 use std::path::Path;
 
 use base64::Engine;
@@ -52,33 +50,7 @@ impl CursorCodec {
 
     /// Reads `DIR/cursor.key`, or creates it (random, mode 0600), so cursors survive restarts.
     pub fn load_or_create(data_dir: &Path) -> std::io::Result<Self> {
-        let path = data_dir.join(KEY_FILE);
-        match fs::read(&path) {
-            Ok(bytes) if bytes.len() == 32 => {
-                let mut key = [0u8; 32];
-                key.copy_from_slice(&bytes);
-                return Ok(CursorCodec { key });
-            }
-            Ok(_) => {
-                return Err(std::io::Error::other(format!(
-                    "{} must hold exactly 32 bytes",
-                    path.display()
-                )));
-            }
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-            Err(error) => return Err(error),
-        }
-        let mut key = [0u8; 32];
-        getrandom::fill(&mut key).map_err(std::io::Error::other)?;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)?;
-        file.write_all(&key)?;
-        file.sync_all()?;
-        Ok(CursorCodec { key })
+        crate::key_file::load_or_create(&data_dir.join(KEY_FILE)).map(|key| CursorCodec { key })
     }
 
     /// The cursor continuing after `position` for the request with `fingerprint`.
