@@ -452,6 +452,17 @@ async fn a_resource_with_a_foreign_credentials_path_fails_before_anything_is_fet
         (status.phase? == ExportJobPhase::Failed).then_some(status)
     })
     .await;
+    // Refused before anything was estimated or recorded: no export id, its own reason.
+    assert_eq!(failed.export_id, None);
+    let condition = failed
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Failed")
+        .unwrap();
+    assert_eq!(
+        (condition.status.as_str(), condition.reason.as_str()),
+        ("True", "DestinationNotAllowed")
+    );
     let error = failed.error.unwrap();
     assert_eq!(error.code, "tenant_access_denied", "{}", error.message);
     assert!(

@@ -143,7 +143,7 @@ impl ExportEngine {
         }
     }
 
-    /// The store the engine exports from.
+    /// The store exports read from.
     pub fn store(&self) -> &Store {
         &self.store
     }

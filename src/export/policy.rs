@@ -57,13 +57,18 @@ impl PolicyError {
     /// The failure of a job refused by the policy.
     pub fn to_failure(&self) -> ExportFailure {
         let code = if self.is_access_denied() {
-            "tenant_access_denied"
+            TENANT_ACCESS_DENIED
         } else {
-            "destination_not_allowed"
+            DESTINATION_NOT_ALLOWED
         };
         ExportFailure::new(code, format!("{}: {self}", self.field()))
     }
 }
+
+/// Failure code of a credentials path outside the tenant's prefixes (REST: 403).
+pub const TENANT_ACCESS_DENIED: &str = "tenant_access_denied";
+/// Failure code of a destination this installation does not allow (REST: 422).
+pub const DESTINATION_NOT_ALLOWED: &str = "destination_not_allowed";
 
 /// Why a path under a root could not be walked.
 #[derive(Debug, thiserror::Error)]

@@ -272,11 +272,11 @@ async fn apply(object: &AuditExport, api: &Api<AuditExport>, ctx: &Ctx) -> Resul
     let action = match plan(object, job_running) {
         Plan::Idle => Action::await_change(),
         Plan::ReportInvalid(errors) => report_invalid(object, api, ctx, &errors).await?,
-        Plan::Start(spec) => match admit(object, ctx).await? {
+        Plan::Start(spec) => match admit(object, ctx, &spec).await? {
             Ok(origin) => start(object, api, ctx, spec, None, &origin).await?,
             Err(refusal) => report_not_allowed(object, api, ctx, refusal).await?,
         },
-        Plan::Resume(spec, checkpoint) => match admit(object, ctx).await? {
+        Plan::Resume(spec, checkpoint) => match admit(object, ctx, &spec).await? {
             Ok(origin) => start(object, api, ctx, spec, Some(checkpoint), &origin).await?,
             Err(refusal) => report_not_allowed(object, api, ctx, refusal).await?,
         },
@@ -316,10 +316,18 @@ async fn report_invalid(
     Ok(Action::await_change())
 }
 
-/// Whether `object` may export its tenant: a resource the REST API created (valid signature)
-/// was authorised there; any other needs its tenant in its namespace's label. `Ok(Err(_))` is a
-/// refusal (the message names the label); `Err(_)` a failure to read the namespace (retried).
-async fn admit(object: &AuditExport, ctx: &Ctx) -> Result<Result<Origin, ExportFailure>, Error> {
+/// Whether `object` may export its tenant to its destination: a resource the REST API created
+/// (valid signature) was authorised there; any other needs its tenant in its namespace's label;
+/// every spec must stay inside the installation's confinement (credentials prefixes, file
+/// root). `Ok(Err(_))` is a refusal; `Err(_)` a failure to read the namespace (retried).
+async fn admit(
+    object: &AuditExport,
+    ctx: &Ctx,
+    spec: &ExportSpec,
+) -> Result<Result<Origin, ExportFailure>, Error> {
+    if let Err(refusal) = ctx.exporter.confine(spec) {
+        return Ok(Err(refusal));
+    }
     let origin = trust::origin(object, &ctx.signer);
     if matches!(origin, Origin::Service { .. }) {
         return Ok(Ok(origin));
@@ -342,15 +350,16 @@ async fn admit(object: &AuditExport, ctx: &Ctx) -> Result<Result<Origin, ExportF
     )
 }
 
-/// A resource naming a tenant its namespace does not allow: Failed/TenantNotAllowed once per
-/// generation, nothing exported, nothing recorded.
+/// A resource naming a tenant its namespace does not allow (Failed/TenantNotAllowed) or a
+/// destination outside the confinement (Failed/DestinationNotAllowed): once per generation,
+/// nothing estimated, exported, fetched or recorded.
 async fn report_not_allowed(
     object: &AuditExport,
     api: &Api<AuditExport>,
     ctx: &Ctx,
     refusal: ExportFailure,
 ) -> Result<Action, Error> {
-    tracing::warn!(name = %object_key(object), tenant = %object.spec.tenant_id, "AuditExport refused: tenant not allowed in its namespace");
+    tracing::warn!(name = %object_key(object), tenant = %object.spec.tenant_id, code = %refusal.code, "AuditExport refused");
     let mut status = object.status.clone().unwrap_or_default();
     status.completed_at = None;
     status.checkpoint = None;
@@ -360,7 +369,7 @@ async fn report_not_allowed(
         ctx,
         object,
         EventType::Warning,
-        reasons::TENANT_NOT_ALLOWED,
+        status::failure_reason(&refusal.code),
         &refusal.message,
     )
     .await;

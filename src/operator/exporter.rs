@@ -10,6 +10,9 @@ use crate::export::job::{Checkpoint, ExportFailure, ExportSpec};
 /// Runs export jobs (see [`ExportEngine`]).
 #[async_trait]
 pub trait Exporter: Send + Sync + 'static {
+    /// Refuses a spec outside this installation's confinement (credentials prefixes, file
+    /// root) before anything is estimated, recorded or fetched.
+    fn confine(&self, spec: &ExportSpec) -> Result<(), ExportFailure>;
     /// Events the export would write now.
     async fn estimate(&self, spec: &ExportSpec) -> Result<u64, ExportFailure>;
     /// A checkpoint for a job starting now (fixes its snapshot).
@@ -29,6 +32,12 @@ pub trait Exporter: Send + Sync + 'static {
 
 #[async_trait]
 impl Exporter for ExportEngine {
+    fn confine(&self, spec: &ExportSpec) -> Result<(), ExportFailure> {
+        self.policy()
+            .check(spec)
+            .map_err(|refusal| refusal.to_failure())
+    }
+
     async fn estimate(&self, spec: &ExportSpec) -> Result<u64, ExportFailure> {
         ExportEngine::estimate(self, spec).await
     }

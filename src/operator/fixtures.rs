@@ -171,6 +171,9 @@ pub enum Script {
 pub struct FakeExporter {
     pub script: Script,
     pub calls: Mutex<Vec<Call>>,
+    /// The default confinement: credentials under `tenants/{tenant_id}/`, `file` destinations
+    /// under a root that need not exist (nothing is written there).
+    pub policy: crate::export::policy::ExportPolicy,
 }
 
 impl FakeExporter {
@@ -178,6 +181,10 @@ impl FakeExporter {
         Arc::new(FakeExporter {
             script,
             calls: Mutex::new(Vec::new()),
+            policy: crate::export::policy::ExportPolicy::new(
+                Some(std::env::temp_dir().join("scaivault-audit-fixture-file-root")),
+                vec![crate::export::policy::DEFAULT_CREDENTIALS_PATH_PREFIX.to_string()],
+            ),
         })
     }
 
@@ -197,6 +204,12 @@ pub fn part(number: usize) -> FileEntry {
 
 #[async_trait]
 impl Exporter for FakeExporter {
+    fn confine(&self, spec: &ExportSpec) -> Result<(), ExportFailure> {
+        self.policy
+            .check(spec)
+            .map_err(|refusal| refusal.to_failure())
+    }
+
     async fn estimate(&self, _spec: &ExportSpec) -> Result<u64, ExportFailure> {
         self.calls.lock().push(Call::Estimate);
         Ok(4)

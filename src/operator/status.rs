@@ -29,6 +29,19 @@ pub mod reasons {
     pub const NO_FAILURE: &str = "NoFailure";
     /// The namespace's `audit.scailabs.ai/tenant` label does not allow the resource's tenant.
     pub const TENANT_NOT_ALLOWED: &str = "TenantNotAllowed";
+    /// The destination or its credentials path lies outside the tenant's confinement.
+    pub const DESTINATION_NOT_ALLOWED: &str = "DestinationNotAllowed";
+}
+
+/// The condition reason of a failure code.
+pub fn failure_reason(code: &str) -> &'static str {
+    match code {
+        VALIDATION_ERROR => reasons::INVALID_SPEC,
+        super::trust::TENANT_NOT_ALLOWED => reasons::TENANT_NOT_ALLOWED,
+        crate::export::policy::TENANT_ACCESS_DENIED
+        | crate::export::policy::DESTINATION_NOT_ALLOWED => reasons::DESTINATION_NOT_ALLOWED,
+        _ => reasons::EXPORT_FAILED,
+    }
 }
 
 /// Error code of a spec that fails validation (as in the REST API).
@@ -159,11 +172,7 @@ fn desired(status: &AuditExportStatus) -> [Wanted; 3] {
                 Some(error) => (error.code.as_str(), error.message.clone()),
                 None => ("", "the export failed".to_string()),
             };
-            let reason = match code {
-                VALIDATION_ERROR => reasons::INVALID_SPEC,
-                super::trust::TENANT_NOT_ALLOWED => reasons::TENANT_NOT_ALLOWED,
-                _ => reasons::EXPORT_FAILED,
-            };
+            let reason = failure_reason(code);
             [
                 (READY, "False", reason, message.clone()),
                 (PROGRESSING, "False", reason, message.clone()),

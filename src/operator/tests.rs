@@ -9,7 +9,7 @@ use kube::runtime::controller::Action;
 use serde_json::{Value, json};
 
 use super::controller::{Ctx, Plan, plan, reconcile};
-use super::crd::{AuditExport, AuditExportStatus, ExportJobPhase};
+use super::crd::{AuditExport, AuditExportStatus, DestinationKind, ExportJobPhase};
 use super::fixtures::{
     ApiServer, Call, FakeExporter, Script, audited_context, conditions, now, part, test_context,
 };
@@ -500,6 +500,33 @@ async fn a_tenant_the_namespace_label_does_not_list_is_not_allowed() {
         "tenant 'tnt_acme' is not allowed in namespace 'default': its label \
          audit.scailabs.ai/tenant allows 'tnt_globex.tnt_initech'"
     );
+}
+
+#[tokio::test]
+async fn a_foreign_credentials_path_fails_before_the_namespace_is_read_or_anything_estimated() {
+    let exporter = FakeExporter::new(Script::Complete { parts: 1 });
+    let (ctx, mut server, audit) = audited_context(exporter.clone());
+    let mut object = AuditExport::test().finalized();
+    object.spec.destination.kind = DestinationKind::S3;
+    object.spec.destination.credentials_path = Some("tenants/tnt_globex/aws/writer".into());
+    let reconciled = tokio::spawn(reconcile(Arc::new(object.clone()), ctx.clone()));
+    tokio::time::timeout(TIMEOUT, async {
+        let failed = server.expect_status_apply(&object).await;
+        assert_eq!(failed["phase"], "Failed");
+        assert_eq!(failed["error"]["code"], "tenant_access_denied");
+        assert!(failed.get("exportId").is_none(), "{failed}");
+        let conditions = conditions(&failed);
+        assert_eq!(conditions["Failed"], pair("True", "DestinationNotAllowed"));
+        server
+            .expect_event("Warning", "DestinationNotAllowed")
+            .await;
+        server.expect_silence().await;
+    })
+    .await
+    .unwrap();
+    assert_eq!(reconciled.await.unwrap().unwrap(), Action::await_change());
+    assert!(exporter.calls().is_empty(), "nothing estimated or run");
+    assert!(audit.events().is_empty(), "nothing recorded");
 }
 
 #[tokio::test]
