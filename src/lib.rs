@@ -23,4 +23,5 @@ pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod timestamp;
+pub mod token_bucket;
 pub mod workload;

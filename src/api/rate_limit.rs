@@ -5,14 +5,11 @@
 //! `X-RateLimit-Reset` (Unix time when the bucket is full again); an empty bucket answers
 //! 429 `rate_limited` with `Retry-After`.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use parking_lot::Mutex;
 use warp::http::{HeaderMap, HeaderValue};
 
-/// Buckets are swept of full (idle) entries once the map grows past this.
-const SWEEP_THRESHOLD: usize = 10_000;
+use crate::token_bucket::TokenBuckets;
 
 /// What a request is counted against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -37,21 +34,6 @@ impl Default for RateLimits {
             exports_per_minute: 5,
         }
     }
-}
-
-impl RateLimits {
-    fn per_minute(&self, category: Category) -> u32 {
-        match category {
-            Category::Queries => self.queries_per_minute,
-            Category::Exports => self.exports_per_minute,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    updated: Instant,
 }
 
 /// The outcome of taking a token.
@@ -81,18 +63,24 @@ impl Decision {
     }
 }
 
-/// Token buckets keyed by identity and category.
-#[derive(Debug, Default)]
+/// Token buckets keyed by identity, one set per category.
+#[derive(Debug)]
 pub struct RateLimiter {
-    limits: RateLimits,
-    buckets: Mutex<HashMap<(String, Category), Bucket>>,
+    queries: TokenBuckets<String>,
+    exports: TokenBuckets<String>,
+}
+
+impl Default for RateLimiter {
+    fn default() -> Self {
+        RateLimiter::new(RateLimits::default())
+    }
 }
 
 impl RateLimiter {
     pub fn new(limits: RateLimits) -> Self {
         RateLimiter {
-            limits,
-            buckets: Mutex::new(HashMap::new()),
+            queries: TokenBuckets::new(limits.queries_per_minute),
+            exports: TokenBuckets::new(limits.exports_per_minute),
         }
     }
 
@@ -102,8 +90,12 @@ impl RateLimiter {
     }
 
     fn acquire_at(&self, identity: &str, category: Category, now: Instant) -> Decision {
-        let limit = self.limits.per_minute(category);
-        if limit == 0 {
+        let buckets = match category {
+            Category::Queries => &self.queries,
+            Category::Exports => &self.exports,
+        };
+        let limit = buckets.per_minute();
+        if buckets.is_disabled() {
             return Decision {
                 allowed: true,
                 limit: 0,
@@ -112,41 +104,17 @@ impl RateLimiter {
                 retry_after_secs: 0,
             };
         }
-        let capacity = f64::from(limit);
-        let per_second = capacity / 60.0;
-        let mut buckets = self.buckets.lock();
-        if buckets.len() > SWEEP_THRESHOLD {
-            buckets.retain(|_, bucket| {
-                bucket.tokens + elapsed_secs(bucket.updated, now) * per_second < capacity
-            });
-        }
-        let bucket = buckets
-            .entry((identity.to_string(), category))
-            .or_insert(Bucket {
-                tokens: capacity,
-                updated: now,
-            });
-        bucket.tokens =
-            (bucket.tokens + elapsed_secs(bucket.updated, now) * per_second).min(capacity);
-        bucket.updated = now;
-        let allowed = bucket.tokens >= 1.0;
-        if allowed {
-            bucket.tokens -= 1.0;
-        }
-        let seconds_to_full = (capacity - bucket.tokens) / per_second;
-        let seconds_to_one = ((1.0 - bucket.tokens) / per_second).max(0.0);
+        let spent = buckets.spend(identity.to_string(), now);
+        let seconds_to_full = buckets.seconds_until(spent.tokens, f64::from(limit));
+        let seconds_to_one = buckets.seconds_until(spent.tokens, 1.0);
         Decision {
-            allowed,
+            allowed: spent.allowed,
             limit,
-            remaining: bucket.tokens.floor() as u32,
+            remaining: spent.tokens.floor() as u32,
             reset_unix: unix_now() + seconds_to_full.ceil() as u64,
             retry_after_secs: (seconds_to_one.ceil() as u64).max(1),
         }
     }
-}
-
-fn elapsed_secs(since: Instant, now: Instant) -> f64 {
-    now.saturating_duration_since(since).as_secs_f64()
 }
 
 fn unix_now() -> u64 {

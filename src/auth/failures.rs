@@ -4,29 +4,26 @@
 //! any token is checked, so guessing tokens, or making the service forward garbage to the
 //! TokenReview API, costs the caller a minute per `per_minute` attempts.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::Instant;
 
-use parking_lot::Mutex;
+use crate::token_bucket::TokenBuckets;
 
-/// Buckets are swept of full (idle) entries once the map grows past this.
-const SWEEP_THRESHOLD: usize = 10_000;
 /// Default `[auth] failed_auth_per_minute`.
 pub const DEFAULT_FAILED_AUTH_PER_MINUTE: u32 = 60;
 
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    updated: Instant,
-}
-
 /// Refuses addresses that failed authentication too often.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FailedAuthLimiter {
     /// Failures per minute per address; 0 disables the limiter.
-    per_minute: u32,
-    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+    buckets: TokenBuckets<IpAddr>,
+}
+
+impl Default for FailedAuthLimiter {
+    /// Disabled.
+    fn default() -> Self {
+        FailedAuthLimiter::new(0)
+    }
 }
 
 /// An address over its budget: when to try again.
@@ -40,8 +37,7 @@ impl FailedAuthLimiter {
     /// A limiter allowing `per_minute` failures per address (0: unlimited).
     pub fn new(per_minute: u32) -> Self {
         FailedAuthLimiter {
-            per_minute,
-            buckets: Mutex::default(),
+            buckets: TokenBuckets::new(per_minute),
         }
     }
 
@@ -55,55 +51,23 @@ impl FailedAuthLimiter {
         self.record_at(client, Instant::now());
     }
 
-    fn per_second(&self) -> f64 {
-        f64::from(self.per_minute) / 60.0
-    }
-
     fn check_at(&self, client: IpAddr, now: Instant) -> Result<(), Refusal> {
-        if self.per_minute == 0 {
+        if self.buckets.is_disabled() {
             return Ok(());
         }
-        let mut buckets = self.buckets.lock();
-        let Some(bucket) = buckets.get_mut(&key(client)) else {
-            return Ok(());
-        };
-        self.refill(bucket, now);
-        if bucket.tokens >= 1.0 {
-            return Ok(());
+        match self.buckets.peek(&key(client), now) {
+            Some(tokens) if tokens < 1.0 => Err(Refusal {
+                limit: self.buckets.per_minute(),
+                retry_after_secs: (self.buckets.seconds_until(tokens, 1.0).ceil() as u64).max(1),
+            }),
+            _ => Ok(()),
         }
-        let seconds_to_one = (1.0 - bucket.tokens) / self.per_second();
-        Err(Refusal {
-            limit: self.per_minute,
-            retry_after_secs: (seconds_to_one.ceil() as u64).max(1),
-        })
     }
 
     fn record_at(&self, client: IpAddr, now: Instant) {
-        if self.per_minute == 0 {
-            return;
+        if !self.buckets.is_disabled() {
+            self.buckets.spend(key(client), now);
         }
-        let capacity = f64::from(self.per_minute);
-        let mut buckets = self.buckets.lock();
-        if buckets.len() > SWEEP_THRESHOLD {
-            let per_second = self.per_second();
-            buckets.retain(|_, bucket| {
-                let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
-                bucket.tokens + elapsed * per_second < capacity
-            });
-        }
-        let bucket = buckets.entry(key(client)).or_insert(Bucket {
-            tokens: capacity,
-            updated: now,
-        });
-        self.refill(bucket, now);
-        bucket.tokens = (bucket.tokens - 1.0).max(0.0);
-    }
-
-    fn refill(&self, bucket: &mut Bucket, now: Instant) {
-        let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
-        bucket.tokens =
-            (bucket.tokens + elapsed * self.per_second()).min(f64::from(self.per_minute));
-        bucket.updated = now;
     }
 }
 
