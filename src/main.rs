@@ -128,7 +128,7 @@ fn check_config(args: &SettingsArgs) -> anyhow::Result<()> {
     if let Some((cert, key)) = &settings.tls {
         api::tls::acceptor(cert, key)?;
     }
-    print!("{}", toml::to_string(&settings.to_file_config())?);
+    print!("{}", settings.describe());
     Ok(())
 }
 
@@ -313,12 +313,12 @@ async fn authenticator(
     cluster: Option<&operator::Cluster>,
 ) -> anyhow::Result<(Authenticator, Option<BootstrapToken>)> {
     let jwt = match &settings.jwks {
-        Some(source) => Some(JwtVerifier::start(source.clone(), settings.jwt.clone()).await?),
+        Some(source) => Some(JwtVerifier::start(source.clone(), (&settings.jwt).into()).await?),
         None => None,
     };
     let token_review = match (&settings.token_review, cluster) {
         (Some(review), Some(cluster)) => {
-            Some(TokenReviewer::new(cluster.client.clone(), review.clone()))
+            Some(TokenReviewer::new(cluster.client.clone(), review.into()))
         }
         _ => None,
     };

@@ -5,53 +5,14 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use prometheus_client::registry::Registry;
 
-use crate::api::rate_limit::{RateLimiter, RateLimits};
+use crate::api::rate_limit::RateLimiter;
 use crate::api::work_limit::WorkGates;
 use crate::auth::Authenticator;
+use crate::config::{IngestLimits, RateLimits, WorkLimits};
 use crate::export::engine::ExportEngine;
 use crate::export::registry::ExportRegistry;
 use crate::query::cursor::CursorCodec;
 use crate::store::Store;
-
-/// Limits of one ingest request (SPEC §3.6: 10,000 events / 16 MiB).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IngestLimits {
-    pub max_body_bytes: usize,
-    pub max_batch_events: usize,
-}
-
-impl Default for IngestLimits {
-    fn default() -> Self {
-        IngestLimits {
-            max_body_bytes: 16 * 1024 * 1024,
-            max_batch_events: 10_000,
-        }
-    }
-}
-
-/// Global bounds on expensive request work (see `api::work_limit`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WorkLimits {
-    /// Summary aggregations (`/v1/audit/summary` and the trails' summaries) running at once.
-    pub max_concurrent_summaries: usize,
-    /// Ingest bodies being parsed and validated at once.
-    pub max_concurrent_ingest_parses: usize,
-    /// How long a request waits for a free slot before it is answered 503.
-    pub permit_wait: std::time::Duration,
-    /// Test hook: a summary keeps its slot this long after finishing.
-    pub summary_hold: std::time::Duration,
-}
-
-impl Default for WorkLimits {
-    fn default() -> Self {
-        WorkLimits {
-            max_concurrent_summaries: 4,
-            max_concurrent_ingest_parses: 8,
-            permit_wait: std::time::Duration::from_secs(2),
-            summary_hold: std::time::Duration::ZERO,
-        }
-    }
-}
 
 /// Shared application state.
 #[derive(Clone)]

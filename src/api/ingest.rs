@@ -10,8 +10,9 @@ use warp::reply::Response;
 
 use super::{ApiError, authenticate, json_response, respond, with_state};
 use crate::auth::{AuthError, Principal, Scope, TenantAccess};
+use crate::config::IngestLimits;
 use crate::event::{self, FieldErrors, ValidEvent};
-use crate::state::{AppState, IngestLimits};
+use crate::state::AppState;
 use crate::store::PreparedEvent;
 
 /// An oversized body is read and dropped for at most this long before the 413 is sent.

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use warp::http::{HeaderMap, HeaderValue};
 
+pub use crate::config::RateLimits;
 use crate::token_bucket::TokenBuckets;
 
 /// What a request is counted against.
@@ -18,22 +19,6 @@ pub enum Category {
     Queries,
     /// Export creation and status.
     Exports,
-}
-
-/// Limits per minute; 0 disables a category.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateLimits {
-    pub queries_per_minute: u32,
-    pub exports_per_minute: u32,
-}
-
-impl Default for RateLimits {
-    fn default() -> Self {
-        RateLimits {
-            queries_per_minute: 50,
-            exports_per_minute: 5,
-        }
-    }
 }
 
 /// The outcome of taking a token.

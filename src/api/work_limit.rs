@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::ApiError;
-use crate::state::WorkLimits;
+use crate::config::WorkLimits;
 
 /// What a refused client is told to wait before retrying, in seconds.
 const RETRY_AFTER_SECS: u64 = 1;

@@ -9,8 +9,7 @@ use std::time::Instant;
 
 use crate::token_bucket::TokenBuckets;
 
-/// Default `[auth] failed_auth_per_minute`.
-pub const DEFAULT_FAILED_AUTH_PER_MINUTE: u32 = 60;
+pub use crate::config::auth::DEFAULT_FAILED_AUTH_PER_MINUTE;
 
 /// Refuses addresses that failed authentication too often.
 #[derive(Debug)]

@@ -53,47 +53,9 @@ const FIRST_LOAD_RETRY_MIN: Duration = Duration::from_secs(1);
 /// Longest delay between retries of a key set that never loaded.
 const FIRST_LOAD_RETRY_MAX: Duration = Duration::from_secs(30);
 /// Default [`JwtOptions::refresh_interval`] (`[auth] jwks_refresh_seconds`).
-pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(300);
+pub const DEFAULT_REFRESH_INTERVAL: Duration = crate::config::auth::DEFAULT_JWKS_REFRESH_INTERVAL;
 
-/// Where the JWKS comes from: `file:///path/jwks.json` (or a plain path) or an http(s) URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JwksSource {
-    File(PathBuf),
-    Url(String),
-}
-
-impl JwksSource {
-    /// Parses `file:///abs/path`, a plain path, or an `http://`/`https://` URL.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let text = text.trim();
-        if text.is_empty() {
-            return Err("the JWKS source is empty".to_string());
-        }
-        if text.contains("://") {
-            parse_url_source(text)
-        } else {
-            Ok(JwksSource::File(PathBuf::from(text)))
-        }
-    }
-}
-
-fn parse_url_source(text: &str) -> Result<JwksSource, String> {
-    let url =
-        reqwest::Url::parse(text).map_err(|error| format!("invalid JWKS URL '{text}': {error}"))?;
-    match url.scheme() {
-        "file" => url
-            .to_file_path()
-            .map(JwksSource::File)
-            .map_err(|()| format!("invalid JWKS file URL '{text}': use file:///absolute/path")),
-        "http" | "https" if url.host_str().is_some_and(|host| !host.is_empty()) => {
-            Ok(JwksSource::Url(url.into()))
-        }
-        "http" | "https" => Err(format!("invalid JWKS URL '{text}': no host")),
-        other => Err(format!(
-            "unsupported JWKS URL scheme '{other}': use file://, http:// or https://"
-        )),
-    }
-}
+pub use crate::config::JwksSource;
 
 /// How tokens are checked and how the key set is refreshed.
 #[derive(Debug, Clone)]
@@ -121,6 +83,18 @@ impl Default for JwtOptions {
             refresh_min_interval: Duration::from_secs(30),
             fetch_timeout: Duration::from_secs(5),
             refresh_interval: DEFAULT_REFRESH_INTERVAL,
+        }
+    }
+}
+
+impl From<&crate::config::JwtSettings> for JwtOptions {
+    /// The configured checks, with the fixed ones at their defaults.
+    fn from(settings: &crate::config::JwtSettings) -> Self {
+        JwtOptions {
+            issuer: settings.issuer.clone(),
+            audience: settings.audience.clone(),
+            refresh_interval: settings.refresh_interval,
+            ..JwtOptions::default()
         }
     }
 }

@@ -25,7 +25,7 @@ pub const NEGATIVE_CACHE_TTL: Duration = Duration::from_secs(10);
 /// Most cached reviews (each of the two caches); a cache is cleared when full.
 const CACHE_CAPACITY: usize = 4096;
 /// The issuer of ServiceAccount tokens in a default cluster (`--service-account-issuer`).
-pub const DEFAULT_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+pub const DEFAULT_ISSUER: &str = crate::config::auth::DEFAULT_TOKEN_REVIEW_ISSUER;
 
 /// Which ServiceAccount gets which scopes and tenant.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +46,33 @@ pub struct TokenReviewSettings {
     /// The cluster's ServiceAccount token issuer: only tokens whose `iss` claim is exactly
     /// this are reviewed.
     pub issuer: String,
+}
+
+impl From<&crate::config::TokenReviewConfig> for TokenReviewSettings {
+    /// The checked configuration as typed scopes and tenants (unknown scope names, which
+    /// `config` refuses, are skipped).
+    fn from(config: &crate::config::TokenReviewConfig) -> Self {
+        TokenReviewSettings {
+            audience: config.audience.clone(),
+            issuer: config.issuer.clone(),
+            bindings: config
+                .bindings
+                .iter()
+                .map(|binding| Binding {
+                    service_account: binding.service_account.clone(),
+                    scopes: binding
+                        .scopes
+                        .iter()
+                        .filter_map(|scope| Scope::parse(scope))
+                        .collect(),
+                    tenants: match &binding.tenant_id {
+                        Some(tenant) => TenantAccess::One(tenant.clone()),
+                        None => TenantAccess::All,
+                    },
+                })
+                .collect(),
+        }
+    }
 }
 
 /// Verifies ServiceAccount tokens through TokenReview.

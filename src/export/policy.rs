@@ -14,11 +14,10 @@ use super::job::{Destination, DestinationType, ExportFailure, ExportSpec, check_
 pub const FILE_ROOT_SETTING: &str =
     "[export] file_root (--export-file-root, SCAIVAULT_AUDIT_EXPORT_FILE_ROOT)";
 
-/// Placeholder of `credentials_path_prefixes`, replaced by the export's tenant id.
-pub const TENANT_PLACEHOLDER: &str = "{tenant_id}";
-
-/// The default of `credentials_path_prefixes`: each tenant reads only its own subtree.
-pub const DEFAULT_CREDENTIALS_PATH_PREFIX: &str = "tenants/{tenant_id}/";
+pub use crate::config::export::{
+    DEFAULT_CREDENTIALS_PATH_PREFIX, TENANT_PLACEHOLDER, check_credentials_prefix, comparable_path,
+    paths_overlap,
+};
 
 /// Why the policy refused an export.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -261,69 +260,6 @@ fn create_one(path: &Path, walked: &str) -> Result<(), WalkError> {
             source,
         }),
     }
-}
-
-/// Checks one entry of `credentials_path_prefixes`: ScaiVault path characters, relative, and
-/// no placeholder other than [`TENANT_PLACEHOLDER`].
-pub fn check_credentials_prefix(prefix: &str) -> Result<(), String> {
-    let bare = prefix.replace(TENANT_PLACEHOLDER, "t");
-    if bare.is_empty() {
-        return Err("an empty prefix would allow every secret; list the allowed subtrees".into());
-    }
-    let allowed =
-        |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'/');
-    if !bare.bytes().all(allowed) {
-        return Err(format!(
-            "'{prefix}' may only contain a-z 0-9 - _ / and the placeholder {TENANT_PLACEHOLDER}"
-        ));
-    }
-    if bare.starts_with('/') || bare.contains("//") {
-        return Err(format!(
-            "'{prefix}' must be relative, without empty segments"
-        ));
-    }
-    Ok(())
-}
-
-/// `path` made absolute and lexically normalised, with its longest existing ancestor's
-/// symbolic links resolved: comparable with another such path even before either exists.
-pub fn comparable_path(path: &Path) -> std::io::Result<PathBuf> {
-    let absolute = std::path::absolute(path)?;
-    let mut normal = PathBuf::new();
-    for component in absolute.components() {
-        match component {
-            Component::ParentDir => {
-                normal.pop();
-            }
-            Component::CurDir => {}
-            other => normal.push(other),
-        }
-    }
-    let mut existing = normal.as_path();
-    let mut rest = Vec::new();
-    loop {
-        match existing.canonicalize() {
-            Ok(canonical) => {
-                let mut resolved = canonical;
-                for name in rest.iter().rev() {
-                    resolved.push(name);
-                }
-                return Ok(resolved);
-            }
-            Err(_) => match (existing.parent(), existing.file_name()) {
-                (Some(parent), Some(name)) => {
-                    rest.push(name.to_os_string());
-                    existing = parent;
-                }
-                _ => return Ok(normal),
-            },
-        }
-    }
-}
-
-/// Whether one of the two directories contains the other (or they are the same).
-pub fn paths_overlap(a: &Path, b: &Path) -> bool {
-    a.starts_with(b) || b.starts_with(a)
 }
 
 #[cfg(test)]

@@ -31,44 +31,14 @@ use tantivy::store::{Compressor, ZstdCompressor};
 use tantivy::{Index, IndexReader, IndexSettings, ReloadPolicy};
 use tokio::sync::{mpsc, oneshot};
 
+pub use crate::config::{CommitPolicy, StoreConfig};
 pub use metrics::{CommitTrigger, StoreMetrics};
 pub use schema::Fields;
-pub use writer::{CommitPolicy, IngestOutcome, PreparedEvent, WriteError};
+pub use writer::{IngestOutcome, PreparedEvent, WriteError};
 
 use dedup::Deduplicator;
 use wal::Wal;
 use writer::{CommitPayload, IndexStage, Request, SharedState};
-
-/// Settings of the store (validated by `config`).
-#[derive(Debug, Clone)]
-pub struct StoreConfig {
-    pub data_dir: PathBuf,
-    pub commit: CommitPolicy,
-    /// Tantivy indexing memory budget, split across the indexing threads.
-    pub index_memory_bytes: usize,
-    pub index_threads: usize,
-    pub wal_segment_bytes: u64,
-    /// Ingest requests that may wait for the WAL stage before callers wait to enqueue.
-    pub request_queue: usize,
-}
-
-impl StoreConfig {
-    /// Defaults for a data directory (the embedded standalone default).
-    pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Self {
-        StoreConfig {
-            data_dir: data_dir.into(),
-            commit: CommitPolicy {
-                interval: Duration::from_millis(500),
-                max_docs: 200_000,
-                max_bytes: 64 * 1024 * 1024,
-            },
-            index_memory_bytes: 256 * 1024 * 1024,
-            index_threads: 2,
-            wal_segment_bytes: 64 * 1024 * 1024,
-            request_queue: 1024,
-        }
-    }
-}
 
 /// Errors opening the store.
 #[derive(Debug, thiserror::Error)]

@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tantivy::{IndexReader, IndexWriter};
 use tokio::sync::{mpsc, oneshot};
@@ -24,6 +24,7 @@ use super::dedup::Deduplicator;
 use super::metrics::{CommitLabels, CommitTrigger, StoreMetrics};
 use super::schema::{Fields, SCHEMA_VERSION};
 use super::wal::{self, Wal, WalError};
+use crate::config::CommitPolicy;
 use crate::event::AuditEvent;
 
 /// Most events one group commit takes before writing (bounds the group's memory and latency).
@@ -78,14 +79,6 @@ pub enum WriteError {
     NotReady,
     #[error("the store is shut down")]
     Closed,
-}
-
-/// Commit thresholds (SPEC: searchable within one second of the acknowledgement).
-#[derive(Debug, Clone, Copy)]
-pub struct CommitPolicy {
-    pub interval: Duration,
-    pub max_docs: usize,
-    pub max_bytes: usize,
 }
 
 impl CommitPolicy {
@@ -630,6 +623,7 @@ pub(super) fn spawn_stages(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn commit_policy_triggers_in_priority_order() {

@@ -120,16 +120,7 @@ pub enum EndpointError {
     Unresolved(String),
 }
 
-/// Which endpoints exports may reach: `[export] allow_private_endpoints` and
-/// `[export] endpoint_allowlist`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct EndpointPolicy {
-    /// Every address is allowed (development, emulators).
-    pub allow_private: bool,
-    /// Hosts (names or IP literals, compared case-insensitively) allowed whatever they
-    /// resolve to.
-    pub allowlist: Vec<String>,
-}
+pub use crate::config::export::EndpointPolicy;
 
 impl EndpointPolicy {
     /// Allows every endpoint.
