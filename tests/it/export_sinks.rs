@@ -8,8 +8,9 @@
 //! The emulators listen on loopback, so these servers run with `--export-allow-private-endpoints`
 //! except where the endpoint policy itself is under test.
 //!
-//! Needs `scripts/emulators.sh start` and `.tools/emulators.env` sourced (scripts/test.sh does);
-//! without them every test here fails with a message saying so.
+//! Needs `scripts/emulators.sh start` and `.tools/emulators.env` sourced: ignored by plain
+//! `cargo test`, run with `--include-ignored` (scripts/test.sh does); without the emulators they
+//! fail with a message saying so.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -6,8 +6,9 @@
 //!
 //! Needs helm, kubectl and kubernetes-validate: `scripts/k8s-tools.sh install` puts them into
 //! `.tools/bin/` (the fallback paths here) and writes `.tools/k8s-tools.env` with
-//! `SCAIVAULT_TEST_HELM`, `SCAIVAULT_TEST_KUBECTL` and `SCAIVAULT_TEST_K8S_VALIDATE`. A missing
-//! tool fails the test; nothing is skipped silently.
+//! `SCAIVAULT_TEST_HELM`, `SCAIVAULT_TEST_KUBECTL` and `SCAIVAULT_TEST_K8S_VALIDATE`. Plain
+//! `cargo test` ignores the tests that need them; run with `--include-ignored` (scripts/test.sh
+//! does), a missing tool fails the test.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

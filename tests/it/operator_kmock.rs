@@ -4,7 +4,8 @@
 //! real kubectl (`scripts/k8s-tools.sh install`); the REST API and the resources seeing the same
 //! exports; ServiceAccount tokens through TokenReview; and leader election between two
 //! candidates. Every test runs in its own namespace (its own Lease), labelled
-//! `audit.scailabs.ai/tenant: tnt_acme`. Fails loudly when the emulator or kubectl is missing.
+//! `audit.scailabs.ai/tenant: tnt_acme`. Ignored by plain `cargo test`; run with
+//! `--include-ignored` (scripts/test.sh does), fails loudly when the emulator or kubectl is missing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::ffi::OsStr;
