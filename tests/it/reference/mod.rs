@@ -13,6 +13,10 @@
 //!
 //! Disagreements are collected and reported together at the end. `REFERENCE_SEED=N` replays a
 //! run.
+//!
+//! The workload comes from the binary's own `scaivault-audit gen`. This module holds the test,
+//! the workload and the HTTP calls; [`model`] the brute-force model and its expected
+//! aggregates, [`queries`] the random queries and walks, [`comparison`] the diffs and the report.
 
 // Test code: a failed expectation is a test failure, so panicking is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
