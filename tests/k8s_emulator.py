@@ -63,7 +63,7 @@ def _missing(obj, path):
 
 def _token_key(token):
     """The token table key of a token: a JWT-shaped token whose payload names one
-    (``{"iss": ..., "kmock_token": KEY}``, as tests/operator_kmock.rs builds them with the
+    (``{"iss": ..., "kmock_token": KEY}``, as tests/it/operator_kmock.rs builds them with the
     cluster's issuer) stands for KEY; any other token is its own key."""
     parts = token.split('.')
     if len(parts) == 3:

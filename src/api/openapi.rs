@@ -1,7 +1,7 @@
 //! `GET /v1/audit/openapi.json` (SPEC §3.7): the API's OpenAPI 3.1 document, no auth.
 //!
 //! The document lives in `docs/openapi.json` and is embedded at build time; the black-box test
-//! `tests/openapi.rs` validates real responses against it, so it cannot drift from the server.
+//! `tests/it/openapi.rs` validates real responses against it, so it cannot drift from the server.
 
 use warp::Filter;
 use warp::filters::BoxedFilter;

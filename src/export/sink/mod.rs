@@ -14,6 +14,8 @@ pub mod endpoint;
 mod file;
 mod gcs;
 mod journal;
+#[cfg(test)]
+pub mod memory;
 mod s3;
 
 use std::path::{Path, PathBuf};

@@ -2,11 +2,9 @@
 //! run out of cluster (`serve --operator` with the caller's `KUBECONFIG`), AuditExports applied
 //! with kubectl and created through the REST API, run to Completed with their files and
 //! manifest written. Ignored by default; run with `KUBECONFIG` pointing at a disposable
-//! cluster: `cargo test --test operator_e2e -- --ignored` (docs/operator.md, "End-to-end
+//! cluster: `cargo test --test it operator_e2e:: -- --ignored` (docs/operator.md, "End-to-end
 //! tests"). Each test uses a namespace of its own and deletes it; the CRD stays installed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::ffi::OsStr;
 use std::io::Read;
@@ -14,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::export::*;
-use common::*;
+use crate::harness::export::*;
+use crate::harness::*;
 use serde_json::{Value, json};
 
 const DEADLINE: Duration = Duration::from_secs(180);
@@ -179,7 +177,7 @@ fn read_files(out: &Path, status: &Value, gzip: bool) -> Vec<u8> {
         assert_eq!(file["sizeBytes"], json!(bytes.len()), "{key}");
         assert_eq!(
             file["sha256"],
-            json!(common::export::sha256_hex(&bytes)),
+            json!(crate::harness::export::sha256_hex(&bytes)),
             "{key}"
         );
         if gzip {
@@ -216,7 +214,7 @@ async fn ingest(server: &Server, count: u64) -> Vec<Value> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs a real cluster: KUBECONFIG=... cargo test --test operator_e2e -- --ignored"]
+#[ignore = "needs a real cluster: KUBECONFIG=... cargo test --test it operator_e2e:: -- --ignored"]
 async fn the_crd_installs_and_is_served_with_its_schema() {
     install_crd();
     let explained = kubectl(&["explain", "auditexport.spec.destination"]);
@@ -236,7 +234,7 @@ async fn the_crd_installs_and_is_served_with_its_schema() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs a real cluster: KUBECONFIG=... cargo test --test operator_e2e -- --ignored"]
+#[ignore = "needs a real cluster: KUBECONFIG=... cargo test --test it operator_e2e:: -- --ignored"]
 async fn the_s3_sample_with_a_file_destination_completes_with_files_and_manifest() {
     install_crd();
     let ns = Namespace::create("sample");
@@ -303,7 +301,7 @@ async fn the_s3_sample_with_a_file_destination_completes_with_files_and_manifest
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs a real cluster: KUBECONFIG=... cargo test --test operator_e2e -- --ignored"]
+#[ignore = "needs a real cluster: KUBECONFIG=... cargo test --test it operator_e2e:: -- --ignored"]
 async fn a_rest_export_creates_a_resource_that_completes() {
     install_crd();
     let ns = Namespace::create("rest");

@@ -7,12 +7,10 @@
 // Test code: a failed expectation is a test failure, so panicking is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
 use reqwest::header::CONTENT_TYPE;
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{Value, json};
@@ -709,13 +707,13 @@ async fn check_export_responses(
     let call = move |method: Method, url: String, body: Option<Vec<u8>>| async move {
         export_call(client, server, method, &url, token, Some(TENANT), body).await
     };
-    let out = common::export::file_bucket(dir, "openapi");
+    let out = crate::harness::export::file_bucket(dir, "openapi");
     let request_schema = export_request_schema(doc);
     let request = json!({
         "from": "2020-01-01T00:00:00Z", "to": "2100-01-01T00:00:00+02:00",
         "format": "csv", "compression": "gzip", "max_records_per_file": 1,
         "filters": {"action": ["read", "write"], "success": true, "path_prefix": "environments/"},
-        "destination": {"type": "file", "bucket": common::export::bucket_name(&out), "prefix": "oa/"},
+        "destination": {"type": "file", "bucket": crate::harness::export::bucket_name(&out), "prefix": "oa/"},
     });
     doc.assert_valid(request_schema, &request, "the export request");
 

@@ -4,13 +4,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::export::*;
-use common::*;
+use crate::harness::export::*;
+use crate::harness::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 

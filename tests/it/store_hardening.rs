@@ -5,12 +5,10 @@
 // Test code: a failed expectation is a test failure, so panicking is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 

@@ -6,8 +6,9 @@
 //!
 //! Needs helm, kubectl and kubernetes-validate: `scripts/k8s-tools.sh install` puts them into
 //! `.tools/bin/` (the fallback paths here) and writes `.tools/k8s-tools.env` with
-//! `SCAIVAULT_TEST_HELM`, `SCAIVAULT_TEST_KUBECTL` and `SCAIVAULT_TEST_K8S_VALIDATE`. A missing
-//! tool fails the test; nothing is skipped silently.
+//! `SCAIVAULT_TEST_HELM`, `SCAIVAULT_TEST_KUBECTL` and `SCAIVAULT_TEST_K8S_VALIDATE`. Plain
+//! `cargo test` ignores the tests that need them; run with `--include-ignored` (scripts/test.sh
+//! does), a missing tool fails the test.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -332,6 +333,7 @@ fn the_chart_ships_the_generated_crd() {
 }
 
 #[test]
+#[ignore = "needs scripts/k8s-tools.sh"]
 fn helm_lint_strict_passes_for_every_values_file() {
     let tools = tools();
     for case in cases() {
@@ -353,6 +355,7 @@ fn helm_lint_strict_passes_for_every_values_file() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+#[ignore = "needs scripts/k8s-tools.sh"]
 fn every_rendering_validates_against_the_kubernetes_schemas() {
     let tools = tools();
     let mut service_monitors = 0;
@@ -504,6 +507,7 @@ fn check_service_monitor(rendered: &Rendered) {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+#[ignore = "needs scripts/k8s-tools.sh"]
 fn the_pod_is_locked_down_and_probed_on_the_health_endpoints() {
     let tools = tools();
     for case in cases() {
@@ -615,6 +619,7 @@ fn the_pod_is_locked_down_and_probed_on_the_health_endpoints() {
 }
 
 #[test]
+#[ignore = "needs scripts/k8s-tools.sh"]
 fn rbac_is_least_privilege() {
     let tools = tools();
     let mut token_review_cases = 0;
@@ -772,6 +777,7 @@ fn rbac_is_least_privilege() {
 /// A default install has working, recoverable auth: a kept admin token Secret whose token the
 /// rendered tokens file (hashes only) accepts with every scope for all tenants.
 #[test]
+#[ignore = "needs scripts/k8s-tools.sh"]
 fn the_default_install_has_a_kept_admin_token_the_tokens_file_accepts() {
     use scaivault_audit::auth::{Scope, StaticTokens, TenantAccess};
     let tools = tools();
@@ -820,6 +826,7 @@ fn the_default_install_has_a_kept_admin_token_the_tokens_file_accepts() {
 }
 
 #[test]
+#[ignore = "needs scripts/k8s-tools.sh"]
 fn storage_class_and_size_come_from_the_values() {
     let tools = tools();
     // (values file, Some((storageClassName, size)) for a claim template, None for an emptyDir)
@@ -867,6 +874,7 @@ fn storage_class_and_size_come_from_the_values() {
 }
 
 #[test]
+#[ignore = "needs scripts/k8s-tools.sh"]
 fn bad_values_are_rejected_with_a_clear_message() {
     let tools = tools();
     let dir = root().join("tests/fixtures/helm/invalid");
@@ -979,6 +987,7 @@ fn bad_values_are_rejected_with_a_clear_message() {
 }
 
 #[test]
+#[ignore = "needs scripts/k8s-tools.sh"]
 fn notes_render_for_every_values_file() {
     let tools = tools();
     let dir = tempfile::tempdir().unwrap();
@@ -1250,6 +1259,7 @@ fn effective_config(rendered: &Rendered, pod: &SimulatedPod) -> toml::Table {
 }
 
 #[test]
+#[ignore = "needs scripts/k8s-tools.sh"]
 fn the_binary_accepts_the_rendered_arguments_environment_and_config() {
     let tools = tools();
     for case in cases() {
@@ -1330,6 +1340,7 @@ fn the_binary_accepts_the_rendered_arguments_environment_and_config() {
 /// differs from a standalone run: listen address, data directory, JSON logs, and no `file`
 /// export root.
 #[test]
+#[ignore = "needs scripts/k8s-tools.sh"]
 fn the_default_rendering_keeps_the_shipped_defaults() {
     let tools = tools();
     let case = cases().into_iter().next().unwrap();
@@ -1373,6 +1384,7 @@ fn the_default_rendering_keeps_the_shipped_defaults() {
 /// context holds every file the sources embed, and its default command is one the binary
 /// accepts.
 #[test]
+#[ignore = "needs scripts/k8s-tools.sh"]
 fn the_dockerfile_agrees_with_the_chart_and_the_crate() {
     let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
     let instruction = |name: &str| -> Vec<String> {

@@ -5,13 +5,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
-use common::export::*;
-use common::*;
+use crate::harness::export::*;
+use crate::harness::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 

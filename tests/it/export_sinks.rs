@@ -8,15 +8,14 @@
 //! The emulators listen on loopback, so these servers run with `--export-allow-private-endpoints`
 //! except where the endpoint policy itself is under test.
 //!
-//! Needs `scripts/emulators.sh start` and `.tools/emulators.env` sourced (scripts/test.sh does);
-//! without them every test here fails with a message saying so.
+//! Needs `scripts/emulators.sh start` and `.tools/emulators.env` sourced: ignored by plain
+//! `cargo test`, run with `--include-ignored` (scripts/test.sh does); without the emulators they
+//! fail with a message saying so.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::export::*;
-use common::*;
+use crate::harness::export::*;
+use crate::harness::*;
 use serde_json::{Value, json};
 
 const VAULT_TOKEN: &str = "svt_vault_token_for_tests_7f3a";
@@ -139,6 +138,7 @@ async fn run_to_completion(setup: &Setup, body: &Value) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs scripts/emulators.sh"]
 async fn s3_exports_use_multipart_uploads_and_match_byte_for_byte() {
     let endpoint = emulator_env("SCAIVAULT_TEST_S3_ENDPOINT");
     let bucket = emulator_env("SCAIVAULT_TEST_BUCKET");
@@ -174,6 +174,7 @@ async fn s3_exports_use_multipart_uploads_and_match_byte_for_byte() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs scripts/emulators.sh"]
 async fn gcs_exports_match_byte_for_byte_including_resumable_uploads() {
     let endpoint = emulator_env("SCAIVAULT_TEST_GCS_ENDPOINT");
     let bucket = emulator_env("SCAIVAULT_TEST_BUCKET");
@@ -216,6 +217,7 @@ async fn gcs_exports_match_byte_for_byte_including_resumable_uploads() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs scripts/emulators.sh"]
 async fn azure_exports_with_an_account_key_match_and_a_wrong_key_fails_clearly() {
     let endpoint = emulator_env("SCAIVAULT_TEST_AZURE_ENDPOINT");
     let account = emulator_env("SCAIVAULT_TEST_AZURE_ACCOUNT");
@@ -272,6 +274,7 @@ async fn azure_exports_with_an_account_key_match_and_a_wrong_key_fails_clearly()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs scripts/emulators.sh"]
 async fn scaivault_and_bucket_errors_become_clear_export_failures() {
     let endpoint = emulator_env("SCAIVAULT_TEST_S3_ENDPOINT");
     let bucket = emulator_env("SCAIVAULT_TEST_BUCKET");
@@ -423,6 +426,7 @@ async fn assert_exact_s3_export(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs scripts/emulators.sh"]
 async fn an_export_survives_its_destination_going_away_and_coming_back() {
     let setup = Setup::start().await;
     let logs = ingest_events(&setup, 40_000).await;
@@ -457,6 +461,7 @@ async fn an_export_survives_its_destination_going_away_and_coming_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs scripts/emulators.sh"]
 async fn a_killed_export_resumes_after_the_last_uploaded_part() {
     let mut setup = Setup::start().await;
     let logs = ingest_events(&setup, 40_000).await;
@@ -538,6 +543,7 @@ async fn expect_failure(setup: &Setup, body: &Value, code: &str) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs scripts/emulators.sh"]
 async fn a_100_mb_object_at_the_prefix_is_refused_without_being_downloaded() {
     let endpoint = emulator_env("SCAIVAULT_TEST_S3_ENDPOINT");
     let bucket = emulator_env("SCAIVAULT_TEST_BUCKET");
@@ -681,6 +687,7 @@ async fn race_for_one_prefix(setup: &Setup, kind: &str, bucket: &str, credential
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs scripts/emulators.sh"]
 async fn two_exports_racing_for_one_prefix_on_object_stores_leave_one_winner() {
     let s3_endpoint = emulator_env("SCAIVAULT_TEST_S3_ENDPOINT");
     let bucket = emulator_env("SCAIVAULT_TEST_BUCKET");
@@ -749,6 +756,7 @@ async fn two_exports_racing_for_one_file_prefix_leave_one_winner() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs scripts/emulators.sh"]
 async fn cleanup_aborts_only_this_exports_multipart_uploads() {
     let endpoint = emulator_env("SCAIVAULT_TEST_S3_ENDPOINT");
     let bucket = emulator_env("SCAIVAULT_TEST_BUCKET");
@@ -789,6 +797,7 @@ async fn cleanup_aborts_only_this_exports_multipart_uploads() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs scripts/emulators.sh"]
 async fn private_endpoints_are_refused_before_any_connection_unless_allowlisted() {
     let endpoint = emulator_env("SCAIVAULT_TEST_S3_ENDPOINT");
     let bucket = emulator_env("SCAIVAULT_TEST_BUCKET");

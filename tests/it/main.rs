@@ -1,0 +1,26 @@
+//! The black-box tests, one binary: the real `scaivault-audit` binary driven over HTTP through
+//! [`harness`], one module per concern. Tests that need a tool from `scripts/` are
+//! `#[ignore = "needs scripts/…"]`: plain `cargo test` skips them, `scripts/test.sh` installs
+//! the tools and runs them with `--include-ignored` (see docs/testing.md).
+
+// Test code: a failed expectation is a test failure, so panicking is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod harness;
+
+mod auth_hardening;
+mod durability;
+mod export_confinement;
+mod export_sinks;
+mod exports;
+mod helm_chart;
+mod ingest_api;
+mod jwt_auth;
+mod openapi;
+mod operator_crd;
+mod operator_e2e;
+mod operator_kmock;
+mod query_api;
+mod reference;
+mod store_hardening;
+mod tls;
