@@ -9,6 +9,7 @@
 mod harness;
 
 mod auth_hardening;
+mod check_config;
 mod durability;
 mod export_confinement;
 mod export_sinks;
