@@ -15,7 +15,11 @@ use scaivault_audit::export::runner::{LocalRunner, RunnerMetrics};
 use scaivault_audit::query::cursor::CursorCodec;
 use scaivault_audit::state::{AppState, ExportHandles};
 use scaivault_audit::store::{Store, StoreMetrics};
-use scaivault_audit::{api, bench, import, operator, telemetry, workload};
+use scaivault_audit::{api, operator, telemetry};
+
+mod cli;
+
+use cli::{bench, import, workload};
 
 // glibc's allocator spent about a fifth of the ingest CPU in malloc/free (large request
 // bodies, many short-lived JSON values); mimalloc removes most of that.
@@ -41,7 +45,7 @@ enum Command {
     CheckConfig(SettingsArgs),
     /// Bulk-load NDJSON events into a data directory (offline: the server must not run on it).
     Import(import::ImportArgs),
-    /// Write the reference workload (../shared/WORKLOAD.md) as NDJSON.
+    /// Write the reference workload (docs/workload.md) as NDJSON.
     Gen(workload::GenArgs),
     /// Run a benchmark and print its figures.
     #[command(subcommand)]
