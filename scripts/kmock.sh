@@ -2,7 +2,7 @@
 # A Kubernetes API emulator for the operator's integration tests: kmock 0.8 (PyPI) with our shim
 # tests/k8s_emulator.py (resourceVersion, PUT, finalizer JSON patch, /status isolation, 404
 # reasons, TokenReview), installed into the ignored folder .tools/kmock-venv.
-# Why kmock and what the shim adds: ../shared/research/k8s-testing-and-build.md §1.1.
+# Why kmock and what the shim adds: docs/emulators.md (kmock and the shim).
 #
 # Usage: scripts/kmock.sh install   install (or verify) the pinned kmock in .tools/kmock-venv
 #        scripts/kmock.sh start     install if needed, (re)start on a free port, write

@@ -1,7 +1,7 @@
 """A Kubernetes API emulator for the operator's integration tests.
 
 kmock 0.8's KubernetesEmulator plus the API-server semantics that kube-runtime and kubectl rely
-on (measured in ../shared/research/k8s-testing-and-build.md §1.1.1):
+on (why and what it lacks: docs/emulators.md, kmock and the shim):
 
 - uid, resourceVersion, creationTimestamp and generation on create; a resourceVersion bump on
   every write (the watcher needs one on every event); generation bumps on spec changes only;

@@ -51,12 +51,13 @@ pub async fn run_page(
     params: LogParams,
 ) -> Result<LogPage, ApiError> {
     let LogParams { filters, page } = params;
-    let fingerprint = cursor::fingerprint(&[
+    let fingerprint = cursor::CursorScope {
         endpoint,
-        &tenant,
-        &format!("{filters:?}"),
-        &format!("{:?}", page.direction),
-    ]);
+        tenant: &tenant,
+        filters: &filters,
+        direction: page.direction,
+    }
+    .fingerprint();
     let after = match &page.cursor {
         Some(text) => Some(state.cursors.decode(text, fingerprint)?),
         None => None,

@@ -3,6 +3,16 @@
 //! The id is chosen before routing (a sane client-sent id is echoed, otherwise a new
 //! `req_<ULID>`), kept in a task-local for the duration of the request so that the error
 //! envelope can include it wherever the error arises, and set on the response afterwards.
+//!
+//! Why not tower-http's `SetRequestIdLayer` / `PropagateRequestIdLayer` (kept on purpose, issue
+//! 11): `SetRequestId` trusts any client-sent header value (no length or character check), so
+//! it would need a sanitising layer in front of it; the envelope still needs the id in a
+//! task-local, because errors are rendered far from the request (`ApiError::into_response`
+//! has no request at hand), so a third layer would copy the extension into the task-local; and
+//! `PropagateRequestId` would replace the two lines that set the response header. Three layers
+//! around the same logic as [`handle`]'s dozen lines is not a win. There is no access log
+//! to replace either: the service logs events (errors, shutdown, exports), not requests, and
+//! a `TraceLayer` would add a log line per request, which is new behaviour.
 
 use std::convert::Infallible;
 

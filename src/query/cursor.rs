@@ -6,7 +6,42 @@
 //! it is refused (`invalid_cursor`); it never needs server-side state.
 //!
 //! `base64url( timestamp_us i64 LE | seq u64 LE | fingerprint u64 LE | HMAC-SHA256[..16] )`
+//!
+//! The fingerprint is the first 8 bytes (read little-endian) of the SHA-256 of the request's
+//! [`CursorScope::encode`]d form, an explicit, versioned byte encoding, so that no formatting
+//! change can invalidate cursors by accident:
+//!
+//! ```text
+//! version        u8 = FINGERPRINT_VERSION (1)
+//! endpoint       str            ("logs", "secrets", "identities")
+//! tenant         str
+//! from_us        opt(i64)
+//! to_us          opt(i64)
+//! actions        u64 count, then each action's ordinal as u64, in request order
+//! identity_id    opt(str)
+//! identity_type  opt(u64 ordinal)
+//! path_prefix    opt(str)
+//! secret_path    opt(str)
+//! success        opt(bool)
+//! source_ip      opt(ip network)
+//! request_id     opt(str)
+//! text           opt(str)
+//! before_seq     opt(u64)
+//! direction      u8: 0 newest first, 1 oldest first
+//!
+//! integers       little-endian, 8 bytes (u8 where said)
+//! str            u64 byte length, then the UTF-8 bytes
+//! opt(x)         0x00 when absent; 0x01, then x
+//! bool           0x00 false, 0x01 true
+//! ip network     0x04 + 4 address bytes, or 0x06 + 16 address bytes (network order), then the
+//!                prefix length as u8 (the address as given, not truncated to the network)
+//! ordinals       the stable numbers the index stores (`Action::ordinal`, append only)
+//! ```
+//!
+//! Changing the encoding means bumping [`FINGERPRINT_VERSION`]: outstanding cursors are then
+//! refused (`invalid_cursor`) instead of silently continuing another result set.
 
+use std::net::IpAddr;
 use std::path::Path;
 
 use base64::Engine;
@@ -14,7 +49,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 
-use crate::store::search::SortKey;
+use ipnet::IpNet;
+
+use super::LogFilters;
+use crate::store::search::{Direction, SortKey};
 
 const KEY_FILE: &str = "cursor.key";
 const BODY_BYTES: usize = 24;
@@ -107,22 +145,121 @@ impl CursorCodec {
     }
 }
 
-/// A stable 64-bit fingerprint of everything that defines a result set.
-pub fn fingerprint(parts: &[&str]) -> u64 {
-    let mut hasher = Sha256::new();
-    for part in parts {
-        hasher.update((part.len() as u64).to_le_bytes());
-        hasher.update(part.as_bytes());
+/// Version byte that starts every [`CursorScope::encode`]d form (see the module docs).
+pub const FINGERPRINT_VERSION: u8 = 1;
+
+/// Everything that defines a result set, and so the request a cursor is bound to.
+#[derive(Debug, Clone, Copy)]
+pub struct CursorScope<'a> {
+    /// Separates endpoints that share parameters (`logs`, `secrets`, `identities`).
+    pub endpoint: &'a str,
+    /// The tenant the caller reads.
+    pub tenant: &'a str,
+    pub filters: &'a LogFilters,
+    pub direction: Direction,
+}
+
+impl CursorScope<'_> {
+    /// The stable 64-bit fingerprint carried by the cursor.
+    pub fn fingerprint(&self) -> u64 {
+        let digest = Sha256::digest(self.encode());
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        u64::from_le_bytes(first)
     }
-    let digest = hasher.finalize();
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest[..8]);
-    u64::from_le_bytes(first)
+
+    /// The versioned, field-by-field encoding documented in the module docs.
+    pub fn encode(&self) -> Vec<u8> {
+        // Destructured without `..`: a new filter does not compile until it is encoded here.
+        let LogFilters {
+            from_us,
+            to_us,
+            actions,
+            identity_id,
+            identity_type,
+            path_prefix,
+            secret_path,
+            success,
+            source_ip,
+            request_id,
+            text,
+            before_seq,
+        } = self.filters;
+        let mut out = ScopeEncoder(vec![FINGERPRINT_VERSION]);
+        out.str(self.endpoint);
+        out.str(self.tenant);
+        out.option(*from_us, |out, value| out.u64(value as u64));
+        out.option(*to_us, |out, value| out.u64(value as u64));
+        out.u64(actions.len() as u64);
+        for action in actions {
+            out.u64(action.ordinal());
+        }
+        out.option(identity_id.as_deref(), ScopeEncoder::str);
+        out.option(*identity_type, |out, value| out.u64(value.ordinal()));
+        out.option(path_prefix.as_deref(), ScopeEncoder::str);
+        out.option(secret_path.as_deref(), ScopeEncoder::str);
+        out.option(*success, |out, value| out.byte(u8::from(value)));
+        out.option(*source_ip, ScopeEncoder::network);
+        out.option(request_id.as_deref(), ScopeEncoder::str);
+        out.option(text.as_deref(), ScopeEncoder::str);
+        out.option(*before_seq, ScopeEncoder::u64);
+        out.byte(match self.direction {
+            Direction::NewestFirst => 0,
+            Direction::OldestFirst => 1,
+        });
+        out.0
+    }
+}
+
+/// The primitives of the scope encoding.
+struct ScopeEncoder(Vec<u8>);
+
+impl ScopeEncoder {
+    fn byte(&mut self, value: u8) {
+        self.0.push(value);
+    }
+
+    fn u64(&mut self, value: u64) {
+        self.0.extend_from_slice(&value.to_le_bytes());
+    }
+
+    fn str(&mut self, value: &str) {
+        self.u64(value.len() as u64);
+        self.0.extend_from_slice(value.as_bytes());
+    }
+
+    fn option<T>(&mut self, value: Option<T>, encode: impl FnOnce(&mut Self, T)) {
+        match value {
+            None => self.byte(0),
+            Some(value) => {
+                self.byte(1);
+                encode(self, value);
+            }
+        }
+    }
+
+    fn network(&mut self, network: IpNet) {
+        match network.addr() {
+            IpAddr::V4(address) => {
+                self.byte(4);
+                self.0.extend_from_slice(&address.octets());
+            }
+            IpAddr::V6(address) => {
+                self.byte(6);
+                self.0.extend_from_slice(&address.octets());
+            }
+        }
+        self.byte(network.prefix_len());
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::{Action, IdentityType};
+
+    /// The fingerprint of an unfiltered, newest-first `logs` listing of `tnt_acme`.
+    const PINNED_EMPTY_LOGS_FINGERPRINT: u64 = 4_487_752_003_692_661_221;
 
     #[test]
     fn round_trip_and_every_tampering_is_caught() {
@@ -154,10 +291,221 @@ mod tests {
         assert_eq!(codec.decode("abcd", 99), Err(CursorError::Malformed));
     }
 
+    fn scope<'a>(filters: &'a LogFilters, direction: Direction) -> CursorScope<'a> {
+        CursorScope {
+            endpoint: "logs",
+            tenant: "tnt_acme",
+            filters,
+            direction,
+        }
+    }
+
+    fn every_filter() -> LogFilters {
+        LogFilters {
+            from_us: Some(-2),
+            to_us: Some(0x0102),
+            actions: vec![Action::Write, Action::Read],
+            identity_id: Some("sa:ci".into()),
+            identity_type: Some(IdentityType::ServiceAccount),
+            path_prefix: Some("a/".into()),
+            secret_path: Some("a/b".into()),
+            success: Some(false),
+            source_ip: Some("10.1.2.3/24".parse().unwrap()),
+            request_id: Some("r".into()),
+            text: Some("é".into()),
+            before_seq: Some(7),
+        }
+    }
+
+    /// Pins the encoding byte for byte: if this test fails, bump FINGERPRINT_VERSION (and
+    /// update the expected bytes) rather than changing the encoding silently.
     #[test]
-    fn fingerprints_separate_parts() {
-        assert_ne!(fingerprint(&["ab", "c"]), fingerprint(&["a", "bc"]));
-        assert_eq!(fingerprint(&["x"]), fingerprint(&["x"]));
+    fn encoding_is_pinned_field_by_field() {
+        let filters = every_filter();
+        let encoded = scope(&filters, Direction::OldestFirst).encode();
+        let expected = concat!(
+            "01", // version
+            "0400000000000000",
+            "6c6f6773", // endpoint "logs"
+            "0800000000000000",
+            "746e745f61636d65", // tenant "tnt_acme"
+            "01",
+            "feffffffffffffff", // from_us -2
+            "01",
+            "0201000000000000", // to_us 0x0102
+            "0200000000000000", // two actions
+            "0100000000000000",
+            "0000000000000000", // write (1), read (0)
+            "01",
+            "0500000000000000",
+            "73613a6369", // identity_id "sa:ci"
+            "01",
+            "0100000000000000", // identity_type service_account (1)
+            "01",
+            "0200000000000000",
+            "612f", // path_prefix "a/"
+            "01",
+            "0300000000000000",
+            "612f62", // secret_path "a/b"
+            "01",
+            "00", // success false
+            "01",
+            "04",
+            "0a010203",
+            "18", // source_ip 10.1.2.3/24
+            "01",
+            "0100000000000000",
+            "72", // request_id "r"
+            "01",
+            "0200000000000000",
+            "c3a9", // text "é"
+            "01",
+            "0700000000000000", // before_seq 7
+            "01",               // oldest first
+        );
+        assert_eq!(hex::encode(encoded), expected);
+        let empty = LogFilters::default();
+        let encoded = scope(&empty, Direction::NewestFirst).encode();
+        let expected = concat!(
+            "01",
+            "0400000000000000",
+            "6c6f6773",
+            "0800000000000000",
+            "746e745f61636d65",
+            "00",
+            "00",
+            "0000000000000000",
+            "00",
+            "00",
+            "00",
+            "00",
+            "00",
+            "00",
+            "00",
+            "00",
+            "00",
+            "00",
+        );
+        assert_eq!(hex::encode(encoded), expected);
+    }
+
+    #[test]
+    fn ipv6_networks_are_encoded_with_their_family() {
+        let filters = LogFilters {
+            source_ip: Some("fd00::1/128".parse().unwrap()),
+            ..LogFilters::default()
+        };
+        let encoded = hex::encode(scope(&filters, Direction::NewestFirst).encode());
+        assert!(
+            encoded.contains("0106fd00000000000000000000000000000180"),
+            "{encoded}"
+        );
+    }
+
+    #[test]
+    fn fingerprint_is_pinned() {
+        let empty = LogFilters::default();
+        let digest = Sha256::digest(scope(&empty, Direction::NewestFirst).encode());
+        let expected = u64::from_le_bytes(digest[..8].try_into().unwrap());
+        assert_eq!(
+            scope(&empty, Direction::NewestFirst).fingerprint(),
+            expected
+        );
+        assert_eq!(
+            scope(&empty, Direction::NewestFirst).fingerprint(),
+            PINNED_EMPTY_LOGS_FINGERPRINT
+        );
+    }
+
+    #[test]
+    fn every_part_of_the_scope_changes_the_fingerprint() {
+        let base = every_filter();
+        let reference = scope(&base, Direction::OldestFirst).fingerprint();
+        let variants: Vec<LogFilters> = vec![
+            LogFilters {
+                from_us: None,
+                ..base.clone()
+            },
+            LogFilters {
+                to_us: Some(0x0103),
+                ..base.clone()
+            },
+            LogFilters {
+                actions: vec![Action::Read, Action::Write],
+                ..base.clone()
+            },
+            LogFilters {
+                identity_id: Some("sa:cd".into()),
+                ..base.clone()
+            },
+            LogFilters {
+                identity_type: Some(IdentityType::User),
+                ..base.clone()
+            },
+            LogFilters {
+                path_prefix: None,
+                ..base.clone()
+            },
+            LogFilters {
+                secret_path: Some("a/c".into()),
+                ..base.clone()
+            },
+            LogFilters {
+                success: Some(true),
+                ..base.clone()
+            },
+            LogFilters {
+                source_ip: Some("10.1.2.0/24".parse().unwrap()),
+                ..base.clone()
+            },
+            LogFilters {
+                request_id: Some("s".into()),
+                ..base.clone()
+            },
+            LogFilters {
+                text: None,
+                ..base.clone()
+            },
+            LogFilters {
+                before_seq: Some(8),
+                ..base.clone()
+            },
+        ];
+        for filters in &variants {
+            assert_ne!(
+                scope(filters, Direction::OldestFirst).fingerprint(),
+                reference,
+                "{filters:?}"
+            );
+        }
+        assert_ne!(
+            scope(&base, Direction::NewestFirst).fingerprint(),
+            reference
+        );
+        let other_endpoint = CursorScope {
+            endpoint: "secrets",
+            ..scope(&base, Direction::OldestFirst)
+        };
+        assert_ne!(other_endpoint.fingerprint(), reference);
+        let other_tenant = CursorScope {
+            tenant: "tnt_globex",
+            ..scope(&base, Direction::OldestFirst)
+        };
+        assert_ne!(other_tenant.fingerprint(), reference);
+        // Length prefixes keep strings apart: ("ab", "c") is not ("a", "bc").
+        let split = |endpoint, tenant| CursorScope {
+            endpoint,
+            tenant,
+            ..scope(&base, Direction::OldestFirst)
+        };
+        assert_ne!(
+            split("ab", "c").fingerprint(),
+            split("a", "bc").fingerprint()
+        );
+        assert_eq!(
+            scope(&base, Direction::OldestFirst).fingerprint(),
+            reference
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! Memory stays bounded: only fixed-size buffers sit between the events and the destination.
 
 mod csv_row;
-mod sink;
+mod hashing_writer;
 
 use std::io::{self, BufWriter, Write};
 
@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::AuditEvent;
 use csv_row::CsvRow;
-use sink::Sink;
+use hashing_writer::PartStream;
 
 /// Buffer between the encoders and the compressor or destination.
 const BUFFER_BYTES: usize = 64 * 1024;
@@ -75,11 +75,11 @@ pub struct PartEncoder<W: Write> {
     records: u64,
 }
 
-/// The format-specific encoder in front of the sink.
+/// The format-specific encoder in front of the part's byte stream.
 enum Body<W: Write> {
-    Jsonl(BufWriter<Sink<W>>),
+    Jsonl(BufWriter<PartStream<W>>),
     Csv {
-        writer: Box<csv::Writer<Sink<W>>>,
+        writer: Box<csv::Writer<PartStream<W>>>,
         row: CsvRow,
     },
 }
@@ -87,11 +87,11 @@ enum Body<W: Write> {
 impl<W: Write> PartEncoder<W> {
     /// Starts a part (writes the CSV header row for CSV).
     pub fn new(format: ExportFormat, compression: Compression, out: W) -> io::Result<Self> {
-        let sink = Sink::new(compression, out);
+        let stream = PartStream::new(compression, out);
         let body = match format {
-            ExportFormat::Jsonl => Body::Jsonl(BufWriter::with_capacity(BUFFER_BYTES, sink)),
+            ExportFormat::Jsonl => Body::Jsonl(BufWriter::with_capacity(BUFFER_BYTES, stream)),
             ExportFormat::Csv => Body::Csv {
-                writer: Box::new(csv_writer_with_header(sink)?),
+                writer: Box::new(csv_writer_with_header(stream)?),
                 row: CsvRow::default(),
             },
         };
@@ -115,11 +115,11 @@ impl<W: Write> PartEncoder<W> {
 
     /// Finishes compression, flushes, and returns the writer with the part's stats.
     pub fn finish(self) -> io::Result<(W, PartStats)> {
-        let sink = match self.body {
+        let stream = match self.body {
             Body::Jsonl(buffer) => buffer.into_inner().map_err(|e| e.into_error())?,
             Body::Csv { writer, .. } => (*writer).into_inner().map_err(|e| e.into_error())?,
         };
-        let (out, size_bytes, sha256) = sink.finish()?.finish()?;
+        let (out, size_bytes, sha256) = stream.finish()?.finish()?;
         let stats = PartStats {
             records: self.records,
             size_bytes,
@@ -129,11 +129,13 @@ impl<W: Write> PartEncoder<W> {
     }
 }
 
-fn csv_writer_with_header<W: Write>(sink: Sink<W>) -> io::Result<csv::Writer<Sink<W>>> {
+fn csv_writer_with_header<W: Write>(
+    stream: PartStream<W>,
+) -> io::Result<csv::Writer<PartStream<W>>> {
     let mut writer = csv::WriterBuilder::new()
         .terminator(csv::Terminator::CRLF)
         .buffer_capacity(BUFFER_BYTES)
-        .from_writer(sink);
+        .from_writer(stream);
     writer.write_record(csv_row::HEADER)?;
     Ok(writer)
 }

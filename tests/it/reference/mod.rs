@@ -1,7 +1,7 @@
 //! Reference test (issue 3): the server against a brute-force in-memory model.
 //!
 //! One server receives a quarter of a million events of the reference workload (SPEC §2,
-//! WORKLOAD.md) over four tenants, plus groups of events that share exact timestamps, from one
+//! docs/workload.md) over four tenants, plus groups of events that share exact timestamps, from one
 //! sequential client, with some batches sent out of time order. The test keeps every stored
 //! event with its send index: the server breaks timestamp ties by an ingest sequence, so
 //! sorting the model by (timestamp, send index) predicts every page exactly.

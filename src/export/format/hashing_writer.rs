@@ -1,5 +1,5 @@
-//! The byte path of a part file: optional gzip, then a writer that hashes and counts exactly the
-//! bytes handed to the destination.
+//! The byte path of a part file: optional gzip ([`PartStream`]), then a [`HashingWriter`] that
+//! hashes and counts exactly the bytes handed to the destination.
 
 use std::io::{self, Write};
 
@@ -52,18 +52,18 @@ impl<W: Write> Write for HashingWriter<W> {
 }
 
 /// Where encoded bytes go: straight to the hashing writer, or through a gzip encoder first.
-pub(super) enum Sink<W: Write> {
+pub(super) enum PartStream<W: Write> {
     Plain(HashingWriter<W>),
     Gzip(Box<GzEncoder<HashingWriter<W>>>),
 }
 
-impl<W: Write> Sink<W> {
+impl<W: Write> PartStream<W> {
     pub(super) fn new(compression: Compression, out: W) -> Self {
         let hashing = HashingWriter::new(out);
         match compression {
-            Compression::None => Sink::Plain(hashing),
+            Compression::None => PartStream::Plain(hashing),
             Compression::Gzip => {
-                Sink::Gzip(Box::new(GzEncoder::new(hashing, GzLevel::new(GZIP_LEVEL))))
+                PartStream::Gzip(Box::new(GzEncoder::new(hashing, GzLevel::new(GZIP_LEVEL))))
             }
         }
     }
@@ -71,34 +71,34 @@ impl<W: Write> Sink<W> {
     /// Completes the gzip stream (header and trailer even when empty) and returns the hasher.
     pub(super) fn finish(self) -> io::Result<HashingWriter<W>> {
         match self {
-            Sink::Plain(hashing) => Ok(hashing),
-            Sink::Gzip(encoder) => encoder.finish(),
+            PartStream::Plain(hashing) => Ok(hashing),
+            PartStream::Gzip(encoder) => encoder.finish(),
         }
     }
 }
 
-impl<W: Write> Write for Sink<W> {
+impl<W: Write> Write for PartStream<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
-            Sink::Plain(hashing) => hashing.write(buf),
-            Sink::Gzip(encoder) => encoder.write(buf),
+            PartStream::Plain(hashing) => hashing.write(buf),
+            PartStream::Gzip(encoder) => encoder.write(buf),
         }
     }
 
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         match self {
-            Sink::Plain(hashing) => hashing.write_all(buf),
-            Sink::Gzip(encoder) => encoder.write_all(buf),
+            PartStream::Plain(hashing) => hashing.write_all(buf),
+            PartStream::Gzip(encoder) => encoder.write_all(buf),
         }
     }
 
     /// Flushes the destination. For gzip this deliberately does not force a deflate sync block
     /// (which would bloat the stream): only bytes already compressed move on, and the stream is
-    /// completed by [`Sink::finish`].
+    /// completed by [`PartStream::finish`].
     fn flush(&mut self) -> io::Result<()> {
         match self {
-            Sink::Plain(hashing) => hashing.flush(),
-            Sink::Gzip(encoder) => encoder.get_mut().flush(),
+            PartStream::Plain(hashing) => hashing.flush(),
+            PartStream::Gzip(encoder) => encoder.get_mut().flush(),
         }
     }
 }

@@ -23,8 +23,8 @@ use tokio::io::AsyncBufReadExt;
 
 mod export;
 
-use crate::store::{Store, StoreConfig, StoreMetrics};
-use crate::workload::{WorkloadGenerator, WorkloadOptions};
+use crate::cli::workload::{WorkloadGenerator, WorkloadOptions};
+use scaivault_audit::store::{Store, StoreConfig, StoreMetrics};
 
 /// Benchmarks.
 #[derive(Debug, Subcommand)]
@@ -72,11 +72,11 @@ async fn ingest(args: IngestBenchArgs) -> anyhow::Result<()> {
         .tempdir_in(args.dir.clone().unwrap_or_else(std::env::temp_dir))?;
     println!("machine: {}", machine_description());
     println!(
-        "workload: {} events, seed {}, reference shape (WORKLOAD.md)",
+        "workload: {} events, seed {}, reference shape (docs/workload.md)",
         args.events, args.seed
     );
     let started = Instant::now();
-    let bodies = generate_bodies(args.events, args.seed, args.batch.max(1));
+    let bodies = generate_bodies(args.events, args.seed, args.batch.max(1))?;
     let raw_bytes: usize = bodies.iter().map(Vec::len).sum();
     println!(
         "generated {} batches, {:.1} MB of NDJSON ({:.0} bytes/event) in {:.2} s",
@@ -122,7 +122,7 @@ async fn ingest(args: IngestBenchArgs) -> anyhow::Result<()> {
 }
 
 /// NDJSON request bodies of `batch` events each.
-fn generate_bodies(events: u64, seed: u64, batch: usize) -> Vec<Vec<u8>> {
+fn generate_bodies(events: u64, seed: u64, batch: usize) -> std::io::Result<Vec<Vec<u8>>> {
     let mut generator = WorkloadGenerator::new(WorkloadOptions {
         count: events,
         seed,
@@ -131,7 +131,7 @@ fn generate_bodies(events: u64, seed: u64, batch: usize) -> Vec<Vec<u8>> {
     let mut bodies = Vec::new();
     let mut body = Vec::with_capacity(batch * 420);
     let mut in_body = 0;
-    while generator.write_next(&mut body) {
+    while generator.write_next(&mut body)? {
         in_body += 1;
         if in_body == batch {
             bodies.push(std::mem::replace(
@@ -144,7 +144,7 @@ fn generate_bodies(events: u64, seed: u64, batch: usize) -> Vec<Vec<u8>> {
     if in_body > 0 {
         bodies.push(body);
     }
-    bodies
+    Ok(bodies)
 }
 
 struct HttpFigures {
@@ -165,7 +165,7 @@ async fn http_ingest(
         &tokens,
         format!(
             "[[tokens]]\nname = \"bench\"\nsha256 = \"{}\"\nidentity_id = \"sa:bench\"\nscopes = [\"audit:write\", \"audit:read\"]\nall_tenants = true\n",
-            crate::auth::hash_token(BENCH_TOKEN)
+            scaivault_audit::auth::hash_token(BENCH_TOKEN)
         ),
     )?;
     let mut server = tokio::process::Command::new(std::env::current_exe()?)
@@ -297,11 +297,12 @@ async fn wait_ready(client: &reqwest::Client, address: &str) -> anyhow::Result<(
 async fn bulk_import(
     data_dir: &Path,
     ndjson: Vec<u8>,
-) -> anyhow::Result<crate::import::ImportSummary> {
+) -> anyhow::Result<crate::cli::import::ImportSummary> {
     let store = open_store(data_dir).await?;
     let reader: Box<dyn BufRead + Send> = Box::new(std::io::Cursor::new(ndjson));
     let mut summary =
-        crate::import::import_reader(Some(&store), reader, "benchmark".into(), None, None).await?;
+        crate::cli::import::import_reader(Some(&store), reader, "benchmark".into(), None, None)
+            .await?;
     store.flush().await?;
     store.shutdown().await;
     summary.elapsed = summary.elapsed.max(Duration::from_nanos(1));

@@ -14,9 +14,9 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::mpsc;
 
-use crate::config::{Settings, SettingsArgs};
-use crate::event::{self, TenantRule};
-use crate::store::{PreparedEvent, Store, StoreMetrics};
+use scaivault_audit::config::{Settings, SettingsArgs};
+use scaivault_audit::event::{self, TenantRule};
+use scaivault_audit::store::{PreparedEvent, Store, StoreMetrics};
 
 /// Events per write batch.
 const BATCH_EVENTS: usize = 10_000;
@@ -59,7 +59,7 @@ pub enum ImportError {
     #[error("failed to store a batch: {source} ({stored} events before it were stored)")]
     Store {
         #[source]
-        source: crate::store::WriteError,
+        source: scaivault_audit::store::WriteError,
         stored: u64,
     },
     #[error("the store did not start: {0}")]
@@ -84,7 +84,7 @@ impl ImportSummary {
 /// Runs the `import` command.
 pub async fn run(args: ImportArgs) -> anyhow::Result<()> {
     let settings = Settings::resolve(&args.settings)?;
-    crate::telemetry::init_logging(&settings.log_level, settings.log_format)
+    scaivault_audit::telemetry::init_logging(&settings.log_level, settings.log_format)
         .map_err(anyhow::Error::msg)?;
     if let Some(tenant) = &args.tenant_id {
         event::check_tenant_id(tenant)

@@ -13,16 +13,16 @@ use clap::Args;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::export::credentials::CredentialSource;
-use crate::export::engine::{EngineConfig, ExportEngine, ProgressSink, RetryPolicy};
-use crate::export::format::{Compression, ExportFormat};
-use crate::export::job::{
+use scaivault_audit::export::credentials::CredentialSource;
+use scaivault_audit::export::engine::{EngineConfig, ExportEngine, ProgressSink, RetryPolicy};
+use scaivault_audit::export::format::{Compression, ExportFormat};
+use scaivault_audit::export::job::{
     Checkpoint, DEFAULT_MAX_RECORDS_PER_FILE, Destination, DestinationType, ExportFailure,
     ExportSpec,
 };
-use crate::export::policy::ExportPolicy;
-use crate::export::sink::endpoint::EndpointPolicy;
-use crate::store::Store;
+use scaivault_audit::export::policy::ExportPolicy;
+use scaivault_audit::export::sink::endpoint::EndpointPolicy;
+use scaivault_audit::store::Store;
 
 /// Flags of `bench export`.
 #[derive(Debug, Clone, Args)]
@@ -114,17 +114,18 @@ fn file_destination() -> Destination {
 /// Generates and imports the workload into a fresh store.
 async fn load_store(dir: &Path, events: u64, seed: u64) -> anyhow::Result<Store> {
     let started = Instant::now();
-    let mut generator = crate::workload::WorkloadGenerator::new(crate::workload::WorkloadOptions {
-        count: events,
-        seed,
-        tenants: 1,
-        ..Default::default()
-    });
+    let mut generator =
+        crate::cli::workload::WorkloadGenerator::new(crate::cli::workload::WorkloadOptions {
+            count: events,
+            seed,
+            tenants: 1,
+            ..Default::default()
+        });
     let mut ndjson = Vec::with_capacity(events as usize * 420);
-    while generator.write_next(&mut ndjson) {}
+    while generator.write_next(&mut ndjson)? {}
     let store = super::open_store(&dir.join("data")).await?;
     let reader: Box<dyn std::io::BufRead + Send> = Box::new(std::io::Cursor::new(ndjson));
-    crate::import::import_reader(Some(&store), reader, "benchmark".into(), None, None).await?;
+    crate::cli::import::import_reader(Some(&store), reader, "benchmark".into(), None, None).await?;
     store.flush().await?;
     // Reopen, so that segment merges of the import do not run during the measurements.
     store.shutdown().await;

@@ -1,0 +1,107 @@
+//! The subcommands of the `scaivault-audit` binary: `serve` ([`serve`]), `check-config`,
+//! `token` ([`token`]), `crdgen`, and the offline commands `import` ([`import`], bulk load),
+//! `gen` ([`workload`], the reference workload) and `bench` ([`bench`]). They use the library
+//! like any other client and report errors with `anyhow`, which the library itself does not use.
+
+pub mod bench;
+pub mod import;
+pub mod serve;
+pub mod token;
+pub mod workload;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use scaivault_audit::api;
+use scaivault_audit::config::{Settings, SettingsArgs};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "scaivault-audit",
+    version,
+    about = "Audit-log service of the ScaiVault secrets manager"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the service (defaults: data in ./data, listening on 127.0.0.1:8080).
+    Serve(SettingsArgs),
+    /// Validate the configuration and print the effective settings as TOML.
+    CheckConfig(SettingsArgs),
+    /// Bulk-load NDJSON events into a data directory (offline: the server must not run on it).
+    Import(import::ImportArgs),
+    /// Write the reference workload (docs/workload.md) as NDJSON.
+    Gen(workload::GenArgs),
+    /// Run a benchmark and print its figures.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+    /// Manage static API tokens.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+    /// Write the AuditExport CustomResourceDefinition (generated from the Rust types).
+    Crdgen {
+        /// Output file; `-` writes to stdout.
+        #[arg(long, default_value = "crds/auditexport.yaml")]
+        output: std::path::PathBuf,
+    },
+}
+
+/// Parses the command line, runs the subcommand, and maps an error to exit code 2.
+pub fn run() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => run_async(serve::serve(args)),
+        Command::CheckConfig(args) => check_config(&args),
+        Command::Import(args) => run_async(import::run(args)),
+        Command::Gen(args) => workload::run_gen(&args).context("gen failed"),
+        Command::Bench(command) => run_async(bench::run(command)),
+        Command::Token(command) => token::run(command),
+        Command::Crdgen { output } => crdgen(&output),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn run_async(future: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")?
+        .block_on(future)
+}
+
+fn check_config(args: &SettingsArgs) -> anyhow::Result<()> {
+    let settings = Settings::resolve(args)?;
+    if let Some((cert, key)) = &settings.tls {
+        api::tls::acceptor(cert, key)?;
+    }
+    print!("{}", settings.describe());
+    Ok(())
+}
+
+fn crdgen(output: &std::path::Path) -> anyhow::Result<()> {
+    let yaml = scaivault_audit::operator::crd_yaml().map_err(anyhow::Error::msg)?;
+    if output == std::path::Path::new("-") {
+        print!("{yaml}");
+        return Ok(());
+    }
+    if let Some(parent) = output
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("failed to create {}", parent.display()))?;
+    }
+    std::fs::write(output, yaml)
+        .with_context(|| format!("failed to write {}", output.display()))?;
+    eprintln!("wrote {}", output.display());
+    Ok(())
+}

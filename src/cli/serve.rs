@@ -1,0 +1,284 @@
+//! `scaivault-audit serve`: wires the library's parts into the running service (store,
+//! authentication, export runner, operator, HTTP server) and stops them in order.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use scaivault_audit::auth::jwt::JwtVerifier;
+use scaivault_audit::auth::token_review::TokenReviewer;
+use scaivault_audit::auth::{Authenticator, BootstrapToken, StaticTokens};
+use scaivault_audit::config::{Settings, SettingsArgs};
+use scaivault_audit::export::credentials::{CredentialSource, ScaiVaultClient};
+use scaivault_audit::export::engine::{EngineConfig, ExportEngine, RetryPolicy};
+use scaivault_audit::export::policy::ExportPolicy;
+use scaivault_audit::export::runner::{LocalRunner, RunnerMetrics};
+use scaivault_audit::query::cursor::CursorCodec;
+use scaivault_audit::state::{AppState, ExportHandles};
+use scaivault_audit::store::{Store, StoreMetrics};
+use scaivault_audit::{api, operator, telemetry};
+
+/// Runs the service until SIGTERM or SIGINT.
+pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
+    let settings = Settings::resolve(&args)?;
+    telemetry::init_logging(&settings.log_level, settings.log_format)
+        .map_err(anyhow::Error::msg)?;
+    let mut registry = telemetry::new_registry();
+    let store = Store::open(&settings.store, StoreMetrics::register(&mut registry))?;
+    let cluster = operator::connect(&settings)
+        .await
+        .context("failed to connect to the Kubernetes API")?;
+    let (authenticator, bootstrap) = authenticator(&settings, cluster.as_ref()).await?;
+    let authenticator = authenticator.with_failed_auth_limit(settings.failed_auth_per_minute);
+    let cursors = CursorCodec::load_or_create(&settings.store.data_dir)
+        .context("failed to load the cursor key")?;
+    let runner = export_runner(&settings, &store, &mut registry)?;
+    let operator_metrics = operator::metrics::OperatorMetrics::register(&mut registry);
+    // In a cluster, exports are AuditExport resources run by the lease holder.
+    let operator_cluster = cluster.as_ref().filter(|_| settings.operator.enabled);
+    let exports = ExportHandles {
+        engine: runner.engine().clone(),
+        registry: match operator_cluster {
+            Some(cluster) => Arc::new(
+                operator::registry::KubeRegistry::new(
+                    cluster.client.clone(),
+                    &cluster.namespace,
+                    cluster.signer.clone(),
+                )
+                .watching(&settings.operator.namespaces),
+            ),
+            None => Arc::new(runner.clone()),
+        },
+    };
+    let state = AppState::new(
+        store.clone(),
+        authenticator,
+        cursors,
+        registry,
+        settings.limits,
+        settings.rate_limits,
+        exports,
+    )
+    .with_work_limits(&settings.work);
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("failed to listen on {}", settings.listen))?;
+    let tls = match &settings.tls {
+        Some((cert, key)) => Some(api::tls::acceptor(cert, key)?),
+        None => None,
+    };
+    announce(
+        &listener,
+        tls.is_some(),
+        bootstrap.as_ref(),
+        &settings.store.data_dir,
+    )?;
+    ignore_file_size_signal();
+    tracing::info!(data_dir = %settings.store.data_dir.display(), "scaivault-audit started");
+    let operator_shutdown = tokio_util::sync::CancellationToken::new();
+    let operator_task = match operator_cluster {
+        Some(cluster) => Some(operator::spawn(
+            cluster,
+            store.clone(),
+            runner.engine().clone(),
+            &settings.operator,
+            operator_metrics,
+            operator_shutdown.clone(),
+        )),
+        None => {
+            resume_exports_when_ready(&store, &runner);
+            None
+        }
+    };
+    api::serve(listener, api::routes(state), tls, shutdown_signal()).await;
+    tracing::info!("shutting down: stopping exports, final commit");
+    operator_shutdown.cancel();
+    if let Some(task) = operator_task
+        && let Err(error) = task.await
+    {
+        tracing::error!(%error, "the operator task failed");
+    }
+    runner.shutdown().await;
+    store.shutdown().await;
+    Ok(())
+}
+
+/// The in-process export runner over the data directory's job files.
+fn export_runner(
+    settings: &Settings,
+    store: &Store,
+    registry: &mut prometheus_client::registry::Registry,
+) -> anyhow::Result<LocalRunner> {
+    let export = &settings.export;
+    let credentials = match (&export.scaivault_url, &export.scaivault_token_file) {
+        (Some(url), Some(token_file)) => CredentialSource::ScaiVault(
+            ScaiVaultClient::new(url, token_file.clone()).map_err(anyhow::Error::msg)?,
+        ),
+        _ => match &export.credentials_dir {
+            Some(dir) => CredentialSource::Directory(dir.clone()),
+            None => CredentialSource::Unconfigured,
+        },
+    };
+    let exports_dir = settings.store.data_dir.join("exports");
+    let engine = ExportEngine::new(
+        store.clone(),
+        credentials,
+        EngineConfig {
+            spool_dir: exports_dir.join("spool"),
+            retry: RetryPolicy {
+                max_elapsed: export.retry_max_elapsed,
+                ..RetryPolicy::default()
+            },
+            endpoints: export.endpoints.clone(),
+            policy: export_policy(settings)?,
+        },
+    );
+    Ok(LocalRunner::open(
+        engine,
+        &exports_dir.join("jobs"),
+        export.max_concurrent_jobs,
+        RunnerMetrics::register(registry),
+    )?)
+}
+
+/// The export confinement rules, with the `file` root created and resolved. A configured root
+/// that cannot be created stops the start; the standalone default only disables `file`.
+fn export_policy(settings: &Settings) -> anyhow::Result<ExportPolicy> {
+    let export = &settings.export;
+    let prefixes = export.credentials_path_prefixes.clone();
+    let Some(root) = &export.file_root else {
+        tracing::info!("file export destinations are disabled ([export] file_root is not set)");
+        return Ok(ExportPolicy::new(None, prefixes));
+    };
+    let default_root = settings
+        .store
+        .data_dir
+        .parent()
+        .map(|dir| dir.join("exports"));
+    let resolved = std::fs::create_dir_all(root).and_then(|()| root.canonicalize());
+    match resolved {
+        Ok(root) => {
+            tracing::info!(file_root = %root.display(), "file export destinations live under the file root");
+            Ok(ExportPolicy::new(Some(root), prefixes))
+        }
+        Err(error) if default_root.as_deref() == Some(root.as_path()) => {
+            tracing::warn!(
+                file_root = %root.display(),
+                %error,
+                "the default file export root cannot be created: file destinations are disabled"
+            );
+            Ok(ExportPolicy::new(None, prefixes))
+        }
+        Err(error) => Err(anyhow::anyhow!(
+            "export.file_root {} cannot be created: {error}",
+            root.display()
+        )),
+    }
+}
+
+/// Resumes unfinished exports once the store has replayed its WAL (their snapshots must see
+/// every acknowledged event).
+fn resume_exports_when_ready(store: &Store, runner: &LocalRunner) {
+    let store = store.clone();
+    let runner = runner.clone();
+    tokio::spawn(async move {
+        while store
+            .wait_ready(std::time::Duration::from_secs(60))
+            .await
+            .is_err()
+        {
+            tracing::info!("exports wait for the store to finish replaying");
+        }
+        runner.resume();
+    });
+}
+
+/// JWTs and/or static tokens when configured; otherwise the bootstrap token of the data
+/// directory (the first standalone start).
+async fn authenticator(
+    settings: &Settings,
+    cluster: Option<&operator::Cluster>,
+) -> anyhow::Result<(Authenticator, Option<BootstrapToken>)> {
+    let jwt = match &settings.jwks {
+        Some(source) => Some(JwtVerifier::start(source.clone(), (&settings.jwt).into()).await?),
+        None => None,
+    };
+    let token_review = match (&settings.token_review, cluster) {
+        (Some(review), Some(cluster)) => {
+            Some(TokenReviewer::new(cluster.client.clone(), review.into()))
+        }
+        _ => None,
+    };
+    if settings.tokens_file.is_some() || jwt.is_some() || token_review.is_some() {
+        let tokens = match &settings.tokens_file {
+            Some(path) => StaticTokens::load(path)?,
+            None => StaticTokens::default(),
+        };
+        let authenticator = Authenticator::new(tokens, jwt);
+        return Ok((
+            match token_review {
+                Some(reviewer) => authenticator.with_token_review(reviewer),
+                None => authenticator,
+            },
+            None,
+        ));
+    }
+    let bootstrap = BootstrapToken::load_or_create(&settings.store.data_dir)?;
+    let mut tokens = StaticTokens::default();
+    tokens.insert(&bootstrap.token, BootstrapToken::principal());
+    Ok((Authenticator::new(tokens, None), Some(bootstrap)))
+}
+
+/// Prints where the service listens and where the bootstrap token is (stdout). The token
+/// itself is never printed: logs are collected and kept where tokens must not be.
+fn announce(
+    listener: &tokio::net::TcpListener,
+    tls: bool,
+    bootstrap: Option<&BootstrapToken>,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let scheme = if tls { "https" } else { "http" };
+    writeln!(out, "listening on {scheme}://{}", listener.local_addr()?)?;
+    if let Some(token) = bootstrap {
+        let state = if token.created { "generated" } else { "kept" };
+        writeln!(
+            out,
+            "bootstrap token {state} in {}; print it with: scaivault-audit token bootstrap --data-dir {}",
+            token.path.display(),
+            data_dir.display()
+        )?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Under a file-size limit, writes should fail with EFBIG (answered 503), not kill the process.
+fn ignore_file_size_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::from_raw(25)) {
+        Ok(mut stream) => {
+            tokio::spawn(async move {
+                while stream.recv().await.is_some() {
+                    tracing::warn!("file size limit reached (SIGXFSZ)");
+                }
+            });
+        }
+        Err(error) => tracing::warn!(%error, "cannot handle SIGXFSZ"),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut terminate), Ok(mut interrupt)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot listen for SIGTERM/SIGINT; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM received"),
+        _ = interrupt.recv() => tracing::info!("SIGINT received"),
+    }
+}
