@@ -1,67 +1,56 @@
 //! Conversions between the resource (camelCase, Kubernetes shapes) and the export engine's
 //! model (`export::job`). Pure: no I/O.
 
-use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
 
 use super::crd::{
     AuditExportSpec, AuditExportStatus, DestinationKind, ExportCheckpoint, ExportCompression,
     ExportDestination, ExportError, ExportFile, ExportFileFormat, ExportFilters, ExportJobPhase,
 };
-use crate::event::{FieldErrors, check_tenant_id};
+use crate::event::FieldErrors;
 use crate::export::format::{Compression, ExportFormat};
 use crate::export::job::{
     Checkpoint, DestinationType, ExportFailure, ExportPhase, ExportSpec, ExportStatus, FileEntry,
 };
+use crate::export::request::{DestinationRequest, ExportRequest};
 use crate::store::search::SortKey;
 
-/// Validates the resource's spec exactly as `POST /v1/audit/export` validates its body.
-/// Field names in the errors are the POST body's (`destination.credentials_path`).
+/// Validates the resource's spec exactly as `POST /v1/audit/export` validates its body (one
+/// validator: [`ExportRequest::validate`]). Field names in the errors are the POST body's
+/// (`destination.credentials_path`); the tenant is `tenantId`.
 pub fn export_spec(spec: &AuditExportSpec) -> Result<ExportSpec, FieldErrors> {
-    if let Err(problem) = check_tenant_id(&spec.tenant_id) {
-        let mut errors = FieldErrors::default();
-        errors.add("tenantId", problem);
-        return Err(errors);
-    }
-    ExportSpec::from_request(&request_body(spec), &spec.tenant_id)
+    ExportRequest::from(spec).validate()
 }
 
-/// The spec as a `POST /v1/audit/export` body (snake_case, without the tenant).
-pub fn request_body(spec: &AuditExportSpec) -> Value {
-    let mut body = Map::new();
-    body.insert("from".into(), json!(spec.from));
-    body.insert("to".into(), json!(spec.to));
-    body.insert("format".into(), json!(format_name(spec.format)));
-    if let Some(compression) = spec.compression {
-        let name = match compression {
-            ExportCompression::None => "none",
-            ExportCompression::Gzip => "gzip",
-        };
-        body.insert("compression".into(), json!(name));
+/// The resource's spec as an export request (typed already: no shape problems).
+impl From<&AuditExportSpec> for ExportRequest {
+    fn from(spec: &AuditExportSpec) -> Self {
+        let destination = &spec.destination;
+        ExportRequest {
+            tenant_id: spec.tenant_id.clone(),
+            from: Some(spec.from.clone()),
+            to: Some(spec.to.clone()),
+            format: Some(export_format(spec.format)),
+            compression: spec.compression.map(|compression| match compression {
+                ExportCompression::None => Compression::None,
+                ExportCompression::Gzip => Compression::Gzip,
+            }),
+            filters: spec.filters.as_ref().map(filter_params).unwrap_or_default(),
+            destination: Some(DestinationRequest {
+                kind: Some(destination_type(destination.kind)),
+                bucket: destination.bucket.clone(),
+                prefix: destination.prefix.clone().unwrap_or_default(),
+                credentials_path: destination.credentials_path.clone(),
+                problems: FieldErrors::default(),
+            }),
+            max_records_per_file: spec.max_records_per_file,
+            problems: FieldErrors::default(),
+        }
     }
-    if let Some(filters) = &spec.filters {
-        body.insert("filters".into(), Value::Object(filter_body(filters)));
-    }
-    let destination = &spec.destination;
-    let mut dest = Map::new();
-    dest.insert(
-        "type".into(),
-        json!(destination_type(destination.kind).as_str()),
-    );
-    dest.insert("bucket".into(), json!(destination.bucket));
-    if let Some(prefix) = &destination.prefix {
-        dest.insert("prefix".into(), json!(prefix));
-    }
-    if let Some(path) = &destination.credentials_path {
-        dest.insert("credentials_path".into(), json!(path));
-    }
-    body.insert("destination".into(), Value::Object(dest));
-    if let Some(max) = spec.max_records_per_file {
-        body.insert("max_records_per_file".into(), json!(max));
-    }
-    Value::Object(body)
 }
 
-fn filter_body(filters: &ExportFilters) -> Map<String, Value> {
+/// The filters by their query names, as the query text of `GET /v1/audit/logs`.
+fn filter_params(filters: &ExportFilters) -> BTreeMap<String, String> {
     let pairs = [
         ("action", &filters.action),
         ("identity_id", &filters.identity_id),
@@ -72,14 +61,14 @@ fn filter_body(filters: &ExportFilters) -> Map<String, Value> {
         ("request_id", &filters.request_id),
         ("q", &filters.q),
     ];
-    let mut body: Map<String, Value> = pairs
+    let mut params: BTreeMap<String, String> = pairs
         .into_iter()
-        .filter_map(|(name, value)| value.as_ref().map(|v| (name.to_string(), json!(v))))
+        .filter_map(|(name, value)| value.clone().map(|value| (name.to_string(), value)))
         .collect();
     if let Some(success) = filters.success {
-        body.insert("success".into(), json!(success));
+        params.insert("success".into(), success.to_string());
     }
-    body
+    params
 }
 
 /// The resource spec of a validated export (what `KubeRegistry::create` applies).
@@ -124,10 +113,10 @@ pub fn resource_spec(spec: &ExportSpec) -> AuditExportSpec {
     }
 }
 
-fn format_name(format: ExportFileFormat) -> &'static str {
+fn export_format(format: ExportFileFormat) -> ExportFormat {
     match format {
-        ExportFileFormat::Jsonl => "jsonl",
-        ExportFileFormat::Csv => "csv",
+        ExportFileFormat::Jsonl => ExportFormat::Jsonl,
+        ExportFileFormat::Csv => ExportFormat::Csv,
     }
 }
 
