@@ -533,7 +533,10 @@ mod tests {
         .map(|errors| errors.0);
         let expected: BTreeMap<String, String> = [
             ("compression", "must be none or gzip"),
-            ("destination.access_key", "is not allowed: credentials only come from credentials_path"),
+            (
+                "destination.access_key",
+                "is not allowed: credentials only come from credentials_path",
+            ),
             ("destination.bucket", "is required"),
             ("destination.credentials_path", "must be a string"),
             ("destination.prefix", "must be a string"),
@@ -543,7 +546,10 @@ mod tests {
             ("filters.success", "must be a string"),
             ("format", "must be jsonl or csv"),
             ("from", "must be an RFC 3339 timestamp string"),
-            ("max_records_per_file", "must be an integer from 1 to 100000000"),
+            (
+                "max_records_per_file",
+                "must be an integer from 1 to 100000000",
+            ),
         ]
         .into_iter()
         .map(|(field, message)| (field.to_string(), message.to_string()))
