@@ -20,6 +20,7 @@ use crate::export::job::{ExportPhase, ExportSpec, ExportStatus};
 use crate::export::registry::{
     self, DEFAULT_LIST_LIMIT, ExportRecord, MAX_LIST_LIMIT, RegistryError,
 };
+use crate::export::request::ExportRequest;
 use crate::state::AppState;
 use crate::store::PreparedEvent;
 use crate::timestamp;
@@ -98,7 +99,9 @@ where
     .await?;
     let body: Value = serde_json::from_slice(&body)
         .map_err(|error| ApiError::invalid_request(format!("the body is not JSON: {error}")))?;
-    let spec = ExportSpec::from_request(&body, &tenant).map_err(ApiError::validation)?;
+    let spec = ExportRequest::from_body(&body, &tenant)
+        .and_then(ExportRequest::validate)
+        .map_err(ApiError::validation)?;
     check_policy(&state, &spec).await?;
     super::require_ready(&state)?;
     let estimated = state

@@ -8,14 +8,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::format::{Compression, ExportFormat};
-use crate::event::{FieldErrors, check_secret_path};
+use crate::event::FieldErrors;
 use crate::query::{self, LogFilters};
 use crate::store::search::SortKey;
-use crate::timestamp;
 
 /// Default and maximum of `max_records_per_file` (SPEC §3.5).
 pub const DEFAULT_MAX_RECORDS_PER_FILE: u64 = 1_000_000;
-const MAX_MAX_RECORDS_PER_FILE: u64 = 100_000_000;
+/// Largest accepted `max_records_per_file`.
+pub const MAX_MAX_RECORDS_PER_FILE: u64 = 100_000_000;
 
 /// The §3.1 filters an export accepts (no paging, no time range: those have their own fields).
 pub const EXPORT_FILTER_NAMES: &[&str] = &[
@@ -52,7 +52,8 @@ impl DestinationType {
         }
     }
 
-    fn parse(text: &str) -> Option<Self> {
+    /// The type named `text` (`s3`, `gcs`, `azure_blob`, `file`).
+    pub fn parse(text: &str) -> Option<Self> {
         [Self::S3, Self::Gcs, Self::AzureBlob, Self::File]
             .into_iter()
             .find(|kind| kind.as_str() == text)
@@ -92,91 +93,6 @@ pub struct ExportSpec {
 }
 
 impl ExportSpec {
-    /// Validates a `POST /v1/audit/export` body (SPEC §3.5) for `tenant_id`.
-    pub fn from_request(body: &Value, tenant_id: &str) -> Result<ExportSpec, FieldErrors> {
-        let mut errors = FieldErrors::default();
-        let Some(object) = body.as_object() else {
-            errors.add("body", "must be a JSON object");
-            return Err(errors);
-        };
-        const KNOWN: &[&str] = &[
-            "from",
-            "to",
-            "format",
-            "compression",
-            "filters",
-            "destination",
-            "max_records_per_file",
-        ];
-        for key in object.keys() {
-            if !KNOWN.contains(&key.as_str()) {
-                errors.add(key.clone(), "is not a known field");
-            }
-        }
-        let from = required_time(object.get("from"), "from", &mut errors);
-        let to = required_time(object.get("to"), "to", &mut errors);
-        if let (Some(from), Some(to)) = (from, to)
-            && from >= to
-        {
-            errors.add("to", "must be after from");
-        }
-        let format = match object.get("format") {
-            None => {
-                errors.add("format", "is required (jsonl or csv)");
-                None
-            }
-            Some(value) => match value.as_str() {
-                Some("jsonl") => Some(ExportFormat::Jsonl),
-                Some("csv") => Some(ExportFormat::Csv),
-                _ => {
-                    errors.add("format", "must be jsonl or csv");
-                    None
-                }
-            },
-        };
-        let compression = match object.get("compression") {
-            None | Some(Value::Null) => Compression::None,
-            Some(value) => match value.as_str() {
-                Some("none") => Compression::None,
-                Some("gzip") => Compression::Gzip,
-                _ => {
-                    errors.add("compression", "must be none or gzip");
-                    Compression::None
-                }
-            },
-        };
-        let max_records_per_file = match object.get("max_records_per_file") {
-            None | Some(Value::Null) => DEFAULT_MAX_RECORDS_PER_FILE,
-            Some(value) => match value.as_u64() {
-                Some(n) if (1..=MAX_MAX_RECORDS_PER_FILE).contains(&n) => n,
-                _ => {
-                    errors.add(
-                        "max_records_per_file",
-                        format!("must be an integer from 1 to {MAX_MAX_RECORDS_PER_FILE}"),
-                    );
-                    DEFAULT_MAX_RECORDS_PER_FILE
-                }
-            },
-        };
-        let filters = parse_filters(object.get("filters"), &mut errors);
-        let destination = parse_destination(object.get("destination"), &mut errors);
-        match (from, to, format, destination) {
-            (Some(from), Some(to), Some(format), Some(destination)) if errors.is_empty() => {
-                Ok(ExportSpec {
-                    tenant_id: tenant_id.to_string(),
-                    from: timestamp::format_micros(from),
-                    to: timestamp::format_micros(to),
-                    format,
-                    compression,
-                    filters,
-                    destination,
-                    max_records_per_file,
-                })
-            }
-            _ => Err(errors),
-        }
-    }
-
     /// The query filters of this export (time range included).
     pub fn log_filters(&self) -> Result<LogFilters, FieldErrors> {
         let mut pairs: Vec<(String, String)> = self
@@ -236,180 +152,6 @@ impl ExportSpec {
     }
 }
 
-fn required_time(value: Option<&Value>, field: &str, errors: &mut FieldErrors) -> Option<i64> {
-    let Some(value) = value else {
-        errors.add(field, "is required (RFC 3339 timestamp)");
-        return None;
-    };
-    match value.as_str().map(timestamp::parse_rfc3339_micros) {
-        Some(Ok(micros)) => Some(micros),
-        Some(Err(problem)) => {
-            errors.add(field, problem);
-            None
-        }
-        None => {
-            errors.add(field, "must be an RFC 3339 timestamp string");
-            None
-        }
-    }
-}
-
-fn parse_filters(value: Option<&Value>, errors: &mut FieldErrors) -> BTreeMap<String, String> {
-    let mut filters = BTreeMap::new();
-    let object = match value {
-        None | Some(Value::Null) => return filters,
-        Some(Value::Object(object)) => object,
-        Some(_) => {
-            errors.add("filters", "must be an object of §3.1 filter parameters");
-            return filters;
-        }
-    };
-    for (name, value) in object {
-        let field = format!("filters.{name}");
-        if !EXPORT_FILTER_NAMES.contains(&name.as_str()) {
-            errors.add(field, "is not an export filter");
-            continue;
-        }
-        let text = match value {
-            Value::String(text) => text.clone(),
-            Value::Bool(flag) => flag.to_string(),
-            Value::Array(items) if name == "action" => {
-                let names: Option<Vec<&str>> = items.iter().map(Value::as_str).collect();
-                match names {
-                    Some(names) => names.join(","),
-                    None => {
-                        errors.add(field, "must be a string or a list of strings");
-                        continue;
-                    }
-                }
-            }
-            _ => {
-                errors.add(field, "must be a string");
-                continue;
-            }
-        };
-        filters.insert(name.clone(), text);
-    }
-    if errors.is_empty() {
-        let pairs: Vec<(String, String)> = filters
-            .iter()
-            .map(|(name, value)| (name.clone(), value.clone()))
-            .collect();
-        if let Err(problems) = query::parse_log_params(&pairs, EXPORT_FILTER_NAMES) {
-            errors.absorb("filters", problems);
-        }
-        if let Some(path) = filters.get("secret_path")
-            && let Err(problem) = check_secret_path(path)
-        {
-            errors.add("filters.secret_path", problem);
-        }
-    }
-    filters
-}
-
-fn parse_destination(value: Option<&Value>, errors: &mut FieldErrors) -> Option<Destination> {
-    let Some(object) = value.and_then(Value::as_object) else {
-        errors.add(
-            "destination",
-            "is required (an object with type and bucket)",
-        );
-        return None;
-    };
-    let before = errors.0.len();
-    for key in object.keys() {
-        match key.as_str() {
-            "type" | "bucket" | "prefix" | "credentials_path" => {}
-            _ => errors.add(
-                format!("destination.{key}"),
-                "is not allowed: credentials only come from credentials_path",
-            ),
-        }
-    }
-    let kind = match object.get("type").and_then(Value::as_str) {
-        Some(text) => DestinationType::parse(text),
-        None => None,
-    };
-    if kind.is_none() {
-        errors.add("destination.type", "must be s3, gcs, azure_blob or file");
-    }
-    let bucket = object
-        .get("bucket")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    if bucket.is_empty() {
-        errors.add("destination.bucket", "is required");
-    } else if let Some(kind) = kind
-        && let Err(problem) = check_bucket(kind, bucket)
-    {
-        errors.add("destination.bucket", problem);
-    }
-    let prefix = match object.get("prefix") {
-        None | Some(Value::Null) => String::new(),
-        Some(Value::String(prefix)) => prefix.clone(),
-        Some(_) => {
-            errors.add("destination.prefix", "must be a string");
-            String::new()
-        }
-    };
-    if let Err(problem) = check_prefix(&prefix) {
-        errors.add("destination.prefix", problem);
-    }
-    let credentials_path = match object.get("credentials_path") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(path)) => {
-            if let Err(problem) = check_secret_path(path) {
-                errors.add("destination.credentials_path", problem);
-            }
-            Some(path.clone())
-        }
-        Some(_) => {
-            errors.add("destination.credentials_path", "must be a string");
-            None
-        }
-    };
-    if credentials_path.is_none() && kind.is_some_and(|kind| kind != DestinationType::File) {
-        errors.add(
-            "destination.credentials_path",
-            "is required: the ScaiVault secret path holding the destination credentials",
-        );
-    }
-    match kind {
-        Some(kind) if errors.0.len() == before => Some(Destination {
-            kind,
-            bucket: bucket.to_string(),
-            prefix,
-            credentials_path,
-        }),
-        _ => None,
-    }
-}
-
-/// Bucket names: S3/GCS 3–63 of `a-z0-9.-`, Azure containers 3–63 of `a-z0-9-`; a `file`
-/// destination is a directory relative to the server's file root ([`check_file_bucket`]).
-fn check_bucket(kind: DestinationType, bucket: &str) -> Result<(), &'static str> {
-    match kind {
-        DestinationType::File => check_file_bucket(bucket),
-        _ => {
-            let allowed = |c: char| {
-                c.is_ascii_lowercase()
-                    || c.is_ascii_digit()
-                    || c == '-'
-                    || (c == '.' && kind != DestinationType::AzureBlob)
-                    || (c == '_' && kind == DestinationType::Gcs)
-            };
-            let edges_ok = bucket.starts_with(|c: char| c.is_ascii_alphanumeric())
-                && bucket.ends_with(|c: char| c.is_ascii_alphanumeric());
-            if !(3..=63).contains(&bucket.len()) || !bucket.chars().all(allowed) || !edges_ok {
-                return Err(
-                    "must be 3-63 lowercase letters, digits and hyphens (dots for s3/gcs), \
-                     starting and ending with a letter or digit",
-                );
-            }
-            Ok(())
-        }
-    }
-}
-
 /// Most `/`-separated directories in the bucket of a `file` destination.
 const MAX_FILE_BUCKET_SEGMENTS: usize = 8;
 
@@ -440,23 +182,6 @@ pub fn check_file_bucket(bucket: &str) -> Result<(), &'static str> {
     } else {
         Err(GRAMMAR)
     }
-}
-
-/// Prefixes: at most 512 bytes, relative, no `.`/`..` segments, no control characters.
-fn check_prefix(prefix: &str) -> Result<(), &'static str> {
-    if prefix.len() > 512 {
-        return Err("must be at most 512 bytes");
-    }
-    if prefix.starts_with('/') {
-        return Err("must not start with /");
-    }
-    if prefix.chars().any(char::is_control) || prefix.contains('\\') {
-        return Err("must not contain control characters or backslashes");
-    }
-    if prefix.split('/').any(|part| part == "." || part == "..") {
-        return Err("must not contain . or .. segments");
-    }
-    Ok(())
 }
 
 /// Lifecycle of an export job (SPEC §3.5).
@@ -566,78 +291,6 @@ pub struct ExportStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    fn request(change: Value) -> Value {
-        let mut body = json!({
-            "from": "2026-01-01T00:00:00Z", "to": "2026-02-01T00:00:00Z", "format": "csv",
-            "destination": {"type": "s3", "bucket": "acme-audit", "prefix": "scaivault/2026-01/",
-                            "credentials_path": "infra/aws/audit-export-writer"},
-        });
-        for (key, value) in change.as_object().into_iter().flatten() {
-            body[key] = value.clone();
-        }
-        body
-    }
-
-    fn problems(change: Value) -> Vec<String> {
-        match ExportSpec::from_request(&request(change), "tnt_acme") {
-            Ok(spec) => panic!("accepted: {spec:?}"),
-            Err(errors) => errors.0.into_keys().collect(),
-        }
-    }
-
-    #[test]
-    fn a_valid_request_becomes_a_spec_with_defaults_and_normalised_times() {
-        let spec = ExportSpec::from_request(
-            &request(json!({"filters": {"action": ["read", "write"], "success": true}})),
-            "tnt_acme",
-        )
-        .unwrap_or_else(|errors| panic!("{errors:?}"));
-        assert_eq!(spec.from, "2026-01-01T00:00:00.000000Z");
-        assert_eq!(spec.compression, Compression::None);
-        assert_eq!(spec.max_records_per_file, DEFAULT_MAX_RECORDS_PER_FILE);
-        assert_eq!(spec.filters["action"], "read,write");
-        assert_eq!(spec.filters["success"], "true");
-        assert_eq!(spec.part_key(12), "scaivault/2026-01/part-0012.csv");
-        let filters = spec
-            .log_filters()
-            .unwrap_or_else(|errors| panic!("{errors:?}"));
-        assert_eq!(filters.actions.len(), 2);
-        assert_eq!(filters.success, Some(true));
-        assert!(filters.from_us.is_some() && filters.to_us.is_some());
-    }
-
-    #[test]
-    fn every_problem_is_reported_by_field() {
-        assert_eq!(problems(json!({"from": "2026-03-01T00:00:00Z"})), ["to"]);
-        assert_eq!(
-            problems(json!({"format": "xml", "compression": "zip"})),
-            ["compression", "format"]
-        );
-        assert_eq!(
-            problems(json!({"filters": {"secret_path": "/bad/"}})),
-            ["filters.secret_path"]
-        );
-        assert_eq!(
-            problems(
-                json!({"destination": {"type": "gcs", "bucket": "b", "credentials_path": "a"}})
-            ),
-            ["destination.bucket"]
-        );
-        assert_eq!(
-            problems(
-                json!({"destination": {"type": "azure_blob", "bucket": "with.dot",
-                                            "credentials_path": "a/b"}})
-            ),
-            ["destination.bucket"]
-        );
-        assert_eq!(
-            problems(json!({"destination": {"type": "s3", "bucket": "acme-audit",
-                                            "credentials_path": "a/b", "secret_access_key": "x"}})),
-            ["destination.secret_access_key"]
-        );
-    }
 
     #[test]
     fn file_buckets_are_relative_s3_style_names() {
@@ -662,20 +315,6 @@ mod tests {
             "",
         ] {
             assert!(check_file_bucket(bucket).is_err(), "{bucket}");
-        }
-        assert_eq!(
-            problems(json!({"destination": {"type": "file", "bucket": "/data/exports/jobs"}})),
-            ["destination.bucket"]
-        );
-    }
-
-    #[test]
-    fn prefixes_cannot_escape_or_hide_control_characters() {
-        for prefix in ["../x/", "a/./b/", "/abs/", "tab\there/", "back\\slash/"] {
-            assert!(check_prefix(prefix).is_err(), "{prefix}");
-        }
-        for prefix in ["", "scaivault/2026-01/", "flat-", "a..b/"] {
-            assert!(check_prefix(prefix).is_ok(), "{prefix}");
         }
     }
 }

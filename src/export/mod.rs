@@ -2,6 +2,7 @@
 //! CSV part files plus a manifest.
 //!
 //! - [`job`]: the data model (spec, checkpoint, status) shared by REST, runner and operator;
+//! - [`request`]: what an export asks for (a REST body or an AuditExport spec), validated once;
 //! - [`engine`]: one job from snapshot to manifest, with retries and resume;
 //! - [`format`]: part-file encoders (JSONL/CSV, gzip, size and SHA-256);
 //! - [`sink`]: destinations (file, S3, GCS, Azure Blob) behind one trait;
@@ -15,5 +16,6 @@ pub mod format;
 pub mod job;
 pub mod policy;
 pub mod registry;
+pub mod request;
 pub mod runner;
 pub mod sink;

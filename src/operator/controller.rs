@@ -298,7 +298,7 @@ async fn report_invalid(
         .map(|(field, problem)| format!("{field}: {problem}"))
         .collect::<Vec<_>>()
         .join("; ");
-    let mut status = object.status.clone().unwrap_or_default();
+    let mut status = status_of(object, ctx);
     let failure = ExportFailure::new(VALIDATION_ERROR, format!("invalid spec: {message}"));
     status.completed_at = None;
     status::set_failed(&mut status, &failure, object.metadata.generation, ctx.now());
@@ -360,7 +360,7 @@ async fn report_not_allowed(
     refusal: ExportFailure,
 ) -> Result<Action, Error> {
     tracing::warn!(name = %object_key(object), tenant = %object.spec.tenant_id, code = %refusal.code, "AuditExport refused");
-    let mut status = object.status.clone().unwrap_or_default();
+    let mut status = status_of(object, ctx);
     status.completed_at = None;
     status.checkpoint = None;
     status::set_failed(&mut status, &refusal, object.metadata.generation, ctx.now());
@@ -455,7 +455,7 @@ async fn cancel(
         ctx.jobs.stop(&key, StopReason::Cancel);
         return Ok(Action::await_change());
     }
-    let mut status = object.status.clone().unwrap_or_default();
+    let mut status = status_of(object, ctx);
     if let (Some(spec), Some(export_id)) = (&spec, &status.export_id)
         && status.started_at.is_some()
     {
@@ -513,6 +513,18 @@ async fn cleanup(object: &AuditExport, ctx: &Ctx) -> Result<Action, Error> {
     }
     ctx.failures.lock().remove(&key);
     Ok(Action::await_change())
+}
+
+/// The status to update: the object's, or for a resource the REST API created and no
+/// controller accepted yet (the REST API writes no status), one carrying its signed export id.
+fn status_of(object: &AuditExport, ctx: &Ctx) -> AuditExportStatus {
+    object.status.clone().unwrap_or_else(|| AuditExportStatus {
+        export_id: match trust::origin(object, &ctx.signer) {
+            Origin::Service { export_id, .. } => Some(export_id),
+            Origin::Namespace => None,
+        },
+        ..AuditExportStatus::default()
+    })
 }
 
 /// Server-side apply of the whole status (this controller owns every status field).

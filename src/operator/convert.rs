@@ -1,67 +1,56 @@
 //! Conversions between the resource (camelCase, Kubernetes shapes) and the export engine's
 //! model (`export::job`). Pure: no I/O.
 
-use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
 
 use super::crd::{
     AuditExportSpec, AuditExportStatus, DestinationKind, ExportCheckpoint, ExportCompression,
     ExportDestination, ExportError, ExportFile, ExportFileFormat, ExportFilters, ExportJobPhase,
 };
-use crate::event::{FieldErrors, check_tenant_id};
+use crate::event::FieldErrors;
 use crate::export::format::{Compression, ExportFormat};
 use crate::export::job::{
     Checkpoint, DestinationType, ExportFailure, ExportPhase, ExportSpec, ExportStatus, FileEntry,
 };
+use crate::export::request::{DestinationRequest, ExportRequest};
 use crate::store::search::SortKey;
 
-/// Validates the resource's spec exactly as `POST /v1/audit/export` validates its body.
-/// Field names in the errors are the POST body's (`destination.credentials_path`).
+/// Validates the resource's spec exactly as `POST /v1/audit/export` validates its body (one
+/// validator: [`ExportRequest::validate`]). Field names in the errors are the POST body's
+/// (`destination.credentials_path`); the tenant is `tenantId`.
 pub fn export_spec(spec: &AuditExportSpec) -> Result<ExportSpec, FieldErrors> {
-    if let Err(problem) = check_tenant_id(&spec.tenant_id) {
-        let mut errors = FieldErrors::default();
-        errors.add("tenantId", problem);
-        return Err(errors);
-    }
-    ExportSpec::from_request(&request_body(spec), &spec.tenant_id)
+    ExportRequest::from(spec).validate()
 }
 
-/// The spec as a `POST /v1/audit/export` body (snake_case, without the tenant).
-pub fn request_body(spec: &AuditExportSpec) -> Value {
-    let mut body = Map::new();
-    body.insert("from".into(), json!(spec.from));
-    body.insert("to".into(), json!(spec.to));
-    body.insert("format".into(), json!(format_name(spec.format)));
-    if let Some(compression) = spec.compression {
-        let name = match compression {
-            ExportCompression::None => "none",
-            ExportCompression::Gzip => "gzip",
-        };
-        body.insert("compression".into(), json!(name));
+/// The resource's spec as an export request (typed already: no shape problems).
+impl From<&AuditExportSpec> for ExportRequest {
+    fn from(spec: &AuditExportSpec) -> Self {
+        let destination = &spec.destination;
+        ExportRequest {
+            tenant_id: spec.tenant_id.clone(),
+            from: Some(spec.from.clone()),
+            to: Some(spec.to.clone()),
+            format: Some(export_format(spec.format)),
+            compression: spec.compression.map(|compression| match compression {
+                ExportCompression::None => Compression::None,
+                ExportCompression::Gzip => Compression::Gzip,
+            }),
+            filters: spec.filters.as_ref().map(filter_params).unwrap_or_default(),
+            destination: Some(DestinationRequest {
+                kind: Some(destination_type(destination.kind)),
+                bucket: destination.bucket.clone(),
+                prefix: destination.prefix.clone().unwrap_or_default(),
+                credentials_path: destination.credentials_path.clone(),
+                problems: FieldErrors::default(),
+            }),
+            max_records_per_file: spec.max_records_per_file,
+            problems: FieldErrors::default(),
+        }
     }
-    if let Some(filters) = &spec.filters {
-        body.insert("filters".into(), Value::Object(filter_body(filters)));
-    }
-    let destination = &spec.destination;
-    let mut dest = Map::new();
-    dest.insert(
-        "type".into(),
-        json!(destination_type(destination.kind).as_str()),
-    );
-    dest.insert("bucket".into(), json!(destination.bucket));
-    if let Some(prefix) = &destination.prefix {
-        dest.insert("prefix".into(), json!(prefix));
-    }
-    if let Some(path) = &destination.credentials_path {
-        dest.insert("credentials_path".into(), json!(path));
-    }
-    body.insert("destination".into(), Value::Object(dest));
-    if let Some(max) = spec.max_records_per_file {
-        body.insert("max_records_per_file".into(), json!(max));
-    }
-    Value::Object(body)
 }
 
-fn filter_body(filters: &ExportFilters) -> Map<String, Value> {
+/// The filters by their query names, as the query text of `GET /v1/audit/logs`.
+fn filter_params(filters: &ExportFilters) -> BTreeMap<String, String> {
     let pairs = [
         ("action", &filters.action),
         ("identity_id", &filters.identity_id),
@@ -72,14 +61,14 @@ fn filter_body(filters: &ExportFilters) -> Map<String, Value> {
         ("request_id", &filters.request_id),
         ("q", &filters.q),
     ];
-    let mut body: Map<String, Value> = pairs
+    let mut params: BTreeMap<String, String> = pairs
         .into_iter()
-        .filter_map(|(name, value)| value.as_ref().map(|v| (name.to_string(), json!(v))))
+        .filter_map(|(name, value)| value.clone().map(|value| (name.to_string(), value)))
         .collect();
     if let Some(success) = filters.success {
-        body.insert("success".into(), json!(success));
+        params.insert("success".into(), success.to_string());
     }
-    body
+    params
 }
 
 /// The resource spec of a validated export (what `KubeRegistry::create` applies).
@@ -124,10 +113,10 @@ pub fn resource_spec(spec: &ExportSpec) -> AuditExportSpec {
     }
 }
 
-fn format_name(format: ExportFileFormat) -> &'static str {
+fn export_format(format: ExportFileFormat) -> ExportFormat {
     match format {
-        ExportFileFormat::Jsonl => "jsonl",
-        ExportFileFormat::Csv => "csv",
+        ExportFileFormat::Jsonl => ExportFormat::Jsonl,
+        ExportFileFormat::Csv => ExportFormat::Csv,
     }
 }
 
@@ -218,5 +207,215 @@ pub fn export_status(status: Option<&AuditExportStatus>, created_at: String) -> 
             message: error.message.clone(),
         }),
         checkpoint: checkpoint(status),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::export::request::TENANT_FIELD;
+
+    type Change = (&'static str, fn(&mut Value), fn(&mut AuditExportSpec));
+
+    /// The same export as a `POST /v1/audit/export` body and as a resource spec.
+    fn both() -> (Value, AuditExportSpec) {
+        let body = json!({
+            "from": "2026-01-01T00:00:00Z", "to": "2026-02-01T00:00:00Z", "format": "jsonl",
+            "destination": {"type": "s3", "bucket": "acme-audit", "prefix": "scaivault/",
+                            "credentials_path": "tenants/tnt_acme/aws/writer"},
+        });
+        let spec = AuditExportSpec {
+            tenant_id: "tnt_acme".into(),
+            from: "2026-01-01T00:00:00Z".into(),
+            to: "2026-02-01T00:00:00Z".into(),
+            format: ExportFileFormat::Jsonl,
+            compression: None,
+            filters: None,
+            destination: ExportDestination {
+                kind: DestinationKind::S3,
+                bucket: "acme-audit".into(),
+                prefix: Some("scaivault/".into()),
+                credentials_path: Some("tenants/tnt_acme/aws/writer".into()),
+            },
+            max_records_per_file: None,
+        };
+        (body, spec)
+    }
+
+    fn filters(spec: &mut AuditExportSpec) -> &mut ExportFilters {
+        spec.filters.get_or_insert_with(ExportFilters::default)
+    }
+
+    const CASES: &[Change] = &[
+        ("as given", |_| {}, |_| {}),
+        (
+            "every option",
+            |body| {
+                body["compression"] = json!("gzip");
+                body["max_records_per_file"] = json!(10);
+                body["format"] = json!("csv");
+                body["filters"] = json!({"action": "read,write", "success": false,
+                                          "identity_type": "user", "source_ip": "10.0.0.0/8",
+                                          "path_prefix": "environments/", "q": "deploy"});
+            },
+            |spec| {
+                spec.compression = Some(ExportCompression::Gzip);
+                spec.max_records_per_file = Some(10);
+                spec.format = ExportFileFormat::Csv;
+                let filters = filters(spec);
+                filters.action = Some("read,write".into());
+                filters.success = Some(false);
+                filters.identity_type = Some("user".into());
+                filters.source_ip = Some("10.0.0.0/8".into());
+                filters.path_prefix = Some("environments/".into());
+                filters.q = Some("deploy".into());
+            },
+        ),
+        (
+            "file destination",
+            |body| body["destination"] = json!({"type": "file", "bucket": "audit/2026"}),
+            |spec| {
+                spec.destination = ExportDestination {
+                    kind: DestinationKind::File,
+                    bucket: "audit/2026".into(),
+                    prefix: None,
+                    credentials_path: None,
+                };
+            },
+        ),
+        (
+            "to before from",
+            |body| body["to"] = json!("2025-01-01T00:00:00Z"),
+            |spec| spec.to = "2025-01-01T00:00:00Z".into(),
+        ),
+        (
+            "not a timestamp",
+            |body| body["from"] = json!("yesterday"),
+            |spec| spec.from = "yesterday".into(),
+        ),
+        (
+            "no records per file",
+            |body| body["max_records_per_file"] = json!(0),
+            |spec| spec.max_records_per_file = Some(0),
+        ),
+        (
+            "too many records per file",
+            |body| body["max_records_per_file"] = json!(100_000_001),
+            |spec| spec.max_records_per_file = Some(100_000_001),
+        ),
+        (
+            "bad bucket",
+            |body| body["destination"]["bucket"] = json!("B"),
+            |spec| spec.destination.bucket = "B".into(),
+        ),
+        (
+            "empty bucket",
+            |body| body["destination"]["bucket"] = json!(""),
+            |spec| spec.destination.bucket = String::new(),
+        ),
+        (
+            "azure container with a dot",
+            |body| {
+                body["destination"]["type"] = json!("azure_blob");
+                body["destination"]["bucket"] = json!("acme.audit");
+            },
+            |spec| {
+                spec.destination.kind = DestinationKind::AzureBlob;
+                spec.destination.bucket = "acme.audit".into();
+            },
+        ),
+        (
+            "absolute file bucket",
+            |body| body["destination"] = json!({"type": "file", "bucket": "/data/exports"}),
+            |spec| {
+                spec.destination.kind = DestinationKind::File;
+                spec.destination.bucket = "/data/exports".into();
+                spec.destination.credentials_path = None;
+            },
+        ),
+        (
+            "no credentials path",
+            |body| {
+                body["destination"]
+                    .as_object_mut()
+                    .map(|d| d.remove("credentials_path"));
+            },
+            |spec| spec.destination.credentials_path = None,
+        ),
+        (
+            "bad credentials path",
+            |body| body["destination"]["credentials_path"] = json!("/bad/"),
+            |spec| spec.destination.credentials_path = Some("/bad/".into()),
+        ),
+        (
+            "escaping prefix",
+            |body| body["destination"]["prefix"] = json!("../up/"),
+            |spec| spec.destination.prefix = Some("../up/".into()),
+        ),
+        (
+            "unknown identity type",
+            |body| body["filters"] = json!({"identity_type": "robot"}),
+            |spec| filters(spec).identity_type = Some("robot".into()),
+        ),
+        (
+            "bad secret path filter",
+            |body| body["filters"] = json!({"secret_path": "/bad/"}),
+            |spec| filters(spec).secret_path = Some("/bad/".into()),
+        ),
+        (
+            "bad filter and bad time",
+            |body| {
+                body["filters"] = json!({"source_ip": "nowhere"});
+                body["to"] = json!("2025-01-01T00:00:00Z");
+            },
+            |spec| {
+                filters(spec).source_ip = Some("nowhere".into());
+                spec.to = "2025-01-01T00:00:00Z".into();
+            },
+        ),
+    ];
+
+    /// REST and the resource give the same spec, or the same errors (fields and messages), for
+    /// the same request.
+    #[test]
+    fn a_rest_body_and_a_resource_spec_validate_alike() {
+        for (name, change_body, change_spec) in CASES {
+            let (mut body, mut spec) = both();
+            change_body(&mut body);
+            change_spec(&mut spec);
+            let from_rest =
+                ExportRequest::from_body(&body, &spec.tenant_id).and_then(ExportRequest::validate);
+            let from_resource = export_spec(&spec);
+            assert_eq!(from_rest, from_resource, "{name}");
+            let valid = matches!(*name, "as given" | "every option" | "file destination");
+            assert_eq!(from_resource.is_ok(), valid, "{name}: {from_resource:?}");
+        }
+    }
+
+    #[test]
+    fn an_invalid_tenant_is_the_only_error_either_way() {
+        let (mut body, mut spec) = both();
+        body["format"] = json!("xml");
+        spec.tenant_id = "tnt acme".into();
+        let from_rest =
+            ExportRequest::from_body(&body, "tnt acme").and_then(ExportRequest::validate);
+        let errors = export_spec(&spec).err().map(|errors| errors.0);
+        assert_eq!(from_rest.err().map(|errors| errors.0), errors);
+        let fields: Option<Vec<String>> = errors.map(|errors| errors.into_keys().collect());
+        assert_eq!(fields, Some(vec![TENANT_FIELD.to_string()]));
+    }
+
+    #[test]
+    fn a_validated_spec_round_trips_through_the_resource() {
+        for (name, change_body, _) in CASES.iter().take(3) {
+            let (mut body, _) = both();
+            change_body(&mut body);
+            let spec = ExportRequest::from_body(&body, "tnt_acme")
+                .and_then(ExportRequest::validate)
+                .unwrap_or_else(|errors| panic!("{name}: {errors:?}"));
+            assert_eq!(export_spec(&resource_spec(&spec)), Ok(spec), "{name}");
+        }
     }
 }

@@ -653,3 +653,28 @@ async fn run_to_completion(server: &mut ApiServer, object: &AuditExport, ctx: &C
     server.expect_event("Normal", "Completed").await;
     ctx.jobs.wait_idle().await;
 }
+
+/// The REST API writes no status: a REST export cancelled before the controller accepted it
+/// still reports its (signed) export id.
+#[tokio::test]
+async fn cancelling_a_rest_export_before_it_was_accepted_keeps_its_id() {
+    let exporter = FakeExporter::new(Script::Complete { parts: 1 });
+    let (ctx, mut server) = test_context(exporter.clone());
+    let export_id = "exp_01rest000000000000000000000";
+    let object = AuditExport::test()
+        .finalized()
+        .rest_created(export_id, "user:alice")
+        .cancel_requested();
+    let reconciled = tokio::spawn(reconcile(Arc::new(object.clone()), ctx.clone()));
+    tokio::time::timeout(TIMEOUT, async {
+        let cancelled = server.expect_status_apply(&object).await;
+        assert_eq!(cancelled["phase"], "Cancelled");
+        assert_eq!(cancelled["exportId"], export_id);
+        server.expect_event("Normal", "Cancelled").await;
+        server.expect_silence().await;
+    })
+    .await
+    .unwrap();
+    reconciled.await.unwrap().unwrap();
+    assert!(exporter.calls().is_empty(), "nothing estimated or aborted");
+}

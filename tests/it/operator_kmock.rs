@@ -385,11 +385,15 @@ async fn a_kubectl_export_is_listed_for_its_tenant_only_and_delete_releases_the_
         ("True", "Completed")
     );
 
-    let listed = list_exports(&server, TENANT).await;
-    let entry = listed
-        .iter()
-        .find(|entry| entry["export_id"] == json!(export_id))
-        .unwrap_or_else(|| panic!("{export_id} not listed for {TENANT}: {listed:?}"));
+    // REST reads come from the replica's watch cache: it shows Completed a moment later.
+    let entry = poll("the REST listing to show it completed", async || {
+        list_exports(&server, TENANT)
+            .await
+            .into_iter()
+            .find(|entry| entry["export_id"] == json!(export_id) && entry["status"] == "completed")
+    })
+    .await;
+    let entry = &entry;
     assert_same_status(entry, &done);
     assert_eq!(
         entry["requested_by"],
@@ -520,11 +524,12 @@ async fn rest_delete_annotates_a_pending_export_and_the_leader_cancels_it() {
     let export_id = start_export(&client, base, admin, &body).await;
     let api: Api<AuditExport> = Api::namespaced(client_k8s, &ns);
     let name = export_id.replace('_', "-");
-    let pending = api.get(&name).await.unwrap();
-    assert_eq!(
-        pending.status.as_ref().unwrap().phase,
-        Some(ExportJobPhase::Pending)
-    );
+    // Only the leader's controller writes status; the REST API shows the created resource.
+    let created = api.get(&name).await.unwrap();
+    assert_eq!(created.status, None);
+    let (code, _, pending) = get_export(&client, base, admin, &export_id).await;
+    assert_eq!(code, StatusCode::OK, "{pending}");
+    assert_eq!(pending["status"], "pending", "{pending}");
 
     let deleted = send(
         client
@@ -889,8 +894,12 @@ async fn a_resource_naming_a_tenant_its_namespace_does_not_allow_fails_and_write
     assert_eq!(status.record_count, Some(5));
     let export_id = status.export_id.unwrap();
     assert_ne!(export_id, forged);
-    let (code, _, rest) = get_export(&client, base, admin, &export_id).await;
-    assert_eq!(code, StatusCode::OK, "{rest}");
+    // REST reads come from the replica's watch cache: it has the export a moment later.
+    let rest = poll("the export in the REST API", async || {
+        let (code, _, rest) = get_export(&client, base, admin, &export_id).await;
+        (code == StatusCode::OK).then_some(rest)
+    })
+    .await;
     let actor = format!("kubernetes:{team}/allowed");
     assert_eq!(rest["requested_by"], json!(actor));
     let created = poll("the export_created event", async || {
