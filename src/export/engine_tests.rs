@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use super::*;
 use crate::event::{Action, AuditEvent, IdentityType};
 use crate::export::policy::DEFAULT_CREDENTIALS_PATH_PREFIX;
+use crate::export::request::ExportRequest;
 use crate::export::sink::memory::MemorySink;
 use crate::export::sink::{SinkError, SinkErrorKind};
 use crate::store::{PreparedEvent, StoreConfig, StoreMetrics};
@@ -168,7 +169,9 @@ fn spec() -> ExportSpec {
                         "credentials_path": "tenants/tnt_acme/s3"},
         "max_records_per_file": 10,
     });
-    ExportSpec::from_request(&body, TENANT).unwrap()
+    ExportRequest::from_body(&body, TENANT)
+        .and_then(ExportRequest::validate)
+        .unwrap()
 }
 
 /// Records every checkpoint; can fail or cancel at checkpoint number `n` (1-based).
