@@ -432,3 +432,228 @@ pub async fn wait_for_store(store: &Store, who: &str) -> bool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::export::job::ExportSpec;
+
+    const TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// Records every call, as `key:what`.
+    #[derive(Default)]
+    struct Log(Mutex<Vec<String>>);
+
+    impl Log {
+        fn push(&self, entry: String) {
+            self.0.lock().push(entry);
+        }
+
+        fn entries(&self) -> Vec<String> {
+            self.0.lock().clone()
+        }
+    }
+
+    #[async_trait]
+    impl JobStore for Log {
+        async fn running(
+            &self,
+            job: &Job,
+            checkpoint: &Checkpoint,
+            resumed: bool,
+        ) -> Result<(), ExportFailure> {
+            let resumed = if resumed { " resumed" } else { "" };
+            self.push(format!(
+                "{}:running at {}{resumed}",
+                job.key, checkpoint.snapshot_seq
+            ));
+            Ok(())
+        }
+
+        async fn progress(&self, job: &Job, checkpoint: &Checkpoint) -> Result<(), ExportFailure> {
+            self.push(format!("{}:progress {}", job.key, checkpoint.snapshot_seq));
+            Ok(())
+        }
+
+        async fn finished(&self, job: &Job, outcome: Outcome) {
+            let outcome = match outcome {
+                Outcome::Completed(_) => "completed".to_string(),
+                Outcome::Failed(failure) => format!("failed {}", failure.code),
+                Outcome::Cancelled => "cancelled".to_string(),
+            };
+            self.push(format!("{}:{outcome}", job.key));
+        }
+
+        async fn stopped(&self, job: &Job, why: StopReason) {
+            self.push(format!("{}:stopped {why:?}", job.key));
+        }
+
+        fn resumable(&self) -> Vec<Job> {
+            vec![job("r", Some(Checkpoint::start(7)))]
+        }
+    }
+
+    /// Reports one checkpoint, then waits for cancellation, or fails when the export id says
+    /// so; counts the jobs inside `run` at once.
+    #[derive(Default)]
+    struct Engine {
+        log: Arc<Log>,
+        inside: Mutex<(usize, usize)>,
+    }
+
+    #[async_trait]
+    impl JobEngine for Engine {
+        async fn start_checkpoint(&self) -> Result<Checkpoint, ExportFailure> {
+            Ok(Checkpoint::start(1))
+        }
+
+        async fn run(
+            &self,
+            export_id: &str,
+            _spec: &ExportSpec,
+            checkpoint: Checkpoint,
+            progress: &dyn ProgressReporter,
+            cancel: &CancellationToken,
+        ) -> Result<ExportOutcome, ExportFailure> {
+            {
+                let mut inside = self.inside.lock();
+                inside.0 += 1;
+                inside.1 = inside.1.max(inside.0);
+            }
+            progress.checkpoint(&checkpoint).await?;
+            let result = if export_id == "fail" {
+                Err(ExportFailure::new("destination_error", "gone"))
+            } else {
+                cancel.cancelled().await;
+                Err(super::super::engine::cancelled())
+            };
+            self.inside.lock().0 -= 1;
+            result
+        }
+
+        async fn abort(&self, export_id: &str, _spec: &ExportSpec) -> Result<(), ExportFailure> {
+            self.log.push(format!("{export_id}:abort"));
+            Ok(())
+        }
+    }
+
+    fn job(key: &str, checkpoint: Option<Checkpoint>) -> Job {
+        let spec = ExportSpec::from_request(
+            &serde_json::json!({"from": "2026-01-01T00:00:00Z", "to": "2026-02-01T00:00:00Z",
+                "format": "jsonl", "destination": {"type": "file", "bucket": "out"}}),
+            "tnt_acme",
+        )
+        .unwrap();
+        Job {
+            key: key.to_string(),
+            export_id: key.to_string(),
+            spec,
+            checkpoint,
+        }
+    }
+
+    fn supervisor(
+        max_concurrent: usize,
+        abort_failed: bool,
+    ) -> (Supervisor, Arc<Log>, Arc<Engine>) {
+        let log = Arc::new(Log::default());
+        let engine = Arc::new(Engine {
+            log: log.clone(),
+            ..Engine::default()
+        });
+        let supervisor = Supervisor::new(
+            engine.clone(),
+            log.clone(),
+            SupervisorSettings {
+                max_concurrent,
+                abort_failed,
+                running: None,
+            },
+        );
+        (supervisor, log, engine)
+    }
+
+    /// Waits until `log` holds `entry`.
+    async fn logged(log: &Log, entry: &str) {
+        tokio::time::timeout(TIMEOUT, async {
+            while !log.entries().iter().any(|e| e == entry) {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{entry} never logged: {:?}", log.entries()));
+    }
+
+    #[tokio::test]
+    async fn jobs_wait_for_a_slot_and_stop_with_their_reason() {
+        let (supervisor, log, engine) = supervisor(1, false);
+        assert!(supervisor.spawn(job("a", None)));
+        assert!(!supervisor.spawn(job("a", None)), "already running");
+        logged(&log, "a:progress 1").await;
+        supervisor.spawn(job("b", None));
+        supervisor.spawn(job("c", Some(Checkpoint::start(5))));
+        // b waits for the slot: cancelled there, it never ran and has nothing to abort.
+        assert!(
+            supervisor
+                .stop_and_wait("b", StopReason::Cancel, TIMEOUT)
+                .await
+        );
+        // a is cancelled while running: its uploads go, then Cancelled.
+        assert!(
+            supervisor
+                .stop_and_wait("a", StopReason::Cancel, TIMEOUT)
+                .await
+        );
+        // c resumes from its checkpoint in the freed slot; shutdown records nothing.
+        logged(&log, "c:progress 5").await;
+        supervisor.shutdown().await;
+        assert_eq!(
+            log.entries(),
+            [
+                "a:running at 1",
+                "a:progress 1",
+                "b:cancelled",
+                "a:abort",
+                "a:cancelled",
+                "c:running at 5 resumed",
+                "c:progress 5",
+                "c:stopped Shutdown",
+            ]
+        );
+        assert_eq!(engine.inside.lock().1, 1, "never more than one at once");
+        assert!(!supervisor.is_running("c"));
+    }
+
+    #[tokio::test]
+    async fn a_failed_job_is_recorded_and_its_uploads_removed_when_asked() {
+        for abort_failed in [false, true] {
+            let (supervisor, log, _) = supervisor(2, abort_failed);
+            supervisor.spawn(job("fail", None));
+            tokio::time::timeout(TIMEOUT, supervisor.wait_idle())
+                .await
+                .unwrap();
+            let mut expected = vec!["fail:running at 1", "fail:progress 1"];
+            if abort_failed {
+                expected.push("fail:abort");
+            }
+            expected.push("fail:failed destination_error");
+            assert_eq!(log.entries(), expected);
+        }
+    }
+
+    #[tokio::test]
+    async fn resume_starts_what_the_store_lists() {
+        let (supervisor, log, _) = supervisor(2, false);
+        supervisor.resume();
+        logged(&log, "r:progress 7").await;
+        assert!(supervisor.is_running("r"));
+        supervisor
+            .stop_and_wait("r", StopReason::Delete, TIMEOUT)
+            .await;
+        assert_eq!(
+            log.entries(),
+            ["r:running at 7 resumed", "r:progress 7", "r:stopped Delete"]
+        );
+    }
+}
