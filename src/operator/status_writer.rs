@@ -4,7 +4,7 @@
 //! the operator's field manager, in the order they were sent, each followed by its Kubernetes
 //! Event, so a resource's history reads the same in its status and its events.
 //!
-//! The controller waits for its write and gets the error (its reconcile is retried with
+//! Both wait for their write. The controller gets the error (its reconcile is retried with
 //! backoff); a job's write is retried here (1, 2, 4, 8 s apart) and then given up (logged): the
 //! job goes on and its next write catches up. A resource that is gone (404) is not retried.
 
@@ -81,8 +81,10 @@ struct Write {
     target: Target,
     status: Option<AuditExportStatus>,
     note: Option<Note>,
-    /// `Some`: the controller waits for the outcome (tried once); `None`: a job's (retried).
-    reply: Option<oneshot::Sender<Result<(), kube::Error>>>,
+    /// A job's write (retried, its Event published even when it failed); else the
+    /// controller's (tried once).
+    retried: bool,
+    reply: oneshot::Sender<Result<(), kube::Error>>,
 }
 
 /// The sending side of the status writer; cheap to clone.
@@ -108,25 +110,21 @@ impl StatusWriter {
         status: AuditExportStatus,
         note: Option<Note>,
     ) -> Result<(), kube::Error> {
-        self.send_and_wait(target, Some(status), note).await
+        self.send_and_wait(target, Some(status), note, false).await
     }
 
     /// Publishes `note` after every write sent before it.
     pub async fn publish(&self, target: Target, note: Note) {
         // Without a status there is nothing that can fail.
-        let _ = self.send_and_wait(target, None, Some(note)).await;
+        let _ = self.send_and_wait(target, None, Some(note), false).await;
     }
 
-    /// Queues a job's `status` (retried) and then `note`; does not wait for the write.
+    /// Writes a job's `status` (retried) and then publishes `note`; waits until both are done,
+    /// so a job ends only once its last status is written (a reconcile after it sees it).
+    /// A write that failed for good is logged by the writer.
     pub async fn submit(&self, target: Target, status: AuditExportStatus, note: Option<Note>) {
-        let write = Write {
-            target,
-            status: Some(status),
-            note,
-            reply: None,
-        };
-        if self.sender.send(write).await.is_err() {
-            tracing::debug!("the status writer has stopped; a job's status was dropped");
+        if let Err(error) = self.send_and_wait(target, Some(status), note, true).await {
+            tracing::debug!(%error, "a job's status was not written");
         }
     }
 
@@ -141,13 +139,15 @@ impl StatusWriter {
         target: Target,
         status: Option<AuditExportStatus>,
         note: Option<Note>,
+        retried: bool,
     ) -> Result<(), kube::Error> {
         let (reply, answer) = oneshot::channel();
         let write = Write {
             target,
             status,
             note,
-            reply: Some(reply),
+            retried,
+            reply,
         };
         let stopped = || kube::Error::Service("the status writer has stopped".into());
         self.sender.send(write).await.map_err(|_| stopped())?;
@@ -164,7 +164,7 @@ async fn run(mut receiver: mpsc::Receiver<Write>, recorder: Recorder, stop: Canc
             },
             () = stop.cancelled() => return,
         };
-        let retried = write.reply.is_none();
+        let retried = write.retried;
         let result = match &write.status {
             None => Ok(()),
             Some(status) if retried => patch_retried(&write.target, status, &stop).await,
@@ -176,9 +176,7 @@ async fn run(mut receiver: mpsc::Receiver<Write>, recorder: Recorder, stop: Canc
         {
             publish(&recorder, &write.target.reference, note).await;
         }
-        if let Some(reply) = write.reply {
-            let _ = reply.send(result);
-        }
+        let _ = write.reply.send(result);
     }
 }
 
