@@ -181,14 +181,9 @@ fn resume_exports_when_ready(store: &Store, runner: &LocalRunner) {
     let store = store.clone();
     let runner = runner.clone();
     tokio::spawn(async move {
-        while store
-            .wait_ready(std::time::Duration::from_secs(60))
-            .await
-            .is_err()
-        {
-            tracing::info!("exports wait for the store to finish replaying");
+        if scaivault_audit::export::supervisor::wait_for_store(&store, "exports").await {
+            runner.resume();
         }
-        runner.resume();
     });
 }
 

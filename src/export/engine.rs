@@ -7,14 +7,16 @@
 //! A part is encoded on a blocking thread into a spool file, then uploaded; the checkpoint
 //! records the sort position of its last event, so a restarted job continues with the next part
 //! and neither repeats nor skips a record. Transient failures (destination or ScaiVault away) are
-//! retried with capped exponential backoff; permanent ones fail the job with an actionable code.
+//! retried with capped exponential backoff (backon); permanent ones fail the job with an actionable code.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use serde_json::json;
 use tantivy::collector::Count;
 use tokio_util::sync::CancellationToken;
@@ -43,6 +45,22 @@ pub struct RetryPolicy {
     pub max_delay: Duration,
     /// Give up (and fail the job) once retrying has taken this long.
     pub max_elapsed: Duration,
+}
+
+impl RetryPolicy {
+    /// The delays before each retry of a step that started failing at `started`: doubling from
+    /// `initial_delay` up to `max_delay`, each jittered down to between half and all of itself,
+    /// until the next one would end past `max_elapsed`. (backon's jitter adds up to 100%, so it
+    /// is given half delays: `d/2 * (1 + r)` is `d * (0.5 + r/2)`.)
+    fn delays(self, started: Instant) -> impl Iterator<Item = Duration> + Send + Sync + Unpin {
+        ExponentialBuilder::new()
+            .with_min_delay(self.initial_delay / 2)
+            .with_max_delay(self.max_delay / 2)
+            .with_jitter()
+            .without_max_times()
+            .build()
+            .take_while(move |delay| started.elapsed() + *delay <= self.max_elapsed)
+    }
 }
 
 impl Default for RetryPolicy {
@@ -75,9 +93,10 @@ pub struct ExportOutcome {
     pub completed_at: String,
 }
 
-/// Receives the checkpoint after every uploaded part; an error stops the job.
+/// Told the checkpoint after every uploaded part (the job supervisor records it); an error
+/// stops the job.
 #[async_trait]
-pub trait ProgressSink: Send + Sync {
+pub trait ProgressReporter: Send + Sync {
     async fn checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), ExportFailure>;
 }
 
@@ -116,6 +135,16 @@ impl StepError {
         match self {
             StepError::Transient(failure) | StepError::Permanent(failure) => failure,
         }
+    }
+
+    fn failure(&self) -> &ExportFailure {
+        match self {
+            StepError::Transient(failure) | StepError::Permanent(failure) => failure,
+        }
+    }
+
+    fn is_transient(&self) -> bool {
+        matches!(self, StepError::Transient(_))
     }
 }
 
@@ -196,7 +225,7 @@ impl ExportEngine {
         export_id: &str,
         spec: &ExportSpec,
         mut checkpoint: Checkpoint,
-        progress: &dyn ProgressSink,
+        progress: &dyn ProgressReporter,
         cancel: &CancellationToken,
     ) -> Result<ExportOutcome, ExportFailure> {
         // Before anything is fetched or opened: also stops jobs accepted under older rules.
@@ -535,8 +564,8 @@ impl ExportEngine {
         Ok(outcome)
     }
 
-    /// Runs `step` until it succeeds, fails permanently, is cancelled, or retrying has taken
-    /// longer than the policy allows.
+    /// Runs `step` until it succeeds, fails permanently, is cancelled (which also interrupts
+    /// a backoff sleep), or retrying would take longer than the policy allows.
     async fn retry<T, F, Fut>(
         &self,
         cancel: &CancellationToken,
@@ -546,43 +575,39 @@ impl ExportEngine {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, StepError>>,
     {
-        let policy = self.config.retry;
         let started = Instant::now();
-        let mut delay = policy.initial_delay;
-        let mut attempts = 0u32;
-        loop {
-            attempts += 1;
-            let outcome = tokio::select! {
-                outcome = step() => outcome,
-                () = cancel.cancelled() => return Err(cancelled()),
-            };
-            let failure = match outcome {
-                Ok(value) => return Ok(value),
-                Err(StepError::Permanent(failure)) => return Err(failure),
-                Err(StepError::Transient(failure)) => failure,
-            };
-            if started.elapsed() + delay > policy.max_elapsed {
-                return Err(ExportFailure::new(
-                    &failure.code,
-                    format!(
-                        "{} (gave up after {attempts} attempts over {} s)",
-                        failure.message,
-                        started.elapsed().as_secs()
-                    ),
-                ));
-            }
+        let attempts = AtomicU32::new(0);
+        let retried = (|| {
+            attempts.fetch_add(1, Ordering::Relaxed);
+            step()
+        })
+        .retry(self.config.retry.delays(started))
+        .when(StepError::is_transient)
+        .notify(|error, _| {
+            let failure = error.failure();
             tracing::warn!(
                 code = failure.code,
                 message = failure.message,
-                attempts,
+                attempts = attempts.load(Ordering::Relaxed),
                 "export step failed; retrying"
             );
-            let jittered = delay.mul_f64(0.5 + fastrand::f64() / 2.0);
-            tokio::select! {
-                () = tokio::time::sleep(jittered) => {}
-                () = cancel.cancelled() => return Err(cancelled()),
-            }
-            delay = (delay * 2).min(policy.max_delay);
+        });
+        let outcome = tokio::select! {
+            outcome = retried => outcome,
+            () = cancel.cancelled() => return Err(cancelled()),
+        };
+        match outcome {
+            Ok(value) => Ok(value),
+            Err(StepError::Permanent(failure)) => Err(failure),
+            Err(StepError::Transient(failure)) => Err(ExportFailure::new(
+                &failure.code,
+                format!(
+                    "{} (gave up after {} attempts over {} s)",
+                    failure.message,
+                    attempts.load(Ordering::Relaxed),
+                    started.elapsed().as_secs()
+                ),
+            )),
         }
     }
 }

@@ -183,7 +183,7 @@ struct Recorder {
 }
 
 #[async_trait]
-impl ProgressSink for Recorder {
+impl ProgressReporter for Recorder {
     async fn checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), ExportFailure> {
         let mut checkpoints = self.checkpoints.lock();
         checkpoints.push(checkpoint.clone());

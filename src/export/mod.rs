@@ -8,7 +8,10 @@
 //! - [`sink`]: destinations (file, S3, GCS, Azure Blob) behind one trait;
 //! - [`credentials`]: destination credentials from ScaiVault (or a development directory);
 //! - [`policy`]: tenant confinement (the `file` root, allowed credentials paths);
-//! - [`registry`] and [`runner`]: where exports are recorded, and the standalone job runner.
+//! - [`supervisor`]: the job supervisor of both modes (slots, stop reasons, phases, resume)
+//!   and the [`supervisor::JobStore`] it records jobs in;
+//! - [`registry`] and [`runner`]: where exports are recorded, and the standalone job runner
+//!   (the supervisor over the job files).
 
 pub mod credentials;
 pub mod engine;
@@ -19,3 +22,4 @@ pub mod registry;
 pub mod request;
 pub mod runner;
 pub mod sink;
+pub mod supervisor;

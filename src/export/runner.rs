@@ -1,28 +1,26 @@
-//! The standalone job runner: exports run in-process, at most `max_concurrent` at a time, and
-//! every job (spec, status, checkpoint) is a JSON file in the data directory, rewritten
-//! atomically on each change. After a restart, pending and running jobs continue from their
-//! checkpoint.
+//! The standalone job runner: exports run in-process under the [`Supervisor`], and every job
+//! (spec, status, checkpoint) is a JSON file in the data directory ([`JobFiles`], the
+//! supervisor's [`JobStore`]), rewritten atomically on each change. After a restart, pending
+//! and running jobs continue from their checkpoint.
 //!
 //! Only `exp_*.json` files are jobs; anything else in the directory is ignored, and a job file
 //! that cannot be read is renamed `*.corrupt` (logged and counted) so that no file there can
 //! stop the service from starting.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
-use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use super::engine::{ExportEngine, ProgressSink};
+use super::engine::ExportEngine;
 use super::job::{Checkpoint, ExportFailure, ExportPhase};
 use super::registry::{ExportList, ExportRecord, ExportRegistry, RegistryError};
+use super::supervisor::{Job, JobStore, Outcome, StopReason, Supervisor, SupervisorSettings};
 use crate::timestamp;
 
 /// How long `cancel` waits for a running job to stop before answering.
@@ -71,18 +69,9 @@ impl RunnerMetrics {
 /// Runs exports in this process.
 #[derive(Clone)]
 pub struct LocalRunner {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
     engine: ExportEngine,
-    jobs_dir: PathBuf,
-    records: RwLock<BTreeMap<String, ExportRecord>>,
-    tokens: Mutex<HashMap<String, CancellationToken>>,
-    cancel_requested: Mutex<HashSet<String>>,
-    slots: Arc<Semaphore>,
-    shutdown: CancellationToken,
-    tasks: TaskTracker,
+    files: Arc<JobFiles>,
+    supervisor: Supervisor,
 }
 
 impl LocalRunner {
@@ -94,13 +83,55 @@ impl LocalRunner {
         max_concurrent: usize,
         metrics: RunnerMetrics,
     ) -> Result<Self, RunnerError> {
+        let files = Arc::new(JobFiles::open(jobs_dir, &metrics)?);
+        let supervisor = Supervisor::new(
+            Arc::new(engine.clone()),
+            files.clone(),
+            SupervisorSettings {
+                max_concurrent,
+                abort_failed: true,
+                running: None,
+            },
+        );
+        Ok(LocalRunner {
+            engine,
+            files,
+            supervisor,
+        })
+    }
+
+    /// The engine jobs run on.
+    pub fn engine(&self) -> &ExportEngine {
+        &self.engine
+    }
+
+    /// Starts every pending or running job (after a restart).
+    pub fn resume(&self) {
+        self.supervisor.resume();
+    }
+
+    /// Stops running jobs without marking them cancelled: they continue after a restart.
+    pub async fn shutdown(&self) {
+        self.supervisor.shutdown().await;
+    }
+}
+
+/// The job files of the data directory: the standalone [`JobStore`] and the REST API's view.
+pub struct JobFiles {
+    dir: PathBuf,
+    records: RwLock<BTreeMap<String, ExportRecord>>,
+}
+
+impl JobFiles {
+    /// Opens (creating if needed) `dir` and loads every job file in it.
+    pub fn open(dir: &Path, metrics: &RunnerMetrics) -> Result<Self, RunnerError> {
         let io = |source| RunnerError::Io {
-            dir: jobs_dir.display().to_string(),
+            dir: dir.display().to_string(),
             source,
         };
-        std::fs::create_dir_all(jobs_dir).map_err(io)?;
+        std::fs::create_dir_all(dir).map_err(io)?;
         let mut records = BTreeMap::new();
-        for entry in std::fs::read_dir(jobs_dir).map_err(io)? {
+        for entry in std::fs::read_dir(dir).map_err(io)? {
             let path = entry.map_err(io)?.path();
             if !is_job_file(&path) {
                 continue;
@@ -109,174 +140,84 @@ impl LocalRunner {
                 Ok(record) => {
                     records.insert(record.export_id.clone(), record);
                 }
-                Err(error) => move_aside(&path, &error, &metrics),
+                Err(error) => move_aside(&path, &error, metrics),
             }
         }
-        Ok(LocalRunner {
-            inner: Arc::new(Inner {
-                engine,
-                jobs_dir: jobs_dir.to_path_buf(),
-                records: RwLock::new(records),
-                tokens: Mutex::default(),
-                cancel_requested: Mutex::default(),
-                slots: Arc::new(Semaphore::new(max_concurrent.max(1))),
-                shutdown: CancellationToken::new(),
-                tasks: TaskTracker::new(),
-            }),
+        Ok(JobFiles {
+            dir: dir.to_path_buf(),
+            records: RwLock::new(records),
         })
     }
 
-    /// The engine jobs run on.
-    pub fn engine(&self) -> &ExportEngine {
-        &self.inner.engine
+    /// Writes a new job's file, then keeps its record.
+    fn insert(&self, record: &ExportRecord) -> std::io::Result<()> {
+        write_record(&self.dir, record)?;
+        self.records
+            .write()
+            .insert(record.export_id.clone(), record.clone());
+        Ok(())
     }
 
-    /// Starts every pending or running job (after a restart).
-    pub fn resume(&self) {
-        let unfinished: Vec<String> = self
-            .inner
-            .records
-            .read()
-            .values()
-            .filter(|record| !record.status.phase.is_terminal())
-            .map(|record| record.export_id.clone())
-            .collect();
-        for export_id in unfinished {
-            tracing::info!(export_id, "resuming export");
-            self.spawn(export_id);
+    fn get(&self, export_id: &str) -> Option<ExportRecord> {
+        self.records.read().get(export_id).cloned()
+    }
+
+    /// Applies `change` to the record and persists it; `None` when the record is missing or
+    /// could not be written (logged).
+    fn update(
+        &self,
+        export_id: &str,
+        change: impl FnOnce(&mut ExportRecord),
+    ) -> Option<ExportRecord> {
+        let mut records = self.records.write();
+        let record = records.get_mut(export_id)?;
+        let mut changed = record.clone();
+        change(&mut changed);
+        if let Err(error) = write_record(&self.dir, &changed) {
+            tracing::error!(export_id, %error, "could not persist the export record");
+            return None;
         }
-    }
-
-    /// Stops running jobs without marking them cancelled: they continue after a restart.
-    pub async fn shutdown(&self) {
-        self.inner.shutdown.cancel();
-        self.inner.tasks.close();
-        self.inner.tasks.wait().await;
-    }
-
-    fn spawn(&self, export_id: String) {
-        let token = self.inner.shutdown.child_token();
-        self.inner
-            .tokens
-            .lock()
-            .insert(export_id.clone(), token.clone());
-        let inner = self.inner.clone();
-        self.inner
-            .tasks
-            .spawn(async move { run_job(inner, export_id, token).await });
+        *record = changed.clone();
+        Some(changed)
     }
 }
 
-async fn run_job(inner: Arc<Inner>, export_id: String, token: CancellationToken) {
-    let permit = tokio::select! {
-        permit = inner.slots.clone().acquire_owned() => permit.ok(),
-        () = token.cancelled() => None,
-    };
-    let result = match permit {
-        Some(_permit) => execute(&inner, &export_id, &token).await,
-        None => Err(super::engine::cancelled()),
-    };
-    inner.tokens.lock().remove(&export_id);
-    let user_cancelled = inner.cancel_requested.lock().remove(&export_id);
-    match result {
-        Ok(outcome) => {
-            update(&inner, &export_id, |record| {
-                record.status.phase = ExportPhase::Completed;
-                record.status.record_count = outcome.record_count;
-                record.status.files = outcome.files;
-                record.status.completed_at = Some(outcome.completed_at);
-                record.status.error = None;
-            });
-        }
-        Err(failure) if failure.code == "cancelled" && !user_cancelled => {
-            // Shutdown: the job stays pending/running and resumes after the restart.
-        }
-        Err(failure) => {
-            let cancelled = failure.code == "cancelled";
-            let spec = inner.records.read().get(&export_id).map(|r| r.spec.clone());
-            if let Some(spec) = spec
-                && let Err(cleanup) = inner.engine.abort(&export_id, &spec).await
-            {
-                tracing::warn!(
-                    export_id,
-                    code = cleanup.code,
-                    "cleanup after the export failed"
-                );
-            }
-            if !cancelled {
-                tracing::warn!(
-                    export_id,
-                    code = failure.code,
-                    message = failure.message,
-                    "export failed"
-                );
-            }
-            update(&inner, &export_id, |record| {
-                record.status.phase = if cancelled {
-                    ExportPhase::Cancelled
-                } else {
-                    ExportPhase::Failed
-                };
-                record.status.completed_at = Some(now());
-                record.status.error = (!cancelled).then_some(failure);
-            });
-        }
+/// The job of a record (its key is the export id).
+fn job_of(record: &ExportRecord) -> Job {
+    Job {
+        key: record.export_id.clone(),
+        export_id: record.export_id.clone(),
+        spec: record.spec.clone(),
+        checkpoint: record.status.checkpoint.clone(),
     }
-}
-
-async fn execute(
-    inner: &Arc<Inner>,
-    export_id: &str,
-    token: &CancellationToken,
-) -> Result<super::engine::ExportOutcome, ExportFailure> {
-    let has_checkpoint = inner
-        .records
-        .read()
-        .get(export_id)
-        .is_some_and(|record| record.status.checkpoint.is_some());
-    let start = if has_checkpoint {
-        None
-    } else {
-        Some(inner.engine.start_checkpoint().await?)
-    };
-    let Some((spec, checkpoint)) = update(inner, export_id, |record| {
-        record.status.phase = ExportPhase::Running;
-        record.status.started_at.get_or_insert_with(now);
-        if record.status.checkpoint.is_none() {
-            record.status.checkpoint = start;
-        }
-    })
-    .and_then(|record| Some((record.spec, record.status.checkpoint?))) else {
-        return Err(ExportFailure::new(
-            "internal_error",
-            "the export record vanished",
-        ));
-    };
-    tracing::info!(
-        export_id,
-        resumed_parts = checkpoint.files.len(),
-        "export running"
-    );
-    let progress = RecordProgress {
-        inner: inner.clone(),
-        export_id: export_id.to_string(),
-    };
-    inner
-        .engine
-        .run(export_id, &spec, checkpoint, &progress, token)
-        .await
-}
-
-/// Persists each checkpoint into the job's record.
-struct RecordProgress {
-    inner: Arc<Inner>,
-    export_id: String,
 }
 
 #[async_trait]
-impl ProgressSink for RecordProgress {
-    async fn checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), ExportFailure> {
-        let updated = update(&self.inner, &self.export_id, |record| {
+impl JobStore for JobFiles {
+    async fn running(
+        &self,
+        job: &Job,
+        checkpoint: &Checkpoint,
+        _resumed: bool,
+    ) -> Result<(), ExportFailure> {
+        let updated = self.update(&job.key, |record| {
+            record.status.phase = ExportPhase::Running;
+            record.status.started_at.get_or_insert_with(now);
+            if record.status.checkpoint.is_none() {
+                record.status.checkpoint = Some(checkpoint.clone());
+            }
+        });
+        match updated {
+            Some(_) => Ok(()),
+            None => Err(ExportFailure::new(
+                "internal_error",
+                "the export record vanished",
+            )),
+        }
+    }
+
+    async fn progress(&self, job: &Job, checkpoint: &Checkpoint) -> Result<(), ExportFailure> {
+        let updated = self.update(&job.key, |record| {
             record.status.record_count = checkpoint.records();
             record.status.files = checkpoint.files.clone();
             record.status.checkpoint = Some(checkpoint.clone());
@@ -289,25 +230,37 @@ impl ProgressSink for RecordProgress {
             )),
         }
     }
-}
 
-/// Applies `change` to the record and persists it; `None` when the record is missing or
-/// could not be written (logged).
-fn update(
-    inner: &Inner,
-    export_id: &str,
-    change: impl FnOnce(&mut ExportRecord),
-) -> Option<ExportRecord> {
-    let mut records = inner.records.write();
-    let record = records.get_mut(export_id)?;
-    let mut changed = record.clone();
-    change(&mut changed);
-    if let Err(error) = write_record(&inner.jobs_dir, &changed) {
-        tracing::error!(export_id, %error, "could not persist the export record");
-        return None;
+    async fn finished(&self, job: &Job, outcome: Outcome) {
+        self.update(&job.key, |record| match outcome {
+            Outcome::Completed(outcome) => {
+                record.status.phase = ExportPhase::Completed;
+                record.status.record_count = outcome.record_count;
+                record.status.files = outcome.files;
+                record.status.completed_at = Some(outcome.completed_at);
+                record.status.error = None;
+            }
+            Outcome::Failed(failure) => {
+                record.status.phase = ExportPhase::Failed;
+                record.status.completed_at = Some(now());
+                record.status.error = Some(failure);
+            }
+            Outcome::Cancelled => {
+                record.status.phase = ExportPhase::Cancelled;
+                record.status.completed_at = Some(now());
+                record.status.error = None;
+            }
+        });
     }
-    *record = changed.clone();
-    Some(changed)
+
+    fn resumable(&self) -> Vec<Job> {
+        self.records
+            .read()
+            .values()
+            .filter(|record| !record.status.phase.is_terminal())
+            .map(job_of)
+            .collect()
+    }
 }
 
 fn record_path(dir: &Path, export_id: &str) -> PathBuf {
@@ -383,13 +336,10 @@ fn now() -> String {
 #[async_trait]
 impl ExportRegistry for LocalRunner {
     async fn create(&self, record: ExportRecord) -> Result<ExportRecord, RegistryError> {
-        write_record(&self.inner.jobs_dir, &record)
+        self.files
+            .insert(&record)
             .map_err(|error| RegistryError::Unavailable(error.to_string()))?;
-        self.inner
-            .records
-            .write()
-            .insert(record.export_id.clone(), record.clone());
-        self.spawn(record.export_id.clone());
+        self.supervisor.spawn(job_of(&record));
         Ok(record)
     }
 
@@ -399,12 +349,9 @@ impl ExportRegistry for LocalRunner {
         export_id: &str,
     ) -> Result<Option<ExportRecord>, RegistryError> {
         Ok(self
-            .inner
-            .records
-            .read()
+            .files
             .get(export_id)
-            .filter(|record| record.spec.tenant_id == tenant)
-            .cloned())
+            .filter(|record| record.spec.tenant_id == tenant))
     }
 
     async fn list(
@@ -413,7 +360,7 @@ impl ExportRegistry for LocalRunner {
         after: Option<&str>,
         limit: usize,
     ) -> Result<ExportList, RegistryError> {
-        let records = self.inner.records.read();
+        let records = self.files.records.read();
         let mut matching = records
             .values()
             .rev()
@@ -430,6 +377,8 @@ impl ExportRegistry for LocalRunner {
         })
     }
 
+    /// Stops the job and waits (at most [`CANCEL_WAIT`]) until it recorded `Cancelled`; a job
+    /// that runs nowhere yet (the store still replays) is marked cancelled at once.
     async fn cancel(
         &self,
         tenant: &str,
@@ -441,27 +390,24 @@ impl ExportRegistry for LocalRunner {
         if record.status.phase.is_terminal() {
             return Err(RegistryError::Finished(export_id.to_string()));
         }
-        self.inner
-            .cancel_requested
-            .lock()
-            .insert(export_id.to_string());
-        let token = self.inner.tokens.lock().get(export_id).cloned();
-        if let Some(token) = token {
-            token.cancel();
-        }
-        let deadline = tokio::time::Instant::now() + CANCEL_WAIT;
-        loop {
-            let current = self.get(tenant, export_id).await?;
-            match current {
-                Some(record) if !record.status.phase.is_terminal() => {
-                    if tokio::time::Instant::now() >= deadline {
-                        return Ok(Some(record));
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                other => return Ok(other),
+        if self.supervisor.is_running(export_id) {
+            self.supervisor
+                .stop_and_wait(export_id, StopReason::Cancel, CANCEL_WAIT)
+                .await;
+        } else {
+            let job = job_of(&record);
+            if job.checkpoint.is_some()
+                && let Err(failure) = self.engine.abort(export_id, &job.spec).await
+            {
+                tracing::warn!(
+                    export_id,
+                    code = failure.code,
+                    "cleanup after the export failed"
+                );
             }
+            self.files.finished(&job, Outcome::Cancelled).await;
         }
+        self.get(tenant, export_id).await
     }
 }
 

@@ -1,6 +1,8 @@
 //! The AuditExport controller: `reconcile` is plumbing (metrics, finalizer); the decisions are
-//! in [`plan`] (pure) and carried out by [`Ctx`]'s methods. Export jobs run in their own tasks
-//! ([`super::jobs`]), so a reconcile never waits for an export.
+//! in [`plan`] (pure) and carried out by the functions below. Export jobs run under the job
+//! supervisor ([`crate::export::supervisor`], its store is [`super::jobs`]), so a reconcile
+//! never waits for an export. Every status write and Event goes through the status writer
+//! ([`super::status_writer`]), the only writer of AuditExport status.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,26 +10,28 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::watcher;
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Client, ResourceExt};
 use parking_lot::Mutex;
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::audit::AuditLog;
 use super::crd::{AuditExport, AuditExportStatus, ExportJobPhase};
 use super::exporter::Exporter;
-use super::jobs::{JobRequest, Jobs, StopReason};
+use super::jobs::{ExporterEngine, ResourceJobs};
 use super::metrics::{OperatorMetrics, ReconcileResult};
 use super::status::{self, VALIDATION_ERROR, reasons};
+use super::status_writer::{Note, StatusWriter, Target};
 use super::trust::{self, AnnotationSigner, NAMESPACE_TENANT_LABEL, Origin, TENANT_NOT_ALLOWED};
-use super::{CANCEL_ANNOTATION, FIELD_MANAGER, FINALIZER, convert};
+use super::{CANCEL_ANNOTATION, ESTIMATED_RECORDS_ANNOTATION, FINALIZER, convert};
 use crate::event::FieldErrors;
 use crate::export::job::{Checkpoint, ExportFailure, ExportSpec};
+use crate::export::supervisor::{Job, STOP_TIMEOUT, StopReason, Supervisor, SupervisorSettings};
+
+pub use super::status::Clock;
 
 /// Failures of one reconcile; all of them are retried with backoff.
 #[derive(Debug, thiserror::Error)]
@@ -62,9 +66,6 @@ impl Error {
         }
     }
 }
-
-/// The time source (tests pin it).
-pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
 
 /// Controller settings.
 #[derive(Debug, Clone)]
@@ -101,7 +102,12 @@ pub struct Ctx {
     pub signer: AnnotationSigner,
     /// Namespaces (read for their tenant label).
     pub namespaces: Api<Namespace>,
-    pub jobs: Jobs,
+    /// The export jobs of this process.
+    pub jobs: Supervisor,
+    /// Their store: the status of each running job's resource.
+    pub job_store: Arc<ResourceJobs>,
+    /// The only writer of AuditExport status (and of the controller's Events).
+    pub status: StatusWriter,
     pub metrics: OperatorMetrics,
     pub clock: Clock,
     /// Consecutive failures per object, for the requeue backoff.
@@ -109,6 +115,8 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// A context whose status writer task starts now (call inside the runtime); the jobs and
+    /// the writer end with [`run`].
     pub fn new(
         client: Client,
         exporter: Arc<dyn Exporter>,
@@ -119,8 +127,25 @@ impl Ctx {
         clock: Clock,
     ) -> Arc<Ctx> {
         let recorder = Recorder::new(client.clone(), Reporter::from(settings.reporter.as_str()));
+        let status = StatusWriter::spawn(recorder.clone());
+        let job_store = Arc::new(ResourceJobs::new(
+            status.clone(),
+            metrics.clone(),
+            clock.clone(),
+        ));
+        let jobs = Supervisor::new(
+            Arc::new(ExporterEngine(exporter.clone())),
+            job_store.clone(),
+            SupervisorSettings {
+                max_concurrent: settings.max_concurrent_exports,
+                abort_failed: false,
+                running: Some(metrics.running_jobs.clone()),
+            },
+        );
         Arc::new(Ctx {
-            jobs: Jobs::new(settings.max_concurrent_exports, metrics.clone()),
+            jobs,
+            job_store,
+            status,
             namespaces: Api::all(client.clone()),
             client,
             recorder,
@@ -139,7 +164,8 @@ impl Ctx {
 }
 
 /// Runs the controller until `shutdown` fires; then stops the jobs of this process without
-/// touching their status (the next leader resumes them from their checkpoints).
+/// touching their status (the next leader resumes them from their checkpoints) and the status
+/// writer.
 /// One watch per namespace (so a namespaced Role in each is all the operator needs).
 pub async fn run(ctx: Arc<Ctx>, settings: &ControllerSettings, shutdown: CancellationToken) {
     let apis: Vec<Api<AuditExport>> = if settings.namespaces.is_empty() {
@@ -166,6 +192,7 @@ pub async fn run(ctx: Arc<Ctx>, settings: &ControllerSettings, shutdown: Cancell
     });
     futures::future::join_all(controllers).await;
     ctx.jobs.stop_all(StopReason::Shutdown).await;
+    ctx.status.stop();
 }
 
 /// Plumbing: metrics, then the finalizer around [`apply`] and [`cleanup`].
@@ -178,7 +205,7 @@ pub async fn reconcile(object: Arc<AuditExport>, ctx: Arc<Ctx>) -> Result<Action
     let result = finalizer(&api, FINALIZER, object, |event| async {
         match event {
             Finalizer::Apply(object) => apply(&object, &api, &ctx).await,
-            Finalizer::Cleanup(object) => cleanup(&object, &ctx).await,
+            Finalizer::Cleanup(object) => cleanup(&object, &api, &ctx).await,
         }
     })
     .await
@@ -302,15 +329,8 @@ async fn report_invalid(
     let failure = ExportFailure::new(VALIDATION_ERROR, format!("invalid spec: {message}"));
     status.completed_at = None;
     status::set_failed(&mut status, &failure, object.metadata.generation, ctx.now());
-    patch_status(api, &object.name_any(), &status).await?;
-    publish(
-        ctx,
-        object,
-        EventType::Warning,
-        reasons::INVALID_SPEC,
-        &failure.message,
-    )
-    .await;
+    let note = Note::warning(reasons::INVALID_SPEC, failure.message.clone());
+    write(ctx, api, object, status, note).await?;
     ctx.metrics.job_phase(ExportJobPhase::Failed);
     // A new generation triggers the next reconcile; nothing else would change the outcome.
     Ok(Action::await_change())
@@ -364,15 +384,8 @@ async fn report_not_allowed(
     status.completed_at = None;
     status.checkpoint = None;
     status::set_failed(&mut status, &refusal, object.metadata.generation, ctx.now());
-    patch_status(api, &object.name_any(), &status).await?;
-    publish(
-        ctx,
-        object,
-        EventType::Warning,
-        status::failure_reason(&refusal.code),
-        &refusal.message,
-    )
-    .await;
+    let note = Note::warning(status::failure_reason(&refusal.code), refusal.message);
+    write(ctx, api, object, status, note).await?;
     ctx.metrics.job_phase(ExportJobPhase::Failed);
     Ok(Action::await_change())
 }
@@ -387,11 +400,7 @@ async fn start(
 ) -> Result<Action, Error> {
     let mut status = object.status.clone().unwrap_or_default();
     if status.phase != Some(ExportJobPhase::Pending) && checkpoint.is_none() {
-        let estimate = ctx
-            .exporter
-            .estimate(&spec)
-            .await
-            .map_err(Error::Estimate)?;
+        let estimate = estimate(object, ctx, &spec, origin).await?;
         let export_id = match (&status.export_id, origin) {
             (Some(export_id), _) => export_id.clone(),
             (None, Origin::Service { export_id, .. }) => export_id.clone(),
@@ -416,31 +425,47 @@ async fn start(
             object.metadata.generation,
             ctx.now(),
         );
-        patch_status(api, &object.name_any(), &status).await?;
         let note = format!(
             "export {} queued: about {estimate} records",
             status.export_id.clone().unwrap_or_default()
         );
-        publish(ctx, object, EventType::Normal, reasons::QUEUED, &note).await;
+        let note = Note::normal(reasons::QUEUED, note);
+        write(ctx, api, object, status.clone(), note).await?;
         ctx.metrics.job_phase(ExportJobPhase::Pending);
     }
     let export_id = status
         .export_id
         .clone()
         .ok_or(Error::MissingObjectKey(".status.exportId"))?;
-    ctx.jobs.spawn(JobRequest {
-        key: object_key(object),
-        api: api.clone(),
-        object: object.clone(),
-        export_id,
-        spec,
-        status,
-        checkpoint,
-        exporter: ctx.exporter.clone(),
-        recorder: ctx.recorder.clone(),
-        clock: ctx.clock.clone(),
-    });
+    let key = object_key(object);
+    if !ctx.jobs.is_running(&key) {
+        ctx.job_store.track(&key, Target::new(api, object), status);
+        ctx.jobs.spawn(Job {
+            key,
+            export_id,
+            spec,
+            checkpoint,
+        });
+    }
     Ok(Action::requeue(Duration::from_secs(600)))
+}
+
+/// The estimate of a new export: the one the REST API made (its annotation on a resource it
+/// created), else the engine's now.
+async fn estimate(
+    object: &AuditExport,
+    ctx: &Ctx,
+    spec: &ExportSpec,
+    origin: &Origin,
+) -> Result<u64, Error> {
+    let annotated = object
+        .annotations()
+        .get(ESTIMATED_RECORDS_ANNOTATION)
+        .and_then(|estimate| estimate.parse().ok());
+    match (origin, annotated) {
+        (Origin::Service { .. }, Some(estimate)) => Ok(estimate),
+        _ => ctx.exporter.estimate(spec).await.map_err(Error::Estimate),
+    }
 }
 
 async fn cancel(
@@ -470,23 +495,18 @@ async fn cancel(
         object.metadata.generation,
         ctx.now(),
     );
-    patch_status(api, &object.name_any(), &status).await?;
-    publish(
-        ctx,
-        object,
-        EventType::Normal,
-        reasons::CANCELLED,
-        "the export was cancelled",
-    )
-    .await;
+    let note = Note::normal(reasons::CANCELLED, "the export was cancelled");
+    write(ctx, api, object, status, note).await?;
     ctx.metrics.job_phase(ExportJobPhase::Cancelled);
     Ok(Action::await_change())
 }
 
 /// Cleanup branch of the finalizer: stop the job, remove incomplete uploads.
-async fn cleanup(object: &AuditExport, ctx: &Ctx) -> Result<Action, Error> {
+async fn cleanup(object: &AuditExport, api: &Api<AuditExport>, ctx: &Ctx) -> Result<Action, Error> {
     let key = object_key(object);
-    ctx.jobs.stop_and_wait(&key, StopReason::Delete).await;
+    ctx.jobs
+        .stop_and_wait(&key, StopReason::Delete, STOP_TIMEOUT)
+        .await;
     let status = object.status.clone().unwrap_or_default();
     let unfinished = !matches!(
         status.phase,
@@ -502,14 +522,8 @@ async fn cleanup(object: &AuditExport, ctx: &Ctx) -> Result<Action, Error> {
             .abort(export_id, &spec)
             .await
             .map_err(Error::Cleanup)?;
-        publish(
-            ctx,
-            object,
-            EventType::Normal,
-            "CleanedUp",
-            "incomplete uploads removed",
-        )
-        .await;
+        let note = Note::normal(reasons::CLEANED_UP, "incomplete uploads removed");
+        ctx.status.publish(Target::new(api, object), note).await;
     }
     ctx.failures.lock().remove(&key);
     Ok(Action::await_change())
@@ -527,47 +541,16 @@ fn status_of(object: &AuditExport, ctx: &Ctx) -> AuditExportStatus {
     })
 }
 
-/// Server-side apply of the whole status (this controller owns every status field).
-pub async fn patch_status(
+/// Writes `status` through the status writer, then publishes `note`.
+async fn write(
+    ctx: &Ctx,
     api: &Api<AuditExport>,
-    name: &str,
-    status: &AuditExportStatus,
-) -> Result<(), Error> {
-    let body = json!({
-        "apiVersion": AuditExport::api_version(&()),
-        "kind": AuditExport::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map_err(Error::PatchStatus)?;
-    Ok(())
-}
-
-/// Publishes a Kubernetes Event about `object`; failures are logged, never fatal.
-pub async fn publish(ctx: &Ctx, object: &AuditExport, type_: EventType, reason: &str, note: &str) {
-    publish_with(&ctx.recorder, object, type_, reason, note).await;
-}
-
-pub async fn publish_with(
-    recorder: &Recorder,
     object: &AuditExport,
-    type_: EventType,
-    reason: &str,
-    note: &str,
-) {
-    let event = Event {
-        type_,
-        reason: reason.to_string(),
-        note: Some(note.to_string()),
-        action: "Export".to_string(),
-        secondary: None,
-    };
-    if let Err(error) = recorder.publish(&event, &object.object_ref(&())).await {
-        tracing::warn!(%error, reason, "failed to publish a Kubernetes event");
-    }
+    status: AuditExportStatus,
+    note: Note,
+) -> Result<(), Error> {
+    ctx.status
+        .apply(Target::new(api, object), status, Some(note))
+        .await
+        .map_err(Error::PatchStatus)
 }

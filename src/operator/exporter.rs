@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-use crate::export::engine::{ExportEngine, ExportOutcome, ProgressSink};
+use crate::export::engine::{ExportEngine, ExportOutcome, ProgressReporter};
 use crate::export::job::{Checkpoint, ExportFailure, ExportSpec};
 
 /// Runs export jobs (see [`ExportEngine`]).
@@ -23,7 +23,7 @@ pub trait Exporter: Send + Sync + 'static {
         export_id: &str,
         spec: &ExportSpec,
         checkpoint: Checkpoint,
-        progress: &dyn ProgressSink,
+        progress: &dyn ProgressReporter,
         cancel: &CancellationToken,
     ) -> Result<ExportOutcome, ExportFailure>;
     /// Removes the incomplete uploads of a job that will not finish.
@@ -51,7 +51,7 @@ impl Exporter for ExportEngine {
         export_id: &str,
         spec: &ExportSpec,
         checkpoint: Checkpoint,
-        progress: &dyn ProgressSink,
+        progress: &dyn ProgressReporter,
         cancel: &CancellationToken,
     ) -> Result<ExportOutcome, ExportFailure> {
         ExportEngine::run(self, export_id, spec, checkpoint, progress, cancel).await

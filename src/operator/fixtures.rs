@@ -27,7 +27,7 @@ use super::metrics::OperatorMetrics;
 use super::trust::{AnnotationSigner, SIGNATURE_ANNOTATION, Signed};
 use super::{CANCEL_ANNOTATION, EXPORT_ID_ANNOTATION, FINALIZER, REQUESTED_BY_ANNOTATION};
 use crate::event::AuditEvent;
-use crate::export::engine::{ExportOutcome, ProgressSink};
+use crate::export::engine::{ExportOutcome, ProgressReporter};
 use crate::export::job::{Checkpoint, ExportFailure, ExportSpec, FileEntry};
 
 pub type ApiServerHandle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
@@ -224,7 +224,7 @@ impl Exporter for FakeExporter {
         _export_id: &str,
         _spec: &ExportSpec,
         mut checkpoint: Checkpoint,
-        progress: &dyn ProgressSink,
+        progress: &dyn ProgressReporter,
         cancel: &CancellationToken,
     ) -> Result<ExportOutcome, ExportFailure> {
         self.calls.lock().push(Call::Run {

@@ -4,17 +4,20 @@
 //! Writes are replaces with the observed `resourceVersion`, so two candidates can never both
 //! win a round (the loser gets 409 Conflict). A lease counts as expired when its record has not
 //! changed for `leaseDurationSeconds` *as observed locally*, so clock skew between nodes does
-//! not matter (client-go's rule). kube-lease-manager was not used: it relies on server-side
-//! apply conflicts, which the test emulator does not implement.
+//! not matter (client-go's rule). A renewal gets its own timeout (at most until the holder
+//! would have to give up anyway), so a hung API call cannot keep a stale leader running jobs
+//! past the lease duration. kube-lease-manager was not used: it relies on server-side apply
+//! conflicts, which the test emulator does not implement.
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::PostParams;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::OperatorMetrics;
@@ -30,6 +33,9 @@ pub struct LeaseSettings {
     pub lease_duration: Duration,
     /// How often the holder renews, and candidates retry.
     pub renew_interval: Duration,
+    /// How long one renewal (read and replace) may take; it is also cut short when the holder
+    /// would have to give up (`lease_duration - renew_interval` after the last renewal).
+    pub renew_timeout: Duration,
 }
 
 impl LeaseSettings {
@@ -40,6 +46,7 @@ impl LeaseSettings {
             identity: identity.to_string(),
             lease_duration: Duration::from_secs(15),
             renew_interval: Duration::from_secs(5),
+            renew_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -51,6 +58,8 @@ pub enum LeaseError {
     Read(#[source] kube::Error),
     #[error("failed to write lease: {0}")]
     Write(#[source] kube::Error),
+    #[error("the lease renewal took longer than {0:?}")]
+    Timeout(Duration),
 }
 
 /// One election round's view of the lease.
@@ -110,7 +119,7 @@ async fn hold(api: &Api<Lease>, settings: &LeaseSettings, shutdown: &Cancellatio
             () = tokio::time::sleep(settings.renew_interval) => {}
             () = shutdown.cancelled() => return,
         }
-        match renew(api, settings).await {
+        match renew_in_time(api, settings, last_renewal).await {
             Ok(true) => last_renewal = Instant::now(),
             Ok(false) => return,
             Err(error) => {
@@ -122,6 +131,25 @@ async fn hold(api: &Api<Lease>, settings: &LeaseSettings, shutdown: &Cancellatio
             }
         }
     }
+}
+
+/// [`renew`], given at most `renew_timeout`, and never past the moment the holder would have
+/// to give up after `last_renewal`.
+async fn renew_in_time(
+    api: &Api<Lease>,
+    settings: &LeaseSettings,
+    last_renewal: Instant,
+) -> Result<bool, LeaseError> {
+    let give_up = last_renewal
+        + settings
+            .lease_duration
+            .saturating_sub(settings.renew_interval);
+    let budget = give_up
+        .saturating_duration_since(Instant::now())
+        .min(settings.renew_timeout);
+    tokio::time::timeout(budget, renew(api, settings))
+        .await
+        .map_err(|_| LeaseError::Timeout(budget))?
 }
 
 /// Takes the lease if it is free, expired or already ours. `Ok(true)` when we hold it.
@@ -241,5 +269,56 @@ fn new_lease(settings: &LeaseSettings, transitions: i32) -> Lease {
             lease_transitions: Some(transitions),
             ..LeaseSpec::default()
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use http::{Request, Response};
+    use kube::client::Body;
+
+    /// A renewal whose API call never answers ends the term before the lease could expire, so
+    /// no other replica can lead while this one still runs jobs.
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_that_never_answers_ends_the_term_before_the_lease_expires() {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let api: Api<Lease> = Api::namespaced(kube::Client::new(service, "default"), "default");
+        let settings = LeaseSettings::new("default", "scaivault-audit", "replica-a");
+        let shutdown = CancellationToken::new();
+        let started = Instant::now();
+        let mut held = tokio::spawn(async move {
+            hold(&api, &settings, &shutdown).await;
+            Instant::now()
+        });
+        // Requests are kept unanswered (dropping one would fail the call at once).
+        let mut unanswered = Vec::new();
+        let ended = tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                tokio::select! {
+                    request = handle.next_request() => match request {
+                        Some(request) => unanswered.push(request),
+                        // The holder returned and dropped its client.
+                        None => return (&mut held).await.unwrap(),
+                    },
+                    ended = &mut held => return ended.unwrap(),
+                }
+            }
+        })
+        .await
+        .expect("the holder never gave up");
+        let lease_duration = LeaseSettings::new("", "", "").lease_duration;
+        assert!(
+            ended - started < lease_duration,
+            "gave up after {:?}",
+            ended - started
+        );
+        assert!(!unanswered.is_empty(), "it tried to renew");
+        let (request, _) = &unanswered[0];
+        assert_eq!(
+            request.uri().path(),
+            "/apis/coordination.k8s.io/v1/namespaces/default/leases/scaivault-audit"
+        );
     }
 }

@@ -2,16 +2,19 @@
 //! election and the REST API's view of the resources.
 //!
 //! ```text
-//! AuditExport ─▶ controller (lease holder only) ─▶ export job task ─▶ engine ─▶ sink
-//!      ▲                                               │
-//!      └──────────── status (server-side apply) ◀──────┘
+//! AuditExport ─▶ controller (lease holder only) ─▶ job supervisor ─▶ engine ─▶ sink
+//!      ▲              │                                 │ (ResourceJobs)
+//!      │              └───────────▶ status writer ◀─────┘
+//!      └────────── status (server-side apply) + Events ◀┘
 //! REST /v1/audit/export(s) ◀─▶ KubeRegistry ◀─▶ AuditExport resources
 //! ```
 //!
 //! [`crd`] holds the types, [`convert`] maps them to the export engine's model, [`status`]
-//! computes conditions, [`controller`] reconciles, [`jobs`] runs exports, [`leader`] holds the
-//! Lease, [`registry`] serves the REST API, [`metrics`] counts, [`trust`] decides which tenant a
-//! resource may export, [`audit`] records `export_created`.
+//! computes conditions, [`controller`] reconciles, [`jobs`] is the job supervisor's store of
+//! resources ([`crate::export::supervisor`] runs the jobs), [`status_writer`] writes every
+//! status and Event, [`leader`] holds the Lease, [`registry`] serves the REST API, [`metrics`]
+//! counts, [`trust`] decides which tenant a resource may export, [`audit`] records
+//! `export_created`.
 
 pub mod audit;
 pub mod controller;
@@ -23,6 +26,7 @@ pub mod leader;
 pub mod metrics;
 pub mod registry;
 pub mod status;
+pub mod status_writer;
 pub mod trust;
 
 #[cfg(test)]
@@ -42,6 +46,9 @@ pub const REPORTER: &str = "scaivault-audit-operator";
 pub const EXPORT_ID_ANNOTATION: &str = "audit.scailabs.ai/export-id";
 /// Identity that created the export through the REST API.
 pub const REQUESTED_BY_ANNOTATION: &str = "audit.scailabs.ai/requested-by";
+/// The estimate the REST API made for a resource it created; the controller's `Pending` status
+/// reports it instead of estimating again (only on resources whose annotations are signed).
+pub const ESTIMATED_RECORDS_ANNOTATION: &str = "audit.scailabs.ai/estimated-records";
 /// Set by `DELETE /v1/audit/exports/{id}`: the controller cancels the export.
 pub const CANCEL_ANNOTATION: &str = "audit.scailabs.ai/cancel-requested";
 
@@ -80,7 +87,8 @@ pub fn watched_namespaces(
 
 /// Runs the operator until `shutdown`: campaigns for the Lease (in the operator namespace) and,
 /// while holding it, runs the controller on the AuditExports of the watched namespaces. Every
-/// replica calls this; one leads.
+/// replica calls this; one leads. Each term as leader has a context of its own (jobs, status
+/// writer), so nothing of a lost term keeps writing.
 pub async fn run(
     client: kube::Client,
     services: Services,
@@ -99,24 +107,25 @@ pub async fn run(
         ..controller::ControllerSettings::default()
     };
     let lease = leader::LeaseSettings::new(&namespace, &settings.lease_name, &settings.identity);
-    let clock: controller::Clock = std::sync::Arc::new(k8s_openapi::jiff::Timestamp::now);
-    let ctx = controller::Ctx::new(
-        client.clone(),
-        services.exporter,
-        services.audit,
-        services.signer,
-        &controller_settings,
-        metrics.clone(),
-        clock,
-    );
+    let clock: status::Clock = std::sync::Arc::new(k8s_openapi::jiff::Timestamp::now);
     tracing::info!(%namespace, watched = ?watched, identity = %settings.identity, "operator started");
+    let leader_client = client.clone();
+    let leader_metrics = metrics.clone();
     leader::run(
-        kube::Api::namespaced(client, &namespace),
+        kube::Api::namespaced(leader_client, &namespace),
         lease,
-        metrics,
+        leader_metrics,
         shutdown,
         move |leading| {
-            let ctx = ctx.clone();
+            let ctx = controller::Ctx::new(
+                client.clone(),
+                services.exporter.clone(),
+                services.audit.clone(),
+                services.signer.clone(),
+                &controller_settings,
+                metrics.clone(),
+                clock.clone(),
+            );
             let controller_settings = controller_settings.clone();
             async move { controller::run(ctx, &controller_settings, leading).await }
         },
@@ -184,13 +193,8 @@ pub fn spawn(
         signer: cluster.signer.clone(),
     };
     tokio::spawn(async move {
-        while store
-            .wait_ready(std::time::Duration::from_secs(60))
-            .await
-            .is_err()
-        {
-            tracing::info!("the operator waits for the store to finish replaying");
+        if crate::export::supervisor::wait_for_store(&store, "operator").await {
+            run(client, services, &settings, metrics, shutdown).await;
         }
-        run(client, services, &settings, metrics, shutdown).await;
     })
 }

@@ -33,14 +33,14 @@ use tokio::task::JoinHandle;
 use super::crd::AuditExport;
 use super::status;
 use super::trust::{self, AnnotationSigner, Origin, SIGNATURE_ANNOTATION, Signed};
-use super::{CANCEL_ANNOTATION, EXPORT_ID_ANNOTATION, REQUESTED_BY_ANNOTATION, convert};
+use super::{
+    CANCEL_ANNOTATION, ESTIMATED_RECORDS_ANNOTATION, EXPORT_ID_ANNOTATION, REQUESTED_BY_ANNOTATION,
+    convert,
+};
 use crate::export::registry::{ExportList, ExportRecord, ExportRegistry, RegistryError};
 
 /// Label with the tenant, so tenants can be selected with `kubectl get aex -l`.
 pub const TENANT_LABEL: &str = "audit.scailabs.ai/tenant";
-/// The REST API's estimate of a resource it created, shown until the controller reports its
-/// own in `status.estimatedRecords`.
-pub const ESTIMATED_RECORDS_ANNOTATION: &str = "audit.scailabs.ai/estimated-records";
 /// How long a read waits for the caches' first full list before answering 503.
 pub const READY_WAIT: Duration = Duration::from_secs(5);
 /// How long `create` waits for the cache to show the resource it created.

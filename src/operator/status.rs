@@ -18,7 +18,7 @@ pub mod conditions {
     pub const FAILED: &str = "Failed";
 }
 
-/// Condition reasons (also used as Event reasons).
+/// Condition and Event reasons.
 pub mod reasons {
     pub const QUEUED: &str = "Queued";
     pub const EXPORTING: &str = "Exporting";
@@ -31,7 +31,16 @@ pub mod reasons {
     pub const TENANT_NOT_ALLOWED: &str = "TenantNotAllowed";
     /// The destination or its credentials path lies outside the tenant's confinement.
     pub const DESTINATION_NOT_ALLOWED: &str = "DestinationNotAllowed";
+    /// Event: the job started (a new snapshot).
+    pub const STARTED: &str = "Started";
+    /// Event: the job continues from the checkpoint of an earlier run.
+    pub const RESUMED: &str = "Resumed";
+    /// Event: a deleted export's incomplete uploads were removed.
+    pub const CLEANED_UP: &str = "CleanedUp";
 }
+
+/// The time source (tests pin it).
+pub type Clock = std::sync::Arc<dyn Fn() -> Timestamp + Send + Sync>;
 
 /// The condition reason of a failure code.
 pub fn failure_reason(code: &str) -> &'static str {

@@ -14,7 +14,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use scaivault_audit::export::credentials::CredentialSource;
-use scaivault_audit::export::engine::{EngineConfig, ExportEngine, ProgressSink, RetryPolicy};
+use scaivault_audit::export::engine::{EngineConfig, ExportEngine, ProgressReporter, RetryPolicy};
 use scaivault_audit::export::format::{Compression, ExportFormat};
 use scaivault_audit::export::job::{
     Checkpoint, DEFAULT_MAX_RECORDS_PER_FILE, Destination, DestinationType, ExportFailure,
@@ -141,7 +141,7 @@ async fn load_store(dir: &Path, events: u64, seed: u64) -> anyhow::Result<Store>
 struct NoProgress;
 
 #[async_trait]
-impl ProgressSink for NoProgress {
+impl ProgressReporter for NoProgress {
     async fn checkpoint(&self, _: &Checkpoint) -> Result<(), ExportFailure> {
         Ok(())
     }
