@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::audit::AuditLog;
 use super::crd::{AuditExport, AuditExportStatus, ExportJobPhase};
 use super::exporter::Exporter;
-use super::jobs::{ExporterEngine, ResourceJobs};
+use super::jobs::ResourceJobs;
 use super::metrics::{OperatorMetrics, ReconcileResult};
 use super::status::{self, VALIDATION_ERROR, reasons};
 use super::status_writer::{Note, StatusWriter, Target};
@@ -134,7 +134,7 @@ impl Ctx {
             clock.clone(),
         ));
         let jobs = Supervisor::new(
-            Arc::new(ExporterEngine(exporter.clone())),
+            exporter.clone(),
             job_store.clone(),
             SupervisorSettings {
                 max_concurrent: settings.max_concurrent_exports,

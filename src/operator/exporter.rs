@@ -2,32 +2,20 @@
 //! [`ExportEngine`], its tests a scripted fake.
 
 use async_trait::async_trait;
-use tokio_util::sync::CancellationToken;
 
-use crate::export::engine::{ExportEngine, ExportOutcome, ProgressReporter};
-use crate::export::job::{Checkpoint, ExportFailure, ExportSpec};
+use crate::export::engine::ExportEngine;
+use crate::export::job::{ExportFailure, ExportSpec};
+use crate::export::supervisor::JobEngine;
 
-/// Runs export jobs (see [`ExportEngine`]).
+/// What the controller asks before a job starts; the job itself runs through [`JobEngine`]
+/// (see [`ExportEngine`]).
 #[async_trait]
-pub trait Exporter: Send + Sync + 'static {
+pub trait Exporter: JobEngine {
     /// Refuses a spec outside this installation's confinement (credentials prefixes, file
     /// root) before anything is estimated, recorded or fetched.
     fn confine(&self, spec: &ExportSpec) -> Result<(), ExportFailure>;
     /// Events the export would write now.
     async fn estimate(&self, spec: &ExportSpec) -> Result<u64, ExportFailure>;
-    /// A checkpoint for a job starting now (fixes its snapshot).
-    async fn start_checkpoint(&self) -> Result<Checkpoint, ExportFailure>;
-    /// Runs (or resumes) a job until it completes, fails or `cancel` fires.
-    async fn run(
-        &self,
-        export_id: &str,
-        spec: &ExportSpec,
-        checkpoint: Checkpoint,
-        progress: &dyn ProgressReporter,
-        cancel: &CancellationToken,
-    ) -> Result<ExportOutcome, ExportFailure>;
-    /// Removes the incomplete uploads of a job that will not finish.
-    async fn abort(&self, export_id: &str, spec: &ExportSpec) -> Result<(), ExportFailure>;
 }
 
 #[async_trait]
@@ -40,24 +28,5 @@ impl Exporter for ExportEngine {
 
     async fn estimate(&self, spec: &ExportSpec) -> Result<u64, ExportFailure> {
         ExportEngine::estimate(self, spec).await
-    }
-
-    async fn start_checkpoint(&self) -> Result<Checkpoint, ExportFailure> {
-        ExportEngine::start_checkpoint(self).await
-    }
-
-    async fn run(
-        &self,
-        export_id: &str,
-        spec: &ExportSpec,
-        checkpoint: Checkpoint,
-        progress: &dyn ProgressReporter,
-        cancel: &CancellationToken,
-    ) -> Result<ExportOutcome, ExportFailure> {
-        ExportEngine::run(self, export_id, spec, checkpoint, progress, cancel).await
-    }
-
-    async fn abort(&self, export_id: &str, spec: &ExportSpec) -> Result<(), ExportFailure> {
-        ExportEngine::abort(self, export_id, spec).await
     }
 }

@@ -29,6 +29,7 @@ use super::{CANCEL_ANNOTATION, EXPORT_ID_ANNOTATION, FINALIZER, REQUESTED_BY_ANN
 use crate::event::AuditEvent;
 use crate::export::engine::{ExportOutcome, ProgressReporter};
 use crate::export::job::{Checkpoint, ExportFailure, ExportSpec, FileEntry};
+use crate::export::supervisor::JobEngine;
 
 pub type ApiServerHandle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
@@ -214,7 +215,10 @@ impl Exporter for FakeExporter {
         self.calls.lock().push(Call::Estimate);
         Ok(4)
     }
+}
 
+#[async_trait]
+impl JobEngine for FakeExporter {
     async fn start_checkpoint(&self) -> Result<Checkpoint, ExportFailure> {
         Ok(Checkpoint::start(42))
     }

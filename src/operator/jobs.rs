@@ -4,21 +4,18 @@
 //! `Running`, every checkpoint, then `Completed` / `Failed` / `Cancelled`, each with its Event.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use tokio_util::sync::CancellationToken;
 
 use super::convert;
 use super::crd::{AuditExportStatus, ExportJobPhase};
-use super::exporter::Exporter;
 use super::metrics::OperatorMetrics;
 use super::status::{self, Clock, reasons};
 use super::status_writer::{Note, StatusWriter, Target};
-use crate::export::engine::{ExportOutcome, ProgressReporter};
-use crate::export::job::{Checkpoint, ExportFailure, ExportSpec};
-use crate::export::supervisor::{Job, JobEngine, JobStore, Outcome, StopReason};
+use crate::export::engine::ExportOutcome;
+use crate::export::job::{Checkpoint, ExportFailure};
+use crate::export::supervisor::{Job, JobStore, Outcome, StopReason};
 
 /// The job of a resource that runs in this process: where its status goes, and the status.
 struct Tracked {
@@ -187,32 +184,5 @@ impl ResourceJobs {
             Some(note),
         )
         .await;
-    }
-}
-
-/// The controller's [`Exporter`] as the supervisor's engine.
-pub struct ExporterEngine(pub Arc<dyn Exporter>);
-
-#[async_trait]
-impl JobEngine for ExporterEngine {
-    async fn start_checkpoint(&self) -> Result<Checkpoint, ExportFailure> {
-        self.0.start_checkpoint().await
-    }
-
-    async fn run(
-        &self,
-        export_id: &str,
-        spec: &ExportSpec,
-        checkpoint: Checkpoint,
-        progress: &dyn ProgressReporter,
-        cancel: &CancellationToken,
-    ) -> Result<ExportOutcome, ExportFailure> {
-        self.0
-            .run(export_id, spec, checkpoint, progress, cancel)
-            .await
-    }
-
-    async fn abort(&self, export_id: &str, spec: &ExportSpec) -> Result<(), ExportFailure> {
-        self.0.abort(export_id, spec).await
     }
 }
