@@ -525,6 +525,13 @@ fn proc_status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
+/// Resets the process's peak resident size (`VmHWM`) to its current size (`clear_refs` value 5,
+/// Linux 4.0+).
+fn reset_peak_rss(pid: u32) {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
+        .unwrap_or_else(|error| panic!("cannot reset the peak RSS of pid {pid}: {error}"));
+}
+
 fn unique_prefix(label: &str) -> String {
     format!(
         "{label}-{}/",
@@ -594,6 +601,10 @@ async fn a_100_mb_object_at_the_prefix_is_refused_without_being_downloaded() {
         .await
         .unwrap();
     let pid = setup.server.pid();
+    // The peak is reset to the current resident size first, so the bound below is about what
+    // these two exports touch and not about how far an earlier peak happened to be above today's
+    // level (resident memory below an old peak rises and falls by tens of MiB on its own).
+    reset_peak_rss(pid);
     let rss_before = proc_status_kib(pid, "VmRSS");
     let peak_before = proc_status_kib(pid, "VmHWM");
     for prefix in [&huge_claim, &huge_part] {
@@ -607,12 +618,13 @@ async fn a_100_mb_object_at_the_prefix_is_refused_without_being_downloaded() {
     let rss_after = proc_status_kib(pid, "VmRSS");
     let peak_after = proc_status_kib(pid, "VmHWM");
     eprintln!("VmRSS {rss_before} -> {rss_after} KiB, VmHWM {peak_before} -> {peak_after} KiB");
+    // Downloading either object whole would add at least 100 MiB; the capped 1 MiB read and
+    // the HEAD add a few, and the server's own activity up to about 30 MiB.
     assert!(
-        peak_after < peak_before + 24 * 1024,
-        "peak memory grew by {} KiB reading a 100 MB object",
+        peak_after < peak_before + 64 * 1024,
+        "peak memory grew by {} KiB refusing two 100 MB objects",
         peak_after - peak_before
     );
-    assert!(rss_after < rss_before + 24 * 1024);
     // Nothing was written next to the foreign objects.
     assert_eq!(
         s3_keys(&endpoint, &bucket, &huge_part).await,
