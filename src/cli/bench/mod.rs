@@ -281,6 +281,13 @@ impl BenchServer {
         peak_rss_kib(self.pid).unwrap_or(0)
     }
 
+    /// Resets the server's peak resident size (VmHWM) to its current size (`clear_refs` 5,
+    /// Linux 4.0+), so that the next [`Self::peak_rss_kib`] covers only what follows.
+    fn reset_peak_rss(&self) -> anyhow::Result<()> {
+        std::fs::write(format!("/proc/{}/clear_refs", self.pid), "5")
+            .map_err(|error| anyhow::anyhow!("cannot reset the server's peak RSS: {error}"))
+    }
+
     /// Stops the server gracefully (SIGTERM, final commit) and checks its exit status.
     async fn stop(mut self) -> anyhow::Result<()> {
         let status = std::process::Command::new("kill")

@@ -114,6 +114,7 @@ pub async fn run(args: QueryBenchArgs) -> anyhow::Result<()> {
     }
     let cursor_found = queries[7].path_and_query.contains("cursor=");
     queries.retain(|query| query.number != 8 || cursor_found);
+    server.reset_peak_rss()?;
     for query in &queries {
         get_rows(&server, &params, query).await?;
     }
@@ -125,7 +126,7 @@ pub async fn run(args: QueryBenchArgs) -> anyhow::Result<()> {
         time_query(&server, &params, query, args.runs.max(1)).await?;
     }
     println!(
-        "server peak RSS (VmHWM, whole run): {:.0} MiB",
+        "server peak RSS during the query mix (VmHWM): {:.0} MiB",
         server.peak_rss_kib() as f64 / 1024.0
     );
     server.stop().await
