@@ -6,7 +6,8 @@
 //! 2. disk bytes per event after a final commit (graceful stop of that server);
 //! 3. bulk import of the same events into a fresh data directory.
 //!
-//! `bench export` measures the export engine (see [`export`]).
+//! `bench export` measures the export engine (see [`export`]); `bench query` the reference query
+//! mix (see [`query`]).
 //!
 //! Run them from a release build: `cargo run --release -- bench ingest`.
 
@@ -22,6 +23,7 @@ use clap::{Args, Subcommand};
 use tokio::io::AsyncBufReadExt;
 
 mod export;
+mod query;
 
 use crate::cli::workload::{WorkloadGenerator, WorkloadOptions};
 use scaivault_audit::store::{Store, StoreConfig, StoreMetrics};
@@ -33,6 +35,8 @@ pub enum BenchCommand {
     Ingest(IngestBenchArgs),
     /// Exports (JSONL/CSV, gzip or not) to the file sink and optionally an S3 endpoint.
     Export(export::ExportBenchArgs),
+    /// The 11-query reference mix over HTTP: p50/p95/p99 per query and the server's peak RSS.
+    Query(query::QueryBenchArgs),
 }
 
 /// Flags of `bench ingest`.
@@ -61,6 +65,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Ingest(args) => ingest(args).await,
         BenchCommand::Export(args) => export::run(args).await,
+        BenchCommand::Query(args) => query::run(args).await,
     }
 }
 
@@ -159,79 +164,12 @@ async fn http_ingest(
     bodies: Arc<Vec<Vec<u8>>>,
     clients: usize,
 ) -> anyhow::Result<HttpFigures> {
-    std::fs::create_dir_all(data_dir)?;
-    let tokens = data_dir.with_extension("tokens.toml");
-    std::fs::write(
-        &tokens,
-        format!(
-            "[[tokens]]\nname = \"bench\"\nsha256 = \"{}\"\nidentity_id = \"sa:bench\"\nscopes = [\"audit:write\", \"audit:read\"]\nall_tenants = true\n",
-            scaivault_audit::auth::hash_token(BENCH_TOKEN)
-        ),
-    )?;
-    let mut server = tokio::process::Command::new(std::env::current_exe()?)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-level",
-            "warn",
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .arg("--tokens-file")
-        .arg(&tokens)
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .context("failed to start the server")?;
-    let pid = server.id().context("server has no pid")?;
-    let stdout = server.stdout.take().context("no server stdout")?;
-    let mut lines = tokio::io::BufReader::new(stdout).lines();
-    let address = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await? {
-            if let Some(address) = line.strip_prefix("listening on ") {
-                return Ok(address.to_string());
-            }
-        }
-        bail!("the server exited before listening")
-    })
-    .await
-    .context("the server did not start within 60 s")??;
-    let client = reqwest::Client::new();
-    wait_ready(&client, &address).await?;
-
-    let next = Arc::new(AtomicUsize::new(0));
+    let server = BenchServer::start(data_dir).await?;
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let (client, address, bodies, next) = (
-            client.clone(),
-            address.clone(),
-            bodies.clone(),
-            next.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            post_batches(client, address, bodies, next).await
-        }));
-    }
-    let mut latencies = Vec::new();
-    for task in tasks {
-        latencies.extend(task.await??);
-    }
+    let mut latencies = post_all(&server, bodies, clients).await?;
     let elapsed = started.elapsed();
-    let peak_rss_kib = peak_rss_kib(pid).unwrap_or(0);
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()?;
-    if !status.success() {
-        bail!("failed to signal the server");
-    }
-    let exit = tokio::time::timeout(Duration::from_secs(300), server.wait())
-        .await
-        .context("server did not stop")??;
-    if !exit.success() {
-        bail!("server exited with {exit}");
-    }
+    let peak_rss_kib = server.peak_rss_kib();
+    server.stop().await?;
     latencies.sort_by(f64::total_cmp);
     let percentile = |p: f64| {
         latencies
@@ -245,6 +183,127 @@ async fn http_ingest(
         p99_ms: percentile(0.99),
         peak_rss_kib,
     })
+}
+
+/// Posts every body with `clients` concurrent keep-alive clients; the latency of each batch in ms.
+async fn post_all(
+    server: &BenchServer,
+    bodies: Arc<Vec<Vec<u8>>>,
+    clients: usize,
+) -> anyhow::Result<Vec<f64>> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (client, address, bodies, next) = (
+            server.client.clone(),
+            server.address.clone(),
+            bodies.clone(),
+            next.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            post_batches(client, address, bodies, next).await
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    Ok(latencies)
+}
+
+/// A `serve` process of this binary on a data directory, with a bench token that may read and
+/// write every tenant.
+struct BenchServer {
+    child: tokio::process::Child,
+    pid: u32,
+    /// `http://host:port`, as the server printed it.
+    address: String,
+    /// A keep-alive client for it.
+    client: reqwest::Client,
+}
+
+impl BenchServer {
+    /// Starts the server on `data_dir` and waits until it is ready.
+    async fn start(data_dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(data_dir)?;
+        let tokens = data_dir.with_extension("tokens.toml");
+        std::fs::write(
+            &tokens,
+            format!(
+                "[[tokens]]\nname = \"bench\"\nsha256 = \"{}\"\nidentity_id = \"sa:bench\"\nscopes = [\"audit:write\", \"audit:read\"]\nall_tenants = true\n",
+                scaivault_audit::auth::hash_token(BENCH_TOKEN)
+            ),
+        )?;
+        let mut child = tokio::process::Command::new(std::env::current_exe()?)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--log-level",
+                "warn",
+                // The query mix issues far more than a user's quota of queries per minute.
+                "--rate-limit-queries-per-minute",
+                "0",
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .arg("--tokens-file")
+            .arg(&tokens)
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("failed to start the server")?;
+        let pid = child.id().context("server has no pid")?;
+        let stdout = child.stdout.take().context("no server stdout")?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let address = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(address) = line.strip_prefix("listening on ") {
+                    return Ok(address.to_string());
+                }
+            }
+            bail!("the server exited before listening")
+        })
+        .await
+        .context("the server did not start within 60 s")??;
+        let client = reqwest::Client::new();
+        wait_ready(&client, &address).await?;
+        Ok(Self {
+            child,
+            pid,
+            address,
+            client,
+        })
+    }
+
+    /// The server's peak resident set so far (VmHWM), 0 where /proc cannot tell.
+    fn peak_rss_kib(&self) -> u64 {
+        peak_rss_kib(self.pid).unwrap_or(0)
+    }
+
+    /// Resets the server's peak resident size (VmHWM) to its current size (`clear_refs` 5,
+    /// Linux 4.0+), so that the next [`Self::peak_rss_kib`] covers only what follows.
+    fn reset_peak_rss(&self) -> anyhow::Result<()> {
+        std::fs::write(format!("/proc/{}/clear_refs", self.pid), "5")
+            .map_err(|error| anyhow::anyhow!("cannot reset the server's peak RSS: {error}"))
+    }
+
+    /// Stops the server gracefully (SIGTERM, final commit) and checks its exit status.
+    async fn stop(mut self) -> anyhow::Result<()> {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("failed to signal the server");
+        }
+        let exit = tokio::time::timeout(Duration::from_secs(300), self.child.wait())
+            .await
+            .context("server did not stop")??;
+        if !exit.success() {
+            bail!("server exited with {exit}");
+        }
+        Ok(())
+    }
 }
 
 async fn post_batches(

@@ -1,0 +1,404 @@
+//! `bench query`: the reference query mix (WORKLOAD.md, docs/workload.md) over HTTP.
+//!
+//! Generates the workload, loads it through HTTP ingest into a fresh server, waits until the
+//! largest tenant's events are all searchable, picks each query's parameters from the generated
+//! events by the same rules as the PostgreSQL harness (`pick_params` in the peers' `pg_queries.py`),
+//! warms up, and times each query `--runs` times with one keep-alive client.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use serde::Deserialize;
+
+use super::{BENCH_TOKEN, BenchServer, generate_bodies, machine_description, post_all};
+use scaivault_audit::timestamp;
+
+/// Flags of `bench query`.
+#[derive(Debug, Clone, Args)]
+pub struct QueryBenchArgs {
+    /// Events to generate and ingest.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: u64,
+    /// Timed runs per query (after one warm-up pass over the whole mix).
+    #[arg(long, default_value_t = 20)]
+    pub runs: usize,
+    /// Workload seed.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Directory for the benchmark's data directory (default: a new temporary directory,
+    /// removed afterwards).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+const LIMIT: usize = 100;
+const CURSOR_PAGE: usize = 50;
+const DAY_US: i64 = 86_400_000_000;
+const INGEST_CLIENTS: usize = 4;
+const INGEST_BATCH: usize = 1000;
+
+/// The fields of a generated event that the parameter rules look at.
+#[derive(Deserialize)]
+struct EventFields {
+    tenant_id: String,
+    timestamp: String,
+    action: String,
+    identity_type: String,
+    identity_id: String,
+    secret_path: Option<String>,
+    request_id: Option<String>,
+}
+
+/// Every query parameter, chosen from the data (ties broken by key, like the PostgreSQL harness).
+#[derive(Debug)]
+struct Params {
+    tenant: String,
+    tenant_events: u64,
+    /// One second after the tenant's newest event, whole seconds: the "now" of the windows.
+    now_us: i64,
+    mid_identity: String,
+    request_id: String,
+    most_read_path: String,
+    busiest_sa: String,
+}
+
+/// One query of the mix: a path and query string against the server, and whether the workload
+/// guarantees it matches something.
+struct Query {
+    number: u8,
+    label: &'static str,
+    path_and_query: String,
+    must_match: bool,
+}
+
+/// Runs `bench query`.
+pub async fn run(args: QueryBenchArgs) -> anyhow::Result<()> {
+    let temp = tempfile::Builder::new()
+        .prefix("scaivault-bench-")
+        .tempdir_in(args.dir.clone().unwrap_or_else(std::env::temp_dir))?;
+    println!("machine: {}", machine_description());
+    println!(
+        "workload: {} events, seed {}, reference shape (docs/workload.md)",
+        args.events, args.seed
+    );
+    let bodies = generate_bodies(args.events, args.seed, INGEST_BATCH)?;
+    let params = pick_params(&bodies)?;
+    println!(
+        "parameters: tenant {} ({} events), mid identity {}, request_id {}, most-read path {}, busiest service account {}",
+        params.tenant,
+        params.tenant_events,
+        params.mid_identity,
+        params.request_id,
+        params.most_read_path,
+        params.busiest_sa
+    );
+    let server = BenchServer::start(&temp.path().join("data")).await?;
+    let started = Instant::now();
+    post_all(&server, Arc::new(bodies), INGEST_CLIENTS).await?;
+    wait_searchable(&server, &params).await?;
+    println!(
+        "loaded over HTTP and searchable in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    let mut queries = mix(&params);
+    let cursor = walk_to_page(&server, &params, &queries[3].path_and_query).await?;
+    match cursor {
+        Some(cursor) => queries[7]
+            .path_and_query
+            .push_str(&format!("&cursor={cursor}")),
+        None => println!("q8 skipped: fewer than {CURSOR_PAGE} pages for query 4 at this size"),
+    }
+    let cursor_found = queries[7].path_and_query.contains("cursor=");
+    queries.retain(|query| query.number != 8 || cursor_found);
+    server.reset_peak_rss()?;
+    for query in &queries {
+        get_rows(&server, &params, query).await?;
+    }
+    println!(
+        "query mix: {} timed runs per query after one warm-up, one keep-alive client, limit {LIMIT}",
+        args.runs
+    );
+    for query in &queries {
+        time_query(&server, &params, query, args.runs.max(1)).await?;
+    }
+    println!(
+        "server peak RSS during the query mix (VmHWM): {:.0} MiB",
+        server.peak_rss_kib() as f64 / 1024.0
+    );
+    server.stop().await
+}
+
+/// Chooses the parameters from the generated NDJSON bodies.
+fn pick_params(bodies: &[Vec<u8>]) -> anyhow::Result<Params> {
+    let mut events = Vec::new();
+    for line in bodies.iter().flat_map(|body| body.split(|b| *b == b'\n')) {
+        if !line.is_empty() {
+            events.push(serde_json::from_slice::<EventFields>(line)?);
+        }
+    }
+    let tenant_counts = count(events.iter().map(|e| Some(e.tenant_id.as_str())));
+    let (tenant, tenant_events) = top_one(&tenant_counts).context("no events generated")?;
+    let events: Vec<_> = events.iter().filter(|e| e.tenant_id == tenant).collect();
+    let mut newest_us = i64::MIN;
+    for event in &events {
+        let micros = timestamp::parse_rfc3339_micros(&event.timestamp)
+            .map_err(|problem| anyhow::anyhow!("generated timestamp: {problem}"))?;
+        newest_us = newest_us.max(micros);
+    }
+    let identities = ranked(&count(events.iter().map(|e| Some(e.identity_id.as_str()))));
+    let mid_identity = identities
+        .get(identities.len() / 2)
+        .map(|(key, _)| key.clone())
+        .context("no identities")?;
+    let request_ids = count(events.iter().map(|e| e.request_id.as_deref()));
+    let reads = events.iter().filter(|e| e.action == "read");
+    let paths = count(reads.map(|e| e.secret_path.as_deref()));
+    let accounts = events
+        .iter()
+        .filter(|e| e.identity_type == "service_account");
+    let accounts = count(accounts.map(|e| Some(e.identity_id.as_str())));
+    Ok(Params {
+        tenant,
+        tenant_events,
+        now_us: newest_us.div_euclid(1_000_000) * 1_000_000 + 1_000_000,
+        mid_identity,
+        request_id: top_one(&request_ids).context("no request_id")?.0,
+        most_read_path: top_one(&paths).context("no read path")?.0,
+        busiest_sa: top_one(&accounts).context("no service account")?.0,
+    })
+}
+
+/// Occurrences of each present key.
+fn count<'a>(keys: impl Iterator<Item = Option<&'a str>>) -> HashMap<&'a str, u64> {
+    let mut counts = HashMap::new();
+    for key in keys.flatten() {
+        *counts.entry(key).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Keys by count descending, then by key.
+fn ranked(counts: &HashMap<&str, u64>) -> Vec<(String, u64)> {
+    let mut ranked: Vec<_> = counts.iter().map(|(k, n)| (k.to_string(), *n)).collect();
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    ranked
+}
+
+fn top_one(counts: &HashMap<&str, u64>) -> Option<(String, u64)> {
+    ranked(counts).into_iter().next()
+}
+
+/// The 11 queries of WORKLOAD.md, against the largest tenant, newest first.
+fn mix(p: &Params) -> Vec<Query> {
+    let since = |days: i64| encode(&timestamp::format_micros(p.now_us - days * DAY_US));
+    let logs = |filter: String| format!("/v1/audit/logs?limit={LIMIT}{filter}");
+    let query = |number, label, path_and_query, must_match| Query {
+        number,
+        label,
+        path_and_query,
+        must_match,
+    };
+    let production = "&path_prefix=environments%2Fproduction%2F".to_string();
+    vec![
+        query(1, "latest page, no filter", logs(String::new()), true),
+        query(
+            2,
+            "action=read, last 24 h",
+            logs(format!("&action=read&from={}", since(1))),
+            true,
+        ),
+        query(
+            3,
+            "identity_id, mid-popularity",
+            logs(format!("&identity_id={}", encode(&p.mid_identity))),
+            true,
+        ),
+        query(
+            4,
+            "path_prefix=environments/production/",
+            logs(production.clone()),
+            true,
+        ),
+        query(
+            5,
+            "request_id exact",
+            logs(format!("&request_id={}", encode(&p.request_id))),
+            true,
+        ),
+        query(
+            6,
+            "success=false, last 7 days",
+            logs(format!("&success=false&from={}", since(7))),
+            true,
+        ),
+        query(
+            7,
+            "action=write,delete,rotate + path_prefix=integrations/",
+            logs("&action=write,delete,rotate&path_prefix=integrations%2F".into()),
+            true,
+        ),
+        query(8, "page 50 of the q4 cursor walk", logs(production), true),
+        query(
+            9,
+            "/summary, last 30 days",
+            format!("/v1/audit/summary?from={}", since(30)),
+            true,
+        ),
+        query(
+            10,
+            "secret trail (most-read path) + 30-day summary",
+            format!(
+                "/v1/audit/secrets/{}?limit={LIMIT}",
+                encode_path(&p.most_read_path)
+            ),
+            true,
+        ),
+        query(
+            11,
+            "identity trail (busiest service account) + 30-day summary",
+            format!(
+                "/v1/audit/identities/{}?limit={LIMIT}",
+                encode(&p.busiest_sa)
+            ),
+            true,
+        ),
+    ]
+}
+
+/// Query-string encoding of one value.
+fn encode(value: &str) -> String {
+    form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
+
+/// Percent-encodes each segment of a secret path, keeping its slashes.
+fn encode_path(path: &str) -> String {
+    path.split('/').map(encode).collect::<Vec<_>>().join("/")
+}
+
+/// GETs `path_and_query` as the tenant; the parsed body, failing on any status but 200.
+async fn get_json(
+    server: &BenchServer,
+    params: &Params,
+    path_and_query: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let response = server
+        .client
+        .get(format!("{}{path_and_query}", server.address))
+        .bearer_auth(BENCH_TOKEN)
+        .header("x-tenant-id", &params.tenant)
+        .send()
+        .await?;
+    let status = response.status();
+    let body = response.bytes().await?;
+    if status != reqwest::StatusCode::OK {
+        bail!(
+            "GET {path_and_query} answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    serde_json::from_slice(&body).with_context(|| format!("GET {path_and_query}: body is not JSON"))
+}
+
+/// Rows a response returned: `logs` entries, or a summary's `total_events`.
+fn rows(body: &serde_json::Value) -> u64 {
+    match body.get("logs").and_then(serde_json::Value::as_array) {
+        Some(logs) => logs.len() as u64,
+        None => body
+            .get("total_events")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0),
+    }
+}
+
+/// Runs `query` once and checks that it matched something where the workload guarantees it.
+async fn get_rows(server: &BenchServer, params: &Params, query: &Query) -> anyhow::Result<u64> {
+    let body = get_json(server, params, &query.path_and_query).await?;
+    let rows = rows(&body);
+    if query.must_match && rows == 0 {
+        bail!(
+            "query {} ({}) returned no rows: GET {}",
+            query.number,
+            query.label,
+            query.path_and_query
+        );
+    }
+    Ok(rows)
+}
+
+/// Times `runs` runs of `query` and prints its line.
+async fn time_query(
+    server: &BenchServer,
+    params: &Params,
+    query: &Query,
+    runs: usize,
+) -> anyhow::Result<()> {
+    let mut latencies = Vec::with_capacity(runs);
+    let mut rows = 0;
+    for _ in 0..runs {
+        let sent = Instant::now();
+        rows = get_rows(server, params, query).await?;
+        latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
+    }
+    latencies.sort_by(f64::total_cmp);
+    let percentile = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    println!(
+        "q{:<2} {:<58} p50 {:>9.2} ms  p95 {:>9.2} ms  p99 {:>9.2} ms  rows {rows}",
+        query.number,
+        query.label,
+        percentile(0.5),
+        percentile(0.95),
+        percentile(0.99)
+    );
+    Ok(())
+}
+
+/// Polls the all-time summary until it counts every event of the tenant.
+async fn wait_searchable(server: &BenchServer, params: &Params) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let body = get_json(server, params, "/v1/audit/summary").await?;
+        let total = body.get("total_events").and_then(serde_json::Value::as_u64);
+        if total == Some(params.tenant_events) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "only {total:?} of {} events searchable after 600 s",
+                params.tenant_events
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Follows query 4's cursors to the start of page 50; `None` if there are fewer pages.
+async fn walk_to_page(
+    server: &BenchServer,
+    params: &Params,
+    first_page: &str,
+) -> anyhow::Result<Option<String>> {
+    let mut cursor: Option<String> = None;
+    for _ in 1..CURSOR_PAGE {
+        let path = match &cursor {
+            None => first_page.to_string(),
+            Some(cursor) => format!("{first_page}&cursor={cursor}"),
+        };
+        let body = get_json(server, params, &path).await?;
+        let next = body.get("cursor").and_then(serde_json::Value::as_str);
+        let has_more = body.get("has_more").and_then(serde_json::Value::as_bool);
+        match (next, has_more) {
+            (Some(next), Some(true)) => cursor = Some(encode(next)),
+            _ => return Ok(None),
+        }
+    }
+    Ok(cursor)
+}
