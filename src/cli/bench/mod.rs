@@ -72,14 +72,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
 const BENCH_TOKEN: &str = "skt_benchmark_token_not_secret";
 
 async fn ingest(args: IngestBenchArgs) -> anyhow::Result<()> {
-    let temp = tempfile::Builder::new()
-        .prefix("scaivault-bench-")
-        .tempdir_in(args.dir.clone().unwrap_or_else(std::env::temp_dir))?;
-    println!("machine: {}", machine_description());
-    println!(
-        "workload: {} events, seed {}, reference shape (docs/workload.md)",
-        args.events, args.seed
-    );
+    let temp = start_run(args.dir.as_deref(), args.events, args.seed)?;
     let started = Instant::now();
     let bodies = generate_bodies(args.events, args.seed, args.batch.max(1))?;
     let raw_bytes: usize = bodies.iter().map(Vec::len).sum();
@@ -171,16 +164,10 @@ async fn http_ingest(
     let peak_rss_kib = server.peak_rss_kib();
     server.stop().await?;
     latencies.sort_by(f64::total_cmp);
-    let percentile = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 - 1.0) * p) as usize)
-            .copied()
-            .unwrap_or(0.0)
-    };
     Ok(HttpFigures {
         elapsed,
-        p50_ms: percentile(0.5),
-        p99_ms: percentile(0.99),
+        p50_ms: percentile(&latencies, 0.5),
+        p99_ms: percentile(&latencies, 0.99),
         peak_rss_kib,
     })
 }
@@ -412,6 +399,28 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The temporary directory of one benchmark run (under `dir`, else the system's), after printing
+/// the machine and the workload.
+fn start_run(dir: Option<&Path>, events: u64, seed: u64) -> anyhow::Result<tempfile::TempDir> {
+    let temp = tempfile::Builder::new()
+        .prefix("scaivault-bench-")
+        .tempdir_in(
+            dir.map(Path::to_path_buf)
+                .unwrap_or_else(std::env::temp_dir),
+        )?;
+    println!("machine: {}", machine_description());
+    println!("workload: {events} events, seed {seed}, reference shape (docs/workload.md)");
+    Ok(temp)
+}
+
+/// The `p` quantile (0..=1) of ascending `sorted` values (nearest rank, rounded down); 0 if empty.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 - 1.0) * p) as usize)
+        .copied()
+        .unwrap_or(0.0)
 }
 
 fn machine_description() -> String {

@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use serde::Deserialize;
 
-use super::{BENCH_TOKEN, BenchServer, generate_bodies, machine_description, post_all};
+use super::{BENCH_TOKEN, BenchServer, generate_bodies, percentile, post_all, start_run};
 use scaivault_audit::timestamp;
 
 /// Flags of `bench query`.
@@ -77,14 +77,7 @@ struct Query {
 
 /// Runs `bench query`.
 pub async fn run(args: QueryBenchArgs) -> anyhow::Result<()> {
-    let temp = tempfile::Builder::new()
-        .prefix("scaivault-bench-")
-        .tempdir_in(args.dir.clone().unwrap_or_else(std::env::temp_dir))?;
-    println!("machine: {}", machine_description());
-    println!(
-        "workload: {} events, seed {}, reference shape (docs/workload.md)",
-        args.events, args.seed
-    );
+    let temp = start_run(args.dir.as_deref(), args.events, args.seed)?;
     let bodies = generate_bodies(args.events, args.seed, INGEST_BATCH)?;
     let params = pick_params(&bodies)?;
     println!(
@@ -344,19 +337,13 @@ async fn time_query(
         latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
     }
     latencies.sort_by(f64::total_cmp);
-    let percentile = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 - 1.0) * p).round() as usize)
-            .copied()
-            .unwrap_or(0.0)
-    };
     println!(
         "q{:<2} {:<58} p50 {:>9.2} ms  p95 {:>9.2} ms  p99 {:>9.2} ms  rows {rows}",
         query.number,
         query.label,
-        percentile(0.5),
-        percentile(0.95),
-        percentile(0.99)
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.95),
+        percentile(&latencies, 0.99)
     );
     Ok(())
 }
