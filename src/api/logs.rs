@@ -67,11 +67,12 @@ pub async fn run_page(
     tokio::task::spawn_blocking(move || {
         let searcher = state.store.searcher();
         let fields = state.store.fields();
-        let query = query::build_query(searcher.index(), fields, &tenant, &searchable)?;
+        let plan = query::build_search(searcher.index(), fields, &tenant, &searchable)?;
         let result = search::top_by_time(
             &searcher,
+            state.store.timelines(),
             fields,
-            query.as_ref(),
+            &plan,
             page.direction,
             after,
             page.limit,

@@ -676,12 +676,13 @@ fn read_part(
             return Err(cancelled());
         }
         let narrowed = query::narrow_to_cursor(filters.clone(), Direction::OldestFirst, after);
-        let query = query::build_query(searcher.index(), fields, &spec.tenant_id, &narrowed)
+        let plan = query::build_search(searcher.index(), fields, &spec.tenant_id, &narrowed)
             .map_err(|error| ExportFailure::new("invalid_spec", error.to_string()))?;
         let limit = remaining.min(PAGE_EVENTS as u64) as usize;
         let (hits, has_more) = search::top_hits(
             &searcher,
-            query.as_ref(),
+            store.timelines(),
+            &plan,
             Direction::OldestFirst,
             after,
             limit,

@@ -19,7 +19,7 @@ use tantivy::{Index, Term};
 use crate::event::{Action, FieldErrors, IdentityType};
 use crate::store::Fields;
 use crate::store::schema::to_ipv6;
-use crate::store::search::{Direction, SortKey};
+use crate::store::search::{ColumnFilter, Direction, SearchPlan, SortKey, prefix_successor};
 use crate::timestamp;
 
 /// Default page size (SPEC §3.1).
@@ -277,17 +277,40 @@ pub enum QueryError {
     Text(String),
 }
 
-/// The Tantivy query for `tenant` and `filters`.
+/// The search for `tenant` and `filters`: postings drive it, fast columns filter it (see
+/// [`crate::store::search`]).
+pub fn build_search(
+    index: &Index,
+    fields: &Fields,
+    tenant: &str,
+    filters: &LogFilters,
+) -> Result<SearchPlan, QueryError> {
+    let filter = ColumnFilter {
+        from_us: filters.from_us,
+        to_us: filters.to_us,
+        before_seq: filters.before_seq,
+        actions: (!filters.actions.is_empty()).then(|| action_mask(&filters.actions)),
+        path_prefix: filters.path_prefix.clone(),
+        source_ip: filters
+            .source_ip
+            .map(|network| to_ipv6(network.network())..=to_ipv6(network.broadcast())),
+    };
+    let clauses = posting_clauses(index, fields, tenant, filters)?;
+    Ok(SearchPlan {
+        query: Box::new(BooleanQuery::new(clauses)),
+        filter,
+    })
+}
+
+/// The Tantivy query for `tenant` and `filters`, every filter included (for counts and
+/// aggregates that visit all matches anyway).
 pub fn build_query(
     index: &Index,
     fields: &Fields,
     tenant: &str,
     filters: &LogFilters,
 ) -> Result<Box<dyn Query>, QueryError> {
-    let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(
-        Occur::Must,
-        term(Term::from_field_text(fields.tenant, tenant)),
-    )];
+    let mut clauses = posting_clauses(index, fields, tenant, filters)?;
     if filters.from_us.is_some() || filters.to_us.is_some() {
         let lower = filters.from_us.map_or(Bound::Unbounded, |from| {
             Bound::Included(Term::from_field_i64(fields.timestamp, from))
@@ -304,6 +327,49 @@ pub fn build_query(
             .map(|action| Term::from_field_u64(fields.action, action.ordinal()));
         clauses.push((Occur::Must, Box::new(TermSetQuery::new(terms))));
     }
+    if let Some(prefix) = &filters.path_prefix {
+        clauses.push((Occur::Must, prefix_query(fields, prefix)));
+    }
+    if let Some(network) = filters.source_ip {
+        clauses.push((Occur::Must, ip_query(fields, network)));
+    }
+    if let Some(before) = filters.before_seq {
+        // A fast field only: the snapshot is the range [0, before).
+        clauses.push((
+            Occur::Must,
+            Box::new(RangeQuery::new(
+                Bound::Unbounded,
+                Bound::Excluded(Term::from_field_u64(fields.seq, before)),
+            )),
+        ));
+    }
+    Ok(Box::new(BooleanQuery::new(clauses)))
+}
+
+/// One clause of a conjunction.
+type Clause = (Occur, Box<dyn Query>);
+
+/// Bit `n` set for every action of ordinal `n`.
+fn action_mask(actions: &[Action]) -> u64 {
+    actions
+        .iter()
+        .map(|action| action.ordinal())
+        .filter(|ordinal| *ordinal < 64)
+        .fold(0, |mask, ordinal| mask | (1 << ordinal))
+}
+
+/// The clauses answered from postings: the tenant and the filters that usually select few
+/// documents.
+fn posting_clauses(
+    index: &Index,
+    fields: &Fields,
+    tenant: &str,
+    filters: &LogFilters,
+) -> Result<Vec<Clause>, QueryError> {
+    let mut clauses: Vec<Clause> = vec![(
+        Occur::Must,
+        term(Term::from_field_text(fields.tenant, tenant)),
+    )];
     if let Some(identity_id) = &filters.identity_id {
         clauses.push((
             Occur::Must,
@@ -319,9 +385,6 @@ pub fn build_query(
             )),
         ));
     }
-    if let Some(prefix) = &filters.path_prefix {
-        clauses.push((Occur::Must, prefix_query(fields, prefix)));
-    }
     if let Some(path) = &filters.secret_path {
         clauses.push((
             Occur::Must,
@@ -334,9 +397,6 @@ pub fn build_query(
             term(Term::from_field_bool(fields.success, success)),
         ));
     }
-    if let Some(network) = filters.source_ip {
-        clauses.push((Occur::Must, ip_query(fields, network)));
-    }
     if let Some(request_id) = &filters.request_id {
         // A fast field only (see the schema): an exact match is the range [id, id].
         let exact = Term::from_field_text(fields.request_id, request_id);
@@ -348,16 +408,6 @@ pub fn build_query(
             )),
         ));
     }
-    if let Some(before) = filters.before_seq {
-        // A fast field only: the snapshot is the range [0, before).
-        clauses.push((
-            Occur::Must,
-            Box::new(RangeQuery::new(
-                Bound::Unbounded,
-                Bound::Excluded(Term::from_field_u64(fields.seq, before)),
-            )),
-        ));
-    }
     if let Some(text) = &filters.text {
         let mut parser = QueryParser::for_index(index, vec![fields.text]);
         parser.set_conjunction_by_default();
@@ -366,7 +416,7 @@ pub fn build_query(
             .map_err(|error| QueryError::Text(error.to_string()))?;
         clauses.push((Occur::Must, parsed));
     }
-    Ok(Box::new(BooleanQuery::new(clauses)))
+    Ok(clauses)
 }
 
 fn term(term: Term) -> Box<dyn Query> {
@@ -381,18 +431,6 @@ fn prefix_query(fields: &Fields, prefix: &str) -> Box<dyn Query> {
         None => Bound::Unbounded,
     };
     Box::new(RangeQuery::new(lower, upper))
-}
-
-/// The smallest string greater than every string starting with `prefix` (ASCII prefixes).
-fn prefix_successor(prefix: &str) -> Option<String> {
-    let mut bytes = prefix.as_bytes().to_vec();
-    while let Some(last) = bytes.pop() {
-        if last < 0x7f {
-            bytes.push(last + 1);
-            return String::from_utf8(bytes).ok();
-        }
-    }
-    None
 }
 
 fn ip_query(fields: &Fields, network: IpNet) -> Box<dyn Query> {

@@ -14,9 +14,11 @@
 //! store serves everything else.
 
 pub mod dedup;
+pub mod merge_order;
 pub mod metrics;
 pub mod schema;
 pub mod search;
+pub mod timeline;
 pub mod wal;
 pub mod writer;
 
@@ -37,6 +39,8 @@ pub use schema::Fields;
 pub use writer::{IngestOutcome, PreparedEvent, WriteError};
 
 use dedup::Deduplicator;
+use merge_order::ArrivalOrderMergePolicy;
+use timeline::Timelines;
 use wal::Wal;
 use writer::{CommitPayload, IndexStage, Request, SharedState};
 
@@ -81,6 +85,7 @@ pub struct Store {
 struct StoreInner {
     reader: IndexReader,
     fields: Fields,
+    timelines: Timelines,
     requests: mpsc::Sender<Request>,
     shared: Arc<SharedState>,
     startup_error: Mutex<Option<String>>,
@@ -107,8 +112,9 @@ impl Store {
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
             .try_into()?;
-        let index_writer = index
+        let index_writer: tantivy::IndexWriter = index
             .writer_with_num_threads(config.index_threads.max(1), config.index_memory_bytes)?;
+        index_writer.set_merge_policy(Box::new(ArrivalOrderMergePolicy::new(index.clone())));
         metrics
             .index_documents
             .set(reader.searcher().num_docs() as i64);
@@ -123,6 +129,7 @@ impl Store {
         let inner = Arc::new(StoreInner {
             reader: reader.clone(),
             fields,
+            timelines: Timelines::default(),
             requests,
             shared: shared.clone(),
             startup_error: Mutex::new(None),
@@ -232,6 +239,11 @@ impl Store {
     /// A point-in-time view of the committed index.
     pub fn searcher(&self) -> tantivy::Searcher {
         self.inner.reader.searcher()
+    }
+
+    /// The time bounds of the index's blocks, for searches.
+    pub fn timelines(&self) -> &Timelines {
+        &self.inner.timelines
     }
 
     pub fn fields(&self) -> &Fields {

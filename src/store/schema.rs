@@ -38,6 +38,7 @@ pub mod fast {
     pub const SUCCESS: &str = "success";
     pub const IDENTITY_ID: &str = "identity_id";
     pub const SECRET_PATH: &str = "secret_path";
+    pub const SOURCE_IP: &str = "source_ip";
 }
 
 /// Typed handles of every field; nothing else looks fields up by name.
@@ -95,7 +96,7 @@ pub fn build_schema() -> (Schema, Fields) {
         identity_type: builder.add_u64_field("identity_type", INDEXED),
         identity_id: builder.add_text_field(fast::IDENTITY_ID, exact_fast()),
         secret_path: builder.add_text_field(fast::SECRET_PATH, exact_fast()),
-        source_ip: builder.add_ip_addr_field("source_ip", IpAddrOptions::default().set_fast()),
+        source_ip: builder.add_ip_addr_field(fast::SOURCE_IP, IpAddrOptions::default().set_fast()),
         request_id: builder.add_text_field(fast::REQUEST_ID, fast_text()),
         success: builder.add_bool_field(fast::SUCCESS, indexed_fast()),
         text: builder.add_text_field("text", free_text),
