@@ -8,7 +8,7 @@ use warp::reply::Response;
 use super::{ApiError, json_response, tenant_header};
 use crate::auth::Principal;
 use crate::event::FieldErrors;
-use crate::query::summary::{self, Aggregate};
+use crate::query::summary::{self, Aggregate, Window};
 use crate::query::{self, LogFilters};
 use crate::state::AppState;
 
@@ -93,9 +93,7 @@ pub async fn aggregate(
         // memory is in use until then.
         let _slot = slot;
         let searcher = state.store.searcher();
-        let query = query::build_query(searcher.index(), state.store.fields(), &tenant, &filters)?;
-        let aggregate = summary::aggregate(&searcher, query.as_ref())
-            .map_err(|error| ApiError::internal(&error));
+        let aggregate = run_aggregate(&state, &searcher, &tenant, filters);
         if !state.work.summary_hold.is_zero() {
             std::thread::sleep(state.work.summary_hold);
         }
@@ -103,6 +101,33 @@ pub async fn aggregate(
     })
     .await
     .map_err(|error| ApiError::internal(&error))?
+}
+
+/// The summary's own filter is only the time window: it comes from the partials. Anything
+/// else (a trail's path or identity) is walked directly, the window checked per document.
+fn run_aggregate(
+    state: &AppState,
+    searcher: &tantivy::Searcher,
+    tenant: &str,
+    filters: LogFilters,
+) -> Result<Aggregate, ApiError> {
+    let window = Window {
+        from_us: filters.from_us,
+        to_us: filters.to_us,
+    };
+    let rest = LogFilters {
+        from_us: None,
+        to_us: None,
+        ..filters
+    };
+    let partials = state.store.partials();
+    let aggregate = if rest == LogFilters::default() {
+        summary::summarize_tenant(partials, searcher, tenant, window)
+    } else {
+        let query = query::build_query(searcher.index(), state.store.fields(), tenant, &rest)?;
+        summary::aggregate_matching(partials, searcher, tenant, query.as_ref(), window)
+    };
+    aggregate.map_err(|error| ApiError::internal(&error))
 }
 
 #[cfg(test)]

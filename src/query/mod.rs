@@ -4,6 +4,7 @@
 //! validated [`LogFilters`] plus the caller's tenant into one conjunctive Tantivy query.
 
 pub mod cursor;
+pub mod partials;
 pub mod summary;
 
 use std::net::IpAddr;

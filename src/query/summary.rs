@@ -1,18 +1,27 @@
-//! Aggregates over matching events, computed from fast fields (no stored event is loaded).
+//! Aggregates over a tenant's events, computed from fast fields (no stored event is loaded).
 //!
-//! One collector serves the global summary (SPEC §3.4) and the 30-day summaries of the secret
-//! and identity trails (§3.2, §3.3): counts by outcome and action, counts per identity and per
-//! path (dense per-segment arrays indexed by term ordinal, resolved to strings once per
-//! segment), and the time bounds.
+//! Two ways to the same [`Aggregate`]:
+//! - [`summarize_tenant`] (the global summary, SPEC §3.4, whose only filter is the time
+//!   window): every per-(tenant, UTC day) partial of [`PartialCache`] that lies wholly inside the
+//!   window is added as it is; a partial the window cuts is recounted exactly from its
+//!   segment, walking only that day's doc-id range of the tenant's postings.
+//! - [`aggregate_matching`] (the 30-day summaries of the secret and identity trails, §3.2,
+//!   §3.3): the trail's query drives, from the first doc id the window can hold in each
+//!   segment (known from the partials), and the timestamp is checked per document.
+//!
+//! Both count into one dense [`Tally`] indexed by process-wide interned ids, and resolve the
+//! ids to strings once, at the end. The time window is never part of the Tantivy query: a
+//! fast-field range scans its column from doc 0 whenever its scorer is created or sought.
 
 use std::collections::HashMap;
 
 use serde::Serialize;
-use tantivy::collector::{Collector, SegmentCollector};
 use tantivy::columnar::{Column, StrColumn};
 use tantivy::query::{EnableScoring, Query};
-use tantivy::{DocId, Score, Searcher, SegmentOrdinal, SegmentReader};
+use tantivy::schema::IndexRecordOption;
+use tantivy::{DocId, DocSet, Searcher, SegmentReader, TERMINATED, Term};
 
+use super::partials::{DayPartial, Interner, Overlap, PartialCache, SegmentPartials};
 use crate::event::Action;
 use crate::store::schema::fast;
 
@@ -46,26 +55,9 @@ impl Aggregate {
             })
             .collect()
     }
-
-    fn merge(&mut self, other: Aggregate) {
-        self.total += other.total;
-        self.successful += other.successful;
-        for (action, count) in other.by_action {
-            *self.by_action.entry(action).or_default() += count;
-        }
-        for (identity, count) in other.by_identity {
-            *self.by_identity.entry(identity).or_default() += count;
-        }
-        for (path, count) in other.by_path {
-            *self.by_path.entry(path).or_default() += count;
-        }
-        self.first_us = min_option(self.first_us, other.first_us);
-        self.last_us = self.last_us.max(other.last_us);
-        self.last_read_us = self.last_read_us.max(other.last_read_us);
-    }
 }
 
-fn min_option(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+pub(crate) fn min_option(a: Option<i64>, b: Option<i64>) -> Option<i64> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -93,135 +85,306 @@ pub fn top(counts: &HashMap<String, u64>, n: usize) -> Vec<Ranked> {
     entries
 }
 
-/// Aggregates every event matching `query`.
-///
-/// Segment by segment, each segment's counts merged (and dropped) before the next segment is
-/// read: memory holds the merged maps and one segment's, not every segment's at once.
-pub fn aggregate(searcher: &Searcher, query: &dyn Query) -> tantivy::Result<Aggregate> {
-    let weight = query.weight(EnableScoring::disabled_from_searcher(searcher))?;
-    let mut merged = Aggregate::default();
-    for (ordinal, segment) in searcher.segment_readers().iter().enumerate() {
-        let fruit = AggregateCollector.collect_segment(weight.as_ref(), ordinal as u32, segment)?;
-        merged.merge(fruit);
-    }
-    Ok(merged)
+/// A half-open time window `[from_us, to_us)`; a missing bound is open.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Window {
+    pub from_us: Option<i64>,
+    pub to_us: Option<i64>,
 }
 
-struct AggregateCollector;
-
-impl Collector for AggregateCollector {
-    type Fruit = Aggregate;
-    type Child = SegmentAggregate;
-
-    fn for_segment(
-        &self,
-        _: SegmentOrdinal,
-        segment: &SegmentReader,
-    ) -> tantivy::Result<SegmentAggregate> {
-        let fast_fields = segment.fast_fields();
-        let identities = fast_fields.str(fast::IDENTITY_ID)?;
-        let paths = fast_fields.str(fast::SECRET_PATH)?;
-        Ok(SegmentAggregate {
-            timestamps: fast_fields.i64(fast::TIMESTAMP)?,
-            actions: fast_fields.u64(fast::ACTION)?,
-            successes: fast_fields.bool(fast::SUCCESS)?,
-            identity_counts: vec![0; identities.as_ref().map_or(0, |column| column.num_terms())],
-            path_counts: vec![0; paths.as_ref().map_or(0, |column| column.num_terms())],
-            identities,
-            paths,
-            action_counts: [0; 32],
-            partial: Aggregate::default(),
-        })
-    }
-
-    fn requires_scoring(&self) -> bool {
-        false
-    }
-
-    fn merge_fruits(&self, fruits: Vec<Aggregate>) -> tantivy::Result<Aggregate> {
-        let mut merged = Aggregate::default();
-        for fruit in fruits {
-            merged.merge(fruit);
+impl Window {
+    /// Whether an event at `timestamp` is inside. An event without a timestamp is inside only
+    /// an unbounded window (as with the fast-field range query this check replaces).
+    pub fn contains(&self, timestamp: Option<i64>) -> bool {
+        match timestamp {
+            Some(timestamp) => {
+                self.from_us.is_none_or(|from| timestamp >= from)
+                    && self.to_us.is_none_or(|to| timestamp < to)
+            }
+            None => self.is_unbounded(),
         }
-        Ok(merged)
+    }
+
+    pub fn is_unbounded(&self) -> bool {
+        self.from_us.is_none() && self.to_us.is_none()
     }
 }
 
-struct SegmentAggregate {
+/// Summary of every event of `tenant` inside `window`: whole partials plus the cut edges.
+pub fn summarize_tenant(
+    cache: &PartialCache,
+    searcher: &Searcher,
+    tenant: &str,
+    window: Window,
+) -> tantivy::Result<Aggregate> {
+    let segments = cache.segments_of(searcher)?;
+    let mut tally = cache.tally();
+    for (segment, partials) in searcher.segment_readers().iter().zip(&segments) {
+        let Some(days) = partials.tenant_days(tenant) else {
+            continue;
+        };
+        let mut cut = Vec::new();
+        for day in days {
+            match day.overlap(window) {
+                Overlap::Whole => tally.add_partial(day),
+                Overlap::Part => cut.push(day),
+                Overlap::None => {}
+            }
+        }
+        if !cut.is_empty() {
+            let term = Term::from_field_text(cache.tenant_field(), tenant);
+            recount_cut_days(segment, partials, &term, &cut, window, &mut tally)?;
+        }
+    }
+    Ok(cache.resolve(tally))
+}
+
+/// Recounts, exactly, the events of each cut day that fall inside `window`: only that day's
+/// doc-id range of the tenant's postings is walked, and only docs of that day are counted
+/// (a range can hold late events of other days, which their own partials count).
+fn recount_cut_days(
+    segment: &SegmentReader,
+    partials: &SegmentPartials,
+    tenant_term: &Term,
+    cut: &[&DayPartial],
+    window: Window,
+    tally: &mut Tally,
+) -> tantivy::Result<()> {
+    let columns = SummaryColumns::open(segment)?;
+    let inverted = segment.inverted_index(tenant_term.field())?;
+    let alive = segment.alive_bitset();
+    for day in cut {
+        let Some(mut postings) = inverted.read_postings(tenant_term, IndexRecordOption::Basic)?
+        else {
+            return Ok(());
+        };
+        let mut doc = postings.doc();
+        if doc < day.first_doc {
+            doc = postings.seek(day.first_doc);
+        }
+        while doc != TERMINATED && doc <= day.last_doc {
+            if alive.is_none_or(|alive| alive.is_alive(doc)) {
+                let values = columns.read(doc);
+                if values.day() == day.day && window.contains(values.timestamp) {
+                    tally.add_doc(&values, partials);
+                }
+            }
+            doc = postings.advance();
+        }
+    }
+    Ok(())
+}
+
+/// Aggregates the events matching `query` (which must require the `tenant` term) inside
+/// `window`. The query drives; each segment is entered at the first doc id the tenant's
+/// partials allow for the window and left after the last, the timestamp checked per doc.
+pub fn aggregate_matching(
+    cache: &PartialCache,
+    searcher: &Searcher,
+    tenant: &str,
+    query: &dyn Query,
+    window: Window,
+) -> tantivy::Result<Aggregate> {
+    let segments = cache.segments_of(searcher)?;
+    let weight = query.weight(EnableScoring::disabled_from_searcher(searcher))?;
+    let mut tally = cache.tally();
+    for (segment, partials) in searcher.segment_readers().iter().zip(&segments) {
+        let Some((first, last)) = partials.doc_bounds(tenant, window) else {
+            continue;
+        };
+        let columns = SummaryColumns::open(segment)?;
+        let alive = segment.alive_bitset();
+        let mut scorer = weight.scorer(segment, 1.0)?;
+        let mut doc = scorer.doc();
+        if doc < first {
+            doc = scorer.seek(first);
+        }
+        while doc != TERMINATED && doc <= last {
+            if alive.is_none_or(|alive| alive.is_alive(doc)) {
+                let values = columns.read(doc);
+                if window.contains(values.timestamp) {
+                    tally.add_doc(&values, partials);
+                }
+            }
+            doc = scorer.advance();
+        }
+    }
+    Ok(cache.resolve(tally))
+}
+
+/// Slots for action ordinals (more than there are actions).
+pub(crate) const ACTION_SLOTS: usize = 32;
+
+/// The fast columns a summary reads, of one segment.
+pub(crate) struct SummaryColumns {
     timestamps: Column<i64>,
     actions: Column<u64>,
     successes: Column<bool>,
     identities: Option<StrColumn>,
     paths: Option<StrColumn>,
-    /// Per term ordinal; `u32` because a segment holds fewer than 2^32 documents.
-    identity_counts: Vec<u32>,
-    path_counts: Vec<u32>,
-    action_counts: [u64; 32],
-    partial: Aggregate,
 }
 
-impl SegmentCollector for SegmentAggregate {
-    type Fruit = Aggregate;
+/// What a summary needs of one document; term ordinals are the segment's.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DocValues {
+    pub timestamp: Option<i64>,
+    pub action: Option<u64>,
+    pub success: bool,
+    pub identity: Option<u64>,
+    pub path: Option<u64>,
+}
 
-    fn collect(&mut self, doc: DocId, _score: Score) {
-        let partial = &mut self.partial;
-        partial.total += 1;
-        if self.successes.first(doc).unwrap_or(false) {
-            partial.successful += 1;
+/// Length of a UTC day in microseconds.
+pub(crate) const DAY_US: i64 = 86_400_000_000;
+/// The "day" of events without a timestamp (there are none; kept exact anyway).
+pub(crate) const UNDATED: i64 = i64::MIN;
+
+impl DocValues {
+    /// The UTC day number (days since the epoch), or [`UNDATED`].
+    pub fn day(&self) -> i64 {
+        self.timestamp
+            .map_or(UNDATED, |timestamp| timestamp.div_euclid(DAY_US))
+    }
+
+    pub fn is_read(&self) -> bool {
+        self.action == Some(Action::Read.ordinal())
+    }
+}
+
+impl SummaryColumns {
+    pub fn open(segment: &SegmentReader) -> tantivy::Result<SummaryColumns> {
+        let fast_fields = segment.fast_fields();
+        Ok(SummaryColumns {
+            timestamps: fast_fields.i64(fast::TIMESTAMP)?,
+            actions: fast_fields.u64(fast::ACTION)?,
+            successes: fast_fields.bool(fast::SUCCESS)?,
+            identities: fast_fields.str(fast::IDENTITY_ID)?,
+            paths: fast_fields.str(fast::SECRET_PATH)?,
+        })
+    }
+
+    pub fn read(&self, doc: DocId) -> DocValues {
+        DocValues {
+            timestamp: self.timestamps.first(doc),
+            action: self.actions.first(doc),
+            success: self.successes.first(doc).unwrap_or(false),
+            identity: self
+                .identities
+                .as_ref()
+                .and_then(|column| column.ords().first(doc)),
+            path: self
+                .paths
+                .as_ref()
+                .and_then(|column| column.ords().first(doc)),
         }
-        let action = self.actions.first(doc);
-        if let Some(slot) = action.and_then(|ordinal| self.action_counts.get_mut(ordinal as usize))
+    }
+
+    pub fn identities(&self) -> Option<&StrColumn> {
+        self.identities.as_ref()
+    }
+
+    pub fn paths(&self) -> Option<&StrColumn> {
+        self.paths.as_ref()
+    }
+}
+
+/// Running counts of one summary. Identities and paths are counted in dense arrays indexed by
+/// the ids of [`Interner`], which grow on demand (a segment built meanwhile may add ids).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Tally {
+    pub total: u64,
+    pub successful: u64,
+    pub actions: [u64; ACTION_SLOTS],
+    pub first_us: Option<i64>,
+    pub last_us: Option<i64>,
+    pub last_read_us: Option<i64>,
+    pub identities: Vec<u64>,
+    pub paths: Vec<u64>,
+}
+
+impl Tally {
+    pub fn with_capacity(identities: usize, paths: usize) -> Tally {
+        Tally {
+            identities: vec![0; identities],
+            paths: vec![0; paths],
+            ..Tally::default()
+        }
+    }
+
+    /// Counts one document; its term ordinals are mapped through the segment's id tables.
+    pub fn add_doc(&mut self, values: &DocValues, partials: &SegmentPartials) {
+        self.total += 1;
+        self.successful += u64::from(values.success);
+        if let Some(slot) = values
+            .action
+            .and_then(|ordinal| self.actions.get_mut(ordinal as usize))
         {
             *slot += 1;
         }
-        if let Some(timestamp) = self.timestamps.first(doc) {
-            partial.first_us = min_option(partial.first_us, Some(timestamp));
-            partial.last_us = partial.last_us.max(Some(timestamp));
-            if action == Some(Action::Read.ordinal()) {
-                partial.last_read_us = partial.last_read_us.max(Some(timestamp));
+        if let Some(timestamp) = values.timestamp {
+            self.first_us = min_option(self.first_us, Some(timestamp));
+            self.last_us = self.last_us.max(Some(timestamp));
+            if values.is_read() {
+                self.last_read_us = self.last_read_us.max(Some(timestamp));
             }
         }
-        count_term(self.identities.as_ref(), &mut self.identity_counts, doc);
-        count_term(self.paths.as_ref(), &mut self.path_counts, doc);
-    }
-
-    fn harvest(mut self) -> Aggregate {
-        for (ordinal, count) in self.action_counts.iter().enumerate() {
-            if let (Some(action), true) = (Action::from_ordinal(ordinal as u64), *count > 0) {
-                self.partial.by_action.insert(action, *count);
-            }
+        if let Some(id) = values.identity.and_then(|ord| partials.identity_id(ord)) {
+            bump(&mut self.identities, id, 1);
         }
-        self.partial.by_identity = resolve_terms(self.identities.as_ref(), &self.identity_counts);
-        self.partial.by_path = resolve_terms(self.paths.as_ref(), &self.path_counts);
-        self.partial
-    }
-}
-
-fn count_term(column: Option<&StrColumn>, counts: &mut [u32], doc: DocId) {
-    let ordinal = column.and_then(|column| column.ords().first(doc));
-    if let Some(slot) = ordinal.and_then(|ordinal| counts.get_mut(ordinal as usize)) {
-        *slot += 1;
-    }
-}
-
-fn resolve_terms(column: Option<&StrColumn>, counts: &[u32]) -> HashMap<String, u64> {
-    let mut resolved = HashMap::new();
-    let Some(column) = column else {
-        return resolved;
-    };
-    let mut term = String::new();
-    for (ordinal, count) in counts.iter().enumerate().filter(|(_, count)| **count > 0) {
-        term.clear();
-        if column
-            .ord_to_str(ordinal as u64, &mut term)
-            .unwrap_or(false)
-        {
-            resolved.insert(term.clone(), u64::from(*count));
+        if let Some(id) = values.path.and_then(|ord| partials.path_id(ord)) {
+            bump(&mut self.paths, id, 1);
         }
     }
-    resolved
+
+    /// Adds a whole day's partial.
+    pub fn add_partial(&mut self, day: &DayPartial) {
+        self.total += u64::from(day.total);
+        self.successful += u64::from(day.successful);
+        for (slot, count) in self.actions.iter_mut().zip(day.actions.iter()) {
+            *slot += u64::from(*count);
+        }
+        self.first_us = min_option(self.first_us, day.first_us);
+        self.last_us = self.last_us.max(day.last_us);
+        self.last_read_us = self.last_read_us.max(day.last_read_us);
+        for (id, count) in day.identities.iter() {
+            bump(&mut self.identities, *id, u64::from(*count));
+        }
+        for (id, count) in day.paths.iter() {
+            bump(&mut self.paths, *id, u64::from(*count));
+        }
+    }
+
+    /// The finished [`Aggregate`], ids resolved to strings.
+    pub fn into_aggregate(self, identities: &Interner, paths: &Interner) -> Aggregate {
+        let by_action = self
+            .actions
+            .iter()
+            .enumerate()
+            .filter(|(_, count)| **count > 0)
+            .filter_map(|(ordinal, count)| Some((Action::from_ordinal(ordinal as u64)?, *count)))
+            .collect();
+        Aggregate {
+            total: self.total,
+            successful: self.successful,
+            by_action,
+            by_identity: identities.resolve(&self.identities),
+            by_path: paths.resolve(&self.paths),
+            first_us: self.first_us,
+            last_us: self.last_us,
+            last_read_us: self.last_read_us,
+        }
+    }
 }
 
+fn bump(counts: &mut Vec<u64>, id: u32, by: u64) {
+    let index = id as usize;
+    if index >= counts.len() {
+        counts.resize(index + 1, 0);
+    }
+    if let Some(slot) = counts.get_mut(index) {
+        *slot += by;
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,33 +404,5 @@ mod tests {
             vec![("c".into(), 9), ("a".into(), 5), ("b".into(), 5)]
         );
         assert!(top(&counts, 0).is_empty());
-    }
-
-    #[test]
-    fn merge_adds_counts_and_widens_bounds() {
-        let mut left = Aggregate {
-            total: 2,
-            successful: 1,
-            first_us: Some(10),
-            last_us: Some(20),
-            ..Default::default()
-        };
-        left.by_action.insert(Action::Read, 2);
-        let mut right = Aggregate {
-            total: 1,
-            successful: 1,
-            first_us: Some(5),
-            last_us: Some(15),
-            last_read_us: Some(15),
-            ..Default::default()
-        };
-        right.by_action.insert(Action::Read, 1);
-        left.merge(right);
-        assert_eq!((left.total, left.failed()), (3, 1));
-        assert_eq!(
-            (left.first_us, left.last_us, left.last_read_us),
-            (Some(5), Some(20), Some(15))
-        );
-        assert_eq!(left.by_action[&Action::Read], 3);
     }
 }

@@ -38,6 +38,7 @@ pub use metrics::{CommitTrigger, StoreMetrics};
 pub use schema::Fields;
 pub use writer::{IngestOutcome, PreparedEvent, WriteError};
 
+use crate::query::partials::PartialCache;
 use dedup::Deduplicator;
 use merge_order::ArrivalOrderMergePolicy;
 use timeline::Timelines;
@@ -86,6 +87,8 @@ struct StoreInner {
     reader: IndexReader,
     fields: Fields,
     timelines: Timelines,
+    /// Kept alive here: the reader holds its warmer only weakly.
+    partials: Arc<PartialCache>,
     requests: mpsc::Sender<Request>,
     shared: Arc<SharedState>,
     startup_error: Mutex<Option<String>>,
@@ -104,9 +107,13 @@ impl Store {
         let (index, fields) = open_or_create_index(&index_dir)?;
         let payload = CommitPayload::parse(index.load_metas()?.payload.as_deref())
             .map_err(StoreError::Payload)?;
+        // The summary partials are built as the query reader first sees each segment.
+        let partials = Arc::new(PartialCache::new(fields.tenant));
+        let warmer = Arc::downgrade(&partials);
         let reader: IndexReader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
+            .warmers(vec![warmer as std::sync::Weak<dyn tantivy::Warmer>])
             .try_into()?;
         let dedup_reader: IndexReader = index
             .reader_builder()
@@ -130,6 +137,7 @@ impl Store {
             reader: reader.clone(),
             fields,
             timelines: Timelines::default(),
+            partials,
             requests,
             shared: shared.clone(),
             startup_error: Mutex::new(None),
@@ -248,6 +256,11 @@ impl Store {
 
     pub fn fields(&self) -> &Fields {
         &self.inner.fields
+    }
+
+    /// The per-segment summary partials of the searchers' segments.
+    pub fn partials(&self) -> &PartialCache {
+        &self.inner.partials
     }
 
     /// Sequence number below which every event is committed (a consistent snapshot bound).
