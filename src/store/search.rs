@@ -285,41 +285,66 @@ struct Candidate {
 }
 
 /// The best `keep` ranks seen so far.
+///
+/// Offers are appended unsorted and the list is cut back to the best `keep` (a linear-time
+/// selection) whenever it doubles: a window of documents in ascending doc order improves the
+/// page at almost every document, which would make a heap sift on each of them.
 struct TopRanks {
     keep: usize,
-    /// Min-heap: the worst kept rank on top.
-    heap: BinaryHeap<Reverse<(u128, u32, DocId)>>,
+    hits: Vec<(u128, u32, DocId)>,
+    /// Once `keep` hits are held: the worst of them; nothing ranked at or below it can enter.
+    floor: Option<u128>,
+    /// Offers since the last cut.
+    dirty: bool,
 }
 
 impl TopRanks {
     fn new(keep: usize) -> TopRanks {
         TopRanks {
             keep,
-            heap: BinaryHeap::with_capacity(keep + 1),
+            hits: Vec::with_capacity(2 * keep),
+            floor: None,
+            dirty: false,
         }
     }
 
     /// Whether the page is full and no rank up to `best` could enter it.
-    fn cannot_improve_with(&self, best: u128) -> bool {
-        self.heap.len() >= self.keep
-            && self
-                .heap
-                .peek()
-                .is_some_and(|Reverse((worst, _, _))| best <= *worst)
+    fn cannot_improve_with(&mut self, best: u128) -> bool {
+        self.cut();
+        self.floor.is_some_and(|floor| best <= floor)
     }
 
     fn offer(&mut self, rank: u128, segment: u32, doc: DocId) {
-        if self.heap.len() < self.keep {
-            self.heap.push(Reverse((rank, segment, doc)));
-        } else if !self.cannot_improve_with(rank) {
-            self.heap.pop();
-            self.heap.push(Reverse((rank, segment, doc)));
+        if self.floor.is_some_and(|floor| rank <= floor) {
+            return;
+        }
+        self.hits.push((rank, segment, doc));
+        self.dirty = true;
+        if self.hits.len() >= 2 * self.keep.max(32) {
+            self.cut();
+        }
+    }
+
+    /// Keeps the best `keep` hits and updates the floor.
+    fn cut(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        self.dirty = false;
+        if self.hits.len() > self.keep {
+            self.hits
+                .select_nth_unstable_by(self.keep - 1, |a, b| b.cmp(a));
+            self.hits.truncate(self.keep);
+        }
+        if self.hits.len() == self.keep {
+            self.floor = self.hits.iter().map(|hit| hit.0).min();
         }
     }
 
     /// Best first.
-    fn into_sorted(self) -> Vec<(u128, u32, DocId)> {
-        let mut hits: Vec<_> = self.heap.into_iter().map(|Reverse(hit)| hit).collect();
+    fn into_sorted(mut self) -> Vec<(u128, u32, DocId)> {
+        self.cut();
+        let mut hits = self.hits;
         hits.sort_unstable_by(|a, b| b.cmp(a));
         hits
     }
