@@ -18,6 +18,7 @@ use tantivy::{Index, Term};
 
 use crate::event::{Action, FieldErrors, IdentityType};
 use crate::store::Fields;
+use crate::store::lookup::RequestIdQuery;
 use crate::store::schema::to_ipv6;
 use crate::store::search::{Direction, SortKey};
 use crate::timestamp;
@@ -338,14 +339,10 @@ pub fn build_query(
         clauses.push((Occur::Must, ip_query(fields, network)));
     }
     if let Some(request_id) = &filters.request_id {
-        // A fast field only (see the schema): an exact match is the range [id, id].
-        let exact = Term::from_field_text(fields.request_id, request_id);
+        // Bucket postings confirmed on the column: no scan (see `store::lookup`).
         clauses.push((
             Occur::Must,
-            Box::new(RangeQuery::new(
-                Bound::Included(exact.clone()),
-                Bound::Included(exact),
-            )),
+            Box::new(RequestIdQuery::new(fields, request_id)),
         ));
     }
     if let Some(before) = filters.before_seq {

@@ -14,6 +14,7 @@ use tantivy::schema::Value;
 use tantivy::{DocAddress, DocId, Score, Searcher, SegmentOrdinal, SegmentReader, TantivyDocument};
 
 use super::schema::{Fields, fast};
+use super::source::SourceColumns;
 use crate::event::AuditEvent;
 
 /// A position in the total order of events: timestamp, then ingest sequence.
@@ -124,11 +125,12 @@ pub fn load_source(
     address: DocAddress,
 ) -> Result<Vec<u8>, SearchError> {
     let document: TantivyDocument = searcher.doc(address)?;
-    Ok(document
+    let stored = document
         .get_first(fields.source)
         .and_then(|value| value.as_bytes())
-        .unwrap_or_default()
-        .to_vec())
+        .unwrap_or_default();
+    let columns = SourceColumns::open(searcher.segment_reader(address.segment_ord))?;
+    Ok(columns.restore(address.doc_id, stored)?)
 }
 
 /// Decodes a stored event (`seq` names it in the error).

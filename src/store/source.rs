@@ -1,0 +1,297 @@
+//! Compact stored sources: the storage JSON without the values its columns already hold.
+//!
+//! Every document stores its event's storage JSON in `source`, but four members are near-unique
+//! per event and already kept in fast-field columns: `id` (in the `id` column as
+//! `tenant_id/id`), `timestamp_us` (`ts`), `source_ip` and `request_id`. Stored twice they
+//! cost ~30 bytes/event after compression, so the stored JSON keeps `null` in their place
+//! (a value serde never writes for them) and [`SourceColumns::restore`] puts the column values
+//! back, byte for byte.
+//!
+//! The storage JSON is serde's serialization of [`AuditEvent`]: a flat object whose only
+//! nested member, `extra_data`, comes last. Before it, no string value can hold `,"` (serde
+//! escapes quotes), so the first `,"name":` there is the member itself; placeholders are only
+//! written and only looked for in that flat part. A member whose bytes are not exactly where
+//! expected is kept as it is (and then not restored), so a source is never damaged.
+//! `source_ip` is kept when it is an IPv4-mapped IPv6 address, which the IP column (IPv6
+//! only) cannot tell apart from the IPv4 address.
+
+use std::net::{IpAddr, Ipv6Addr};
+use std::ops::Range;
+
+use tantivy::columnar::{Column, StrColumn};
+use tantivy::{DocId, SegmentReader, TantivyError};
+
+use super::schema::fast;
+use crate::event::AuditEvent;
+
+/// What a stripped member holds in a stored source.
+const PLACEHOLDER: &[u8] = b"null";
+/// Where the nested part of a storage JSON starts.
+const NESTED_MEMBER: &[u8] = b",\"extra_data\":";
+
+/// The members kept in columns, in storage-JSON order, with the bytes that precede each value.
+const ID: &[u8] = b"{\"id\":";
+const TIMESTAMP: &[u8] = b",\"timestamp_us\":";
+const SOURCE_IP: &[u8] = b",\"source_ip\":";
+const REQUEST_ID: &[u8] = b",\"request_id\":";
+
+/// The stored form of `source` (the storage JSON of `event`): column-held members replaced by
+/// `null`.
+pub fn compact(source: &[u8], event: &AuditEvent) -> Vec<u8> {
+    let mut cuts = Vec::with_capacity(4);
+    let mut push = |key: &[u8], value: Option<Vec<u8>>| {
+        if let Some(range) = value.and_then(|value| value_range(source, key, &value)) {
+            cuts.push(range);
+        }
+    };
+    push(ID, serde_json::to_vec(&event.id).ok());
+    push(TIMESTAMP, Some(event.timestamp_us.to_string().into_bytes()));
+    let ip = event.source_ip.filter(|ip| !is_v4_mapped(ip));
+    push(SOURCE_IP, ip.and_then(|ip| serde_json::to_vec(&ip).ok()));
+    push(
+        REQUEST_ID,
+        event
+            .request_id
+            .as_ref()
+            .and_then(|id| serde_json::to_vec(id).ok()),
+    );
+    cuts.sort_by_key(|range| range.start);
+    let mut stored = Vec::with_capacity(source.len());
+    let mut copied = 0;
+    for range in cuts {
+        stored.extend_from_slice(&source[copied..range.start]);
+        stored.extend_from_slice(PLACEHOLDER);
+        copied = range.end;
+    }
+    stored.extend_from_slice(&source[copied..]);
+    stored
+}
+
+fn is_v4_mapped(ip: &IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some())
+}
+
+/// Where the flat part of a storage JSON ends (the nested `extra_data`, if any, follows).
+fn flat_end(source: &[u8]) -> usize {
+    find(source, NESTED_MEMBER).unwrap_or(source.len())
+}
+
+/// The byte range of the value after `key`, if `key` is in the flat part and `value` follows.
+fn value_range(source: &[u8], key: &[u8], value: &[u8]) -> Option<Range<usize>> {
+    let start = value_start(source, key)?;
+    let end = start + value.len();
+    let ends_member = matches!(source.get(end), Some(b',' | b'}'));
+    (source.get(start..end) == Some(value) && ends_member).then_some(start..end)
+}
+
+/// Where the value of the flat-part member `key` starts.
+fn value_start(source: &[u8], key: &[u8]) -> Option<usize> {
+    let flat = &source[..flat_end(source)];
+    if key == ID {
+        return flat.starts_with(ID).then_some(ID.len());
+    }
+    find(flat, key).map(|at| at + key.len())
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .position(|window| window == needle)
+}
+
+/// The columns of one segment that a compact source's members are restored from.
+pub struct SourceColumns {
+    ids: Option<StrColumn>,
+    timestamps: Option<Column<i64>>,
+    ips: Option<Column<Ipv6Addr>>,
+    request_ids: Option<StrColumn>,
+}
+
+impl SourceColumns {
+    /// Opens the columns of `segment` (cheap: nothing is read until a value is needed).
+    pub fn open(segment: &SegmentReader) -> tantivy::Result<Self> {
+        let fast_fields = segment.fast_fields();
+        Ok(SourceColumns {
+            ids: fast_fields.str(fast::ID)?,
+            timestamps: fast_fields.column_opt(fast::TIMESTAMP)?,
+            ips: fast_fields.column_opt("source_ip")?,
+            request_ids: fast_fields.str(fast::REQUEST_ID)?,
+        })
+    }
+
+    /// The storage JSON of document `doc` from its stored (compact or complete) source.
+    pub fn restore(&self, doc: DocId, stored: &[u8]) -> tantivy::Result<Vec<u8>> {
+        let mut cuts: Vec<(Range<usize>, Vec<u8>)> = Vec::with_capacity(4);
+        for key in [ID, TIMESTAMP, SOURCE_IP, REQUEST_ID] {
+            let Some(range) = value_range(stored, key, PLACEHOLDER) else {
+                continue;
+            };
+            cuts.push((range, self.value(key, doc)?));
+        }
+        if cuts.is_empty() {
+            return Ok(stored.to_vec());
+        }
+        cuts.sort_by_key(|(range, _)| range.start);
+        let mut source = Vec::with_capacity(stored.len() + 64);
+        let mut copied = 0;
+        for (range, value) in cuts {
+            source.extend_from_slice(&stored[copied..range.start]);
+            source.extend_from_slice(&value);
+            copied = range.end;
+        }
+        source.extend_from_slice(&stored[copied..]);
+        Ok(source)
+    }
+
+    /// The JSON value of member `key` of `doc`, from its column.
+    fn value(&self, key: &[u8], doc: DocId) -> tantivy::Result<Vec<u8>> {
+        let missing = || {
+            TantivyError::InternalError(format!(
+                "document {doc}: the column of stored-source member {} has no value",
+                String::from_utf8_lossy(key)
+            ))
+        };
+        let json = match key {
+            ID => {
+                let id_key = str_value(self.ids.as_ref(), doc)?.ok_or_else(missing)?;
+                let id = id_key.split_once('/').map_or(id_key.as_str(), |(_, id)| id);
+                serde_json::to_vec(id)
+            }
+            TIMESTAMP => {
+                let timestamp = self.timestamps.as_ref().and_then(|c| c.first(doc));
+                return Ok(timestamp.ok_or_else(missing)?.to_string().into_bytes());
+            }
+            SOURCE_IP => {
+                let ip = self.ips.as_ref().and_then(|c| c.first(doc));
+                serde_json::to_vec(&from_ipv6(ip.ok_or_else(missing)?))
+            }
+            _ => {
+                serde_json::to_vec(&str_value(self.request_ids.as_ref(), doc)?.ok_or_else(missing)?)
+            }
+        };
+        json.map_err(|error| TantivyError::InternalError(error.to_string()))
+    }
+}
+
+/// The value of a single-valued string column at `doc`.
+fn str_value(column: Option<&StrColumn>, doc: DocId) -> tantivy::Result<Option<String>> {
+    let Some(column) = column else {
+        return Ok(None);
+    };
+    let Some(ord) = column.ords().first(doc) else {
+        return Ok(None);
+    };
+    let mut value = String::new();
+    Ok(column.ord_to_str(ord, &mut value)?.then_some(value))
+}
+
+/// The event's address from the IP column: IPv4 addresses are kept mapped (see
+/// [`super::schema::to_ipv6`]); mapped IPv6 addresses are never stripped, so this is exact.
+fn from_ipv6(ip: Ipv6Addr) -> IpAddr {
+    match ip.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(ip),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Action, IdentityType};
+    use crate::store::schema::build_schema;
+
+    fn event(ip: Option<&str>, request_id: Option<&str>, extra: serde_json::Value) -> AuditEvent {
+        AuditEvent {
+            id: "log_\"odd\\id".into(),
+            tenant_id: "tnt_a".into(),
+            timestamp_us: 1_791_158_407_552_987,
+            action: Action::Read,
+            secret_path: Some("a/b".into()),
+            identity_type: IdentityType::User,
+            identity_id: "user:a".into(),
+            source_ip: ip.map(|ip| ip.parse().unwrap()),
+            user_agent: Some(",\"request_id\":null,\"source_ip\":null".into()),
+            success: true,
+            duration_ms: Some(3),
+            request_id: request_id.map(str::to_string),
+            extra_data: extra.as_object().cloned().unwrap_or_default(),
+        }
+    }
+
+    /// Indexes `events` in RAM and restores each one's stored source.
+    fn round_trip(events: &[AuditEvent]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let (schema, fields) = build_schema();
+        let index = tantivy::Index::create_in_ram(schema);
+        let mut writer: tantivy::IndexWriter = index.writer(15_000_000).unwrap();
+        for (seq, event) in events.iter().enumerate() {
+            let source = serde_json::to_vec(event).unwrap();
+            writer
+                .add_document(fields.document(event, seq as u64, &source))
+                .unwrap();
+        }
+        writer.commit().unwrap();
+        let searcher = index.reader().unwrap().searcher();
+        let segment = &searcher.segment_readers()[0];
+        let columns = SourceColumns::open(segment).unwrap();
+        let store = segment.get_store_reader(1).unwrap();
+        (0..events.len() as u32)
+            .map(|doc| {
+                let document: tantivy::TantivyDocument = store.get(doc).unwrap();
+                let stored =
+                    tantivy::schema::Value::as_bytes(&document.get_first(fields.source).unwrap())
+                        .unwrap()
+                        .to_vec();
+                (stored.clone(), columns.restore(doc, &stored).unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn compact_sources_restore_byte_for_byte() {
+        let events = [
+            event(Some("10.1.2.3"), Some("req_1"), serde_json::json!({})),
+            event(
+                Some("fd00::1"),
+                None,
+                serde_json::json!({"request_id": null}),
+            ),
+            event(
+                Some("::ffff:10.0.0.1"),
+                Some("req_\u{e9}\"2"),
+                serde_json::json!({"source_ip": null, "a": {"timestamp_us": null}}),
+            ),
+            event(
+                None,
+                None,
+                serde_json::json!({"id": null, "request_id": "x"}),
+            ),
+        ];
+        for (event, (stored, restored)) in events.iter().zip(round_trip(&events)) {
+            let source = serde_json::to_vec(event).unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&restored),
+                String::from_utf8_lossy(&source)
+            );
+            assert!(stored.starts_with(b"{\"id\":null,"));
+            assert!(find(&stored, b"1791158407552987").is_none());
+        }
+    }
+
+    #[test]
+    fn compact_drops_only_what_the_columns_hold() {
+        let plain = event(Some("10.1.2.3"), Some("req_1"), serde_json::json!({}));
+        let source = serde_json::to_vec(&plain).unwrap();
+        let stored = compact(&source, &plain);
+        let text = String::from_utf8(stored).unwrap();
+        assert!(
+            !text.contains("req_1") && !text.contains("10.1.2.3"),
+            "{text}"
+        );
+        let mapped = event(Some("::ffff:10.0.0.1"), None, serde_json::json!({}));
+        let source = serde_json::to_vec(&mapped).unwrap();
+        let text = String::from_utf8(compact(&source, &mapped)).unwrap();
+        assert!(text.contains("::ffff:10.0.0.1"), "{text}");
+        // Bytes that are not the event's own storage JSON are stored unchanged.
+        assert_eq!(compact(b"{\"x\":1}", &plain), b"{\"x\":1}");
+    }
+}
