@@ -263,18 +263,23 @@ mod tests {
     fn event(i: u64) -> AuditEvent {
         AuditEvent {
             id: format!("log_{i:04}"),
-            tenant_id: if i % 2 == 0 { "tnt_a" } else { "tnt_b" }.into(),
+            tenant_id: if i.is_multiple_of(2) {
+                "tnt_a"
+            } else {
+                "tnt_b"
+            }
+            .into(),
             timestamp_us: 1_700_000_000_000_000 + i as i64 * 1_000_003,
             action: Action::Read,
             secret_path: Some(format!("teams/app-{}/db", i % 7)),
             identity_type: IdentityType::User,
             identity_id: format!("user:u{}", i % 5),
-            source_ip: (i % 3 != 0)
+            source_ip: (!i.is_multiple_of(3))
                 .then(|| format!("10.0.{}.{}", i % 250, i % 200).parse().unwrap()),
             user_agent: Some("curl/8.0".into()),
-            success: i % 11 != 0,
+            success: !i.is_multiple_of(11),
             duration_ms: Some(i % 90),
-            request_id: (i % 4 != 0).then(|| format!("req_{:x}", i * 7919)),
+            request_id: (!i.is_multiple_of(4)).then(|| format!("req_{:x}", i * 7919)),
             extra_data: serde_json::json!({"lease": format!("lease_{i}")})
                 .as_object()
                 .cloned()
@@ -373,7 +378,10 @@ mod tests {
         assert_eq!(all_events(&store), expected);
         assert_eq!(store.committed_seq(), 500);
         for leftover in [REBUILD, NEW, OLD] {
-            assert!(!dir.path().join(leftover).exists(), "{leftover}");
+            assert!(
+                !dir.path().join(leftover).try_exists().unwrap(),
+                "{leftover}"
+            );
         }
         // Queryable through the new fields.
         let searcher = store.searcher();
@@ -428,7 +436,7 @@ mod tests {
             fs::read_to_string(data.join("index/meta.json")).unwrap(),
             "new"
         );
-        assert!(!data.join(OLD).exists() && !data.join(NEW).exists());
+        assert!(!data.join(OLD).try_exists().unwrap() && !data.join(NEW).try_exists().unwrap());
         // Crashed before the first rename: same outcome.
         fs::create_dir_all(data.join(NEW)).unwrap();
         fs::write(data.join(NEW).join("meta.json"), "newer").unwrap();
@@ -437,7 +445,7 @@ mod tests {
             fs::read_to_string(data.join("index/meta.json")).unwrap(),
             "newer"
         );
-        assert!(!data.join(OLD).exists() && !data.join(NEW).exists());
+        assert!(!data.join(OLD).try_exists().unwrap() && !data.join(NEW).try_exists().unwrap());
     }
 
     #[test]

@@ -129,7 +129,7 @@ pub fn load_source(
         .get_first(fields.source)
         .and_then(|value| value.as_bytes())
         .unwrap_or_default();
-    let columns = SourceColumns::open(searcher.segment_reader(address.segment_ord))?;
+    let columns = SourceColumns::of_segment(searcher.segment_reader(address.segment_ord))?;
     Ok(columns.restore(address.doc_id, stored)?)
 }
 

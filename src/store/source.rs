@@ -17,8 +17,12 @@
 
 use std::net::{IpAddr, Ipv6Addr};
 use std::ops::Range;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use tantivy::columnar::{Column, StrColumn};
+use tantivy::index::SegmentId;
 use tantivy::{DocId, SegmentReader, TantivyError};
 
 use super::schema::fast;
@@ -35,33 +39,34 @@ const TIMESTAMP: &[u8] = b",\"timestamp_us\":";
 const SOURCE_IP: &[u8] = b",\"source_ip\":";
 const REQUEST_ID: &[u8] = b",\"request_id\":";
 
+/// The members kept in columns, in storage-JSON order.
+const MEMBERS: [&[u8]; 4] = [ID, TIMESTAMP, SOURCE_IP, REQUEST_ID];
+
 /// The stored form of `source` (the storage JSON of `event`): column-held members replaced by
 /// `null`.
 pub fn compact(source: &[u8], event: &AuditEvent) -> Vec<u8> {
-    let mut cuts = Vec::with_capacity(4);
-    let mut push = |key: &[u8], value: Option<Vec<u8>>| {
-        if let Some(range) = value.and_then(|value| value_range(source, key, &value)) {
-            cuts.push(range);
-        }
-    };
-    push(ID, serde_json::to_vec(&event.id).ok());
-    push(TIMESTAMP, Some(event.timestamp_us.to_string().into_bytes()));
+    let starts = value_starts(source);
     let ip = event.source_ip.filter(|ip| !is_v4_mapped(ip));
-    push(SOURCE_IP, ip.and_then(|ip| serde_json::to_vec(&ip).ok()));
-    push(
-        REQUEST_ID,
+    let values = [
+        serde_json::to_vec(&event.id).ok(),
+        Some(event.timestamp_us.to_string().into_bytes()),
+        ip.and_then(|ip| serde_json::to_vec(&ip).ok()),
         event
             .request_id
             .as_ref()
             .and_then(|id| serde_json::to_vec(id).ok()),
-    );
-    cuts.sort_by_key(|range| range.start);
+    ];
     let mut stored = Vec::with_capacity(source.len());
     let mut copied = 0;
-    for range in cuts {
-        stored.extend_from_slice(&source[copied..range.start]);
-        stored.extend_from_slice(PLACEHOLDER);
-        copied = range.end;
+    for (start, value) in starts.into_iter().zip(values) {
+        let (Some(start), Some(value)) = (start, value) else {
+            continue;
+        };
+        if let Some(range) = value_range(source, start, &value) {
+            stored.extend_from_slice(&source[copied..range.start]);
+            stored.extend_from_slice(PLACEHOLDER);
+            copied = range.end;
+        }
     }
     stored.extend_from_slice(&source[copied..]);
     stored
@@ -71,33 +76,44 @@ fn is_v4_mapped(ip: &IpAddr) -> bool {
     matches!(ip, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some())
 }
 
-/// Where the flat part of a storage JSON ends (the nested `extra_data`, if any, follows).
-fn flat_end(source: &[u8]) -> usize {
-    find(source, NESTED_MEMBER).unwrap_or(source.len())
+/// Where the value of each of [`MEMBERS`] starts, if the member is in the flat part: one pass
+/// over the commas up to the nested part, keeping each member's first occurrence.
+fn value_starts(source: &[u8]) -> [Option<usize>; 4] {
+    let mut starts = [None; 4];
+    if source.starts_with(ID) {
+        starts[0] = Some(ID.len());
+    }
+    let mut at = 0;
+    while let Some(offset) = source[at..].iter().position(|&byte| byte == b',') {
+        let comma = at + offset;
+        let rest = &source[comma..];
+        if rest.starts_with(NESTED_MEMBER) {
+            break;
+        }
+        for (start, key) in starts.iter_mut().zip(MEMBERS).skip(1) {
+            if start.is_none() && rest.starts_with(key) {
+                *start = Some(comma + key.len());
+            }
+        }
+        at = comma + 1;
+    }
+    starts
 }
 
-/// The byte range of the value after `key`, if `key` is in the flat part and `value` follows.
-fn value_range(source: &[u8], key: &[u8], value: &[u8]) -> Option<Range<usize>> {
-    let start = value_start(source, key)?;
+/// The byte range of `value` at `start`, if it is there and ends the member.
+fn value_range(source: &[u8], start: usize, value: &[u8]) -> Option<Range<usize>> {
     let end = start + value.len();
     let ends_member = matches!(source.get(end), Some(b',' | b'}'));
     (source.get(start..end) == Some(value) && ends_member).then_some(start..end)
 }
 
-/// Where the value of the flat-part member `key` starts.
-fn value_start(source: &[u8], key: &[u8]) -> Option<usize> {
-    let flat = &source[..flat_end(source)];
-    if key == ID {
-        return flat.starts_with(ID).then_some(ID.len());
-    }
-    find(flat, key).map(|at| at + key.len())
-}
+/// How many segments' columns [`SourceColumns::of_segment`] keeps open.
+const RECENT_SEGMENTS: usize = 32;
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack
-        .windows(needle.len())
-        .position(|window| window == needle)
-}
+/// The columns of the segments read last (opening them costs ~20 µs; a page reads ~100
+/// sources, an export millions). Segments never change, so an entry never goes stale; it only
+/// keeps a merged-away segment's `.fast` file mapped until it is pushed out.
+static RECENT: Mutex<Vec<(SegmentId, Arc<SourceColumns>)>> = Mutex::new(Vec::new());
 
 /// The columns of one segment that a compact source's members are restored from.
 pub struct SourceColumns {
@@ -119,26 +135,38 @@ impl SourceColumns {
         })
     }
 
+    /// The columns of `segment`, opened once for the [`RECENT_SEGMENTS`] segments read last.
+    pub fn of_segment(segment: &SegmentReader) -> tantivy::Result<Arc<SourceColumns>> {
+        let id = segment.segment_id();
+        if let Some((_, columns)) = RECENT.lock().iter().find(|(seen, _)| *seen == id) {
+            return Ok(columns.clone());
+        }
+        let columns = Arc::new(SourceColumns::open(segment)?);
+        let mut recent = RECENT.lock();
+        if recent.len() >= RECENT_SEGMENTS {
+            recent.remove(0);
+        }
+        recent.push((id, columns.clone()));
+        Ok(columns)
+    }
+
     /// The storage JSON of document `doc` from its stored (compact or complete) source.
     pub fn restore(&self, doc: DocId, stored: &[u8]) -> tantivy::Result<Vec<u8>> {
-        let mut cuts: Vec<(Range<usize>, Vec<u8>)> = Vec::with_capacity(4);
-        for key in [ID, TIMESTAMP, SOURCE_IP, REQUEST_ID] {
-            let Some(range) = value_range(stored, key, PLACEHOLDER) else {
+        let mut source: Option<Vec<u8>> = None;
+        let mut copied = 0;
+        for (start, key) in value_starts(stored).into_iter().zip(MEMBERS) {
+            let Some(range) = start.and_then(|start| value_range(stored, start, PLACEHOLDER))
+            else {
                 continue;
             };
-            cuts.push((range, self.value(key, doc)?));
-        }
-        if cuts.is_empty() {
-            return Ok(stored.to_vec());
-        }
-        cuts.sort_by_key(|(range, _)| range.start);
-        let mut source = Vec::with_capacity(stored.len() + 64);
-        let mut copied = 0;
-        for (range, value) in cuts {
+            let source = source.get_or_insert_with(|| Vec::with_capacity(stored.len() + 64));
             source.extend_from_slice(&stored[copied..range.start]);
-            source.extend_from_slice(&value);
+            source.extend_from_slice(&self.value(key, doc)?);
             copied = range.end;
         }
+        let Some(mut source) = source else {
+            return Ok(stored.to_vec());
+        };
         source.extend_from_slice(&stored[copied..]);
         Ok(source)
     }
@@ -273,7 +301,8 @@ mod tests {
                 String::from_utf8_lossy(&source)
             );
             assert!(stored.starts_with(b"{\"id\":null,"));
-            assert!(find(&stored, b"1791158407552987").is_none());
+            let text = String::from_utf8(stored).unwrap();
+            assert!(!text.contains("1791158407552987"), "{text}");
         }
     }
 
