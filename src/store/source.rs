@@ -15,6 +15,7 @@
 //! `source_ip` is kept when it is an IPv4-mapped IPv6 address, which the IP column (IPv6
 //! only) cannot tell apart from the IPv4 address.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
 use std::ops::Range;
 use std::sync::Arc;
@@ -152,6 +153,29 @@ impl SourceColumns {
 
     /// The storage JSON of document `doc` from its stored (compact or complete) source.
     pub fn restore(&self, doc: DocId, stored: &[u8]) -> tantivy::Result<Vec<u8>> {
+        self.restore_with(doc, stored, &Resolved::default())
+    }
+
+    /// The storage JSON of several documents of this segment: their `id` and `request_id`
+    /// dictionary entries are read together, each dictionary block once (a block read costs
+    /// ~15 µs; a page's ids are time-ordered, so they share few blocks).
+    pub fn restore_many(&self, docs: &[(DocId, &[u8])]) -> tantivy::Result<Vec<Vec<u8>>> {
+        let doc_ids: Vec<DocId> = docs.iter().map(|(doc, _)| *doc).collect();
+        let resolved = Resolved {
+            ids: resolve(self.ids.as_ref(), &doc_ids)?,
+            request_ids: resolve(self.request_ids.as_ref(), &doc_ids)?,
+        };
+        docs.iter()
+            .map(|(doc, stored)| self.restore_with(*doc, stored, &resolved))
+            .collect()
+    }
+
+    fn restore_with(
+        &self,
+        doc: DocId,
+        stored: &[u8],
+        resolved: &Resolved,
+    ) -> tantivy::Result<Vec<u8>> {
         let mut source: Option<Vec<u8>> = None;
         let mut copied = 0;
         for (start, key) in value_starts(stored).into_iter().zip(MEMBERS) {
@@ -161,7 +185,7 @@ impl SourceColumns {
             };
             let source = source.get_or_insert_with(|| Vec::with_capacity(stored.len() + 64));
             source.extend_from_slice(&stored[copied..range.start]);
-            source.extend_from_slice(&self.value(key, doc)?);
+            source.extend_from_slice(&self.value(key, doc, resolved)?);
             copied = range.end;
         }
         let Some(mut source) = source else {
@@ -172,7 +196,7 @@ impl SourceColumns {
     }
 
     /// The JSON value of member `key` of `doc`, from its column.
-    fn value(&self, key: &[u8], doc: DocId) -> tantivy::Result<Vec<u8>> {
+    fn value(&self, key: &[u8], doc: DocId, resolved: &Resolved) -> tantivy::Result<Vec<u8>> {
         let missing = || {
             TantivyError::InternalError(format!(
                 "document {doc}: the column of stored-source member {} has no value",
@@ -181,7 +205,8 @@ impl SourceColumns {
         };
         let json = match key {
             ID => {
-                let id_key = str_value(self.ids.as_ref(), doc)?.ok_or_else(missing)?;
+                let id_key =
+                    resolved_value(self.ids.as_ref(), &resolved.ids, doc)?.ok_or_else(missing)?;
                 let id = id_key.split_once('/').map_or(id_key.as_str(), |(_, id)| id);
                 serde_json::to_vec(id)
             }
@@ -194,10 +219,51 @@ impl SourceColumns {
                 serde_json::to_vec(&from_ipv6(ip.ok_or_else(missing)?))
             }
             _ => {
-                serde_json::to_vec(&str_value(self.request_ids.as_ref(), doc)?.ok_or_else(missing)?)
+                let request_ids = (self.request_ids.as_ref(), &resolved.request_ids);
+                serde_json::to_vec(
+                    &resolved_value(request_ids.0, request_ids.1, doc)?.ok_or_else(missing)?,
+                )
             }
         };
         json.map_err(|error| TantivyError::InternalError(error.to_string()))
+    }
+}
+
+/// Dictionary entries read ahead, by column ordinal.
+#[derive(Default)]
+struct Resolved {
+    ids: HashMap<u64, String>,
+    request_ids: HashMap<u64, String>,
+}
+
+/// The dictionary entries of `docs` in `column`, read in ordinal order.
+fn resolve(column: Option<&StrColumn>, docs: &[DocId]) -> tantivy::Result<HashMap<u64, String>> {
+    let Some(column) = column else {
+        return Ok(HashMap::new());
+    };
+    let mut ords: Vec<u64> = docs
+        .iter()
+        .filter_map(|&doc| column.ords().first(doc))
+        .collect();
+    ords.sort_unstable();
+    ords.dedup();
+    let mut values = Vec::with_capacity(ords.len());
+    column.dictionary().sorted_ords_to_term_cb(&ords, |bytes| {
+        values.push(String::from_utf8_lossy(bytes).into_owned())
+    })?;
+    Ok(ords.into_iter().zip(values).collect())
+}
+
+/// The value of `doc` in `column`, from `resolved` when it was read ahead.
+fn resolved_value(
+    column: Option<&StrColumn>,
+    resolved: &HashMap<u64, String>,
+    doc: DocId,
+) -> tantivy::Result<Option<String>> {
+    let ord = column.and_then(|column| column.ords().first(doc));
+    match ord.and_then(|ord| resolved.get(&ord)) {
+        Some(value) => Ok(Some(value.clone())),
+        None => str_value(column, doc),
     }
 }
 
@@ -262,7 +328,7 @@ mod tests {
         let segment = &searcher.segment_readers()[0];
         let columns = SourceColumns::open(segment).unwrap();
         let store = segment.get_store_reader(1).unwrap();
-        (0..events.len() as u32)
+        let restored: Vec<(Vec<u8>, Vec<u8>)> = (0..events.len() as u32)
             .map(|doc| {
                 let document: tantivy::TantivyDocument = store.get(doc).unwrap();
                 let stored =
@@ -271,7 +337,16 @@ mod tests {
                         .to_vec();
                 (stored.clone(), columns.restore(doc, &stored).unwrap())
             })
-            .collect()
+            .collect();
+        let docs: Vec<(DocId, &[u8])> = restored
+            .iter()
+            .enumerate()
+            .map(|(doc, (stored, _))| (doc as DocId, stored.as_slice()))
+            .collect();
+        let together = columns.restore_many(&docs).unwrap();
+        let one_by_one: Vec<Vec<u8>> = restored.iter().map(|(_, source)| source.clone()).collect();
+        assert_eq!(together, one_by_one);
+        restored
     }
 
     #[test]
