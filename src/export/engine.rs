@@ -689,14 +689,15 @@ fn read_part(
         )
         .map_err(internal)?;
         remaining -= hits.len() as u64;
-        let mut page = Vec::with_capacity(hits.len());
-        for (key, address) in hits {
-            page.push((
-                key.seq,
-                search::load_source(&searcher, fields, address).map_err(internal)?,
-            ));
-            after = Some(key);
-        }
+        let addresses: Vec<_> = hits.iter().map(|(_, address)| *address).collect();
+        // A page's sources together: their ids come from few column dictionary blocks.
+        let sources = search::load_sources(&searcher, fields, &addresses).map_err(internal)?;
+        after = hits.last().map(|(key, _)| *key).or(after);
+        let page: Vec<Stored> = hits
+            .iter()
+            .zip(sources)
+            .map(|((key, _), source)| (key.seq, source))
+            .collect();
         if pages.send(page).is_err() {
             // The encoder stopped on an error of its own, which join() reports.
             break;

@@ -19,6 +19,7 @@ use tantivy::{Index, Term};
 
 use crate::event::{Action, FieldErrors, IdentityType};
 use crate::store::Fields;
+use crate::store::lookup::RequestIdQuery;
 use crate::store::schema::to_ipv6;
 use crate::store::search::{ColumnFilter, Direction, SearchPlan, SortKey, prefix_successor};
 use crate::timestamp;
@@ -399,14 +400,10 @@ fn posting_clauses(
         ));
     }
     if let Some(request_id) = &filters.request_id {
-        // A fast field only (see the schema): an exact match is the range [id, id].
-        let exact = Term::from_field_text(fields.request_id, request_id);
+        // Bucket postings confirmed on the column: no scan (see `store::lookup`).
         clauses.push((
             Occur::Must,
-            Box::new(RangeQuery::new(
-                Bound::Included(exact.clone()),
-                Bound::Included(exact),
-            )),
+            Box::new(RequestIdQuery::new(fields, request_id)),
         ));
     }
     if let Some(text) = &filters.text {

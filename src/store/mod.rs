@@ -5,6 +5,7 @@
 //!   LOCK          held (flock) by the one process using this directory
 //!   wal/          write-ahead log segments (see `wal`)
 //!   index/        the Tantivy index; each commit's payload records the WAL position it covers
+//!   index.*/      an index rebuild for a newer storage format, and its swap (see `migrate`)
 //!   quarantine/   damaged WAL bytes and undecodable events, moved aside at start (never read)
 //! ```
 //!
@@ -14,10 +15,13 @@
 //! store serves everything else.
 
 pub mod dedup;
+pub mod lookup;
 pub mod merge_order;
 pub mod metrics;
+pub mod migrate;
 pub mod schema;
 pub mod search;
+pub mod source;
 pub mod timeline;
 pub mod wal;
 pub mod writer;
@@ -60,9 +64,9 @@ pub enum StoreError {
     #[error("failed to open the index: {0}")]
     Index(#[from] tantivy::TantivyError),
     #[error(
-        "index in {path} was written with a different schema (found fields: {found}); reindex or use another data directory"
+        "the index was written by a newer scaivault-audit (storage format {found}; this version reads up to {supported})"
     )]
-    SchemaMismatch { path: PathBuf, found: String },
+    NewerVersion { found: u32, supported: u32 },
     #[error("index commit payload is unreadable: {0}")]
     Payload(#[source] serde_json::Error),
 }
@@ -103,8 +107,7 @@ impl Store {
         let data_dir = &config.data_dir;
         create_dir(data_dir)?;
         let lock = lock_data_dir(data_dir)?;
-        let index_dir = data_dir.join("index");
-        let (index, fields) = open_or_create_index(&index_dir)?;
+        let (index, fields) = open_or_create_index(data_dir, config.index_memory_bytes)?;
         let payload = CommitPayload::parse(index.load_metas()?.payload.as_deref())
             .map_err(StoreError::Payload)?;
         // The summary partials are built as the query reader first sees each segment.
@@ -435,8 +438,15 @@ fn index_settings() -> IndexSettings {
     }
 }
 
-fn open_or_create_index(index_dir: &Path) -> Result<(Index, Fields), StoreError> {
-    create_dir(index_dir)?;
+/// Opens the index of `data_dir`, creating it if new and rebuilding it (see [`migrate`]) if
+/// an older version wrote it.
+fn open_or_create_index(
+    data_dir: &Path,
+    memory_bytes: usize,
+) -> Result<(Index, Fields), StoreError> {
+    migrate::recover(data_dir)?;
+    let index_dir = data_dir.join("index");
+    create_dir(&index_dir)?;
     let (schema, fields) = schema::build_schema();
     let meta = index_dir.join("meta.json");
     let exists = meta.try_exists().map_err(|source| StoreError::Io {
@@ -448,22 +458,18 @@ fn open_or_create_index(index_dir: &Path) -> Result<(Index, Fields), StoreError>
         let index = Index::builder()
             .schema(schema)
             .settings(index_settings())
-            .create_in_dir(index_dir)?;
+            .create_in_dir(&index_dir)?;
         return Ok((index, fields));
     }
-    let index = Index::open_in_dir(index_dir)?;
-    if index.schema() != schema {
-        let found: Vec<String> = index
-            .schema()
-            .fields()
-            .map(|(_, entry)| entry.name().to_string())
-            .collect();
-        return Err(StoreError::SchemaMismatch {
-            path: index_dir.to_path_buf(),
-            found: found.join(","),
-        });
+    let index = Index::open_in_dir(&index_dir)?;
+    let payload = CommitPayload::parse(index.load_metas()?.payload.as_deref())
+        .map_err(StoreError::Payload)?;
+    if !migrate::needs_rebuild(&index, &payload)? {
+        return Ok((index, fields));
     }
-    Ok((index, fields))
+    migrate::rebuild(data_dir, &index, &payload, index_settings(), memory_bytes)?;
+    drop(index);
+    Ok((Index::open_in_dir(&index_dir)?, fields))
 }
 
 #[cfg(test)]

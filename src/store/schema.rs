@@ -4,21 +4,39 @@
 //! time and the ingest sequence are fast fields (keyset paging sorts on them), `secret_path`
 //! and `identity_id` are fast too (summaries count them without loading events), `source_ip`
 //! is an IP field (CIDR ranges), and `text` feeds the `q=` free-text search. The event itself
-//! is kept once, as its storage JSON, in `source`.
+//! is kept once, as its storage JSON in `source`, without the values its columns already hold
+//! (see [`super::source`]).
 //!
 //! Room for the per-tenant hash chain: `chain_hash` is part of the schema from the start (a
 //! schema cannot gain fields without a reindex), so the chain can be filled in later.
 
 use tantivy::schema::{
-    BytesOptions, Field, INDEXED, IndexRecordOption, IpAddrOptions, NumericOptions, STORED, Schema,
+    BytesOptions, Field, IndexRecordOption, IpAddrOptions, NumericOptions, STORED, Schema,
     TextFieldIndexing, TextOptions,
 };
 use tantivy::tokenizer::RAW_TOKENIZER_NAME;
 
 use crate::event::AuditEvent;
 
-/// Bumped whenever the schema changes; stored in every commit payload.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Bumped whenever the schema, the index settings or the stored-source format change; stored
+/// in every commit payload. An index of an older version is rebuilt at open (see
+/// [`super::migrate`]).
+///
+/// - 1: the first layout.
+/// - 2: compact sources (`id`, `timestamp_us`, `source_ip`, `request_id` restored from the
+///   columns), the `request_id_bucket` lookup field, no norms on `identity_type`.
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// Bits of the `request_id` hash kept in `request_id_bucket`: 4,096 buckets, so an exact
+/// lookup checks about one document in 4,096 of a segment that holds the id at all, while the
+/// postings cost under 2 bytes per event (a unique term per event would cost ~21).
+pub const REQUEST_ID_BUCKET_BITS: u32 = 12;
+
+/// The `request_id_bucket` value of a request id: the low bits of its CRC-32C (stable across
+/// versions and platforms, as an on-disk value must be).
+pub fn request_id_bucket(request_id: &str) -> u64 {
+    u64::from(crc32c::crc32c(request_id.as_bytes()) & ((1 << REQUEST_ID_BUCKET_BITS) - 1))
+}
 
 /// The value of the `id` fast field: `tenant_id/id`, the key producer ids are deduplicated
 /// on (ids are unique per tenant only). Neither a tenant id nor an event id may contain `/`,
@@ -54,6 +72,7 @@ pub struct Fields {
     pub secret_path: Field,
     pub source_ip: Field,
     pub request_id: Field,
+    pub request_id_bucket: Field,
     pub success: Field,
     pub text: Field,
     pub source: Field,
@@ -65,11 +84,14 @@ pub struct Fields {
 /// Disk per event is a product goal, so every choice here is about bytes: near-unique values
 /// (`id`, `request_id`, timestamp, sequence, IP) are fast fields only — an inverted-index term
 /// per event would cost more than the event's compressed source — and are queried through
-/// fast-field ranges. No field keeps norms: results are ordered by time, never scored.
+/// fast-field ranges. No field keeps norms: results are ordered by time, never scored. An exact
+/// `request_id` is found through `request_id_bucket` (a few postings per 4,096 events) and
+/// confirmed on the `request_id` column, so it reads no column end to end.
 pub fn build_schema() -> (Schema, Fields) {
     let mut builder = Schema::builder();
     let fast_only = || NumericOptions::default().set_fast();
-    let indexed_fast = || NumericOptions::default().set_indexed().set_fast();
+    let indexed = || NumericOptions::default().set_indexed();
+    let indexed_fast = || indexed().set_fast();
     let raw_indexing = || {
         TextFieldIndexing::default()
             .set_tokenizer(RAW_TOKENIZER_NAME)
@@ -93,11 +115,12 @@ pub fn build_schema() -> (Schema, Fields) {
         timestamp: builder.add_i64_field(fast::TIMESTAMP, fast_only()),
         seq: builder.add_u64_field(fast::SEQ, fast_only()),
         action: builder.add_u64_field(fast::ACTION, indexed_fast()),
-        identity_type: builder.add_u64_field("identity_type", INDEXED),
+        identity_type: builder.add_u64_field("identity_type", indexed()),
         identity_id: builder.add_text_field(fast::IDENTITY_ID, exact_fast()),
         secret_path: builder.add_text_field(fast::SECRET_PATH, exact_fast()),
         source_ip: builder.add_ip_addr_field(fast::SOURCE_IP, IpAddrOptions::default().set_fast()),
         request_id: builder.add_text_field(fast::REQUEST_ID, fast_text()),
+        request_id_bucket: builder.add_u64_field("request_id_bucket", indexed()),
         success: builder.add_bool_field(fast::SUCCESS, indexed_fast()),
         text: builder.add_text_field("text", free_text),
         source: builder.add_bytes_field("source", BytesOptions::from(STORED)),
@@ -107,7 +130,8 @@ pub fn build_schema() -> (Schema, Fields) {
 }
 
 impl Fields {
-    /// The Tantivy document of one event. `source` is the event's storage JSON.
+    /// The Tantivy document of one event. `source` is the event's storage JSON; the document
+    /// keeps it compact (see [`super::source::compact`]).
     pub fn document(
         &self,
         event: &AuditEvent,
@@ -132,6 +156,7 @@ impl Fields {
         }
         if let Some(request_id) = &event.request_id {
             doc.add_text(self.request_id, request_id);
+            doc.add_u64(self.request_id_bucket, request_id_bucket(request_id));
         }
         if let Some(user_agent) = &event.user_agent {
             doc.add_text(self.text, user_agent);
@@ -141,7 +166,7 @@ impl Fields {
             add_json_strings(&mut doc, self.text, value);
         }
         doc.add_bool(self.success, event.success);
-        doc.add_bytes(self.source, source);
+        doc.add_bytes(self.source, &super::source::compact(source, event));
         doc
     }
 }

@@ -15,7 +15,6 @@
 //! Ranks pack (timestamp, sequence) into one `u128`, the sequence number breaking timestamp
 //! ties, so late events and shared timestamps keep their exact order.
 
-use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::net::Ipv6Addr;
 use std::ops::{Bound, Range, RangeInclusive};
@@ -25,9 +24,12 @@ use tantivy::columnar::Column;
 use tantivy::fastfield::AliveBitSet;
 use tantivy::query::{EnableScoring, Query, Scorer, Weight};
 use tantivy::schema::Value;
-use tantivy::{DocAddress, DocId, Searcher, SegmentReader, TERMINATED, TantivyDocument};
+use tantivy::{
+    DocAddress, DocId, Searcher, SegmentOrdinal, SegmentReader, TERMINATED, TantivyDocument,
+};
 
 use super::schema::{Fields, fast};
+use super::source::SourceColumns;
 use super::timeline::{BlockSpan, SegmentTimeline, Timelines};
 use crate::event::AuditEvent;
 
@@ -127,9 +129,11 @@ pub fn top_by_time(
     limit: usize,
 ) -> Result<Page, SearchError> {
     let (hits, has_more) = top_hits(searcher, timelines, plan, direction, after, limit)?;
+    let addresses: Vec<DocAddress> = hits.iter().map(|(_, address)| *address).collect();
+    let sources = load_sources(searcher, fields, &addresses)?;
     let mut events = Vec::with_capacity(hits.len());
-    for (key, address) in hits {
-        events.push((key, load_event(searcher, fields, address, key.seq)?));
+    for ((key, _), source) in hits.into_iter().zip(sources) {
+        events.push((key, decode_event(&source, key.seq)?));
     }
     Ok(Page { events, has_more })
 }
@@ -212,11 +216,46 @@ pub fn load_source(
     address: DocAddress,
 ) -> Result<Vec<u8>, SearchError> {
     let document: TantivyDocument = searcher.doc(address)?;
-    Ok(document
+    let stored = document
         .get_first(fields.source)
         .and_then(|value| value.as_bytes())
-        .unwrap_or_default()
-        .to_vec())
+        .unwrap_or_default();
+    let columns = SourceColumns::of_segment(searcher.segment_reader(address.segment_ord))?;
+    Ok(columns.restore(address.doc_id, stored)?)
+}
+
+/// The storage JSON of several documents, in the order given; each segment's columns restore
+/// their documents together (see [`SourceColumns::restore_many`]).
+pub fn load_sources(
+    searcher: &Searcher,
+    fields: &Fields,
+    addresses: &[DocAddress],
+) -> Result<Vec<Vec<u8>>, SearchError> {
+    let mut stored = Vec::with_capacity(addresses.len());
+    for address in addresses {
+        let document: TantivyDocument = searcher.doc(*address)?;
+        let source = document
+            .get_first(fields.source)
+            .and_then(|value| value.as_bytes());
+        stored.push(source.unwrap_or_default().to_vec());
+    }
+    let mut sources = vec![Vec::new(); addresses.len()];
+    let mut segments: Vec<SegmentOrdinal> = addresses.iter().map(|a| a.segment_ord).collect();
+    segments.sort_unstable();
+    segments.dedup();
+    for segment in segments {
+        let (positions, docs): (Vec<usize>, Vec<(DocId, &[u8])>) = addresses
+            .iter()
+            .enumerate()
+            .filter(|(_, address)| address.segment_ord == segment)
+            .map(|(at, address)| (at, (address.doc_id, stored[at].as_slice())))
+            .unzip();
+        let columns = SourceColumns::of_segment(searcher.segment_reader(segment))?;
+        for (at, source) in positions.into_iter().zip(columns.restore_many(&docs)?) {
+            sources[at] = source;
+        }
+    }
+    Ok(sources)
 }
 
 /// Decodes a stored event (`seq` names it in the error).
