@@ -24,9 +24,7 @@ use tantivy::columnar::Column;
 use tantivy::fastfield::AliveBitSet;
 use tantivy::query::{EnableScoring, Query, Scorer, Weight};
 use tantivy::schema::Value;
-use tantivy::{
-    DocAddress, DocId, Searcher, SegmentOrdinal, SegmentReader, TERMINATED, TantivyDocument,
-};
+use tantivy::{DocAddress, DocId, Searcher, SegmentReader, TERMINATED, TantivyDocument};
 
 use super::schema::{Fields, fast};
 use super::source::SourceColumns;
@@ -224,38 +222,16 @@ pub fn load_source(
     Ok(columns.restore(address.doc_id, stored)?)
 }
 
-/// The storage JSON of several documents, in the order given; each segment's columns restore
-/// their documents together (see [`SourceColumns::restore_many`]).
+/// The storage JSON of several documents, in the order given.
 pub fn load_sources(
     searcher: &Searcher,
     fields: &Fields,
     addresses: &[DocAddress],
 ) -> Result<Vec<Vec<u8>>, SearchError> {
-    let mut stored = Vec::with_capacity(addresses.len());
-    for address in addresses {
-        let document: TantivyDocument = searcher.doc(*address)?;
-        let source = document
-            .get_first(fields.source)
-            .and_then(|value| value.as_bytes());
-        stored.push(source.unwrap_or_default().to_vec());
-    }
-    let mut sources = vec![Vec::new(); addresses.len()];
-    let mut segments: Vec<SegmentOrdinal> = addresses.iter().map(|a| a.segment_ord).collect();
-    segments.sort_unstable();
-    segments.dedup();
-    for segment in segments {
-        let (positions, docs): (Vec<usize>, Vec<(DocId, &[u8])>) = addresses
-            .iter()
-            .enumerate()
-            .filter(|(_, address)| address.segment_ord == segment)
-            .map(|(at, address)| (at, (address.doc_id, stored[at].as_slice())))
-            .unzip();
-        let columns = SourceColumns::of_segment(searcher.segment_reader(segment))?;
-        for (at, source) in positions.into_iter().zip(columns.restore_many(&docs)?) {
-            sources[at] = source;
-        }
-    }
-    Ok(sources)
+    addresses
+        .iter()
+        .map(|address| load_source(searcher, fields, *address))
+        .collect()
 }
 
 /// Decodes a stored event (`seq` names it in the error).

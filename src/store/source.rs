@@ -1,13 +1,13 @@
 //! Compact stored sources: the storage JSON without the values its columns already hold.
 //!
-//! Every document stores its event's storage JSON in `source`, but three members are
-//! near-unique per event and already kept in fast-field columns: `id` (in the `id` column as
-//! `tenant_id/id`), `timestamp_us` (`ts`) and `source_ip`. Stored twice they cost ~30
-//! bytes/event after compression, so the stored JSON keeps `null` in their place (a value serde
-//! never writes for them) and [`SourceColumns::restore`] puts the column values back, byte for
-//! byte. `request_id` is kept in full: request ids are random, so restoring a page's would read
-//! one dictionary block per event (+0.9 ms per 100-event page, exports ~10× slower) to save ~8
-//! bytes/event, while ids are time-ordered and a page's share a few blocks.
+//! Every document stores its event's storage JSON in `source`, but two members are near-unique
+//! per event and already kept in numeric fast-field columns: `timestamp_us` (`ts`) and
+//! `source_ip`. The stored JSON keeps `null` in their place (a value serde never writes for
+//! them) and [`SourceColumns::restore`] puts the column values back, byte for byte: a numeric
+//! column read per member, nothing measurable. `id` and `request_id` are kept in full: their
+//! columns are string dictionaries, and restoring from them reads a zstd-compressed dictionary
+//! block per event (~15 µs), measured at +0.7–1.1 ms per 100-event page; see
+//! docs/benchmarks.md for what stripping them would save.
 //!
 //! The storage JSON is serde's serialization of [`AuditEvent`]: a flat object whose only
 //! nested member, `extra_data`, comes last. Before it, no string value can hold `,"` (serde
@@ -17,14 +17,13 @@
 //! `source_ip` is kept when it is an IPv4-mapped IPv6 address, which the IP column (IPv6
 //! only) cannot tell apart from the IPv4 address.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
 use std::ops::Range;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use tantivy::columnar::{Column, StrColumn};
+use tantivy::columnar::Column;
 use tantivy::index::SegmentId;
 use tantivy::{DocId, SegmentReader, TantivyError};
 
@@ -37,12 +36,11 @@ const PLACEHOLDER: &[u8] = b"null";
 const NESTED_MEMBER: &[u8] = b",\"extra_data\":";
 
 /// The members kept in columns, in storage-JSON order, with the bytes that precede each value.
-const ID: &[u8] = b"{\"id\":";
 const TIMESTAMP: &[u8] = b",\"timestamp_us\":";
 const SOURCE_IP: &[u8] = b",\"source_ip\":";
 
 /// The members kept in columns, in storage-JSON order.
-const MEMBERS: [&[u8]; 3] = [ID, TIMESTAMP, SOURCE_IP];
+const MEMBERS: [&[u8]; 2] = [TIMESTAMP, SOURCE_IP];
 
 /// The stored form of `source` (the storage JSON of `event`): column-held members replaced by
 /// `null`.
@@ -50,7 +48,6 @@ pub fn compact(source: &[u8], event: &AuditEvent) -> Vec<u8> {
     let starts = value_starts(source);
     let ip = event.source_ip.filter(|ip| !is_v4_mapped(ip));
     let values = [
-        serde_json::to_vec(&event.id).ok(),
         Some(event.timestamp_us.to_string().into_bytes()),
         ip.and_then(|ip| serde_json::to_vec(&ip).ok()),
     ];
@@ -76,11 +73,8 @@ fn is_v4_mapped(ip: &IpAddr) -> bool {
 
 /// Where the value of each of [`MEMBERS`] starts, if the member is in the flat part: one pass
 /// over the commas up to the nested part, keeping each member's first occurrence.
-fn value_starts(source: &[u8]) -> [Option<usize>; 3] {
-    let mut starts = [None; 3];
-    if source.starts_with(ID) {
-        starts[0] = Some(ID.len());
-    }
+fn value_starts(source: &[u8]) -> [Option<usize>; 2] {
+    let mut starts = [None; 2];
     let mut at = 0;
     while let Some(offset) = source[at..].iter().position(|&byte| byte == b',') {
         let comma = at + offset;
@@ -88,7 +82,7 @@ fn value_starts(source: &[u8]) -> [Option<usize>; 3] {
         if rest.starts_with(NESTED_MEMBER) {
             break;
         }
-        for (start, key) in starts.iter_mut().zip(MEMBERS).skip(1) {
+        for (start, key) in starts.iter_mut().zip(MEMBERS) {
             if start.is_none() && rest.starts_with(key) {
                 *start = Some(comma + key.len());
             }
@@ -115,19 +109,16 @@ static RECENT: Mutex<Vec<(SegmentId, Arc<SourceColumns>)>> = Mutex::new(Vec::new
 
 /// The columns of one segment that a compact source's members are restored from.
 pub struct SourceColumns {
-    ids: Option<StrColumn>,
     timestamps: Option<Column<i64>>,
     ips: Option<Column<Ipv6Addr>>,
 }
 
 impl SourceColumns {
-    /// Opens the columns of `segment` (cheap: nothing is read until a value is needed).
     pub fn open(segment: &SegmentReader) -> tantivy::Result<Self> {
         let fast_fields = segment.fast_fields();
         Ok(SourceColumns {
-            ids: fast_fields.str(fast::ID)?,
             timestamps: fast_fields.column_opt(fast::TIMESTAMP)?,
-            ips: fast_fields.column_opt("source_ip")?,
+            ips: fast_fields.column_opt(fast::SOURCE_IP)?,
         })
     }
 
@@ -148,28 +139,6 @@ impl SourceColumns {
 
     /// The storage JSON of document `doc` from its stored (compact or complete) source.
     pub fn restore(&self, doc: DocId, stored: &[u8]) -> tantivy::Result<Vec<u8>> {
-        self.restore_with(doc, stored, &Resolved::default())
-    }
-
-    /// The storage JSON of several documents of this segment: their `id` dictionary entries
-    /// are read together, each dictionary block once (a block read costs
-    /// ~15 µs; a page's ids are time-ordered, so they share few blocks).
-    pub fn restore_many(&self, docs: &[(DocId, &[u8])]) -> tantivy::Result<Vec<Vec<u8>>> {
-        let doc_ids: Vec<DocId> = docs.iter().map(|(doc, _)| *doc).collect();
-        let resolved = Resolved {
-            ids: resolve(self.ids.as_ref(), &doc_ids)?,
-        };
-        docs.iter()
-            .map(|(doc, stored)| self.restore_with(*doc, stored, &resolved))
-            .collect()
-    }
-
-    fn restore_with(
-        &self,
-        doc: DocId,
-        stored: &[u8],
-        resolved: &Resolved,
-    ) -> tantivy::Result<Vec<u8>> {
         let mut source: Option<Vec<u8>> = None;
         let mut copied = 0;
         for (start, key) in value_starts(stored).into_iter().zip(MEMBERS) {
@@ -179,7 +148,7 @@ impl SourceColumns {
             };
             let source = source.get_or_insert_with(|| Vec::with_capacity(stored.len() + 64));
             source.extend_from_slice(&stored[copied..range.start]);
-            source.extend_from_slice(&self.value(key, doc, resolved)?);
+            source.extend_from_slice(&self.value(key, doc)?);
             copied = range.end;
         }
         let Some(mut source) = source else {
@@ -190,80 +159,21 @@ impl SourceColumns {
     }
 
     /// The JSON value of member `key` of `doc`, from its column.
-    fn value(&self, key: &[u8], doc: DocId, resolved: &Resolved) -> tantivy::Result<Vec<u8>> {
+    fn value(&self, key: &[u8], doc: DocId) -> tantivy::Result<Vec<u8>> {
         let missing = || {
             TantivyError::InternalError(format!(
                 "document {doc}: the column of stored-source member {} has no value",
                 String::from_utf8_lossy(key)
             ))
         };
-        let json = match key {
-            ID => {
-                let id_key =
-                    resolved_value(self.ids.as_ref(), &resolved.ids, doc)?.ok_or_else(missing)?;
-                let id = id_key.split_once('/').map_or(id_key.as_str(), |(_, id)| id);
-                serde_json::to_vec(id)
-            }
-            TIMESTAMP => {
-                let timestamp = self.timestamps.as_ref().and_then(|c| c.first(doc));
-                return Ok(timestamp.ok_or_else(missing)?.to_string().into_bytes());
-            }
-            _ => {
-                let ip = self.ips.as_ref().and_then(|c| c.first(doc));
-                serde_json::to_vec(&from_ipv6(ip.ok_or_else(missing)?))
-            }
-        };
-        json.map_err(|error| TantivyError::InternalError(error.to_string()))
+        if key == TIMESTAMP {
+            let timestamp = self.timestamps.as_ref().and_then(|c| c.first(doc));
+            return Ok(timestamp.ok_or_else(missing)?.to_string().into_bytes());
+        }
+        let ip = self.ips.as_ref().and_then(|c| c.first(doc));
+        serde_json::to_vec(&from_ipv6(ip.ok_or_else(missing)?))
+            .map_err(|error| TantivyError::InternalError(error.to_string()))
     }
-}
-
-/// Dictionary entries read ahead, by column ordinal.
-#[derive(Default)]
-struct Resolved {
-    ids: HashMap<u64, String>,
-}
-
-/// The dictionary entries of `docs` in `column`, read in ordinal order.
-fn resolve(column: Option<&StrColumn>, docs: &[DocId]) -> tantivy::Result<HashMap<u64, String>> {
-    let Some(column) = column else {
-        return Ok(HashMap::new());
-    };
-    let mut ords: Vec<u64> = docs
-        .iter()
-        .filter_map(|&doc| column.ords().first(doc))
-        .collect();
-    ords.sort_unstable();
-    ords.dedup();
-    let mut values = Vec::with_capacity(ords.len());
-    column.dictionary().sorted_ords_to_term_cb(&ords, |bytes| {
-        values.push(String::from_utf8_lossy(bytes).into_owned())
-    })?;
-    Ok(ords.into_iter().zip(values).collect())
-}
-
-/// The value of `doc` in `column`, from `resolved` when it was read ahead.
-fn resolved_value(
-    column: Option<&StrColumn>,
-    resolved: &HashMap<u64, String>,
-    doc: DocId,
-) -> tantivy::Result<Option<String>> {
-    let ord = column.and_then(|column| column.ords().first(doc));
-    match ord.and_then(|ord| resolved.get(&ord)) {
-        Some(value) => Ok(Some(value.clone())),
-        None => str_value(column, doc),
-    }
-}
-
-/// The value of a single-valued string column at `doc`.
-fn str_value(column: Option<&StrColumn>, doc: DocId) -> tantivy::Result<Option<String>> {
-    let Some(column) = column else {
-        return Ok(None);
-    };
-    let Some(ord) = column.ords().first(doc) else {
-        return Ok(None);
-    };
-    let mut value = String::new();
-    Ok(column.ord_to_str(ord, &mut value)?.then_some(value))
 }
 
 /// The event's address from the IP column: IPv4 addresses are kept mapped (see
@@ -325,14 +235,6 @@ mod tests {
                 (stored.clone(), columns.restore(doc, &stored).unwrap())
             })
             .collect();
-        let docs: Vec<(DocId, &[u8])> = restored
-            .iter()
-            .enumerate()
-            .map(|(doc, (stored, _))| (doc as DocId, stored.as_slice()))
-            .collect();
-        let together = columns.restore_many(&docs).unwrap();
-        let one_by_one: Vec<Vec<u8>> = restored.iter().map(|(_, source)| source.clone()).collect();
-        assert_eq!(together, one_by_one);
         restored
     }
 
@@ -362,8 +264,8 @@ mod tests {
                 String::from_utf8_lossy(&restored),
                 String::from_utf8_lossy(&source)
             );
-            assert!(stored.starts_with(b"{\"id\":null,"));
             let text = String::from_utf8(stored).unwrap();
+            assert!(text.starts_with("{\"id\":\"log_"), "{text}");
             assert!(!text.contains("1791158407552987"), "{text}");
         }
     }
