@@ -74,7 +74,7 @@ const BENCH_TOKEN: &str = "skt_benchmark_token_not_secret";
 async fn ingest(args: IngestBenchArgs) -> anyhow::Result<()> {
     let temp = start_run(args.dir.as_deref(), args.events, args.seed)?;
     let started = Instant::now();
-    let bodies = generate_bodies(args.events, args.seed, args.batch.max(1))?;
+    let bodies = generate_bodies(args.events, args.seed, args.batch.max(1), None)?;
     let raw_bytes: usize = bodies.iter().map(Vec::len).sum();
     println!(
         "generated {} batches, {:.1} MB of NDJSON ({:.0} bytes/event) in {:.2} s",
@@ -119,12 +119,20 @@ async fn ingest(args: IngestBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// NDJSON request bodies of `batch` events each.
-fn generate_bodies(events: u64, seed: u64, batch: usize) -> std::io::Result<Vec<Vec<u8>>> {
+/// NDJSON request bodies of `batch` events each; the workload ends at `end` (default: the
+/// workload's fixed end).
+fn generate_bodies(
+    events: u64,
+    seed: u64,
+    batch: usize,
+    end: Option<jiff::Timestamp>,
+) -> std::io::Result<Vec<Vec<u8>>> {
+    let defaults = WorkloadOptions::default();
     let mut generator = WorkloadGenerator::new(WorkloadOptions {
         count: events,
         seed,
-        ..WorkloadOptions::default()
+        end: end.unwrap_or(defaults.end),
+        ..defaults
     });
     let mut bodies = Vec::new();
     let mut body = Vec::with_capacity(batch * 420);

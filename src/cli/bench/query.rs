@@ -78,7 +78,10 @@ struct Query {
 /// Runs `bench query`.
 pub async fn run(args: QueryBenchArgs) -> anyhow::Result<()> {
     let temp = start_run(args.dir.as_deref(), args.events, args.seed)?;
-    let bodies = generate_bodies(args.events, args.seed, INGEST_BATCH)?;
+    // The workload ends now (whole seconds): the trails' 30-day summaries are relative to the
+    // server's clock, and must cover the newest 30 days of data as the PostgreSQL harness's do.
+    let end = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second())?;
+    let bodies = generate_bodies(args.events, args.seed, INGEST_BATCH, Some(end))?;
     let params = pick_params(&bodies)?;
     println!(
         "parameters: tenant {} ({} events), mid identity {}, request_id {}, most-read path {}, busiest service account {}",
