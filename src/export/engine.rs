@@ -690,7 +690,6 @@ fn read_part(
         .map_err(internal)?;
         remaining -= hits.len() as u64;
         let addresses: Vec<_> = hits.iter().map(|(_, address)| *address).collect();
-        // A page's sources together: their ids come from few column dictionary blocks.
         let sources = search::load_sources(&searcher, fields, &addresses).map_err(internal)?;
         after = hits.last().map(|(key, _)| *key).or(after);
         let page: Vec<Stored> = hits

@@ -74,6 +74,45 @@ mod tests {
     use super::*;
     use tantivy::{IndexWriter, TantivyDocument};
 
+    /// `count` one-document segments (seq 0, 1, …), their metas in arrival order.
+    fn one_document_segments(count: u64) -> (Index, Vec<SegmentMeta>) {
+        let (schema, fields) = super::super::schema::build_schema();
+        let index = Index::create_in_ram(schema);
+        let mut writer: IndexWriter = index.writer_with_num_threads(1, 15_000_000).unwrap();
+        writer.set_merge_policy(Box::new(tantivy::merge_policy::NoMergePolicy));
+        for seq in 0..count {
+            let mut doc = TantivyDocument::default();
+            doc.add_u64(fields.seq, seq);
+            writer.add_document(doc).unwrap();
+            writer.commit().unwrap();
+        }
+        let mut metas = index.searchable_segment_metas().unwrap();
+        let policy = ArrivalOrderMergePolicy::new(index.clone());
+        metas.sort_by_key(|meta| policy.first_seq_of(meta));
+        (index, metas)
+    }
+
+    #[test]
+    fn every_merge_lists_its_segments_in_arrival_order() {
+        let (index, mut metas) = one_document_segments(10);
+        let policy = ArrivalOrderMergePolicy::new(index);
+        // Offered newest first, equal in size: the order Tantivy picks says nothing of time.
+        metas.reverse();
+        let candidates = policy.compute_merge_candidates(&metas);
+        assert!(
+            !candidates.is_empty(),
+            "LogMergePolicy merges 8+ small segments"
+        );
+        let first_seq: HashMap<SegmentId, u64> = metas
+            .iter()
+            .map(|meta| (meta.id(), policy.first_seq_of(meta)))
+            .collect();
+        for candidate in candidates {
+            let seqs: Vec<u64> = candidate.0.iter().map(|id| first_seq[id]).collect();
+            assert!(seqs.is_sorted(), "{seqs:?}");
+        }
+    }
+
     #[test]
     fn merged_segments_keep_arrival_order() {
         let (schema, fields) = super::super::schema::build_schema();

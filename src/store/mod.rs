@@ -28,8 +28,8 @@ pub mod writer;
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -90,7 +90,8 @@ pub struct Store {
 struct StoreInner {
     reader: IndexReader,
     fields: Fields,
-    timelines: Timelines,
+    /// Kept alive here, like `partials`: the reader holds its warmers only weakly.
+    timelines: Arc<Timelines>,
     /// Kept alive here: the reader holds its warmer only weakly.
     partials: Arc<PartialCache>,
     requests: mpsc::Sender<Request>,
@@ -112,11 +113,14 @@ impl Store {
             .map_err(StoreError::Payload)?;
         // The summary partials are built as the query reader first sees each segment.
         let partials = Arc::new(PartialCache::new(fields.tenant));
-        let warmer = Arc::downgrade(&partials);
+        // So are the searches' block time bounds.
+        let timelines = Arc::new(Timelines::default());
+        let partials_warmer: Weak<dyn tantivy::Warmer> = Arc::downgrade(&partials) as _;
+        let timelines_warmer: Weak<dyn tantivy::Warmer> = Arc::downgrade(&timelines) as _;
         let reader: IndexReader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
-            .warmers(vec![warmer as std::sync::Weak<dyn tantivy::Warmer>])
+            .warmers(vec![partials_warmer, timelines_warmer])
             .try_into()?;
         let dedup_reader: IndexReader = index
             .reader_builder()
@@ -139,7 +143,7 @@ impl Store {
         let inner = Arc::new(StoreInner {
             reader: reader.clone(),
             fields,
-            timelines: Timelines::default(),
+            timelines,
             partials,
             requests,
             shared: shared.clone(),

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tantivy::columnar::Column;
 use tantivy::index::SegmentId;
-use tantivy::{DocId, Searcher, SegmentReader};
+use tantivy::{DocId, Searcher, SearcherGeneration, SegmentReader, Warmer};
 
 use super::schema::fast;
 
@@ -84,8 +84,10 @@ impl SegmentTimeline {
     }
 }
 
-/// The timelines of the segments searchers see, built on first use and dropped with their
-/// segment. Cheap: 16 bytes per 1,024 documents.
+/// The timelines of the segments searchers see. Registered as a Tantivy [`Warmer`] on the
+/// query reader, so a new or merged segment's timeline is built when the reader reloads (after
+/// a commit), not by the first search that meets it; a segment missing anyway (a reader
+/// without the warmer) is built on first use. Cheap: 16 bytes per 1,024 documents.
 #[derive(Debug, Default)]
 pub struct Timelines {
     cache: Mutex<HashMap<SegmentId, Arc<SegmentTimeline>>>,
@@ -94,17 +96,11 @@ pub struct Timelines {
 impl Timelines {
     /// The timeline of every segment of `searcher`, in segment ordinal order.
     pub fn of(&self, searcher: &Searcher) -> tantivy::Result<Vec<Arc<SegmentTimeline>>> {
-        let segments = searcher.segment_readers();
-        let mut timelines = Vec::with_capacity(segments.len());
-        for segment in segments {
-            timelines.push(self.get(segment)?);
-        }
-        let mut cache = self.cache.lock();
-        if cache.len() > 2 * segments.len() + 16 {
-            let live: HashSet<SegmentId> = segments.iter().map(SegmentReader::segment_id).collect();
-            cache.retain(|id, _| live.contains(id));
-        }
-        Ok(timelines)
+        searcher
+            .segment_readers()
+            .iter()
+            .map(|segment| self.get(segment))
+            .collect()
     }
 
     fn get(&self, segment: &SegmentReader) -> tantivy::Result<Arc<SegmentTimeline>> {
@@ -116,6 +112,20 @@ impl Timelines {
         let timeline = Arc::new(SegmentTimeline::build(segment)?);
         self.cache.lock().insert(id, timeline.clone());
         Ok(timeline)
+    }
+}
+
+impl Warmer for Timelines {
+    fn warm(&self, searcher: &Searcher) -> tantivy::Result<()> {
+        self.of(searcher).map(drop)
+    }
+
+    fn garbage_collect(&self, live_generations: &[&SearcherGeneration]) {
+        let live: HashSet<SegmentId> = live_generations
+            .iter()
+            .flat_map(|generation| generation.segments().keys().copied())
+            .collect();
+        self.cache.lock().retain(|id, _| live.contains(id));
     }
 }
 
@@ -139,6 +149,27 @@ mod tests {
             assert_eq!(span.max_us, *slice.iter().max().unwrap());
         }
         assert_eq!(timeline.docs(2), 2048..2500);
+    }
+
+    #[test]
+    fn the_reader_builds_timelines_on_reload_and_drops_dead_segments() {
+        let index = test_index(&[1, 2, 3]);
+        let timelines = Arc::new(Timelines::default());
+        let warmer: std::sync::Weak<dyn Warmer> = Arc::downgrade(&timelines) as _;
+        let reader = index
+            .reader_builder()
+            .warmers(vec![warmer])
+            .try_into()
+            .unwrap();
+        let reader: tantivy::IndexReader = reader;
+        let searcher = reader.searcher();
+        let id = searcher.segment_reader(0).segment_id();
+        assert!(
+            timelines.cache.lock().contains_key(&id),
+            "built before any search"
+        );
+        timelines.garbage_collect(&[]);
+        assert!(timelines.cache.lock().is_empty());
     }
 
     fn test_index(values: &[i64]) -> tantivy::Index {
