@@ -77,6 +77,9 @@ string_enum!(
         DynamicRevoke => "dynamic_revoke", WebhookDelivery => "webhook_delivery",
         SubscriptionEvent => "subscription_event", FederationSync => "federation_sync",
         IdentitySync => "identity_sync", ExportCreated => "export_created",
+        // A read of audit data itself (issue 13, the audit of the audit): appended, as
+        // every action must be.
+        AuditRead => "audit_read",
     }
 );
 
@@ -623,6 +626,11 @@ mod tests {
             assert_eq!(Action::from_ordinal(action.ordinal()), Some(*action));
             assert_eq!(Action::parse(action.as_str()), Some(*action));
         }
-        assert_eq!(Action::ALL.len(), 22);
+        assert_eq!(Action::ALL.len(), 23);
+        assert_eq!(
+            Action::AuditRead.ordinal(),
+            22,
+            "appended after export_created"
+        );
     }
 }

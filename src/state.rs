@@ -5,6 +5,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use prometheus_client::registry::Registry;
 
+use crate::api::audit_trail::AuditRecorder;
 use crate::api::rate_limit::RateLimiter;
 use crate::api::work_limit::WorkGates;
 use crate::auth::Authenticator;
@@ -31,6 +32,9 @@ pub struct AppState {
     ids: Arc<Mutex<ulid::Generator>>,
     /// Global bounds on summaries and ingest parsing.
     pub work: WorkGates,
+    /// Where reads of audit data are recorded (the audit of the audit); off unless set with
+    /// [`AppState::with_audit_trail`].
+    pub audit_trail: AuditRecorder,
 }
 
 /// The export side of the state.
@@ -61,7 +65,14 @@ impl AppState {
             exports: exports.registry,
             ids: Arc::new(Mutex::new(ulid::Generator::new())),
             work: WorkGates::new(&WorkLimits::default()),
+            audit_trail: AuditRecorder::disabled(),
         }
+    }
+
+    /// The state recording reads of audit data through `recorder`.
+    pub fn with_audit_trail(mut self, recorder: AuditRecorder) -> Self {
+        self.audit_trail = recorder;
+        self
     }
 
     /// The state with these work bounds instead of the defaults.

@@ -10,13 +10,12 @@ use warp::filters::BoxedFilter;
 use warp::http::{HeaderMap, StatusCode};
 use warp::reply::Response;
 
+use super::audit_trail::{self, AuditedRead, Filters, REDACTED, audited};
 use super::rate_limit::Category;
-use super::{
-    ApiError, json_response, rate_limited, raw_query, request_id, tenant_header, with_state,
-};
+use super::{ApiError, client, json_response, raw_query, request_id, tenant_header, with_state};
 use crate::auth::{Principal, Scope};
-use crate::event::{Action, AuditEvent, FieldErrors, IdentityType};
-use crate::export::job::{ExportPhase, ExportSpec, ExportStatus};
+use crate::event::{Action, AuditEvent, FieldErrors};
+use crate::export::job::{EXPORT_FILTER_NAMES, ExportPhase, ExportSpec, ExportStatus};
 use crate::export::registry::{
     self, DEFAULT_LIST_LIMIT, ExportRecord, MAX_LIST_LIMIT, RegistryError,
 };
@@ -27,6 +26,8 @@ use crate::timestamp;
 
 /// Largest accepted export request body.
 const MAX_BODY_BYTES: usize = 64 * 1024;
+/// The audit-of-audit label of export creation.
+const CREATE: &str = "POST /v1/audit/export";
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let create = warp::path!("v1" / "audit" / "export")
@@ -36,8 +37,19 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(with_state(state.clone()))
         .then(|headers: HeaderMap, body, state: AppState| async move {
             // Authentication and the rate limit come first; the body is read (bounded) after.
+            // An accepted export records its own durable `export_created`; a refused one is
+            // recorded like a read, as an unsuccessful `export_created`.
+            let read = AuditedRead::new(CREATE).action(Action::ExportCreated);
             let run = |principal| create_export(state.clone(), principal, headers.clone(), body);
-            rate_limited(&state, &headers, Scope::Export, Category::Exports, run).await
+            audited(
+                &state,
+                &headers,
+                Scope::Export,
+                Category::Exports,
+                read,
+                run,
+            )
+            .await
         });
     let list = warp::path!("v1" / "audit" / "exports")
         .and(warp::get())
@@ -46,8 +58,17 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(with_state(state.clone()))
         .then(
             |headers: HeaderMap, raw: String, state: AppState| async move {
+                let read = AuditedRead::query("GET /v1/audit/exports", &raw);
                 let run = |principal| list_exports(state.clone(), principal, headers.clone(), raw);
-                rate_limited(&state, &headers, Scope::Export, Category::Queries, run).await
+                audited(
+                    &state,
+                    &headers,
+                    Scope::Export,
+                    Category::Queries,
+                    read,
+                    run,
+                )
+                .await
             },
         );
     let get = warp::path!("v1" / "audit" / "exports" / String)
@@ -56,8 +77,18 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(with_state(state.clone()))
         .then(
             |id: String, headers: HeaderMap, state: AppState| async move {
+                let read =
+                    AuditedRead::new("GET /v1/audit/exports/{export_id}").with("export_id", &id);
                 let run = |principal| get_export(state.clone(), principal, headers.clone(), id);
-                rate_limited(&state, &headers, Scope::Export, Category::Queries, run).await
+                audited(
+                    &state,
+                    &headers,
+                    Scope::Export,
+                    Category::Queries,
+                    read,
+                    run,
+                )
+                .await
             },
         );
     let cancel = warp::path!("v1" / "audit" / "exports" / String)
@@ -66,8 +97,18 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(with_state(state))
         .then(
             |id: String, headers: HeaderMap, state: AppState| async move {
+                let read =
+                    AuditedRead::new("DELETE /v1/audit/exports/{export_id}").with("export_id", &id);
                 let run = |principal| cancel_export(state.clone(), principal, headers.clone(), id);
-                rate_limited(&state, &headers, Scope::Export, Category::Exports, run).await
+                audited(
+                    &state,
+                    &headers,
+                    Scope::Export,
+                    Category::Exports,
+                    read,
+                    run,
+                )
+                .await
             },
         );
     create
@@ -99,6 +140,8 @@ where
     .await?;
     let body: Value = serde_json::from_slice(&body)
         .map_err(|error| ApiError::invalid_request(format!("the body is not JSON: {error}")))?;
+    let filters = body_filters(&body);
+    audit_trail::note_filters(filters.clone());
     let spec = ExportRequest::from_body(&body, &tenant)
         .and_then(ExportRequest::validate)
         .map_err(ApiError::validation)?;
@@ -131,7 +174,7 @@ where
         },
     };
     // Recorded before the job exists: an export nobody can see in the audit log never runs.
-    record_export_created(&state, &principal, &headers, &record).await?;
+    record_export_created(&state, &principal, &headers, &record, &filters).await?;
     let record = state.exports.create(record).await.map_err(registry_error)?;
     Ok(json_response(
         StatusCode::ACCEPTED,
@@ -290,28 +333,52 @@ pub fn record_json(record: &ExportRecord) -> Value {
     })
 }
 
-/// Records the `export_created` audit event (durable before the export is accepted).
+/// What the audit of the audit records of an export request's body: its time range and its
+/// filters (values of filter names exports do not know are [`REDACTED`]). The destination is
+/// in the accepted export's `export_created` event itself.
+fn body_filters(body: &Value) -> Filters {
+    let text = |value: &Value| match value {
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    };
+    let mut filters = Filters::default();
+    for name in ["from", "to"] {
+        if let Some(value) = body.get(name) {
+            filters.add(name, &text(value));
+        }
+    }
+    if let Some(Value::Object(given)) = body.get("filters") {
+        for (name, value) in given {
+            let known = EXPORT_FILTER_NAMES.contains(&name.as_str());
+            filters.add(name, &if known { text(value) } else { REDACTED.into() });
+        }
+    }
+    filters
+}
+
+/// Records the `export_created` audit event (durable before the export is accepted). Besides
+/// the export's details it carries what the audit of the audit records of every read (the
+/// endpoint, the filters, the status), so the request is recorded once.
 async fn record_export_created(
     state: &AppState,
     principal: &Principal,
     headers: &HeaderMap,
     record: &ExportRecord,
+    filters: &Filters,
 ) -> Result<(), ApiError> {
     let spec = &record.spec;
-    let extra = spec.export_created_details(&record.export_id, record.status.estimated_records);
+    let mut extra = spec.export_created_details(&record.export_id, record.status.estimated_records);
+    extra.extend(filters.extra_data(CREATE, StatusCode::ACCEPTED));
     let event = AuditEvent {
         id: state.new_event_id(),
         tenant_id: spec.tenant_id.clone(),
         timestamp_us: jiff::Timestamp::now().as_microsecond(),
         action: Action::ExportCreated,
         secret_path: spec.destination.credentials_path.clone(),
-        identity_type: identity_type_of(&principal.identity_id),
+        identity_type: audit_trail::identity_type_of(&principal.identity_id),
         identity_id: principal.identity_id.clone(),
-        source_ip: None,
-        user_agent: headers
-            .get("user-agent")
-            .and_then(|value| value.to_str().ok())
-            .map(|agent| agent.chars().take(512).collect()),
+        source_ip: client::current(),
+        user_agent: audit_trail::user_agent(headers),
         success: true,
         duration_ms: None,
         request_id: Some(request_id::current()),
@@ -321,17 +388,8 @@ async fn record_export_created(
         .store
         .ingest(vec![PreparedEvent::new(event, false)])
         .await?;
+    audit_trail::mark_recorded();
     Ok(())
-}
-
-/// The identity type implied by an identity id's scheme (`user:`, `group:`, `system:`).
-fn identity_type_of(identity_id: &str) -> IdentityType {
-    match identity_id.split_once(':').map(|(scheme, _)| scheme) {
-        Some("user") => IdentityType::User,
-        Some("group") => IdentityType::Group,
-        Some("system") => IdentityType::System,
-        _ => IdentityType::ServiceAccount,
-    }
 }
 
 fn field_error(field: &str, message: &str) -> FieldErrors {
@@ -377,19 +435,5 @@ mod tests {
         for bad in ["limit=0", "limit=501", "cursor=abc", "page=2"] {
             assert!(parse_list_params(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn identity_types_follow_the_id_scheme() {
-        assert_eq!(
-            identity_type_of("user:alice@acme.example"),
-            IdentityType::User
-        );
-        assert_eq!(
-            identity_type_of("sa:reporting"),
-            IdentityType::ServiceAccount
-        );
-        assert_eq!(identity_type_of("group:admins"), IdentityType::Group);
-        assert_eq!(identity_type_of("system:rotation"), IdentityType::System);
     }
 }

@@ -13,7 +13,8 @@ use crate::state::AppState;
 use crate::store::search;
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
-    super::query_route(warp::path!("v1" / "audit" / "logs"), state, list_logs)
+    let path = warp::path!("v1" / "audit" / "logs");
+    super::query_route(path, "GET /v1/audit/logs", state, list_logs)
 }
 
 async fn list_logs(

@@ -4,6 +4,7 @@
 //! (`.then`) and turn every failure into ScaiVault's envelope through [`error::ApiError`].
 //! Every response carries `X-Request-ID` (a client-sent one is echoed).
 
+pub mod audit_trail;
 pub mod client;
 pub mod error;
 pub mod exports;
@@ -192,9 +193,16 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Princ
         .await?)
 }
 
-/// A rate-limited `GET` query route: `path`, then bearer auth with `audit:read`, one token of
-/// the caller's query budget, and `handler(state, principal, headers, raw_query)`.
-pub fn query_route<P, H, Fut>(path: P, state: AppState, handler: H) -> BoxedFilter<(Response,)>
+/// A rate-limited, audited `GET` query route: `path`, then bearer auth with `audit:read`, one
+/// token of the caller's query budget, and `handler(state, principal, headers, raw_query)`; the
+/// request is recorded as an `audit_read` of `endpoint` (`"GET /v1/audit/logs"`) with the query
+/// parameters as its filters ([`audit_trail`]).
+pub fn query_route<P, H, Fut>(
+    path: P,
+    endpoint: &'static str,
+    state: AppState,
+    handler: H,
+) -> BoxedFilter<(Response,)>
 where
     P: Filter<Extract = (), Error = warp::Rejection> + Clone + Send + Sync + 'static,
     H: Fn(AppState, Principal, HeaderMap, String) -> Fut + Clone + Send + Sync + 'static,
@@ -207,8 +215,10 @@ where
         .then(move |headers: HeaderMap, raw: String, state: AppState| {
             let handler = handler.clone();
             async move {
+                let read = audit_trail::AuditedRead::query(endpoint, &raw);
                 let run = |principal| handler(state.clone(), principal, headers.clone(), raw);
-                rate_limited(&state, &headers, Scope::Read, Category::Queries, run).await
+                audit_trail::audited(&state, &headers, Scope::Read, Category::Queries, read, run)
+                    .await
             }
         })
         .boxed()
@@ -231,6 +241,22 @@ where
         Ok(principal) => principal,
         Err(error) => return error.into_response(),
     };
+    authorized(state, principal, scope, category, handler).await
+}
+
+/// The part of [`rate_limited`] after authentication: require `scope`, take a token of
+/// `category`, then call `handler`; the answer carries the rate-limit headers.
+pub async fn authorized<F, Fut>(
+    state: &AppState,
+    principal: Principal,
+    scope: Scope,
+    category: Category,
+    handler: F,
+) -> Response
+where
+    F: FnOnce(Principal) -> Fut,
+    Fut: Future<Output = Result<Response, ApiError>>,
+{
     if let Err(error) = principal.require(scope) {
         return ApiError::from(error).into_response();
     }

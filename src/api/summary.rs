@@ -17,7 +17,8 @@ const DEFAULT_TOP: usize = 10;
 const MAX_TOP: usize = 100;
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
-    super::query_route(warp::path!("v1" / "audit" / "summary"), state, summary)
+    let path = warp::path!("v1" / "audit" / "summary");
+    super::query_route(path, "GET /v1/audit/summary", state, summary)
 }
 
 async fn summary(

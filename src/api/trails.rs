@@ -9,10 +9,11 @@ use warp::http::{HeaderMap, StatusCode};
 use warp::path::Tail;
 use warp::reply::Response;
 
+use super::audit_trail::{self, AuditedRead};
 use super::logs::run_page;
 use super::rate_limit::Category;
 use super::summary::{aggregate, top_identities, top_resources};
-use super::{ApiError, json_response, rate_limited, raw_query, tenant_header, with_state};
+use super::{ApiError, json_response, raw_query, tenant_header, with_state};
 use crate::auth::{Principal, Scope};
 use crate::event::{AuditEvent, check_secret_path};
 use crate::query::summary::Aggregate;
@@ -50,13 +51,27 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(with_state(state))
         .then(
             |trail: Trail, headers: HeaderMap, raw: String, state: AppState| async move {
+                let read = audited_read(&trail, &raw);
                 let handler = |principal| {
                     trail_response(state.clone(), principal, trail, headers.clone(), raw)
                 };
-                rate_limited(&state, &headers, Scope::Read, Category::Queries, handler).await
+                let (scope, category) = (Scope::Read, Category::Queries);
+                audit_trail::audited(&state, &headers, scope, category, read, handler).await
             },
         )
         .boxed()
+}
+
+/// What the audit of the audit records of a trail request: the endpoint, the trail's key and
+/// the query parameters.
+fn audited_read(trail: &Trail, raw_query: &str) -> AuditedRead {
+    match trail {
+        Trail::Secret(path) => AuditedRead::new("GET /v1/audit/secrets/{path}").with("path", path),
+        Trail::Identity(identity) => {
+            AuditedRead::new("GET /v1/audit/identities/{identity_id}").with("identity_id", identity)
+        }
+    }
+    .with_query(raw_query)
 }
 
 /// Percent-decodes the rest of the path; an empty rest is not this route.

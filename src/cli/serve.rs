@@ -33,6 +33,12 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
         .context("failed to load the cursor key")?;
     let runner = export_runner(&settings, &store, &mut registry)?;
     let operator_metrics = operator::metrics::OperatorMetrics::register(&mut registry);
+    // Reads of audit data are recorded through the store like any other event.
+    let (audit_recorder, audit_writer) = api::audit_trail::start(
+        store.clone(),
+        settings.audit_of_audit,
+        api::audit_trail::AuditTrailMetrics::register(&mut registry),
+    );
     // In a cluster, exports are AuditExport resources run by the lease holder.
     let operator_cluster = cluster.as_ref().filter(|_| settings.operator.enabled);
     let exports = ExportHandles {
@@ -58,7 +64,8 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
         settings.rate_limits,
         exports,
     )
-    .with_work_limits(&settings.work);
+    .with_work_limits(&settings.work)
+    .with_audit_trail(audit_recorder);
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("failed to listen on {}", settings.listen))?;
@@ -90,6 +97,8 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
         }
     };
     api::serve(listener, api::routes(state), tls, shutdown_signal()).await;
+    // No request is in flight any more: store the recorded reads before the store stops.
+    audit_writer.shutdown().await;
     tracing::info!("shutting down: stopping exports, final commit");
     operator_shutdown.cancel();
     if let Some(task) = operator_task

@@ -2,7 +2,7 @@
 //! [`Settings`]. Precedence: flag > environment > file > default.
 //!
 //! One module per TOML section ([`server`], [`storage`], [`auth`], [`export`], [`logging`] for
-//! `[log]`, [`operator`]). Each has one struct that is both the section's flags (clap, with
+//! `[log]`, [`operator`], [`audit_of_audit`]). Each has one struct that is both the section's flags (clap, with
 //! their environment variables) and its TOML table (serde), every key optional; the flag and
 //! environment layer is laid over the file's key by key, then the section resolves itself into
 //! its typed settings, with its defaults and checks beside it. `check-config` prints the
@@ -15,6 +15,7 @@
 //! This module depends on no other part of the service: the limits, store, JWKS and endpoint
 //! types it produces are plain configuration types the other modules use.
 
+pub mod audit_of_audit;
 pub mod auth;
 pub mod export;
 pub mod logging;
@@ -29,6 +30,7 @@ use std::path::{Path, PathBuf};
 use clap::{ArgMatches, Args, FromArgMatches};
 use serde::{Deserialize, Serialize};
 
+pub use audit_of_audit::{AuditOfAuditSection, AuditOfAuditSettings};
 pub use auth::{
     AuthSection, JwksSource, JwtSettings, RateLimits, TokenReviewBinding, TokenReviewConfig,
 };
@@ -95,6 +97,8 @@ pub struct Sections {
     pub log: LogSection,
     #[command(flatten)]
     pub operator: OperatorSection,
+    #[command(flatten)]
+    pub audit_of_audit: AuditOfAuditSection,
 }
 
 impl Sections {
@@ -107,6 +111,7 @@ impl Sections {
             export: self.export.over(lower.export),
             log: self.log.over(lower.log),
             operator: self.operator.over(lower.operator),
+            audit_of_audit: self.audit_of_audit.over(lower.audit_of_audit),
         }
     }
 }
@@ -208,6 +213,8 @@ pub struct Settings {
     pub log_level: String,
     pub log_format: LogFormat,
     pub operator: OperatorSettings,
+    /// Whether reads of audit data are recorded (`[audit_of_audit]`).
+    pub audit_of_audit: AuditOfAuditSettings,
     /// `None`: Kubernetes ServiceAccount tokens are not accepted.
     pub token_review: Option<TokenReviewConfig>,
     pub work: WorkLimits,
@@ -266,6 +273,7 @@ impl Settings {
             log_level: log.level,
             log_format: log.format,
             operator,
+            audit_of_audit: given.audit_of_audit.resolve(),
             token_review: auth.token_review,
             work: server.work,
             jwt_allow_any_audience: auth.jwt_allow_any_audience,
@@ -303,6 +311,7 @@ impl Settings {
             }
             .to_section(),
             operator: self.operator.to_section(),
+            audit_of_audit: self.audit_of_audit.to_section(),
         }
     }
 }
@@ -764,6 +773,45 @@ mod tests {
             .unwrap()
             .to_file_config();
         assert_eq!(from_file, defaults);
+    }
+
+    #[test]
+    fn the_audit_of_audit_is_on_by_default_and_can_be_turned_off() {
+        use clap::Parser;
+        #[derive(Debug, Parser)]
+        struct Cli {
+            #[command(flatten)]
+            settings: SettingsArgs,
+        }
+        let defaults = Settings::resolve(&SettingsArgs::default()).unwrap();
+        assert!(defaults.audit_of_audit.enabled);
+        let described = defaults.describe();
+        assert!(
+            described.contains("[audit_of_audit]\nenabled = true  # default"),
+            "{described}"
+        );
+        let (_dir, path) = file("[audit_of_audit]\nenabled = false\n");
+        let from_file = SettingsArgs {
+            config: Some(path),
+            ..Default::default()
+        };
+        let settings = Settings::resolve(&from_file).unwrap();
+        assert!(!settings.audit_of_audit.enabled);
+        assert_eq!(
+            settings.origins.source("audit_of_audit.enabled"),
+            Source::File
+        );
+        let cli = Cli::try_parse_from(["x", "--audit-of-audit-enabled", "false"]).unwrap();
+        assert!(!Settings::resolve(&cli.settings).unwrap().audit_of_audit.enabled);
+        let command = Sections::augment_args(clap::Command::new("x"));
+        let arg = command
+            .get_arguments()
+            .find(|arg| arg.get_id() == "audit_of_audit.enabled")
+            .unwrap();
+        assert_eq!(
+            arg.get_env().and_then(|env| env.to_str()),
+            Some("SCAIVAULT_AUDIT_AUDIT_OF_AUDIT_ENABLED")
+        );
     }
 
     #[test]

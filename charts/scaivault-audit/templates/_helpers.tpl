@@ -223,6 +223,9 @@ scaivault_url = {{ toJson . }}
 {{- if include "scaivault-audit.scaivaultSecret" . }}
 scaivault_token_file = {{ printf "%s/token" (include "scaivault-audit.scaivaultDir" .) | toJson }}
 {{- end }}
+
+[audit_of_audit]
+enabled = {{ $c.auditOfAudit.enabled }}
 {{- with .Values.operator.namespaces }}
 
 [operator]
