@@ -802,7 +802,12 @@ mod tests {
             Source::File
         );
         let cli = Cli::try_parse_from(["x", "--audit-of-audit-enabled", "false"]).unwrap();
-        assert!(!Settings::resolve(&cli.settings).unwrap().audit_of_audit.enabled);
+        assert!(
+            !Settings::resolve(&cli.settings)
+                .unwrap()
+                .audit_of_audit
+                .enabled
+        );
         let command = Sections::augment_args(clap::Command::new("x"));
         let arg = command
             .get_arguments()

@@ -8,6 +8,7 @@
 
 mod harness;
 
+mod audit_of_audit;
 mod auth_hardening;
 mod check_config;
 mod durability;

@@ -45,6 +45,7 @@ pub const ACTIONS: &[&str] = &[
     "federation_sync",
     "identity_sync",
     "export_created",
+    "audit_read",
 ];
 
 /// A valid event of [`TENANT`], distinct per `i`.

@@ -21,6 +21,9 @@ const LOG_TAIL_LINES: usize = 80;
 
 /// Index commits every 200 ms: restarts find most events already committed.
 pub const FAST_COMMITS: &[&str] = &["--commit-interval-ms", "200"];
+/// The audit of the audit off: reads add no `audit_read` events to the tenant they read (for
+/// tests that compare a tenant's log or counts with exactly what they ingested).
+pub const AUDIT_OF_AUDIT_OFF: &[&str] = &["--audit-of-audit-enabled", "false"];
 /// Index commits (practically) never: restarts must rebuild everything from the WAL.
 pub const NO_COMMITS: &[&str] = &[
     "--commit-interval-ms",
