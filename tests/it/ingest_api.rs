@@ -17,9 +17,11 @@ const MIB: usize = 1024 * 1024;
 // Fixtures
 // ---------------------------------------------------------------------------------------------
 
-/// A server with the bootstrap token (no auth configured).
+/// A server with the bootstrap token (no auth configured). The audit of the audit is off in
+/// this module: its tests check that a tenant holds exactly what was ingested, and the reads
+/// that check it would add `audit_read` events (tests/it/audit_of_audit.rs covers those).
 async fn start_bootstrap_server(dir: &TestDir) -> Server {
-    Server::start(&dir.data_dir(), &[]).await
+    Server::start(&dir.data_dir(), AUDIT_OF_AUDIT_OFF).await
 }
 
 /// Static tokens: a tenant-bound writer, a tenant-bound reader and a partner admin.
@@ -42,7 +44,8 @@ async fn start_with_static_tokens(dir: &TestDir) -> (Server, StaticAuth) {
     let tokens_file = dir.root().join("tokens.toml");
     write_tokens_file(&tokens_file, &[&auth.writer, &auth.reader, &auth.admin]);
     let tokens_arg = tokens_file.to_str().expect("utf-8 path");
-    let server = Server::start(&dir.data_dir(), &["--tokens-file", tokens_arg]).await;
+    let args = [&["--tokens-file", tokens_arg], AUDIT_OF_AUDIT_OFF].concat();
+    let server = Server::start(&dir.data_dir(), &args).await;
     (server, auth)
 }
 
