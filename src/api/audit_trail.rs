@@ -16,6 +16,17 @@
 //! answer to an authenticated caller is, with `success = false` unless it is 2xx. The cursor is
 //! never recorded, and the values of query parameters the endpoint does not know are replaced
 //! by [`REDACTED`] (a client that misplaces a token in the query string does not have it kept).
+//!
+//! Wiring one more read route is one line:
+//!
+//! * a plain `GET` query route built with [`super::query_route`] passes its label:
+//!   `query_route(path, "GET /v1/audit/integrity/checkpoints", state, handler)`;
+//! * any other route calls [`audited`] where it called [`super::rate_limited`], with the same
+//!   arguments plus the [`AuditedRead`]: `audited(&state, &headers, scope, category,
+//!   AuditedRead::query("GET /v1/audit/…", &raw), run)` (path parameters: `.with(name, value)`).
+//!
+//! Unauthenticated routes (health, metrics, the OpenAPI document, the public keys) and ingest
+//! are not wired.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -64,8 +75,9 @@ const READY_WAIT: Duration = Duration::from_secs(120);
 pub const REDACTED: &str = "[redacted: unknown parameter]";
 /// Query parameters never recorded: the cursor (an opaque capability to continue a listing).
 const NEVER_RECORDED: &[&str] = &["cursor"];
-/// Query parameters of audited endpoints besides the log filters, recorded with their values.
-const OTHER_KNOWN_PARAMS: &[&str] = &["top", "order", "limit", "from", "to"];
+/// Query parameters of audited endpoints besides the log parameters ([`LOG_PARAM_NAMES`]: the
+/// filters, `limit`, `order`), recorded with their values: the summary's `top`.
+const OTHER_KNOWN_PARAMS: &[&str] = &["top"];
 
 /// Why an audit-of-audit event was not stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
