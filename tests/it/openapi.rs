@@ -1270,3 +1270,43 @@ async fn documented_query_parameters_are_exactly_what_the_server_accepts() {
     })
     .await;
 }
+
+/// The audit of the audit's own events (`audit_read`, a refused `export_created`) are events of
+/// the document's shape, as the logs endpoint answers them.
+#[tokio::test(flavor = "multi_thread")]
+async fn recorded_reads_match_the_document() {
+    let dir = TestDir::new();
+    within(TEST_DEADLINE, "recorded_reads_match_the_document", async {
+        let doc = Document::load();
+        let server = Server::start(&dir.data_dir(), FAST_COMMITS).await;
+        let (client, base, token) = (client(), server.base_url(), server.token());
+        for query in ["limit=1&action=read", "limit=0", "colour=red"] {
+            get_logs(&client, base, token, Some(TENANT), query).await;
+        }
+        let refused = client
+            .post(format!("{base}{EXPORT}"))
+            .bearer_auth(token)
+            .header("X-Tenant-ID", TENANT)
+            .json(&json!({"format": "xml"}));
+        assert_eq!(send(refused).await.0, StatusCode::UNPROCESSABLE_ENTITY);
+        let query = "action=audit_read,export_created&order=asc&limit=1000";
+        let reply = loop {
+            let reply = get_logs(&client, base, token, Some(TENANT), query).await;
+            let logs = reply.2["logs"].as_array().expect("logs");
+            let refusals = logs.iter().filter(|log| log["success"] == json!(false));
+            if logs.len() >= 4 && refusals.count() >= 3 {
+                break reply;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(reply.0, StatusCode::OK, "{}", reply.2);
+        doc.check(LOGS, "get", &reply);
+        let logs = reply.2["logs"].as_array().unwrap();
+        assert!(logs.iter().any(|log| log["action"] == "export_created"));
+        assert!(
+            logs.iter()
+                .all(|log| log["extra_data"]["endpoint"].is_string())
+        );
+    })
+    .await;
+}
