@@ -43,6 +43,12 @@ impl ChainLink {
     }
 }
 
+impl Default for ChainLink {
+    fn default() -> Self {
+        ChainLink::GENESIS
+    }
+}
+
 /// Parses a hex chain hash.
 pub fn parse_hash(text: &str) -> Option<[u8; HASH_BYTES]> {
     let mut hash = [0u8; HASH_BYTES];

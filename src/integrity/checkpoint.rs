@@ -303,6 +303,39 @@ impl CheckpointLog {
     }
 }
 
+/// Every checkpoint in the log of `dir`, in log order, read-only (for verifiers: a torn last
+/// line is skipped, not cut).
+pub fn read_log(dir: &Path) -> Result<Vec<Value>, CheckpointError> {
+    let path = dir.join(LOG_FILE);
+    let bytes = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(CheckpointError::Io { path, source }),
+    };
+    let mut checkpoints = Vec::new();
+    let mut lines = bytes
+        .split_inclusive(|&byte| byte == b'\n')
+        .enumerate()
+        .peekable();
+    while let Some((number, line)) = lines.next() {
+        let last = lines.peek().is_none();
+        match serde_json::from_slice::<Value>(line) {
+            Ok(checkpoint) if line.ends_with(b"\n") && checkpoint.is_object() => {
+                checkpoints.push(checkpoint)
+            }
+            _ if last => break,
+            _ => {
+                return Err(CheckpointError::Corrupt {
+                    path,
+                    line: number + 1,
+                    message: "not a checkpoint".to_owned(),
+                });
+            }
+        }
+    }
+    Ok(checkpoints)
+}
+
 /// The SHA-256 (hex) a following checkpoint links to.
 pub fn checkpoint_hash(checkpoint: &Value) -> String {
     hex::encode(Sha256::digest(canonical::to_vec(checkpoint)))

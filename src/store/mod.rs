@@ -25,6 +25,7 @@ pub mod schema;
 pub mod search;
 pub mod source;
 pub mod timeline;
+pub mod verify;
 pub mod wal;
 pub mod writer;
 
