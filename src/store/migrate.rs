@@ -412,6 +412,12 @@ mod tests {
         let payload = CommitPayload::parse(index.load_metas().unwrap().payload.as_deref()).unwrap();
         assert_eq!(payload.schema_version, SCHEMA_VERSION);
         assert!(!needs_rebuild(&index, &payload).unwrap());
+        drop(index);
+        // The rebuild chained every event in ingest order, and the chain went on from there.
+        let report =
+            crate::store::verify::verify_data_dir(dir.path(), &Default::default()).unwrap();
+        assert!(report.ok(), "{:?}", report.problems);
+        assert_eq!((report.events, report.tenants), (501, 2));
     }
 
     #[test]
