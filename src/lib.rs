@@ -9,7 +9,8 @@
 //! Modules, one concern each: [`event`] (the SPEC §2 event, its validation and JSON shapes),
 //! [`timestamp`] (RFC 3339 ⇄ microseconds), [`store`] (write-ahead log, index, the single
 //! writer), [`query`] (filters, versioned cursors, summaries), [`api`] (the REST surface and
-//! its server), [`auth`] (tokens, scopes, tenants), [`export`] (jobs, engine, formats, sinks),
+//! its server), [`auth`] (tokens, scopes, tenants), [`export`] (jobs, engine, formats, sinks), [`integrity`] (hash chain, keys,
+//! checkpoints, verification),
 //! [`operator`] (the `AuditExport` resource, controller and leader election), [`config`]
 //! (settings), [`telemetry`] (logs and metrics), [`state`] (the handles every handler shares),
 //! [`key_file`] and [`token_bucket`] (small shared mechanisms).
@@ -24,6 +25,7 @@ pub mod auth;
 pub mod config;
 pub mod event;
 pub mod export;
+pub mod integrity;
 pub mod key_file;
 pub mod operator;
 pub mod query;

@@ -486,6 +486,7 @@ impl InternerInner {
 
 #[cfg(test)]
 mod tests {
+    use crate::integrity::chain::ChainLink;
     use std::sync::Weak;
 
     use tantivy::indexer::NoMergePolicy;
@@ -552,7 +553,9 @@ mod tests {
                     _ => clock,
                 };
                 let event = random_event(rng, seq, timestamp);
-                let doc = self.fields.document(&event, seq as u64, b"{}");
+                let doc = self
+                    .fields
+                    .document(&event, seq as u64, b"{}", ChainLink::GENESIS);
                 self.writer.add_document(doc).unwrap();
                 self.events.push(event);
                 in_batch += 1;

@@ -137,6 +137,7 @@ impl<D: DocSet + 'static> Scorer for Confirmed<D> {
 mod tests {
     use super::*;
     use crate::event::{Action, AuditEvent, IdentityType};
+    use crate::integrity::chain::ChainLink;
     use crate::store::schema::build_schema;
 
     #[test]
@@ -167,7 +168,7 @@ mod tests {
             };
             let source = serde_json::to_vec(&event).unwrap();
             writer
-                .add_document(fields.document(&event, i, &source))
+                .add_document(fields.document(&event, i, &source, ChainLink::GENESIS))
                 .unwrap();
         }
         writer.commit().unwrap();

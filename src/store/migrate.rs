@@ -21,13 +21,15 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tantivy::schema::Value;
-use tantivy::{Index, IndexSettings, IndexWriter, SegmentReader, TantivyDocument};
+use tantivy::{Index, IndexSettings, IndexWriter, TantivyDocument};
 
 use super::StoreError;
-use super::schema::{self, SCHEMA_VERSION, fast};
+use super::chain;
+use super::schema::{self, SCHEMA_VERSION};
 use super::source::SourceColumns;
 use super::writer::CommitPayload;
 use crate::event::AuditEvent;
+use crate::integrity::chain::ChainHeads;
 
 const REBUILD: &str = "index.rebuild";
 const NEW: &str = "index.new";
@@ -103,36 +105,35 @@ pub fn rebuild(
         "rebuilding the index for the current storage format"
     );
     let source_field = old.schema().get_field("source")?;
-    let mut segments: Vec<&SegmentReader> = searcher.segment_readers().iter().collect();
-    segments.sort_by_key(|segment| first_seq(segment));
-    let mut copied = 0u64;
-    let mut logged = Instant::now();
+    let segments = searcher.segment_readers();
+    let mut readers = Vec::with_capacity(segments.len());
     for segment in segments {
-        let columns = SourceColumns::open(segment)?;
-        let seqs = segment.fast_fields().u64(fast::SEQ)?;
         let store = segment
             .get_store_reader(2)
             .map_err(tantivy::TantivyError::from)?;
-        let alive = segment.alive_bitset();
-        for doc in 0..segment.max_doc() {
-            if alive.is_some_and(|bits| bits.is_deleted(doc)) {
-                continue;
-            }
-            let document: TantivyDocument = store.get(doc)?;
-            let stored = document
-                .get_first(source_field)
-                .and_then(|value| value.as_bytes())
-                .unwrap_or_default();
-            let source = columns.restore(doc, stored)?;
-            let seq = seqs.first(doc).ok_or_else(|| corrupt(doc, "no seq"))?;
-            let event: AuditEvent =
-                serde_json::from_slice(&source).map_err(|e| corrupt(doc, &e.to_string()))?;
-            writer.add_document(fields.document(&event, seq, &source))?;
-            copied += 1;
-            if logged.elapsed() >= PROGRESS_EVERY {
-                logged = Instant::now();
-                tracing::info!(copied, total, "rebuilding the index");
-            }
+        readers.push((SourceColumns::open(segment)?, store));
+    }
+    // Ingest order, so that the hash chains computed on the way are the ones the index stage
+    // would have computed.
+    let mut chains = ChainHeads::default();
+    let mut copied = 0u64;
+    let mut logged = Instant::now();
+    for at in chain::documents_in_sequence_order(&searcher)? {
+        let (columns, store) = &readers[at.segment as usize];
+        let document: TantivyDocument = store.get(at.doc)?;
+        let stored = document
+            .get_first(source_field)
+            .and_then(|value| value.as_bytes())
+            .unwrap_or_default();
+        let source = columns.restore(at.doc, stored)?;
+        let event: AuditEvent =
+            serde_json::from_slice(&source).map_err(|e| corrupt(at.doc, &e.to_string()))?;
+        let link = chains.append(&event);
+        writer.add_document(fields.document(&event, at.seq, &source, link))?;
+        copied += 1;
+        if logged.elapsed() >= PROGRESS_EVERY {
+            logged = Instant::now();
+            tracing::info!(copied, total, "rebuilding the index");
         }
     }
     let payload = CommitPayload {
@@ -159,16 +160,6 @@ fn swap(data_dir: &Path) -> Result<(), StoreError> {
     rename(&rebuild, &new)?;
     sync_dir(data_dir)?;
     recover(data_dir)
-}
-
-/// The sequence number of a segment's first document (segments are copied in this order).
-fn first_seq(segment: &SegmentReader) -> u64 {
-    segment
-        .fast_fields()
-        .u64(fast::SEQ)
-        .ok()
-        .and_then(|seqs| seqs.first(0))
-        .unwrap_or(u64::MAX)
 }
 
 fn corrupt(doc: u32, reason: &str) -> StoreError {
@@ -355,7 +346,7 @@ mod tests {
         let searcher = store.searcher();
         let mut events = Vec::new();
         for (ord, segment) in searcher.segment_readers().iter().enumerate() {
-            let seqs = segment.fast_fields().u64(fast::SEQ).unwrap();
+            let seqs = segment.fast_fields().u64(schema::fast::SEQ).unwrap();
             for doc in 0..segment.max_doc() {
                 let address = DocAddress::new(ord as u32, doc);
                 let seq = seqs.first(doc).unwrap();
@@ -421,6 +412,12 @@ mod tests {
         let payload = CommitPayload::parse(index.load_metas().unwrap().payload.as_deref()).unwrap();
         assert_eq!(payload.schema_version, SCHEMA_VERSION);
         assert!(!needs_rebuild(&index, &payload).unwrap());
+        drop(index);
+        // The rebuild chained every event in ingest order, and the chain went on from there.
+        let report =
+            crate::store::verify::verify_data_dir(dir.path(), &Default::default()).unwrap();
+        assert!(report.ok(), "{:?}", report.problems);
+        assert_eq!((report.events, report.tenants), (501, 2));
     }
 
     #[test]

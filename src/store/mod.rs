@@ -4,7 +4,8 @@
 //! data/
 //!   LOCK          held (flock) by the one process using this directory
 //!   wal/          write-ahead log segments (see `wal`)
-//!   index/        the Tantivy index; each commit's payload records the WAL position it covers
+//!   index/        the Tantivy index; each commit's payload records the WAL position it covers,
+//!                 each document its link of the tenant's hash chain (see `chain`)
 //!   index.*/      an index rebuild for a newer storage format, and its swap (see `migrate`)
 //!   quarantine/   damaged WAL bytes and undecodable events, moved aside at start (never read)
 //! ```
@@ -14,6 +15,7 @@
 //! fails its checks is copied to `quarantine/` (error log, `wal_quarantined` metrics) and the
 //! store serves everything else.
 
+pub mod chain;
 pub mod dedup;
 pub mod lookup;
 pub mod merge_order;
@@ -23,9 +25,11 @@ pub mod schema;
 pub mod search;
 pub mod source;
 pub mod timeline;
+pub mod verify;
 pub mod wal;
 pub mod writer;
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -42,6 +46,7 @@ pub use metrics::{CommitTrigger, StoreMetrics};
 pub use schema::Fields;
 pub use writer::{IngestOutcome, PreparedEvent, WriteError};
 
+use crate::integrity::chain::ChainLink;
 use crate::query::partials::PartialCache;
 use dedup::Deduplicator;
 use merge_order::ArrivalOrderMergePolicy;
@@ -256,6 +261,20 @@ impl Store {
         self.inner.reader.searcher()
     }
 
+    /// Every tenant's chain head as of the last commit (what the searcher shows).
+    pub fn committed_heads(&self) -> HashMap<String, ChainLink> {
+        self.inner.shared.committed_heads.read().clone()
+    }
+
+    /// A searcher and `tenant`'s chain head that belong to the same commit: the head is the
+    /// last event of `tenant` the searcher holds.
+    pub fn snapshot_with_head(&self, tenant: &str) -> (tantivy::Searcher, ChainLink) {
+        let heads = self.inner.shared.committed_heads.read();
+        let searcher = self.inner.reader.searcher();
+        let head = heads.get(tenant).copied().unwrap_or(ChainLink::GENESIS);
+        (searcher, head)
+    }
+
     /// The time bounds of the index's blocks, for searches.
     pub fn timelines(&self) -> &Timelines {
         &self.inner.timelines
@@ -330,6 +349,9 @@ impl Startup {
         let mut replayed = 0u64;
         let mut undecodable = Vec::new();
         let stage = &mut self.index_stage;
+        let heads = chain::recover_heads(&stage.query_reader.searcher(), &stage.fields)
+            .map_err(|e| format!("failed to read the chain heads: {e}"))?;
+        stage.resume_chains(heads);
         quarantined.extend(
             wal.replay_from(
                 self.committed_seq,

@@ -7,8 +7,8 @@
 //! is kept once, as its storage JSON in `source`, without the values its columns already hold
 //! (see [`super::source`]).
 //!
-//! Room for the per-tenant hash chain: `chain_hash` is part of the schema from the start (a
-//! schema cannot gain fields without a reindex), so the chain can be filled in later.
+//! Every document carries its link of the per-tenant hash chain: `chain_seq` (position in the
+//! tenant's chain) and `chain_hash`, stored only (see [`super::chain`]).
 
 use tantivy::schema::{
     BytesOptions, Field, IndexRecordOption, IpAddrOptions, NumericOptions, STORED, Schema,
@@ -17,6 +17,7 @@ use tantivy::schema::{
 use tantivy::tokenizer::RAW_TOKENIZER_NAME;
 
 use crate::event::AuditEvent;
+use crate::integrity::chain::ChainLink;
 
 /// Bumped whenever the schema, the index settings or the stored-source format change; stored
 /// in every commit payload. An index of an older version is rebuilt at open (see
@@ -25,7 +26,8 @@ use crate::event::AuditEvent;
 /// - 1: the first layout.
 /// - 2: compact sources (`id`, `timestamp_us`, `source_ip`, `request_id` restored from the
 ///   columns), the `request_id_bucket` lookup field, no norms on `identity_type`.
-pub const SCHEMA_VERSION: u32 = 2;
+/// - 3: the hash chain: `chain_seq` and a filled `chain_hash` on every document.
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Bits of the `request_id` hash kept in `request_id_bucket`: 4,096 buckets, so an exact
 /// lookup checks about one document in 4,096 of a segment that holds the id at all, while the
@@ -77,6 +79,7 @@ pub struct Fields {
     pub text: Field,
     pub source: Field,
     pub chain_hash: Field,
+    pub chain_seq: Field,
 }
 
 /// Builds the schema and its field handles.
@@ -125,18 +128,20 @@ pub fn build_schema() -> (Schema, Fields) {
         text: builder.add_text_field("text", free_text),
         source: builder.add_bytes_field("source", BytesOptions::from(STORED)),
         chain_hash: builder.add_bytes_field("chain_hash", BytesOptions::from(STORED)),
+        chain_seq: builder.add_u64_field("chain_seq", STORED),
     };
     (builder.build(), fields)
 }
 
 impl Fields {
-    /// The Tantivy document of one event. `source` is the event's storage JSON; the document
-    /// keeps it compact (see [`super::source::compact`]).
+    /// The Tantivy document of one event with its chain `link`. `source` is the event's
+    /// storage JSON; the document keeps it compact (see [`super::source::compact`]).
     pub fn document(
         &self,
         event: &AuditEvent,
         seq: u64,
         source: &[u8],
+        link: ChainLink,
     ) -> tantivy::TantivyDocument {
         let mut doc = tantivy::TantivyDocument::default();
         doc.add_text(self.id, id_key(&event.tenant_id, &event.id));
@@ -167,6 +172,8 @@ impl Fields {
         }
         doc.add_bool(self.success, event.success);
         doc.add_bytes(self.source, &super::source::compact(source, event));
+        doc.add_u64(self.chain_seq, link.seq);
+        doc.add_bytes(self.chain_hash, &link.hash);
         doc
     }
 }

@@ -189,6 +189,7 @@ fn from_ipv6(ip: Ipv6Addr) -> IpAddr {
 mod tests {
     use super::*;
     use crate::event::{Action, IdentityType};
+    use crate::integrity::chain::ChainLink;
     use crate::store::schema::build_schema;
 
     fn event(ip: Option<&str>, request_id: Option<&str>, extra: serde_json::Value) -> AuditEvent {
@@ -217,7 +218,7 @@ mod tests {
         for (seq, event) in events.iter().enumerate() {
             let source = serde_json::to_vec(event).unwrap();
             writer
-                .add_document(fields.document(event, seq as u64, &source))
+                .add_document(fields.document(event, seq as u64, &source, ChainLink::GENESIS))
                 .unwrap();
         }
         writer.commit().unwrap();

@@ -12,11 +12,13 @@
 //! earlier groups: acknowledgements never wait for a commit. Group commit: the WAL stage takes
 //! every request already queued, writes them all, and pays one `fdatasync` for the lot.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::time::Instant;
 
+use parking_lot::RwLock;
 use tantivy::{IndexReader, IndexWriter};
 use tokio::sync::{mpsc, oneshot};
 
@@ -26,6 +28,7 @@ use super::schema::{Fields, SCHEMA_VERSION};
 use super::wal::{self, Wal, WalError};
 use crate::config::CommitPolicy;
 use crate::event::AuditEvent;
+use crate::integrity::chain::{ChainHeads, ChainLink};
 
 /// Most events one group commit takes before writing (bounds the group's memory and latency).
 const MAX_GROUP_EVENTS: usize = 50_000;
@@ -104,6 +107,10 @@ pub struct SharedState {
     pub ready: AtomicBool,
     pub index_ok: AtomicBool,
     pub wal_ok: AtomicBool,
+    /// Each tenant's chain head as of the last commit. The index stage holds the write lock
+    /// across a commit and the reader reload, so a reader that takes the searcher under the
+    /// read lock sees heads that match it exactly.
+    pub committed_heads: RwLock<HashMap<String, ChainLink>>,
 }
 
 pub(super) enum Request {
@@ -142,6 +149,10 @@ pub(super) struct IndexStage {
     pub metrics: StoreMetrics,
     /// Sequence number after the last added event.
     pub next_seq: u64,
+    /// Every tenant's chain head, including uncommitted events.
+    heads: ChainHeads,
+    /// Tenants whose head moved since the last commit.
+    moved_heads: HashSet<String>,
     uncommitted: Vec<Sequenced>,
     uncommitted_bytes: usize,
     oldest_uncommitted: Option<Instant>,
@@ -160,6 +171,8 @@ impl IndexStage {
         next_seq: u64,
     ) -> Self {
         IndexStage {
+            heads: ChainHeads::default(),
+            moved_heads: HashSet::new(),
             writer,
             query_reader,
             fields,
@@ -171,6 +184,12 @@ impl IndexStage {
             uncommitted_bytes: 0,
             oldest_uncommitted: None,
         }
+    }
+
+    /// Continues the chains from `heads`, the committed index's (before the WAL replay).
+    pub fn resume_chains(&mut self, heads: HashMap<String, ChainLink>) {
+        *self.shared.committed_heads.write() = heads.clone();
+        self.heads = ChainHeads::from_heads(heads);
     }
 
     /// Adds one event (replay path and the stage loop); commits when the policy says so.
@@ -192,7 +211,13 @@ impl IndexStage {
     }
 
     fn add_sequenced(&mut self, item: Sequenced) {
-        let document = self.fields.document(&item.event, item.seq, &item.source);
+        let link = self.heads.append(&item.event);
+        if !self.moved_heads.contains(&item.event.tenant_id) {
+            self.moved_heads.insert(item.event.tenant_id.clone());
+        }
+        let document = self
+            .fields
+            .document(&item.event, item.seq, &item.source, link);
         if let Err(error) = self.writer.add_document(document) {
             tracing::error!(%error, "failed to add a document to the index");
             self.shared.index_ok.store(false, Ordering::SeqCst);
@@ -209,8 +234,15 @@ impl IndexStage {
             return Ok(());
         }
         let started = Instant::now();
+        let shared = self.shared.clone();
+        let mut committed_heads = shared.committed_heads.write();
         match self.try_commit() {
             Ok(()) => {
+                for tenant in self.moved_heads.drain() {
+                    let head = self.heads.head(&tenant);
+                    committed_heads.insert(tenant, head);
+                }
+                drop(committed_heads);
                 self.metrics
                     .commits
                     .get_or_create(&CommitLabels { trigger })
@@ -234,6 +266,13 @@ impl IndexStage {
                 Ok(())
             }
             Err(error) => {
+                // The uncommitted events are chained again when they are re-added.
+                for tenant in self.moved_heads.drain() {
+                    let committed = committed_heads.get(&tenant).copied();
+                    self.heads
+                        .set(&tenant, committed.unwrap_or(ChainLink::GENESIS));
+                }
+                drop(committed_heads);
                 self.metrics.commit_errors.inc();
                 self.shared.index_ok.store(false, Ordering::SeqCst);
                 tracing::error!(%error, ?trigger, "index commit failed; will roll back and retry");
