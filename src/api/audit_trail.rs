@@ -799,6 +799,13 @@ mod tests {
         store.flush().await.unwrap();
         assert_eq!(store.searcher().num_docs(), metrics.recorded.get());
         store.shutdown().await;
+        drop(store);
+        // Stored like any other event: chained, and the chain verifies.
+        let keys = crate::integrity::keys::PublicKeys::default();
+        let report = crate::store::verify::verify_data_dir(dir.path(), &keys).unwrap();
+        assert!(report.ok(), "{:?}", report.problems);
+        assert_eq!(report.events, metrics.recorded.get());
+        assert_eq!(report.tenants, 1);
     }
 
     #[tokio::test]
