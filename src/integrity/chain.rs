@@ -77,12 +77,14 @@ impl ChainHeads {
     pub fn append(&mut self, event: &AuditEvent) -> ChainLink {
         self.scratch.clear();
         canonical::write_event(event, &mut self.scratch);
-        let head = self
-            .heads
-            .entry(event.tenant_id.clone())
-            .or_insert(ChainLink::GENESIS);
-        *head = head.next(&self.scratch);
-        *head
+        // Look up before inserting: no key allocation on the hot path.
+        if let Some(head) = self.heads.get_mut(&event.tenant_id) {
+            *head = head.next(&self.scratch);
+            return *head;
+        }
+        let head = ChainLink::GENESIS.next(&self.scratch);
+        self.heads.insert(event.tenant_id.clone(), head);
+        head
     }
 
     /// The head of `tenant`'s chain (`GENESIS` before its first event).
