@@ -11,6 +11,7 @@ use crate::auth::Authenticator;
 use crate::config::{IngestLimits, RateLimits, WorkLimits};
 use crate::export::engine::ExportEngine;
 use crate::export::registry::ExportRegistry;
+use crate::integrity::checkpoint::CheckpointLog;
 use crate::query::cursor::CursorCodec;
 use crate::store::Store;
 
@@ -31,6 +32,9 @@ pub struct AppState {
     ids: Arc<Mutex<ulid::Generator>>,
     /// Global bounds on summaries and ingest parsing.
     pub work: WorkGates,
+    /// The signed checkpoint log and its key ring (`GET /v1/audit/integrity/…`); `None` only
+    /// where no service runs (`serve` always opens it).
+    pub checkpoints: Option<Arc<CheckpointLog>>,
 }
 
 /// The export side of the state.
@@ -61,7 +65,14 @@ impl AppState {
             exports: exports.registry,
             ids: Arc::new(Mutex::new(ulid::Generator::new())),
             work: WorkGates::new(&WorkLimits::default()),
+            checkpoints: None,
         }
+    }
+
+    /// The state serving `log`'s checkpoints and its key ring's public keys.
+    pub fn with_checkpoints(mut self, log: Arc<CheckpointLog>) -> Self {
+        self.checkpoints = Some(log);
+        self
     }
 
     /// The state with these work bounds instead of the defaults.

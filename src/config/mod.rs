@@ -2,10 +2,10 @@
 //! [`Settings`]. Precedence: flag > environment > file > default.
 //!
 //! One module per TOML section ([`server`], [`storage`], [`auth`], [`export`], [`logging`] for
-//! `[log]`, [`operator`]). Each has one struct that is both the section's flags (clap, with
-//! their environment variables) and its TOML table (serde), every key optional; the flag and
-//! environment layer is laid over the file's key by key, then the section resolves itself into
-//! its typed settings, with its defaults and checks beside it. `check-config` prints the
+//! `[log]`, [`operator`], [`integrity`]). Each has one struct that is both the section's flags
+//! (clap, with their environment variables) and its TOML table (serde), every key optional; the
+//! flag and environment layer is laid over the file's key by key, then the section resolves
+//! itself into its typed settings, with its defaults and checks beside it. `check-config` prints the
 //! effective settings in the file's shape with each value's source ([`Settings::describe`]).
 //!
 //! Every setting has a flag, an environment variable and a TOML key; the table in the README
@@ -17,6 +17,7 @@
 
 pub mod auth;
 pub mod export;
+pub mod integrity;
 pub mod logging;
 pub mod operator;
 mod report;
@@ -33,6 +34,7 @@ pub use auth::{
     AuthSection, JwksSource, JwtSettings, RateLimits, TokenReviewBinding, TokenReviewConfig,
 };
 pub use export::{EndpointPolicy, ExportSection, ExportSettings};
+pub use integrity::{IntegritySection, IntegritySettings};
 pub use logging::{LogFormat, LogSection};
 pub use operator::{DEFAULT_LEASE_NAME, OperatorSection, OperatorSettings};
 pub use server::{IngestLimits, ServerSection, WorkLimits};
@@ -95,6 +97,8 @@ pub struct Sections {
     pub log: LogSection,
     #[command(flatten)]
     pub operator: OperatorSection,
+    #[command(flatten)]
+    pub integrity: IntegritySection,
 }
 
 impl Sections {
@@ -107,6 +111,7 @@ impl Sections {
             export: self.export.over(lower.export),
             log: self.log.over(lower.log),
             operator: self.operator.over(lower.operator),
+            integrity: self.integrity.over(lower.integrity),
         }
     }
 }
@@ -215,6 +220,8 @@ pub struct Settings {
     pub jwt_allow_any_audience: bool,
     /// Failed authentications per minute per client address (0 = unlimited).
     pub failed_auth_per_minute: u32,
+    /// The signing keys and the checkpoint interval.
+    pub integrity: IntegritySettings,
     /// Where each setting came from.
     pub origins: Origins,
 }
@@ -252,6 +259,7 @@ impl Settings {
         let kubernetes = operator::in_cluster() || operator_section.enabled.unwrap_or(false);
         let export = given.export.resolve(&store.data_dir, kubernetes)?;
         let operator = operator_section.resolve(export.max_concurrent_jobs)?;
+        let integrity = given.integrity.resolve(&store.data_dir)?;
         Ok(Settings {
             listen: server.listen,
             tls: server.tls,
@@ -270,6 +278,7 @@ impl Settings {
             work: server.work,
             jwt_allow_any_audience: auth.jwt_allow_any_audience,
             failed_auth_per_minute: auth.failed_auth_per_minute,
+            integrity,
             origins: args.origins(file_keys),
         })
     }
@@ -303,6 +312,7 @@ impl Settings {
             }
             .to_section(),
             operator: self.operator.to_section(),
+            integrity: self.integrity.to_section(),
         }
     }
 }
