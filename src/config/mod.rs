@@ -777,6 +777,39 @@ mod tests {
     }
 
     #[test]
+    fn integrity_settings_follow_the_data_dir_and_layer_like_the_others() {
+        let (_dir, path) = file("[integrity]\ncheckpoint_interval_seconds = 5\n");
+        let args = SettingsArgs {
+            config: Some(path),
+            ..storage(StorageSection {
+                data_dir: Some("/var/lib/audit".into()),
+                ..Default::default()
+            })
+        };
+        let settings = Settings::resolve(&args).unwrap();
+        let integrity = &settings.integrity;
+        assert_eq!(integrity.checkpoint_interval, Duration::from_secs(5));
+        assert_eq!(integrity.keys_dir, PathBuf::from("/var/lib/audit/integrity/keys"));
+        assert!(integrity.create_keys);
+        assert_eq!(
+            settings.origins.source("integrity.checkpoint_interval_seconds"),
+            Source::File
+        );
+        let mut flag = args.clone();
+        flag.sections.integrity.keys_dir = Some("/etc/keys".into());
+        let settings = Settings::resolve(&flag).unwrap();
+        assert!(!settings.integrity.create_keys);
+        let described = settings.describe();
+        assert!(
+            described.contains("keys_dir = \"/etc/keys\"  # flag --integrity-keys-dir"),
+            "{described}"
+        );
+        flag.sections.integrity.checkpoint_interval_seconds = Some(0);
+        let error = Settings::resolve(&flag).unwrap_err().to_string();
+        assert!(error.contains("checkpoint_interval_seconds"), "{error}");
+    }
+
+    #[test]
     fn a_jwks_needs_an_audience_unless_any_audience_is_allowed() {
         let jwks = || AuthSection {
             jwks_url: Some("file:///etc/jwks.json".into()),
