@@ -24,6 +24,11 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
     telemetry::init_logging(&settings.log_level, settings.log_format)
         .map_err(anyhow::Error::msg)?;
     let mut registry = telemetry::new_registry();
+    // Before the store: a missing or broken key ring stops the start before anything else.
+    let checkpoint_log = Arc::new(
+        checkpointer::open(&settings.integrity)
+            .context("failed to open the integrity key ring and checkpoint log")?,
+    );
     let store = Store::open(&settings.store, StoreMetrics::register(&mut registry))?;
     let cluster = operator::connect(&settings)
         .await
@@ -32,10 +37,6 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
     let authenticator = authenticator.with_failed_auth_limit(settings.failed_auth_per_minute);
     let cursors = CursorCodec::load_or_create(&settings.store.data_dir)
         .context("failed to load the cursor key")?;
-    let checkpoint_log = Arc::new(
-        checkpointer::open(&settings.integrity)
-            .context("failed to open the integrity key ring and checkpoint log")?,
-    );
     let checkpoints = Checkpointer::new(
         store.clone(),
         checkpoint_log.clone(),

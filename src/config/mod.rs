@@ -789,10 +789,15 @@ mod tests {
         let settings = Settings::resolve(&args).unwrap();
         let integrity = &settings.integrity;
         assert_eq!(integrity.checkpoint_interval, Duration::from_secs(5));
-        assert_eq!(integrity.keys_dir, PathBuf::from("/var/lib/audit/integrity/keys"));
+        assert_eq!(
+            integrity.keys_dir,
+            PathBuf::from("/var/lib/audit/integrity/keys")
+        );
         assert!(integrity.create_keys);
         assert_eq!(
-            settings.origins.source("integrity.checkpoint_interval_seconds"),
+            settings
+                .origins
+                .source("integrity.checkpoint_interval_seconds"),
             Source::File
         );
         let mut flag = args.clone();
