@@ -89,6 +89,11 @@ fn check_config(args: &SettingsArgs) -> anyhow::Result<()> {
     if let Some((cert, key)) = &settings.tls {
         api::tls::acceptor(cert, key)?;
     }
+    // A configured key ring must exist and load, as `serve` will require (the default one is
+    // created at the first start).
+    if !settings.integrity.create_keys {
+        scaivault_audit::integrity::keys::Keyring::load(&settings.integrity.keys_dir, false)?;
+    }
     print!("{}", settings.describe());
     Ok(())
 }

@@ -565,8 +565,24 @@ async fn keygen_and_rotate_key_make_the_ring_a_configured_keys_dir_needs() {
         assert!(stderr.contains("no signing key ring"), "{stderr}");
         assert!(stderr.contains("integrity keygen"), "{stderr}");
 
+        let check = [
+            "check-config",
+            "--data-dir",
+            path_arg(&data),
+            "--integrity-keys-dir",
+            &keys_arg,
+        ];
+        let output = run_to_exit(&check);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "check-config checks the ring too"
+        );
+        assert!(text(&output.stderr).contains("no signing key ring"));
+
         let output = run_to_exit(&["integrity", "keygen", "--dir", &keys_arg]);
         assert!(output.status.success(), "{}", text(&output.stderr));
+        assert!(run_to_exit(&check).status.success());
         assert!(keys_dir.join("keyring.json").is_file());
         let output = run_to_exit(&["integrity", "keygen", "--dir", &keys_arg]);
         assert_eq!(output.status.code(), Some(2));
