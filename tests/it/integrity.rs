@@ -302,6 +302,14 @@ async fn checkpoints_appear_per_tenant_page_and_stay_in_their_tenant() {
             all_checkpoints(&client, base, acme_token, TENANT).await,
             whole
         );
+        let metrics = get_as(&client, base, "/metrics", None, None).await;
+        let metrics = metrics.2.as_str().unwrap_or_default();
+        for line in [
+            "scaivault_audit_integrity_checkpoints_written_total 4",
+            "scaivault_audit_integrity_checkpoint_failures_total 0",
+        ] {
+            assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
+        }
 
         // from (inclusive) and to (exclusive) select by the checkpoint's timestamp.
         let at = |index: usize| whole[index]["timestamp"].as_str().unwrap().to_owned();
