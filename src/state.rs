@@ -12,6 +12,7 @@ use crate::auth::Authenticator;
 use crate::config::{IngestLimits, RateLimits, WorkLimits};
 use crate::export::engine::ExportEngine;
 use crate::export::registry::ExportRegistry;
+use crate::integrity::checkpoint::CheckpointLog;
 use crate::query::cursor::CursorCodec;
 use crate::store::Store;
 
@@ -35,6 +36,9 @@ pub struct AppState {
     /// Where reads of audit data are recorded (the audit of the audit); off unless set with
     /// [`AppState::with_audit_trail`].
     pub audit_trail: AuditRecorder,
+    /// The signed checkpoint log and its key ring (`GET /v1/audit/integrity/…`); `None` only
+    /// where no service runs (`serve` always opens it).
+    pub checkpoints: Option<Arc<CheckpointLog>>,
 }
 
 /// The export side of the state.
@@ -66,12 +70,19 @@ impl AppState {
             ids: Arc::new(Mutex::new(ulid::Generator::new())),
             work: WorkGates::new(&WorkLimits::default()),
             audit_trail: AuditRecorder::disabled(),
+            checkpoints: None,
         }
     }
 
     /// The state recording reads of audit data through `recorder`.
     pub fn with_audit_trail(mut self, recorder: AuditRecorder) -> Self {
         self.audit_trail = recorder;
+        self
+    }
+
+    /// The state serving `log`'s checkpoints and its key ring's public keys.
+    pub fn with_checkpoints(mut self, log: Arc<CheckpointLog>) -> Self {
+        self.checkpoints = Some(log);
         self
     }
 

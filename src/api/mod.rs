@@ -10,6 +10,7 @@ pub mod error;
 pub mod exports;
 pub mod health;
 pub mod ingest;
+pub mod integrity;
 pub mod logs;
 pub mod openapi;
 pub mod rate_limit;
@@ -54,7 +55,9 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .unify()
         .or(trails::routes(state.clone()))
         .unify()
-        .or(exports::routes(state))
+        .or(exports::routes(state.clone()))
+        .unify()
+        .or(integrity::routes(state))
         .unify()
         .or(openapi::routes())
         .unify()

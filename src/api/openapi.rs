@@ -46,6 +46,8 @@ mod tests {
         ("/v1/audit/exports", "get"),
         ("/v1/audit/exports/{export_id}", "get"),
         ("/v1/audit/exports/{export_id}", "delete"),
+        ("/v1/audit/integrity/checkpoints", "get"),
+        ("/v1/audit/integrity/keys", "get"),
     ];
 
     fn parsed() -> Value {

@@ -1,10 +1,12 @@
 //! The subcommands of the `scaivault-audit` binary: `serve` ([`serve`]), `check-config`,
-//! `token` ([`token`]), `crdgen`, and the offline commands `import` ([`import`], bulk load),
-//! `gen` ([`workload`], the reference workload) and `bench` ([`bench`]). They use the library
-//! like any other client and report errors with `anyhow`, which the library itself does not use.
+//! `token` ([`token`]), `integrity` ([`integrity`], the signing key ring), `crdgen`, and the
+//! offline commands `import` ([`import`], bulk load), `gen` ([`workload`], the reference
+//! workload) and `bench` ([`bench`]). They use the library like any other client and report
+//! errors with `anyhow`, which the library itself does not use.
 
 pub mod bench;
 pub mod import;
+pub mod integrity;
 pub mod serve;
 pub mod token;
 pub mod workload;
@@ -41,6 +43,9 @@ enum Command {
     /// Manage static API tokens.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Manage the key ring that signs checkpoints and export manifests.
+    #[command(subcommand)]
+    Integrity(integrity::IntegrityCommand),
     /// Write the AuditExport CustomResourceDefinition (generated from the Rust types).
     Crdgen {
         /// Output file; `-` writes to stdout.
@@ -59,6 +64,7 @@ pub fn run() -> std::process::ExitCode {
         Command::Gen(args) => workload::run_gen(&args).context("gen failed"),
         Command::Bench(command) => run_async(bench::run(command)),
         Command::Token(command) => token::run(command),
+        Command::Integrity(command) => integrity::run(command),
         Command::Crdgen { output } => crdgen(&output),
     };
     match result {
@@ -82,6 +88,11 @@ fn check_config(args: &SettingsArgs) -> anyhow::Result<()> {
     let settings = Settings::resolve(args)?;
     if let Some((cert, key)) = &settings.tls {
         api::tls::acceptor(cert, key)?;
+    }
+    // A configured key ring must exist and load, as `serve` will require (the default one is
+    // created at the first start).
+    if !settings.integrity.create_keys {
+        scaivault_audit::integrity::keys::Keyring::load(&settings.integrity.keys_dir, false)?;
     }
     print!("{}", settings.describe());
     Ok(())

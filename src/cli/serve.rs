@@ -1,5 +1,5 @@
 //! `scaivault-audit serve`: wires the library's parts into the running service (store,
-//! authentication, export runner, operator, HTTP server) and stops them in order.
+//! authentication, checkpoints, export runner, operator, HTTP server) and stops them in order.
 
 use std::sync::Arc;
 
@@ -12,6 +12,7 @@ use scaivault_audit::export::credentials::{CredentialSource, ScaiVaultClient};
 use scaivault_audit::export::engine::{EngineConfig, ExportEngine, RetryPolicy};
 use scaivault_audit::export::policy::ExportPolicy;
 use scaivault_audit::export::runner::{LocalRunner, RunnerMetrics};
+use scaivault_audit::integrity::checkpointer::{self, CheckpointMetrics, Checkpointer};
 use scaivault_audit::query::cursor::CursorCodec;
 use scaivault_audit::state::{AppState, ExportHandles};
 use scaivault_audit::store::{Store, StoreMetrics};
@@ -23,6 +24,11 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
     telemetry::init_logging(&settings.log_level, settings.log_format)
         .map_err(anyhow::Error::msg)?;
     let mut registry = telemetry::new_registry();
+    // Before the store: a missing or broken key ring stops the start before anything else.
+    let checkpoint_log = Arc::new(
+        checkpointer::open(&settings.integrity)
+            .context("failed to open the integrity key ring and checkpoint log")?,
+    );
     let store = Store::open(&settings.store, StoreMetrics::register(&mut registry))?;
     let cluster = operator::connect(&settings)
         .await
@@ -31,6 +37,11 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
     let authenticator = authenticator.with_failed_auth_limit(settings.failed_auth_per_minute);
     let cursors = CursorCodec::load_or_create(&settings.store.data_dir)
         .context("failed to load the cursor key")?;
+    let checkpoints = Checkpointer::new(
+        store.clone(),
+        checkpoint_log.clone(),
+        CheckpointMetrics::register(&mut registry),
+    );
     let runner = export_runner(&settings, &store, &mut registry)?;
     let operator_metrics = operator::metrics::OperatorMetrics::register(&mut registry);
     // Reads of audit data are recorded through the store like any other event.
@@ -65,7 +76,8 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
         exports,
     )
     .with_work_limits(&settings.work)
-    .with_audit_trail(audit_recorder);
+    .with_audit_trail(audit_recorder)
+    .with_checkpoints(checkpoint_log);
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("failed to listen on {}", settings.listen))?;
@@ -82,6 +94,11 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
     ignore_file_size_signal();
     tracing::info!(data_dir = %settings.store.data_dir.display(), "scaivault-audit started");
     let operator_shutdown = tokio_util::sync::CancellationToken::new();
+    let checkpoint_shutdown = tokio_util::sync::CancellationToken::new();
+    let checkpoint_task = checkpoints.clone().spawn(
+        settings.integrity.checkpoint_interval,
+        checkpoint_shutdown.clone(),
+    );
     let operator_task = match operator_cluster {
         Some(cluster) => Some(operator::spawn(
             cluster,
@@ -107,7 +124,14 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
         tracing::error!(%error, "the operator task failed");
     }
     runner.shutdown().await;
+    checkpoint_shutdown.cancel();
+    if let Err(error) = checkpoint_task.await {
+        tracing::error!(%error, "the checkpoint task failed");
+    }
     store.shutdown().await;
+    // After the final commit: the last checkpoint covers every event stored before the stop.
+    let written = checkpoints.checkpoint_now().await;
+    tracing::info!(written, "final checkpoints written");
     Ok(())
 }
 

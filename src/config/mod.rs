@@ -2,10 +2,11 @@
 //! [`Settings`]. Precedence: flag > environment > file > default.
 //!
 //! One module per TOML section ([`server`], [`storage`], [`auth`], [`export`], [`logging`] for
-//! `[log]`, [`operator`], [`audit_of_audit`]). Each has one struct that is both the section's flags (clap, with
-//! their environment variables) and its TOML table (serde), every key optional; the flag and
-//! environment layer is laid over the file's key by key, then the section resolves itself into
-//! its typed settings, with its defaults and checks beside it. `check-config` prints the
+//! `[log]`, [`operator`], [`audit_of_audit`], [`integrity`]). Each has one struct that is both
+//! the section's flags (clap, with their environment variables) and its TOML table (serde),
+//! every key optional; the flag and environment layer is laid over the file's key by key, then
+//! the section resolves itself into its typed settings, with its defaults and checks beside it.
+//! `check-config` prints the
 //! effective settings in the file's shape with each value's source ([`Settings::describe`]).
 //!
 //! Every setting has a flag, an environment variable and a TOML key; the table in the README
@@ -18,6 +19,7 @@
 pub mod audit_of_audit;
 pub mod auth;
 pub mod export;
+pub mod integrity;
 pub mod logging;
 pub mod operator;
 mod report;
@@ -35,6 +37,7 @@ pub use auth::{
     AuthSection, JwksSource, JwtSettings, RateLimits, TokenReviewBinding, TokenReviewConfig,
 };
 pub use export::{EndpointPolicy, ExportSection, ExportSettings};
+pub use integrity::{IntegritySection, IntegritySettings};
 pub use logging::{LogFormat, LogSection};
 pub use operator::{DEFAULT_LEASE_NAME, OperatorSection, OperatorSettings};
 pub use server::{IngestLimits, ServerSection, WorkLimits};
@@ -99,6 +102,8 @@ pub struct Sections {
     pub operator: OperatorSection,
     #[command(flatten)]
     pub audit_of_audit: AuditOfAuditSection,
+    #[command(flatten)]
+    pub integrity: IntegritySection,
 }
 
 impl Sections {
@@ -112,6 +117,7 @@ impl Sections {
             log: self.log.over(lower.log),
             operator: self.operator.over(lower.operator),
             audit_of_audit: self.audit_of_audit.over(lower.audit_of_audit),
+            integrity: self.integrity.over(lower.integrity),
         }
     }
 }
@@ -222,6 +228,8 @@ pub struct Settings {
     pub jwt_allow_any_audience: bool,
     /// Failed authentications per minute per client address (0 = unlimited).
     pub failed_auth_per_minute: u32,
+    /// The signing keys and the checkpoint interval.
+    pub integrity: IntegritySettings,
     /// Where each setting came from.
     pub origins: Origins,
 }
@@ -259,6 +267,7 @@ impl Settings {
         let kubernetes = operator::in_cluster() || operator_section.enabled.unwrap_or(false);
         let export = given.export.resolve(&store.data_dir, kubernetes)?;
         let operator = operator_section.resolve(export.max_concurrent_jobs)?;
+        let integrity = given.integrity.resolve(&store.data_dir)?;
         Ok(Settings {
             listen: server.listen,
             tls: server.tls,
@@ -278,6 +287,7 @@ impl Settings {
             work: server.work,
             jwt_allow_any_audience: auth.jwt_allow_any_audience,
             failed_auth_per_minute: auth.failed_auth_per_minute,
+            integrity,
             origins: args.origins(file_keys),
         })
     }
@@ -312,6 +322,7 @@ impl Settings {
             .to_section(),
             operator: self.operator.to_section(),
             audit_of_audit: self.audit_of_audit.to_section(),
+            integrity: self.integrity.to_section(),
         }
     }
 }
@@ -817,6 +828,44 @@ mod tests {
             arg.get_env().and_then(|env| env.to_str()),
             Some("SCAIVAULT_AUDIT_AUDIT_OF_AUDIT_ENABLED")
         );
+    }
+
+    #[test]
+    fn integrity_settings_follow_the_data_dir_and_layer_like_the_others() {
+        let (_dir, path) = file("[integrity]\ncheckpoint_interval_seconds = 5\n");
+        let args = SettingsArgs {
+            config: Some(path),
+            ..storage(StorageSection {
+                data_dir: Some("/var/lib/audit".into()),
+                ..Default::default()
+            })
+        };
+        let settings = Settings::resolve(&args).unwrap();
+        let integrity = &settings.integrity;
+        assert_eq!(integrity.checkpoint_interval, Duration::from_secs(5));
+        assert_eq!(
+            integrity.keys_dir,
+            PathBuf::from("/var/lib/audit/integrity/keys")
+        );
+        assert!(integrity.create_keys);
+        assert_eq!(
+            settings
+                .origins
+                .source("integrity.checkpoint_interval_seconds"),
+            Source::File
+        );
+        let mut flag = args.clone();
+        flag.sections.integrity.keys_dir = Some("/etc/keys".into());
+        let settings = Settings::resolve(&flag).unwrap();
+        assert!(!settings.integrity.create_keys);
+        let described = settings.describe();
+        assert!(
+            described.contains("keys_dir = \"/etc/keys\"  # flag --integrity-keys-dir"),
+            "{described}"
+        );
+        flag.sections.integrity.checkpoint_interval_seconds = Some(0);
+        let error = Settings::resolve(&flag).unwrap_err().to_string();
+        assert!(error.contains("checkpoint_interval_seconds"), "{error}");
     }
 
     #[test]

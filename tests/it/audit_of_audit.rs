@@ -183,6 +183,7 @@ async fn every_read_of_audit_data_is_recorded_with_the_caller_tenant_endpoint_an
         Call::new("ready", Method::GET, "/v1/health/ready", ""),
         Call::new("metrics", Method::GET, "/metrics", ""),
         Call::new("openapi", Method::GET, "/v1/audit/openapi.json", read),
+        Call::new("keys", Method::GET, "/v1/audit/integrity/keys", ""),
         Call::new("ingest", Method::POST, "/v1/audit/events", &writer.secret)
             .body(json!({"events": [event(100)]})),
         Call::new("anonymous", Method::GET, "/v1/audit/logs", ""),
@@ -221,6 +222,12 @@ async fn every_read_of_audit_data_is_recorded_with_the_caller_tenant_endpoint_an
         read,
     );
     let summary = Call::new("summary", Method::GET, "/v1/audit/summary?top=3", read);
+    let checkpoints = Call::new(
+        "checkpoints",
+        Method::GET,
+        "/v1/audit/integrity/checkpoints?limit=5",
+        read,
+    );
     let bad_filter = Call::new(
         "bad-filter",
         Method::GET,
@@ -242,6 +249,7 @@ async fn every_read_of_audit_data_is_recorded_with_the_caller_tenant_endpoint_an
         &secret,
         &identity,
         &summary,
+        &checkpoints,
         &bad_filter,
         &other_tenant,
         &wrong_scope,
@@ -339,6 +347,14 @@ async fn every_read_of_audit_data_is_recorded_with_the_caller_tenant_endpoint_an
         reader_id,
         "GET /v1/audit/summary",
         json!({"top": "3"}),
+        StatusCode::OK,
+    );
+    assert_recorded(
+        &all,
+        &checkpoints,
+        reader_id,
+        "GET /v1/audit/integrity/checkpoints",
+        json!({"limit": "5"}),
         StatusCode::OK,
     );
     // A refused read is recorded, unknown parameters by name only.
@@ -459,6 +475,7 @@ async fn every_read_of_audit_data_is_recorded_with_the_caller_tenant_endpoint_an
         let endpoint = event["extra_data"]["endpoint"].as_str().unwrap();
         assert!(endpoint.contains(" /v1/audit/"), "{event}");
         assert!(!endpoint.contains("health") && !endpoint.contains("openapi"));
+        assert!(!endpoint.contains("integrity/keys"), "{event}");
     }
     // Nothing of the other tenant: it was never read.
     let other = tenant_events(&client, base, &admin.secret, OTHER_TENANT).await;

@@ -945,6 +945,14 @@ fn bad_values_are_rejected_with_a_clear_message() {
             "auth.jwt.audience is required with a JWKS",
         ),
         (
+            "integrity-interval-zero.yaml",
+            "at '/config/integrity/checkpointIntervalSeconds': minimum: got 0, want 1",
+        ),
+        (
+            "integrity-keys-secret-not-a-name.yaml",
+            "at '/integrity/keysSecret': 'Audit_Keys' does not match pattern",
+        ),
+        (
             "admin-token-with-existing-tokens-secret.yaml",
             "auth.adminToken.enabled cannot add the admin token to auth.staticTokens.existingSecret",
         ),
@@ -1200,6 +1208,12 @@ fn fill_volume(rendered: &Rendered, volume: &Value, host: &Path) {
                     (key.clone(), decoded)
                 })
                 .collect(),
+            // The key ring's file names depend on its key id: the whole Secret is projected.
+            None if volume["name"] == "integrity-keys" => {
+                assert!(source["items"].is_null(), "{}: {volume}", rendered.case);
+                scaivault_audit::integrity::keys::Keyring::load(host, true).unwrap();
+                return;
+            }
             None => source["items"]
                 .as_array()
                 .unwrap_or_else(|| panic!("{}: existing Secret {name} needs items", rendered.case))
@@ -1304,6 +1318,13 @@ fn the_binary_accepts_the_rendered_arguments_environment_and_config() {
                 "{name}"
             );
         }
+        // The key ring is the mounted Secret's, else the data volume's (created at start).
+        let keys_dir = if rendered.has_mount("integrity-keys") {
+            pod.map("/var/run/scaivault-audit/integrity-keys")
+        } else {
+            format!("{}/integrity/keys", pod.map("/data"))
+        };
+        assert_eq!(get("integrity", "keys_dir"), string(&keys_dir), "{name}");
         // Exports read credentials from ScaiVault exactly when its token is mounted.
         let scaivault = rendered.has_mount("scaivault-token");
         assert_eq!(
@@ -1333,6 +1354,63 @@ fn the_binary_accepts_the_rendered_arguments_environment_and_config() {
                 );
             }
         }
+    }
+}
+
+/// `integrity.keysSecret`: the Secret is mounted read-only as `[integrity] keys_dir`, and a
+/// change of its content rolls the pod (the ring is read at start); without it the ring lives in
+/// the data volume and nothing is mounted.
+#[test]
+#[ignore = "needs scripts/k8s-tools.sh"]
+fn the_integrity_keys_secret_is_mounted_read_only_as_the_keys_dir() {
+    let tools = tools();
+    for case in cases() {
+        let rendered = render(&tools, &case);
+        let name = &case.name;
+        let annotations =
+            &rendered.one("StatefulSet")["spec"]["template"]["metadata"]["annotations"];
+        let config: toml::Table = toml::from_str(&rendered.config_toml()).unwrap();
+        let integrity = config["integrity"].as_table().unwrap();
+        assert!(
+            integrity["checkpoint_interval_seconds"].is_integer(),
+            "{name}"
+        );
+        let volume = rendered.pod_spec()["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|volume| volume["name"] == "integrity-keys");
+        let Some(volume) = volume else {
+            assert!(!rendered.has_mount("integrity-keys"), "{name}");
+            assert!(integrity.get("keys_dir").is_none(), "{name}");
+            assert!(annotations["checksum/integrity-keys"].is_null(), "{name}");
+            continue;
+        };
+        assert_eq!(
+            volume["secret"]["secretName"], "audit-integrity-keys",
+            "{name}"
+        );
+        assert!(
+            volume["secret"]["items"].is_null(),
+            "{name}: every file of the ring"
+        );
+        let mount = rendered.container()["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|mount| mount["name"] == "integrity-keys")
+            .unwrap();
+        assert_eq!(mount["readOnly"], true, "{name}");
+        assert_eq!(
+            integrity["keys_dir"].as_str(),
+            mount["mountPath"].as_str(),
+            "{name}"
+        );
+        assert_eq!(
+            integrity["checkpoint_interval_seconds"].as_integer(),
+            Some(30)
+        );
+        assert!(annotations["checksum/integrity-keys"].is_string(), "{name}");
     }
 }
 
@@ -1368,6 +1446,11 @@ fn the_default_rendering_keeps_the_shipped_defaults() {
         ("storage", "data_dir", pod.map("/data")),
         ("log", "format", "json".to_string()),
         ("export", "file_root", String::new()),
+        (
+            "integrity",
+            "keys_dir",
+            format!("{}/integrity/keys", pod.map("/data")),
+        ),
     ] {
         let value = chart[section].as_table_mut().unwrap().remove(key);
         assert_eq!(value, Some(toml::Value::String(in_pod)), "{section}.{key}");

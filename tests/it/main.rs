@@ -17,6 +17,7 @@ mod export_sinks;
 mod exports;
 mod helm_chart;
 mod ingest_api;
+mod integrity;
 mod jwt_auth;
 mod openapi;
 mod operator_crd;

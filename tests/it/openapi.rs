@@ -26,6 +26,8 @@ const SUMMARY: &str = "/v1/audit/summary";
 const EXPORT: &str = "/v1/audit/export";
 const EXPORTS: &str = "/v1/audit/exports";
 const EXPORT_ONE: &str = "/v1/audit/exports/{export_id}";
+const CHECKPOINTS: &str = "/v1/audit/integrity/checkpoints";
+const KEYS: &str = "/v1/audit/integrity/keys";
 /// Well-formed, but no export has it.
 const UNKNOWN_EXPORT: &str = "exp_01jz0000000000000000000000";
 /// Headers whose presence on an undocumented response is drift.
@@ -461,7 +463,14 @@ async fn responses_match_the_document() {
         let tokens = tokens();
         // The audit of the audit is off: the summaries below count exactly the ingested events.
         let args = [
-            &["--max-body-bytes", "65536", "--max-batch-events", "50"],
+            &[
+                "--max-body-bytes",
+                "65536",
+                "--max-batch-events",
+                "50",
+                "--integrity-checkpoint-interval-seconds",
+                "1",
+            ],
             AUDIT_OF_AUDIT_OFF,
         ]
         .concat();
@@ -561,11 +570,29 @@ async fn responses_match_the_document() {
             doc.check(SUMMARY, "get", &reply);
         }
 
+        // Checkpoints come every second here: a page with one, and an empty one.
+        let started = std::time::Instant::now();
+        loop {
+            let reply = get(&client, &server, CHECKPOINTS, Some(rw)).await;
+            assert_eq!(reply.0, StatusCode::OK, "{}", reply.2);
+            doc.check(CHECKPOINTS, "get", &reply);
+            if reply.2["checkpoints"].as_array().is_some_and(|page| !page.is_empty()) {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "no checkpoint");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let url = format!("{CHECKPOINTS}?limit=1&to=2026-01-01T00:00:00Z");
+        let reply = get(&client, &server, &url, Some(rw)).await;
+        assert_eq!(reply.2["checkpoints"], json!([]), "{}", reply.2);
+        doc.check(CHECKPOINTS, "get", &reply);
+
         for path in [
             "/v1/health",
             "/v1/health/ready",
             "/metrics",
             "/v1/audit/openapi.json",
+            KEYS,
         ] {
             let reply = get(&client, &server, path, None).await;
             assert_eq!(reply.0, StatusCode::OK, "{path}: {}", reply.2);
@@ -588,6 +615,8 @@ async fn responses_match_the_document() {
             (IDENTITIES, "/v1/audit/identities/%ff".to_owned(), None, "invalid_path"),
             (IDENTITIES, identity_url.clone(), Some(admin), "invalid_request"),
             (SUMMARY, SUMMARY.to_owned(), Some(admin), "invalid_request"),
+            (CHECKPOINTS, format!("{CHECKPOINTS}?cursor=garbage"), Some(rw), "invalid_cursor"),
+            (CHECKPOINTS, CHECKPOINTS.to_owned(), Some(admin), "invalid_request"),
         ];
         for (path, url, token, code) in cases {
             let reply = get(&client, &server, &url, token).await;
@@ -628,7 +657,7 @@ async fn responses_match_the_document() {
         }
 
         // --- 403 --------------------------------------------------------------------------
-        for path in [LOGS, SECRETS, IDENTITIES, SUMMARY] {
+        for path in [LOGS, SECRETS, IDENTITIES, SUMMARY, CHECKPOINTS] {
             let url = concrete(path, SECRET, IDENTITY);
             let reply = get(&client, &server, &url, Some(tokens.write_only.secret.as_str())).await;
             assert_error(&reply, StatusCode::FORBIDDEN, "insufficient_scope");
@@ -682,6 +711,8 @@ async fn responses_match_the_document() {
             (IDENTITIES, format!("{identity_url}?identity_id=a"), "identity_id"),
             (IDENTITIES, long_identity, "identity_id"),
             (SUMMARY, format!("{SUMMARY}?top=0"), "top"),
+            (CHECKPOINTS, format!("{CHECKPOINTS}?limit=0"), "limit"),
+            (CHECKPOINTS, format!("{CHECKPOINTS}?order=asc"), "order"),
         ];
         for (path, url, field) in cases {
             let reply = get(&client, &server, &url, Some(rw)).await;
@@ -991,7 +1022,7 @@ async fn rate_limited_responses_match_the_document() {
             assert_eq!(reply.0, StatusCode::OK, "{}", reply.2);
             assert_eq!(header_u64(&reply.1, "x-ratelimit-limit"), Some(1));
             doc.check(LOGS, "get", &reply);
-            for path in [LOGS, SECRETS, IDENTITIES, SUMMARY] {
+            for path in [LOGS, SECRETS, IDENTITIES, SUMMARY, CHECKPOINTS] {
                 let url = concrete(path, SECRET, IDENTITY);
                 let reply = get(&client, &server, &url, Some(rw)).await;
                 assert_error(&reply, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
@@ -1074,7 +1105,7 @@ async fn every_documented_operation_is_routed_and_no_other_method() {
             let server = Server::start(&dir.data_dir(), &[]).await;
             let client = client();
             let paths = doc.root["paths"].as_object().expect("paths");
-            assert_eq!(paths.len(), 12, "documented paths: {:?}", paths.keys());
+            assert_eq!(paths.len(), 14, "documented paths: {:?}", paths.keys());
             for (path, item) in paths {
                 let url = concrete(path, SECRET, IDENTITY);
                 for method in ["get", "post", "put", "delete", "patch"] {
@@ -1194,7 +1225,7 @@ async fn documented_query_parameters_are_exactly_what_the_server_accepts() {
                 all_names.insert(parameter["name"].as_str().expect("name").to_owned());
             }
         }
-        for path in [LOGS, SECRETS, IDENTITIES, SUMMARY] {
+        for path in [LOGS, SECRETS, IDENTITIES, SUMMARY, CHECKPOINTS] {
             let base_url = concrete(path, SECRET, IDENTITY);
             let declared = doc.query_parameters(path, "get");
             let declared_names: BTreeSet<String> = declared

@@ -61,6 +61,7 @@ app.kubernetes.io/part-of: scaivault
 {{- define "scaivault-audit.tokensDir" -}}/var/run/scaivault-audit/tokens{{- end }}
 {{- define "scaivault-audit.jwksDir" -}}/var/run/scaivault-audit/jwks{{- end }}
 {{- define "scaivault-audit.scaivaultDir" -}}/var/run/scaivault-audit/scaivault{{- end }}
+{{- define "scaivault-audit.integrityKeysDir" -}}/var/run/scaivault-audit/integrity-keys{{- end }}
 
 {{/* The chart's own Secret holds whatever is given inline; an existing Secret wins. */}}
 {{- define "scaivault-audit.secretName" -}}
@@ -226,6 +227,12 @@ scaivault_token_file = {{ printf "%s/token" (include "scaivault-audit.scaivaultD
 
 [audit_of_audit]
 enabled = {{ $c.auditOfAudit.enabled }}
+
+[integrity]
+checkpoint_interval_seconds = {{ int64 $c.integrity.checkpointIntervalSeconds }}
+{{- if .Values.integrity.keysSecret }}
+keys_dir = {{ include "scaivault-audit.integrityKeysDir" . | toJson }}
+{{- end }}
 {{- with .Values.operator.namespaces }}
 
 [operator]
