@@ -10,6 +10,7 @@ use scaivault_audit::auth::{Authenticator, BootstrapToken, StaticTokens};
 use scaivault_audit::config::{Settings, SettingsArgs};
 use scaivault_audit::export::credentials::{CredentialSource, ScaiVaultClient};
 use scaivault_audit::export::engine::{EngineConfig, ExportEngine, RetryPolicy};
+use scaivault_audit::export::manifest::{ExportIntegrity, ManifestLinks};
 use scaivault_audit::export::policy::ExportPolicy;
 use scaivault_audit::export::runner::{LocalRunner, RunnerMetrics};
 use scaivault_audit::query::cursor::CursorCodec;
@@ -131,13 +132,28 @@ fn export_runner(
             endpoints: export.endpoints.clone(),
             policy: export_policy(settings)?,
         },
-    );
+    )
+    .with_integrity(export_integrity(settings)?);
     Ok(LocalRunner::open(
         engine,
         &exports_dir.join("jobs"),
         export.max_concurrent_jobs,
         RunnerMetrics::register(registry),
     )?)
+}
+
+/// What signs export manifests: the key ring and checkpoint log of `DATA_DIR/integrity`, and
+/// the last manifest per destination family. (Minimal wiring until the service shares one
+/// checkpoint log between its checkpointer, its API and the export engine.)
+fn export_integrity(settings: &Settings) -> anyhow::Result<Arc<ExportIntegrity>> {
+    use scaivault_audit::integrity::{checkpoint::CheckpointLog, keys::Keyring};
+    let dir = settings.store.data_dir.join("integrity");
+    let keyring = Keyring::load(&dir.join("keys"), true)?;
+    let checkpoints = CheckpointLog::open(&dir, keyring)?;
+    Ok(Arc::new(ExportIntegrity {
+        checkpoints: Arc::new(checkpoints),
+        links: ManifestLinks::open(&dir)?,
+    }))
 }
 
 /// The export confinement rules, with the `file` root created and resolved. A configured root

@@ -410,7 +410,8 @@ async fn an_edited_or_re_signed_manifest_is_reported() {
     let dir = fixture.export("2026-01/", json!({})).await;
     let path = dir.join("manifest.json");
     let original: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    let edits: [(&str, fn(&mut Value)); 5] = [
+    type Edit = (&'static str, fn(&mut Value));
+    let edits: [Edit; 5] = [
         ("record_count", |m| m["record_count"] = json!(24)),
         ("chain head", |m| {
             m["chain"]["chain_hash"] = json!("00".repeat(32))

@@ -235,13 +235,16 @@ pub fn load_sources(
         .collect()
 }
 
+/// A document's storage JSON and the chain link it stores.
+pub type ChainedSource = (Vec<u8>, Option<ChainLink>);
+
 /// The storage JSON of several documents with the chain link each stores (read from the same
 /// stored document), in the order given: what an export writes.
 pub fn load_chained_sources(
     searcher: &Searcher,
     fields: &Fields,
     addresses: &[DocAddress],
-) -> Result<Vec<(Vec<u8>, Option<ChainLink>)>, SearchError> {
+) -> Result<Vec<ChainedSource>, SearchError> {
     addresses
         .iter()
         .map(|address| {
