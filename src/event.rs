@@ -125,11 +125,14 @@ impl AuditEvent {
 /// Serializes an event in the ScaiVault API shape (SPEC §2 field order, no tenant).
 pub struct ApiEvent<'a>(pub &'a AuditEvent);
 
-impl Serialize for ApiEvent<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
+impl ApiEvent<'_> {
+    /// Writes the SPEC §2 members, in order, into an open map (exports append the chain
+    /// members after them).
+    pub fn serialize_entries<M: serde::ser::SerializeMap>(
+        &self,
+        map: &mut M,
+    ) -> Result<(), M::Error> {
         let event = self.0;
-        let mut map = serializer.serialize_map(Some(12))?;
         map.serialize_entry("id", &event.id)?;
         map.serialize_entry("timestamp", &timestamp::format_micros(event.timestamp_us))?;
         map.serialize_entry("action", event.action.as_str())?;
@@ -141,7 +144,15 @@ impl Serialize for ApiEvent<'_> {
         map.serialize_entry("success", &event.success)?;
         map.serialize_entry("duration_ms", &event.duration_ms)?;
         map.serialize_entry("request_id", &event.request_id)?;
-        map.serialize_entry("extra_data", &event.extra_data)?;
+        map.serialize_entry("extra_data", &event.extra_data)
+    }
+}
+
+impl Serialize for ApiEvent<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(12))?;
+        self.serialize_entries(&mut map)?;
         map.end()
     }
 }

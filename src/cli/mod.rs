@@ -1,14 +1,16 @@
 //! The subcommands of the `scaivault-audit` binary: `serve` ([`serve`]), `check-config`,
-//! `token` ([`token`]), `integrity` ([`integrity`], the signing key ring), `crdgen`, and the
-//! offline commands `import` ([`import`], bulk load), `gen` ([`workload`], the reference
-//! workload) and `bench` ([`bench`]). They use the library like any other client and report
-//! errors with `anyhow`, which the library itself does not use.
+//! `token` ([`token`]), `integrity` ([`integrity`], the signing key ring), `crdgen`, `verify`
+//! ([`verify`], an export or a data directory), and the offline commands `import` ([`import`],
+//! bulk load), `gen` ([`workload`], the reference workload) and `bench` ([`bench`]). They use the
+//! library like any other client and report errors with `anyhow`, which the library itself does
+//! not use.
 
 pub mod bench;
 pub mod import;
 pub mod integrity;
 pub mod serve;
 pub mod token;
+pub mod verify;
 pub mod workload;
 
 use anyhow::Context;
@@ -46,6 +48,9 @@ enum Command {
     /// Manage the key ring that signs checkpoints and export manifests.
     #[command(subcommand)]
     Integrity(integrity::IntegrityCommand),
+    /// Verify an export at its destination (signature, files, records, hash chain), or a data
+    /// directory with --data-dir. Exit status 0: intact; 1: problems found; 2: could not run.
+    Verify(verify::VerifyArgs),
     /// Write the AuditExport CustomResourceDefinition (generated from the Rust types).
     Crdgen {
         /// Output file; `-` writes to stdout.
@@ -57,6 +62,16 @@ enum Command {
 /// Parses the command line, runs the subcommand, and maps an error to exit code 2.
 pub fn run() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Command::Verify(args) = cli.command {
+        return match run_async_value(verify::run(args)) {
+            Ok(true) => std::process::ExitCode::SUCCESS,
+            Ok(false) => std::process::ExitCode::from(1),
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                std::process::ExitCode::from(2)
+            }
+        };
+    }
     let result = match cli.command {
         Command::Serve(args) => run_async(serve::serve(args)),
         Command::CheckConfig(args) => check_config(&args),
@@ -66,6 +81,7 @@ pub fn run() -> std::process::ExitCode {
         Command::Token(command) => token::run(command),
         Command::Integrity(command) => integrity::run(command),
         Command::Crdgen { output } => crdgen(&output),
+        Command::Verify(_) => Ok(()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -77,6 +93,12 @@ pub fn run() -> std::process::ExitCode {
 }
 
 fn run_async(future: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    run_async_value(future)
+}
+
+fn run_async_value<T>(
+    future: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -10,8 +10,10 @@ use scaivault_audit::auth::{Authenticator, BootstrapToken, StaticTokens};
 use scaivault_audit::config::{Settings, SettingsArgs};
 use scaivault_audit::export::credentials::{CredentialSource, ScaiVaultClient};
 use scaivault_audit::export::engine::{EngineConfig, ExportEngine, RetryPolicy};
+use scaivault_audit::export::manifest::{ExportIntegrity, ManifestLinks};
 use scaivault_audit::export::policy::ExportPolicy;
 use scaivault_audit::export::runner::{LocalRunner, RunnerMetrics};
+use scaivault_audit::integrity::checkpoint::CheckpointLog;
 use scaivault_audit::integrity::checkpointer::{self, CheckpointMetrics, Checkpointer};
 use scaivault_audit::query::cursor::CursorCodec;
 use scaivault_audit::state::{AppState, ExportHandles};
@@ -42,7 +44,7 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
         checkpoint_log.clone(),
         CheckpointMetrics::register(&mut registry),
     );
-    let runner = export_runner(&settings, &store, &mut registry)?;
+    let runner = export_runner(&settings, &store, &checkpoint_log, &mut registry)?;
     let operator_metrics = operator::metrics::OperatorMetrics::register(&mut registry);
     // Reads of audit data are recorded through the store like any other event.
     let (audit_recorder, audit_writer) = api::audit_trail::start(
@@ -139,6 +141,7 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
 fn export_runner(
     settings: &Settings,
     store: &Store,
+    checkpoint_log: &Arc<CheckpointLog>,
     registry: &mut prometheus_client::registry::Registry,
 ) -> anyhow::Result<LocalRunner> {
     let export = &settings.export;
@@ -164,13 +167,26 @@ fn export_runner(
             endpoints: export.endpoints.clone(),
             policy: export_policy(settings)?,
         },
-    );
+    )
+    .with_integrity(export_integrity(settings, checkpoint_log)?);
     Ok(LocalRunner::open(
         engine,
         &exports_dir.join("jobs"),
         export.max_concurrent_jobs,
         RunnerMetrics::register(registry),
     )?)
+}
+
+/// What signs export manifests: the service's one checkpoint log (and its key ring), and the
+/// last manifest per destination family, kept beside the checkpoints.
+fn export_integrity(
+    settings: &Settings,
+    checkpoint_log: &Arc<CheckpointLog>,
+) -> anyhow::Result<Arc<ExportIntegrity>> {
+    Ok(Arc::new(ExportIntegrity {
+        checkpoints: checkpoint_log.clone(),
+        links: ManifestLinks::open(&settings.integrity.dir)?,
+    }))
 }
 
 /// The export confinement rules, with the `file` root created and resolved. A configured root

@@ -119,6 +119,20 @@ impl SecretData {
         }
     }
 
+    /// This data with `key` set to `value` (`verify --endpoint-url`).
+    pub fn with(mut self, key: &str, value: &str) -> Self {
+        self.data.insert(key.to_string(), Value::from(value));
+        self
+    }
+
+    /// This data with `key` set to `value` unless it has a value already.
+    pub fn with_default(mut self, key: &str, value: &str) -> Self {
+        self.data
+            .entry(key.to_string())
+            .or_insert_with(|| Value::from(value));
+        self
+    }
+
     fn malformed(&self, reason: impl Into<String>) -> CredentialError {
         CredentialError::Malformed {
             path: self.path.clone(),

@@ -23,10 +23,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::credentials::{CredentialSource, DestinationCredentials};
 use super::format::{self, PartEncoder};
-use super::job::{Checkpoint, DestinationType, ExportFailure, ExportSpec, FileEntry};
+use super::job::{Checkpoint, DestinationType, ExportFailure, ExportSpec, FileEntry, RecordBound};
+use super::manifest::{self, ExportIntegrity, ManifestLink, ManifestParts};
 use super::policy::ExportPolicy;
 use super::sink::endpoint::EndpointPolicy;
 use super::sink::{self, Sink, SinkContext, SinkError, SmallObject};
+use crate::integrity::chain::ChainLink;
 use crate::query::{self, LogFilters};
 use crate::store::Store;
 use crate::store::search::{self, Direction, SortKey};
@@ -106,6 +108,8 @@ pub struct ExportEngine {
     store: Store,
     credentials: CredentialSource,
     config: Arc<EngineConfig>,
+    /// Signs manifests and links them per destination family (unsigned without it).
+    integrity: Option<Arc<ExportIntegrity>>,
     /// Unit tests: the sink every job writes to, whatever its destination.
     #[cfg(test)]
     test_sink: Option<Arc<dyn Sink>>,
@@ -164,6 +168,8 @@ struct EncodedPart {
     size_bytes: u64,
     sha256: String,
     last: Option<SortKey>,
+    first_event: Option<RecordBound>,
+    last_event: Option<RecordBound>,
 }
 
 impl ExportEngine {
@@ -172,9 +178,17 @@ impl ExportEngine {
             store,
             credentials,
             config: Arc::new(config),
+            integrity: None,
             #[cfg(test)]
             test_sink: None,
         }
+    }
+
+    /// This engine, signing manifests with `integrity`'s key ring, embedding its checkpoints
+    /// and linking manifests per destination family.
+    pub fn with_integrity(mut self, integrity: Arc<ExportIntegrity>) -> Self {
+        self.integrity = Some(integrity);
+        self
     }
 
     /// The store exports read from.
@@ -288,6 +302,8 @@ impl ExportEngine {
                 size_bytes: part.size_bytes,
                 records: part.records,
                 sha256: part.sha256,
+                first_event: part.first_event,
+                last_event: part.last_event,
             });
             checkpoint.after = part.last;
             progress.checkpoint(&checkpoint).await?;
@@ -540,6 +556,8 @@ impl ExportEngine {
         .map_err(internal)?
     }
 
+    /// Writes the manifest (signed when the engine has a key ring) and records it as its
+    /// destination family's newest.
     async fn write_manifest(
         &self,
         sink: &dyn Sink,
@@ -553,15 +571,79 @@ impl ExportEngine {
             record_count: checkpoint.records(),
             completed_at: timestamp::format_micros(now_micros()),
         };
-        let manifest = manifest_json(export_id, spec, &outcome);
-        let body = serde_json::to_vec_pretty(&manifest).map_err(internal)?;
+        let head = self.snapshot_head(spec, checkpoint.snapshot_seq).await?;
+        let Some(integrity) = self.integrity.clone() else {
+            let parts = ManifestParts {
+                head,
+                checkpoint: None,
+                previous: None,
+            };
+            let manifest = manifest::manifest_object(export_id, spec, &outcome, &parts);
+            self.put_manifest(sink, spec, &manifest, cancel).await?;
+            return Ok(outcome);
+        };
+        let covering = {
+            let log = integrity.checkpoints.clone();
+            let tenant = spec.tenant_id.clone();
+            tokio::task::spawn_blocking(move || log.covering(&tenant, &head))
+                .await
+                .map_err(internal)?
+                .map_err(internal)?
+        };
+        let mut links = integrity.links.lock().await;
+        let parts = ManifestParts {
+            head,
+            checkpoint: covering,
+            previous: links.previous(spec),
+        };
+        let mut manifest = manifest::manifest_object(export_id, spec, &outcome, &parts);
+        integrity.checkpoints.keyring().sign_object(&mut manifest);
+        let body = self.put_manifest(sink, spec, &manifest, cancel).await?;
+        let link = ManifestLink {
+            key: spec.manifest_key(),
+            sha256: manifest::manifest_sha256(&body),
+        };
+        links.record(spec, link).map_err(internal)?;
+        Ok(outcome)
+    }
+
+    /// Uploads `manifest` as pretty JSON; returns the bytes written.
+    async fn put_manifest(
+        &self,
+        sink: &dyn Sink,
+        spec: &ExportSpec,
+        manifest: &serde_json::Map<String, serde_json::Value>,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<u8>, ExportFailure> {
+        let body = serde_json::to_vec_pretty(manifest).map_err(internal)?;
         self.retry(cancel, || async {
             Ok(sink
                 .put_bytes(&spec.manifest_key(), body.clone(), "application/json")
                 .await?)
         })
         .await?;
-        Ok(outcome)
+        Ok(body)
+    }
+
+    /// The tenant's chain head at the snapshot (`seq < snapshot_seq`).
+    async fn snapshot_head(
+        &self,
+        spec: &ExportSpec,
+        snapshot_seq: u64,
+    ) -> Result<ChainLink, ExportFailure> {
+        let store = self.store.clone();
+        let tenant = spec.tenant_id.clone();
+        tokio::task::spawn_blocking(move || {
+            crate::store::chain::head_before(
+                &store.searcher(),
+                store.fields(),
+                &tenant,
+                snapshot_seq,
+            )
+        })
+        .await
+        .map_err(internal)?
+        .map_err(internal)
     }
 
     /// Runs `step` until it succeeds, fails permanently, is cancelled (which also interrupts
@@ -615,8 +697,8 @@ impl ExportEngine {
 /// Pages of events in flight between the reader and the encoder thread.
 const PAGES_IN_FLIGHT: usize = 2;
 
-/// A stored event on its way to the encoder: sequence number and storage JSON.
-type Stored = (u64, Vec<u8>);
+/// A stored event on its way to the encoder: sequence number, storage JSON and chain link.
+type Stored = (u64, Vec<u8>, Option<ChainLink>);
 
 /// Encodes a part on two threads: this one reads the index (query, stored documents), a
 /// scoped one decodes and encodes (JSON in, JSON/CSV out, gzip, SHA-256, file writes).
@@ -633,13 +715,25 @@ fn encode_part_blocking(
     let (pages, received) = std::sync::mpsc::sync_channel::<Vec<Stored>>(PAGES_IN_FLIGHT);
     std::thread::scope(|scope| {
         let writer = scope.spawn(move || -> Result<_, ExportFailure> {
+            let mut bounds: Option<(RecordBound, RecordBound)> = None;
             for page in received {
-                for (seq, source) in &page {
+                for (seq, source, link) in &page {
                     let event = search::decode_event(source, *seq).map_err(internal)?;
-                    encoder.write_event(&event).map_err(internal)?;
+                    let link = link
+                        .ok_or_else(|| internal(format!("stored event {seq} has no chain link")))?;
+                    encoder.write_event(&event, &link).map_err(internal)?;
+                    let bound = RecordBound {
+                        id: event.id.clone(),
+                        timestamp: timestamp::format_micros(event.timestamp_us),
+                    };
+                    match &mut bounds {
+                        Some((_, last)) => *last = bound,
+                        None => bounds = Some((bound.clone(), bound)),
+                    }
                 }
             }
-            encoder.finish().map_err(internal)
+            let (file, stats) = encoder.finish().map_err(internal)?;
+            Ok((file, stats, bounds))
         });
         let read = read_part(store, spec, filters, after, cancel, &pages);
         drop(pages);
@@ -647,13 +741,16 @@ fn encode_part_blocking(
             .join()
             .unwrap_or_else(|_| Err(internal("the export encoder thread panicked")));
         let last = read?;
-        let (file, stats) = written?;
+        let (file, stats, bounds) = written?;
         file.sync_all().map_err(internal)?;
+        let (first_event, last_event) = bounds.unzip();
         Ok(EncodedPart {
             records: stats.records,
             size_bytes: stats.size_bytes,
             sha256: stats.sha256,
             last,
+            first_event,
+            last_event,
         })
     })
 }
@@ -690,12 +787,13 @@ fn read_part(
         .map_err(internal)?;
         remaining -= hits.len() as u64;
         let addresses: Vec<_> = hits.iter().map(|(_, address)| *address).collect();
-        let sources = search::load_sources(&searcher, fields, &addresses).map_err(internal)?;
+        let sources =
+            search::load_chained_sources(&searcher, fields, &addresses).map_err(internal)?;
         after = hits.last().map(|(key, _)| *key).or(after);
         let page: Vec<Stored> = hits
             .iter()
             .zip(sources)
-            .map(|((key, _), source)| (key.seq, source))
+            .map(|((key, _), (source, link))| (key.seq, source, link))
             .collect();
         if pages.send(page).is_err() {
             // The encoder stopped on an error of its own, which join() reports.
@@ -706,25 +804,6 @@ fn read_part(
         }
     }
     Ok(after)
-}
-
-/// The manifest (SPEC §3.5): the status of the GET response plus format, filters, time range
-/// and export id.
-fn manifest_json(export_id: &str, spec: &ExportSpec, outcome: &ExportOutcome) -> serde_json::Value {
-    json!({
-        "export_id": export_id,
-        "status": "completed",
-        "tenant_id": spec.tenant_id,
-        "format": spec.format,
-        "compression": spec.compression,
-        "from": spec.from,
-        "to": spec.to,
-        "filters": spec.filters,
-        "max_records_per_file": spec.max_records_per_file,
-        "record_count": outcome.record_count,
-        "files": outcome.files,
-        "completed_at": outcome.completed_at,
-    })
 }
 
 /// Who holds a prefix's claim object.

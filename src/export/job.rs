@@ -222,6 +222,20 @@ pub struct FileEntry {
     pub size_bytes: u64,
     pub records: u64,
     pub sha256: String,
+    /// The part's first record (absent for parts recorded before this field existed, and in
+    /// the operator's resource status, which does not keep it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_event: Option<RecordBound>,
+    /// The part's last record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_event: Option<RecordBound>,
+}
+
+/// The first or last record of a part file: its event id and timestamp.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordBound {
+    pub id: String,
+    pub timestamp: String,
 }
 
 /// Where a job stands: enough to resume after the last fully uploaded part with neither

@@ -270,6 +270,26 @@ impl PublicKeys {
         Ok(keys)
     }
 
+    /// The public keys listed in the key ring in `dir` (its `keyring.json`; no private key is
+    /// read).
+    pub fn from_keyring_dir(dir: &Path) -> Result<PublicKeys, KeyError> {
+        let bytes = fs::read(dir.join(KEYRING_FILE)).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => KeyError::Missing(dir.to_owned()),
+            _ => KeyError::Io {
+                dir: dir.to_owned(),
+                source,
+            },
+        })?;
+        let file: KeyringFile = serde_json::from_slice(&bytes)
+            .map_err(|error| invalid(dir, format!("{KEYRING_FILE}: {error}")))?;
+        let mut keys = PublicKeys::default();
+        for entry in file.keys {
+            let key = decode_x(&entry.x).map_err(|error| invalid(dir, error))?;
+            keys.keys.insert(entry.kid, key);
+        }
+        Ok(keys)
+    }
+
     /// Reads a public key file: a JWKS/JWK (JSON) or an SPKI PEM (`openssl pkey -pubout`).
     pub fn from_file_contents(text: &str) -> Result<PublicKeys, String> {
         if text.trim_start().starts_with('{') {

@@ -9,10 +9,12 @@
 //!
 //! [`canonical`] fixes the bytes that are hashed and signed, [`chain`] the hash chain, [`keys`]
 //! the Ed25519 key ring, its JWKS and signed JSON objects, [`checkpoint`] the signed checkpoints
-//! and their log, [`checkpointer`] the service's periodic and final checkpoints.
+//! and their log, [`checkpointer`] the service's periodic and final checkpoints, [`verify`]
+//! the checks of an export at its destination.
 
 pub mod canonical;
 pub mod chain;
 pub mod checkpoint;
 pub mod checkpointer;
 pub mod keys;
+pub mod verify;

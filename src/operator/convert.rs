@@ -146,6 +146,8 @@ pub fn file_entry(file: &ExportFile) -> FileEntry {
         size_bytes: file.size_bytes,
         records: file.records,
         sha256: file.sha256.clone(),
+        first_event: None,
+        last_event: None,
     }
 }
 

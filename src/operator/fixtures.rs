@@ -200,6 +200,8 @@ pub fn part(number: usize) -> FileEntry {
         size_bytes: 100,
         records: 2,
         sha256: format!("{number:064x}"),
+        first_event: None,
+        last_event: None,
     }
 }
 

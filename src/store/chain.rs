@@ -111,3 +111,45 @@ fn newest_per_tenant(
     }
     Ok(())
 }
+
+/// The link of `tenant`'s chain at an export snapshot: its live document with the highest
+/// sequence number below `seq_bound`, or [`ChainLink::GENESIS`] when it has none. One pass over
+/// the tenant's postings and the sequence column, then one stored document.
+pub fn head_before(
+    searcher: &Searcher,
+    fields: &Fields,
+    tenant: &str,
+    seq_bound: u64,
+) -> tantivy::Result<ChainLink> {
+    use tantivy::DocSet;
+    let term = tantivy::Term::from_field_text(fields.tenant, tenant);
+    // (seq, segment ordinal, doc) of the newest document below the bound.
+    let mut best: Option<(u64, usize, DocId)> = None;
+    for (ordinal, segment) in searcher.segment_readers().iter().enumerate() {
+        let seqs = segment.fast_fields().u64(fast::SEQ)?;
+        let alive = segment.alive_bitset();
+        let inverted = segment.inverted_index(fields.tenant)?;
+        let Some(mut postings) = inverted.read_postings(&term, IndexRecordOption::Basic)? else {
+            continue;
+        };
+        let mut doc = postings.doc();
+        while doc != tantivy::TERMINATED {
+            let live = alive.is_none_or(|bits| bits.is_alive(doc));
+            if let (true, Some(seq)) = (live, seqs.first(doc))
+                && seq < seq_bound
+                && best.is_none_or(|(top, _, _)| seq > top)
+            {
+                best = Some((seq, ordinal, doc));
+            }
+            doc = postings.advance();
+        }
+    }
+    let Some((_, ordinal, doc)) = best else {
+        return Ok(ChainLink::GENESIS);
+    };
+    let store = searcher
+        .segment_reader(ordinal as u32)
+        .get_store_reader(1)?;
+    let document: TantivyDocument = store.get(doc)?;
+    Ok(stored_link(fields, &document).unwrap_or(ChainLink::GENESIS))
+}

@@ -30,6 +30,7 @@ use super::schema::{Fields, fast};
 use super::source::SourceColumns;
 use super::timeline::{BlockSpan, SegmentTimeline, Timelines};
 use crate::event::AuditEvent;
+use crate::integrity::chain::ChainLink;
 
 /// A position in the total order of events: timestamp, then ingest sequence.
 #[derive(
@@ -231,6 +232,31 @@ pub fn load_sources(
     addresses
         .iter()
         .map(|address| load_source(searcher, fields, *address))
+        .collect()
+}
+
+/// A document's storage JSON and the chain link it stores.
+pub type ChainedSource = (Vec<u8>, Option<ChainLink>);
+
+/// The storage JSON of several documents with the chain link each stores (read from the same
+/// stored document), in the order given: what an export writes.
+pub fn load_chained_sources(
+    searcher: &Searcher,
+    fields: &Fields,
+    addresses: &[DocAddress],
+) -> Result<Vec<ChainedSource>, SearchError> {
+    addresses
+        .iter()
+        .map(|address| {
+            let document: TantivyDocument = searcher.doc(*address)?;
+            let stored = document
+                .get_first(fields.source)
+                .and_then(|value| value.as_bytes())
+                .unwrap_or_default();
+            let columns = SourceColumns::of_segment(searcher.segment_reader(address.segment_ord))?;
+            let source = columns.restore(address.doc_id, stored)?;
+            Ok((source, super::chain::stored_link(fields, &document)))
+        })
         .collect()
 }
 

@@ -167,8 +167,9 @@ fn walk_events(
                 .insert(walk.recomputed.seq, walk.recomputed.hash);
         }
         let found = stored_link(fields, &document);
-        if let Some(message) = local_link_problem(&walk.stored, found.as_ref(), &bytes, &event) {
-            let sequence = found.map_or(walk.stored.seq + 1, |link| link.seq);
+        if let Some((sequence, message)) =
+            local_link_problem(&walk.stored, found.as_ref(), &bytes, &event)
+        {
             note(report, walk, &event.tenant_id, Some(sequence), message);
         }
         walk.stored = found.unwrap_or_else(|| walk.stored.next(&bytes));
@@ -176,37 +177,41 @@ fn walk_events(
     Ok(())
 }
 
-/// What is wrong with `found`, the stored link of `event`, after the stored link `previous`.
+/// What is wrong with `found`, the stored link of `event`, after the stored link `previous`,
+/// and the chain position it concerns.
 fn local_link_problem(
     previous: &ChainLink,
     found: Option<&ChainLink>,
     bytes: &[u8],
     event: &AuditEvent,
-) -> Option<String> {
-    let Some(found) = found else {
-        return Some(format!("event {} carries no chain link", event.id));
-    };
+) -> Option<(u64, String)> {
     let expected = previous.next(bytes);
-    if found.seq > expected.seq {
-        Some(format!(
+    let Some(found) = found else {
+        let message = format!("event {} carries no chain link", event.id);
+        return Some((expected.seq, message));
+    };
+    let message = if found.seq > expected.seq {
+        format!(
             "events #{} to #{} are missing before event {} (deleted)",
             expected.seq,
             found.seq - 1,
             event.id
-        ))
+        )
     } else if found.seq < expected.seq {
-        Some(format!(
+        format!(
             "event {} claims position #{} after #{} (inserted, duplicated or reordered)",
             event.id, found.seq, previous.seq
-        ))
+        )
     } else if found.hash != expected.hash {
-        Some(format!(
+        format!(
             "event {} does not match its chain_hash (edited, or an event before it was)",
             event.id
-        ))
+        )
     } else {
-        None
-    }
+        return None;
+    };
+    // A gap is named by its first missing position, anything else by the event's own.
+    Some((expected.seq.min(found.seq), message))
 }
 
 fn note(

@@ -646,3 +646,66 @@ async fn keygen_and_rotate_key_make_the_ring_a_configured_keys_dir_needs() {
     })
     .await;
 }
+
+/// Deletes the document at ingest position `seq` from the stopped store in `data`, through
+/// Tantivy, keeping the commit payload: an attacker with write access to the volume.
+fn delete_event_on_disk(data: &Path, seq: u64) {
+    use tantivy::query::RangeQuery;
+    use tantivy::{Index, IndexWriter, Term};
+    let index = Index::open_in_dir(data.join("index")).unwrap();
+    let payload = index.load_metas().unwrap().payload;
+    let (_, fields) = scaivault_audit::store::schema::build_schema();
+    let mut writer: IndexWriter = index.writer_with_num_threads(1, 15_000_000).unwrap();
+    let term = |value| Term::from_field_u64(fields.seq, value);
+    writer
+        .delete_query(Box::new(RangeQuery::new(
+            std::ops::Bound::Included(term(seq)),
+            std::ops::Bound::Included(term(seq)),
+        )))
+        .unwrap();
+    let mut commit = writer.prepare_commit().unwrap();
+    if let Some(payload) = payload {
+        commit.set_payload(&payload);
+    }
+    commit.commit().unwrap();
+    writer.wait_merging_threads().unwrap();
+}
+
+fn verify_data_dir(data: &Path) -> (bool, String) {
+    let output = Command::new(BINARY)
+        .args(["verify", "--data-dir"])
+        .arg(data)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    (output.status.success(), text)
+}
+
+#[tokio::test]
+async fn verify_data_dir_passes_on_a_stopped_store_and_names_a_deleted_event() {
+    let dir = TestDir::new();
+    within(TEST_DEADLINE, "verify --data-dir", async {
+        let data = dir.data_dir();
+        let client = client();
+        let mut server = Server::start(&data, EVERY_SECOND).await;
+        let token = server.token().to_owned();
+        let events = tenant_events(TENANT, 0, 9);
+        ingest_ok(&client, server.base_url(), &token, &events).await;
+        assert!(server.terminate().await.success());
+
+        let (ok, text) = verify_data_dir(&data);
+        assert!(ok, "{text}");
+        assert!(text.contains("events: 9") && text.contains("OK"), "{text}");
+
+        // Ingest positions 0..9 are this tenant's chain positions 1..=9.
+        delete_event_on_disk(&data, 4);
+        let (ok, text) = verify_data_dir(&data);
+        assert!(!ok, "{text}");
+        assert!(
+            text.contains(&format!("tenant {TENANT}, event #5")) && text.contains("deleted"),
+            "{text}"
+        );
+    })
+    .await;
+}

@@ -14,6 +14,7 @@ mod check_config;
 mod durability;
 mod export_confinement;
 mod export_sinks;
+mod export_verify;
 mod exports;
 mod helm_chart;
 mod ingest_api;

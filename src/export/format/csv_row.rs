@@ -16,10 +16,11 @@ use std::io;
 use csv::ByteRecord;
 
 use crate::event::AuditEvent;
+use crate::integrity::chain::ChainLink;
 use crate::timestamp;
 
-/// The header row, in SPEC §3.5 order.
-pub(super) const HEADER: [&str; 12] = [
+/// The header row, in SPEC §3.5 order, then the chain columns.
+pub(super) const HEADER: [&str; 14] = [
     "id",
     "timestamp",
     "action",
@@ -32,6 +33,8 @@ pub(super) const HEADER: [&str; 12] = [
     "duration_ms",
     "request_id",
     "extra_data",
+    "chain_seq",
+    "chain_hash",
 ];
 
 /// Leading characters that make a spreadsheet evaluate a cell.
@@ -47,8 +50,9 @@ pub(super) struct CsvRow {
 }
 
 impl CsvRow {
-    /// Fills the record with `event`'s cells; the result is valid until the next call.
-    pub(super) fn fill(&mut self, event: &AuditEvent) -> io::Result<&ByteRecord> {
+    /// Fills the record with `event`'s cells and its chain `link` (`chain_seq` in decimal,
+    /// `chain_hash` in hex: never neutralised); the result is valid until the next call.
+    pub(super) fn fill(&mut self, event: &AuditEvent, link: &ChainLink) -> io::Result<&ByteRecord> {
         self.record.clear();
         self.push_text(event.id.as_bytes());
         self.push_timestamp(event.timestamp_us);
@@ -62,6 +66,10 @@ impl CsvRow {
         self.push_duration(event.duration_ms);
         self.push_optional_text(event.request_id.as_deref());
         self.push_extra_data(&event.extra_data)?;
+        self.text.clear();
+        let _ = write!(self.text, "{}", link.seq);
+        self.record.push_field(self.text.as_bytes());
+        self.record.push_field(link.hash_hex().as_bytes());
         Ok(&self.record)
     }
 
@@ -157,9 +165,16 @@ mod tests {
         }
     }
 
+    fn link() -> ChainLink {
+        ChainLink {
+            seq: 7,
+            hash: [0xab; 32],
+        }
+    }
+
     fn cells(event: &AuditEvent) -> Vec<String> {
         let mut row = CsvRow::default();
-        let record = row.fill(event).unwrap();
+        let record = row.fill(event, &link()).unwrap();
         record
             .iter()
             .map(|cell| String::from_utf8(cell.to_vec()).unwrap())
@@ -203,7 +218,9 @@ mod tests {
                 "false",
                 "",
                 "",
-                "{}"
+                "{}",
+                "7",
+                &"ab".repeat(32),
             ]
         );
     }
@@ -225,7 +242,7 @@ mod tests {
         assert_eq!(
             HEADER.join(","),
             "id,timestamp,action,identity_type,identity_id,secret_path,source_ip,user_agent,\
-             success,duration_ms,request_id,extra_data"
+             success,duration_ms,request_id,extra_data,chain_seq,chain_hash"
         );
     }
 }

@@ -13,7 +13,8 @@ use std::io::{self, BufWriter, Write};
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::AuditEvent;
+use crate::event::{ApiEvent, AuditEvent};
+use crate::integrity::chain::ChainLink;
 use csv_row::CsvRow;
 use hashing_writer::PartStream;
 
@@ -98,11 +99,12 @@ impl<W: Write> PartEncoder<W> {
         Ok(Self { body, records: 0 })
     }
 
-    /// Appends one event (a JSONL line or a CSV record).
-    pub fn write_event(&mut self, event: &AuditEvent) -> io::Result<()> {
+    /// Appends one event with its link of the tenant's hash chain (a JSONL line or a CSV
+    /// record; `chain_seq` and `chain_hash` follow the SPEC §3.1 members).
+    pub fn write_event(&mut self, event: &AuditEvent, link: &ChainLink) -> io::Result<()> {
         match &mut self.body {
-            Body::Jsonl(buffer) => write_jsonl_line(buffer, event)?,
-            Body::Csv { writer, row } => writer.write_byte_record(row.fill(event)?)?,
+            Body::Jsonl(buffer) => write_jsonl_line(buffer, event, link)?,
+            Body::Csv { writer, row } => writer.write_byte_record(row.fill(event, link)?)?,
         }
         self.records += 1;
         Ok(())
@@ -140,9 +142,31 @@ fn csv_writer_with_header<W: Write>(
     Ok(writer)
 }
 
-fn write_jsonl_line<W: Write>(buffer: &mut BufWriter<W>, event: &AuditEvent) -> io::Result<()> {
-    serde_json::to_writer(&mut *buffer, &event.api())?;
+fn write_jsonl_line<W: Write>(
+    buffer: &mut BufWriter<W>,
+    event: &AuditEvent,
+    link: &ChainLink,
+) -> io::Result<()> {
+    serde_json::to_writer(&mut *buffer, &ChainedRecord { event, link })?;
     buffer.write_all(b"\n")
+}
+
+/// An exported JSONL record: the API shape (SPEC §3.1 order) followed by `chain_seq` and
+/// `chain_hash` (lowercase hex).
+struct ChainedRecord<'a> {
+    event: &'a AuditEvent,
+    link: &'a ChainLink,
+}
+
+impl Serialize for ChainedRecord<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        ApiEvent(self.event).serialize_entries(&mut map)?;
+        map.serialize_entry("chain_seq", &self.link.seq)?;
+        map.serialize_entry("chain_hash", &self.link.hash_hex())?;
+        map.end()
+    }
 }
 
 #[cfg(test)]
@@ -157,7 +181,8 @@ mod tests {
     use std::process::Command;
 
     const HEADER_LINE: &str = "id,timestamp,action,identity_type,identity_id,secret_path,\
-                               source_ip,user_agent,success,duration_ms,request_id,extra_data";
+                               source_ip,user_agent,success,duration_ms,request_id,extra_data,\
+                               chain_seq,chain_hash";
     const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
     fn extra(value: Value) -> serde_json::Map<String, Value> {
@@ -308,6 +333,14 @@ mod tests {
         ]
     }
 
+    /// The chain link the tests give the event at `index`.
+    fn link_of(index: usize) -> ChainLink {
+        ChainLink {
+            seq: index as u64 + 1,
+            hash: [index as u8; 32],
+        }
+    }
+
     fn awkward_events() -> Vec<AuditEvent> {
         awkward_cases()
             .into_iter()
@@ -321,8 +354,8 @@ mod tests {
         events: &[AuditEvent],
     ) -> (Vec<u8>, PartStats) {
         let mut encoder = PartEncoder::new(format, compression, Vec::new()).unwrap();
-        for event in events {
-            encoder.write_event(event).unwrap();
+        for (index, event) in events.iter().enumerate() {
+            encoder.write_event(event, &link_of(index)).unwrap();
         }
         assert_eq!(encoder.records(), events.len() as u64);
         encoder.finish().unwrap()
@@ -390,7 +423,13 @@ mod tests {
         let header = HEADER_LINE.split(',').map(String::from).collect();
         let rows = awkward_cases()
             .into_iter()
-            .map(|(_, cells)| cells.iter().map(|cell| cell.to_string()).collect());
+            .enumerate()
+            .map(|(index, (_, cells))| {
+                let link = link_of(index);
+                let mut row: Vec<String> = cells.iter().map(|cell| cell.to_string()).collect();
+                row.extend([link.seq.to_string(), link.hash_hex()]);
+                row
+            });
         std::iter::once(header).chain(rows).collect()
     }
 
@@ -438,8 +477,9 @@ mod tests {
         assert!(text.ends_with('\n') && !text.contains('\r'));
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), events.len());
-        let spec_order = crate::event::API_FIELDS;
-        for (line, event) in lines.iter().zip(&events) {
+        let mut spec_order = crate::event::API_FIELDS.to_vec();
+        spec_order.extend(["chain_seq", "chain_hash"]);
+        for (index, (line, event)) in lines.iter().zip(&events).enumerate() {
             let parsed: serde_json::Map<String, Value> = serde_json::from_str(line).unwrap();
             let keys: Vec<&str> = parsed.keys().map(String::as_str).collect();
             assert_eq!(keys, spec_order);
@@ -462,7 +502,17 @@ mod tests {
                 parsed["extra_data"],
                 Value::Object(event.extra_data.clone())
             );
-            assert_eq!(*line, serde_json::to_string(&event.api()).unwrap());
+            let api = serde_json::to_string(&event.api()).unwrap();
+            let link = link_of(index);
+            assert_eq!(
+                *line,
+                format!(
+                    "{},\"chain_seq\":{},\"chain_hash\":\"{}\"}}",
+                    &api[..api.len() - 1],
+                    link.seq,
+                    link.hash_hex()
+                )
+            );
         }
         assert_eq!(
             lines[0].split(',').take(3).collect::<Vec<_>>(),
@@ -494,7 +544,8 @@ mod tests {
             text,
             format!(
                 "{HEADER_LINE}\r\nlog_1,1970-01-01T00:00:00.000000Z,identity_sync,system,\
-                 system:sync,,,,false,,,{{}}\r\n"
+                 system:sync,,,,false,,,{{}},1,{}\r\n",
+                "00".repeat(32)
             )
         );
     }
@@ -507,8 +558,8 @@ mod tests {
             let (plain, _) = encode(format, Compression::None, &events);
             let file = std::fs::File::create(dir.path().join("part.gz")).unwrap();
             let mut encoder = PartEncoder::new(format, Compression::Gzip, file).unwrap();
-            for event in &events {
-                encoder.write_event(event).unwrap();
+            for (index, event) in events.iter().enumerate() {
+                encoder.write_event(event, &link_of(index)).unwrap();
             }
             let (_file, stats) = encoder.finish().unwrap();
             let gz = std::fs::read(dir.path().join("part.gz")).unwrap();
@@ -576,8 +627,8 @@ mod tests {
                 let received = std::rc::Rc::new(std::cell::Cell::new(0));
                 let out = CountingOut(received.clone());
                 let mut encoder = PartEncoder::new(format, compression, out).unwrap();
-                for event in &events {
-                    encoder.write_event(event).unwrap();
+                for (index, event) in events.iter().enumerate() {
+                    encoder.write_event(event, &link_of(index)).unwrap();
                 }
                 let before_finish = received.get();
                 let (_, stats) = encoder.finish().unwrap();
@@ -608,7 +659,7 @@ mod tests {
         for format in [ExportFormat::Jsonl, ExportFormat::Csv] {
             for compression in [Compression::None, Compression::Gzip] {
                 let mut encoder = PartEncoder::new(format, compression, FailingOut).unwrap();
-                encoder.write_event(&minimal("log_1")).unwrap();
+                encoder.write_event(&minimal("log_1"), &link_of(0)).unwrap();
                 let error = encoder.finish().err().unwrap();
                 assert_eq!(error.to_string(), "disk full", "{format:?} {compression:?}");
             }

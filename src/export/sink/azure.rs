@@ -27,8 +27,8 @@ use hmac::{KeyInit, Mac};
 
 use super::endpoint::{EndpointPolicy, FilteringResolver};
 use super::{
-    CappedBuffer, READ_LIMIT_BYTES, Sink, SinkError, SinkErrorKind, SmallObject,
-    UPLOAD_CHUNK_BYTES, kind_of_status, read_chunk,
+    CappedBuffer, ChunkStream, ObjectInfo, READ_LIMIT_BYTES, Sink, SinkError, SinkErrorKind,
+    SmallObject, UPLOAD_CHUNK_BYTES, kind_of_status, read_chunk,
 };
 use crate::export::credentials::{AzureAuth, AzureCredentials, SecretString};
 
@@ -288,6 +288,59 @@ impl Sink for AzureSink {
             }
         }
         Ok(buffer.finish())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, SinkError> {
+        use futures::StreamExt;
+        let options = azure_storage_blob::models::BlobContainerClientListBlobsOptions {
+            prefix: Some(prefix.to_string()),
+            ..Default::default()
+        };
+        let mut items = self
+            .container
+            .list_blobs(Some(options))
+            .map_err(|error| self.error("listing", prefix, &error))?;
+        let mut objects = Vec::new();
+        while let Some(item) = items.next().await {
+            let item = item.map_err(|error| self.error("listing", prefix, &error))?;
+            if let Some(key) = item.name {
+                let size_bytes = item
+                    .properties
+                    .and_then(|properties| properties.content_length)
+                    .unwrap_or(0);
+                objects.push(ObjectInfo { key, size_bytes });
+            }
+        }
+        Ok(objects)
+    }
+
+    async fn read_stream(&self, key: &str) -> Result<Option<ChunkStream>, SinkError> {
+        use futures::StreamExt;
+        let options = BlobClientDownloadOptions {
+            parallel: std::num::NonZero::new(1),
+            ..Default::default()
+        };
+        let downloaded = match self
+            .container
+            .blob_client(key)
+            .download(Some(options))
+            .await
+        {
+            Ok(downloaded) => downloaded,
+            Err(error) => {
+                return match status_and_code(&error) {
+                    (404, code) if code == "BlobNotFound" || code.is_empty() => Ok(None),
+                    _ => Err(self.error("reading", key, &error)),
+                };
+            }
+        };
+        let location = format!("azure://{}/{}/{key}", self.account, self.container_name);
+        let chunks = downloaded.body.map(move |chunk| {
+            chunk.map_err(|_| {
+                SinkError::transient(format!("reading {location}: the download broke off"))
+            })
+        });
+        Ok(Some(chunks.boxed()))
     }
 
     /// Uncommitted blocks are discarded by Azure itself (after a week); nothing to abort.

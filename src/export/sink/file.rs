@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
-use super::{CappedBuffer, READ_LIMIT_BYTES, Sink, SinkError, SinkErrorKind, SmallObject};
+use super::{
+    CappedBuffer, ChunkStream, ObjectInfo, READ_LIMIT_BYTES, Sink, SinkError, SinkErrorKind,
+    SmallObject,
+};
 use crate::export::policy::{WalkError, walk_under};
 
 /// Name prefix of files spooled by an export, removed by `abort_incomplete`.
@@ -236,6 +239,73 @@ impl Sink for FileSink {
             }
         }
         Ok(buffer.finish())
+    }
+
+    /// The files of the prefix's directory whose keys start with `prefix` (not recursive:
+    /// export objects never sit deeper than their prefix). Spool files are left out.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, SinkError> {
+        let (dir_key, dir) = match prefix.rsplit_once('/') {
+            Some((parent, _)) => (
+                format!("{parent}/"),
+                walk_under(&self.root, parent, false)
+                    .map_err(|error| self.walk_error(prefix, error))?,
+            ),
+            None => (String::new(), self.root.clone()),
+        };
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(error) => return Err(self.io_error("listing", error)),
+        };
+        let mut objects = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|error| self.io_error("listing", error))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let key = format!("{dir_key}{name}");
+            let metadata = entry
+                .metadata()
+                .map_err(|error| self.io_error("listing", error))?;
+            if key.starts_with(prefix) && metadata.is_file() && !name.starts_with(SPOOL_PREFIX) {
+                objects.push(ObjectInfo {
+                    key,
+                    size_bytes: metadata.len(),
+                });
+            }
+        }
+        objects.sort_by(|left, right| left.key.cmp(&right.key));
+        Ok(objects)
+    }
+
+    async fn read_stream(&self, key: &str) -> Result<Option<ChunkStream>, SinkError> {
+        use futures::StreamExt;
+        use tokio::io::AsyncReadExt;
+        self.existing_parent(key)?;
+        let target = self.target(key);
+        self.refuse_link(key, &target)?;
+        let file = match tokio::fs::File::open(&target).await {
+            Ok(file) => file,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(self.io_error("reading", error)),
+        };
+        let bucket = self.bucket.clone();
+        let chunks = futures::stream::try_unfold(file, move |mut file| {
+            let bucket = bucket.clone();
+            async move {
+                let mut chunk = vec![0u8; 256 * 1024];
+                let n = file.read(&mut chunk).await.map_err(|error| {
+                    SinkError::transient(format!(
+                        "reading in the destination directory '{bucket}': {}",
+                        error.kind()
+                    ))
+                })?;
+                if n == 0 {
+                    return Ok(None);
+                }
+                chunk.truncate(n);
+                Ok(Some((bytes::Bytes::from(chunk), file)))
+            }
+        });
+        Ok(Some(chunks.boxed()))
     }
 
     async fn abort_incomplete(&self, _prefix: &str) -> Result<usize, SinkError> {

@@ -11,11 +11,15 @@ use google_cloud_storage::client::Storage;
 use google_cloud_storage::model_ext::ReadRange;
 use google_cloud_storage::retry_policy::RetryableErrors;
 
+use super::endpoint::{EndpointPolicy, FilteringResolver};
 use super::{
-    CappedBuffer, READ_LIMIT_BYTES, Sink, SinkError, SinkErrorKind, SmallObject,
-    UPLOAD_CHUNK_BYTES, kind_of_status,
+    CappedBuffer, ChunkStream, ObjectInfo, READ_LIMIT_BYTES, Sink, SinkError, SinkErrorKind,
+    SmallObject, UPLOAD_CHUNK_BYTES, kind_of_status,
 };
 use crate::export::credentials::GcsCredentials;
+
+/// The JSON API's endpoint when the credentials name none.
+const DEFAULT_ENDPOINT: &str = "https://storage.googleapis.com";
 
 /// How long the client keeps retrying one request before the engine's own backoff takes over.
 const CLIENT_RETRY_LIMIT: Duration = Duration::from_secs(30);
@@ -23,10 +27,18 @@ const CLIENT_RETRY_LIMIT: Duration = Duration::from_secs(30);
 pub struct GcsSink {
     client: Storage,
     bucket: String,
+    /// For listing, which goes through the JSON API (the crate lists over gRPC only).
+    credentials: google_cloud_auth::credentials::Credentials,
+    endpoint: String,
+    http: reqwest::Client,
 }
 
 impl GcsSink {
-    pub async fn new(bucket: &str, credentials: &GcsCredentials) -> Result<Self, SinkError> {
+    pub async fn new(
+        bucket: &str,
+        credentials: &GcsCredentials,
+        endpoints: &EndpointPolicy,
+    ) -> Result<Self, SinkError> {
         let invalid = |reason: &str| {
             SinkError::new(
                 SinkErrorKind::InvalidCredentials,
@@ -40,7 +52,7 @@ impl GcsSink {
             .build()
             .map_err(|_| invalid("is not a usable service account key"))?;
         let mut builder = Storage::builder()
-            .with_credentials(service_account)
+            .with_credentials(service_account.clone())
             .with_retry_policy(RetryableErrors.with_time_limit(CLIENT_RETRY_LIMIT));
         if let Some(endpoint) = &credentials.endpoint_url {
             builder = builder.with_endpoint(endpoint.trim_end_matches('/'));
@@ -51,9 +63,72 @@ impl GcsSink {
                 format!("creating the GCS client: {error}"),
             )
         })?;
+        let http = reqwest::Client::builder()
+            .dns_resolver(std::sync::Arc::new(FilteringResolver::new(
+                endpoints.clone(),
+            )))
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|error| {
+                SinkError::new(
+                    SinkErrorKind::Rejected,
+                    format!("creating the GCS HTTP client: {error}"),
+                )
+            })?;
+        let endpoint = credentials
+            .endpoint_url
+            .as_deref()
+            .unwrap_or(DEFAULT_ENDPOINT)
+            .trim_end_matches('/')
+            .to_string();
         Ok(GcsSink {
             client,
             bucket: bucket.to_string(),
+            credentials: service_account,
+            endpoint,
+            http,
+        })
+    }
+
+    /// One page of the JSON API's object listing.
+    async fn list_page(
+        &self,
+        prefix: &str,
+        page_token: Option<&str>,
+    ) -> Result<ListPage, SinkError> {
+        let location = format!("gs://{}/{prefix}", self.bucket);
+        let headers = match self.credentials.headers(http::Extensions::new()).await {
+            Ok(google_cloud_auth::credentials::CacheableResource::New { data, .. }) => data,
+            _ => {
+                return Err(SinkError::new(
+                    SinkErrorKind::InvalidCredentials,
+                    format!("listing {location}: no token from the service account key"),
+                ));
+            }
+        };
+        let url = format!("{}/storage/v1/b/{}/o", self.endpoint, self.bucket);
+        let mut query = vec![("prefix", prefix.to_string())];
+        if let Some(token) = page_token {
+            query.push(("pageToken", token.to_string()));
+        }
+        let response = self
+            .http
+            .get(url)
+            .headers(headers)
+            .query(&query)
+            .send()
+            .await
+            .map_err(|_| SinkError::transient(format!("listing {location}: GCS is unreachable")))?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            return Err(SinkError::new(
+                kind_of_status(status),
+                format!("listing {location}: GCS answered {status}"),
+            ));
+        }
+        response.json().await.map_err(|_| {
+            SinkError::transient(format!("listing {location}: unreadable GCS response"))
         })
     }
 
@@ -207,10 +282,71 @@ impl Sink for GcsSink {
         Ok(buffer.finish())
     }
 
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, SinkError> {
+        let mut objects = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self.list_page(prefix, token.as_deref()).await?;
+            for item in page.items {
+                objects.push(ObjectInfo {
+                    key: item.name,
+                    size_bytes: item.size.parse().unwrap_or(0),
+                });
+            }
+            match page.next_page_token {
+                Some(next) if !next.is_empty() => token = Some(next),
+                _ => return Ok(objects),
+            }
+        }
+    }
+
+    async fn read_stream(&self, key: &str) -> Result<Option<ChunkStream>, SinkError> {
+        use futures::StreamExt;
+        let response = self
+            .client
+            .read_object(self.bucket_path(), key)
+            .send()
+            .await;
+        let response = match response {
+            Ok(response) => response,
+            Err(error) if error.http_status_code() == Some(404) => return Ok(None),
+            Err(error) => return Err(self.error("reading", key, &error)),
+        };
+        let location = format!("gs://{}/{key}", self.bucket);
+        let chunks = futures::stream::unfold(response, move |mut response| {
+            let location = location.clone();
+            async move {
+                let chunk = response.next().await?;
+                let chunk = chunk.map_err(|_| {
+                    SinkError::transient(format!("reading {location}: the download broke off"))
+                });
+                Some((chunk, response))
+            }
+        });
+        Ok(Some(chunks.boxed()))
+    }
+
     /// GCS discards incomplete resumable uploads itself (after a week); nothing to abort.
     async fn abort_incomplete(&self, _prefix: &str) -> Result<usize, SinkError> {
         Ok(0)
     }
+}
+
+/// A page of `GET /storage/v1/b/BUCKET/o`.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ListPage {
+    #[serde(default)]
+    items: Vec<ListItem>,
+    next_page_token: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct ListItem {
+    name: String,
+    /// A decimal string in the JSON API.
+    #[serde(default)]
+    size: String,
 }
 
 /// The `token_uri` of the service account key, which the auth library may call.

@@ -35,6 +35,24 @@ pub const UPLOAD_CHUNK_BYTES: usize = 8 * 1024 * 1024;
 /// smaller; anything larger is not ours).
 pub const READ_LIMIT_BYTES: usize = 1024 * 1024;
 
+/// One object found by [`Sink::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size_bytes: u64,
+}
+
+/// The body of an object, chunk by chunk ([`Sink::read_stream`]): memory stays at one chunk.
+pub type ChunkStream = futures::stream::BoxStream<'static, Result<bytes::Bytes, SinkError>>;
+
+/// The error of a read operation a sink does not offer.
+fn unsupported(what: &str) -> SinkError {
+    SinkError::new(
+        SinkErrorKind::Rejected,
+        format!("this destination cannot {what}"),
+    )
+}
+
 /// What [`Sink::read_small`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SmallObject {
@@ -210,6 +228,16 @@ pub trait Sink: Send + Sync {
     /// streamed, never buffering more than the limit).
     async fn read_small(&self, key: &str) -> Result<SmallObject, SinkError>;
 
+    /// Every object whose key starts with `prefix`, across all pages (for `verify`).
+    async fn list(&self, _prefix: &str) -> Result<Vec<ObjectInfo>, SinkError> {
+        Err(unsupported("list objects"))
+    }
+
+    /// Streams the object at `key` (for `verify`); `None` when there is none.
+    async fn read_stream(&self, _key: &str) -> Result<Option<ChunkStream>, SinkError> {
+        Err(unsupported("read objects"))
+    }
+
     /// Removes incomplete uploads that earlier attempts of this sink's export left under
     /// `prefix` (S3 multipart uploads recorded in its journal, spooled files). Never touches
     /// another export's or another client's uploads. Returns how many were removed.
@@ -240,9 +268,9 @@ pub async fn open(
         (DestinationType::S3, DestinationCredentials::S3(credentials)) => {
             Arc::new(s3::S3Sink::new(&destination.bucket, &credentials, context))
         }
-        (DestinationType::Gcs, DestinationCredentials::Gcs(credentials)) => {
-            Arc::new(gcs::GcsSink::new(&destination.bucket, &credentials).await?)
-        }
+        (DestinationType::Gcs, DestinationCredentials::Gcs(credentials)) => Arc::new(
+            gcs::GcsSink::new(&destination.bucket, &credentials, &context.endpoints).await?,
+        ),
         (DestinationType::AzureBlob, DestinationCredentials::Azure(credentials)) => Arc::new(
             azure::AzureSink::new(&destination.bucket, &credentials, &context.endpoints)?,
         ),

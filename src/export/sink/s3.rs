@@ -20,8 +20,8 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 
 use super::endpoint::FilteringResolver;
 use super::{
-    CappedBuffer, Sink, SinkContext, SinkError, SinkErrorKind, SmallObject, UPLOAD_CHUNK_BYTES,
-    capped_range, journal, kind_of_status, read_chunk,
+    CappedBuffer, ChunkStream, ObjectInfo, Sink, SinkContext, SinkError, SinkErrorKind,
+    SmallObject, UPLOAD_CHUNK_BYTES, capped_range, journal, kind_of_status, read_chunk,
 };
 use crate::export::credentials::S3Credentials;
 
@@ -314,6 +314,59 @@ impl Sink for S3Sink {
             ))),
             Err(error) => Err(self.error("claiming", key, error)),
         }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, SinkError> {
+        let mut objects = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|error| self.error("listing", prefix, error))?;
+            for object in page.contents() {
+                if let Some(key) = object.key() {
+                    objects.push(ObjectInfo {
+                        key: key.to_string(),
+                        size_bytes: object.size().unwrap_or(0).max(0) as u64,
+                    });
+                }
+            }
+        }
+        Ok(objects)
+    }
+
+    async fn read_stream(&self, key: &str) -> Result<Option<ChunkStream>, SinkError> {
+        use futures::StreamExt;
+        let response = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await;
+        let body = match response {
+            Ok(response) => response.body,
+            Err(error) if error.code() == Some("NoSuchKey") || status_of(&error) == Some(404) => {
+                return Ok(None);
+            }
+            Err(error) => return Err(self.error("reading", key, error)),
+        };
+        let location = format!("s3://{}/{key}", self.bucket);
+        let chunks = futures::stream::unfold(body, move |mut body| {
+            let location = location.clone();
+            async move {
+                let chunk = body.next().await?;
+                let chunk = chunk.map_err(|_| {
+                    SinkError::transient(format!("reading {location}: the download broke off"))
+                });
+                Some((chunk, body))
+            }
+        });
+        Ok(Some(chunks.boxed()))
     }
 
     async fn exists(&self, key: &str) -> Result<bool, SinkError> {

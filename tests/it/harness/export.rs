@@ -120,6 +120,33 @@ pub fn expected_jsonl(logs: &[Value]) -> Vec<u8> {
     out
 }
 
+/// Exported JSONL without the chain members (`chain_seq`, `chain_hash`), which every record
+/// must carry: what [`expected_jsonl`] of the API's logs is compared with.
+pub fn without_chain(jsonl: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for line in jsonl
+        .split(|byte| *byte == b'\n')
+        .filter(|line| !line.is_empty())
+    {
+        let mut record: serde_json::Map<String, Value> =
+            serde_json::from_slice(line).expect("a JSON record");
+        let seq = record.remove("chain_seq");
+        let hash = record.remove("chain_hash");
+        assert!(
+            seq.as_ref().is_some_and(Value::is_u64)
+                && hash
+                    .as_ref()
+                    .and_then(Value::as_str)
+                    .is_some_and(|hash| hash.len() == 64),
+            "a record without its chain link: {}",
+            String::from_utf8_lossy(line)
+        );
+        out.extend_from_slice(serde_json::to_string(&record).expect("encode").as_bytes());
+        out.push(b'\n');
+    }
+    out
+}
+
 /// The logs of the API listing (newest first) in export order: oldest first.
 pub fn ascending(mut logs: Vec<Value>) -> Vec<Value> {
     logs.reverse();

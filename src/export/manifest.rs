@@ -1,0 +1,238 @@
+//! The signed export manifest (SPEC §3.5, docs/exports.md "Manifest") and the chain of
+//! manifests per destination family.
+//!
+//! A manifest describes every part file (key, size, SHA-256, record count, first and last
+//! record), the export's filters and time range, the tenant's chain position at the export's
+//! snapshot (`chain`), the signed checkpoint covering that position (`checkpoint`), the hash of
+//! the previous manifest written to the same destination family (`previous_manifest`), and an
+//! Ed25519 `signature` over the canonical JSON of everything else
+//! ([`crate::integrity::keys::Keyring::sign_object`]). The object is written as pretty JSON;
+//! the signature is over the canonical form of the parsed object, so whitespace is irrelevant.
+//!
+//! **Destination family**: the same destination type and bucket (container, directory), and
+//! the prefix without its last path segment ([`family_prefix`]): `audit/2026-01/` and
+//! `audit/2026-02/` are one family (`audit/`), so a tenant's monthly exports chain. The last
+//! manifest of each (tenant, family) is kept durably in the data directory
+//! (`integrity/manifest-links.json`, [`ManifestLinks`]), in standalone and operator mode alike,
+//! so deleting the newest manifest at the destination does not silently re-link the next one.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+
+use super::engine::ExportOutcome;
+use super::job::ExportSpec;
+use crate::integrity::chain::ChainLink;
+use crate::integrity::checkpoint::CheckpointLog;
+
+/// Version of the manifest layout (1: before signatures and chain members).
+pub const MANIFEST_VERSION: u64 = 2;
+
+/// File name of the manifest links inside the integrity directory.
+pub const LINKS_FILE: &str = "manifest-links.json";
+
+/// What signs manifests: the checkpoint log (which owns the key ring) and the last manifest
+/// of each destination family.
+pub struct ExportIntegrity {
+    pub checkpoints: Arc<CheckpointLog>,
+    pub links: ManifestLinks,
+}
+
+/// The previous manifest of a family: its key and the SHA-256 of its stored bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestLink {
+    pub key: String,
+    pub sha256: String,
+}
+
+/// Why the manifest links cannot be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum LinksError {
+    #[error("manifest links {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("manifest links {path}: not a JSON object of links ({message})")]
+    Corrupt { path: PathBuf, message: String },
+}
+
+/// The last manifest written per (tenant, destination family), in one small JSON file
+/// rewritten atomically. The lock is held from reading a family's link until the new manifest
+/// is recorded, so two exports of one family never link to the same predecessor.
+pub struct ManifestLinks {
+    path: PathBuf,
+    links: tokio::sync::Mutex<BTreeMap<String, ManifestLink>>,
+}
+
+impl ManifestLinks {
+    /// Opens (or starts) the links file in `dir`.
+    pub fn open(dir: &Path) -> Result<ManifestLinks, LinksError> {
+        let path = dir.join(LINKS_FILE);
+        let io = |source| LinksError::Io {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let links = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|error| LinksError::Corrupt {
+                path: path.clone(),
+                message: error.to_string(),
+            })?,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(error) => return Err(io(error)),
+        };
+        Ok(ManifestLinks {
+            path,
+            links: tokio::sync::Mutex::new(links),
+        })
+    }
+
+    /// Locks the links: read a family's link, write the manifest, then [`LinksGuard::record`].
+    pub async fn lock(&self) -> LinksGuard<'_> {
+        LinksGuard {
+            path: &self.path,
+            links: self.links.lock().await,
+        }
+    }
+}
+
+/// The locked links.
+pub struct LinksGuard<'a> {
+    path: &'a Path,
+    links: tokio::sync::MutexGuard<'a, BTreeMap<String, ManifestLink>>,
+}
+
+impl LinksGuard<'_> {
+    /// The last manifest of `spec`'s tenant and family.
+    pub fn previous(&self, spec: &ExportSpec) -> Option<ManifestLink> {
+        self.links.get(&family_key(spec)).cloned()
+    }
+
+    /// Records `link` as the last manifest of `spec`'s tenant and family (durably).
+    pub fn record(&mut self, spec: &ExportSpec, link: ManifestLink) -> Result<(), LinksError> {
+        self.links.insert(family_key(spec), link);
+        let body =
+            serde_json::to_vec_pretty(&*self.links).map_err(|error| LinksError::Corrupt {
+                path: self.path.to_path_buf(),
+                message: error.to_string(),
+            })?;
+        write_atomically(self.path, &body).map_err(|source| LinksError::Io {
+            path: self.path.to_path_buf(),
+            source,
+        })
+    }
+}
+
+/// The prefix of `prefix`'s destination family: without its last path segment (`audit/2026-01/`
+/// and `audit/2026-01` → `audit/`; `2026-01/` → ``).
+pub fn family_prefix(prefix: &str) -> &str {
+    let trimmed = prefix.trim_end_matches('/');
+    match trimmed.rfind('/') {
+        Some(index) => &prefix[..=index],
+        None => "",
+    }
+}
+
+/// The key of `spec`'s (tenant, family) in the links file.
+fn family_key(spec: &ExportSpec) -> String {
+    let destination = &spec.destination;
+    json!([
+        spec.tenant_id,
+        destination.kind.as_str(),
+        destination.bucket,
+        family_prefix(&destination.prefix)
+    ])
+    .to_string()
+}
+
+/// The tenant's chain position at the snapshot, as the manifest carries it.
+pub fn chain_json(head: &ChainLink) -> Value {
+    json!({"chain_seq": head.seq, "chain_hash": head.hash_hex()})
+}
+
+/// What goes into a manifest besides the spec and the outcome.
+pub struct ManifestParts {
+    pub head: ChainLink,
+    pub checkpoint: Option<Value>,
+    pub previous: Option<ManifestLink>,
+}
+
+/// The manifest object (unsigned).
+pub fn manifest_object(
+    export_id: &str,
+    spec: &ExportSpec,
+    outcome: &ExportOutcome,
+    parts: &ManifestParts,
+) -> Map<String, Value> {
+    let destination = &spec.destination;
+    let manifest = json!({
+        "manifest_version": MANIFEST_VERSION,
+        "export_id": export_id,
+        "status": "completed",
+        "tenant_id": spec.tenant_id,
+        "format": spec.format,
+        "compression": spec.compression,
+        "from": spec.from,
+        "to": spec.to,
+        "filters": spec.filters,
+        "max_records_per_file": spec.max_records_per_file,
+        "destination": {
+            "type": destination.kind,
+            "bucket": destination.bucket,
+            "prefix": destination.prefix,
+        },
+        "record_count": outcome.record_count,
+        "files": outcome.files,
+        "chain": chain_json(&parts.head),
+        "checkpoint": parts.checkpoint,
+        "previous_manifest": parts.previous,
+        "completed_at": outcome.completed_at,
+    });
+    match manifest {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}
+
+/// The SHA-256 (hex) of a manifest's stored bytes: what `previous_manifest` carries.
+pub fn manifest_sha256(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let temporary = path.with_extension("json.tmp");
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)?;
+    if let Some(parent) = path.parent() {
+        std::fs::File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_family_is_the_prefix_without_its_last_segment() {
+        for (prefix, family) in [
+            ("audit/2026-01/", "audit/"),
+            ("audit/2026-02/", "audit/"),
+            ("audit/2026-01", "audit/"),
+            ("a/b/c/", "a/b/"),
+            ("2026-01/", ""),
+            ("", ""),
+        ] {
+            assert_eq!(family_prefix(prefix), family, "{prefix}");
+        }
+    }
+}
