@@ -1,4 +1,4 @@
-//! `scaivault-audit verify LOCATION`: checks an export where it lies (docs/integrity-verify.md)
+//! `scaivault-audit verify LOCATION`: checks an export where it lies (docs/integrity.md)
 //! with [`scaivault_audit::integrity::verify`]; `verify --data-dir DIR` checks a data
 //! directory's chains ([`verify_data_dir`]).
 //!

@@ -1,5 +1,5 @@
 //! Verifying an export at its destination (`scaivault-audit verify LOCATION`,
-//! docs/integrity-verify.md), without trusting the service: only the public keys.
+//! docs/integrity.md), without trusting the service: only the public keys.
 //!
 //! Checks, each failure reported in plain words as a [`Problem`]:
 //! - the manifest's Ed25519 signature and key;

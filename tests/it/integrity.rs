@@ -23,7 +23,11 @@ const TEST_DEADLINE: Duration = Duration::from_secs(180);
 const CHECKPOINT_DEADLINE: Duration = Duration::from_secs(20);
 const CHECKPOINTS: &str = "/v1/audit/integrity/checkpoints";
 const KEYS: &str = "/v1/audit/integrity/keys";
+/// The audit of the audit is off in these tests: they compare each checkpoint with the chain
+/// of exactly the events they ingested, and reading checkpoints would add `audit_read` events.
 const EVERY_SECOND: &[&str] = &[
+    "--audit-of-audit-enabled",
+    "false",
     "--integrity-checkpoint-interval-seconds",
     "1",
     "--commit-interval-ms",
@@ -494,6 +498,8 @@ async fn checkpoints_survive_kill_9_and_the_chain_continues_after_the_replay() {
 
 /// Checkpoints every second, but no index commit (only the WAL replay at start commits).
 const NO_COMMITS_EVERY_SECOND: &[&str] = &[
+    "--audit-of-audit-enabled",
+    "false",
     "--integrity-checkpoint-interval-seconds",
     "1",
     "--commit-interval-ms",
@@ -511,6 +517,8 @@ async fn a_graceful_stop_writes_a_final_checkpoint() {
         // No round before the stop: an hour between checkpoints, and no commit either (the
         // final commit happens at the stop, the final checkpoint after it).
         let args = [
+            "--audit-of-audit-enabled",
+            "false",
             "--integrity-checkpoint-interval-seconds",
             "3600",
             "--commit-interval-ms",
