@@ -65,8 +65,18 @@ fn write_object(map: &Map<String, Value>, out: &mut Vec<u8>) {
 
 /// A JSON string, escaped as `serde_json` (and Python's `json.dumps(ensure_ascii=False)`) do.
 fn write_string(text: &str, out: &mut Vec<u8>) {
-    // Writing a string into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, text);
+    let plain = text
+        .bytes()
+        .all(|byte| byte >= 0x20 && byte != b'"' && byte != b'\\');
+    if plain {
+        // Nothing to escape (most identifiers, paths and timestamps): copy.
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+    } else {
+        // Writing a string into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, text);
+    }
 }
 
 fn write_number(number: &serde_json::Number, out: &mut Vec<u8>) {

@@ -60,7 +60,8 @@ pub fn parse_hash(text: &str) -> Option<[u8; HASH_BYTES]> {
 /// owns one; `verify --data-dir` another).
 #[derive(Debug, Clone, Default)]
 pub struct ChainHeads {
-    heads: HashMap<String, ChainLink>,
+    /// Each tenant's head, and whether it moved since [`ChainHeads::take_moved`].
+    heads: HashMap<String, (ChainLink, bool)>,
     scratch: Vec<u8>,
 }
 
@@ -68,7 +69,10 @@ impl ChainHeads {
     /// Heads recovered from storage.
     pub fn from_heads(heads: HashMap<String, ChainLink>) -> Self {
         ChainHeads {
-            heads,
+            heads: heads
+                .into_iter()
+                .map(|(tenant, link)| (tenant, (link, false)))
+                .collect(),
             scratch: Vec::new(),
         }
     }
@@ -78,12 +82,13 @@ impl ChainHeads {
         self.scratch.clear();
         canonical::write_event(event, &mut self.scratch);
         // Look up before inserting: no key allocation on the hot path.
-        if let Some(head) = self.heads.get_mut(&event.tenant_id) {
+        if let Some((head, moved)) = self.heads.get_mut(&event.tenant_id) {
             *head = head.next(&self.scratch);
+            *moved = true;
             return *head;
         }
         let head = ChainLink::GENESIS.next(&self.scratch);
-        self.heads.insert(event.tenant_id.clone(), head);
+        self.heads.insert(event.tenant_id.clone(), (head, true));
         head
     }
 
@@ -91,18 +96,30 @@ impl ChainHeads {
     pub fn head(&self, tenant: &str) -> ChainLink {
         self.heads
             .get(tenant)
-            .copied()
-            .unwrap_or(ChainLink::GENESIS)
+            .map_or(ChainLink::GENESIS, |(head, _)| *head)
     }
 
-    /// Every tenant's head.
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &ChainLink)> {
-        self.heads.iter()
+    /// The heads that moved since the last call; forgets that they did.
+    pub fn take_moved(&mut self) -> Vec<(String, ChainLink)> {
+        self.heads
+            .iter_mut()
+            .filter(|(_, (_, moved))| *moved)
+            .map(|(tenant, (head, moved))| {
+                *moved = false;
+                (tenant.clone(), *head)
+            })
+            .collect()
     }
 
-    /// Sets `tenant`'s head (rolling back to committed heads).
-    pub fn set(&mut self, tenant: &str, link: ChainLink) {
-        self.heads.insert(tenant.to_owned(), link);
+    /// Rolls every moved head back to its entry in `committed` (or to before the tenant's
+    /// first event).
+    pub fn roll_back_moved(&mut self, committed: &HashMap<String, ChainLink>) {
+        for (tenant, (head, moved)) in self.heads.iter_mut() {
+            if *moved {
+                *head = committed.get(tenant).copied().unwrap_or(ChainLink::GENESIS);
+                *moved = false;
+            }
+        }
     }
 }
 

@@ -266,15 +266,6 @@ impl Store {
         self.inner.shared.committed_heads.read().clone()
     }
 
-    /// A searcher and `tenant`'s chain head that belong to the same commit: the head is the
-    /// last event of `tenant` the searcher holds.
-    pub fn snapshot_with_head(&self, tenant: &str) -> (tantivy::Searcher, ChainLink) {
-        let heads = self.inner.shared.committed_heads.read();
-        let searcher = self.inner.reader.searcher();
-        let head = heads.get(tenant).copied().unwrap_or(ChainLink::GENESIS);
-        (searcher, head)
-    }
-
     /// The time bounds of the index's blocks, for searches.
     pub fn timelines(&self) -> &Timelines {
         &self.inner.timelines

@@ -12,7 +12,7 @@
 //! earlier groups: acknowledgements never wait for a commit. Group commit: the WAL stage takes
 //! every request already queued, writes them all, and pays one `fdatasync` for the lot.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
@@ -151,8 +151,6 @@ pub(super) struct IndexStage {
     pub next_seq: u64,
     /// Every tenant's chain head, including uncommitted events.
     heads: ChainHeads,
-    /// Tenants whose head moved since the last commit.
-    moved_heads: HashSet<String>,
     uncommitted: Vec<Sequenced>,
     uncommitted_bytes: usize,
     oldest_uncommitted: Option<Instant>,
@@ -172,7 +170,6 @@ impl IndexStage {
     ) -> Self {
         IndexStage {
             heads: ChainHeads::default(),
-            moved_heads: HashSet::new(),
             writer,
             query_reader,
             fields,
@@ -212,9 +209,6 @@ impl IndexStage {
 
     fn add_sequenced(&mut self, item: Sequenced) {
         let link = self.heads.append(&item.event);
-        if !self.moved_heads.contains(&item.event.tenant_id) {
-            self.moved_heads.insert(item.event.tenant_id.clone());
-        }
         let document = self
             .fields
             .document(&item.event, item.seq, &item.source, link);
@@ -238,10 +232,7 @@ impl IndexStage {
         let mut committed_heads = shared.committed_heads.write();
         match self.try_commit() {
             Ok(()) => {
-                for tenant in self.moved_heads.drain() {
-                    let head = self.heads.head(&tenant);
-                    committed_heads.insert(tenant, head);
-                }
+                committed_heads.extend(self.heads.take_moved());
                 drop(committed_heads);
                 self.metrics
                     .commits
@@ -267,11 +258,7 @@ impl IndexStage {
             }
             Err(error) => {
                 // The uncommitted events are chained again when they are re-added.
-                for tenant in self.moved_heads.drain() {
-                    let committed = committed_heads.get(&tenant).copied();
-                    self.heads
-                        .set(&tenant, committed.unwrap_or(ChainLink::GENESIS));
-                }
+                self.heads.roll_back_moved(&committed_heads);
                 drop(committed_heads);
                 self.metrics.commit_errors.inc();
                 self.shared.index_ok.store(false, Ordering::SeqCst);
