@@ -10,7 +10,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -93,32 +92,6 @@ async fn poll<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(POLL).await;
     }
-}
-
-/// Runs the binary with `args` (no inherited settings) and waits, bounded, for its exit.
-fn run_to_exit(args: &[&str]) -> std::process::Output {
-    let mut command = Command::new(BINARY);
-    command
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy().into_owned();
-        if name.starts_with("SCAIVAULT_") || name.starts_with("SCAIKEY_") {
-            command.env_remove(name);
-        }
-    }
-    let mut child = command.spawn().unwrap();
-    let deadline = Instant::now() + STARTUP_DEADLINE;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("{args:?} did not exit within {STARTUP_DEADLINE:?}");
-        }
-        std::thread::sleep(POLL);
-    }
-    child.wait_with_output().unwrap()
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -182,32 +182,6 @@ fn assert_checkpoints_prove(
     }
 }
 
-/// Runs the binary with `args` to its exit (bounded), without inherited settings.
-fn run_to_exit(args: &[&str]) -> std::process::Output {
-    let mut command = Command::new(BINARY);
-    command
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy().into_owned();
-        if name.starts_with("SCAIVAULT_") || name.starts_with("SCAIKEY_") {
-            command.env_remove(name);
-        }
-    }
-    let mut child = command.spawn().unwrap();
-    let deadline = Instant::now() + STARTUP_DEADLINE;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("{args:?} did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
-}
-
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }

@@ -558,3 +558,30 @@ pub fn append_bytes(path: &Path, garbage: &[u8]) {
     file.write_all(garbage).expect("append to WAL segment");
     file.sync_all().expect("sync WAL segment");
 }
+
+/// Runs the binary with `args` (no inherited `SCAIVAULT_*`/`SCAIKEY_*` settings) and waits,
+/// bounded by [`STARTUP_DEADLINE`], for its exit.
+pub fn run_to_exit(args: &[&str]) -> std::process::Output {
+    let mut command = std::process::Command::new(BINARY);
+    command
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy().into_owned();
+        if name.starts_with("SCAIVAULT_") || name.starts_with("SCAIKEY_") {
+            command.env_remove(name);
+        }
+    }
+    let mut child = command.spawn().unwrap();
+    let deadline = std::time::Instant::now() + STARTUP_DEADLINE;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{args:?} did not exit within {STARTUP_DEADLINE:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
