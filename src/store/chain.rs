@@ -82,7 +82,6 @@ fn newest_per_tenant(
     fields: &Fields,
     newest: &mut HashMap<String, (u64, usize, DocId)>,
 ) -> tantivy::Result<()> {
-    use tantivy::DocSet;
     let seqs = segment.fast_fields().u64(fast::SEQ)?;
     let inverted = segment.inverted_index(fields.tenant)?;
     let alive = segment.alive_bitset();
@@ -91,18 +90,7 @@ fn newest_per_tenant(
         let tenant = String::from_utf8_lossy(terms.key()).into_owned();
         let mut postings =
             inverted.read_postings_from_terminfo(terms.value(), IndexRecordOption::Basic)?;
-        let mut best: Option<(u64, DocId)> = None;
-        let mut doc = postings.doc();
-        while doc != tantivy::TERMINATED {
-            let live = alive.is_none_or(|bits| bits.is_alive(doc));
-            if let (true, Some(seq)) = (live, seqs.first(doc))
-                && best.is_none_or(|(top, _)| seq > top)
-            {
-                best = Some((seq, doc));
-            }
-            doc = postings.advance();
-        }
-        if let Some((seq, doc)) = best {
+        if let Some((seq, doc)) = newest_below(&mut postings, &seqs, alive, u64::MAX) {
             let entry = newest.entry(tenant).or_insert((seq, ordinal, doc));
             if seq >= entry.0 {
                 *entry = (seq, ordinal, doc);
@@ -121,7 +109,6 @@ pub fn head_before(
     tenant: &str,
     seq_bound: u64,
 ) -> tantivy::Result<ChainLink> {
-    use tantivy::DocSet;
     let term = tantivy::Term::from_field_text(fields.tenant, tenant);
     // (seq, segment ordinal, doc) of the newest document below the bound.
     let mut best: Option<(u64, usize, DocId)> = None;
@@ -132,16 +119,10 @@ pub fn head_before(
         let Some(mut postings) = inverted.read_postings(&term, IndexRecordOption::Basic)? else {
             continue;
         };
-        let mut doc = postings.doc();
-        while doc != tantivy::TERMINATED {
-            let live = alive.is_none_or(|bits| bits.is_alive(doc));
-            if let (true, Some(seq)) = (live, seqs.first(doc))
-                && seq < seq_bound
-                && best.is_none_or(|(top, _, _)| seq > top)
-            {
-                best = Some((seq, ordinal, doc));
-            }
-            doc = postings.advance();
+        if let Some((seq, doc)) = newest_below(&mut postings, &seqs, alive, seq_bound)
+            && best.is_none_or(|(top, _, _)| seq > top)
+        {
+            best = Some((seq, ordinal, doc));
         }
     }
     let Some((_, ordinal, doc)) = best else {
@@ -152,4 +133,27 @@ pub fn head_before(
         .get_store_reader(1)?;
     let document: TantivyDocument = store.get(doc)?;
     Ok(stored_link(fields, &document).unwrap_or(ChainLink::GENESIS))
+}
+
+/// The live document of `postings` with the highest sequence number below `bound`.
+fn newest_below(
+    postings: &mut tantivy::postings::SegmentPostings,
+    seqs: &tantivy::columnar::Column<u64>,
+    alive: Option<&tantivy::fastfield::AliveBitSet>,
+    bound: u64,
+) -> Option<(u64, DocId)> {
+    use tantivy::DocSet;
+    let mut best: Option<(u64, DocId)> = None;
+    let mut doc = postings.doc();
+    while doc != tantivy::TERMINATED {
+        let live = alive.is_none_or(|bits| bits.is_alive(doc));
+        if let (true, Some(seq)) = (live, seqs.first(doc))
+            && seq < bound
+            && best.is_none_or(|(top, _)| seq > top)
+        {
+            best = Some((seq, doc));
+        }
+        doc = postings.advance();
+    }
+    best
 }

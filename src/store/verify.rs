@@ -14,7 +14,7 @@
 //! Only committed events are checked: after a crash, the WAL's acknowledged tail is committed
 //! (and chained) at the next start.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use serde::Serialize;
@@ -103,14 +103,14 @@ pub fn verify_data_dir(data_dir: &Path, keys: &PublicKeys) -> Result<StoreReport
     Ok(report)
 }
 
-fn positions_named(checkpoints: &[Value]) -> HashMap<String, Vec<u64>> {
-    let mut wanted: HashMap<String, Vec<u64>> = HashMap::new();
+fn positions_named(checkpoints: &[Value]) -> HashMap<String, HashSet<u64>> {
+    let mut wanted: HashMap<String, HashSet<u64>> = HashMap::new();
     for checkpoint in checkpoints {
         if let (Some(tenant), Some(count)) = (
             checkpoint.get("tenant_id").and_then(Value::as_str),
             checkpoint.get("event_count").and_then(Value::as_u64),
         ) {
-            wanted.entry(tenant.to_owned()).or_default().push(count);
+            wanted.entry(tenant.to_owned()).or_default().insert(count);
         }
     }
     wanted
@@ -119,7 +119,7 @@ fn positions_named(checkpoints: &[Value]) -> HashMap<String, Vec<u64>> {
 fn walk_events(
     index: &Index,
     fields: &Fields,
-    wanted: &HashMap<String, Vec<u64>>,
+    wanted: &HashMap<String, HashSet<u64>>,
     walks: &mut HashMap<String, TenantWalk>,
     report: &mut StoreReport,
 ) -> Result<(), StoreError> {
