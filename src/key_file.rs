@@ -2,8 +2,6 @@
 //! when present, otherwise created once, random, mode 0600, and synced.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// Length of every key file.
@@ -25,13 +23,7 @@ pub fn load_or_create(path: &Path) -> std::io::Result<[u8; KEY_BYTES]> {
     }
     let mut key = [0u8; KEY_BYTES];
     getrandom::fill(&mut key).map_err(std::io::Error::other)?;
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(&key)?;
-    file.sync_all()?;
+    crate::durable_file::create_private(path, &key)?;
     Ok(key)
 }
 

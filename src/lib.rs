@@ -13,7 +13,7 @@
 //! checkpoints, verification),
 //! [`operator`] (the `AuditExport` resource, controller and leader election), [`config`]
 //! (settings), [`telemetry`] (logs and metrics), [`state`] (the handles every handler shares),
-//! [`key_file`] and [`token_bucket`] (small shared mechanisms).
+//! [`key_file`], [`durable_file`] and [`token_bucket`] (small shared mechanisms).
 //!
 //! The command line (`serve`, `check-config`, `token`, `crdgen`, and the offline `import`, `gen`
 //! and `bench`) is the binary's (`src/main.rs`, `src/cli/`), not the library's: the library has
@@ -23,6 +23,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod durable_file;
 pub mod event;
 pub mod export;
 pub mod integrity;

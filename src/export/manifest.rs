@@ -122,7 +122,7 @@ impl LinksGuard<'_> {
                 path: self.path.to_path_buf(),
                 message: error.to_string(),
             })?;
-        write_atomically(self.path, &body).map_err(|source| LinksError::Io {
+        crate::durable_file::replace(self.path, &body).map_err(|source| LinksError::Io {
             path: self.path.to_path_buf(),
             source,
         })
@@ -203,19 +203,6 @@ pub fn manifest_object(
 /// The SHA-256 (hex) of a manifest's stored bytes: what `previous_manifest` carries.
 pub fn manifest_sha256(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let temporary = path.with_extension("json.tmp");
-    let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path)?;
-    if let Some(parent) = path.parent() {
-        std::fs::File::open(parent)?.sync_all()?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -269,15 +269,8 @@ fn record_path(dir: &Path, export_id: &str) -> PathBuf {
 
 /// Writes the record durably: temporary file, fsync, rename, fsync of the directory.
 fn write_record(dir: &Path, record: &ExportRecord) -> std::io::Result<()> {
-    use std::io::Write;
-    let path = record_path(dir, &record.export_id);
-    let temporary = path.with_extension("json.tmp");
     let body = serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?;
-    let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(&body)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, &path)?;
-    std::fs::File::open(dir)?.sync_all()
+    crate::durable_file::replace(&record_path(dir, &record.export_id), &body)
 }
 
 /// `exp_*.json`: what [`write_record`] writes (temporary `.json.tmp` files are not jobs).

@@ -16,8 +16,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
@@ -29,7 +27,7 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use super::canonical;
-use crate::timestamp;
+use crate::{durable_file, timestamp};
 
 /// Name of the member that carries an object's signature.
 pub const SIGNATURE_MEMBER: &str = "signature";
@@ -122,7 +120,8 @@ impl Keyring {
             .to_pkcs8_pem(Default::default())
             .map_err(|error| invalid(dir, format!("cannot encode a key: {error}")))?;
         fs::create_dir_all(dir).map_err(io)?;
-        write_private(&dir.join(format!("{kid}.pem")), pem.as_bytes()).map_err(io)?;
+        durable_file::create_private(&dir.join(format!("{kid}.pem")), pem.as_bytes())
+            .map_err(io)?;
         keys.push(KeyEntry {
             kid: kid.clone(),
             x: URL_SAFE_NO_PAD.encode(signing.verifying_key().as_bytes()),
@@ -134,7 +133,7 @@ impl Keyring {
             keys: keys.clone(),
         };
         let body = serde_json::to_vec_pretty(&file).unwrap_or_default();
-        write_atomically(&dir.join(KEYRING_FILE), &body).map_err(io)?;
+        durable_file::replace(&dir.join(KEYRING_FILE), &body).map_err(io)?;
         Ok(Keyring { signing, kid, keys })
     }
 
@@ -359,28 +358,6 @@ fn invalid(dir: &Path, message: String) -> KeyError {
         dir: dir.to_owned(),
         message,
     }
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let temporary = path.with_extension("json.tmp");
-    let mut file = fs::File::create(&temporary)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    fs::rename(&temporary, path)?;
-    if let Some(parent) = path.parent() {
-        fs::File::open(parent)?.sync_all()?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
