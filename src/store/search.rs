@@ -214,13 +214,23 @@ pub fn load_source(
     fields: &Fields,
     address: DocAddress,
 ) -> Result<Vec<u8>, SearchError> {
+    Ok(load_document(searcher, fields, address)?.0)
+}
+
+/// The stored document at `address` and its restored storage JSON.
+fn load_document(
+    searcher: &Searcher,
+    fields: &Fields,
+    address: DocAddress,
+) -> Result<(Vec<u8>, TantivyDocument), SearchError> {
     let document: TantivyDocument = searcher.doc(address)?;
     let stored = document
         .get_first(fields.source)
         .and_then(|value| value.as_bytes())
         .unwrap_or_default();
     let columns = SourceColumns::of_segment(searcher.segment_reader(address.segment_ord))?;
-    Ok(columns.restore(address.doc_id, stored)?)
+    let source = columns.restore(address.doc_id, stored)?;
+    Ok((source, document))
 }
 
 /// The storage JSON of several documents, in the order given.
@@ -248,13 +258,7 @@ pub fn load_chained_sources(
     addresses
         .iter()
         .map(|address| {
-            let document: TantivyDocument = searcher.doc(*address)?;
-            let stored = document
-                .get_first(fields.source)
-                .and_then(|value| value.as_bytes())
-                .unwrap_or_default();
-            let columns = SourceColumns::of_segment(searcher.segment_reader(address.segment_ord))?;
-            let source = columns.restore(address.doc_id, stored)?;
+            let (source, document) = load_document(searcher, fields, *address)?;
             Ok((source, super::chain::stored_link(fields, &document)))
         })
         .collect()
