@@ -26,7 +26,7 @@ mod operator_crd;
 mod operator_e2e;
 mod operator_kmock;
 mod query_api;
-mod reloads;
 mod reference;
+mod reloads;
 mod store_hardening;
 mod tls;

@@ -920,8 +920,12 @@ async fn check_export_responses(
     unknown_key["colour"] = json!("blue");
     let mut missing = request.clone();
     missing.as_object_mut().unwrap().remove("from");
+    // JSON that is not an object is a malformed shape (SPEC: 400 `invalid_request`).
+    assert!(!doc.validator(request_schema).is_valid(&json!([])));
+    let reply = call(Method::POST, EXPORT.into(), json_bytes(&json!([]))).await;
+    assert_error(&reply, StatusCode::BAD_REQUEST, "invalid_request");
+    doc.check(EXPORT, "post", &reply);
     let bad_bodies: Vec<(Value, &str)> = vec![
-        (json!([]), "body"),
         (unknown_key, "colour"),
         (missing, "from"),
         (with("to", json!("yesterday")), "to"),

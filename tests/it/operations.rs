@@ -88,6 +88,7 @@ fn usage_errors_exit_2_and_runtime_failures_exit_1() {
         );
     }
     // Runtime: the port is taken; the data directory has no bootstrap token; nobody listens.
+    let empty = dir.path().join("never-served").display().to_string();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = taken.local_addr().unwrap().to_string();
     let closed = {
@@ -96,7 +97,7 @@ fn usage_errors_exit_2_and_runtime_failures_exit_1() {
     };
     for args in [
         vec!["serve", "--data-dir", data, "--listen", address.as_str()],
-        vec!["token", "bootstrap", "--data-dir", data],
+        vec!["token", "bootstrap", "--data-dir", empty.as_str()],
         vec!["healthcheck", "--listen", closed.as_str(), "--timeout", "2"],
     ] {
         let output = run_binary(&args, &[]);

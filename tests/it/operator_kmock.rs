@@ -1043,8 +1043,11 @@ async fn operator_mode_export_answers_match_the_openapi_document_in_every_phase(
     assert_eq!(body["status"], "completed", "{body}");
     assert!(body["started_at"].is_string(), "{body}");
 
-    // The destination directory does not exist: the job fails when it runs.
-    let failed = post(&export("no-such-bucket".into(), "f/")).await;
+    // No credentials backend is configured: the job fails when it runs.
+    let mut s3 = export(String::new(), "f/");
+    s3["destination"] =
+        json!({"type": "s3", "bucket": "acme-audit", "credentials_path": "infra/aws/writer"});
+    let failed = post(&s3).await;
     let body = finished(&failed).await;
     assert_eq!(body["status"], "failed", "{body}");
     assert!(body["completed_at"].is_string(), "{body}");

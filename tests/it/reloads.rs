@@ -167,7 +167,10 @@ async fn a_renewed_certificate_is_served_without_a_restart_and_open_connections_
 
     // A keep-alive connection opened before the renewal.
     let kept = tls_client(&ca.pem);
-    let first = eventually("the first HTTPS answer", async || presented(&kept, &base).await).await;
+    let first = eventually("the first HTTPS answer", async || {
+        presented(&kept, &base).await
+    })
+    .await;
     assert_eq!(first, der_1);
     // `healthcheck` pins the configured certificate.
     let listen = base.trim_start_matches("https://").to_owned();
@@ -221,7 +224,10 @@ async fn a_renewed_certificate_is_served_without_a_restart_and_open_connections_
         (log.matches("refused").count() >= 2).then_some(())
     })
     .await;
-    assert_eq!(presented(&tls_client(&ca.pem), &base).await, Some(der_2.clone()));
+    assert_eq!(
+        presented(&tls_client(&ca.pem), &base).await,
+        Some(der_2.clone())
+    );
     assert_eq!(presented(&kept, &base).await, Some(der_1));
     child.kill().unwrap();
     child.wait().unwrap();
@@ -251,7 +257,10 @@ async fn a_changed_tokens_file_is_used_without_a_restart_and_a_broken_one_is_ref
     let server = start_with_tokens(&dir, "tokens.toml", &[&old], None, AUDIT_OF_AUDIT_OFF).await;
     let tokens = dir.root().join("tokens.toml");
     let client = client();
-    assert_eq!(logs_status(&client, &server, &old.secret).await, StatusCode::OK);
+    assert_eq!(
+        logs_status(&client, &server, &old.secret).await,
+        StatusCode::OK
+    );
     assert_eq!(
         logs_status(&client, &server, &new.secret).await,
         StatusCode::UNAUTHORIZED
@@ -276,7 +285,10 @@ async fn a_changed_tokens_file_is_used_without_a_restart_and_a_broken_one_is_ref
     let line = wait_for_log(server.stderr_log(), &["refused", "tokens file"]).await;
     assert!(line.contains("ERROR"), "{line}");
     assert!(!line.contains(&new.secret), "{line}");
-    assert_eq!(logs_status(&client, &server, &new.secret).await, StatusCode::OK);
+    assert_eq!(
+        logs_status(&client, &server, &new.secret).await,
+        StatusCode::OK
+    );
     assert_eq!(
         logs_status(&client, &server, &old.secret).await,
         StatusCode::UNAUTHORIZED
