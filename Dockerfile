@@ -41,3 +41,8 @@ VOLUME ["/data"]
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/scaivault-audit"]
 CMD ["serve", "--data-dir", "/data", "--listen", "0.0.0.0:8080"]
+# No shell or curl in the image: the binary probes itself, over HTTPS when TLS_CERT_FILE /
+# TLS_KEY_FILE are set (the same environment as the server). Give it the --listen of CMD when
+# you change that.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
+    CMD ["/usr/local/bin/scaivault-audit", "healthcheck", "--listen", "0.0.0.0:8080"]

@@ -13,9 +13,10 @@
 //! checkpoints, verification),
 //! [`operator`] (the `AuditExport` resource, controller and leader election), [`config`]
 //! (settings), [`telemetry`] (logs and metrics), [`state`] (the handles every handler shares),
-//! [`key_file`], [`durable_file`] and [`token_bucket`] (small shared mechanisms).
+//! [`key_file`], [`durable_file`], [`token_bucket`] and [`reload`] (re-reading mounted files)
+//! (small shared mechanisms).
 //!
-//! The command line (`serve`, `check-config`, `token`, `crdgen`, and the offline `import`, `gen`
+//! The command line (`serve`, `check-config`, `healthcheck`, `token`, `crdgen`, and the offline `import`, `gen`
 //! and `bench`) is the binary's (`src/main.rs`, `src/cli/`), not the library's: the library has
 //! no `anyhow` and no subcommands. `docs/architecture.md` draws the modules, the two data flows and
 //! which module owns which state.
@@ -30,6 +31,7 @@ pub mod integrity;
 pub mod key_file;
 pub mod operator;
 pub mod query;
+pub mod reload;
 pub mod state;
 pub mod store;
 pub mod telemetry;

@@ -1,7 +1,9 @@
 //! RFC 3339 timestamps as integer microseconds since the Unix epoch (UTC).
 //!
-//! Parsing is strict RFC 3339 (a `T`, seconds, an offset); formatting is the ScaiVault output
-//! form `2026-04-23T18:00:00.123456Z`, written by hand because exports format millions of them.
+//! Event timestamps are strict RFC 3339 (a `T`, seconds, an offset); time *parameters* (`from`
+//! and `to` of queries, summaries, checkpoints and exports) also take the ISO 8601 forms
+//! ScaiVault's reference uses in practice ([`parse_time_param`]). Formatting is the ScaiVault
+//! output form `2026-04-23T18:00:00.123456Z`, written by hand because exports format millions.
 
 use std::str::FromStr;
 
@@ -12,6 +14,39 @@ pub fn parse_rfc3339_micros(text: &str) -> Result<i64, &'static str> {
     check_rfc3339_shape(text)?;
     let timestamp = jiff::Timestamp::from_str(text).map_err(|_| "not a valid date or time")?;
     Ok(timestamp.as_microsecond())
+}
+
+/// What a time parameter may be, for messages.
+pub const TIME_PARAM_FORMS: &str = "an RFC 3339 timestamp (2026-04-23T18:00:00Z, \
+     2026-04-23T20:00:00+02:00), a date (2026-04-23, midnight UTC) or a date and time without \
+     offset (2026-04-23T18:00:00, UTC)";
+
+/// Microseconds since the epoch of a time parameter (`from`, `to`): an RFC 3339 timestamp, a
+/// date alone (`2026-04-23`, midnight UTC) or a date and time without an offset (UTC).
+///
+/// Anything else is an error naming the accepted forms; an offset whose `+` arrived as a space
+/// (an unencoded `+` in a query string decodes to a space) gets a message saying to encode it.
+pub fn parse_time_param(text: &str) -> Result<i64, String> {
+    let strict = match parse_rfc3339_micros(text) {
+        Ok(micros) => return Ok(micros),
+        Err(reason) => reason,
+    };
+    let is_date = text.len() == 10 && !text.contains(['T', 't']);
+    if is_date && let Ok(micros) = parse_rfc3339_micros(&format!("{text}T00:00:00Z")) {
+        return Ok(micros);
+    }
+    // Appending `Z` yields RFC 3339 exactly when the text is a date and time without offset.
+    if let Ok(micros) = parse_rfc3339_micros(&format!("{text}Z")) {
+        return Ok(micros);
+    }
+    if text.matches(' ').count() == 1 && parse_rfc3339_micros(&text.replacen(' ', "+", 1)).is_ok() {
+        return Err(format!(
+            "the offset's '+' arrived as a space: a '+' in a query string means a space, so \
+             percent-encode it as %2B ({})",
+            text.replacen(' ', "%2B", 1)
+        ));
+    }
+    Err(format!("must be {TIME_PARAM_FORMS} ({strict})"))
 }
 
 /// Checks the RFC 3339 grammar that jiff's more lenient parser would also accept variants of.
@@ -157,6 +192,47 @@ mod tests {
         ] {
             assert!(parse_rfc3339_micros(text).is_err(), "{text}");
         }
+    }
+
+    #[test]
+    fn time_params_also_take_a_date_and_a_time_without_offset_as_utc() {
+        let midnight = parse_rfc3339_micros("2026-04-23T00:00:00Z").unwrap();
+        assert_eq!(parse_time_param("2026-04-23"), Ok(midnight));
+        assert_eq!(parse_time_param("2026-04-23T00:00:00"), Ok(midnight));
+        assert_eq!(
+            parse_time_param("2026-04-23T18:00:00.5"),
+            Ok(midnight + 18 * 3_600_000_000 + 500_000)
+        );
+        assert_eq!(parse_time_param("2026-04-23T02:00:00+02:00"), Ok(midnight));
+        assert_eq!(parse_time_param("2026-04-23T00:00:00Z"), Ok(midnight));
+    }
+
+    #[test]
+    fn time_params_refuse_everything_else_naming_the_forms() {
+        for text in [
+            "yesterday",
+            "",
+            "2026-04-23T18:00",
+            "2026-04-23 18:00:00",
+            "2026-13-01",
+            "2026-02-29",
+            "2026-04-23T18:00:00+0200",
+            "20260423",
+            "2026-04-23T18:00:00Z ",
+            "1776902400",
+        ] {
+            let message = parse_time_param(text).unwrap_err();
+            assert!(message.contains("a date (2026-04-23"), "{text}: {message}");
+        }
+    }
+
+    #[test]
+    fn an_offset_plus_decoded_to_a_space_is_told_to_be_encoded() {
+        let message = parse_time_param("2026-04-23T20:00:00 02:00").unwrap_err();
+        assert!(message.contains("%2B"), "{message}");
+        assert!(message.contains("2026-04-23T20:00:00%2B02:00"), "{message}");
+        // A minus offset needs no encoding and parses.
+        assert!(parse_time_param("2026-04-23T20:00:00-02:00").is_ok());
     }
 
     #[test]

@@ -34,6 +34,17 @@ pub struct Spent {
     pub tokens: f64,
 }
 
+/// A bucket's state as the `X-RateLimit-*` headers describe it ([`TokenBuckets::budget`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Capacity (per minute).
+    pub limit: u32,
+    /// Whole tokens left.
+    pub remaining: u32,
+    /// Seconds until the bucket is full again.
+    pub seconds_to_full: u64,
+}
+
 impl<K: Eq + Hash> TokenBuckets<K> {
     pub fn new(per_minute: u32) -> Self {
         TokenBuckets {
@@ -78,6 +89,20 @@ impl<K: Eq + Hash> TokenBuckets<K> {
     pub fn peek(&self, key: &K, now: Instant) -> Option<f64> {
         let buckets = self.buckets.lock();
         buckets.get(key).map(|bucket| self.refilled(bucket, now))
+    }
+
+    /// The state of `key`'s bucket at `now` without taking a token (`None` when disabled):
+    /// what the `X-RateLimit-*` headers of an answer that spends nothing describe.
+    pub fn budget(&self, key: &K, now: Instant) -> Option<Budget> {
+        if self.is_disabled() {
+            return None;
+        }
+        let tokens = self.peek(key, now).unwrap_or_else(|| self.capacity());
+        Some(Budget {
+            limit: self.per_minute,
+            remaining: tokens.floor() as u32,
+            seconds_to_full: self.seconds_until(tokens, self.capacity()).ceil() as u64,
+        })
     }
 
     /// Seconds until a bucket holding `tokens` holds `target`.

@@ -503,7 +503,7 @@ where
     let at_us = timestamp::now_micros();
     let principal = match super::authenticate(state, headers).await {
         Ok(principal) => principal,
-        Err(error) => return error.into_response(),
+        Err(error) => return super::unauthenticated(state, error),
     };
     if !state.audit_trail.is_enabled() {
         return super::authorized(state, principal, scope, category, handler).await;

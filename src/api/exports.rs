@@ -140,6 +140,12 @@ where
     .await?;
     let body: Value = serde_json::from_slice(&body)
         .map_err(|error| ApiError::invalid_request(format!("the body is not JSON: {error}")))?;
+    // SPEC §2: a malformed shape is 400 `invalid_request`; field problems are 422.
+    if !body.is_object() {
+        return Err(ApiError::invalid_request(
+            "the body must be a JSON object (an export request)",
+        ));
+    }
     let filters = body_filters(&body);
     audit_trail::note_filters(filters.clone());
     let spec = ExportRequest::from_body(&body, &tenant)

@@ -28,7 +28,8 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(warp::body::stream())
         .and(with_state(state))
         .then(|headers: HeaderMap, body, state: AppState| async move {
-            respond(ingest(state, headers, body).await)
+            let response = respond(ingest(state.clone(), headers, body).await);
+            super::with_failure_budget(&state, response)
         })
         .boxed()
 }

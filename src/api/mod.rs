@@ -186,14 +186,18 @@ pub fn raw_query() -> impl Filter<Extract = (String,), Error = Infallible> + Clo
 
 /// Authenticates the request's bearer token (failed attempts are limited per client
 /// address).
+/// The caller is noted for the request's access line and span ([`request_id::note_caller`]).
 pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
     let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok());
-    Ok(state
+    let principal = state
         .auth
         .authenticate_from(client::current(), authorization)
-        .await?)
+        .await?;
+    let tenant = principal.read_tenant(tenant_header(headers)).ok();
+    request_id::note_caller(&principal.identity_id, tenant.as_deref());
+    Ok(principal)
 }
 
 /// A rate-limited, audited `GET` query route: `path`, then bearer auth with `audit:read`, one
@@ -242,9 +246,26 @@ where
 {
     let principal = match authenticate(state, headers).await {
         Ok(principal) => principal,
-        Err(error) => return error.into_response(),
+        Err(error) => return unauthenticated(state, error),
     };
     authorized(state, principal, scope, category, handler).await
+}
+
+/// The answer to a request whose authentication failed. A 401 carries the `X-RateLimit-*`
+/// headers of the budget that applies before any identity is known: the client address's
+/// failed authentications (none when that limit is off).
+pub fn unauthenticated(state: &AppState, error: ApiError) -> Response {
+    with_failure_budget(state, error.into_response())
+}
+
+/// Adds the client address's failed-authentication budget to a 401 (see [`unauthenticated`]).
+pub fn with_failure_budget(state: &AppState, mut response: Response) -> Response {
+    if response.status() == warp::http::StatusCode::UNAUTHORIZED
+        && let Some(budget) = client::current().and_then(|ip| state.auth.failure_budget(ip))
+    {
+        rate_limit::Decision::unspent(budget).apply_headers(response.headers_mut());
+    }
+    response
 }
 
 /// The part of [`rate_limited`] after authentication: require `scope`, take a token of
@@ -261,7 +282,12 @@ where
     Fut: Future<Output = Result<Response, ApiError>>,
 {
     if let Err(error) = principal.require(scope) {
-        return ApiError::from(error).into_response();
+        // A 403 takes no token but shows the caller's bucket, like every other answer.
+        let mut response = ApiError::from(error).into_response();
+        if let Some(decision) = state.rate_limiter.peek(&principal.identity_id, category) {
+            decision.apply_headers(response.headers_mut());
+        }
+        return response;
     }
     let decision = state.rate_limiter.acquire(&principal.identity_id, category);
     let mut response = if decision.allowed {

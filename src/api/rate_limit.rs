@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use warp::http::{HeaderMap, HeaderValue};
 
 pub use crate::config::RateLimits;
-use crate::token_bucket::TokenBuckets;
+use crate::token_bucket::{Budget, TokenBuckets};
 
 /// What a request is counted against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -48,6 +48,19 @@ impl Decision {
     }
 }
 
+impl Decision {
+    /// The headers of an answer that took no token (401, 403): the bucket as it stands.
+    pub fn unspent(budget: Budget) -> Self {
+        Decision {
+            allowed: true,
+            limit: budget.limit,
+            remaining: budget.remaining,
+            reset_unix: unix_now() + budget.seconds_to_full,
+            retry_after_secs: 0,
+        }
+    }
+}
+
 /// Token buckets keyed by identity, one set per category.
 #[derive(Debug)]
 pub struct RateLimiter {
@@ -72,6 +85,17 @@ impl RateLimiter {
     /// Takes one token from `identity`'s bucket for `category`.
     pub fn acquire(&self, identity: &str, category: Category) -> Decision {
         self.acquire_at(identity, category, Instant::now())
+    }
+
+    /// `identity`'s bucket for `category` without taking a token (`None` when unlimited).
+    pub fn peek(&self, identity: &str, category: Category) -> Option<Decision> {
+        let buckets = match category {
+            Category::Queries => &self.queries,
+            Category::Exports => &self.exports,
+        };
+        buckets
+            .budget(&identity.to_string(), Instant::now())
+            .map(Decision::unspent)
     }
 
     fn acquire_at(&self, identity: &str, category: Category, now: Instant) -> Decision {
@@ -159,6 +183,23 @@ mod tests {
         let mut headers = HeaderMap::new();
         decision.apply_headers(&mut headers);
         assert!(headers.is_empty());
+    }
+
+    #[test]
+    fn peeking_takes_no_token() {
+        let limiter = RateLimiter::new(RateLimits {
+            queries_per_minute: 2,
+            exports_per_minute: 0,
+        });
+        let fresh = limiter.peek("sa:a", Category::Queries).unwrap();
+        assert_eq!((fresh.limit, fresh.remaining), (2, 2));
+        limiter.acquire("sa:a", Category::Queries);
+        for _ in 0..3 {
+            let seen = limiter.peek("sa:a", Category::Queries).unwrap();
+            assert_eq!((seen.limit, seen.remaining), (2, 1));
+            assert!(seen.reset_unix >= unix_now());
+        }
+        assert_eq!(limiter.peek("sa:a", Category::Exports), None);
     }
 
     #[test]

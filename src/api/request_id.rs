@@ -10,26 +10,69 @@
 //! task-local, because errors are rendered far from the request (`ApiError::into_response`
 //! has no request at hand), so a third layer would copy the extension into the task-local; and
 //! `PropagateRequestId` would replace the two lines that set the response header. Three layers
-//! around the same logic as [`handle`]'s dozen lines is not a win. There is no access log
-//! to replace either: the service logs events (errors, shutdown, exports), not requests, and
-//! a `TraceLayer` would add a log line per request, which is new behaviour.
+//! around the same logic as [`handle`]'s dozen lines is not a win.
+//!
+//! The access log lives here too (issue 15): every request runs inside a `request` span
+//! carrying its id (and, once authenticated, the identity and tenant), so every log line of a
+//! request can be found by its id, and ends with one `access` line: method, route *template*
+//! (`/v1/audit/secrets/{path}`, never the raw path, which names secrets), status, duration,
+//! request id, identity and tenant. A `TraceLayer` would need the same route and caller
+//! plumbing; it would not save any of it.
 
 use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
 
+use parking_lot::Mutex;
 use tower::Service;
+use tracing::Instrument;
 use warp::http::HeaderValue;
 use warp::reply::Response;
 
 tokio::task_local! {
-    static REQUEST_ID: String;
+    static REQUEST: Arc<RequestScope>;
+}
+
+/// What is known about the request being served.
+#[derive(Debug, Default)]
+struct RequestScope {
+    id: String,
+    caller: Mutex<Caller>,
+}
+
+/// The authenticated caller of a request (empty until authentication succeeds).
+#[derive(Debug, Default, Clone)]
+struct Caller {
+    identity: Option<String>,
+    tenant: Option<String>,
 }
 
 const HEADER: &str = "x-request-id";
 const MAX_CLIENT_ID_LEN: usize = 128;
+/// The `target` of access log lines (filter them with `LOG_LEVEL=info,access=off`).
+pub const ACCESS_TARGET: &str = "access";
 
 /// The current request's id (empty outside a request).
 pub fn current() -> String {
-    REQUEST_ID.try_with(Clone::clone).unwrap_or_default()
+    REQUEST
+        .try_with(|scope| scope.id.clone())
+        .unwrap_or_default()
+}
+
+/// Records who made the current request (for its access line and its span); `tenant` is the
+/// tenant it acts on when known.
+pub fn note_caller(identity: &str, tenant: Option<&str>) {
+    let span = tracing::Span::current();
+    span.record("identity", identity);
+    if let Some(tenant) = tenant {
+        span.record("tenant", tenant);
+    }
+    let _ = REQUEST.try_with(|scope| {
+        *scope.caller.lock() = Caller {
+            identity: Some(identity.to_string()),
+            tenant: tenant.map(str::to_string),
+        };
+    });
 }
 
 /// The id for a request: the client's if it is printable ASCII of sane length, else a new one.
@@ -43,7 +86,42 @@ pub fn choose(client_id: Option<&HeaderValue>) -> String {
     }
 }
 
-/// Runs one request through the routes with its id in scope and on the response.
+/// The route template of a request path: what the access log and metrics name instead of
+/// the raw path (secret paths and identities stay out of the logs).
+pub fn route_template(path: &str) -> &'static str {
+    const EXACT: &[&str] = &[
+        "/v1/audit/events",
+        "/v1/audit/logs",
+        "/v1/audit/summary",
+        "/v1/audit/export",
+        "/v1/audit/exports",
+        "/v1/audit/integrity/checkpoints",
+        "/v1/audit/integrity/keys",
+        "/v1/audit/openapi.json",
+        "/v1/health",
+        "/v1/health/ready",
+        "/metrics",
+    ];
+    if let Some(route) = EXACT.iter().find(|route| **route == path) {
+        return route;
+    }
+    let under = |prefix: &str| {
+        path.strip_prefix(prefix)
+            .is_some_and(|rest| !rest.is_empty())
+    };
+    if under("/v1/audit/secrets/") {
+        "/v1/audit/secrets/{path}"
+    } else if under("/v1/audit/identities/") {
+        "/v1/audit/identities/{identity_id}"
+    } else if under("/v1/audit/exports/") {
+        "/v1/audit/exports/{export_id}"
+    } else {
+        "unmatched"
+    }
+}
+
+/// Runs one request through the routes with its id in scope and on the response, inside a
+/// `request` span, and writes its access line.
 pub async fn handle<S>(
     mut service: S,
     request: hyper::Request<hyper::body::Incoming>,
@@ -51,13 +129,43 @@ pub async fn handle<S>(
 where
     S: Service<hyper::Request<hyper::body::Incoming>, Response = Response, Error = Infallible>,
 {
+    let started = Instant::now();
     let request_id = choose(request.headers().get(HEADER));
-    let mut response = REQUEST_ID
-        .scope(request_id.clone(), service.call(request))
+    let method = request.method().clone();
+    let route = route_template(request.uri().path());
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        identity = tracing::field::Empty,
+        tenant = tracing::field::Empty,
+    );
+    let scope = Arc::new(RequestScope {
+        id: request_id.clone(),
+        caller: Mutex::default(),
+    });
+    let mut response = REQUEST
+        .scope(
+            scope.clone(),
+            service.call(request).instrument(span.clone()),
+        )
         .await?;
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(HEADER, value);
     }
+    let caller = scope.caller.lock().clone();
+    span.in_scope(|| {
+        tracing::info!(
+            target: ACCESS_TARGET,
+            method = %method,
+            route,
+            status = response.status().as_u16(),
+            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+            request_id = %request_id,
+            identity = caller.identity.as_deref().unwrap_or("-"),
+            tenant = caller.tenant.as_deref().unwrap_or("-"),
+            "request"
+        );
+    });
     Ok(response)
 }
 
@@ -75,5 +183,25 @@ mod tests {
         assert!(choose(Some(&HeaderValue::from_static("has space"))).starts_with("req_"));
         let long = HeaderValue::from_str(&"x".repeat(200)).unwrap();
         assert!(choose(Some(&long)).starts_with("req_"));
+    }
+
+    #[test]
+    fn routes_are_templates_never_raw_paths() {
+        assert_eq!(route_template("/v1/audit/logs"), "/v1/audit/logs");
+        assert_eq!(
+            route_template("/v1/audit/secrets/environments/prod/db"),
+            "/v1/audit/secrets/{path}"
+        );
+        assert_eq!(
+            route_template("/v1/audit/identities/user:alice@acme.example"),
+            "/v1/audit/identities/{identity_id}"
+        );
+        assert_eq!(
+            route_template("/v1/audit/exports/exp_01jz0000000000000000000000"),
+            "/v1/audit/exports/{export_id}"
+        );
+        assert_eq!(route_template("/v1/audit/secrets/"), "unmatched");
+        assert_eq!(route_template("/v1/audit/secretsx"), "unmatched");
+        assert_eq!(route_template("/admin/environments/prod/db"), "unmatched");
     }
 }

@@ -50,6 +50,12 @@ impl FailedAuthLimiter {
         self.record_at(client, Instant::now());
     }
 
+    /// `client`'s remaining budget of failed authentications (`None` when the limiter is off):
+    /// the `X-RateLimit-*` headers of a 401.
+    pub fn budget(&self, client: IpAddr) -> Option<crate::token_bucket::Budget> {
+        self.buckets.budget(&key(client), Instant::now())
+    }
+
     fn check_at(&self, client: IpAddr, now: Instant) -> Result<(), Refusal> {
         if self.buckets.is_disabled() {
             return Ok(());

@@ -213,6 +213,18 @@ impl JwtVerifier {
         keys
     }
 
+    /// Installs the key set of a JWKS document read elsewhere (the watched JWKS file,
+    /// [`crate::reload`]); a document that does not parse is refused and the previous keys
+    /// stay.
+    pub fn replace_from_document(&self, bytes: &[u8]) -> Result<(), JwksError> {
+        let origin = self.loader.origin.describe();
+        if bytes.len() > MAX_JWKS_BYTES {
+            return Err(JwksError::TooLarge { origin });
+        }
+        self.install(parse_jwks(bytes, &origin)?);
+        Ok(())
+    }
+
     /// Re-loads the key set now; true if it loaded. A failure keeps the previous keys.
     async fn reload(&self) -> bool {
         let mut last_refresh = self.refresh_gate.lock().await;

@@ -12,6 +12,7 @@ pub mod jwt;
 pub mod static_tokens;
 pub mod token_review;
 
+use parking_lot::RwLock;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -137,7 +138,8 @@ impl Principal {
 /// Resolves bearer tokens to principals.
 #[derive(Debug, Default)]
 pub struct Authenticator {
-    static_tokens: StaticTokens,
+    /// Replaceable: the tokens file is re-read when it changes ([`crate::reload`]).
+    static_tokens: Arc<RwLock<StaticTokens>>,
     jwt: Option<Arc<jwt::JwtVerifier>>,
     token_review: Option<token_review::TokenReviewer>,
     failures: failures::FailedAuthLimiter,
@@ -146,7 +148,7 @@ pub struct Authenticator {
 impl Authenticator {
     pub fn new(static_tokens: StaticTokens, jwt: Option<Arc<jwt::JwtVerifier>>) -> Self {
         Authenticator {
-            static_tokens,
+            static_tokens: Arc::new(RwLock::new(static_tokens)),
             jwt,
             token_review: None,
             failures: failures::FailedAuthLimiter::default(),
@@ -164,6 +166,23 @@ impl Authenticator {
     pub fn with_failed_auth_limit(mut self, per_minute: u32) -> Self {
         self.failures = failures::FailedAuthLimiter::new(per_minute);
         self
+    }
+
+    /// The failed-authentication budget left to `client` (`None`: unlimited), for the
+    /// `X-RateLimit-*` headers of a 401.
+    pub fn failure_budget(&self, client: IpAddr) -> Option<crate::token_bucket::Budget> {
+        self.failures.budget(client)
+    }
+
+    /// The JWT verifier, if JWTs are accepted (its JWKS file is re-read when it changes).
+    pub fn jwt(&self) -> Option<Arc<jwt::JwtVerifier>> {
+        self.jwt.clone()
+    }
+
+    /// The static tokens, to replace them when the tokens file changes: requests already
+    /// authenticated keep their principal, the next ones see the new file.
+    pub fn static_tokens(&self) -> Arc<RwLock<StaticTokens>> {
+        Arc::clone(&self.static_tokens)
     }
 
     /// Why authentication cannot work yet (the JWKS never loaded), if so.
@@ -221,6 +240,7 @@ impl Authenticator {
             }
         }
         self.static_tokens
+            .read()
             .lookup(token)
             .cloned()
             .ok_or(AuthError::Invalid)

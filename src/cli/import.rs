@@ -88,7 +88,7 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?;
     if let Some(tenant) = &args.tenant_id {
         event::check_tenant_id(tenant)
-            .map_err(|message| anyhow::anyhow!("--tenant-id {message}"))?;
+            .map_err(|message| super::UsageError(format!("--tenant-id {message}")))?;
     }
     let reader: Box<dyn BufRead + Send> = if args.input == "-" {
         Box::new(std::io::BufReader::with_capacity(1 << 20, std::io::stdin()))

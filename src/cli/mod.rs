@@ -1,11 +1,12 @@
 //! The subcommands of the `scaivault-audit` binary: `serve` ([`serve`]), `check-config`,
-//! `token` ([`token`]), `integrity` ([`integrity`], the signing key ring), `crdgen`, `verify`
+//! `healthcheck` ([`healthcheck`]), `token` ([`token`]), `integrity` ([`integrity`], the signing key ring), `crdgen`, `verify`
 //! ([`verify`], an export or a data directory), and the offline commands `import` ([`import`],
 //! bulk load), `gen` ([`workload`], the reference workload) and `bench` ([`bench`]). They use the
 //! library like any other client and report errors with `anyhow`, which the library itself does
 //! not use.
 
 pub mod bench;
+pub mod healthcheck;
 pub mod import;
 pub mod integrity;
 pub mod serve;
@@ -16,7 +17,7 @@ pub mod workload;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use scaivault_audit::api;
-use scaivault_audit::config::{Settings, SettingsArgs};
+use scaivault_audit::config::{ConfigError, Settings, SettingsArgs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -35,6 +36,9 @@ enum Command {
     Serve(SettingsArgs),
     /// Validate the configuration and print the effective settings as TOML.
     CheckConfig(SettingsArgs),
+    /// Ask the local server whether it is alive (or, with --ready, ready) over HTTP or HTTPS
+    /// as configured; exit status 0 when it answers 200, 1 otherwise (for HEALTHCHECK).
+    Healthcheck(healthcheck::HealthcheckArgs),
     /// Bulk-load NDJSON events into a data directory (offline: the server must not run on it).
     Import(import::ImportArgs),
     /// Write the reference workload (docs/workload.md) as NDJSON.
@@ -59,7 +63,24 @@ enum Command {
     },
 }
 
-/// Parses the command line, runs the subcommand, and maps an error to exit code 2.
+/// A command used wrongly (arguments that parse but do not go together, an invalid value):
+/// exit status 2, like clap's own usage errors, where failures at run time exit 1.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Exit status of a failed command: 2 for a usage error (clap's, a [`UsageError`], or an
+/// invalid configuration: a flag, variable or config file the command cannot run with), 1 for
+/// a failure at run time (I/O, a refused operation, a server that cannot start).
+fn failure_status(error: &anyhow::Error) -> u8 {
+    let usage = error
+        .chain()
+        .any(|cause| cause.is::<UsageError>() || cause.is::<ConfigError>());
+    if usage { 2 } else { 1 }
+}
+
+/// Parses the command line, runs the subcommand, and maps an error to its exit status
+/// ([`failure_status`]; `verify` keeps its own 0/1/2).
 pub fn run() -> std::process::ExitCode {
     let cli = Cli::parse();
     if let Command::Verify(args) = cli.command {
@@ -75,6 +96,7 @@ pub fn run() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve(args) => run_async(serve::serve(args)),
         Command::CheckConfig(args) => check_config(&args),
+        Command::Healthcheck(args) => run_async(healthcheck::run(args)),
         Command::Import(args) => run_async(import::run(args)),
         Command::Gen(args) => workload::run_gen(&args).context("gen failed"),
         Command::Bench(command) => run_async(bench::run(command)),
@@ -86,8 +108,11 @@ pub fn run() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
-            std::process::ExitCode::from(2)
+            let message = format!("error: {error:#}");
+            let line =
+                scaivault_audit::telemetry::output_line("ERROR", "scaivault_audit", &message, &[]);
+            eprintln!("{line}");
+            std::process::ExitCode::from(failure_status(&error))
         }
     }
 }
@@ -137,4 +162,23 @@ fn crdgen(output: &std::path::Path) -> anyhow::Result<()> {
         .with_context(|| format!("failed to write {}", output.display()))?;
     eprintln!("wrote {}", output.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_errors_exit_2_and_runtime_failures_exit_1() {
+        let invalid = ConfigError::Invalid {
+            key: "listen",
+            message: "not an address".into(),
+        };
+        assert_eq!(failure_status(&anyhow::Error::new(invalid)), 2);
+        let usage = anyhow::Error::new(UsageError("give --tenant-id".into()));
+        assert_eq!(failure_status(&usage.context("token new failed")), 2);
+        let io = std::io::Error::new(std::io::ErrorKind::AddrInUse, "in use");
+        assert_eq!(failure_status(&anyhow::Error::new(io)), 1);
+        assert_eq!(failure_status(&anyhow::anyhow!("no key ring")), 1);
+    }
 }

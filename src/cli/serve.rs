@@ -4,9 +4,11 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use scaivault_audit::api::tls::ReloadableCert;
 use scaivault_audit::auth::jwt::JwtVerifier;
 use scaivault_audit::auth::token_review::TokenReviewer;
 use scaivault_audit::auth::{Authenticator, BootstrapToken, StaticTokens};
+use scaivault_audit::config::auth::JwksSource;
 use scaivault_audit::config::{Settings, SettingsArgs};
 use scaivault_audit::export::credentials::{CredentialSource, ScaiVaultClient};
 use scaivault_audit::export::engine::{EngineConfig, ExportEngine, RetryPolicy};
@@ -18,7 +20,8 @@ use scaivault_audit::integrity::checkpointer::{self, CheckpointMetrics, Checkpoi
 use scaivault_audit::query::cursor::CursorCodec;
 use scaivault_audit::state::{AppState, ExportHandles};
 use scaivault_audit::store::{Store, StoreMetrics};
-use scaivault_audit::{api, operator, telemetry};
+use scaivault_audit::{api, operator, reload, telemetry};
+use tokio_util::sync::CancellationToken;
 
 /// Runs the service until SIGTERM or SIGINT.
 pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
@@ -83,10 +86,20 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("failed to listen on {}", settings.listen))?;
-    let tls = match &settings.tls {
-        Some((cert, key)) => Some(api::tls::acceptor(cert, key)?),
-        None => None,
+    let (tls, certificate) = match &settings.tls {
+        Some((cert, key)) => {
+            let (acceptor, certificate) = api::tls::reloadable_acceptor(cert, key)?;
+            (Some(acceptor), Some(certificate))
+        }
+        None => (None, None),
     };
+    let reload_shutdown = tokio_util::sync::CancellationToken::new();
+    let reloaders = watch_files(
+        &settings,
+        &state.auth,
+        certificate.as_ref(),
+        &reload_shutdown,
+    );
     announce(
         &listener,
         tls.is_some(),
@@ -116,6 +129,10 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
         }
     };
     api::serve(listener, api::routes(state), tls, shutdown_signal()).await;
+    reload_shutdown.cancel();
+    for reloader in reloaders {
+        let _ = reloader.await;
+    }
     // No request is in flight any more: store the recorded reads before the store stops.
     audit_writer.shutdown().await;
     tracing::info!("shutting down: stopping exports, final commit");
@@ -135,6 +152,64 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
     let written = checkpoints.checkpoint_now().await;
     tracing::info!(written, "final checkpoints written");
     Ok(())
+}
+
+/// Watches the TLS certificate and key, the tokens file and a JWKS file, and swaps a changed
+/// version in without a restart ([`reload`]); a broken one keeps the previous in force.
+fn watch_files(
+    settings: &Settings,
+    auth: &Authenticator,
+    certificate: Option<&Arc<ReloadableCert>>,
+    shutdown: &CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    if let Some(certificate) = certificate {
+        let paths = certificate
+            .files()
+            .map(std::path::Path::to_path_buf)
+            .to_vec();
+        let certificate = Arc::clone(certificate);
+        tasks.push(watch("TLS certificate and key", paths).spawn(
+            shutdown.clone(),
+            move |contents| {
+                certificate
+                    .replace(&contents[0], &contents[1])
+                    .map_err(|error| error.to_string())
+            },
+        ));
+    }
+    if let Some(path) = &settings.tokens_file {
+        let tokens = auth.static_tokens();
+        tasks.push(watch("tokens file", vec![path.clone()]).spawn(
+            shutdown.clone(),
+            move |contents| {
+                let text = std::str::from_utf8(&contents[0]).map_err(|error| error.to_string())?;
+                *tokens.write() = StaticTokens::parse(text)?;
+                Ok(())
+            },
+        ));
+    }
+    if let (Some(JwksSource::File(path)), Some(verifier)) = (&settings.jwks, auth.jwt()) {
+        tasks.push(watch("JWKS file", vec![path.clone()]).spawn(
+            shutdown.clone(),
+            move |contents| {
+                verifier
+                    .replace_from_document(&contents[0])
+                    .map_err(|error| error.to_string())
+            },
+        ));
+    }
+    tasks
+}
+
+/// A watch of `paths` starting from their current contents (what was just loaded).
+fn watch(what: &'static str, paths: Vec<std::path::PathBuf>) -> reload::Watch {
+    let current: Result<Vec<Vec<u8>>, _> = paths.iter().map(std::fs::read).collect();
+    let watch = reload::Watch::new(what, paths);
+    match current {
+        Ok(contents) => watch.with_applied(&contents),
+        Err(_) => watch,
+    }
 }
 
 /// The in-process export runner over the data directory's job files.
@@ -272,8 +347,9 @@ async fn authenticator(
     Ok((Authenticator::new(tokens, None), Some(bootstrap)))
 }
 
-/// Prints where the service listens and where the bootstrap token is (stdout). The token
-/// itself is never printed: logs are collected and kept where tokens must not be.
+/// Prints where the service listens and where the bootstrap token is (stdout; JSON lines with
+/// `LOG_FORMAT=json`). The token itself is never printed: logs are collected and kept where
+/// tokens must not be.
 fn announce(
     listener: &tokio::net::TcpListener,
     tls: bool,
@@ -281,16 +357,28 @@ fn announce(
     data_dir: &std::path::Path,
 ) -> anyhow::Result<()> {
     use std::io::Write;
+    const TARGET: &str = "scaivault_audit::serve";
     let mut out = std::io::stdout().lock();
     let scheme = if tls { "https" } else { "http" };
-    writeln!(out, "listening on {scheme}://{}", listener.local_addr()?)?;
+    let address = listener.local_addr()?.to_string();
+    let message = format!("listening on {scheme}://{address}");
+    let fields = [("address", address.as_str()), ("scheme", scheme)];
+    writeln!(
+        out,
+        "{}",
+        telemetry::output_line("INFO", TARGET, &message, &fields)
+    )?;
     if let Some(token) = bootstrap {
         let state = if token.created { "generated" } else { "kept" };
-        writeln!(
-            out,
+        let message = format!(
             "bootstrap token {state} in {}; print it with: scaivault-audit token bootstrap --data-dir {}",
             token.path.display(),
             data_dir.display()
+        );
+        writeln!(
+            out,
+            "{}",
+            telemetry::output_line("INFO", TARGET, &message, &[])
         )?;
     }
     out.flush()?;

@@ -59,7 +59,9 @@ pub fn run(command: TokenCommand) -> anyhow::Result<()> {
     let tenant_line = match tenant_id {
         Some(tenant) => format!("tenant_id = {tenant:?}"),
         None if all_tenants => "all_tenants = true".to_string(),
-        None => anyhow::bail!("give --tenant-id or --all-tenants"),
+        None => {
+            return Err(super::UsageError("give --tenant-id or --all-tenants".into()).into());
+        }
     };
     let entry = format!(
         "[[tokens]]\nname = {name:?}\nsha256 = \"{}\"\nidentity_id = {identity_id:?}\nscopes = [{}]\n{tenant_line}\n",

@@ -209,7 +209,7 @@ fn required_time(text: Option<&str>, field: &str, errors: &mut FieldErrors) -> O
         errors.add(field, "is required (RFC 3339 timestamp)");
         return None;
     };
-    match timestamp::parse_rfc3339_micros(text) {
+    match timestamp::parse_time_param(text) {
         Ok(micros) => Some(micros),
         Err(problem) => {
             errors.add(field, problem);

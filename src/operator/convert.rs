@@ -192,6 +192,14 @@ pub fn record_checkpoint(status: &mut AuditExportStatus, checkpoint: &Checkpoint
     status.record_count = Some(checkpoint.records());
 }
 
+/// A status time in the service's one output form (resources written by older versions carry
+/// second precision); `None` for text that is no RFC 3339 time at all.
+fn one_form(text: &str) -> Option<String> {
+    crate::timestamp::parse_rfc3339_micros(text)
+        .ok()
+        .map(crate::timestamp::format_micros)
+}
+
 /// The REST view of a resource's status; `created_at` comes from the resource's metadata.
 pub fn export_status(status: Option<&AuditExportStatus>, created_at: String) -> ExportStatus {
     let empty = AuditExportStatus::default();
@@ -202,8 +210,8 @@ pub fn export_status(status: Option<&AuditExportStatus>, created_at: String) -> 
         record_count: status.record_count.unwrap_or(0),
         files: status.files.iter().map(file_entry).collect(),
         created_at,
-        started_at: status.started_at.clone(),
-        completed_at: status.completed_at.clone(),
+        started_at: status.started_at.as_deref().and_then(one_form),
+        completed_at: status.completed_at.as_deref().and_then(one_form),
         error: status.error.as_ref().map(|error| ExportFailure {
             code: error.code.clone(),
             message: error.message.clone(),
@@ -419,5 +427,32 @@ mod tests {
                 .unwrap_or_else(|errors| panic!("{name}: {errors:?}"));
             assert_eq!(export_spec(&resource_spec(&spec)), Ok(spec), "{name}");
         }
+    }
+
+    #[test]
+    fn status_times_come_out_in_the_one_form_whatever_precision_was_stored() {
+        let status = AuditExportStatus {
+            phase: Some(ExportJobPhase::Failed),
+            started_at: Some("2026-09-21T14:13:20Z".into()),
+            completed_at: Some("2026-09-21T16:13:21.5+02:00".into()),
+            ..AuditExportStatus::default()
+        };
+        let view = export_status(Some(&status), "2026-09-21T14:13:19.000000Z".into());
+        assert_eq!(
+            view.started_at.as_deref(),
+            Some("2026-09-21T14:13:20.000000Z")
+        );
+        assert_eq!(
+            view.completed_at.as_deref(),
+            Some("2026-09-21T14:13:21.500000Z")
+        );
+        let garbled = AuditExportStatus {
+            started_at: Some("yesterday".into()),
+            ..AuditExportStatus::default()
+        };
+        assert_eq!(
+            export_status(Some(&garbled), String::new()).started_at,
+            None
+        );
     }
 }

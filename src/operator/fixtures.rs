@@ -251,7 +251,7 @@ impl JobEngine for FakeExporter {
         }
         match &self.script {
             Script::Complete { .. } => Ok(ExportOutcome {
-                completed_at: "2026-09-21T14:13:20Z".into(),
+                completed_at: "2026-09-21T14:13:20.000000Z".into(),
                 record_count: checkpoint.records(),
                 files: checkpoint.files,
             }),

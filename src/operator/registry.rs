@@ -617,7 +617,7 @@ mod tests {
         assert_eq!(record.status.phase, ExportPhase::Pending);
         assert_eq!(record.status.estimated_records, 7);
         assert_eq!(record.requested_by, "user:alice");
-        assert_eq!(record.status.created_at, "2026-09-21T14:13:20Z");
+        assert_eq!(record.status.created_at, "2026-09-21T14:13:20.000000Z");
 
         assert_eq!(
             registry.get("tnt_acme", ID_NEW).await.unwrap(),

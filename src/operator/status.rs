@@ -56,9 +56,11 @@ pub fn failure_reason(code: &str) -> &'static str {
 /// Error code of a spec that fails validation (as in the REST API).
 pub const VALIDATION_ERROR: &str = "validation_error";
 
-/// RFC 3339 with second precision, as Kubernetes prints times.
+/// The one timestamp form of the service (`2026-04-23T18:00:00.123456Z`, see
+/// [`crate::timestamp::format_micros`]) for the status' `startedAt` / `completedAt` and the REST
+/// view's `created_at`; conditions keep Kubernetes' own `Time`.
 pub fn rfc3339(now: Timestamp) -> String {
-    now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    crate::timestamp::format_micros(now.as_microsecond())
 }
 
 /// Sets `phase` (and `observedGeneration`), then recomputes the conditions.
@@ -310,6 +312,9 @@ mod tests {
             condition(&status, conditions::FAILED).last_transition_time,
             Time(at(10))
         );
-        assert_eq!(status.completed_at.as_deref(), Some("1970-01-01T00:00:30Z"));
+        assert_eq!(
+            status.completed_at.as_deref(),
+            Some("1970-01-01T00:00:30.000000Z")
+        );
     }
 }

@@ -120,7 +120,7 @@ async fn an_export_goes_through_pending_running_and_completed() {
         // The job: Running with its snapshot, then one apply per uploaded part.
         let running = server.expect_status_apply(&current).await;
         assert_eq!(running["phase"], "Running");
-        assert_eq!(running["startedAt"], "2026-09-21T14:13:20Z");
+        assert_eq!(running["startedAt"], "2026-09-21T14:13:20.000000Z");
         assert_eq!(running["checkpoint"], json!({"snapshotSeq": 42}));
         assert_eq!(running["exportId"], export_id.as_str());
         assert_eq!(
@@ -139,7 +139,7 @@ async fn an_export_goes_through_pending_running_and_completed() {
         let done = server.expect_status_apply(&current).await;
         assert_eq!(done["phase"], "Completed");
         assert_eq!(done["recordCount"], 4);
-        assert_eq!(done["completedAt"], "2026-09-21T14:13:20Z");
+        assert_eq!(done["completedAt"], "2026-09-21T14:13:20.000000Z");
         assert!(done.get("checkpoint").is_none(), "{done}");
         assert_eq!(done["files"][1]["key"], "2026-01/part-0002.jsonl");
         let conditions = conditions(&done);

@@ -203,9 +203,9 @@ fn non_empty(text: &str) -> Result<String, String> {
     }
 }
 
+/// `from` / `to` of every query route: see [`timestamp::parse_time_param`].
 fn parse_time(text: &str) -> Result<i64, String> {
-    timestamp::parse_rfc3339_micros(text)
-        .map_err(|reason| format!("must be an RFC 3339 timestamp ({reason})"))
+    timestamp::parse_time_param(text)
 }
 
 fn parse_limit(text: &str) -> Result<usize, String> {

@@ -310,6 +310,24 @@ async fn bad_export_requests_get_field_errors_and_nothing_starts() {
     )
     .await;
     assert_error(&reply, StatusCode::BAD_REQUEST, "invalid_request");
+    // JSON, but not an object: a malformed shape (SPEC: 400), not a field problem (422).
+    for not_an_object in ["[]", "42", "\"export\"", "null", "[{\"from\": 1}]"] {
+        let reply = send(
+            client
+                .post(format!("{base}/v1/audit/export"))
+                .bearer_auth(token)
+                .header("X-Tenant-ID", TENANT)
+                .header("Content-Type", "application/json")
+                .body(not_an_object),
+        )
+        .await;
+        assert_error(&reply, StatusCode::BAD_REQUEST, "invalid_request");
+        let message = reply.2["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("JSON object"),
+            "{not_an_object}: {message}"
+        );
+    }
     let (status, _, listing) = send(
         client
             .get(format!("{base}/v1/audit/exports"))
@@ -321,6 +339,17 @@ async fn bad_export_requests_get_field_errors_and_nothing_starts() {
     assert_eq!(listing["exports"], json!([]), "no export was created");
     let reply = get_export(&client, base, token, "exp_01jz0000000000000000000000").await;
     assert_error(&reply, StatusCode::NOT_FOUND, "export_not_found");
+
+    // A date alone is midnight UTC, a time without offset is UTC; both are shown as RFC 3339.
+    file_bucket(&dir, &out);
+    let mut dated = valid.clone();
+    dated["from"] = json!("2020-01-01");
+    dated["to"] = json!("2100-01-01T12:30:00");
+    let id = start_export(&client, base, token, &dated).await;
+    let (status, _, shown) = get_export(&client, base, token, &id).await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+    assert_eq!(shown["from"], "2020-01-01T00:00:00.000000Z", "{shown}");
+    assert_eq!(shown["to"], "2100-01-01T12:30:00.000000Z", "{shown}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

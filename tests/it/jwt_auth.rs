@@ -11,13 +11,13 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-fn fixture(name: &str) -> PathBuf {
+pub(crate) fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/jwt")
         .join(name)
 }
 
-fn sign(kid: &str, claims: &Value) -> String {
+pub(crate) fn sign(kid: &str, claims: &Value) -> String {
     let (algorithm, pem) = match kid {
         "ec-1" => (Algorithm::ES256, "ec.pem"),
         "ed-1" => (Algorithm::EdDSA, "ed25519.pem"),
@@ -48,7 +48,7 @@ fn tamper_signature(token: &str) -> String {
     tampered
 }
 
-fn claims(sub: &str, scope: &str, tenant: Option<&str>, expires_in: i64) -> Value {
+pub(crate) fn claims(sub: &str, scope: &str, tenant: Option<&str>, expires_in: i64) -> Value {
     let now = unix_now() as i64;
     let mut claims = json!({"sub": sub, "scope": scope, "iat": now, "exp": now + expires_in,
         "iss": "https://scaikey.example/tenants/t", "aud": "scaivault"});

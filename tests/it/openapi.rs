@@ -43,12 +43,13 @@ const CHECKED_HEADERS: &[&str] = &[
 // The document
 // ---------------------------------------------------------------------------------------------
 
-struct Document {
+/// `docs/openapi.json`, with the checks other test modules (operator mode) reuse.
+pub(crate) struct Document {
     root: Value,
 }
 
 impl Document {
-    fn load() -> Document {
+    pub(crate) fn load() -> Document {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json");
         let text = std::fs::read_to_string(path).expect("read docs/openapi.json");
         Document {
@@ -137,7 +138,7 @@ impl Document {
     }
 
     /// Validates `reply` against what `method path` declares for its status.
-    fn check(&self, path: &str, method: &str, reply: &Reply) {
+    pub(crate) fn check(&self, path: &str, method: &str, reply: &Reply) {
         let status = reply.0.as_str().to_owned();
         let responses = &self.operation(path, method)["responses"];
         let context = format!("{} {path} -> {status}", method.to_uppercase());
@@ -919,8 +920,12 @@ async fn check_export_responses(
     unknown_key["colour"] = json!("blue");
     let mut missing = request.clone();
     missing.as_object_mut().unwrap().remove("from");
+    // JSON that is not an object is a malformed shape (SPEC: 400 `invalid_request`).
+    assert!(!doc.validator(request_schema).is_valid(&json!([])));
+    let reply = call(Method::POST, EXPORT.into(), json_bytes(&json!([]))).await;
+    assert_error(&reply, StatusCode::BAD_REQUEST, "invalid_request");
+    doc.check(EXPORT, "post", &reply);
     let bad_bodies: Vec<(Value, &str)> = vec![
-        (json!([]), "body"),
         (unknown_key, "colour"),
         (missing, "from"),
         (with("to", json!("yesterday")), "to"),
@@ -1193,6 +1198,16 @@ fn probes(doc: &Document, name: &str, schema: &Value) -> (Vec<String>, Vec<Strin
     }
     if schema["format"] == "date-time" {
         invalid.extend(["yesterday".into(), "2026-01-01".into()]);
+    }
+    let any_of = schema["anyOf"].as_array().into_iter().flatten();
+    if any_of.into_iter().any(|branch| branch["format"] == "date") {
+        // A TimeParameter: a date alone and a time without offset too, nothing shorter.
+        valid.extend(["2026-01-01".into(), "2026-01-01T00:00:00.5".into()]);
+        invalid.extend([
+            "yesterday".into(),
+            "2026-01-01T00:00".into(),
+            "2026-1-1".into(),
+        ]);
     }
     if schema["minLength"].as_u64().is_some_and(|min| min >= 1) {
         invalid.push(String::new());

@@ -945,3 +945,124 @@ async fn a_resource_naming_a_tenant_its_namespace_does_not_allow_fails_and_write
     assert_eq!(code, StatusCode::OK, "{other}");
     assert_eq!(other["logs"], json!([]), "{other}");
 }
+
+/// Validates `reply` as `method path` of the OpenAPI document, and returns its body.
+fn documented(doc: &crate::openapi::Document, path: &str, method: &str, reply: Reply) -> Value {
+    doc.check(path, method, &reply);
+    reply.2
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs scripts/kmock.sh"]
+async fn operator_mode_export_answers_match_the_openapi_document_in_every_phase() {
+    let doc = crate::openapi::Document::load();
+    let ns = namespace("openapi");
+    let client_k8s = kube_client(&ns);
+    // Another replica leads at first, so the first export is seen pending, then cancelled.
+    let leases: Api<Lease> = Api::namespaced(client_k8s, &ns);
+    let blocker = Lease {
+        metadata: ObjectMeta {
+            name: Some(scaivault_audit::config::DEFAULT_LEASE_NAME.into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some("another-replica".into()),
+            lease_duration_seconds: Some(3600),
+            ..LeaseSpec::default()
+        }),
+    };
+    leases
+        .create(&PostParams::default(), &blocker)
+        .await
+        .unwrap();
+    let server = OperatorServer::start(&ns).await;
+    let (client, base, admin) = (client(), server.base(), server.admin.as_str());
+    let ids = ingest_ok(&client, base, admin, &[event(1), event(2)]).await;
+    wait_until_visible(
+        &client,
+        base,
+        admin,
+        Some(TENANT),
+        &ids,
+        RESTART_VISIBILITY_DEADLINE,
+    )
+    .await;
+    let out = file_bucket(&server.dir, "out");
+    let export = |bucket: String, prefix: &str| {
+        json!({"from": FROM, "to": TO, "format": "jsonl",
+               "filters": {"path_prefix": "environments/production/"},
+               "destination": {"type": "file", "bucket": bucket, "prefix": prefix}})
+    };
+    let one = "/v1/audit/exports/{export_id}";
+    let post = async |body: &Value| {
+        let reply = post_export(&client, base, admin, body).await;
+        assert_eq!(reply.0, StatusCode::ACCEPTED, "{}", reply.2);
+        let body = documented(&doc, "/v1/audit/export", "post", reply);
+        body["export_id"].as_str().unwrap().to_owned()
+    };
+    let finished = async |id: &str| {
+        wait_finished(&client, base, admin, id).await;
+        documented(&doc, one, "get", get_export(&client, base, admin, id).await)
+    };
+
+    let cancelled = post(&export(bucket_name(&out), "c/")).await;
+    let pending = documented(
+        &doc,
+        one,
+        "get",
+        get_export(&client, base, admin, &cancelled).await,
+    );
+    assert_eq!(pending["status"], "pending", "{pending}");
+    let deleted = send(
+        client
+            .delete(format!("{base}/v1/audit/exports/{cancelled}"))
+            .bearer_auth(admin)
+            .header("X-Tenant-ID", TENANT),
+    )
+    .await;
+    documented(&doc, one, "delete", deleted);
+    let mut lease = leases
+        .get(scaivault_audit::config::DEFAULT_LEASE_NAME)
+        .await
+        .unwrap();
+    lease.spec.as_mut().unwrap().holder_identity = None;
+    leases
+        .replace(
+            scaivault_audit::config::DEFAULT_LEASE_NAME,
+            &PostParams::default(),
+            &lease,
+        )
+        .await
+        .unwrap();
+    let body = finished(&cancelled).await;
+    assert_eq!(body["status"], "cancelled", "{body}");
+    assert!(body["completed_at"].is_string(), "{body}");
+
+    let completed = post(&export(bucket_name(&out), "ok/")).await;
+    let body = finished(&completed).await;
+    assert_eq!(body["status"], "completed", "{body}");
+    assert!(body["started_at"].is_string(), "{body}");
+
+    // No credentials backend is configured: the job fails when it runs.
+    let mut s3 = export(String::new(), "f/");
+    s3["destination"] =
+        json!({"type": "s3", "bucket": "acme-audit", "credentials_path": "infra/aws/writer"});
+    let failed = post(&s3).await;
+    let body = finished(&failed).await;
+    assert_eq!(body["status"], "failed", "{body}");
+    assert!(body["completed_at"].is_string(), "{body}");
+
+    let listed = send(
+        client
+            .get(format!("{base}/v1/audit/exports"))
+            .bearer_auth(admin)
+            .header("X-Tenant-ID", TENANT),
+    )
+    .await;
+    let listed = documented(&doc, "/v1/audit/exports", "get", listed);
+    assert_eq!(
+        listed["exports"].as_array().map(Vec::len),
+        Some(3),
+        "{listed}"
+    );
+}

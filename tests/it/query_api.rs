@@ -205,8 +205,10 @@ const LOG_PARAMETER_CASES: &[(&str, &str)] = &[
     ("action=READ", "action"),
     ("action=", "action"),
     ("from=yesterday", "from"),
-    ("from=2026-01-01", "from"),
-    ("from=2026-01-01T00:00:00", "from"),
+    ("from=2026-01-01T00:00", "from"),
+    ("from=20260101", "from"),
+    ("from=2026-02-30", "from"),
+    ("to=2026-01-01T00:00:00%2B0200", "to"),
     ("from=2026-02-30T00:00:00Z", "from"),
     ("to=soon", "to"),
     ("to=2026-01-01%2000:00:00Z", "to"),
@@ -361,7 +363,7 @@ async fn summary_rejects_every_bad_parameter() {
                     Some("given more than once (use a comma-separated list)"),
                 ),
                 ("from=yesterday", "from", None),
-                ("to=2026-01-01", "to", None),
+                ("to=2026-01-01T00", "to", None),
                 (
                     "from=2026-02-01T00:00:00Z&to=2026-01-01T00:00:00Z",
                     "to",
@@ -528,11 +530,21 @@ async fn authentication_and_scope_errors_on_every_endpoint() {
                     "token_invalid",
                 ),
             ];
-            let assert_no_rate_headers = |reply: &Reply, context: &str| {
+            // ScaiVault documents the rate-limit headers on every response: a 401 shows the
+            // address's failed-authentication budget (60 a minute by default), a 403 the
+            // caller's query bucket (50 here); neither is a 429, so no Retry-After.
+            let assert_rate_headers_of = |reply: &Reply, limit: u64, context: &str| {
+                assert_eq!(
+                    header_u64(&reply.1, "x-ratelimit-limit"),
+                    Some(limit),
+                    "{context}"
+                );
                 assert!(
-                    !reply.1.contains_key("x-ratelimit-limit")
+                    header_u64(&reply.1, "x-ratelimit-remaining").is_some()
+                        && header_u64(&reply.1, "x-ratelimit-reset").is_some()
                         && !reply.1.contains_key("retry-after"),
-                    "{context}: rate-limit headers before authentication/scope"
+                    "{context}: {:?}",
+                    reply.1
                 );
             };
             for (name, url) in query_endpoints() {
@@ -543,7 +555,7 @@ async fn authentication_and_scope_errors_on_every_endpoint() {
                     }
                     let reply = send(request).await;
                     assert_error(&reply, StatusCode::UNAUTHORIZED, code);
-                    assert_no_rate_headers(&reply, name);
+                    assert_rate_headers_of(&reply, 60, name);
                 }
                 let reply = get(&client, &server, &url, &auth.a_write.secret).await;
                 assert_error(&reply, StatusCode::FORBIDDEN, "insufficient_scope");
@@ -551,7 +563,7 @@ async fn authentication_and_scope_errors_on_every_endpoint() {
                     reply.2["error"]["details"]["required_scope"],
                     json!("audit:read")
                 );
-                assert_no_rate_headers(&reply, name);
+                assert_rate_headers_of(&reply, 50, name);
                 assert_ok(
                     &get(&client, &server, &url, &auth.a_read.secret).await,
                     name,
@@ -563,7 +575,9 @@ async fn authentication_and_scope_errors_on_every_endpoint() {
                 if let Some(value) = authorization {
                     request = request.header("Authorization", *value);
                 }
-                assert_error(&send(request).await, StatusCode::UNAUTHORIZED, code);
+                let reply = send(request).await;
+                assert_error(&reply, StatusCode::UNAUTHORIZED, code);
+                assert_rate_headers_of(&reply, 60, "ingest");
             }
             let reply = post_events(&client, base, &auth.a_read.secret, body.clone()).await;
             assert_error(&reply, StatusCode::FORBIDDEN, "insufficient_scope");
@@ -1110,15 +1124,30 @@ async fn query_rate_limits_are_per_identity() {
         assert_validation_error(&reply, "limit");
         assert_rate_headers(&reply, 3, 1, "422 of B");
 
-        // Unauthenticated callers get 401, not 429, and no rate-limit headers.
-        for authorization in [None, Some("Bearer skt_unknown")] {
+        // Unauthenticated callers get 401, not 429, with the rate-limit headers of the budget
+        // that applies to them: their address's failed authentications (60 a minute by
+        // default). A missing token is no failed attempt; an unknown one spends one.
+        let failure_cases = [
+            (None, 60),
+            (Some("Bearer skt_unknown"), 59),
+            (Some("Bearer skt_unknown"), 58),
+            (None, 58),
+        ];
+        for (authorization, remaining) in failure_cases {
             let mut request = client.get(format!("{}{LOGS}", server.base_url()));
             if let Some(value) = authorization {
                 request = request.header("Authorization", value);
             }
             let reply = send(request).await;
             assert_eq!(reply.0, StatusCode::UNAUTHORIZED, "{}", reply.2);
-            assert!(!reply.1.contains_key("x-ratelimit-limit"));
+            assert_rate_headers(&reply, 60, remaining, &format!("401 {authorization:?}"));
+            assert!(!reply.1.contains_key("retry-after"));
+        }
+        // A 403 (the scope is missing) takes no token but shows the caller's bucket.
+        for _ in 0..2 {
+            let reply = get(&client, &server, LOGS, &auth.a_write.secret).await;
+            assert_error(&reply, StatusCode::FORBIDDEN, "insufficient_scope");
+            assert_rate_headers(&reply, 3, 3, "403 of a write-only token");
             assert!(!reply.1.contains_key("retry-after"));
         }
         // Ingest is not a query: A can still write.
@@ -1315,4 +1344,82 @@ async fn free_text_search_covers_agent_path_identity_and_extra_data() {
     assert_eq!(body["logs"].as_array().unwrap().len(), 1);
     let reply = search("title:(unbalanced").await;
     assert_validation_error(&reply, "q");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn time_parameters_take_a_date_or_a_time_without_offset_as_utc() {
+    let dir = TestDir::new();
+    within(
+        TEST_DEADLINE,
+        "time_parameters_take_a_date_or_a_time_without_offset_as_utc",
+        async {
+            let auth = Auth::new();
+            let server = start_exact(&dir, &auth).await;
+            let client = client();
+            let token = auth.a.secret.as_str();
+            let times = [
+                "2026-04-22T23:59:59.999999Z",
+                "2026-04-23T00:00:00.000000Z",
+                "2026-04-23T12:00:00.000000Z",
+            ];
+            let events: Vec<Value> = times
+                .iter()
+                .enumerate()
+                .map(|(i, time)| {
+                    let mut event = event_for_tenant(i as u64, None);
+                    event["timestamp"] = json!(time);
+                    event
+                })
+                .collect();
+            let ids = ingest_ok(&client, server.base_url(), token, &events).await;
+            wait_until_visible(
+                &client,
+                server.base_url(),
+                token,
+                None,
+                &ids,
+                RESTART_VISIBILITY_DEADLINE,
+            )
+            .await;
+            let timestamps = |reply: &Reply| -> Vec<String> {
+                let logs = reply.2["logs"].as_array().expect("logs");
+                let mut found: Vec<String> = logs
+                    .iter()
+                    .map(|log| log["timestamp"].as_str().expect("timestamp").to_owned())
+                    .collect();
+                found.sort();
+                found
+            };
+            for (query, expected) in [
+                ("from=2026-04-23", &times[1..]),
+                ("from=2026-04-23T00:00:00", &times[1..]),
+                ("from=2026-04-23T02:00:00%2B02:00", &times[1..]),
+                ("to=2026-04-23", &times[..1]),
+                ("from=2026-04-23&to=2026-04-23T12:00:00", &times[1..2]),
+                (
+                    "from=2026-04-22T23:59:59.999999&to=2026-04-23T12:00:00.000001",
+                    &times[..],
+                ),
+            ] {
+                for (name, url) in &query_endpoints()[..1] {
+                    let reply = get(&client, &server, &with_query(url, query), token).await;
+                    assert_ok(&reply, &format!("{name} {query}"));
+                    assert_eq!(timestamps(&reply), expected, "{name} {query}");
+                }
+            }
+            // An unencoded `+` decodes to a space: the message says to encode it.
+            for (name, url) in query_endpoints() {
+                let plus = with_query(&url, "from=2026-04-23T02:00:00+02:00");
+                let message = expect_422(&client, &server, token, &plus, "from").await;
+                assert!(
+                    message.contains("%2B") && message.contains("2026-04-23T02:00:00%2B02:00"),
+                    "{name}: {message}"
+                );
+                let hour_only = with_query(&url, "to=2026-04-23T18");
+                let message = expect_422(&client, &server, token, &hour_only, "to").await;
+                assert!(message.contains("a date (2026-04-23"), "{name}: {message}");
+            }
+        },
+    )
+    .await;
 }
