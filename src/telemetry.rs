@@ -1,5 +1,8 @@
 //! Logging (tracing) and the Prometheus registry.
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tracing_subscriber::EnvFilter;
 
@@ -24,4 +27,23 @@ pub fn init_logging(filter: &str, format: LogFormat) -> Result<(), String> {
 /// A new registry whose metric names start with `scaivault_audit_`.
 pub fn new_registry() -> Registry {
     Registry::with_prefix(METRICS_PREFIX)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+/// Registers `scaivault_audit_build_info{version="…"} 1`.
+pub fn register_build_info(registry: &mut Registry) {
+    let info = Family::<BuildLabels, Gauge>::default();
+    info.get_or_create(&BuildLabels {
+        version: env!("CARGO_PKG_VERSION"),
+    })
+    .set(1);
+    registry.register(
+        "build_info",
+        "Always 1; the version label is the running build's version",
+        info,
+    );
 }
