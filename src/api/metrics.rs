@@ -35,6 +35,29 @@ const ROUTES: &[&str] = &[
     "/v1/audit/integrity/keys",
 ];
 
+/// The error codes of 401 and 403 answers.
+const AUTH_REFUSALS: [&str; 5] = [
+    "authentication_required",
+    "token_invalid",
+    "token_expired",
+    "insufficient_scope",
+    "tenant_access_denied",
+];
+
+/// The causes of an ingest 503.
+const INGEST_UNAVAILABLE: [Cause; 7] = [
+    Cause::Starting,
+    Cause::ShuttingDown,
+    Cause::WalError,
+    Cause::DedupLookupError,
+    Cause::IndexUnhealthy,
+    Cause::Busy,
+    Cause::AuthUnavailable,
+];
+
+/// The `endpoint` labels of query latency.
+pub const QUERY_ENDPOINTS: [&str; 4] = ["logs", "secret_trail", "identity_trail", "summary"];
+
 /// The label of a path that matches no route.
 const OTHER_ROUTE: &str = "other";
 
@@ -215,6 +238,7 @@ impl ApiMetrics {
     /// Creates the metrics and registers them (names get the registry's prefix).
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = ApiMetrics::default();
+        metrics.start_at_zero();
         registry.register(
             "http_requests",
             "HTTP requests by method, route template and status class",
@@ -256,6 +280,28 @@ impl ApiMetrics {
             metrics.query_duration.clone(),
         );
         metrics
+    }
+
+    /// Creates the series of every refusal reason and query endpoint at zero, so that they are
+    /// scraped (and `increase()` sees the first refusal) before anything happened.
+    fn start_at_zero(&self) {
+        for reason in AUTH_REFUSALS {
+            let _ = self.auth_refusals.get_or_create(&ReasonLabels { reason });
+        }
+        for cause in [Cause::Queries, Cause::Exports, Cause::FailedAuth] {
+            let reason = cause.as_str();
+            let _ = self.rate_limited.get_or_create(&ReasonLabels { reason });
+        }
+        for cause in INGEST_UNAVAILABLE.map(Cause::as_str) {
+            let _ = self
+                .ingest_unavailable
+                .get_or_create(&CauseLabels { cause });
+        }
+        for endpoint in QUERY_ENDPOINTS {
+            let _ = self
+                .query_duration
+                .get_or_create(&EndpointLabels { endpoint });
+        }
     }
 
     /// Records one answered request.

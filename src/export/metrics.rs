@@ -73,6 +73,7 @@ impl ExportMetrics {
     /// Creates the metrics and registers them (names get the registry's prefix).
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = ExportMetrics::default();
+        metrics.start_at_zero();
         registry.register(
             "export_runs",
             "Export job runs that ended, by destination type and outcome (completed, failed, cancelled; a run stopped by a shutdown counts as cancelled and resumes at the next start)",
@@ -104,6 +105,36 @@ impl ExportMetrics {
             metrics.retries.clone(),
         );
         metrics
+    }
+
+    /// Creates every labelled series at zero, so that they are scraped (and `increase()` sees
+    /// the first failure) before any job ran.
+    fn start_at_zero(&self) {
+        let destinations = [
+            DestinationType::S3,
+            DestinationType::Gcs,
+            DestinationType::AzureBlob,
+            DestinationType::File,
+        ];
+        let outcomes = [
+            RunOutcome::Completed,
+            RunOutcome::Failed,
+            RunOutcome::Cancelled,
+        ];
+        for destination in destinations.map(DestinationType::as_str) {
+            let labels = DestinationLabels { destination };
+            for family in [&self.records, &self.bytes, &self.parts, &self.retries] {
+                let _ = family.get_or_create(&labels);
+            }
+            for outcome in outcomes.map(RunOutcome::as_str) {
+                let labels = OutcomeLabels {
+                    destination,
+                    outcome,
+                };
+                let _ = self.runs.get_or_create(&labels);
+                let _ = self.run_duration.get_or_create(&labels);
+            }
+        }
     }
 
     /// One uploaded part of `records` records and `bytes` bytes.

@@ -71,6 +71,17 @@ impl StoreMetrics {
             wal_quarantined: Counter::default(),
             wal_quarantined_bytes: Counter::default(),
         };
+        // Every trigger's series exists from the start (scraped at zero).
+        for trigger in [
+            CommitTrigger::Interval,
+            CommitTrigger::DocCount,
+            CommitTrigger::Memory,
+            CommitTrigger::Replay,
+            CommitTrigger::Force,
+            CommitTrigger::Shutdown,
+        ] {
+            let _ = metrics.commits.get_or_create(&CommitLabels { trigger });
+        }
         registry.register(
             "events_ingested",
             "Events acknowledged as durable (duplicates excluded)",

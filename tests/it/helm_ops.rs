@@ -1,0 +1,388 @@
+//! The chart's operations features (issue 15): the opt-in PrometheusRule and Grafana dashboard
+//! refer only to metrics docs/metrics.md lists (which tests/it/metrics.rs holds to the real
+//! `/metrics`), the NetworkPolicy lets Prometheus in when the ServiceMonitor is on, the pod's
+//! checksum annotation follows the Secret the chart renders, and the CRD can be a chart
+//! resource (`crds.enabled`, `crds.keep`). Needs helm and kubectl like tests/it/helm_chart.rs.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::helm_chart::{
+    CHART, Case, NAMESPACE, RELEASE, Rendered, cases, describe, render, root, run, text, tools,
+    yaml_to_json,
+};
+
+/// The alerts the rule must carry.
+const ALERTS: [&str; 7] = [
+    "ScaiVaultAuditPodNotReady",
+    "ScaiVaultAuditIngestUnavailable",
+    "ScaiVaultAuditWalWriteErrors",
+    "ScaiVaultAuditIndexCommitErrors",
+    "ScaiVaultAuditExportFailed",
+    "ScaiVaultAuditDataVolumeFillingUp",
+    "ScaiVaultAuditReplayRunningLong",
+];
+
+/// PromQL words that are not metric names.
+const PROMQL_WORDS: &[&str] = &[
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "count",
+    "rate",
+    "irate",
+    "increase",
+    "histogram_quantile",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "label_values",
+    "absent",
+    "time",
+    "clamp_min",
+    "clamp_max",
+];
+
+/// Every metric name in docs/metrics.md's tables (ours and those from other exporters).
+fn documented_metrics() -> BTreeSet<String> {
+    let text = std::fs::read_to_string(root().join("docs/metrics.md")).unwrap();
+    text.lines()
+        .filter_map(|line| {
+            let cell = line.split('|').nth(1)?.trim();
+            let name = cell.strip_prefix('`')?.strip_suffix('`')?;
+            name.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                .then(|| name.to_string())
+        })
+        .collect()
+}
+
+/// The metric names an expression selects: identifiers outside label matchers, ranges, quoted
+/// strings and `by (…)` clauses that are not PromQL functions or keywords.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut plain = String::new();
+    let (mut depth_brace, mut depth_bracket, mut quoted) = (0, 0, false);
+    for c in expr.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            _ if quoted => {}
+            '{' => depth_brace += 1,
+            '}' => depth_brace -= 1,
+            '[' => depth_bracket += 1,
+            ']' => depth_bracket -= 1,
+            _ if depth_brace > 0 || depth_bracket > 0 => {}
+            _ => plain.push(c),
+        }
+        if matches!(c, '{' | '}' | '[' | ']' | '"') {
+            plain.push(' ');
+        }
+    }
+    let words: Vec<&str> = plain
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':' || c == '$'))
+        .filter(|word| !word.is_empty())
+        .collect();
+    let mut names = Vec::new();
+    let mut skip_group = false;
+    for (i, word) in words.iter().enumerate() {
+        if ["by", "without", "on", "ignoring"].contains(word) {
+            // The label list follows: skip to the next function or metric.
+            skip_group = true;
+            continue;
+        }
+        let is_identifier = word.starts_with(|c: char| c.is_ascii_lowercase() || c == '_');
+        if !is_identifier || PROMQL_WORDS.contains(word) {
+            skip_group = false;
+            continue;
+        }
+        if skip_group && labels_follow(&plain, &words, i) {
+            continue;
+        }
+        skip_group = false;
+        names.push(word.to_string());
+    }
+    names
+}
+
+/// Whether `words[i]` sits inside the parentheses of a `by (…)` clause: the text between the
+/// clause keyword and the word holds no closing parenthesis.
+fn labels_follow(plain: &str, words: &[&str], i: usize) -> bool {
+    let Some(keyword) = words[..i]
+        .iter()
+        .rposition(|word| ["by", "without", "on", "ignoring"].contains(word))
+    else {
+        return false;
+    };
+    let start = nth_word_offset(plain, words, keyword);
+    let end = nth_word_offset(plain, words, i);
+    !plain[start..end].contains(')')
+}
+
+fn nth_word_offset(plain: &str, words: &[&str], n: usize) -> usize {
+    let mut offset = 0;
+    for word in &words[..=n] {
+        offset += plain[offset..].find(word).unwrap();
+        if *word != words[n] || offset == 0 {
+            offset += word.len();
+        }
+    }
+    offset - words[n].len().min(offset)
+}
+
+/// Checks that `expr` selects at least one metric and only documented ones (a histogram's
+/// `_bucket`, `_sum` and `_count` series count as the histogram).
+fn check_expr(documented: &BTreeSet<String>, what: &str, expr: &str) -> Vec<String> {
+    let names = metric_names(expr);
+    assert!(!names.is_empty(), "{what}: no metric in {expr}");
+    for name in &names {
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .filter(|base| documented.contains(*base));
+        assert!(
+            documented.contains(name) || base.is_some(),
+            "{what}: {name} is not in docs/metrics.md ({expr})"
+        );
+    }
+    names
+}
+
+fn monitoring_case() -> Case {
+    cases()
+        .into_iter()
+        .find(|case| case.name == "service-monitor-values.yaml")
+        .expect("ci/service-monitor-values.yaml")
+}
+
+fn is_duration(text: &str) -> bool {
+    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    !digits.is_empty()
+        && digits.chars().all(|c| c.is_ascii_digit())
+        && ["s", "m", "h"].contains(&&text[digits.len()..])
+}
+
+#[test]
+fn the_promql_reader_finds_metrics_and_skips_labels() {
+    let expr = r#"histogram_quantile(0.99, sum by (le, endpoint) (rate(a_seconds_bucket{job="x", le=~"y"}[$__rate_interval]))) > on (pod) b_total"#;
+    assert_eq!(metric_names(expr), ["a_seconds_bucket", "b_total"]);
+    let expr = r#"max by (namespace, pod) (kube_pod_status_ready{condition="true"}) == 0"#;
+    assert_eq!(metric_names(expr), ["kube_pod_status_ready"]);
+}
+
+#[test]
+#[ignore = "needs scripts/k8s-tools.sh"]
+fn the_prometheus_rule_alerts_on_documented_metrics() {
+    let tools = tools();
+    let documented = documented_metrics();
+    assert!(documented.contains("scaivault_audit_http_requests_total"));
+    let rendered = render(&tools, &monitoring_case());
+    let rule = rendered.one("PrometheusRule");
+    assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(rule["metadata"]["namespace"], NAMESPACE);
+    assert_eq!(
+        rule["metadata"]["labels"]["release"],
+        "kube-prometheus-stack"
+    );
+    let spec = rule["spec"].as_object().unwrap();
+    assert_eq!(spec.keys().collect::<Vec<_>>(), ["groups"]);
+    let mut alerts = Vec::new();
+    for group in spec["groups"].as_array().unwrap() {
+        assert!(group["name"].is_string());
+        for rule in group["rules"].as_array().unwrap() {
+            let alert = rule["alert"].as_str().unwrap();
+            for key in rule.as_object().unwrap().keys() {
+                assert!(
+                    ["alert", "expr", "for", "labels", "annotations"].contains(&key.as_str()),
+                    "{alert}: unexpected field {key}"
+                );
+            }
+            let expr = rule["expr"].as_str().unwrap();
+            check_expr(&documented, alert, expr);
+            if let Some(wait) = rule.get("for") {
+                assert!(is_duration(wait.as_str().unwrap()), "{alert}: for");
+            }
+            let severity = rule["labels"]["severity"].as_str().unwrap();
+            assert!(["critical", "warning"].contains(&severity), "{alert}");
+            for key in ["summary", "description"] {
+                let text = rule["annotations"][key].as_str().unwrap();
+                assert!(!text.is_empty(), "{alert}: {key}");
+                // Prometheus templates, not Helm leftovers.
+                assert!(!text.contains("{{ ."), "{alert}: {key} {text}");
+            }
+            if expr.contains("scaivault_audit_") {
+                let selector = format!(r#"job="{RELEASE}", namespace="{NAMESPACE}""#);
+                assert!(
+                    expr.contains(&selector),
+                    "{alert}: scoped to the release: {expr}"
+                );
+            }
+            alerts.push(alert.to_string());
+        }
+    }
+    alerts.sort();
+    let mut expected = ALERTS.map(String::from).to_vec();
+    expected.sort();
+    assert_eq!(alerts, expected);
+}
+
+#[test]
+#[ignore = "needs scripts/k8s-tools.sh"]
+fn the_grafana_dashboard_shows_documented_metrics() {
+    let tools = tools();
+    let documented = documented_metrics();
+    let rendered = render(&tools, &monitoring_case());
+    let dashboards: Vec<&Value> = rendered
+        .all("ConfigMap")
+        .into_iter()
+        .filter(|map| map["metadata"]["labels"]["grafana_dashboard"] == "1")
+        .collect();
+    assert_eq!(dashboards.len(), 1, "one dashboard ConfigMap");
+    let map = dashboards[0];
+    assert_eq!(map["metadata"]["annotations"]["grafana_folder"], "Security");
+    let json = map["data"]["scaivault-audit.json"].as_str().unwrap();
+    let dashboard: Value = serde_json::from_str(json).expect("the dashboard is JSON");
+    assert_eq!(dashboard["uid"], "scaivault-audit");
+    let variables: Vec<&str> = dashboard["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|variable| variable["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(variables, ["datasource", "namespace", "job"]);
+    let mut shown = BTreeSet::new();
+    let mut ids = BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        let title = panel["title"].as_str().unwrap();
+        assert!(
+            ids.insert(panel["id"].as_u64().unwrap()),
+            "{title}: unique id"
+        );
+        assert_eq!(panel["datasource"]["uid"], "${datasource}", "{title}");
+        let targets = panel["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{title}");
+        for target in targets {
+            let expr = target["expr"].as_str().unwrap();
+            shown.extend(check_expr(&documented, title, expr));
+            if expr.contains("scaivault_audit_") {
+                assert!(expr.contains(r#"job="$job""#), "{title}: {expr}");
+            }
+        }
+    }
+    // Ingest rate and latency, query latency, exports, errors and disk.
+    for wanted in [
+        "scaivault_audit_events_ingested_total",
+        "scaivault_audit_ingest_batch_duration_seconds_bucket",
+        "scaivault_audit_query_duration_seconds_bucket",
+        "scaivault_audit_export_runs_total",
+        "scaivault_audit_http_errors_total",
+        "scaivault_audit_wal_write_errors_total",
+        "kubelet_volume_stats_available_bytes",
+    ] {
+        assert!(shown.contains(wanted), "the dashboard shows no {wanted}");
+    }
+}
+
+#[test]
+#[ignore = "needs scripts/k8s-tools.sh"]
+fn monitoring_is_opt_in_and_the_network_policy_lets_prometheus_in() {
+    let tools = tools();
+    let defaults = render(&tools, &cases().remove(0));
+    assert!(defaults.all("PrometheusRule").is_empty());
+    assert!(defaults.all("ServiceMonitor").is_empty());
+    assert_eq!(
+        defaults.all("ConfigMap").len(),
+        1,
+        "no dashboard by default"
+    );
+    let from_monitoring = |rendered: &Rendered| {
+        let policy = rendered.one("NetworkPolicy");
+        policy["spec"]["ingress"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|rule| rule["from"].as_array().cloned().unwrap_or_default())
+            .any(|peer| {
+                peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                    == "monitoring"
+            })
+    };
+    assert!(!from_monitoring(&defaults));
+    let monitored = render(&tools, &monitoring_case());
+    assert!(from_monitoring(&monitored), "{}", monitored.yaml);
+}
+
+/// The pod's `checksum/secret` annotation with `--set` values on top of the defaults.
+fn secret_checksum(set: &str) -> String {
+    let tools = tools();
+    let output = run(Command::new(&tools.helm)
+        .current_dir(root())
+        .args(["template", RELEASE, CHART, "--namespace", NAMESPACE])
+        .args(["--show-only", "templates/statefulset.yaml", "--set", set]));
+    assert!(output.status.success(), "{}", describe(&output));
+    let yaml = text(&output.stdout);
+    yaml.lines()
+        .find_map(|line| line.trim().strip_prefix("checksum/secret: "))
+        .unwrap_or_else(|| panic!("no checksum/secret in {yaml}"))
+        .to_string()
+}
+
+#[test]
+#[ignore = "needs scripts/k8s-tools.sh"]
+fn the_checksum_annotation_follows_the_rendered_secret() {
+    let url = "scaivault.url=https://scaivault.example";
+    let first = secret_checksum(&format!("{url},scaivault.token=first"));
+    assert_eq!(
+        first,
+        secret_checksum(&format!("{url},scaivault.token=first"))
+    );
+    assert_ne!(
+        first,
+        secret_checksum(&format!("{url},scaivault.token=second"))
+    );
+    let jwks = r#"auth.jwt.jwks={"keys":[]},auth.jwt.audience=a"#;
+    assert_ne!(first, secret_checksum(jwks));
+}
+
+/// `helm template` of the CRD template alone, with `--set` values.
+fn templated_crd(set: &str) -> Vec<Value> {
+    let tools = tools();
+    let output = run(Command::new(&tools.helm)
+        .current_dir(root())
+        .args(["template", RELEASE, CHART, "--namespace", NAMESPACE])
+        .args(["--show-only", "templates/crds.yaml", "--set", set]));
+    if !output.status.success() {
+        // helm fails --show-only for a template that renders nothing.
+        let error = text(&output.stderr);
+        assert!(error.contains("could not find template"), "{error}");
+        return Vec::new();
+    }
+    yaml_to_json(&tools, &text(&output.stdout))
+}
+
+#[test]
+#[ignore = "needs scripts/k8s-tools.sh"]
+fn the_crd_can_be_a_kept_chart_resource() {
+    let tools = tools();
+    let shipped = std::fs::read_to_string(root().join(CHART).join("crds/auditexport.yaml"))
+        .unwrap();
+    let shipped = yaml_to_json(&tools, &shipped).remove(0);
+    assert!(templated_crd("crds.enabled=false").is_empty());
+    let kept = templated_crd("crds.enabled=true").remove(0);
+    assert_eq!(kept["spec"], shipped["spec"], "the template is the generated CRD");
+    assert_eq!(kept["metadata"]["name"], shipped["metadata"]["name"]);
+    let annotations = &kept["metadata"]["annotations"];
+    assert_eq!(annotations["helm.sh/resource-policy"], "keep");
+    let labels = &kept["metadata"]["labels"];
+    assert_eq!(labels["app.kubernetes.io/managed-by"], "Helm");
+    let dropped = templated_crd("crds.enabled=true,crds.keep=false").remove(0);
+    assert!(dropped["metadata"]["annotations"]["helm.sh/resource-policy"].is_null());
+}
