@@ -293,7 +293,13 @@ mod tests {
             .unwrap();
         let shown: Vec<(&str, &str, i32)> = columns
             .iter()
-            .map(|c| (c.name.as_str(), c.json_path.as_str(), c.priority.unwrap_or(0)))
+            .map(|c| {
+                (
+                    c.name.as_str(),
+                    c.json_path.as_str(),
+                    c.priority.unwrap_or(0),
+                )
+            })
             .collect();
         let ready = format!(".status.conditions[?(@.type==\"{}\")]", conditions::READY);
         assert_eq!(

@@ -48,7 +48,7 @@ pub(crate) fn root() -> PathBuf {
 pub(crate) struct Tools {
     pub(crate) helm: PathBuf,
     kubectl: PathBuf,
-    validate: PathBuf,
+    pub(crate) validate: PathBuf,
 }
 
 pub(crate) fn tools() -> Tools {
@@ -181,6 +181,14 @@ pub(crate) struct Rendered {
 }
 
 impl Rendered {
+    pub(crate) fn new(case: &str, yaml: String, objects: Vec<Value>) -> Self {
+        Rendered {
+            case: case.to_string(),
+            yaml,
+            objects,
+        }
+    }
+
     pub(crate) fn all(&self, kind: &str) -> Vec<&Value> {
         self.objects
             .iter()

@@ -372,12 +372,15 @@ fn templated_crd(set: &str) -> Vec<Value> {
 #[ignore = "needs scripts/k8s-tools.sh"]
 fn the_crd_can_be_a_kept_chart_resource() {
     let tools = tools();
-    let shipped = std::fs::read_to_string(root().join(CHART).join("crds/auditexport.yaml"))
-        .unwrap();
+    let shipped =
+        std::fs::read_to_string(root().join(CHART).join("crds/auditexport.yaml")).unwrap();
     let shipped = yaml_to_json(&tools, &shipped).remove(0);
     assert!(templated_crd("crds.enabled=false").is_empty());
     let kept = templated_crd("crds.enabled=true").remove(0);
-    assert_eq!(kept["spec"], shipped["spec"], "the template is the generated CRD");
+    assert_eq!(
+        kept["spec"], shipped["spec"],
+        "the template is the generated CRD"
+    );
     assert_eq!(kept["metadata"]["name"], shipped["metadata"]["name"]);
     let annotations = &kept["metadata"]["annotations"];
     assert_eq!(annotations["helm.sh/resource-policy"], "keep");
@@ -385,4 +388,274 @@ fn the_crd_can_be_a_kept_chart_resource() {
     assert_eq!(labels["app.kubernetes.io/managed-by"], "Helm");
     let dropped = templated_crd("crds.enabled=true,crds.keep=false").remove(0);
     assert!(dropped["metadata"]["annotations"]["helm.sh/resource-policy"].is_null());
+}
+
+/// `helm template` with `--set-json` values, as objects.
+fn render_with(set_json: &[&str]) -> Rendered {
+    let tools = tools();
+    let mut command = Command::new(&tools.helm);
+    command
+        .current_dir(root())
+        .args(["template", RELEASE, CHART, "--namespace", NAMESPACE]);
+    for value in set_json {
+        command.args(["--set-json", value]);
+    }
+    let output = run(&mut command);
+    assert!(output.status.success(), "{}", describe(&output));
+    let yaml = text(&output.stdout);
+    let objects = yaml_to_json(&tools, &yaml);
+    Rendered::new("set-json", yaml, objects)
+}
+
+#[test]
+#[ignore = "needs scripts/k8s-tools.sh"]
+fn helm_test_checks_health_the_openapi_document_and_an_authenticated_query() {
+    let check = |rendered: &Rendered, authenticated: bool| {
+        let pods = rendered.all("Pod");
+        assert_eq!(pods.len(), 1, "one test pod");
+        let pod = pods[0];
+        assert_eq!(pod["metadata"]["annotations"]["helm.sh/hook"], "test");
+        assert_eq!(pod["spec"]["restartPolicy"], "Never");
+        let container = &pod["spec"]["containers"][0];
+        let script = container["command"][2].as_str().unwrap();
+        for path in ["/v1/health", "/v1/audit/openapi.json", "/v1/audit/logs"] {
+            assert!(script.contains(path), "{path} in {script}");
+        }
+        let env = container["env"].as_array().unwrap();
+        let base = env.iter().find(|var| var["name"] == "BASE").unwrap();
+        assert_eq!(
+            base["value"],
+            format!("http://{RELEASE}.{NAMESPACE}.svc:8080"),
+            "the client Service"
+        );
+        let token = env.iter().find(|var| var["name"] == "TOKEN");
+        assert_eq!(token.is_some(), authenticated);
+        if let Some(token) = token {
+            let secret = &token["valueFrom"]["secretKeyRef"];
+            assert_eq!(secret["name"], format!("{RELEASE}-admin-token"));
+            assert_eq!(secret["key"], "token");
+        }
+    };
+    check(&render_with(&[]), true);
+    check(
+        &render_with(&[r#"auth={"adminToken":{"enabled":false}}"#]),
+        false,
+    );
+}
+
+#[test]
+#[ignore = "needs scripts/k8s-tools.sh"]
+fn extra_env_from_init_containers_sidecars_and_ipv6_listen_reach_the_pod() {
+    let rendered = render_with(&[
+        r#"extraEnvFrom=[{"secretRef":{"name":"audit-env"}}]"#,
+        r#"initContainers=[{"name":"wait","image":"busybox"}]"#,
+        r#"sidecars=[{"name":"shipper","image":"fluent-bit"}]"#,
+        r#"listenAddress="::""#,
+    ]);
+    let spec = rendered.pod_spec();
+    assert_eq!(spec["initContainers"][0]["name"], "wait");
+    let containers = spec["containers"].as_array().unwrap();
+    let names: Vec<&Value> = containers.iter().map(|c| &c["name"]).collect();
+    assert_eq!(names, ["scaivault-audit", "shipper"]);
+    let service = &containers[0];
+    assert_eq!(service["envFrom"][0]["secretRef"]["name"], "audit-env");
+    let bind = service["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|var| var["name"] == "BIND_ADDRESS")
+        .unwrap();
+    assert_eq!(bind["value"], "[::]:8080");
+    let defaults = render_with(&[]);
+    let bind = defaults.pod_spec()["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|var| var["name"] == "BIND_ADDRESS")
+        .unwrap()
+        .clone();
+    assert_eq!(bind["value"], "0.0.0.0:8080");
+    assert!(defaults.pod_spec().get("initContainers").is_none());
+}
+
+// ---------------------------------------------------------------------------------------------
+// the chart README, generated from the values' comments
+// ---------------------------------------------------------------------------------------------
+
+const README_HEAD: &str = "# scaivault-audit Helm chart
+
+<!-- Generated from values.yaml by tests/it/helm_ops.rs (the_chart_readme_is_generated_from_the_values):
+     edit the `# --` comments in values.yaml, then run
+     UPDATE_CHART_README=1 cargo test --test it the_chart_readme_is_generated -->
+
+Audit-log service of the ScaiVault secrets manager: durable ingest, search, the ScaiVault audit
+REST API, and AuditExport resources exported to object storage. The full guide is
+[docs/deployment.md](../../docs/deployment.md); metrics are listed in
+[docs/metrics.md](../../docs/metrics.md), error codes in
+[docs/troubleshooting.md](../../docs/troubleshooting.md).
+
+```sh
+helm install scaivault-audit charts/scaivault-audit -n scaivault-audit --create-namespace
+helm test scaivault-audit -n scaivault-audit
+# CRDs are never upgraded by Helm from crds/: before each upgrade
+helm show crds charts/scaivault-audit | kubectl apply --server-side -f -
+```
+
+## Values
+
+| Key | Default | Description |
+|---|---|---|
+";
+
+/// One documented value: its dotted key, default and description.
+struct DocumentedValue {
+    key: String,
+    default: String,
+    description: String,
+}
+
+/// The values with a `# --` comment, in file order. A key's path comes from the indentation;
+/// lines inside lists are not keys.
+fn documented_values(values: &str) -> Vec<DocumentedValue> {
+    let mut documented = Vec::new();
+    let mut path: Vec<(usize, String)> = Vec::new();
+    let mut comment: Option<String> = None;
+    let mut list_indent: Option<usize> = None;
+    for line in values.lines() {
+        let indent = line.len() - line.trim_start().len();
+        let trimmed = line.trim();
+        if trimmed.is_empty() {
+            comment = None;
+            continue;
+        }
+        if let Some(text) = trimmed.strip_prefix('#') {
+            let text = text.strip_prefix(' ').unwrap_or(text);
+            match (&mut comment, text.strip_prefix("-- ")) {
+                (_, Some(start)) => comment = Some(start.to_string()),
+                (Some(doc), None) => {
+                    doc.push(' ');
+                    doc.push_str(text.trim());
+                }
+                (None, None) => {}
+            }
+            continue;
+        }
+        if list_indent.is_some_and(|owner| indent > owner) || trimmed.starts_with("- ") {
+            continue;
+        }
+        list_indent = None;
+        let Some((key, value)) = trimmed.split_once(':') else {
+            continue;
+        };
+        path.retain(|(depth, _)| *depth < indent);
+        path.push((indent, key.to_string()));
+        let value = value.trim();
+        if value.is_empty() {
+            list_indent = Some(indent);
+            // A nested map: its keys are deeper, so only lists stay skipped.
+            if values_block_is_map(values, line) {
+                list_indent = None;
+            }
+        }
+        if let Some(description) = comment.take() {
+            let key: Vec<&str> = path.iter().map(|(_, key)| key.as_str()).collect();
+            documented.push(DocumentedValue {
+                key: key.join("."),
+                default: if value.is_empty() {
+                    "see values.yaml".into()
+                } else {
+                    format!("`{value}`")
+                },
+                description,
+            });
+        }
+    }
+    documented
+}
+
+/// Whether the block after `line` (a key with no inline value) is a map rather than a list.
+fn values_block_is_map(values: &str, line: &str) -> bool {
+    let mut after = values
+        .split_once(line)
+        .map(|(_, rest)| rest.lines())
+        .into_iter()
+        .flatten();
+    after
+        .find(|next| {
+            let next = next.trim();
+            !next.is_empty() && !next.starts_with('#')
+        })
+        .is_some_and(|next| !next.trim().starts_with("- "))
+}
+
+fn chart_readme() -> String {
+    let values = std::fs::read_to_string(root().join(CHART).join("values.yaml")).unwrap();
+    let mut readme = README_HEAD.to_string();
+    for value in documented_values(&values) {
+        let description = value.description.replace('|', "\\|");
+        let default = value.default.replace('|', "\\|");
+        readme.push_str(&format!(
+            "| `{}` | {default} | {description} |\n",
+            value.key
+        ));
+    }
+    readme
+}
+
+#[test]
+fn the_chart_readme_is_generated_from_the_values() {
+    let path = root().join(CHART).join("README.md");
+    let generated = chart_readme();
+    if std::env::var_os("UPDATE_CHART_README").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "{} is stale: run UPDATE_CHART_README=1 cargo test --test it the_chart_readme_is_generated",
+        path.display()
+    );
+    for key in [
+        "`replicaCount`",
+        "`serviceMonitor.prometheusNamespace`",
+        "`crds.enabled`",
+        "`auth.adminToken.enabled`",
+        "`persistence.retentionPolicy`",
+    ] {
+        assert!(
+            generated.contains(&format!("| {key} |")),
+            "{key} in the README"
+        );
+    }
+}
+
+/// The in-cluster client example is valid Kubernetes (strict schemas of the chart's oldest and
+/// newest versions) and wires the projected token the way the service expects.
+#[test]
+#[ignore = "needs scripts/k8s-tools.sh"]
+fn the_in_cluster_client_sample_is_valid_and_uses_a_projected_token() {
+    let tools = tools();
+    let path = root().join("config/samples/clients/in-cluster-query.yaml");
+    for version in ["1.29.0", "1.35.0"] {
+        let output = run(Command::new(&tools.validate)
+            .args(["--strict", "--kubernetes-version", version])
+            .arg(&path));
+        assert!(output.status.success(), "{}", describe(&output));
+    }
+    let objects = yaml_to_json(&tools, &std::fs::read_to_string(&path).unwrap());
+    let kinds: Vec<&Value> = objects.iter().map(|object| &object["kind"]).collect();
+    assert_eq!(kinds, ["ServiceAccount", "Job"]);
+    let pod = &objects[1]["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], objects[0]["metadata"]["name"]);
+    let source = &pod["volumes"][0]["projected"]["sources"][0]["serviceAccountToken"];
+    assert_eq!(source["audience"], "scaivault-audit");
+    let mount = &pod["containers"][0]["volumeMounts"][0];
+    let token = format!(
+        "{}/{}",
+        mount["mountPath"].as_str().unwrap(),
+        source["path"].as_str().unwrap()
+    );
+    let script = pod["containers"][0]["command"][2].as_str().unwrap();
+    assert!(script.contains(&format!("$(cat {token})")), "{script}");
+    assert!(script.contains("/v1/audit/logs"));
 }
