@@ -68,7 +68,7 @@ fn documented_metrics() -> BTreeSet<String> {
 }
 
 /// The metric names an expression selects: identifiers outside label matchers, ranges, quoted
-/// strings and `by (…)` clauses that are not PromQL functions or keywords.
+/// strings and `by (…)`-style label lists that are not PromQL functions or keywords.
 fn metric_names(expr: &str) -> Vec<String> {
     let mut plain = String::new();
     let (mut depth_brace, mut depth_bracket, mut quoted) = (0, 0, false);
@@ -87,55 +87,43 @@ fn metric_names(expr: &str) -> Vec<String> {
             plain.push(' ');
         }
     }
-    let words: Vec<&str> = plain
+    let plain = without_label_lists(&plain);
+    plain
         .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':' || c == '$'))
-        .filter(|word| !word.is_empty())
-        .collect();
-    let mut names = Vec::new();
-    let mut skip_group = false;
-    for (i, word) in words.iter().enumerate() {
-        if ["by", "without", "on", "ignoring"].contains(word) {
-            // The label list follows: skip to the next function or metric.
-            skip_group = true;
-            continue;
-        }
-        let is_identifier = word.starts_with(|c: char| c.is_ascii_lowercase() || c == '_');
-        if !is_identifier || PROMQL_WORDS.contains(word) {
-            skip_group = false;
-            continue;
-        }
-        if skip_group && labels_follow(&plain, &words, i) {
-            continue;
-        }
-        skip_group = false;
-        names.push(word.to_string());
-    }
-    names
+        .filter(|word| word.starts_with(|c: char| c.is_ascii_lowercase() || c == '_'))
+        .filter(|word| !PROMQL_WORDS.contains(word))
+        .map(str::to_string)
+        .collect()
 }
 
-/// Whether `words[i]` sits inside the parentheses of a `by (…)` clause: the text between the
-/// clause keyword and the word holds no closing parenthesis.
-fn labels_follow(plain: &str, words: &[&str], i: usize) -> bool {
-    let Some(keyword) = words[..i]
-        .iter()
-        .rposition(|word| ["by", "without", "on", "ignoring"].contains(word))
-    else {
-        return false;
-    };
-    let start = nth_word_offset(plain, words, keyword);
-    let end = nth_word_offset(plain, words, i);
-    !plain[start..end].contains(')')
-}
-
-fn nth_word_offset(plain: &str, words: &[&str], n: usize) -> usize {
-    let mut offset = 0;
-    for word in &words[..=n] {
-        offset += plain[offset..].find(word).unwrap();
-        if *word != words[n] || offset == 0 {
-            offset += word.len();
+/// `plain` without the parenthesised label lists after `by`, `without`, `on`, `ignoring`,
+/// `group_left` and `group_right`.
+fn without_label_lists(plain: &str) -> String {
+    const KEYWORDS: [&str; 6] = [
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+    ];
+    let mut out = String::new();
+    let mut rest = plain;
+    while !rest.is_empty() {
+        let word_end = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len())
+            .max(1);
+        let (word, after) = rest.split_at(word_end);
+        out.push_str(word);
+        rest = after;
+        if KEYWORDS.contains(&word) && rest.trim_start().starts_with('(') {
+            let close = rest.find(')').map_or(rest.len(), |at| at + 1);
+            out.push(' ');
+            rest = &rest[close..];
         }
     }
-    offset - words[n].len().min(offset)
+    out
 }
 
 /// Checks that `expr` selects at least one metric and only documented ones (a histogram's
@@ -338,7 +326,9 @@ fn secret_checksum(set: &str) -> String {
 #[test]
 #[ignore = "needs scripts/k8s-tools.sh"]
 fn the_checksum_annotation_follows_the_rendered_secret() {
-    let url = "scaivault.url=https://scaivault.example";
+    // Without the admin token, whose random value (at `helm template`, where no Secret can be
+    // looked up) would change the rendered Secret every time.
+    let url = "auth.adminToken.enabled=false,scaivault.url=https://scaivault.example";
     let first = secret_checksum(&format!("{url},scaivault.token=first"));
     assert_eq!(
         first,
@@ -348,7 +338,7 @@ fn the_checksum_annotation_follows_the_rendered_secret() {
         first,
         secret_checksum(&format!("{url},scaivault.token=second"))
     );
-    let jwks = r#"auth.jwt.jwks={"keys":[]},auth.jwt.audience=a"#;
+    let jwks = r#"auth.adminToken.enabled=false,auth.jwt.jwks={"keys":[]},auth.jwt.audience=a"#;
     assert_ne!(first, secret_checksum(jwks));
 }
 
