@@ -338,8 +338,8 @@ fn the_checksum_annotation_follows_the_rendered_secret() {
         first,
         secret_checksum(&format!("{url},scaivault.token=second"))
     );
-    let jwks = r#"auth.adminToken.enabled=false,auth.jwt.jwks={"keys":[]},auth.jwt.audience=a"#;
-    assert_ne!(first, secret_checksum(jwks));
+    let tokens = "auth.adminToken.enabled=false,auth.staticTokens.tokensToml=# no tokens yet";
+    assert_ne!(first, secret_checksum(tokens));
 }
 
 /// `helm template` of the CRD template alone, with `--set` values.
