@@ -6,6 +6,7 @@ use parking_lot::Mutex;
 use prometheus_client::registry::Registry;
 
 use crate::api::audit_trail::AuditRecorder;
+use crate::api::metrics::ApiMetrics;
 use crate::api::rate_limit::RateLimiter;
 use crate::api::work_limit::WorkGates;
 use crate::auth::Authenticator;
@@ -24,6 +25,8 @@ pub struct AppState {
     pub cursors: CursorCodec,
     /// The Prometheus registry, complete once the server starts (read-only afterwards).
     pub metrics: Arc<Registry>,
+    /// The REST metrics (registered in `metrics` by [`AppState::new`]).
+    pub api_metrics: ApiMetrics,
     pub limits: IngestLimits,
     pub rate_limiter: Arc<RateLimiter>,
     /// Estimates exports (and, standalone, runs them).
@@ -53,16 +56,18 @@ impl AppState {
         store: Store,
         auth: Authenticator,
         cursors: CursorCodec,
-        metrics: Registry,
+        mut metrics: Registry,
         limits: IngestLimits,
         rate_limits: RateLimits,
         exports: ExportHandles,
     ) -> Self {
+        let api_metrics = ApiMetrics::register(&mut metrics);
         AppState {
             store,
             auth: Arc::new(auth),
             cursors,
             metrics: Arc::new(metrics),
+            api_metrics,
             limits,
             rate_limiter: Arc::new(RateLimiter::new(rate_limits)),
             export_engine: exports.engine,

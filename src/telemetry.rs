@@ -2,6 +2,9 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tracing_subscriber::EnvFilter;
 
@@ -77,6 +80,25 @@ fn use_colour(stderr_is_terminal: bool, no_color: bool) -> bool {
 /// A new registry whose metric names start with `scaivault_audit_`.
 pub fn new_registry() -> Registry {
     Registry::with_prefix(METRICS_PREFIX)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+/// Registers `scaivault_audit_build_info{version="…"} 1`.
+pub fn register_build_info(registry: &mut Registry) {
+    let info = Family::<BuildLabels, Gauge>::default();
+    info.get_or_create(&BuildLabels {
+        version: env!("CARGO_PKG_VERSION"),
+    })
+    .set(1);
+    registry.register(
+        "build_info",
+        "Always 1; the version label is the running build's version",
+        info,
+    );
 }
 
 #[cfg(test)]

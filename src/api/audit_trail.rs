@@ -106,6 +106,10 @@ impl AuditTrailMetrics {
     /// Creates the counters and registers them (names get the registry's prefix).
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = AuditTrailMetrics::default();
+        // Every series exists from the start (scraped at zero).
+        for reason in [DropReason::QueueFull, DropReason::WriteFailed] {
+            let _ = metrics.dropped.get_or_create(&DropLabels { reason });
+        }
         registry.register(
             "audit_reads_recorded",
             "Reads of audit data recorded as audit events (the audit of the audit)",

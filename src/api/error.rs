@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use warp::http::StatusCode;
 use warp::reply::Response;
 
+use super::metrics::Cause;
 use crate::auth::AuthError;
 use crate::event::FieldErrors;
 use crate::query::QueryError;
@@ -24,6 +25,9 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub details: Option<Value>,
+    /// Why a 429 or 503 was answered, for the metrics only (never sent; see
+    /// [`super::metrics::ErrorLabel`]).
+    pub cause: Option<Cause>,
 }
 
 impl ApiError {
@@ -33,7 +37,14 @@ impl ApiError {
             code,
             message: message.into(),
             details: None,
+            cause: None,
         }
+    }
+
+    /// This error, counted under `cause` in the metrics.
+    pub fn with_cause(mut self, cause: Cause) -> Self {
+        self.cause = Some(cause);
+        self
     }
 
     pub fn with_details(mut self, details: Value) -> Self {
@@ -80,7 +91,9 @@ impl ApiError {
     /// 503 `service_unavailable` because the service is at capacity: the response carries
     /// `Retry-After` (and `details.retry_after`).
     pub fn busy(message: impl Into<String>, retry_after_secs: u64) -> Self {
-        Self::unavailable(message).with_details(json!({ "retry_after": retry_after_secs }))
+        Self::unavailable(message)
+            .with_details(json!({ "retry_after": retry_after_secs }))
+            .with_cause(Cause::Busy)
     }
 
     /// 500 `internal_error`; `cause` is logged, not sent.
@@ -124,6 +137,12 @@ impl ApiError {
         }
         let body = json!({ "error": error });
         let mut response = super::json_response(self.status, &body);
+        response
+            .extensions_mut()
+            .insert(super::metrics::ErrorLabel {
+                code: self.code,
+                cause: self.cause,
+            });
         // Every error that tells the client when to retry says so in the standard header too.
         if let Some(seconds) = retry_after {
             response
@@ -155,7 +174,10 @@ impl From<AuthError> for ApiError {
             }
             AuthError::RateLimited {
                 retry_after_secs, ..
-            } => api_error.with_details(json!({ "retry_after": retry_after_secs })),
+            } => api_error
+                .with_details(json!({ "retry_after": retry_after_secs }))
+                .with_cause(Cause::FailedAuth),
+            AuthError::Unavailable => api_error.with_cause(Cause::AuthUnavailable),
             _ => api_error,
         }
     }
@@ -166,13 +188,23 @@ impl From<WriteError> for ApiError {
         match error {
             WriteError::NotReady => {
                 ApiError::unavailable("the audit store is starting; retry shortly")
+                    .with_cause(Cause::Starting)
             }
-            WriteError::Closed => ApiError::unavailable("the audit store is shutting down"),
+            WriteError::Closed => ApiError::unavailable("the audit store is shutting down")
+                .with_cause(Cause::ShuttingDown),
             other => {
                 tracing::error!(error = %other, "ingest not acknowledged");
+                let cause = match other {
+                    WriteError::Wal(_) => Cause::WalError,
+                    WriteError::DedupLookup(_) => Cause::DedupLookupError,
+                    WriteError::Commit(_) | WriteError::IndexUnhealthy => Cause::IndexUnhealthy,
+                    WriteError::NotReady => Cause::Starting,
+                    WriteError::Closed => Cause::ShuttingDown,
+                };
                 ApiError::unavailable(
                     "the audit store cannot accept writes right now; nothing was stored, retry later",
                 )
+                .with_cause(cause)
             }
         }
     }

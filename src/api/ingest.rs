@@ -43,6 +43,7 @@ where
     principal.require(Scope::Write)?;
     super::require_ready(&state)?;
     let body = read_body(body, content_length(&headers), state.limits.max_body_bytes).await?;
+    state.api_metrics.ingest_bytes.inc_by(body.len() as u64);
     let format = BodyFormat::of(&headers);
     let limits = state.limits;
     let id_state = state.clone();

@@ -12,6 +12,7 @@ pub mod health;
 pub mod ingest;
 pub mod integrity;
 pub mod logs;
+pub mod metrics;
 pub mod openapi;
 pub mod rate_limit;
 pub mod request_id;
@@ -22,7 +23,7 @@ pub mod work_limit;
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -44,8 +45,26 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// A client that has not finished its TLS handshake by then is dropped.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Every route of the service, with rejections mapped to the error envelope.
+/// Every route of the service, with rejections mapped to the error envelope, each answer
+/// counted in the HTTP metrics ([`metrics::ApiMetrics::observe`]).
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
+    let metrics = state.api_metrics.clone();
+    // Filters run in order: the clock starts before routing and reading the body.
+    warp::any()
+        .map(Instant::now)
+        .and(warp::method())
+        .and(warp::path::full())
+        .and(service_routes(state))
+        .map(
+            move |started: Instant, method, path: warp::path::FullPath, response: Response| {
+                metrics.observe(&method, path.as_str(), &response, started.elapsed());
+                response
+            },
+        )
+        .boxed()
+}
+
+fn service_routes(state: AppState) -> BoxedFilter<(Response,)> {
     health::routes(state.clone())
         .or(ingest::routes(state.clone()))
         .unify()
@@ -223,12 +242,28 @@ where
             let handler = handler.clone();
             async move {
                 let read = audit_trail::AuditedRead::query(endpoint, &raw);
-                let run = |principal| handler(state.clone(), principal, headers.clone(), raw);
+                let (own_state, own_headers) = (state.clone(), headers.clone());
+                let run = |principal| async move {
+                    let started = Instant::now();
+                    let metrics = own_state.api_metrics.clone();
+                    let answer = handler(own_state, principal, own_headers, raw).await;
+                    metrics.observe_query(query_label(endpoint), started.elapsed());
+                    answer
+                };
                 audit_trail::audited(&state, &headers, Scope::Read, Category::Queries, read, run)
                     .await
             }
         })
         .boxed()
+}
+
+/// The `endpoint` label of a query route's latency.
+fn query_label(endpoint: &str) -> &'static str {
+    match endpoint {
+        "GET /v1/audit/logs" => "logs",
+        "GET /v1/audit/summary" => "summary",
+        _ => "other",
+    }
 }
 
 /// Runs a rate-limited handler: authenticate, require `scope`, take a token of `category`,
@@ -293,7 +328,9 @@ where
     let mut response = if decision.allowed {
         respond(handler(principal).await)
     } else {
-        ApiError::rate_limited(decision.limit, decision.retry_after_secs).into_response()
+        ApiError::rate_limited(decision.limit, decision.retry_after_secs)
+            .with_cause(category.metric_label())
+            .into_response()
     };
     decision.apply_headers(response.headers_mut());
     response
@@ -311,8 +348,9 @@ pub fn require_ready(state: &AppState) -> Result<(), ApiError> {
     if state.store.health().ready {
         Ok(())
     } else {
-        Err(ApiError::unavailable(
-            "the audit store is starting; retry shortly",
-        ))
+        Err(
+            ApiError::unavailable("the audit store is starting; retry shortly")
+                .with_cause(metrics::Cause::Starting),
+        )
     }
 }

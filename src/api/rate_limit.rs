@@ -21,6 +21,16 @@ pub enum Category {
     Exports,
 }
 
+impl Category {
+    /// The `reason` label of a refusal (`scaivault_audit_rate_limited_total`).
+    pub fn metric_label(self) -> super::metrics::Cause {
+        match self {
+            Category::Queries => super::metrics::Cause::Queries,
+            Category::Exports => super::metrics::Cause::Exports,
+        }
+    }
+}
+
 /// The outcome of taking a token.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Decision {

@@ -86,40 +86,6 @@ pub fn choose(client_id: Option<&HeaderValue>) -> String {
     }
 }
 
-/// The route template of a request path: what the access log and metrics name instead of
-/// the raw path (secret paths and identities stay out of the logs).
-pub fn route_template(path: &str) -> &'static str {
-    const EXACT: &[&str] = &[
-        "/v1/audit/events",
-        "/v1/audit/logs",
-        "/v1/audit/summary",
-        "/v1/audit/export",
-        "/v1/audit/exports",
-        "/v1/audit/integrity/checkpoints",
-        "/v1/audit/integrity/keys",
-        "/v1/audit/openapi.json",
-        "/v1/health",
-        "/v1/health/ready",
-        "/metrics",
-    ];
-    if let Some(route) = EXACT.iter().find(|route| **route == path) {
-        return route;
-    }
-    let under = |prefix: &str| {
-        path.strip_prefix(prefix)
-            .is_some_and(|rest| !rest.is_empty())
-    };
-    if under("/v1/audit/secrets/") {
-        "/v1/audit/secrets/{path}"
-    } else if under("/v1/audit/identities/") {
-        "/v1/audit/identities/{identity_id}"
-    } else if under("/v1/audit/exports/") {
-        "/v1/audit/exports/{export_id}"
-    } else {
-        "unmatched"
-    }
-}
-
 /// Runs one request through the routes with its id in scope and on the response, inside a
 /// `request` span, and writes its access line.
 pub async fn handle<S>(
@@ -132,7 +98,7 @@ where
     let started = Instant::now();
     let request_id = choose(request.headers().get(HEADER));
     let method = request.method().clone();
-    let route = route_template(request.uri().path());
+    let route = super::metrics::route_template(request.uri().path());
     let span = tracing::info_span!(
         "request",
         request_id = %request_id,
@@ -183,25 +149,5 @@ mod tests {
         assert!(choose(Some(&HeaderValue::from_static("has space"))).starts_with("req_"));
         let long = HeaderValue::from_str(&"x".repeat(200)).unwrap();
         assert!(choose(Some(&long)).starts_with("req_"));
-    }
-
-    #[test]
-    fn routes_are_templates_never_raw_paths() {
-        assert_eq!(route_template("/v1/audit/logs"), "/v1/audit/logs");
-        assert_eq!(
-            route_template("/v1/audit/secrets/environments/prod/db"),
-            "/v1/audit/secrets/{path}"
-        );
-        assert_eq!(
-            route_template("/v1/audit/identities/user:alice@acme.example"),
-            "/v1/audit/identities/{identity_id}"
-        );
-        assert_eq!(
-            route_template("/v1/audit/exports/exp_01jz0000000000000000000000"),
-            "/v1/audit/exports/{export_id}"
-        );
-        assert_eq!(route_template("/v1/audit/secrets/"), "unmatched");
-        assert_eq!(route_template("/v1/audit/secretsx"), "unmatched");
-        assert_eq!(route_template("/admin/environments/prod/db"), "unmatched");
     }
 }

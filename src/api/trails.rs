@@ -52,8 +52,18 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .then(
             |trail: Trail, headers: HeaderMap, raw: String, state: AppState| async move {
                 let read = audited_read(&trail, &raw);
-                let handler = |principal| {
-                    trail_response(state.clone(), principal, trail, headers.clone(), raw)
+                let endpoint = match trail {
+                    Trail::Secret(_) => "secret_trail",
+                    Trail::Identity(_) => "identity_trail",
+                };
+                let (own_state, own_headers) = (state.clone(), headers.clone());
+                let handler = |principal| async move {
+                    let started = std::time::Instant::now();
+                    let metrics = own_state.api_metrics.clone();
+                    let answer =
+                        trail_response(own_state, principal, trail, own_headers, raw).await;
+                    metrics.observe_query(endpoint, started.elapsed());
+                    answer
                 };
                 let (scope, category) = (Scope::Read, Category::Queries);
                 audit_trail::audited(&state, &headers, scope, category, read, handler).await

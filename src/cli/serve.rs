@@ -13,6 +13,7 @@ use scaivault_audit::config::{Settings, SettingsArgs};
 use scaivault_audit::export::credentials::{CredentialSource, ScaiVaultClient};
 use scaivault_audit::export::engine::{EngineConfig, ExportEngine, RetryPolicy};
 use scaivault_audit::export::manifest::{ExportIntegrity, ManifestLinks};
+use scaivault_audit::export::metrics::ExportMetrics;
 use scaivault_audit::export::policy::ExportPolicy;
 use scaivault_audit::export::runner::{LocalRunner, RunnerMetrics};
 use scaivault_audit::integrity::checkpoint::CheckpointLog;
@@ -29,6 +30,7 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
     telemetry::init_logging(&settings.log_level, settings.log_format)
         .map_err(anyhow::Error::msg)?;
     let mut registry = telemetry::new_registry();
+    telemetry::register_build_info(&mut registry);
     // Before the store: a missing or broken key ring stops the start before anything else.
     let checkpoint_log = Arc::new(
         checkpointer::open(&settings.integrity)
@@ -243,7 +245,8 @@ fn export_runner(
             policy: export_policy(settings)?,
         },
     )
-    .with_integrity(export_integrity(settings, checkpoint_log)?);
+    .with_integrity(export_integrity(settings, checkpoint_log)?)
+    .with_metrics(ExportMetrics::register(registry));
     Ok(LocalRunner::open(
         engine,
         &exports_dir.join("jobs"),

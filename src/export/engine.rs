@@ -25,6 +25,7 @@ use super::credentials::{CredentialSource, DestinationCredentials};
 use super::format::{self, PartEncoder};
 use super::job::{Checkpoint, DestinationType, ExportFailure, ExportSpec, FileEntry, RecordBound};
 use super::manifest::{self, ExportIntegrity, ManifestLink, ManifestParts};
+use super::metrics::{ExportMetrics, RunOutcome};
 use super::policy::ExportPolicy;
 use super::sink::endpoint::EndpointPolicy;
 use super::sink::{self, Sink, SinkContext, SinkError, SmallObject};
@@ -110,6 +111,7 @@ pub struct ExportEngine {
     config: Arc<EngineConfig>,
     /// Signs manifests and links them per destination family (unsigned without it).
     integrity: Option<Arc<ExportIntegrity>>,
+    metrics: ExportMetrics,
     /// Unit tests: the sink every job writes to, whatever its destination.
     #[cfg(test)]
     test_sink: Option<Arc<dyn Sink>>,
@@ -179,6 +181,7 @@ impl ExportEngine {
             credentials,
             config: Arc::new(config),
             integrity: None,
+            metrics: ExportMetrics::default(),
             #[cfg(test)]
             test_sink: None,
         }
@@ -188,6 +191,12 @@ impl ExportEngine {
     /// and linking manifests per destination family.
     pub fn with_integrity(mut self, integrity: Arc<ExportIntegrity>) -> Self {
         self.integrity = Some(integrity);
+        self
+    }
+
+    /// This engine, counting its jobs in `metrics`.
+    pub fn with_metrics(mut self, metrics: ExportMetrics) -> Self {
+        self.metrics = metrics;
         self
     }
 
@@ -238,6 +247,28 @@ impl ExportEngine {
         &self,
         export_id: &str,
         spec: &ExportSpec,
+        checkpoint: Checkpoint,
+        progress: &dyn ProgressReporter,
+        cancel: &CancellationToken,
+    ) -> Result<ExportOutcome, ExportFailure> {
+        let started = Instant::now();
+        let result = self
+            .run_job(export_id, spec, checkpoint, progress, cancel)
+            .await;
+        let outcome = match &result {
+            Ok(_) => RunOutcome::Completed,
+            Err(failure) if failure.code == "cancelled" => RunOutcome::Cancelled,
+            Err(_) => RunOutcome::Failed,
+        };
+        self.metrics
+            .run(spec.destination.kind, outcome, started.elapsed());
+        result
+    }
+
+    async fn run_job(
+        &self,
+        export_id: &str,
+        spec: &ExportSpec,
         mut checkpoint: Checkpoint,
         progress: &dyn ProgressReporter,
         cancel: &CancellationToken,
@@ -250,7 +281,7 @@ impl ExportEngine {
         let mut filters = spec.log_filters().map_err(invalid_spec)?;
         filters.before_seq = Some(checkpoint.snapshot_seq);
         let sink = self
-            .retry(cancel, || self.open_sink(export_id, spec))
+            .retry(spec, cancel, || self.open_sink(export_id, spec))
             .await?;
         if let Some(outcome) = self
             .claim(sink.as_ref(), export_id, spec, &checkpoint, cancel)
@@ -285,7 +316,7 @@ impl ExportEngine {
             let key = spec.part_key(number);
             let content_type = format::content_type(spec.format, spec.compression);
             let uploaded = self
-                .retry(cancel, || async {
+                .retry(spec, cancel, || async {
                     Ok(sink.upload_file(&key, &spool_path, content_type).await?)
                 })
                 .await;
@@ -297,6 +328,8 @@ impl ExportEngine {
                 records = part.records,
                 "export part uploaded"
             );
+            self.metrics
+                .part(spec.destination.kind, part.records, part.size_bytes);
             checkpoint.files.push(FileEntry {
                 key,
                 size_bytes: part.size_bytes,
@@ -415,7 +448,7 @@ impl ExportEngine {
         // Objects without a claim (another tool, a deleted claim) are never overwritten.
         for key in [spec.manifest_key(), spec.part_key(1)] {
             let found = self
-                .retry(cancel, || async { Ok(sink.exists(&key).await?) })
+                .retry(spec, cancel, || async { Ok(sink.exists(&key).await?) })
                 .await?;
             if found {
                 return Err(conflict(&location, export_id, None));
@@ -429,7 +462,7 @@ impl ExportEngine {
         .to_string()
         .into_bytes();
         let created = self
-            .retry(cancel, || async {
+            .retry(spec, cancel, || async {
                 Ok(sink
                     .create_new(&claim_key, body.clone(), "application/json")
                     .await?)
@@ -459,7 +492,9 @@ impl ExportEngine {
         cancel: &CancellationToken,
     ) -> Result<Owner, ExportFailure> {
         let claim = self
-            .retry(cancel, || async { Ok(sink.read_small(claim_key).await?) })
+            .retry(spec, cancel, || async {
+                Ok(sink.read_small(claim_key).await?)
+            })
             .await?;
         Ok(match claim {
             SmallObject::Missing => Owner::Nobody,
@@ -489,7 +524,7 @@ impl ExportEngine {
     ) -> Result<Option<ExportOutcome>, ExportFailure> {
         let manifest_key = spec.manifest_key();
         let manifest = self
-            .retry(cancel, || async {
+            .retry(spec, cancel, || async {
                 Ok(sink.read_small(&manifest_key).await?)
             })
             .await?;
@@ -521,7 +556,7 @@ impl ExportEngine {
     ) -> Result<(), ExportFailure> {
         remove_spooled(&self.config.spool_dir, export_id);
         let removed = self
-            .retry(cancel, || async {
+            .retry(spec, cancel, || async {
                 Ok(sink.abort_incomplete(&spec.destination.prefix).await?)
             })
             .await?;
@@ -616,7 +651,7 @@ impl ExportEngine {
         cancel: &CancellationToken,
     ) -> Result<Vec<u8>, ExportFailure> {
         let body = serde_json::to_vec_pretty(manifest).map_err(internal)?;
-        self.retry(cancel, || async {
+        self.retry(spec, cancel, || async {
             Ok(sink
                 .put_bytes(&spec.manifest_key(), body.clone(), "application/json")
                 .await?)
@@ -650,6 +685,7 @@ impl ExportEngine {
     /// a backoff sleep), or retrying would take longer than the policy allows.
     async fn retry<T, F, Fut>(
         &self,
+        spec: &ExportSpec,
         cancel: &CancellationToken,
         mut step: F,
     ) -> Result<T, ExportFailure>
@@ -667,6 +703,7 @@ impl ExportEngine {
         .when(StepError::is_transient)
         .notify(|error, _| {
             let failure = error.failure();
+            self.metrics.retry(spec.destination.kind);
             tracing::warn!(
                 code = failure.code,
                 message = failure.message,

@@ -5,6 +5,7 @@
 //! - [`request`]: what an export asks for (a REST body or an AuditExport spec), validated once;
 //! - [`engine`]: one job from snapshot to manifest, with retries and resume;
 //! - [`manifest`]: the signed manifest and the chain of manifests per destination family;
+//! - [`metrics`]: job runs, records, bytes, parts and retries by destination type;
 //! - [`format`]: part-file encoders (JSONL/CSV, gzip, size and SHA-256);
 //! - [`sink`]: destinations (file, S3, GCS, Azure Blob) behind one trait;
 //! - [`credentials`]: destination credentials from ScaiVault (or a development directory);
@@ -19,6 +20,7 @@ pub mod engine;
 pub mod format;
 pub mod job;
 pub mod manifest;
+pub mod metrics;
 pub mod policy;
 pub mod registry;
 pub mod request;

@@ -52,8 +52,19 @@ pub enum Error {
     Record(String),
 }
 
+/// Every value [`Error::metric_label`] returns (the series start at zero).
+pub const ERROR_LABELS: [&str; 7] = [
+    "patch_status",
+    "estimate",
+    "cleanup",
+    "missing_object_key",
+    "finalizer",
+    "namespace",
+    "audit_log",
+];
+
 impl Error {
-    /// Bounded metric label.
+    /// Bounded metric label (one of [`ERROR_LABELS`]).
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::PatchStatus(_) => "patch_status",

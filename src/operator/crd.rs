@@ -31,9 +31,14 @@ pub const GROUP: &str = "audit.scailabs.ai";
     status = "AuditExportStatus",
     derive = "PartialEq",
     doc = "An export of one tenant's ScaiVault audit events in a time range to object storage (S3, GCS or Azure Blob) as JSONL or CSV files. The scaivault-audit operator runs it and reports progress in status.",
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "True once the export completed (kubectl wait --for=condition=Ready)"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Pending, Running, Completed, Failed or Cancelled"),
+    printcolumn(name = "Tenant", type_ = "string", json_path = ".spec.tenantId", description = "Tenant whose events are exported"),
+    printcolumn(name = "Destination", type_ = "string", json_path = ".spec.destination.type", description = "s3, gcs, azure_blob or file"),
     printcolumn(name = "Records", type_ = "integer", json_path = ".status.recordCount", description = "Events exported so far"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(name = "Export ID", type_ = "string", json_path = ".status.exportId", description = "The export's id in the REST API", priority = "1"),
+    printcolumn(name = "Message", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].message", description = "Why the export is (not) ready", priority = "1"),
     validation = Rule::new("!has(oldSelf.status) || !has(oldSelf.status.startedAt) || self.spec == oldSelf.spec").message("spec is immutable once the export has started (status.startedAt is set): create a new AuditExport instead").reason(Reason::FieldValueForbidden),
 )]
 #[x_kube(validation = Rule::new("timestamp(self.from) < timestamp(self.to)").message("from must be before to").reason(Reason::FieldValueInvalid))]
@@ -267,4 +272,48 @@ fn conditions_schema(_: &mut schemars::generate::SchemaGenerator) -> schemars::S
             "required": ["lastTransitionTime", "message", "reason", "status", "type"]
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use kube::CustomResourceExt;
+
+    use super::AuditExport;
+    use crate::operator::status::conditions;
+
+    /// `kubectl get aex` shows readiness, tenant, destination, records and age; `-o wide` adds
+    /// the export id and the Ready condition's message.
+    #[test]
+    fn printer_columns_show_readiness_and_wide_details() {
+        let crd = AuditExport::crd();
+        let columns = crd.spec.versions[0]
+            .additional_printer_columns
+            .clone()
+            .unwrap();
+        let shown: Vec<(&str, &str, i32)> = columns
+            .iter()
+            .map(|c| {
+                (
+                    c.name.as_str(),
+                    c.json_path.as_str(),
+                    c.priority.unwrap_or(0),
+                )
+            })
+            .collect();
+        let ready = format!(".status.conditions[?(@.type==\"{}\")]", conditions::READY);
+        assert_eq!(
+            shown,
+            [
+                ("Ready", format!("{ready}.status").as_str(), 0),
+                ("Phase", ".status.phase", 0),
+                ("Tenant", ".spec.tenantId", 0),
+                ("Destination", ".spec.destination.type", 0),
+                ("Records", ".status.recordCount", 0),
+                ("Age", ".metadata.creationTimestamp", 0),
+                ("Export ID", ".status.exportId", 1),
+                ("Message", format!("{ready}.message").as_str(), 1),
+            ]
+        );
+    }
 }

@@ -73,6 +73,7 @@ impl OperatorMetrics {
     /// Creates the metrics and registers them under `operator_`.
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = OperatorMetrics::default();
+        metrics.start_at_zero();
         let registry = registry.sub_registry_with_prefix("operator");
         registry.register(
             "reconciles",
@@ -105,6 +106,26 @@ impl OperatorMetrics {
             metrics.leader.clone(),
         );
         metrics
+    }
+
+    /// Creates every labelled series at zero, so that they are scraped (and `increase()` sees
+    /// the first event) before anything happened.
+    fn start_at_zero(&self) {
+        for result in [ReconcileResult::Ok, ReconcileResult::Error] {
+            let _ = self.reconciles.get_or_create(&ResultLabels { result });
+        }
+        for error in super::controller::ERROR_LABELS {
+            let _ = self.reconcile_errors.get_or_create(&ErrorLabels { error });
+        }
+        for phase in [
+            PhaseLabel::Pending,
+            PhaseLabel::Running,
+            PhaseLabel::Completed,
+            PhaseLabel::Failed,
+            PhaseLabel::Cancelled,
+        ] {
+            let _ = self.job_transitions.get_or_create(&PhaseLabels { phase });
+        }
     }
 
     pub fn observe_reconcile(&self, result: ReconcileResult, took: Duration) {

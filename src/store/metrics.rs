@@ -45,6 +45,8 @@ pub struct StoreMetrics {
     pub index_documents: Gauge,
     pub replay_duration_seconds: Gauge<f64, AtomicU64>,
     pub replayed_events: Counter,
+    /// 1 while the write-ahead log replay at start runs.
+    pub replay_in_progress: Gauge,
     /// Damaged WAL stretches and undecodable events moved to quarantine.
     pub wal_quarantined: Counter,
     pub wal_quarantined_bytes: Counter,
@@ -65,9 +67,21 @@ impl StoreMetrics {
             index_documents: Gauge::default(),
             replay_duration_seconds: Gauge::default(),
             replayed_events: Counter::default(),
+            replay_in_progress: Gauge::default(),
             wal_quarantined: Counter::default(),
             wal_quarantined_bytes: Counter::default(),
         };
+        // Every trigger's series exists from the start (scraped at zero).
+        for trigger in [
+            CommitTrigger::Interval,
+            CommitTrigger::DocCount,
+            CommitTrigger::Memory,
+            CommitTrigger::Replay,
+            CommitTrigger::Force,
+            CommitTrigger::Shutdown,
+        ] {
+            let _ = metrics.commits.get_or_create(&CommitLabels { trigger });
+        }
         registry.register(
             "events_ingested",
             "Events acknowledged as durable (duplicates excluded)",
@@ -122,6 +136,11 @@ impl StoreMetrics {
             "wal_replayed_events",
             "Events replayed from the write-ahead log at start",
             metrics.replayed_events.clone(),
+        );
+        registry.register(
+            "wal_replay_in_progress",
+            "1 while the write-ahead log replay at start runs (the pod is not ready meanwhile)",
+            metrics.replay_in_progress.clone(),
         );
         registry.register(
             "wal_quarantined",

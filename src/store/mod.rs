@@ -311,7 +311,11 @@ struct Startup {
 impl Startup {
     fn run(self, store: std::sync::Weak<StoreInner>) {
         let shared = self.index_stage.shared.clone();
-        match self.replay_and_spawn() {
+        let replaying = self.index_stage.metrics.replay_in_progress.clone();
+        replaying.set(1);
+        let started = self.replay_and_spawn();
+        replaying.set(0);
+        match started {
             Ok(threads) => {
                 if let Some(store) = store.upgrade() {
                     store.threads.lock().extend(threads);

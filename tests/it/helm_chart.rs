@@ -22,22 +22,22 @@ use base64::Engine;
 use serde_json::Value;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_scaivault-audit");
-const CHART: &str = "charts/scaivault-audit";
+pub(crate) const CHART: &str = "charts/scaivault-audit";
 /// Release and namespace of every rendering. The release name contains the chart name, so the
 /// resources are called `scaivault-audit` (unless a values file overrides it).
-const RELEASE: &str = "scaivault-audit";
-const NAMESPACE: &str = "audit-system";
+pub(crate) const RELEASE: &str = "scaivault-audit";
+pub(crate) const NAMESPACE: &str = "audit-system";
 /// The chart's `kubeVersion` floor and the kubectl/helm client version.
 const K8S_VERSIONS: [&str; 2] = ["1.29.0", "1.35.0"];
-/// Kinds kubernetes-validate has no schema for. ServiceMonitor (a Prometheus Operator CRD) is
-/// checked by `check_service_monitor` instead; the chart renders no AuditExport objects, but a
+/// Kinds kubernetes-validate has no schema for. ServiceMonitor and PrometheusRule (Prometheus
+/// Operator CRDs) are checked by `check_service_monitor` and tests/it/helm_ops.rs instead; the chart renders no AuditExport objects, but a
 /// future sample would land here too.
-const NO_SCHEMA_KINDS: [&str; 2] = ["ServiceMonitor", "AuditExport"];
+pub(crate) const NO_SCHEMA_KINDS: [&str; 3] = ["ServiceMonitor", "PrometheusRule", "AuditExport"];
 const TOOL_DEADLINE: Duration = Duration::from_secs(120);
 const INSTALL_HINT: &str =
     "run scripts/k8s-tools.sh install (then source .tools/k8s-tools.env, or rely on .tools/bin)";
 
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
@@ -45,13 +45,13 @@ fn root() -> PathBuf {
 // tools and processes
 // ---------------------------------------------------------------------------------------------
 
-struct Tools {
-    helm: PathBuf,
+pub(crate) struct Tools {
+    pub(crate) helm: PathBuf,
     kubectl: PathBuf,
-    validate: PathBuf,
+    pub(crate) validate: PathBuf,
 }
 
-fn tools() -> Tools {
+pub(crate) fn tools() -> Tools {
     Tools {
         helm: tool("SCAIVAULT_TEST_HELM", "helm"),
         kubectl: tool("SCAIVAULT_TEST_KUBECTL", "kubectl"),
@@ -77,7 +77,7 @@ fn tool(var: &str, name: &str) -> PathBuf {
 }
 
 /// Runs a command to completion within [`TOOL_DEADLINE`], capturing its output.
-fn run(command: &mut Command) -> Output {
+pub(crate) fn run(command: &mut Command) -> Output {
     let description = format!("{command:?}");
     let mut child = command
         .stdin(Stdio::null())
@@ -119,11 +119,11 @@ fn exists(path: &Path) -> bool {
         .unwrap_or_else(|error| panic!("cannot check {}: {error}", path.display()))
 }
 
-fn text(bytes: &[u8]) -> String {
+pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-fn describe(output: &Output) -> String {
+pub(crate) fn describe(output: &Output) -> String {
     format!(
         "exit {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
         output.status,
@@ -137,9 +137,9 @@ fn describe(output: &Output) -> String {
 // ---------------------------------------------------------------------------------------------
 
 /// One set of values: the chart defaults, or one file of `ci/`.
-struct Case {
-    name: String,
-    values: Option<PathBuf>,
+pub(crate) struct Case {
+    pub(crate) name: String,
+    pub(crate) values: Option<PathBuf>,
 }
 
 impl Case {
@@ -151,7 +151,7 @@ impl Case {
     }
 }
 
-fn cases() -> Vec<Case> {
+pub(crate) fn cases() -> Vec<Case> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(root().join(CHART).join("ci"))
         .unwrap()
         .map(|entry| entry.unwrap().path())
@@ -174,21 +174,29 @@ fn cases() -> Vec<Case> {
 }
 
 /// `helm template` output, as YAML text and as the objects in it.
-struct Rendered {
+pub(crate) struct Rendered {
     case: String,
-    yaml: String,
-    objects: Vec<Value>,
+    pub(crate) yaml: String,
+    pub(crate) objects: Vec<Value>,
 }
 
 impl Rendered {
-    fn all(&self, kind: &str) -> Vec<&Value> {
+    pub(crate) fn new(case: &str, yaml: String, objects: Vec<Value>) -> Self {
+        Rendered {
+            case: case.to_string(),
+            yaml,
+            objects,
+        }
+    }
+
+    pub(crate) fn all(&self, kind: &str) -> Vec<&Value> {
         self.objects
             .iter()
             .filter(|object| object["kind"] == kind)
             .collect()
     }
 
-    fn one(&self, kind: &str) -> &Value {
+    pub(crate) fn one(&self, kind: &str) -> &Value {
         let found = self.all(kind);
         assert_eq!(found.len(), 1, "{}: expected one {kind}", self.case);
         found[0]
@@ -200,7 +208,7 @@ impl Rendered {
             .find(|object| object["metadata"]["name"] == name)
     }
 
-    fn pod_spec(&self) -> &Value {
+    pub(crate) fn pod_spec(&self) -> &Value {
         &self.one("StatefulSet")["spec"]["template"]["spec"]
     }
 
@@ -218,16 +226,27 @@ impl Rendered {
             .any(|mount| mount["name"] == name)
     }
 
-    /// The TOML file of the ConfigMap.
+    /// The TOML file of the configuration ConfigMap (the dashboard has its own).
     fn config_toml(&self) -> String {
-        self.one("ConfigMap")["data"]["scaivault-audit.toml"]
+        let with_toml: Vec<&Value> = self
+            .all("ConfigMap")
+            .into_iter()
+            .filter(|map| map["data"]["scaivault-audit.toml"].is_string())
+            .collect();
+        assert_eq!(
+            with_toml.len(),
+            1,
+            "{}: one configuration ConfigMap",
+            self.case
+        );
+        with_toml[0]["data"]["scaivault-audit.toml"]
             .as_str()
             .unwrap()
             .to_string()
     }
 }
 
-fn render(tools: &Tools, case: &Case) -> Rendered {
+pub(crate) fn render(tools: &Tools, case: &Case) -> Rendered {
     let output = run(Command::new(&tools.helm)
         .current_dir(root())
         .args(["template", RELEASE, CHART, "--namespace", NAMESPACE])
@@ -251,7 +270,7 @@ fn render(tools: &Tools, case: &Case) -> Rendered {
 /// YAML documents to JSON values, offline: `kubectl label --local` parses the manifests and
 /// prints each object as JSON (the test crate has no YAML parser). Removing a label that is not
 /// there changes nothing but an empty `labels` map.
-fn yaml_to_json(tools: &Tools, yaml: &str) -> Vec<Value> {
+pub(crate) fn yaml_to_json(tools: &Tools, yaml: &str) -> Vec<Value> {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("rendered.yaml");
     std::fs::write(&file, yaml).unwrap();

@@ -40,9 +40,17 @@ fn crd_has_the_agreed_shape() {
     assert_eq!(
         columns,
         [
+            ("Ready", ".status.conditions[?(@.type==\"Ready\")].status"),
             ("Phase", ".status.phase"),
+            ("Tenant", ".spec.tenantId"),
+            ("Destination", ".spec.destination.type"),
             ("Records", ".status.recordCount"),
-            ("Age", ".metadata.creationTimestamp")
+            ("Age", ".metadata.creationTimestamp"),
+            ("Export ID", ".status.exportId"),
+            (
+                "Message",
+                ".status.conditions[?(@.type==\"Ready\")].message"
+            )
         ]
     );
     let schema = schema();

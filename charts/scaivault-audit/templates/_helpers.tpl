@@ -244,3 +244,12 @@ namespaces = {{ toJson . }}
 {{- define "scaivault-audit.watchedNamespaces" -}}
 {{- toJson (prepend (without (.Values.operator.namespaces | default list) .Release.Namespace) .Release.Namespace) }}
 {{- end }}
+
+{{/* BIND_ADDRESS: listenAddress and the service port; an IPv6 address gets brackets. */}}
+{{- define "scaivault-audit.bindAddress" -}}
+{{- if contains ":" .Values.listenAddress }}
+{{- printf "[%s]:%v" .Values.listenAddress .Values.service.port }}
+{{- else }}
+{{- printf "%s:%v" .Values.listenAddress .Values.service.port }}
+{{- end }}
+{{- end }}
