@@ -11,6 +11,7 @@ pub mod exports;
 pub mod health;
 pub mod ingest;
 pub mod integrity;
+pub mod retention;
 pub mod logs;
 pub mod openapi;
 pub mod rate_limit;
@@ -57,7 +58,9 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .unify()
         .or(exports::routes(state.clone()))
         .unify()
-        .or(integrity::routes(state))
+        .or(integrity::routes(state.clone()))
+        .unify()
+        .or(retention::routes(state))
         .unify()
         .or(openapi::routes())
         .unify()
