@@ -640,7 +640,11 @@ mod tests {
             assert_eq!(Action::parse(action.as_str()), Some(*action));
         }
         assert_eq!(Action::ALL.len(), 24);
-        assert_eq!(Action::RetentionSweep.ordinal(), 23, "appended after audit_read");
+        assert_eq!(
+            Action::RetentionSweep.ordinal(),
+            23,
+            "appended after audit_read"
+        );
         assert_eq!(
             Action::AuditRead.ordinal(),
             22,

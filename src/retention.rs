@@ -167,7 +167,12 @@ impl Sweeper {
     /// Sweeps once the store is ready, then every interval, until `shutdown`.
     pub fn spawn(self, shutdown: CancellationToken) -> JoinHandle<()> {
         tokio::spawn(async move {
-            if self.store.wait_ready(Duration::from_secs(u64::MAX >> 20)).await.is_err() {
+            if self
+                .store
+                .wait_ready(Duration::from_secs(u64::MAX >> 20))
+                .await
+                .is_err()
+            {
                 return;
             }
             let mut ticks = tokio::time::interval(self.settings.sweep_interval);
@@ -197,10 +202,7 @@ fn sweep_event(expiry: &Expiry, removed: u64, days: u32, now_us: i64) -> AuditEv
     );
     extra.insert("retention_days".into(), Value::from(days));
     AuditEvent {
-        id: format!(
-            "retention_sweep:{}:{}",
-            expiry.cutoff_us, expiry.seq_bound
-        ),
+        id: format!("retention_sweep:{}:{}", expiry.cutoff_us, expiry.seq_bound),
         tenant_id: expiry.tenant.clone(),
         timestamp_us: now_us,
         action: Action::RetentionSweep,

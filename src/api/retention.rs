@@ -44,8 +44,7 @@ async fn get_retention(
     raw_query: String,
 ) -> Result<Response, ApiError> {
     let tenant = principal.read_tenant(tenant_header(&headers))?;
-    query::parse_log_params(&query::query_pairs(&raw_query), &[])
-        .map_err(ApiError::validation)?;
+    query::parse_log_params(&query::query_pairs(&raw_query), &[]).map_err(ApiError::validation)?;
     let settings = &state.retention;
     let policy = settings.for_tenant(&tenant);
     let view = TenantRetentionView {

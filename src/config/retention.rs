@@ -110,7 +110,10 @@ impl RetentionSection {
         let mut tenants = BTreeMap::new();
         for (tenant, section) in &self.tenants {
             crate::event::check_tenant_id(tenant).map_err(|message| {
-                invalid("retention.tenants", &format!("tenant id '{tenant}' {message}"))
+                invalid(
+                    "retention.tenants",
+                    &format!("tenant id '{tenant}' {message}"),
+                )
             })?;
             let days = section.days.unwrap_or(default_days);
             check_days("retention.tenants.<tenant_id>.days", days)

@@ -426,7 +426,10 @@ mod tests {
         let expired = [at(1), at(2), at(10)];
         assert_eq!(anchor_docs(&expired, &[5], &[]), vec![at(2), at(10)]);
         // A newer segment overlapping 2..10 may hold the tenant's successor of 2.
-        assert_eq!(anchor_docs(&expired, &[], &[(4, 6, 1)]), vec![at(2), at(10)]);
+        assert_eq!(
+            anchor_docs(&expired, &[], &[(4, 6, 1)]),
+            vec![at(2), at(10)]
+        );
         assert_eq!(anchor_docs(&expired, &[], &[(11, 20, 1)]), vec![at(10)]);
     }
 

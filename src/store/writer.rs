@@ -300,13 +300,16 @@ impl IndexStage {
         self.commit(CommitTrigger::Retention)?;
         let failed = |error: &dyn std::fmt::Display| WriteError::Expire(error.to_string());
         let searcher = self.query_reader.searcher();
-        let set = retention::expired_set(&searcher, &self.fields, expiry).map_err(|e| failed(&e))?;
+        let set =
+            retention::expired_set(&searcher, &self.fields, expiry).map_err(|e| failed(&e))?;
         if set.docs.is_empty() {
             return Ok(0);
         }
         let mut links = Vec::with_capacity(set.anchor_docs.len());
         for at in &set.anchor_docs {
-            if let Some(link) = retention::link_of(&searcher, &self.fields, *at).map_err(|e| failed(&e))? {
+            if let Some(link) =
+                retention::link_of(&searcher, &self.fields, *at).map_err(|e| failed(&e))?
+            {
                 links.push(link);
             }
         }

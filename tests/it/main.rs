@@ -26,5 +26,6 @@ mod operator_e2e;
 mod operator_kmock;
 mod query_api;
 mod reference;
+mod retention;
 mod store_hardening;
 mod tls;
