@@ -11,6 +11,12 @@
 //! 3. the store's single writer records the chain anchors durably, deletes exactly that set and
 //!    commits ([`crate::store::retention`]).
 //!
+//! With a cold tier (`[retention.cold_storage]`), step 1 is followed by an export of exactly
+//! that set (the export engine, JSONL+gzip, signed manifest, the same tenant confinement as
+//! every export) under `PREFIX<tenant_id>/<cut-off>-<bound>/`, and nothing happens next unless
+//! it completed with the record count of the set: a failed cold export blocks the deletion,
+//! counts in `retention_cold_export_failures_total`, logs an error, and the next sweep retries.
+//!
 //! A crash between 2 and 3 leaves the events in place and the record stored: the next sweep
 //! (at the next start) deletes them and records its own event. Nothing kept is ever deleted:
 //! the set is bounded by the cut-off and the sequence bound.
@@ -25,7 +31,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RetentionSettings;
+use crate::config::retention::ColdStorage;
 use crate::event::{Action, AuditEvent, IdentityType};
+use crate::export::engine::{ExportEngine, ProgressReporter};
+use crate::export::format::{Compression, ExportFormat};
+use crate::export::job::{Checkpoint, DestinationType, ExportFailure, ExportSpec};
+use crate::export::request::{DestinationRequest, ExportRequest};
 use crate::store::retention::{self, Expiry};
 use crate::store::{PreparedEvent, Store, WriteError};
 
@@ -41,6 +52,8 @@ pub enum SweepError {
     Write(#[from] WriteError),
     #[error("the sweep's index scan did not finish: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error("the cold-tier export of {tenant} failed, nothing was deleted: {message}")]
+    Cold { tenant: String, message: String },
 }
 
 /// Metrics of the retention sweep.
@@ -52,6 +65,10 @@ pub struct RetentionMetrics {
     pub failures: Counter,
     /// Events deleted because their retention passed.
     pub deleted: Counter,
+    /// Cold-tier exports that failed (their events were not deleted).
+    pub cold_failures: Counter,
+    /// Events exported to the cold tier.
+    pub cold_exported: Counter,
 }
 
 impl RetentionMetrics {
@@ -73,6 +90,16 @@ impl RetentionMetrics {
             "Events deleted because their tenant's retention passed",
             metrics.deleted.clone(),
         );
+        registry.register(
+            "retention_cold_export_failures",
+            "Cold-tier exports that failed; their events stay in the hot store until one succeeds",
+            metrics.cold_failures.clone(),
+        );
+        registry.register(
+            "retention_cold_exported_events",
+            "Events exported to the cold tier before their deletion",
+            metrics.cold_exported.clone(),
+        );
         metrics
     }
 }
@@ -85,12 +112,104 @@ pub struct TenantSweep {
     pub removed: u64,
 }
 
+/// The cold tier: where the export engine writes expiring events before they are deleted.
+#[derive(Clone)]
+pub struct ColdTier {
+    engine: ExportEngine,
+    storage: ColdStorage,
+}
+
+impl ColdTier {
+    /// The cold tier of `storage`, written by `engine`. Fails when the destination is not a
+    /// valid export destination; the tenant confinement (`[export]` policy) is checked before
+    /// every export, per tenant, as for any export.
+    pub fn new(engine: ExportEngine, storage: ColdStorage) -> Result<ColdTier, String> {
+        let tier = ColdTier { engine, storage };
+        let sample = Expiry {
+            tenant: "tnt_check".into(),
+            cutoff_us: 1,
+            seq_bound: 0,
+        };
+        tier.spec(&sample, 0)?;
+        Ok(tier)
+    }
+
+    /// The export of `expiry`'s events (from `oldest_us`).
+    fn spec(&self, expiry: &Expiry, oldest_us: i64) -> Result<ExportSpec, String> {
+        let stamp = crate::timestamp::format_micros(expiry.cutoff_us).replace(':', "");
+        let destination = DestinationRequest {
+            kind: DestinationType::parse(&self.storage.kind),
+            bucket: self.storage.bucket.clone(),
+            prefix: format!(
+                "{}{}/{stamp}-{}/",
+                self.storage.prefix, expiry.tenant, expiry.seq_bound
+            ),
+            credentials_path: self.storage.credentials_path.clone(),
+            problems: Default::default(),
+        };
+        let request = ExportRequest {
+            tenant_id: expiry.tenant.clone(),
+            from: Some(crate::timestamp::format_micros(oldest_us)),
+            to: Some(crate::timestamp::format_micros(expiry.cutoff_us)),
+            format: Some(ExportFormat::Jsonl),
+            compression: Some(Compression::Gzip),
+            destination: Some(destination),
+            ..ExportRequest::default()
+        };
+        request.validate().map_err(|errors| {
+            let problems: Vec<String> = errors
+                .0
+                .iter()
+                .map(|(field, problem)| format!("{field} {problem}"))
+                .collect();
+            format!(
+                "[retention.cold_storage] is not a valid destination: {}",
+                problems.join("; ")
+            )
+        })
+    }
+
+    /// Exports `expiry`'s `count` events and checks the manifest's record count.
+    async fn export(&self, expiry: &Expiry, oldest_us: i64, count: u64) -> Result<(), String> {
+        let spec = self.spec(expiry, oldest_us)?;
+        let export_id = format!(
+            "cold_{}_{}_{}",
+            expiry.tenant, expiry.cutoff_us, expiry.seq_bound
+        );
+        let checkpoint = Checkpoint::start(expiry.seq_bound);
+        let cancel = CancellationToken::new();
+        let outcome = self
+            .engine
+            .run(&export_id, &spec, checkpoint, &NoProgress, &cancel)
+            .await
+            .map_err(|failure| failure.to_string())?;
+        if outcome.record_count != count {
+            return Err(format!(
+                "the manifest counts {} records, the sweep expected {count}",
+                outcome.record_count
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Cold exports are not resumed part by part: a failed one is run again whole.
+struct NoProgress;
+
+#[async_trait::async_trait]
+impl ProgressReporter for NoProgress {
+    async fn checkpoint(&self, _checkpoint: &Checkpoint) -> Result<(), ExportFailure> {
+        Ok(())
+    }
+}
+
 /// Runs sweeps over one store.
 #[derive(Clone)]
 pub struct Sweeper {
     store: Store,
     settings: Arc<RetentionSettings>,
     metrics: RetentionMetrics,
+    cold: Option<ColdTier>,
 }
 
 impl Sweeper {
@@ -99,7 +218,14 @@ impl Sweeper {
             store,
             settings,
             metrics,
+            cold: None,
         }
+    }
+
+    /// The sweeper exporting expiring events to `cold` before deleting them.
+    pub fn with_cold_tier(mut self, cold: ColdTier) -> Self {
+        self.cold = Some(cold);
+        self
     }
 
     /// Sweeps once as of `now_us`; returns the tenants that lost events.
@@ -110,6 +236,7 @@ impl Sweeper {
         })
         .await??;
         let mut swept = Vec::new();
+        let mut failed = None;
         for tenant in tenants {
             let policy = self.settings.for_tenant(&tenant);
             let Some(cutoff_us) = policy.cutoff_us(now_us) else {
@@ -120,7 +247,15 @@ impl Sweeper {
                 cutoff_us,
                 seq_bound: self.store.committed_seq(),
             };
-            let removed = self.expire(expiry.clone(), policy.days, now_us).await?;
+            let removed = match self.expire(expiry.clone(), policy.days, now_us).await {
+                Ok(removed) => removed,
+                // One tenant's failed cold export does not hold back the others.
+                Err(error @ SweepError::Cold { .. }) => {
+                    failed = Some(error);
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
             if removed > 0 {
                 self.metrics.deleted.inc_by(removed);
                 swept.push(TenantSweep {
@@ -130,6 +265,9 @@ impl Sweeper {
                 });
             }
         }
+        if let Some(error) = failed {
+            return Err(error);
+        }
         self.metrics.sweeps.inc();
         Ok(swept)
     }
@@ -138,14 +276,25 @@ impl Sweeper {
     async fn expire(&self, expiry: Expiry, days: u32, now_us: i64) -> Result<u64, SweepError> {
         let store = self.store.clone();
         let planned = expiry.clone();
-        let count = tokio::task::spawn_blocking(move || {
+        let (count, oldest_us) = tokio::task::spawn_blocking(move || {
             // The searcher is taken after the bound was read: it holds every event below it.
             retention::expired_set(&store.searcher(), store.fields(), &planned)
-                .map(|set| set.docs.len() as u64)
+                .map(|set| (set.docs.len() as u64, set.oldest_us))
         })
         .await??;
-        if count == 0 {
+        let (true, Some(oldest_us)) = (count > 0, oldest_us) else {
             return Ok(0);
+        };
+        if let Some(cold) = &self.cold {
+            if let Err(message) = cold.export(&expiry, oldest_us, count).await {
+                self.metrics.cold_failures.inc();
+                tracing::error!(tenant = %expiry.tenant, count, %message, "cold-tier export failed: expired events are kept in the hot store until it succeeds");
+                return Err(SweepError::Cold {
+                    tenant: expiry.tenant,
+                    message,
+                });
+            }
+            self.metrics.cold_exported.inc_by(count);
         }
         let event = sweep_event(&expiry, count, days, now_us);
         self.store

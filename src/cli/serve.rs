@@ -16,7 +16,7 @@ use scaivault_audit::export::runner::{LocalRunner, RunnerMetrics};
 use scaivault_audit::integrity::checkpoint::CheckpointLog;
 use scaivault_audit::integrity::checkpointer::{self, CheckpointMetrics, Checkpointer};
 use scaivault_audit::query::cursor::CursorCodec;
-use scaivault_audit::retention::{RetentionMetrics, Sweeper};
+use scaivault_audit::retention::{ColdTier, RetentionMetrics, Sweeper};
 use scaivault_audit::state::{AppState, ExportHandles};
 use scaivault_audit::store::{Store, StoreMetrics};
 use scaivault_audit::{api, operator, telemetry};
@@ -48,11 +48,17 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
     let runner = export_runner(&settings, &store, &checkpoint_log, &mut registry)?;
     let operator_metrics = operator::metrics::OperatorMetrics::register(&mut registry);
     let retention = Arc::new(settings.retention.clone());
-    let sweeper = Sweeper::new(
+    let mut sweeper = Sweeper::new(
         store.clone(),
         retention.clone(),
         RetentionMetrics::register(&mut registry),
     );
+    if let Some(storage) = &settings.retention.cold_storage {
+        let cold = ColdTier::new(runner.engine().clone(), storage.clone())
+            .map_err(anyhow::Error::msg)
+            .context("invalid [retention.cold_storage]")?;
+        sweeper = sweeper.with_cold_tier(cold);
+    }
     // Reads of audit data are recorded through the store like any other event.
     let (audit_recorder, audit_writer) = api::audit_trail::start(
         store.clone(),

@@ -56,6 +56,30 @@ pub struct RetentionSection {
     #[arg(skip)]
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub tenants: BTreeMap<String, TenantRetentionSection>,
+    /// `[retention.cold_storage]`: where expiring events are exported before they are deleted,
+    /// in the file only.
+    #[arg(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cold_storage: Option<ColdStorage>,
+}
+
+/// `[retention.cold_storage]`: a destination of the same shape as an export's (docs/exports.md).
+/// Each sweep exports every tenant's expiring events there (JSONL, gzip, signed manifest) under
+/// `PREFIX<tenant_id>/`, and deletes them only once that export completed with the counts it
+/// expects. Checked in full (bucket, prefix, credentials path, tenant confinement) by the export
+/// code at start and before every export.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColdStorage {
+    /// `s3`, `gcs`, `azure_blob` or `file`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub bucket: String,
+    #[serde(default)]
+    pub prefix: String,
+    /// ScaiVault secret path of the destination credentials (optional only for `file`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_path: Option<String>,
 }
 
 /// `[retention.tenants.<tenant_id>]`.
@@ -82,6 +106,7 @@ impl RetentionSection {
             } else {
                 self.tenants
             },
+            cold_storage: self.cold_storage.or(lower.cold_storage),
         }
     }
 
@@ -124,10 +149,19 @@ impl RetentionSection {
             };
             tenants.insert(tenant.clone(), (policy, section.clone()));
         }
+        if let Some(cold) = &self.cold_storage
+            && (cold.kind.is_empty() || cold.bucket.is_empty())
+        {
+            return Err(invalid(
+                "retention.cold_storage",
+                "needs a type (s3, gcs, azure_blob or file) and a bucket",
+            ));
+        }
         Ok(RetentionSettings {
             default_days,
             sweep_interval: Duration::from_secs(seconds),
             tenants,
+            cold_storage: self.cold_storage.clone(),
         })
     }
 }
@@ -172,6 +206,8 @@ pub struct RetentionSettings {
     /// The tenants with their own table: their effective retention, and the table as given
     /// (for `check-config`).
     tenants: BTreeMap<String, (TenantRetention, TenantRetentionSection)>,
+    /// Where expiring events are exported before they are deleted, if anywhere.
+    pub cold_storage: Option<ColdStorage>,
 }
 
 impl Default for RetentionSettings {
@@ -180,6 +216,7 @@ impl Default for RetentionSettings {
             default_days: DEFAULT_RETENTION_DAYS,
             sweep_interval: Duration::from_secs(DEFAULT_SWEEP_INTERVAL_SECONDS),
             tenants: BTreeMap::new(),
+            cold_storage: None,
         }
     }
 }
@@ -215,6 +252,7 @@ impl RetentionSettings {
                 .iter()
                 .map(|(tenant, (_, section))| (tenant.clone(), section.clone()))
                 .collect(),
+            cold_storage: self.cold_storage.clone(),
         }
     }
 }

@@ -74,6 +74,8 @@ pub struct ExpiredSet {
     pub anchor_docs: Vec<SequencedDoc>,
     /// The tenant's kept document with the lowest sequence number, if any.
     pub oldest_kept: Option<SequencedDoc>,
+    /// The oldest timestamp (microseconds) of the expired documents.
+    pub oldest_us: Option<i64>,
 }
 
 /// Finds `expiry`'s documents in `searcher`.
@@ -115,6 +117,7 @@ pub fn expired_set(
                 };
                 if timestamp < expiry.cutoff_us && seq < expiry.seq_bound {
                     set.docs.push(at);
+                    set.oldest_us = Some(set.oldest_us.map_or(timestamp, |old| old.min(timestamp)));
                 } else {
                     kept.push(seq);
                     if set.oldest_kept.is_none_or(|oldest| seq < oldest.seq) {

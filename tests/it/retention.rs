@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 
+use crate::harness::export::*;
 use crate::harness::*;
 
 const TEST_DEADLINE: Duration = Duration::from_secs(300);
@@ -427,6 +428,180 @@ async fn kill_9_during_a_sweep_loses_nothing_kept_and_resurrects_nothing_removed
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cold tier (S3 emulator)
+// ---------------------------------------------------------------------------------------------
+
+const VAULT_TOKEN: &str = "svt_vault_token_for_retention_tests";
+const COLD_PREFIX: &str = "cold/";
+
+/// The `counter` of `/metrics` (0 when not yet exported).
+async fn counter(client: &Client, server: &Server, name: &str) -> u64 {
+    let (status, _, body) = send(client.get(format!("{}/metrics", server.base_url()))).await;
+    assert_eq!(status, StatusCode::OK);
+    let text = body.as_str().expect("metrics are text").to_owned();
+    text.lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .map_or(0, |value| value.trim().parse().expect("a counter value"))
+}
+
+/// The ids in the gzipped JSONL parts under `prefix` (the manifest and claim left out).
+async fn cold_ids(endpoint: &str, bucket: &str, prefix: &str) -> (Vec<String>, Vec<String>) {
+    use std::io::Read;
+    let keys = s3_keys(endpoint, bucket, prefix).await;
+    let mut ids = Vec::new();
+    for key in keys.iter().filter(|key| key.ends_with(".jsonl.gz")) {
+        let bytes = s3_get(endpoint, bucket, key).await.unwrap();
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(bytes.as_slice())
+            .read_to_string(&mut text)
+            .unwrap();
+        for line in text.lines() {
+            let record: Value = serde_json::from_str(line).unwrap();
+            ids.push(record["id"].as_str().unwrap().to_owned());
+        }
+    }
+    (keys, ids)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs scripts/emulators.sh"]
+async fn the_cold_tier_gets_expiring_events_first_and_a_failing_one_blocks_the_delete() {
+    let endpoint = emulator_env("SCAIVAULT_TEST_S3_ENDPOINT");
+    let bucket = emulator_env("SCAIVAULT_TEST_BUCKET");
+    let dir = TestDir::new();
+    within(TEST_DEADLINE, "retention cold tier", async {
+        let data = dir.data_dir();
+        let client = client();
+        // One tenant: the cold export's content is compared with exactly its expired events.
+        let model: Vec<Modelled> = model()
+            .into_iter()
+            .filter(|event| event.tenant == SHORT)
+            .collect();
+        let vault = FakeScaiVault::start(VAULT_TOKEN).await;
+        let proxy = Proxy::start(endpoint_addr(&endpoint)).await;
+        vault.put(
+            "infra/aws/cold",
+            json!({"access_key_id": "AKIATESTCOLDTIER", "secret_access_key": "cold-secret-3b1e",
+                   "region": "us-east-1", "endpoint_url": proxy.url()}),
+        );
+        let token_file = dir.root().join("scaivault-token");
+        std::fs::write(&token_file, format!("{VAULT_TOKEN}\n")).unwrap();
+        let token_path = token_file.display().to_string();
+        let vault_args = [
+            "--scaivault-url",
+            vault.url.as_str(),
+            "--scaivault-token-file",
+            token_path.as_str(),
+            "--export-allow-private-endpoints",
+            "--export-retry-max-seconds",
+            "1",
+            "--retention-sweep-interval-seconds",
+            "2",
+        ];
+        let keep_all = write_config(&dir, "keep-all.toml", KEEP_ALL);
+        let cold = format!(
+            "{RETENTION}[retention.cold_storage]\ntype = \"s3\"\nbucket = \"{bucket}\"\n\
+             prefix = \"{COLD_PREFIX}\"\ncredentials_path = \"infra/aws/cold\"\n"
+        );
+        let cold = write_config(&dir, "cold.toml", &cold);
+        let start_with = |config: String| {
+            let args: Vec<String> = [BASE_ARGS, &vault_args[..], &["--config", &config]]
+                .concat()
+                .into_iter()
+                .map(str::to_owned)
+                .collect();
+            let data = data.clone();
+            async move {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                Server::start(&data, &args).await
+            }
+        };
+
+        let mut server = start_with(keep_all).await;
+        ingest_model(&client, &server, &model).await;
+        let all = all_of(&model, SHORT);
+        let ids: Vec<String> = all.iter().cloned().collect();
+        wait_until_visible(
+            &client,
+            server.base_url(),
+            server.token(),
+            Some(SHORT),
+            &ids,
+            Duration::from_secs(30),
+        )
+        .await;
+        assert!(server.terminate().await.success());
+
+        // The destination is down: sweeps fail, nothing is deleted, nothing is recorded.
+        proxy.cut();
+        let server = start_with(cold).await;
+        let started = Instant::now();
+        let failures = "scaivault_audit_retention_cold_export_failures_total";
+        while counter(&client, &server, failures).await < 2 {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "no failed cold export counted"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let (stored_ids, sweeps) = stored(&client, &server, SHORT).await;
+        assert_eq!(
+            stored_ids, all,
+            "events were deleted although the cold export failed"
+        );
+        assert!(sweeps.is_empty(), "{sweeps:?}");
+        let log = std::fs::read_to_string(server.stderr_log()).unwrap_or_default()
+            + &std::fs::read_to_string(server.stdout_log()).unwrap_or_default();
+        assert!(log.contains("cold-tier export failed"), "no error logged");
+
+        // Back: the next sweep exports, then deletes.
+        proxy.restore();
+        let sweep = wait_for_sweep(&client, &server, SHORT).await;
+        let kept_ids = kept(&model, SHORT);
+        let expired: BTreeSet<String> = all.difference(&kept_ids).cloned().collect();
+        assert_eq!(
+            sweep["extra_data"]["removed"],
+            json!(expired.len()),
+            "{sweep}"
+        );
+        let started = Instant::now();
+        while stored(&client, &server, SHORT).await.0 != kept_ids {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the sweep did not delete"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let (keys, exported) =
+            cold_ids(&endpoint, &bucket, &format!("{COLD_PREFIX}{SHORT}/")).await;
+        assert!(
+            keys.iter().any(|key| key.ends_with("manifest.json")),
+            "{keys:?}"
+        );
+        let exported_set: BTreeSet<String> = exported.iter().cloned().collect();
+        assert_eq!(
+            exported.len(),
+            exported_set.len(),
+            "a record was exported twice"
+        );
+        assert_eq!(
+            exported_set, expired,
+            "the cold tier holds exactly the expired events"
+        );
+        assert!(
+            counter(
+                &client,
+                &server,
+                "scaivault_audit_retention_cold_exported_events_total"
+            )
+            .await
+                >= expired.len() as u64
+        );
     })
     .await;
 }
