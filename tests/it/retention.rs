@@ -152,6 +152,24 @@ async fn wait_for_sweep(client: &Client, server: &Server, tenant: &str) -> Value
     }
 }
 
+/// Waits until `tenant`'s events (its sweep events left out) are exactly `ids`.
+async fn wait_for_exactly(client: &Client, server: &Server, tenant: &str, ids: &BTreeSet<String>) {
+    let started = Instant::now();
+    loop {
+        let (found, _) = stored(client, server, tenant).await;
+        if found == *ids {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{tenant} holds {} events, expected {}",
+            found.len(),
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn dir_bytes(path: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(path) else {
         return 0;
@@ -287,6 +305,8 @@ async fn a_sweep_keeps_exactly_each_tenants_retention_and_shrinks_the_index() {
         assert_eq!(sweep["extra_data"]["retention_days"], json!(30), "{sweep}");
         assert_eq!(sweep["identity_id"], json!("system:retention"), "{sweep}");
         assert!(sweep["extra_data"]["cutoff"].is_string(), "{sweep}");
+        // The record is stored before the delete: the delete follows within a commit.
+        wait_for_exactly(&client, &server, SHORT, &kept(&model, SHORT)).await;
         for tenant in [SHORT, LONG, HELD] {
             let (ids, sweeps) = stored(&client, &server, tenant).await;
             assert_eq!(ids, kept(&model, tenant), "{tenant}");
@@ -437,7 +457,6 @@ async fn kill_9_during_a_sweep_loses_nothing_kept_and_resurrects_nothing_removed
 // ---------------------------------------------------------------------------------------------
 
 const VAULT_TOKEN: &str = "svt_vault_token_for_retention_tests";
-const COLD_PREFIX: &str = "cold/";
 
 /// The `counter` of `/metrics` (0 when not yet exported).
 async fn counter(client: &Client, server: &Server, name: &str) -> u64 {
@@ -474,6 +493,8 @@ async fn the_cold_tier_gets_expiring_events_first_and_a_failing_one_blocks_the_d
     let endpoint = emulator_env("SCAIVAULT_TEST_S3_ENDPOINT");
     let bucket = emulator_env("SCAIVAULT_TEST_BUCKET");
     let dir = TestDir::new();
+    // The emulator's bucket outlives the test: a prefix of this run only.
+    let cold_prefix = format!("cold/{}/", producer_id().to_lowercase());
     within(TEST_DEADLINE, "retention cold tier", async {
         let data = dir.data_dir();
         let client = client();
@@ -506,7 +527,7 @@ async fn the_cold_tier_gets_expiring_events_first_and_a_failing_one_blocks_the_d
         let keep_all = write_config(&dir, "keep-all.toml", KEEP_ALL);
         let cold = format!(
             "{RETENTION}[retention.cold_storage]\ntype = \"s3\"\nbucket = \"{bucket}\"\n\
-             prefix = \"{COLD_PREFIX}\"\ncredentials_path = \"infra/aws/cold\"\n"
+             prefix = \"{cold_prefix}\"\ncredentials_path = \"infra/aws/cold\"\n"
         );
         let cold = write_config(&dir, "cold.toml", &cold);
         let start_with = |config: String| {
@@ -578,7 +599,7 @@ async fn the_cold_tier_gets_expiring_events_first_and_a_failing_one_blocks_the_d
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let (keys, exported) =
-            cold_ids(&endpoint, &bucket, &format!("{COLD_PREFIX}{SHORT}/")).await;
+            cold_ids(&endpoint, &bucket, &format!("{cold_prefix}{SHORT}/")).await;
         assert!(
             keys.iter().any(|key| key.ends_with("manifest.json")),
             "{keys:?}"
