@@ -409,7 +409,88 @@ impl RetentionAnchors {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::event::{Action, AuditEvent, IdentityType};
+    use crate::store::{PreparedEvent, Store, StoreConfig, StoreMetrics};
+
+    fn prepared(tenant: &str, n: u64, timestamp_us: i64) -> PreparedEvent {
+        let event = AuditEvent {
+            id: format!("evt_{n}"),
+            tenant_id: tenant.into(),
+            timestamp_us,
+            action: Action::Read,
+            secret_path: Some("apps/a".into()),
+            identity_type: IdentityType::User,
+            identity_id: "user:a".into(),
+            source_ip: None,
+            user_agent: None,
+            success: true,
+            duration_ms: None,
+            request_id: None,
+            extra_data: Default::default(),
+        };
+        PreparedEvent::new(event, true)
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_wholly_expired_segment_goes_and_the_chain_is_anchored() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig::with_data_dir(dir.path());
+        let store = Store::open(&config, StoreMetrics::unregistered()).unwrap();
+        store.wait_ready(Duration::from_secs(30)).await.unwrap();
+        // Three commits, three segments: all expired, half expired (the boundary), all kept.
+        for (first, base) in [(0u64, 0i64), (100, 1_000), (200, 10_000)] {
+            let events = (0..100)
+                .map(|i| prepared("tnt_a", first + i, base + i as i64))
+                .collect();
+            store.ingest(events).await.unwrap();
+            store.flush().await.unwrap();
+        }
+        store.ingest(vec![prepared("tnt_b", 999, 0)]).await.unwrap();
+        store.flush().await.unwrap();
+        let max_doc = |store: &Store| -> u32 {
+            let searcher = store.searcher();
+            searcher.segment_readers().iter().map(|s| s.max_doc()).sum()
+        };
+        assert_eq!(max_doc(&store), 301);
+        let expiry = Expiry {
+            tenant: "tnt_a".into(),
+            cutoff_us: 1_050,
+            seq_bound: store.committed_seq(),
+        };
+        let set = expired_set(&store.searcher(), store.fields(), &expiry).unwrap();
+        assert_eq!(set.docs.len(), 150);
+        assert_eq!(set.anchor_docs.len(), 1, "a prefix needs one anchor");
+        assert_eq!(set.oldest_us, Some(0));
+        assert_eq!(store.expire(expiry.clone()).await.unwrap(), 150);
+        let searcher = store.searcher();
+        assert_eq!(searcher.num_docs(), 151);
+        assert!(
+            max_doc(&store) <= 201,
+            "the wholly expired segment was not dropped: {} documents on disk",
+            max_doc(&store)
+        );
+        assert!(
+            searcher.segment_readers().iter().all(|s| s.num_docs() > 0),
+            "an empty segment was kept"
+        );
+        // Nothing more to expire, and another tenant is untouched.
+        assert_eq!(store.expire(expiry).await.unwrap(), 0);
+        let anchors =
+            RetentionAnchors::load(&RetentionAnchors::path_in(&dir.path().join("integrity")))
+                .unwrap();
+        assert_eq!(anchors.newest("tnt_a").map(|link| link.seq), Some(150));
+        assert_eq!(anchors.newest("tnt_b"), None);
+        store.shutdown().await;
+        drop(store);
+        // Reopened, the chain continues after the kept events.
+        let store = Store::open(&config, StoreMetrics::unregistered()).unwrap();
+        store.wait_ready(Duration::from_secs(30)).await.unwrap();
+        assert_eq!(store.committed_heads()["tnt_a"].seq, 300);
+        store.shutdown().await;
+    }
 
     fn at(seq: u64) -> SequencedDoc {
         SequencedDoc {
