@@ -80,6 +80,8 @@ string_enum!(
         // A read of audit data itself (issue 13, the audit of the audit): appended, as
         // every action must be.
         AuditRead => "audit_read",
+        // A retention sweep removed expired events of the tenant (issue 14): appended.
+        RetentionSweep => "retention_sweep",
     }
 );
 
@@ -637,7 +639,12 @@ mod tests {
             assert_eq!(Action::from_ordinal(action.ordinal()), Some(*action));
             assert_eq!(Action::parse(action.as_str()), Some(*action));
         }
-        assert_eq!(Action::ALL.len(), 23);
+        assert_eq!(Action::ALL.len(), 24);
+        assert_eq!(
+            Action::RetentionSweep.ordinal(),
+            23,
+            "appended after audit_read"
+        );
         assert_eq!(
             Action::AuditRead.ordinal(),
             22,

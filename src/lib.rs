@@ -10,7 +10,7 @@
 //! [`timestamp`] (RFC 3339 ⇄ microseconds), [`store`] (write-ahead log, index, the single
 //! writer), [`query`] (filters, versioned cursors, summaries), [`api`] (the REST surface and
 //! its server), [`auth`] (tokens, scopes, tenants), [`export`] (jobs, engine, formats, sinks), [`integrity`] (hash chain, keys,
-//! checkpoints, verification),
+//! checkpoints, verification), [`retention`] (the sweep that deletes expired events),
 //! [`operator`] (the `AuditExport` resource, controller and leader election), [`config`]
 //! (settings), [`telemetry`] (logs and metrics), [`state`] (the handles every handler shares),
 //! [`key_file`], [`durable_file`], [`token_bucket`] and [`reload`] (re-reading mounted files)
@@ -32,6 +32,7 @@ pub mod key_file;
 pub mod operator;
 pub mod query;
 pub mod reload;
+pub mod retention;
 pub mod state;
 pub mod store;
 pub mod telemetry;

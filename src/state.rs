@@ -10,7 +10,7 @@ use crate::api::metrics::ApiMetrics;
 use crate::api::rate_limit::RateLimiter;
 use crate::api::work_limit::WorkGates;
 use crate::auth::Authenticator;
-use crate::config::{IngestLimits, RateLimits, WorkLimits};
+use crate::config::{IngestLimits, RateLimits, RetentionSettings, WorkLimits};
 use crate::export::engine::ExportEngine;
 use crate::export::registry::ExportRegistry;
 use crate::integrity::checkpoint::CheckpointLog;
@@ -42,6 +42,9 @@ pub struct AppState {
     /// The signed checkpoint log and its key ring (`GET /v1/audit/integrity/…`); `None` only
     /// where no service runs (`serve` always opens it).
     pub checkpoints: Option<Arc<CheckpointLog>>,
+    /// The retention settings (`GET /v1/audit/retention`); the defaults unless set with
+    /// [`AppState::with_retention`].
+    pub retention: Arc<RetentionSettings>,
 }
 
 /// The export side of the state.
@@ -76,6 +79,7 @@ impl AppState {
             work: WorkGates::new(&WorkLimits::default()),
             audit_trail: AuditRecorder::disabled(),
             checkpoints: None,
+            retention: Arc::new(RetentionSettings::default()),
         }
     }
 
@@ -88,6 +92,12 @@ impl AppState {
     /// The state serving `log`'s checkpoints and its key ring's public keys.
     pub fn with_checkpoints(mut self, log: Arc<CheckpointLog>) -> Self {
         self.checkpoints = Some(log);
+        self
+    }
+
+    /// The state reporting these retention settings.
+    pub fn with_retention(mut self, retention: Arc<RetentionSettings>) -> Self {
+        self.retention = retention;
         self
     }
 

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod rate_limit;
 pub mod request_id;
+pub mod retention;
 pub mod summary;
 pub mod tls;
 pub mod trails;
@@ -76,7 +77,9 @@ fn service_routes(state: AppState) -> BoxedFilter<(Response,)> {
         .unify()
         .or(exports::routes(state.clone()))
         .unify()
-        .or(integrity::routes(state))
+        .or(integrity::routes(state.clone()))
+        .unify()
+        .or(retention::routes(state))
         .unify()
         .or(openapi::routes())
         .unify()

@@ -48,6 +48,7 @@ mod tests {
         ("/v1/audit/exports/{export_id}", "delete"),
         ("/v1/audit/integrity/checkpoints", "get"),
         ("/v1/audit/integrity/keys", "get"),
+        ("/v1/audit/retention", "get"),
     ];
 
     fn parsed() -> Value {

@@ -19,6 +19,7 @@ use scaivault_audit::export::runner::{LocalRunner, RunnerMetrics};
 use scaivault_audit::integrity::checkpoint::CheckpointLog;
 use scaivault_audit::integrity::checkpointer::{self, CheckpointMetrics, Checkpointer};
 use scaivault_audit::query::cursor::CursorCodec;
+use scaivault_audit::retention::{ColdTier, RetentionMetrics, Sweeper};
 use scaivault_audit::state::{AppState, ExportHandles};
 use scaivault_audit::store::{Store, StoreMetrics};
 use scaivault_audit::{api, operator, reload, telemetry};
@@ -51,6 +52,18 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
     );
     let runner = export_runner(&settings, &store, &checkpoint_log, &mut registry)?;
     let operator_metrics = operator::metrics::OperatorMetrics::register(&mut registry);
+    let retention = Arc::new(settings.retention.clone());
+    let mut sweeper = Sweeper::new(
+        store.clone(),
+        retention.clone(),
+        RetentionMetrics::register(&mut registry),
+    );
+    if let Some(storage) = &settings.retention.cold_storage {
+        let cold = ColdTier::new(runner.engine().clone(), storage.clone())
+            .map_err(anyhow::Error::msg)
+            .context("invalid [retention.cold_storage]")?;
+        sweeper = sweeper.with_cold_tier(cold);
+    }
     // Reads of audit data are recorded through the store like any other event.
     let (audit_recorder, audit_writer) = api::audit_trail::start(
         store.clone(),
@@ -84,7 +97,8 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
     )
     .with_work_limits(&settings.work)
     .with_audit_trail(audit_recorder)
-    .with_checkpoints(checkpoint_log);
+    .with_checkpoints(checkpoint_log)
+    .with_retention(retention);
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("failed to listen on {}", settings.listen))?;
@@ -116,6 +130,8 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
         settings.integrity.checkpoint_interval,
         checkpoint_shutdown.clone(),
     );
+    let sweep_shutdown = tokio_util::sync::CancellationToken::new();
+    let sweep_task = sweeper.spawn(sweep_shutdown.clone());
     let operator_task = match operator_cluster {
         Some(cluster) => Some(operator::spawn(
             cluster,
@@ -145,6 +161,10 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
         tracing::error!(%error, "the operator task failed");
     }
     runner.shutdown().await;
+    sweep_shutdown.cancel();
+    if let Err(error) = sweep_task.await {
+        tracing::error!(%error, "the retention sweep task failed");
+    }
     checkpoint_shutdown.cancel();
     if let Err(error) = checkpoint_task.await {
         tracing::error!(%error, "the checkpoint task failed");

@@ -118,6 +118,8 @@ fn print_store_report(dir: &Path, report: &StoreReport, json: bool) -> anyhow::R
                 "events": report.events,
                 "tenants": report.tenants,
                 "checkpoints": report.checkpoints,
+                "checkpoints_expired": report.checkpoints_expired,
+                "retention_gaps": report.retention_gaps,
             },
         });
         println!("{}", serde_json::to_string_pretty(&document)?);
@@ -128,6 +130,12 @@ fn print_store_report(dir: &Path, report: &StoreReport, json: bool) -> anyhow::R
         "events: {}, tenants: {}, checkpoints: {}",
         report.events, report.tenants, report.checkpoints
     );
+    if report.retention_gaps > 0 || report.checkpoints_expired > 0 {
+        println!(
+            "retention: {} gap(s) crossed from their anchors, {} checkpoint(s) of deleted events",
+            report.retention_gaps, report.checkpoints_expired
+        );
+    }
     if report.ok() {
         println!("OK: every chain follows from its events and reaches its signed checkpoints");
         return Ok(());

@@ -2,7 +2,7 @@
 //! [`Settings`]. Precedence: flag > environment > file > default.
 //!
 //! One module per TOML section ([`server`], [`storage`], [`auth`], [`export`], [`logging`] for
-//! `[log]`, [`operator`], [`audit_of_audit`], [`integrity`]). Each has one struct that is both
+//! `[log]`, [`operator`], [`audit_of_audit`], [`integrity`], [`retention`]). Each has one struct that is both
 //! the section's flags (clap, with their environment variables) and its TOML table (serde),
 //! every key optional; the flag and environment layer is laid over the file's key by key, then
 //! the section resolves itself into its typed settings, with its defaults and checks beside it.
@@ -23,6 +23,7 @@ pub mod integrity;
 pub mod logging;
 pub mod operator;
 mod report;
+pub mod retention;
 pub mod server;
 pub mod storage;
 
@@ -40,6 +41,7 @@ pub use export::{EndpointPolicy, ExportSection, ExportSettings};
 pub use integrity::{IntegritySection, IntegritySettings};
 pub use logging::{LogFormat, LogSection};
 pub use operator::{DEFAULT_LEASE_NAME, OperatorSection, OperatorSettings};
+pub use retention::{RetentionSection, RetentionSettings, TenantRetention};
 pub use server::{IngestLimits, ServerSection, WorkLimits};
 pub use storage::{CommitPolicy, StorageSection, StoreConfig};
 
@@ -104,6 +106,8 @@ pub struct Sections {
     pub audit_of_audit: AuditOfAuditSection,
     #[command(flatten)]
     pub integrity: IntegritySection,
+    #[command(flatten)]
+    pub retention: RetentionSection,
 }
 
 impl Sections {
@@ -118,6 +122,7 @@ impl Sections {
             operator: self.operator.over(lower.operator),
             audit_of_audit: self.audit_of_audit.over(lower.audit_of_audit),
             integrity: self.integrity.over(lower.integrity),
+            retention: self.retention.over(lower.retention),
         }
     }
 }
@@ -230,6 +235,8 @@ pub struct Settings {
     pub failed_auth_per_minute: u32,
     /// The signing keys and the checkpoint interval.
     pub integrity: IntegritySettings,
+    /// How long each tenant's events are kept, and how often expired ones are swept.
+    pub retention: RetentionSettings,
     /// Where each setting came from.
     pub origins: Origins,
 }
@@ -268,6 +275,7 @@ impl Settings {
         let export = given.export.resolve(&store.data_dir, kubernetes)?;
         let operator = operator_section.resolve(export.max_concurrent_jobs)?;
         let integrity = given.integrity.resolve(&store.data_dir)?;
+        let retention = given.retention.resolve()?;
         Ok(Settings {
             listen: server.listen,
             tls: server.tls,
@@ -288,6 +296,7 @@ impl Settings {
             jwt_allow_any_audience: auth.jwt_allow_any_audience,
             failed_auth_per_minute: auth.failed_auth_per_minute,
             integrity,
+            retention,
             origins: args.origins(file_keys),
         })
     }
@@ -323,6 +332,7 @@ impl Settings {
             operator: self.operator.to_section(),
             audit_of_audit: self.audit_of_audit.to_section(),
             integrity: self.integrity.to_section(),
+            retention: self.retention.to_section(),
         }
     }
 }

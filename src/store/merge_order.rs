@@ -5,6 +5,8 @@
 //! This policy lets `LogMergePolicy` choose and then orders each merge by the segments' first
 //! ingest sequence number, so that doc ids keep following arrival, hence (almost) time, in
 //! merged segments too: what block pruning in searches and per-day ranges in summaries rely on.
+//! Segments where deletes (retention) left more than 30% of the documents dead are merged
+//! early, so that the space of expired events is given back.
 
 use std::collections::HashMap;
 
@@ -14,6 +16,10 @@ use tantivy::merge_policy::{LogMergePolicy, MergeCandidate, MergePolicy};
 use tantivy::{Index, SegmentReader};
 
 use super::schema::fast;
+
+/// A segment with a larger share of deleted documents (a retention sweep's boundary segment)
+/// has its level merged, which rewrites it without them: expired events leave the disk.
+const DELETED_RATIO_BEFORE_MERGE: f32 = 0.3;
 
 /// `LogMergePolicy`'s choices, each merge in arrival order.
 #[derive(Debug)]
@@ -26,8 +32,10 @@ pub struct ArrivalOrderMergePolicy {
 
 impl ArrivalOrderMergePolicy {
     pub fn new(index: Index) -> Self {
+        let mut choice = LogMergePolicy::default();
+        choice.set_del_docs_ratio_before_merge(DELETED_RATIO_BEFORE_MERGE);
         ArrivalOrderMergePolicy {
-            choice: LogMergePolicy::default(),
+            choice,
             index,
             first_seq: Mutex::new(HashMap::new()),
         }

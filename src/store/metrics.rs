@@ -24,6 +24,8 @@ pub enum CommitTrigger {
     Force,
     /// Graceful shutdown.
     Shutdown,
+    /// A retention sweep's deletes (and the events before them).
+    Retention,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]

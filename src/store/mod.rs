@@ -21,6 +21,7 @@ pub mod lookup;
 pub mod merge_order;
 pub mod metrics;
 pub mod migrate;
+pub mod retention;
 pub mod schema;
 pub mod search;
 pub mod source;
@@ -74,6 +75,8 @@ pub enum StoreError {
     NewerVersion { found: u32, supported: u32 },
     #[error("index commit payload is unreadable: {0}")]
     Payload(#[source] serde_json::Error),
+    #[error(transparent)]
+    Anchors(#[from] retention::AnchorError),
 }
 
 /// Health of the store, for readiness.
@@ -156,7 +159,7 @@ impl Store {
             threads: Mutex::new(Vec::new()),
             _lock: lock,
         });
-        let index_stage = IndexStage::new(
+        let mut index_stage = IndexStage::new(
             index_writer,
             reader,
             fields,
@@ -165,6 +168,9 @@ impl Store {
             metrics,
             payload.next_seq,
         );
+        let anchors_path = retention::RetentionAnchors::path_in(&data_dir.join("integrity"));
+        let anchors = retention::RetentionAnchors::load(&anchors_path)?;
+        index_stage.keep_anchors(anchors_path, anchors);
         let startup = Startup {
             wal_dir: data_dir.join("wal"),
             quarantine_dir: data_dir.join("quarantine"),
@@ -201,6 +207,21 @@ impl Store {
         self.inner
             .requests
             .send(request)
+            .await
+            .map_err(|_| WriteError::Closed)?;
+        response.await.map_err(|_| WriteError::Closed)?
+    }
+
+    /// Deletes `expiry`'s events through the single writer, after everything acknowledged
+    /// before it is committed; returns how many were deleted (see [`retention`]).
+    pub async fn expire(&self, expiry: retention::Expiry) -> Result<u64, WriteError> {
+        if !self.inner.shared.ready.load(Ordering::SeqCst) {
+            return Err(WriteError::NotReady);
+        }
+        let (reply, response) = oneshot::channel();
+        self.inner
+            .requests
+            .send(Request::Expire { expiry, reply })
             .await
             .map_err(|_| WriteError::Closed)?;
         response.await.map_err(|_| WriteError::Closed)?
@@ -344,8 +365,10 @@ impl Startup {
         let mut replayed = 0u64;
         let mut undecodable = Vec::new();
         let stage = &mut self.index_stage;
-        let heads = chain::recover_heads(&stage.query_reader.searcher(), &stage.fields)
+        let mut heads = chain::recover_heads(&stage.query_reader.searcher(), &stage.fields)
             .map_err(|e| format!("failed to read the chain heads: {e}"))?;
+        // A tenant whose every event expired continues after its newest deleted one.
+        stage.anchors().raise_heads(&mut heads);
         stage.resume_chains(heads);
         quarantined.extend(
             wal.replay_from(

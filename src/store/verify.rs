@@ -13,6 +13,12 @@
 //!
 //! Only committed events are checked: after a crash, the WAL's acknowledged tail is committed
 //! (and chained) at the next start.
+//!
+//! Events deleted by retention leave gaps; each gap that ends right after a recorded retention
+//! anchor (the link of the newest deleted event before it, `integrity/retention-anchors.json`,
+//! [`super::retention`]) is crossed from that anchor, both by the stored and the recomputed
+//! chain. A checkpoint at a deleted position is checked against the anchor there when there is
+//! one, and otherwise counted as expired (`checkpoints_expired`).
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -24,6 +30,7 @@ use tantivy::{Index, TantivyDocument};
 use super::StoreError;
 use super::chain::{self, stored_link};
 use super::migrate;
+use super::retention::RetentionAnchors;
 use super::schema::{self, Fields};
 use super::source::SourceColumns;
 use super::writer::CommitPayload;
@@ -52,6 +59,11 @@ pub struct StoreReport {
     pub events: u64,
     pub tenants: usize,
     pub checkpoints: usize,
+    /// Checkpoints at positions deleted by retention (not recomputable; their signatures and
+    /// their chain are still checked).
+    pub checkpoints_expired: usize,
+    /// Gaps crossed from a retention anchor.
+    pub retention_gaps: usize,
     /// Problems beyond the per-tenant listing limit, counted only.
     pub unlisted_problems: u64,
     pub problems: Vec<Problem>,
@@ -95,11 +107,17 @@ pub fn verify_data_dir(data_dir: &Path, keys: &PublicKeys) -> Result<StoreReport
         checkpoints: checkpoints.len(),
         ..StoreReport::default()
     };
+    let anchors = RetentionAnchors::load(&RetentionAnchors::path_in(&data_dir.join("integrity")))?;
     let wanted = positions_named(&checkpoints);
     let mut walks: HashMap<String, TenantWalk> = HashMap::new();
-    walk_events(&index, &fields, &wanted, &mut walks, &mut report)?;
+    let known = Known {
+        fields: &fields,
+        wanted: &wanted,
+        anchors: &anchors,
+    };
+    walk_events(&index, &known, &mut walks, &mut report)?;
     report.tenants = walks.len();
-    check_checkpoints(&checkpoints, keys, &walks, &mut report);
+    check_checkpoints(&checkpoints, keys, &walks, &anchors, &mut report);
     Ok(report)
 }
 
@@ -116,13 +134,21 @@ fn positions_named(checkpoints: &[Value]) -> HashMap<String, HashSet<u64>> {
     wanted
 }
 
+/// What the walk looks things up in.
+struct Known<'a> {
+    fields: &'a Fields,
+    /// Chain positions the checkpoints name, per tenant.
+    wanted: &'a HashMap<String, HashSet<u64>>,
+    anchors: &'a RetentionAnchors,
+}
+
 fn walk_events(
     index: &Index,
-    fields: &Fields,
-    wanted: &HashMap<String, HashSet<u64>>,
+    known: &Known<'_>,
     walks: &mut HashMap<String, TenantWalk>,
     report: &mut StoreReport,
 ) -> Result<(), StoreError> {
+    let (fields, wanted) = (known.fields, known.wanted);
     let searcher = index.reader()?.searcher();
     let mut readers = Vec::new();
     for segment in searcher.segment_readers() {
@@ -158,6 +184,16 @@ fn walk_events(
         bytes.clear();
         canonical::write_event(&event, &mut bytes);
         let walk = walks.entry(event.tenant_id.clone()).or_default();
+        let found = stored_link(fields, &document);
+        if let Some(anchor) = found
+            .filter(|link| link.seq > walk.stored.seq + 1)
+            .and_then(|link| known.anchors.at(&event.tenant_id, link.seq - 1))
+        {
+            // Events before this one were deleted by retention: continue from their anchor.
+            walk.stored = anchor;
+            walk.recomputed = anchor;
+            report.retention_gaps += 1;
+        }
         walk.recomputed = walk.recomputed.next(&bytes);
         if wanted
             .get(&event.tenant_id)
@@ -166,7 +202,6 @@ fn walk_events(
             walk.at_checkpoints
                 .insert(walk.recomputed.seq, walk.recomputed.hash);
         }
-        let found = stored_link(fields, &document);
         if let Some((sequence, message)) =
             local_link_problem(&walk.stored, found.as_ref(), &bytes, &event)
         {
@@ -237,6 +272,7 @@ fn check_checkpoints(
     checkpoints: &[Value],
     keys: &PublicKeys,
     walks: &HashMap<String, TenantWalk>,
+    anchors: &RetentionAnchors,
     report: &mut StoreReport,
 ) {
     // tenant -> (sequence, hash) of its previous checkpoint
@@ -282,8 +318,13 @@ fn check_checkpoints(
         let recomputed = walks
             .get(&tenant)
             .and_then(|walk| walk.at_checkpoints.get(&count))
+            .or(anchors.at(&tenant, count).as_ref().map(|link| &link.hash))
             .map(hex::encode);
+        let expired = anchors
+            .newest(&tenant)
+            .is_some_and(|newest| count <= newest.seq);
         match recomputed {
+            None if expired => report.checkpoints_expired += 1,
             None => problem(format!(
                 "covers {count} events, but the store holds fewer for this tenant (events deleted)"
             )),

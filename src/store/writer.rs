@@ -13,6 +13,7 @@
 //! every request already queued, writes them all, and pays one `fdatasync` for the lot.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
@@ -24,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::dedup::Deduplicator;
 use super::metrics::{CommitLabels, CommitTrigger, StoreMetrics};
+use super::retention::{self, Expiry, RetentionAnchors};
 use super::schema::{Fields, SCHEMA_VERSION};
 use super::wal::{self, Wal, WalError};
 use crate::config::CommitPolicy;
@@ -82,6 +84,8 @@ pub enum WriteError {
     NotReady,
     #[error("the store is shut down")]
     Closed,
+    #[error("failed to expire events: {0}")]
+    Expire(String),
 }
 
 impl CommitPolicy {
@@ -122,6 +126,10 @@ pub(super) enum Request {
     Flush {
         reply: oneshot::Sender<Result<(), WriteError>>,
     },
+    Expire {
+        expiry: Expiry,
+        reply: oneshot::Sender<Result<u64, WriteError>>,
+    },
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -130,6 +138,7 @@ pub(super) enum Request {
 enum IndexMessage {
     Events(Vec<Sequenced>),
     Flush(oneshot::Sender<Result<(), WriteError>>),
+    Expire(Expiry, oneshot::Sender<Result<u64, WriteError>>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -151,6 +160,9 @@ pub(super) struct IndexStage {
     pub next_seq: u64,
     /// Every tenant's chain head, including uncommitted events.
     heads: ChainHeads,
+    /// Where the retention anchors are kept, and their content (see [`retention`]).
+    anchors_path: Option<PathBuf>,
+    anchors: RetentionAnchors,
     uncommitted: Vec<Sequenced>,
     uncommitted_bytes: usize,
     oldest_uncommitted: Option<Instant>,
@@ -170,6 +182,8 @@ impl IndexStage {
     ) -> Self {
         IndexStage {
             heads: ChainHeads::default(),
+            anchors_path: None,
+            anchors: RetentionAnchors::default(),
             writer,
             query_reader,
             fields,
@@ -181,6 +195,17 @@ impl IndexStage {
             uncommitted_bytes: 0,
             oldest_uncommitted: None,
         }
+    }
+
+    /// Keeps the retention anchors in `path`, whose current content is `anchors`.
+    pub fn keep_anchors(&mut self, path: PathBuf, anchors: RetentionAnchors) {
+        self.anchors_path = Some(path);
+        self.anchors = anchors;
+    }
+
+    /// The retention anchors as last recorded.
+    pub fn anchors(&self) -> &RetentionAnchors {
+        &self.anchors
     }
 
     /// Continues the chains from `heads`, the committed index's (before the WAL replay).
@@ -269,6 +294,66 @@ impl IndexStage {
         }
     }
 
+    /// Deletes `expiry`'s events: commits what is pending, finds the set, records the chain
+    /// anchors durably, deletes and commits. Returns how many events were deleted.
+    fn expire(&mut self, expiry: &Expiry) -> Result<u64, WriteError> {
+        self.commit(CommitTrigger::Retention)?;
+        let failed = |error: &dyn std::fmt::Display| WriteError::Expire(error.to_string());
+        let searcher = self.query_reader.searcher();
+        let set =
+            retention::expired_set(&searcher, &self.fields, expiry).map_err(|e| failed(&e))?;
+        if set.docs.is_empty() {
+            return Ok(0);
+        }
+        let mut links = Vec::with_capacity(set.anchor_docs.len());
+        for at in &set.anchor_docs {
+            if let Some(link) =
+                retention::link_of(&searcher, &self.fields, *at).map_err(|e| failed(&e))?
+            {
+                links.push(link);
+            }
+        }
+        let oldest_kept = match set.oldest_kept {
+            Some(at) => retention::link_of(&searcher, &self.fields, at)
+                .map_err(|e| failed(&e))?
+                .map(|link| link.seq),
+            None => None,
+        };
+        let mut anchors = self.anchors.clone();
+        anchors.record(&expiry.tenant, &links, oldest_kept);
+        // Durable before anything is deleted: a crash after the delete commit keeps them.
+        if let Some(path) = &self.anchors_path {
+            anchors.save(path).map_err(|e| failed(&e))?;
+        }
+        self.anchors = anchors;
+        drop(searcher);
+        self.writer
+            .delete_query(Box::new(retention::delete_query(&self.fields, expiry)))
+            .map_err(|e| failed(&e))?;
+        let started = Instant::now();
+        if let Err(error) = self.try_commit() {
+            self.metrics.commit_errors.inc();
+            tracing::error!(%error, "retention commit failed; nothing was deleted");
+            self.recover_after_failure();
+            return Err(WriteError::Commit(error));
+        }
+        self.metrics
+            .commits
+            .get_or_create(&CommitLabels {
+                trigger: CommitTrigger::Retention,
+            })
+            .inc();
+        let documents = self.query_reader.searcher().num_docs();
+        self.metrics.index_documents.set(documents as i64);
+        tracing::debug!(
+            tenant = %expiry.tenant,
+            deleted = set.docs.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "expired events deleted"
+        );
+        Ok(set.docs.len() as u64)
+    }
+
     fn try_commit(&mut self) -> tantivy::Result<()> {
         let payload = CommitPayload {
             next_seq: self.next_seq,
@@ -330,6 +415,9 @@ impl IndexStage {
                 }
                 Some(IndexMessage::Flush(reply)) => {
                     let _ = reply.send(self.commit(CommitTrigger::Force));
+                }
+                Some(IndexMessage::Expire(expiry, reply)) => {
+                    let _ = reply.send(self.expire(&expiry));
                 }
                 Some(IndexMessage::Shutdown(reply)) => {
                     self.final_commit();
@@ -432,6 +520,9 @@ impl WalStage {
             match control {
                 // A dropped flush reply tells the caller the store is closed.
                 Some(Request::Flush { reply }) => drop(self.index.send(IndexMessage::Flush(reply))),
+                Some(Request::Expire { expiry, reply }) => {
+                    drop(self.index.send(IndexMessage::Expire(expiry, reply)))
+                }
                 Some(Request::Shutdown { reply }) => {
                     let (index_done, index_reply) = oneshot::channel();
                     if self.index.send(IndexMessage::Shutdown(index_done)).is_ok() {

@@ -30,5 +30,6 @@ mod operator_kmock;
 mod query_api;
 mod reference;
 mod reloads;
+mod retention;
 mod store_hardening;
 mod tls;

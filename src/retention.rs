@@ -1,0 +1,368 @@
+//! The retention sweep: at a fixed interval (and once at start), every tenant not on legal
+//! hold loses its events older than its retention (`[retention]`, docs/lifecycle.md).
+//!
+//! Per tenant, in this order:
+//!
+//! 1. the expired set is fixed: the tenant's committed events older than the cut-off with an
+//!    ingest sequence number below the committed position (later arrivals are not touched);
+//! 2. a `retention_sweep` event recording how many events go and the cut-off is stored in the
+//!    tenant's trail through the normal durable ingest path (chained like any event), so no
+//!    deletion ever happens without its record;
+//! 3. the store's single writer records the chain anchors durably, deletes exactly that set and
+//!    commits ([`crate::store::retention`]).
+//!
+//! With a cold tier (`[retention.cold_storage]`), step 1 is followed by an export of exactly
+//! that set (the export engine, JSONL+gzip, signed manifest, the same tenant confinement as
+//! every export) under `PREFIX<tenant_id>/<cut-off>-<bound>/`, and nothing happens next unless
+//! it completed with the record count of the set: a failed cold export blocks the deletion,
+//! counts in `retention_cold_export_failures_total`, logs an error, and the next sweep retries.
+//!
+//! A crash between 2 and 3 leaves the events in place and the record stored: the next sweep
+//! (at the next start) deletes them and records its own event. Nothing kept is ever deleted:
+//! the set is bounded by the cut-off and the sequence bound.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
+use serde_json::{Map, Value};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::RetentionSettings;
+use crate::config::retention::ColdStorage;
+use crate::event::{Action, AuditEvent, IdentityType};
+use crate::export::engine::{ExportEngine, ProgressReporter};
+use crate::export::format::{Compression, ExportFormat};
+use crate::export::job::{Checkpoint, DestinationType, ExportFailure, ExportSpec};
+use crate::export::request::{DestinationRequest, ExportRequest};
+use crate::store::retention::{self, Expiry};
+use crate::store::{PreparedEvent, Store, WriteError};
+
+/// The identity the sweep's events are recorded under.
+pub const SWEEP_IDENTITY: &str = "system:retention";
+
+/// Errors of one sweep (the next one retries).
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    #[error("failed to read the index: {0}")]
+    Index(#[from] tantivy::TantivyError),
+    #[error("failed to store the sweep's event or delete: {0}")]
+    Write(#[from] WriteError),
+    #[error("the sweep's index scan did not finish: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("the cold-tier export of {tenant} failed, nothing was deleted: {message}")]
+    Cold { tenant: String, message: String },
+}
+
+/// Metrics of the retention sweep.
+#[derive(Debug, Clone, Default)]
+pub struct RetentionMetrics {
+    /// Sweeps completed.
+    pub sweeps: Counter,
+    /// Sweeps that failed (the next one retries).
+    pub failures: Counter,
+    /// Events deleted because their retention passed.
+    pub deleted: Counter,
+    /// Cold-tier exports that failed (their events were not deleted).
+    pub cold_failures: Counter,
+    /// Events exported to the cold tier.
+    pub cold_exported: Counter,
+}
+
+impl RetentionMetrics {
+    /// Creates the metrics and registers them (names get the registry's prefix).
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = RetentionMetrics::default();
+        registry.register(
+            "retention_sweeps",
+            "Retention sweeps completed",
+            metrics.sweeps.clone(),
+        );
+        registry.register(
+            "retention_sweep_failures",
+            "Retention sweeps that failed (retried at the next interval)",
+            metrics.failures.clone(),
+        );
+        registry.register(
+            "retention_deleted_events",
+            "Events deleted because their tenant's retention passed",
+            metrics.deleted.clone(),
+        );
+        registry.register(
+            "retention_cold_export_failures",
+            "Cold-tier exports that failed; their events stay in the hot store until one succeeds",
+            metrics.cold_failures.clone(),
+        );
+        registry.register(
+            "retention_cold_exported_events",
+            "Events exported to the cold tier before their deletion",
+            metrics.cold_exported.clone(),
+        );
+        metrics
+    }
+}
+
+/// What one tenant's part of a sweep did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantSweep {
+    pub tenant: String,
+    pub cutoff_us: i64,
+    pub removed: u64,
+}
+
+/// The cold tier: where the export engine writes expiring events before they are deleted.
+#[derive(Clone)]
+pub struct ColdTier {
+    engine: ExportEngine,
+    storage: ColdStorage,
+}
+
+impl ColdTier {
+    /// The cold tier of `storage`, written by `engine`. Fails when the destination is not a
+    /// valid export destination; the tenant confinement (`[export]` policy) is checked before
+    /// every export, per tenant, as for any export.
+    pub fn new(engine: ExportEngine, storage: ColdStorage) -> Result<ColdTier, String> {
+        let tier = ColdTier { engine, storage };
+        let sample = Expiry {
+            tenant: "tnt_check".into(),
+            cutoff_us: 1,
+            seq_bound: 0,
+        };
+        tier.spec(&sample, 0)?;
+        Ok(tier)
+    }
+
+    /// The export of `expiry`'s events (from `oldest_us`).
+    fn spec(&self, expiry: &Expiry, oldest_us: i64) -> Result<ExportSpec, String> {
+        let stamp = crate::timestamp::format_micros(expiry.cutoff_us).replace(':', "");
+        let destination = DestinationRequest {
+            kind: DestinationType::parse(&self.storage.kind),
+            bucket: self.storage.bucket.clone(),
+            prefix: format!(
+                "{}{}/{stamp}-{}/",
+                self.storage.prefix, expiry.tenant, expiry.seq_bound
+            ),
+            credentials_path: self.storage.credentials_path.clone(),
+            problems: Default::default(),
+        };
+        let request = ExportRequest {
+            tenant_id: expiry.tenant.clone(),
+            from: Some(crate::timestamp::format_micros(oldest_us)),
+            to: Some(crate::timestamp::format_micros(expiry.cutoff_us)),
+            format: Some(ExportFormat::Jsonl),
+            compression: Some(Compression::Gzip),
+            destination: Some(destination),
+            ..ExportRequest::default()
+        };
+        request.validate().map_err(|errors| {
+            let problems: Vec<String> = errors
+                .0
+                .iter()
+                .map(|(field, problem)| format!("{field} {problem}"))
+                .collect();
+            format!(
+                "[retention.cold_storage] is not a valid destination: {}",
+                problems.join("; ")
+            )
+        })
+    }
+
+    /// Exports `expiry`'s `count` events and checks the manifest's record count.
+    async fn export(&self, expiry: &Expiry, oldest_us: i64, count: u64) -> Result<(), String> {
+        let spec = self.spec(expiry, oldest_us)?;
+        let export_id = format!(
+            "cold_{}_{}_{}",
+            expiry.tenant, expiry.cutoff_us, expiry.seq_bound
+        );
+        let checkpoint = Checkpoint::start(expiry.seq_bound);
+        let cancel = CancellationToken::new();
+        let outcome = self
+            .engine
+            .run(&export_id, &spec, checkpoint, &NoProgress, &cancel)
+            .await
+            .map_err(|failure| failure.to_string())?;
+        if outcome.record_count != count {
+            return Err(format!(
+                "the manifest counts {} records, the sweep expected {count}",
+                outcome.record_count
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Cold exports are not resumed part by part: a failed one is run again whole.
+struct NoProgress;
+
+#[async_trait::async_trait]
+impl ProgressReporter for NoProgress {
+    async fn checkpoint(&self, _checkpoint: &Checkpoint) -> Result<(), ExportFailure> {
+        Ok(())
+    }
+}
+
+/// Runs sweeps over one store.
+#[derive(Clone)]
+pub struct Sweeper {
+    store: Store,
+    settings: Arc<RetentionSettings>,
+    metrics: RetentionMetrics,
+    cold: Option<ColdTier>,
+}
+
+impl Sweeper {
+    pub fn new(store: Store, settings: Arc<RetentionSettings>, metrics: RetentionMetrics) -> Self {
+        Sweeper {
+            store,
+            settings,
+            metrics,
+            cold: None,
+        }
+    }
+
+    /// The sweeper exporting expiring events to `cold` before deleting them.
+    pub fn with_cold_tier(mut self, cold: ColdTier) -> Self {
+        self.cold = Some(cold);
+        self
+    }
+
+    /// Sweeps once as of `now_us`; returns the tenants that lost events.
+    pub async fn sweep(&self, now_us: i64) -> Result<Vec<TenantSweep>, SweepError> {
+        let store = self.store.clone();
+        let tenants = tokio::task::spawn_blocking(move || {
+            retention::tenants(&store.searcher(), store.fields())
+        })
+        .await??;
+        let mut swept = Vec::new();
+        let mut failed = None;
+        for tenant in tenants {
+            let policy = self.settings.for_tenant(&tenant);
+            let Some(cutoff_us) = policy.cutoff_us(now_us) else {
+                continue;
+            };
+            let expiry = Expiry {
+                tenant,
+                cutoff_us,
+                seq_bound: self.store.committed_seq(),
+            };
+            let removed = match self.expire(expiry.clone(), policy.days, now_us).await {
+                Ok(removed) => removed,
+                // One tenant's failed cold export does not hold back the others.
+                Err(error @ SweepError::Cold { .. }) => {
+                    failed = Some(error);
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
+            if removed > 0 {
+                self.metrics.deleted.inc_by(removed);
+                swept.push(TenantSweep {
+                    tenant: expiry.tenant,
+                    cutoff_us,
+                    removed,
+                });
+            }
+        }
+        if let Some(error) = failed {
+            return Err(error);
+        }
+        self.metrics.sweeps.inc();
+        Ok(swept)
+    }
+
+    /// Counts `expiry`'s set, records the sweep's event, then deletes the set.
+    async fn expire(&self, expiry: Expiry, days: u32, now_us: i64) -> Result<u64, SweepError> {
+        let store = self.store.clone();
+        let planned = expiry.clone();
+        let (count, oldest_us) = tokio::task::spawn_blocking(move || {
+            // The searcher is taken after the bound was read: it holds every event below it.
+            retention::expired_set(&store.searcher(), store.fields(), &planned)
+                .map(|set| (set.docs.len() as u64, set.oldest_us))
+        })
+        .await??;
+        let (true, Some(oldest_us)) = (count > 0, oldest_us) else {
+            return Ok(0);
+        };
+        if let Some(cold) = &self.cold {
+            if let Err(message) = cold.export(&expiry, oldest_us, count).await {
+                self.metrics.cold_failures.inc();
+                tracing::error!(tenant = %expiry.tenant, count, %message, "cold-tier export failed: expired events are kept in the hot store until it succeeds");
+                return Err(SweepError::Cold {
+                    tenant: expiry.tenant,
+                    message,
+                });
+            }
+            self.metrics.cold_exported.inc_by(count);
+        }
+        let event = sweep_event(&expiry, count, days, now_us);
+        self.store
+            .ingest(vec![PreparedEvent::new(event, true)])
+            .await?;
+        let removed = self.store.expire(expiry.clone()).await?;
+        if removed != count {
+            tracing::warn!(tenant = %expiry.tenant, count, removed, "a retention sweep removed another number of events than it recorded");
+        }
+        tracing::info!(
+            tenant = %expiry.tenant,
+            removed,
+            cutoff = %crate::timestamp::format_micros(expiry.cutoff_us),
+            "expired events removed"
+        );
+        Ok(removed)
+    }
+
+    /// Sweeps once the store is ready, then every interval, until `shutdown`.
+    pub fn spawn(self, shutdown: CancellationToken) -> JoinHandle<()> {
+        tokio::spawn(async move {
+            if self
+                .store
+                .wait_ready(Duration::from_secs(u64::MAX >> 20))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let mut ticks = tokio::time::interval(self.settings.sweep_interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    _ = ticks.tick() => {}
+                }
+                if let Err(error) = self.sweep(crate::timestamp::now_micros()).await {
+                    self.metrics.failures.inc();
+                    tracing::error!(%error, "retention sweep failed; the next one retries");
+                }
+            }
+        })
+    }
+}
+
+/// The `retention_sweep` event of `expiry`. Its id is derived from the expiry, so a sweep
+/// repeated after a crash with the same set is not recorded twice.
+fn sweep_event(expiry: &Expiry, removed: u64, days: u32, now_us: i64) -> AuditEvent {
+    let mut extra = Map::new();
+    extra.insert("removed".into(), Value::from(removed));
+    extra.insert(
+        "cutoff".into(),
+        Value::from(crate::timestamp::format_micros(expiry.cutoff_us)),
+    );
+    extra.insert("retention_days".into(), Value::from(days));
+    AuditEvent {
+        id: format!("retention_sweep:{}:{}", expiry.cutoff_us, expiry.seq_bound),
+        tenant_id: expiry.tenant.clone(),
+        timestamp_us: now_us,
+        action: Action::RetentionSweep,
+        secret_path: None,
+        identity_type: IdentityType::System,
+        identity_id: SWEEP_IDENTITY.to_owned(),
+        source_ip: None,
+        user_agent: None,
+        success: true,
+        duration_ms: None,
+        request_id: None,
+        extra_data: extra,
+    }
+}
