@@ -33,6 +33,7 @@ const ROUTES: &[&str] = &[
     "/v1/audit/exports/{export_id}",
     "/v1/audit/integrity/checkpoints",
     "/v1/audit/integrity/keys",
+    "/v1/audit/retention",
 ];
 
 /// The error codes of 401 and 403 answers.
