@@ -15,7 +15,7 @@ use crate::helm_chart::{
 };
 
 /// The alerts the rule must carry.
-const ALERTS: [&str; 7] = [
+const ALERTS: [&str; 8] = [
     "ScaiVaultAuditPodNotReady",
     "ScaiVaultAuditIngestUnavailable",
     "ScaiVaultAuditWalWriteErrors",
@@ -23,6 +23,7 @@ const ALERTS: [&str; 7] = [
     "ScaiVaultAuditExportFailed",
     "ScaiVaultAuditDataVolumeFillingUp",
     "ScaiVaultAuditReplayRunningLong",
+    "ScaiVaultAuditColdTierExportFailing",
 ];
 
 /// PromQL words that are not metric names.
