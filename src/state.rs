@@ -12,6 +12,7 @@ use crate::auth::Authenticator;
 use crate::config::{IngestLimits, RateLimits, WorkLimits};
 use crate::export::engine::ExportEngine;
 use crate::export::registry::ExportRegistry;
+use crate::export::schedule::scheduler::Scheduler;
 use crate::integrity::checkpoint::CheckpointLog;
 use crate::query::cursor::CursorCodec;
 use crate::store::Store;
@@ -39,6 +40,9 @@ pub struct AppState {
     /// The signed checkpoint log and its key ring (`GET /v1/audit/integrity/…`); `None` only
     /// where no service runs (`serve` always opens it).
     pub checkpoints: Option<Arc<CheckpointLog>>,
+    /// Continuous exports (standalone only; `None` with the operator: the REST routes answer
+    /// 409 `schedules_not_available`).
+    pub schedules: Option<Scheduler>,
 }
 
 /// The export side of the state.
@@ -71,7 +75,14 @@ impl AppState {
             work: WorkGates::new(&WorkLimits::default()),
             audit_trail: AuditRecorder::disabled(),
             checkpoints: None,
+            schedules: None,
         }
+    }
+
+    /// The state serving and running `scheduler`'s export schedules.
+    pub fn with_schedules(mut self, scheduler: Scheduler) -> Self {
+        self.schedules = Some(scheduler);
+        self
     }
 
     /// The state recording reads of audit data through `recorder`.

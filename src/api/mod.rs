@@ -15,6 +15,7 @@ pub mod logs;
 pub mod openapi;
 pub mod rate_limit;
 pub mod request_id;
+pub mod schedules;
 pub mod summary;
 pub mod tls;
 pub mod trails;
@@ -56,6 +57,8 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .or(trails::routes(state.clone()))
         .unify()
         .or(exports::routes(state.clone()))
+        .unify()
+        .or(schedules::routes(state.clone()))
         .unify()
         .or(integrity::routes(state))
         .unify()
