@@ -409,6 +409,14 @@ pub fn spec_from_body(
     }
 }
 
+/// The `complete_through` of `GET /v1/audit/logs` and the trails at `now_us`: the newest
+/// timestamp before which no more events are expected, `now − DEFAULT_DELAY_SECONDS` (the
+/// late-arrival delay a schedule uses by default), RFC 3339.
+pub fn complete_through(now_us: i64) -> String {
+    let delay = DEFAULT_DELAY_SECONDS as i64 * 1_000_000;
+    timestamp::format_micros(now_us.saturating_sub(delay))
+}
+
 /// A new schedule id: `sch_` and a lowercase ULID.
 pub fn new_schedule_id() -> String {
     format!("sch_{}", ulid::Ulid::generate().to_string().to_lowercase())

@@ -201,7 +201,12 @@ impl Scheduler {
     pub fn spawn(&self) -> tokio::task::JoinHandle<()> {
         let scheduler = self.clone();
         tokio::spawn(async move {
-            if !wait_for_store(scheduler.inner.engine.store(), "export schedules").await {
+            let store = scheduler.inner.engine.store().clone();
+            let ready = tokio::select! {
+                ready = wait_for_store(&store, "export schedules") => ready,
+                () = scheduler.inner.shutdown.cancelled() => false,
+            };
+            if !ready {
                 return;
             }
             scheduler.run_loop().await;
