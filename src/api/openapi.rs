@@ -46,6 +46,10 @@ mod tests {
         ("/v1/audit/exports", "get"),
         ("/v1/audit/exports/{export_id}", "get"),
         ("/v1/audit/exports/{export_id}", "delete"),
+        ("/v1/audit/export-schedules", "post"),
+        ("/v1/audit/export-schedules", "get"),
+        ("/v1/audit/export-schedules/{schedule_id}", "get"),
+        ("/v1/audit/export-schedules/{schedule_id}", "delete"),
         ("/v1/audit/integrity/checkpoints", "get"),
         ("/v1/audit/integrity/keys", "get"),
     ];

@@ -30,6 +30,8 @@ const CHECKPOINTS: &str = "/v1/audit/integrity/checkpoints";
 const KEYS: &str = "/v1/audit/integrity/keys";
 /// Well-formed, but no export has it.
 const UNKNOWN_EXPORT: &str = "exp_01jz0000000000000000000000";
+/// Well-formed, but no schedule has it.
+const UNKNOWN_SCHEDULE: &str = "sch_01jz0000000000000000000000";
 /// Headers whose presence on an undocumented response is drift.
 const CHECKED_HEADERS: &[&str] = &[
     "x-request-id",
@@ -223,6 +225,7 @@ fn concrete(path: &str, secret: &str, identity: &str) -> String {
     path.replace("{path}", secret)
         .replace("{identity_id}", &percent_encode(identity))
         .replace("{export_id}", UNKNOWN_EXPORT)
+        .replace("{schedule_id}", UNKNOWN_SCHEDULE)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1105,7 +1108,7 @@ async fn every_documented_operation_is_routed_and_no_other_method() {
             let server = Server::start(&dir.data_dir(), &[]).await;
             let client = client();
             let paths = doc.root["paths"].as_object().expect("paths");
-            assert_eq!(paths.len(), 14, "documented paths: {:?}", paths.keys());
+            assert_eq!(paths.len(), 16, "documented paths: {:?}", paths.keys());
             for (path, item) in paths {
                 let url = concrete(path, SECRET, IDENTITY);
                 for method in ["get", "post", "put", "delete", "patch"] {

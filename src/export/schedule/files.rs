@@ -129,10 +129,10 @@ mod tests {
         std::fs::write(dir.path().join("notes.txt"), b"ignored").unwrap();
         let reopened = ScheduleFiles::open(dir.path()).unwrap();
         assert_eq!(reopened.load_all(), [record.clone()]);
-        assert!(!bad.exists());
+        assert!(!bad.try_exists().unwrap());
         let mut corrupt = bad.into_os_string();
         corrupt.push(".corrupt");
-        assert!(Path::new(&corrupt).exists());
+        assert!(Path::new(&corrupt).try_exists().unwrap());
         reopened.remove(&record.spec.schedule_id).unwrap();
         reopened.remove(&record.spec.schedule_id).unwrap();
         assert!(reopened.load_all().is_empty());

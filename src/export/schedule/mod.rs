@@ -554,7 +554,7 @@ mod tests {
         let errors = spec_from_body(&body, "tnt_acme", new_schedule_id(), "sa:ci", 0)
             .unwrap_err()
             .0;
-        let fields: Vec<&str> = errors.iter().map(|(field, _)| field.as_str()).collect();
+        let fields: Vec<&str> = errors.keys().map(String::as_str).collect();
         for field in ["schedule", "delay_seconds", "start", "from", "format"] {
             assert!(fields.contains(&field), "{field} in {errors:?}");
         }
