@@ -42,12 +42,12 @@ fn event_at(n: u64, tenant: &str, seconds_ago: f64) -> Value {
 }
 
 /// Ingests a batch of the tenant's events (current and late, as given) plus one of another
-/// tenant; returns the tenant's ids that a schedule started at `start` must deliver.
+/// tenant; returns the tenant's ids that a schedule starting at `start` must deliver.
 async fn ingest_batch(
     server: &Server,
     counter: &mut u64,
     ages: &[f64],
-    start_age_limit: f64,
+    start: &str,
 ) -> Vec<String> {
     let mut events = Vec::new();
     for age in ages {
@@ -58,9 +58,9 @@ async fn ingest_batch(
     events.push(event_at(*counter, OTHER_TENANT, 0.0));
     let ids = ingest_ok(&client(), server.base_url(), server.token(), &events).await;
     ids.into_iter()
-        .zip(ages.iter().chain([&0.0]))
+        .zip(&events)
         .take(ages.len())
-        .filter(|(_, age)| **age < start_age_limit)
+        .filter(|(_, event)| event["timestamp"].as_str().unwrap() >= start)
         .map(|(id, _)| id)
         .collect()
 }
@@ -137,13 +137,13 @@ async fn keep_ingesting(
     counter: &mut u64,
     expected: &mut Vec<String>,
     duration: Duration,
-    start_age: f64,
+    start: &str,
 ) {
     let until = Instant::now() + duration;
     while Instant::now() < until {
         // Current, late (older than the watermark), and one older than the schedule's start.
-        let ages = [0.0, 0.2, 12.0, 25.0, start_age + 3600.0];
-        expected.extend(ingest_batch(server, counter, &ages, start_age).await);
+        let ages = [0.0, 0.2, 12.0, 25.0, 7200.0];
+        expected.extend(ingest_batch(server, counter, &ages, start).await);
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
@@ -156,10 +156,11 @@ async fn a_schedule_delivers_every_event_exactly_once_across_restarts_late_event
     let mut counter = 0;
     let mut expected = Vec::new();
     // Before the start: never exported.
-    let start_age = 60.0;
-    ingest_batch(&server, &mut counter, &[start_age + 5.0, 3600.0], start_age).await;
-    expected.extend(ingest_batch(&server, &mut counter, &[30.0, 1.0], start_age).await);
-    let body = json!({"schedule": "*/2 * * * * *", "delay_seconds": 1, "start": at(start_age),
+    let start = at(60.0);
+    let none = ingest_batch(&server, &mut counter, &[65.0, 3600.0], &start).await;
+    assert!(none.is_empty());
+    expected.extend(ingest_batch(&server, &mut counter, &[30.0, 1.0], &start).await);
+    let body = json!({"schedule": "*/2 * * * * *", "delay_seconds": 1, "start": start,
         "format": "jsonl", "destination": {"type": "file", "bucket": "continuous",
         "prefix": "acme/"}});
     let created = call(
@@ -207,7 +208,7 @@ async fn a_schedule_delivers_every_event_exactly_once_across_restarts_late_event
         &mut counter,
         &mut expected,
         Duration::from_secs(5),
-        start_age,
+        &start,
     )
     .await;
     wait_runs(&server, &id, 2).await;
@@ -227,7 +228,7 @@ async fn a_schedule_delivers_every_event_exactly_once_across_restarts_late_event
         &mut counter,
         &mut expected,
         Duration::from_secs(3),
-        start_age,
+        &start,
     )
     .await;
 
@@ -240,22 +241,22 @@ async fn a_schedule_delivers_every_event_exactly_once_across_restarts_late_event
         let started = Instant::now();
         loop {
             let status = schedule(&server, &id).await;
-            if status["status"]["conditions"][0]["status"] == "False" {
+            // The first failure may be an interrupted upload; retries meet the refusal.
+            let condition = &status["status"]["conditions"][0];
+            if condition["status"] == "False" && condition["reason"] == "destination_not_allowed" {
                 break status;
             }
             assert!(started.elapsed() < DEADLINE, "never failed: {status}");
-            expected.extend(ingest_batch(&server, &mut counter, &[0.0, 15.0], start_age).await);
+            expected.extend(ingest_batch(&server, &mut counter, &[0.0, 15.0], &start).await);
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
     };
-    let condition = &failing["status"]["conditions"][0];
-    assert_eq!(condition["reason"], "destination_not_allowed", "{failing}");
     keep_ingesting(
         &server,
         &mut counter,
         &mut expected,
         Duration::from_secs(3),
-        start_age,
+        &start,
     )
     .await;
     let still = schedule(&server, &id).await;
@@ -278,17 +279,17 @@ async fn a_schedule_delivers_every_event_exactly_once_across_restarts_late_event
     );
 
     // The last events, then a run whose snapshot and window cover them all.
-    expected.extend(ingest_batch(&server, &mut counter, &[0.0, 20.0], start_age).await);
+    expected.extend(ingest_batch(&server, &mut counter, &[0.0, 20.0], &start).await);
     let last_ingest = at(0.0);
     let final_status = {
         let started = Instant::now();
         loop {
             let status = schedule(&server, &id).await;
             let runs = status["status"]["last_runs"].as_array().unwrap();
-            let done = runs.last().is_some_and(|run| {
-                run["started_at"].as_str().unwrap() > last_ingest.as_str()
-                    && run["to"].as_str().unwrap() > last_ingest.as_str()
-            });
+            // Its window ends after the last event, so its tick (and snapshot) came later.
+            let done = runs
+                .last()
+                .is_some_and(|run| run["to"].as_str().unwrap() > last_ingest.as_str());
             if done {
                 break status;
             }
@@ -315,7 +316,7 @@ async fn a_schedule_delivers_every_event_exactly_once_across_restarts_late_event
     .await;
     assert_error(&gone, StatusCode::NOT_FOUND, "schedule_not_found");
     let runs = final_status["status"]["runs_completed"].as_u64().unwrap();
-    assert!(runs >= 6, "{final_status}");
+    assert!(runs >= 5, "{final_status}");
 
     // The union of every run's files: exactly the tenant's events since the start.
     let mut by_run: BTreeMap<String, Value> = BTreeMap::new();
