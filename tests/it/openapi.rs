@@ -1374,7 +1374,7 @@ async fn schedule_responses_match_the_document() {
                 }
                 send(request)
             };
-            ingest_ok(&client, server.base_url(), token, &[trail_event(1, "read")]).await;
+            ingest_ok(&client, server.base_url(), token, &[event(1)]).await;
             let body = json!({"schedule": "* * * * * *", "delay_seconds": 0,
             "start": "2020-01-01T00:00:00Z", "format": "jsonl", "compression": "gzip",
             "destination": {"type": "file", "bucket": "scheduled", "prefix": "acme/"}});
