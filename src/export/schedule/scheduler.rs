@@ -269,11 +269,19 @@ impl Scheduler {
 
 /// One step of one schedule: skip an empty tick, or run (or retry) its current run.
 async fn run_task(inner: &Arc<Inner>, schedule_id: &str, cancel: &CancellationToken) {
+    // A run retried after a failure may have left incomplete uploads.
+    let earlier = record_of(inner, schedule_id).and_then(|record| record.state.current);
     let slot = tokio::select! {
         slot = inner.slots.clone().acquire_owned() => slot.ok(),
         () = cancel.cancelled() => None,
     };
     let Some(_slot) = slot else {
+        // Deleted while waiting: what an earlier attempt left goes with the schedule.
+        if let Some(current) = earlier
+            && record_of(inner, schedule_id).is_none()
+        {
+            abort(&inner.engine, &current).await;
+        }
         return;
     };
     let Some(record) = record_of(inner, schedule_id) else {
