@@ -152,6 +152,7 @@ where
         &tenant,
         schedule::new_schedule_id(),
         &principal.identity_id,
+        scheduler.min_interval_seconds(),
         now,
     )
     .map_err(ApiError::validation)?;

@@ -78,6 +78,7 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
             ScheduleFiles::open(&settings.store.data_dir.join("exports").join("schedules"))?,
             SchedulerSettings {
                 max_concurrent: settings.export.max_concurrent_jobs,
+                min_interval_seconds: settings.export.schedule_min_interval_seconds,
                 ..SchedulerSettings::default()
             },
         )),

@@ -18,9 +18,12 @@ use serde_json::{Value, json};
 const SCHEDULES: &str = "/v1/audit/export-schedules";
 const DEADLINE: Duration = Duration::from_secs(120);
 
+/// Fast commits, no audit of the audit, and runs every second allowed (the default minimum
+/// interval is 60 s).
 fn args() -> Vec<&'static str> {
     let mut args = FAST_COMMITS.to_vec();
     args.extend(AUDIT_OF_AUDIT_OFF);
+    args.extend(["--export-schedule-min-interval-seconds", "1"]);
     args
 }
 
@@ -459,4 +462,76 @@ async fn logs_and_trails_report_complete_through() {
     .await;
     assert_eq!(trail.0, StatusCode::OK, "{}", trail.2);
     assert!(trail.2["complete_through"].as_str().unwrap() >= before.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_more_frequent_than_the_minimum_interval_is_refused() {
+    let dir = TestDir::new();
+    file_bucket(&dir, "continuous");
+    let mut args = FAST_COMMITS.to_vec();
+    args.extend(AUDIT_OF_AUDIT_OFF);
+    // The default minimum: 60 s.
+    let server = Server::start(&dir.data_dir(), &args).await;
+    let body = |schedule: &str| {
+        json!({"schedule": schedule, "format": "jsonl",
+            "destination": {"type": "file", "bucket": "continuous"}})
+    };
+    for (fast, apart) in [("*/2 * * * * *", "2 s"), ("0,30 * * * * *", "30 s")] {
+        let refused = call(
+            &server,
+            reqwest::Method::POST,
+            SCHEDULES,
+            TENANT,
+            Some(&body(fast)),
+        )
+        .await;
+        assert_validation_error(&refused, "schedule");
+        let message = refused.2["error"]["details"]["fields"]["schedule"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let minimum = "the minimum interval between runs is 60 s";
+        assert!(
+            message.contains(minimum) && message.contains(&format!("{apart} apart")),
+            "{fast}: {}",
+            refused.2
+        );
+    }
+    // Nothing was stored.
+    let listed = call(&server, reqwest::Method::GET, SCHEDULES, TENANT, None).await;
+    assert_eq!(listed.2["schedules"], json!([]));
+    let allowed = call(
+        &server,
+        reqwest::Method::POST,
+        SCHEDULES,
+        TENANT,
+        Some(&body("* * * * *")),
+    )
+    .await;
+    assert_eq!(allowed.0, StatusCode::CREATED, "{}", allowed.2);
+
+    // A lower setting lets faster schedules through.
+    let mut server = server;
+    server.terminate().await;
+    let mut args = args.clone();
+    args.extend(["--export-schedule-min-interval-seconds", "2"]);
+    let server = Server::start(&dir.data_dir(), &args).await;
+    let fast = call(
+        &server,
+        reqwest::Method::POST,
+        SCHEDULES,
+        TENANT,
+        Some(&body("*/2 * * * * *")),
+    )
+    .await;
+    assert_eq!(fast.0, StatusCode::CREATED, "{}", fast.2);
+    let faster = call(
+        &server,
+        reqwest::Method::POST,
+        SCHEDULES,
+        TENANT,
+        Some(&body("* * * * * *")),
+    )
+    .await;
+    assert_validation_error(&faster, "schedule");
 }

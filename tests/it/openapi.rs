@@ -1361,7 +1361,9 @@ async fn schedule_responses_match_the_document() {
         async {
             let doc = Document::load();
             crate::harness::export::file_bucket(&dir, "scheduled");
-            let server = Server::start(&dir.data_dir(), FAST_COMMITS).await;
+            let mut args = FAST_COMMITS.to_vec();
+            args.extend(["--export-schedule-min-interval-seconds", "1"]);
+            let server = Server::start(&dir.data_dir(), &args).await;
             let client = client();
             let token = server.token();
             let call = |method: Method, path: String, body: Option<Value>| {

@@ -145,6 +145,34 @@ impl Cron {
         None
     }
 
+    /// The shortest time between two consecutive firings, in seconds, at most one day: the
+    /// smallest gap between the matching seconds of a day, and the gap from a day's last
+    /// firing to the next day's first (assumed possible: conservative for expressions whose
+    /// matching days are never consecutive). A day's matching seconds are the same on every
+    /// matching day, so this is exact for every expression whose day fields allow two
+    /// consecutive days.
+    pub fn min_interval_seconds(&self) -> i64 {
+        let mut first = None;
+        let mut previous: Option<i64> = None;
+        let mut smallest = 86_400;
+        for hour in (0..24).filter(|hour| has(self.hours, *hour)) {
+            for minute in (0..60).filter(|minute| has(self.minutes, *minute)) {
+                for second in (0..60).filter(|second| has(self.seconds, *second)) {
+                    let at = hour * 3600 + minute * 60 + second;
+                    if let Some(before) = previous {
+                        smallest = smallest.min(at - before);
+                    }
+                    first.get_or_insert(at);
+                    previous = Some(at);
+                }
+            }
+        }
+        if let (Some(first), Some(last)) = (first, previous) {
+            smallest = smallest.min(86_400 - last + first);
+        }
+        smallest
+    }
+
     fn day_matches(&self, day: i64) -> bool {
         let (_, month, day_of_month) = timestamp::civil_from_days(day);
         if !has(self.months, month) {
@@ -255,6 +283,40 @@ mod tests {
     fn next(cron: &str, after: &str) -> String {
         let next = Cron::parse(cron).unwrap().next_after(at(after)).unwrap();
         timestamp::format_micros(next)
+    }
+
+    #[test]
+    fn the_shortest_interval_matches_the_firings() {
+        let cases = [
+            ("*/2 * * * * *", 2),
+            ("0,59 * * * * *", 1),
+            ("* * * * *", 60),
+            ("*/10 * * * *", 600),
+            ("0,50 * * * *", 600),
+            ("0 0,23 * * *", 3600),
+            ("15 3 * * *", 86_400),
+            ("@hourly", 3600),
+            ("@weekly", 86_400),
+            ("0 */7 * * *", 3 * 3600),
+        ];
+        for (text, expected) in cases {
+            let cron = Cron::parse(text).unwrap();
+            assert_eq!(cron.min_interval_seconds(), expected, "{text}");
+            // The firings over two days never come closer, and (for daily and shorter
+            // patterns) some pair is exactly that close.
+            let mut at_us = at("2026-12-03T00:00:00Z");
+            let end = at_us + 2 * 86_400 * 1_000_000;
+            let mut smallest = i64::MAX;
+            while let Some(next) = cron.next_after(at_us).filter(|next| *next < end) {
+                if at_us > at("2026-12-03T00:00:00Z") {
+                    smallest = smallest.min((next - at_us) / 1_000_000);
+                }
+                at_us = next;
+            }
+            if text != "@weekly" {
+                assert_eq!(smallest, expected, "{text}");
+            }
+        }
     }
 
     #[test]

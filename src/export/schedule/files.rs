@@ -119,7 +119,7 @@ mod tests {
         let files = ScheduleFiles::open(dir.path()).unwrap();
         let body = serde_json::json!({"schedule": "* * * * *", "format": "jsonl",
             "destination": {"type": "file", "bucket": "out"}});
-        let spec = spec_from_body(&body, "tnt_acme", new_schedule_id(), "sa:ci", 0).unwrap();
+        let spec = spec_from_body(&body, "tnt_acme", new_schedule_id(), "sa:ci", 1, 0).unwrap();
         let mut record = ScheduleRecord::new(spec, 0).unwrap();
         files.save(&record).unwrap();
         record.state.runs_completed = 4;

@@ -44,6 +44,12 @@ use crate::timestamp;
 pub const DEFAULT_DELAY_SECONDS: u64 = 300;
 /// Largest accepted delay (one day).
 pub const MAX_DELAY_SECONDS: u64 = 86_400;
+/// Default of `[export] schedule_min_interval_seconds`: the shortest interval between two runs
+/// of a schedule.
+pub const DEFAULT_MIN_INTERVAL_SECONDS: u64 = 60;
+/// Largest accepted `schedule_min_interval_seconds` (one day: every cron fires at least that
+/// often on its matching days).
+pub const MAX_MIN_INTERVAL_SECONDS: u64 = 86_400;
 /// Runs kept in a schedule's status (newest last).
 pub const MAX_HISTORY: usize = 20;
 /// Schedules one tenant may have.
@@ -312,13 +318,33 @@ pub fn parse_cron(text: &str) -> Result<Cron, FieldErrors> {
     Cron::parse(text).map_err(|error| field_error("schedule", &error.to_string()))
 }
 
+/// A validated `schedule` whose consecutive runs never come closer than
+/// `min_interval_seconds` (`[export] schedule_min_interval_seconds`: every run commits the
+/// index and writes a manifest, so a tenant may not run them every second).
+pub fn parse_schedule(text: &str, min_interval_seconds: u64) -> Result<Cron, FieldErrors> {
+    let cron = parse_cron(text)?;
+    let interval = cron.min_interval_seconds();
+    if u64::try_from(interval).unwrap_or(0) < min_interval_seconds {
+        return Err(field_error(
+            "schedule",
+            &format!(
+                "runs may come {interval} s apart; the minimum interval between runs is \
+                 {min_interval_seconds} s"
+            ),
+        ));
+    }
+    Ok(cron)
+}
+
 /// Reads and validates a `POST /v1/audit/export-schedules` body for `tenant_id`: the schedule
-/// fields, and the export fields through the one export validator ([`ExportRequest`]).
+/// fields (the cron no more frequent than `min_interval_seconds`, see [`parse_schedule`]), and
+/// the export fields through the one export validator ([`ExportRequest`]).
 pub fn spec_from_body(
     body: &Value,
     tenant_id: &str,
     schedule_id: String,
     created_by: &str,
+    min_interval_seconds: u64,
     now_us: i64,
 ) -> Result<ScheduleSpec, FieldErrors> {
     let Some(object) = body.as_object() else {
@@ -326,7 +352,7 @@ pub fn spec_from_body(
     };
     let mut errors = FieldErrors::default();
     let schedule = match object.get("schedule") {
-        Some(Value::String(text)) => match parse_cron(text) {
+        Some(Value::String(text)) => match parse_schedule(text, min_interval_seconds) {
             Ok(_) => Some(text.trim().to_string()),
             Err(found) => {
                 errors.0.extend(found.0);
@@ -448,7 +474,8 @@ mod tests {
         let body = json!({"schedule": "*/10 * * * *", "delay_seconds": 60,
             "start": "2026-12-03T14:00:00Z", "format": "jsonl",
             "destination": {"type": "file", "bucket": "out", "prefix": "acme/"}});
-        let spec = spec_from_body(&body, "tnt_acme", new_schedule_id(), "sa:ci", at(now)).unwrap();
+        let spec =
+            spec_from_body(&body, "tnt_acme", new_schedule_id(), "sa:ci", 1, at(now)).unwrap();
         ScheduleRecord::new(spec, at(now)).unwrap()
     }
 
@@ -539,7 +566,7 @@ mod tests {
             "start": "2026-12-03T15:00:00Z", "format": "jsonl",
             "destination": {"type": "file", "bucket": "out"}});
         let now = at("2026-12-03T14:03:00Z");
-        let spec = spec_from_body(&body, "tnt_acme", new_schedule_id(), "sa:ci", now).unwrap();
+        let spec = spec_from_body(&body, "tnt_acme", new_schedule_id(), "sa:ci", 1, now).unwrap();
         let mut record = ScheduleRecord::new(spec, now).unwrap();
         assert_eq!(record.due(at("2026-12-03T14:04:00Z")), NextRun::Skip);
         record.skip_tick();
@@ -547,17 +574,44 @@ mod tests {
     }
 
     #[test]
+    fn a_schedule_more_frequent_than_the_minimum_is_refused() {
+        let body = |schedule: &str| {
+            json!({"schedule": schedule, "format": "jsonl",
+                "destination": {"type": "file", "bucket": "out"}})
+        };
+        let refused = spec_from_body(&body("*/30 * * * * *"), "t", new_schedule_id(), "x", 60, 0)
+            .unwrap_err()
+            .0;
+        let message = &refused["schedule"];
+        assert!(
+            message.contains("30 s apart")
+                && message.contains("minimum interval between runs is 60 s"),
+            "{message}"
+        );
+        // Two runs a minute apart at the hour's end: refused as well.
+        assert!(
+            spec_from_body(&body("0,59 * * * *"), "t", new_schedule_id(), "x", 120, 0).is_err()
+        );
+        for allowed in ["* * * * *", "0 * * * * *", "*/10 * * * *", "@daily"] {
+            assert!(
+                spec_from_body(&body(allowed), "t", new_schedule_id(), "x", 60, 0).is_ok(),
+                "{allowed}"
+            );
+        }
+    }
+
+    #[test]
     fn bodies_are_checked_field_by_field() {
         let body = json!({"schedule": "61 * * * *", "delay_seconds": 86_401, "start": "soon",
             "from": "2026-01-01T00:00:00Z", "format": "xml",
             "destination": {"type": "file", "bucket": "out"}});
-        let errors = spec_from_body(&body, "tnt_acme", new_schedule_id(), "sa:ci", 0)
+        let errors = spec_from_body(&body, "tnt_acme", new_schedule_id(), "sa:ci", 1, 0)
             .unwrap_err()
             .0;
         let fields: Vec<&str> = errors.keys().map(String::as_str).collect();
         for field in ["schedule", "delay_seconds", "start", "from", "format"] {
             assert!(fields.contains(&field), "{field} in {errors:?}");
         }
-        assert!(spec_from_body(&json!([]), "tnt_acme", new_schedule_id(), "x", 0).is_err());
+        assert!(spec_from_body(&json!([]), "tnt_acme", new_schedule_id(), "x", 1, 0).is_err());
     }
 }

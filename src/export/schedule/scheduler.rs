@@ -22,7 +22,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::files::{FilesError, ScheduleFiles};
-use super::{CurrentRun, MAX_SCHEDULES_PER_TENANT, NextRun, ScheduleRecord};
+use super::{
+    CurrentRun, DEFAULT_MIN_INTERVAL_SECONDS, MAX_SCHEDULES_PER_TENANT, NextRun, ScheduleRecord,
+};
 use crate::export::engine::{ExportEngine, ProgressReporter};
 use crate::export::job::{Checkpoint, ExportFailure};
 use crate::export::supervisor::wait_for_store;
@@ -36,6 +38,9 @@ pub struct SchedulerSettings {
     /// Backoff after a run's first failure; doubles per failure up to `retry_max`.
     pub retry_initial: Duration,
     pub retry_max: Duration,
+    /// The shortest interval between two runs a new schedule may ask for, seconds
+    /// (`[export] schedule_min_interval_seconds`).
+    pub min_interval_seconds: u64,
 }
 
 impl Default for SchedulerSettings {
@@ -44,6 +49,7 @@ impl Default for SchedulerSettings {
             max_concurrent: 2,
             retry_initial: Duration::from_secs(1),
             retry_max: Duration::from_secs(300),
+            min_interval_seconds: DEFAULT_MIN_INTERVAL_SECONDS,
         }
     }
 }
@@ -113,6 +119,11 @@ impl Scheduler {
                 shutdown: CancellationToken::new(),
             }),
         }
+    }
+
+    /// The shortest interval between two runs a new schedule may ask for, seconds.
+    pub fn min_interval_seconds(&self) -> u64 {
+        self.inner.settings.min_interval_seconds
     }
 
     /// Records a new schedule durably and wakes the loop.
