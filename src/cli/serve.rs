@@ -14,7 +14,7 @@ use scaivault_audit::export::manifest::{ExportIntegrity, ManifestLinks};
 use scaivault_audit::export::policy::ExportPolicy;
 use scaivault_audit::export::runner::{LocalRunner, RunnerMetrics};
 use scaivault_audit::export::schedule::files::ScheduleFiles;
-use scaivault_audit::export::schedule::scheduler::{Scheduler, SchedulerSettings};
+use scaivault_audit::export::schedule::scheduler::{ScheduleMetrics, Scheduler, SchedulerSettings};
 use scaivault_audit::integrity::checkpoint::CheckpointLog;
 use scaivault_audit::integrity::checkpointer::{self, CheckpointMetrics, Checkpointer};
 use scaivault_audit::query::cursor::CursorCodec;
@@ -79,6 +79,7 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
             SchedulerSettings {
                 max_concurrent: settings.export.max_concurrent_jobs,
                 min_interval_seconds: settings.export.schedule_min_interval_seconds,
+                metrics: ScheduleMetrics::register(&mut registry),
                 ..SchedulerSettings::default()
             },
         )),

@@ -300,6 +300,20 @@ async fn a_schedule_delivers_every_event_exactly_once_across_restarts_late_event
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     };
+    // Since the restart: runs completed and failed, events delivered, a small lag.
+    let metrics = metrics_text(&server).await;
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name}:\n{metrics}"))
+    };
+    assert!(value("scaivault_audit_export_schedule_runs_total{outcome=\"completed\"}") >= 1.0);
+    assert!(value("scaivault_audit_export_schedule_runs_total{outcome=\"failed\"}") >= 1.0);
+    assert!(value("scaivault_audit_export_schedule_records_total ") >= 1.0);
+    let lag = value("scaivault_audit_export_schedule_lag_seconds ");
+    assert!((0.0..60.0).contains(&lag), "lag {lag}");
     let deleted = call(
         &server,
         reqwest::Method::DELETE,
@@ -413,6 +427,13 @@ async fn a_schedule_delivers_every_event_exactly_once_across_restarts_late_event
     let count = manifests(&out).len();
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(manifests(&out).len(), count);
+}
+
+/// The service's `/metrics` text.
+async fn metrics_text(server: &Server) -> String {
+    let (status, _, body) = send(client().get(format!("{}/metrics", server.base_url()))).await;
+    assert_eq!(status, StatusCode::OK);
+    body.as_str().expect("metrics are text").to_string()
 }
 
 /// `acme/{yyyy}/{mm}/{dd}/{HH}{MM}-{run:06}/`
