@@ -13,6 +13,7 @@ use crate::auth::Authenticator;
 use crate::config::{IngestLimits, RateLimits, RetentionSettings, WorkLimits};
 use crate::export::engine::ExportEngine;
 use crate::export::registry::ExportRegistry;
+use crate::export::schedule::scheduler::Scheduler;
 use crate::integrity::checkpoint::CheckpointLog;
 use crate::query::cursor::CursorCodec;
 use crate::store::Store;
@@ -45,6 +46,9 @@ pub struct AppState {
     /// The retention settings (`GET /v1/audit/retention`); the defaults unless set with
     /// [`AppState::with_retention`].
     pub retention: Arc<RetentionSettings>,
+    /// Continuous exports (standalone only; `None` with the operator: the REST routes answer
+    /// 409 `schedules_not_available`).
+    pub schedules: Option<Scheduler>,
 }
 
 /// The export side of the state.
@@ -80,7 +84,14 @@ impl AppState {
             audit_trail: AuditRecorder::disabled(),
             checkpoints: None,
             retention: Arc::new(RetentionSettings::default()),
+            schedules: None,
         }
+    }
+
+    /// The state serving and running `scheduler`'s export schedules.
+    pub fn with_schedules(mut self, scheduler: Scheduler) -> Self {
+        self.schedules = Some(scheduler);
+        self
     }
 
     /// The state recording reads of audit data through `recorder`.

@@ -250,7 +250,7 @@ async fn cancel_export(
 
 /// The installation's confinement rules (before anything is fetched or recorded): a foreign
 /// credentials path is 403 `tenant_access_denied`, a refused `file` destination 422.
-async fn check_policy(state: &AppState, spec: &ExportSpec) -> Result<(), ApiError> {
+pub(crate) async fn check_policy(state: &AppState, spec: &ExportSpec) -> Result<(), ApiError> {
     let policy = state.export_engine.policy().clone();
     let spec = spec.clone();
     // A `file` destination's directory is inspected on disk.

@@ -8,6 +8,7 @@ use warp::reply::Response;
 use super::{ApiError, json_response, tenant_header};
 use crate::auth::Principal;
 use crate::event::AuditEvent;
+use crate::export::schedule::complete_through;
 use crate::query::{self, LogParams, cursor};
 use crate::state::AppState;
 use crate::store::search;
@@ -29,9 +30,13 @@ async fn list_logs(
     super::require_ready(&state)?;
     let page = run_page(state, "logs", tenant, params).await?;
     let logs: Vec<_> = page.events.iter().map(AuditEvent::api).collect();
+    // Taken after the page was read: a poller that saw this value has every event before it
+    // that is expected at all (docs/lifecycle.md).
+    let complete_through = complete_through(crate::timestamp::now_micros());
     Ok(json_response(
         StatusCode::OK,
-        &json!({"logs": logs, "cursor": page.cursor, "has_more": page.has_more}),
+        &json!({"logs": logs, "cursor": page.cursor, "has_more": page.has_more,
+                "complete_through": complete_through}),
     ))
 }
 

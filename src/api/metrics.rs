@@ -34,6 +34,8 @@ const ROUTES: &[&str] = &[
     "/v1/audit/integrity/checkpoints",
     "/v1/audit/integrity/keys",
     "/v1/audit/retention",
+    "/v1/audit/export-schedules",
+    "/v1/audit/export-schedules/{schedule_id}",
 ];
 
 /// The error codes of 401 and 403 answers.

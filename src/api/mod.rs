@@ -17,6 +17,7 @@ pub mod openapi;
 pub mod rate_limit;
 pub mod request_id;
 pub mod retention;
+pub mod schedules;
 pub mod summary;
 pub mod tls;
 pub mod trails;
@@ -78,6 +79,8 @@ fn service_routes(state: AppState) -> BoxedFilter<(Response,)> {
         .or(exports::routes(state.clone()))
         .unify()
         .or(integrity::routes(state.clone()))
+        .unify()
+        .or(schedules::routes(state.clone()))
         .unify()
         .or(retention::routes(state))
         .unify()

@@ -130,7 +130,8 @@ async fn trail_response(
     };
     let aggregate = aggregate(state, tenant, window).await?;
     let logs: Vec<_> = page.events.iter().map(AuditEvent::api).collect();
-    let body = match &trail {
+    let complete_through = crate::export::schedule::complete_through(timestamp::now_micros());
+    let mut body = match &trail {
         Trail::Secret(path) => json!({
             "path": path, "logs": logs, "cursor": page.cursor, "has_more": page.has_more,
             "summary": secret_summary(&aggregate),
@@ -140,6 +141,7 @@ async fn trail_response(
             "summary": identity_summary(&aggregate),
         }),
     };
+    body["complete_through"] = json!(complete_through);
     Ok(json_response(StatusCode::OK, &body))
 }
 

@@ -55,11 +55,15 @@ enum Command {
     /// Verify an export at its destination (signature, files, records, hash chain), or a data
     /// directory with --data-dir. Exit status 0: intact; 1: problems found; 2: could not run.
     Verify(verify::VerifyArgs),
-    /// Write the AuditExport CustomResourceDefinition (generated from the Rust types).
+    /// Write the AuditExport and AuditExportSchedule CustomResourceDefinitions (generated from
+    /// the Rust types).
     Crdgen {
-        /// Output file; `-` writes to stdout.
+        /// Output file of AuditExport; `-` writes to stdout.
         #[arg(long, default_value = "crds/auditexport.yaml")]
         output: std::path::PathBuf,
+        /// Output file of AuditExportSchedule; `-` writes to stdout.
+        #[arg(long, default_value = "crds/auditexportschedule.yaml")]
+        schedule_output: std::path::PathBuf,
     },
 }
 
@@ -102,7 +106,18 @@ pub fn run() -> std::process::ExitCode {
         Command::Bench(command) => run_async(bench::run(command)),
         Command::Token(command) => token::run(command),
         Command::Integrity(command) => integrity::run(command),
-        Command::Crdgen { output } => crdgen(&output),
+        Command::Crdgen {
+            output,
+            schedule_output,
+        } => scaivault_audit::operator::crd_yaml()
+            .and_then(|yaml| {
+                scaivault_audit::operator::schedule_crd_yaml().map(|schedule| (yaml, schedule))
+            })
+            .map_err(anyhow::Error::msg)
+            .and_then(|(yaml, schedule)| {
+                crdgen(&output, &yaml)?;
+                crdgen(&schedule_output, &schedule)
+            }),
         Command::Verify(_) => Ok(()),
     };
     match result {
@@ -145,8 +160,7 @@ fn check_config(args: &SettingsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn crdgen(output: &std::path::Path) -> anyhow::Result<()> {
-    let yaml = scaivault_audit::operator::crd_yaml().map_err(anyhow::Error::msg)?;
+fn crdgen(output: &std::path::Path, yaml: &str) -> anyhow::Result<()> {
     if output == std::path::Path::new("-") {
         print!("{yaml}");
         return Ok(());

@@ -16,6 +16,8 @@ use scaivault_audit::export::manifest::{ExportIntegrity, ManifestLinks};
 use scaivault_audit::export::metrics::ExportMetrics;
 use scaivault_audit::export::policy::ExportPolicy;
 use scaivault_audit::export::runner::{LocalRunner, RunnerMetrics};
+use scaivault_audit::export::schedule::files::ScheduleFiles;
+use scaivault_audit::export::schedule::scheduler::{ScheduleMetrics, Scheduler, SchedulerSettings};
 use scaivault_audit::integrity::checkpoint::CheckpointLog;
 use scaivault_audit::integrity::checkpointer::{self, CheckpointMetrics, Checkpointer};
 use scaivault_audit::query::cursor::CursorCodec;
@@ -86,7 +88,21 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
             None => Arc::new(runner.clone()),
         },
     };
-    let state = AppState::new(
+    // Continuous exports run in this process, standalone only (see docs/lifecycle.md).
+    let scheduler = match operator_cluster {
+        Some(_) => None,
+        None => Some(Scheduler::new(
+            runner.engine().clone(),
+            ScheduleFiles::open(&settings.store.data_dir.join("exports").join("schedules"))?,
+            SchedulerSettings {
+                max_concurrent: settings.export.max_concurrent_jobs,
+                min_interval_seconds: settings.export.schedule_min_interval_seconds,
+                metrics: ScheduleMetrics::register(&mut registry),
+                ..SchedulerSettings::default()
+            },
+        )),
+    };
+    let mut state = AppState::new(
         store.clone(),
         authenticator,
         cursors,
@@ -99,6 +115,9 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
     .with_audit_trail(audit_recorder)
     .with_checkpoints(checkpoint_log)
     .with_retention(retention);
+    if let Some(scheduler) = &scheduler {
+        state = state.with_schedules(scheduler.clone());
+    }
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("failed to listen on {}", settings.listen))?;
@@ -146,6 +165,7 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
             None
         }
     };
+    let scheduler_task = scheduler.as_ref().map(Scheduler::spawn);
     api::serve(listener, api::routes(state), tls, shutdown_signal()).await;
     reload_shutdown.cancel();
     for reloader in reloaders {
@@ -159,6 +179,14 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
         && let Err(error) = task.await
     {
         tracing::error!(%error, "the operator task failed");
+    }
+    if let Some(scheduler) = &scheduler {
+        scheduler.shutdown().await;
+    }
+    if let Some(task) = scheduler_task
+        && let Err(error) = task.await
+    {
+        tracing::error!(%error, "the export schedule task failed");
     }
     runner.shutdown().await;
     sweep_shutdown.cancel();

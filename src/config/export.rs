@@ -9,6 +9,7 @@ use clap::builder::TypedValueParser;
 use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, invalid, positive};
+use crate::export::schedule::{DEFAULT_MIN_INTERVAL_SECONDS, MAX_MIN_INTERVAL_SECONDS};
 
 /// Placeholder of `credentials_path_prefixes`, replaced by the export's tenant id.
 pub const TENANT_PLACEHOLDER: &str = "{tenant_id}";
@@ -101,6 +102,15 @@ pub struct ExportSection {
         value_delimiter = ','
     )]
     pub credentials_path_prefixes: Option<Vec<String>>,
+    /// The shortest interval between two runs of an export schedule a tenant may ask for
+    /// (seconds, 1 to 86400; default 60).
+    #[arg(
+        id = "export.schedule_min_interval_seconds",
+        long = "export-schedule-min-interval-seconds",
+        env = "SCAIVAULT_AUDIT_EXPORT_SCHEDULE_MIN_INTERVAL_SECONDS",
+        value_name = "SECONDS"
+    )]
+    pub schedule_min_interval_seconds: Option<u64>,
 }
 
 super::layered!(ExportSection {
@@ -113,6 +123,7 @@ super::layered!(ExportSection {
     endpoint_allowlist,
     file_root,
     credentials_path_prefixes,
+    schedule_min_interval_seconds,
 });
 
 /// Which endpoints exports may reach: `[export] allow_private_endpoints` and
@@ -140,6 +151,8 @@ pub struct ExportSettings {
     pub file_root: Option<PathBuf>,
     /// Secret-path prefixes export credentials may come from (`{tenant_id}` unexpanded).
     pub credentials_path_prefixes: Vec<String>,
+    /// The shortest interval between two runs of an export schedule, seconds.
+    pub schedule_min_interval_seconds: u64,
 }
 
 impl ExportSettings {
@@ -159,6 +172,7 @@ impl ExportSettings {
             // Empty: file destinations are disabled.
             file_root: Some(self.file_root.clone().unwrap_or_default()),
             credentials_path_prefixes: Some(self.credentials_path_prefixes.clone()),
+            schedule_min_interval_seconds: Some(self.schedule_min_interval_seconds),
         }
     }
 }
@@ -207,7 +221,18 @@ impl ExportSection {
             .retry_max_seconds
             .unwrap_or(ExportSettings::DEFAULT_RETRY_MAX_SECONDS);
         positive("export.retry_max_seconds", retry_max_seconds)?;
+        let schedule_min_interval_seconds = self
+            .schedule_min_interval_seconds
+            .unwrap_or(DEFAULT_MIN_INTERVAL_SECONDS);
+        if !(1..=MAX_MIN_INTERVAL_SECONDS).contains(&schedule_min_interval_seconds) {
+            return Err(invalid(
+                "export.schedule_min_interval_seconds \
+                 (SCAIVAULT_AUDIT_EXPORT_SCHEDULE_MIN_INTERVAL_SECONDS)",
+                &format!("must be between 1 and {MAX_MIN_INTERVAL_SECONDS}"),
+            ));
+        }
         Ok(ExportSettings {
+            schedule_min_interval_seconds,
             scaivault_url,
             scaivault_token_file,
             credentials_dir,

@@ -23,7 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::credentials::{CredentialSource, DestinationCredentials};
 use super::format::{self, PartEncoder};
-use super::job::{Checkpoint, DestinationType, ExportFailure, ExportSpec, FileEntry, RecordBound};
+use super::job::{
+    Checkpoint, DestinationType, ExportFailure, ExportSpec, FileEntry, LateSummary, RecordBound,
+};
 use super::manifest::{self, ExportIntegrity, ManifestLink, ManifestParts};
 use super::metrics::{ExportMetrics, RunOutcome};
 use super::policy::ExportPolicy;
@@ -607,11 +609,13 @@ impl ExportEngine {
             completed_at: timestamp::format_micros(now_micros()),
         };
         let head = self.snapshot_head(spec, checkpoint.snapshot_seq).await?;
+        let late = self.late_summary(spec, checkpoint.snapshot_seq).await?;
         let Some(integrity) = self.integrity.clone() else {
             let parts = ManifestParts {
                 head,
                 checkpoint: None,
                 previous: None,
+                late,
             };
             let manifest = manifest::manifest_object(export_id, spec, &outcome, &parts);
             self.put_manifest(sink, spec, &manifest, cancel).await?;
@@ -630,6 +634,7 @@ impl ExportEngine {
             head,
             checkpoint: covering,
             previous: links.previous(spec),
+            late,
         };
         let mut manifest = manifest::manifest_object(export_id, spec, &outcome, &parts);
         integrity.checkpoints.keyring().sign_object(&mut manifest);
@@ -658,6 +663,31 @@ impl ExportEngine {
         })
         .await?;
         Ok(body)
+    }
+
+    /// The late events of a scheduled run (`spec.late`) at its snapshot: how many, and the
+    /// first and last of them; `None` for other exports.
+    pub async fn late_summary(
+        &self,
+        spec: &ExportSpec,
+        snapshot_seq: u64,
+    ) -> Result<Option<LateSummary>, ExportFailure> {
+        let Some(late) = &spec.late else {
+            return Ok(None);
+        };
+        let mut filters = spec.log_filters().map_err(invalid_spec)?;
+        // Only what lies before the window: exactly the late events.
+        filters.to_us = filters.late.map(|(window_from, _)| window_from);
+        filters.before_seq = Some(snapshot_seq);
+        let store = self.store.clone();
+        let tenant = spec.tenant_id.clone();
+        let since_seq = late.since_seq;
+        tokio::task::spawn_blocking(move || {
+            late_summary_blocking(&store, &tenant, &filters, since_seq)
+        })
+        .await
+        .map_err(internal)?
+        .map(Some)
     }
 
     /// The tenant's chain head at the snapshot (`seq < snapshot_seq`).
@@ -841,6 +871,47 @@ fn read_part(
         }
     }
     Ok(after)
+}
+
+/// Counts the events `filters` match and finds the first and last of them.
+fn late_summary_blocking(
+    store: &Store,
+    tenant: &str,
+    filters: &LogFilters,
+    since_seq: u64,
+) -> Result<LateSummary, ExportFailure> {
+    let searcher = store.searcher();
+    let fields = store.fields();
+    let bad_spec = |error: query::QueryError| ExportFailure::new("invalid_spec", error.to_string());
+    let query = query::build_query(searcher.index(), fields, tenant, filters).map_err(bad_spec)?;
+    let count = searcher.search(query.as_ref(), &Count).map_err(internal)? as u64;
+    let plan = query::build_search(searcher.index(), fields, tenant, filters).map_err(bad_spec)?;
+    let bound = |direction| -> Result<Option<RecordBound>, ExportFailure> {
+        let page = search::top_by_time(
+            &searcher,
+            store.timelines(),
+            fields,
+            &plan,
+            direction,
+            None,
+            1,
+        )
+        .map_err(internal)?;
+        Ok(page
+            .events
+            .into_iter()
+            .next()
+            .map(|(_, event)| RecordBound {
+                id: event.id,
+                timestamp: timestamp::format_micros(event.timestamp_us),
+            }))
+    };
+    Ok(LateSummary {
+        count,
+        since_seq,
+        first_event: bound(Direction::OldestFirst)?,
+        last_event: bound(Direction::NewestFirst)?,
+    })
 }
 
 /// Who holds a prefix's claim object.

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::*;
 use crate::event::{Action, AuditEvent, IdentityType};
+use crate::export::job::LateEvents;
 use crate::export::policy::DEFAULT_CREDENTIALS_PATH_PREFIX;
 use crate::export::request::ExportRequest;
 use crate::export::sink::memory::MemorySink;
@@ -525,4 +526,84 @@ async fn of_two_exports_racing_for_one_prefix_exactly_one_wins() {
         fixture.store.shutdown().await;
     })
     .await;
+}
+
+/// Two runs of a schedule: the second takes its window plus the late events (older than its
+/// window, ingested after the first run's snapshot), flags them in the manifest, and together
+/// the runs hold every event from the start exactly once.
+#[tokio::test]
+async fn scheduled_runs_deliver_late_events_once_and_flag_them() {
+    let fixture = Fixture::new(20).await;
+    let at = |seconds: i64| timestamp::format_micros(FIRST_EVENT_US + seconds * 1_000_000);
+    let run_spec = |from: i64, to: i64, prefix: &str, late: Option<LateEvents>| {
+        let mut spec = spec();
+        spec.from = at(from);
+        spec.to = at(to);
+        spec.destination.prefix = prefix.to_string();
+        spec.late = late;
+        spec
+    };
+    let cancel = CancellationToken::new();
+    let first = run_spec(0, 10, "r1/", None);
+    let snapshot_1 = fixture.engine.start_checkpoint().await.unwrap();
+    let since_seq = snapshot_1.snapshot_seq;
+    let one = fixture
+        .engine
+        .run("run-1", &first, snapshot_1, &Recorder::default(), &cancel)
+        .await
+        .unwrap();
+    // Late (in the first window, after its snapshot), current, and before the start.
+    fixture
+        .store
+        .ingest(vec![
+            event("log_late_a", TENANT, FIRST_EVENT_US + 5_000_000),
+            event("log_late_b", TENANT, FIRST_EVENT_US + 7_000_000),
+            event("log_current", TENANT, FIRST_EVENT_US + 15_500_000),
+            event("log_before", TENANT, FIRST_EVENT_US - 86_400_000_000),
+        ])
+        .await
+        .unwrap();
+    let late = LateEvents {
+        since: at(0),
+        since_seq,
+    };
+    let second = run_spec(10, 20, "r2/", Some(late));
+    let snapshot_2 = fixture.engine.start_checkpoint().await.unwrap();
+    let snapshot_seq = snapshot_2.snapshot_seq;
+    let two = fixture
+        .engine
+        .run("run-2", &second, snapshot_2, &Recorder::default(), &cancel)
+        .await
+        .unwrap();
+    let first_ids = fixture.exported_ids(&one.files);
+    let second_ids = fixture.exported_ids(&two.files);
+    assert_eq!(first_ids, fixture.ids[..10]);
+    let mut expected = vec!["log_late_a".to_string(), "log_late_b".to_string()];
+    expected.extend(fixture.ids[10..16].iter().cloned());
+    expected.push("log_current".into());
+    expected.extend(fixture.ids[16..].iter().cloned());
+    assert_eq!(second_ids, expected, "late events first, then the window");
+    let summary = fixture
+        .engine
+        .late_summary(&second, snapshot_seq)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(summary.count, 2);
+    assert_eq!(summary.first_event.as_ref().unwrap().id, "log_late_a");
+    assert_eq!(summary.last_event.as_ref().unwrap().id, "log_late_b");
+    let manifest: Value =
+        serde_json::from_slice(&fixture.sink.object("r2/manifest.json").unwrap().body).unwrap();
+    assert_eq!(manifest["late"], json!(summary));
+    let first_manifest: Value =
+        serde_json::from_slice(&fixture.sink.object("r1/manifest.json").unwrap().body).unwrap();
+    assert!(first_manifest.get("late").is_none());
+    assert_eq!(
+        fixture
+            .engine
+            .late_summary(&first, since_seq)
+            .await
+            .unwrap(),
+        None
+    );
 }

@@ -90,6 +90,34 @@ pub struct ExportSpec {
     pub filters: BTreeMap<String, String>,
     pub destination: Destination,
     pub max_records_per_file: u64,
+    /// Set on the runs of a continuous export (`export::schedule`): events older than `from`
+    /// that were ingested after the previous run's snapshot are exported too (late events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub late: Option<LateEvents>,
+}
+
+/// The late events a scheduled run includes besides its window `[from, to)`: events with a
+/// timestamp in `[since, from)` ingested at or after `since_seq` (the previous run's snapshot,
+/// which exported everything older that was there then).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LateEvents {
+    /// The schedule's start (its first window's start), RFC 3339 UTC with microseconds.
+    pub since: String,
+    /// The previous run's snapshot: its events had sequence numbers below this.
+    pub since_seq: u64,
+}
+
+/// What a scheduled run's manifest says about its late events (they are the first records of
+/// its first parts: older than the window, they sort before it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LateSummary {
+    pub count: u64,
+    /// Only events ingested at or after this sequence number were late for this run.
+    pub since_seq: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_event: Option<RecordBound>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_event: Option<RecordBound>,
 }
 
 impl ExportSpec {
@@ -107,6 +135,22 @@ impl ExportSpec {
         let mut filters = query::parse_log_params(&pairs, &names)?.filters;
         // The query API reads `secret_path` from the trail's URL, not from parameters.
         filters.secret_path = self.filters.get("secret_path").cloned();
+        if let Some(late) = &self.late {
+            let mut errors = FieldErrors::default();
+            match (
+                crate::timestamp::parse_rfc3339_micros(&late.since),
+                filters.from_us,
+            ) {
+                (Ok(since), Some(window_from)) => {
+                    filters.from_us = Some(since.min(window_from));
+                    filters.late = Some((window_from, late.since_seq));
+                }
+                _ => {
+                    errors.add("late.since", "must be an RFC 3339 timestamp");
+                    return Err(errors);
+                }
+            }
+        }
         Ok(filters)
     }
 

@@ -25,7 +25,7 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use super::engine::ExportOutcome;
-use super::job::ExportSpec;
+use super::job::{ExportSpec, LateSummary};
 use crate::integrity::chain::ChainLink;
 use crate::integrity::checkpoint::CheckpointLog;
 
@@ -161,6 +161,8 @@ pub struct ManifestParts {
     pub head: ChainLink,
     pub checkpoint: Option<Value>,
     pub previous: Option<ManifestLink>,
+    /// A scheduled run's late events (the `late` member; absent for other exports).
+    pub late: Option<LateSummary>,
 }
 
 /// The manifest object (unsigned).
@@ -195,7 +197,12 @@ pub fn manifest_object(
         "completed_at": outcome.completed_at,
     });
     match manifest {
-        Value::Object(map) => map,
+        Value::Object(mut map) => {
+            if let Some(late) = &parts.late {
+                map.insert("late".into(), json!(late));
+            }
+            map
+        }
         _ => Map::new(),
     }
 }

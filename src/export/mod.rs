@@ -12,6 +12,7 @@
 //! - [`policy`]: tenant confinement (the `file` root, allowed credentials paths);
 //! - [`supervisor`]: the job supervisor of both modes (slots, stop reasons, phases, resume)
 //!   and the [`supervisor::JobStore`] it records jobs in;
+//! - [`schedule`]: continuous exports (cron schedules, the exactly-once watermark);
 //! - [`registry`] and [`runner`]: where exports are recorded, and the standalone job runner
 //!   (the supervisor over the job files).
 
@@ -25,5 +26,6 @@ pub mod policy;
 pub mod registry;
 pub mod request;
 pub mod runner;
+pub mod schedule;
 pub mod sink;
 pub mod supervisor;

@@ -283,6 +283,7 @@ mod tests {
                 credentials_path: credentials_path.map(str::to_string),
             },
             max_records_per_file: 10,
+            late: None,
         }
     }
 

@@ -182,6 +182,7 @@ impl ExportRequest {
                     filters: self.filters,
                     destination,
                     max_records_per_file,
+                    late: None,
                 })
             }
             _ => Err(errors),

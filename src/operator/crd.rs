@@ -253,7 +253,7 @@ pub struct ExportCheckpoint {
 
 /// Kubernetes conditions are a list map keyed by `type`, so server-side apply merges them by
 /// type.
-fn conditions_schema(_: &mut schemars::generate::SchemaGenerator) -> schemars::Schema {
+pub(super) fn conditions_schema(_: &mut schemars::generate::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "array",
         "x-kubernetes-list-type": "map",

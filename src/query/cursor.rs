@@ -27,6 +27,7 @@
 //! request_id     opt(str)
 //! text           opt(str)
 //! before_seq     opt(u64)
+//! late           only when set (exports, never a listing): 0x01, i64 window start, u64 seq
 //! direction      u8: 0 newest first, 1 oldest first
 //!
 //! integers       little-endian, 8 bytes (u8 where said)
@@ -184,6 +185,7 @@ impl CursorScope<'_> {
             request_id,
             text,
             before_seq,
+            late,
         } = self.filters;
         let mut out = ScopeEncoder(vec![FINGERPRINT_VERSION]);
         out.str(self.endpoint);
@@ -203,6 +205,13 @@ impl CursorScope<'_> {
         out.option(request_id.as_deref(), ScopeEncoder::str);
         out.option(text.as_deref(), ScopeEncoder::str);
         out.option(*before_seq, ScopeEncoder::u64);
+        // Only exports set it (never a listing): encoded only when set, so the fingerprints
+        // of every cursor issued before it existed stay the same.
+        if let Some((window_from_us, since_seq)) = late {
+            out.byte(1);
+            out.u64(*window_from_us as u64);
+            out.u64(*since_seq);
+        }
         out.byte(match self.direction {
             Direction::NewestFirst => 0,
             Direction::OldestFirst => 1,
@@ -314,6 +323,7 @@ mod tests {
             request_id: Some("r".into()),
             text: Some("é".into()),
             before_seq: Some(7),
+            late: None,
         }
     }
 

@@ -53,6 +53,10 @@ pub struct LogFilters {
     pub text: Option<String>,
     /// Only events ingested before this sequence number (an export's snapshot).
     pub before_seq: Option<u64>,
+    /// A scheduled export run's late events: an event older than the window start (`.0`,
+    /// microseconds) matches only when it was ingested at or after sequence `.1` (after the
+    /// previous run's snapshot). Not a query parameter.
+    pub late: Option<(i64, u64)>,
 }
 
 /// Paging parameters.
@@ -154,6 +158,7 @@ pub fn parse_log_params(
             }
         }),
         before_seq: None,
+        late: None,
     };
     let limit =
         parse_with(get("limit"), "limit", &mut errors, parse_limit).unwrap_or(DEFAULT_LIMIT);
@@ -291,6 +296,7 @@ pub fn build_search(
         from_us: filters.from_us,
         to_us: filters.to_us,
         before_seq: filters.before_seq,
+        late: filters.late,
         actions: (!filters.actions.is_empty()).then(|| action_mask(&filters.actions)),
         path_prefix: filters.path_prefix.clone(),
         source_ip: filters
@@ -343,6 +349,24 @@ pub fn build_query(
                 Bound::Unbounded,
                 Bound::Excluded(Term::from_field_u64(fields.seq, before)),
             )),
+        ));
+    }
+    if let Some((window_from_us, since_seq)) = filters.late {
+        // In the window, or ingested since the previous snapshot.
+        let in_window: Box<dyn Query> = Box::new(RangeQuery::new(
+            Bound::Included(Term::from_field_i64(fields.timestamp, window_from_us)),
+            Bound::Unbounded,
+        ));
+        let since: Box<dyn Query> = Box::new(RangeQuery::new(
+            Bound::Included(Term::from_field_u64(fields.seq, since_seq)),
+            Bound::Unbounded,
+        ));
+        clauses.push((
+            Occur::Must,
+            Box::new(BooleanQuery::new(vec![
+                (Occur::Should, in_window),
+                (Occur::Should, since),
+            ])),
         ));
     }
     Ok(Box::new(BooleanQuery::new(clauses)))

@@ -103,6 +103,9 @@ pub struct ColumnFilter {
     pub to_us: Option<i64>,
     /// Only events ingested before this sequence number.
     pub before_seq: Option<u64>,
+    /// Events older than `.0` (microseconds) only when ingested at or after sequence `.1`
+    /// (a scheduled export run's late events; see `LogFilters::late`).
+    pub late: Option<(i64, u64)>,
     /// Any of these action ordinals (bit `n` = ordinal `n`); `None` = all.
     pub actions: Option<u64>,
     /// Plain string prefix of `secret_path`.
@@ -513,6 +516,8 @@ struct SegmentColumns {
     /// Exclusive.
     to_us: i64,
     before_seq: u64,
+    /// `(window start, since seq)`: older events only from that sequence on.
+    late: (i64, u64),
     actions: Option<(Column<u64>, u64)>,
     /// Term ordinals of the matching paths: `[start, end)`.
     paths: Option<(Column<u64>, Range<u64>)>,
@@ -548,6 +553,7 @@ impl SegmentColumns {
             from_us: filter.from_us.unwrap_or(i64::MIN),
             to_us: filter.to_us.unwrap_or(i64::MAX),
             before_seq: filter.before_seq.unwrap_or(u64::MAX),
+            late: filter.late.unwrap_or((i64::MIN, 0)),
             actions,
             paths,
             source_ips,
@@ -569,7 +575,7 @@ impl SegmentColumns {
             return None;
         }
         let seq = self.seqs.first(doc)?;
-        if seq >= self.before_seq {
+        if seq >= self.before_seq || (timestamp_us < self.late.0 && seq < self.late.1) {
             return None;
         }
         if let Some((actions, mask)) = &self.actions {

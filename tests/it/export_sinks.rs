@@ -843,3 +843,110 @@ async fn private_endpoints_are_refused_before_any_connection_unless_allowlisted(
     run_to_completion(&allowed, &body).await;
     assert!(connections() > 0, "the allowlisted endpoint was reached");
 }
+
+/// A continuous export to S3 whose bucket does not exist yet: runs fail (`destination_not_found`,
+/// the watermark stays), then the bucket is created and the retried run and the ones after it
+/// deliver every event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs scripts/emulators.sh"]
+async fn an_s3_schedule_waits_for_its_bucket_then_delivers_every_event_once() {
+    let endpoint = emulator_env("SCAIVAULT_TEST_S3_ENDPOINT");
+    // Runs every 2 s: below the default minimum interval (60 s).
+    let setup = Setup::start_with(&["--export-schedule-min-interval-seconds", "1"]).await;
+    let path = "infra/aws/audit-export-writer";
+    setup.vault.put(path, s3_secret(&endpoint));
+    let bucket = format!(
+        "sched-{}",
+        ulid::Ulid::generate().to_string().to_lowercase()
+    );
+    let client = client();
+    let schedule = |method: reqwest::Method, suffix: &str, body: Option<&Value>| {
+        let mut request = client
+            .request(
+                method,
+                format!("{}/v1/audit/export-schedules{suffix}", setup.base()),
+            )
+            .bearer_auth(setup.token())
+            .header("X-Tenant-ID", TENANT);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        send(request)
+    };
+    let start = recent_timestamp(60, 0);
+    let mut ids = Vec::new();
+    let ingest = |n: u64, ago: u64| {
+        let mut event = event(n);
+        event["timestamp"] = json!(recent_timestamp(ago, n));
+        event
+    };
+    let first: Vec<Value> = (0..10).map(|n| ingest(n, 20 + n)).collect();
+    ids.extend(ingest_ok(&client, setup.base(), setup.token(), &first).await);
+    let body = json!({"schedule": "*/2 * * * * *", "delay_seconds": 1, "start": start,
+        "format": "jsonl", "compression": "gzip",
+        "destination": {"type": "s3", "bucket": bucket, "prefix": "acme/",
+                        "credentials_path": path}});
+    let created = schedule(reqwest::Method::POST, "", Some(&body)).await;
+    assert_eq!(created.0, reqwest::StatusCode::CREATED, "{}", created.2);
+    let suffix = format!("/{}", created.2["schedule_id"].as_str().unwrap());
+    let deadline = std::time::Instant::now() + EXPORT_DEADLINE;
+    let failing = loop {
+        let status = schedule(reqwest::Method::GET, &suffix, None).await.2;
+        if status["status"]["conditions"][0]["reason"] == "destination_not_found" {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(failing["status"]["runs_completed"], 0, "{failing}");
+    // Late and current events while the destination is missing.
+    let more: Vec<Value> = (10..20).map(|n| ingest(n, n % 3 * 15)).collect();
+    ids.extend(ingest_ok(&client, setup.base(), setup.token(), &more).await);
+    s3_client(&endpoint)
+        .create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+    let last_ingest = recent_timestamp(0, 0);
+    let done = loop {
+        let status = schedule(reqwest::Method::GET, &suffix, None).await.2;
+        let caught_up = status["status"]["last_runs"]
+            .as_array()
+            .unwrap()
+            .last()
+            .is_some_and(|run| run["to"].as_str().unwrap() > last_ingest.as_str());
+        if caught_up {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(done["status"]["conditions"][0]["status"], "True", "{done}");
+    let deleted = schedule(reqwest::Method::DELETE, &suffix, None).await;
+    assert_eq!(deleted.0, reqwest::StatusCode::OK);
+    let mut delivered = Vec::new();
+    for key in s3_keys(&endpoint, &bucket, "acme/").await {
+        if !key.ends_with("manifest.json") {
+            continue;
+        }
+        let manifest: Value =
+            serde_json::from_slice(&s3_get(&endpoint, &bucket, &key).await.unwrap()).unwrap();
+        for file in manifest["files"].as_array().unwrap() {
+            let gz = s3_get(&endpoint, &bucket, file["key"].as_str().unwrap())
+                .await
+                .unwrap();
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[..]), &mut text)
+                .unwrap();
+            for line in text.lines() {
+                let record: Value = serde_json::from_str(line).unwrap();
+                delivered.push(record["id"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    delivered.sort();
+    ids.sort();
+    assert_eq!(delivered, ids, "every event once, none missing");
+    setup.assert_logs_hold_no_secrets(&[S3_SECRET, VAULT_TOKEN]);
+}

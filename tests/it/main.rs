@@ -13,6 +13,7 @@ mod auth_hardening;
 mod check_config;
 mod durability;
 mod export_confinement;
+mod export_schedules;
 mod export_sinks;
 mod export_verify;
 mod exports;

@@ -31,6 +31,8 @@ const KEYS: &str = "/v1/audit/integrity/keys";
 const RETENTION: &str = "/v1/audit/retention";
 /// Well-formed, but no export has it.
 const UNKNOWN_EXPORT: &str = "exp_01jz0000000000000000000000";
+/// Well-formed, but no schedule has it.
+const UNKNOWN_SCHEDULE: &str = "sch_01jz0000000000000000000000";
 /// Headers whose presence on an undocumented response is drift.
 const CHECKED_HEADERS: &[&str] = &[
     "x-request-id",
@@ -225,6 +227,7 @@ fn concrete(path: &str, secret: &str, identity: &str) -> String {
     path.replace("{path}", secret)
         .replace("{identity_id}", &percent_encode(identity))
         .replace("{export_id}", UNKNOWN_EXPORT)
+        .replace("{schedule_id}", UNKNOWN_SCHEDULE)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -377,7 +380,10 @@ fn the_validator_rejects_drifted_bodies() {
     let logs_200 = &doc.root["paths"][LOGS]["get"]["responses"]["200"]["content"]["application/json"]
         ["schema"];
     let event = doc.root["components"]["schemas"]["Event"]["examples"][0].clone();
-    let page = |event: Value| json!({"logs": [event], "cursor": null, "has_more": false});
+    let page = |event: Value| {
+        json!({"logs": [event], "cursor": null, "has_more": false,
+               "complete_through": "2026-04-23T17:55:00.000000Z"})
+    };
     assert!(doc.validator(logs_200).is_valid(&page(event.clone())));
     let mut drifted = Vec::new();
     let mut with = |field: &str, value: Value| {
@@ -1117,7 +1123,7 @@ async fn every_documented_operation_is_routed_and_no_other_method() {
             let server = Server::start(&dir.data_dir(), &[]).await;
             let client = client();
             let paths = doc.root["paths"].as_object().expect("paths");
-            assert_eq!(paths.len(), 15, "documented paths: {:?}", paths.keys());
+            assert_eq!(paths.len(), 17, "documented paths: {:?}", paths.keys());
             for (path, item) in paths {
                 let url = concrete(path, SECRET, IDENTITY);
                 for method in ["get", "post", "put", "delete", "patch"] {
@@ -1361,5 +1367,77 @@ async fn recorded_reads_match_the_document() {
                 .all(|log| log["extra_data"]["endpoint"].is_string())
         );
     })
+    .await;
+}
+
+/// The export-schedule routes: created, read (before and after runs), listed, refused,
+/// unknown and deleted schedules all match the document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedule_responses_match_the_document() {
+    const SCHEDULES: &str = "/v1/audit/export-schedules";
+    const SCHEDULE_ONE: &str = "/v1/audit/export-schedules/{schedule_id}";
+    let dir = TestDir::new();
+    within(
+        TEST_DEADLINE,
+        "schedule_responses_match_the_document",
+        async {
+            let doc = Document::load();
+            crate::harness::export::file_bucket(&dir, "scheduled");
+            let mut args = FAST_COMMITS.to_vec();
+            args.extend(["--export-schedule-min-interval-seconds", "1"]);
+            let server = Server::start(&dir.data_dir(), &args).await;
+            let client = client();
+            let token = server.token();
+            let call = |method: Method, path: String, body: Option<Value>| {
+                let mut request = client
+                    .request(method, format!("{}{path}", server.base_url()))
+                    .bearer_auth(token)
+                    .header("X-Tenant-ID", TENANT);
+                if let Some(body) = body {
+                    request = request.json(&body);
+                }
+                send(request)
+            };
+            ingest_ok(&client, server.base_url(), token, &[event(1)]).await;
+            let body = json!({"schedule": "* * * * * *", "delay_seconds": 0,
+            "start": "2020-01-01T00:00:00Z", "format": "jsonl", "compression": "gzip",
+            "destination": {"type": "file", "bucket": "scheduled", "prefix": "acme/"}});
+            let created = call(Method::POST, SCHEDULES.into(), Some(body)).await;
+            assert_eq!(created.0, StatusCode::CREATED, "{}", created.2);
+            doc.check(SCHEDULES, "post", &created);
+            let id = created.2["schedule_id"].as_str().unwrap().to_string();
+            let refused = call(Method::POST, SCHEDULES.into(), Some(json!({"schedule": 5}))).await;
+            assert_error(
+                &refused,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_error",
+            );
+            doc.check(SCHEDULES, "post", &refused);
+            let one = format!("{SCHEDULES}/{id}");
+            let ran = loop {
+                let reply = call(Method::GET, one.clone(), None).await;
+                doc.check(SCHEDULE_ONE, "get", &reply);
+                if reply.2["status"]["runs_completed"].as_u64() >= Some(2) {
+                    break reply;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
+            let first = &ran.2["status"]["last_runs"][0];
+            assert_eq!(first["from"], "2020-01-01T00:00:00.000000Z", "{}", ran.2);
+            assert!(first["record_count"].as_u64() >= Some(1), "{}", ran.2);
+            let listed = call(Method::GET, SCHEDULES.into(), None).await;
+            assert_eq!(listed.2["schedules"][0]["schedule_id"], json!(id));
+            doc.check(SCHEDULES, "get", &listed);
+            let unknown = call(Method::GET, concrete(SCHEDULE_ONE, SECRET, IDENTITY), None).await;
+            assert_error(&unknown, StatusCode::NOT_FOUND, "schedule_not_found");
+            doc.check(SCHEDULE_ONE, "get", &unknown);
+            let deleted = call(Method::DELETE, one.clone(), None).await;
+            assert_eq!(deleted.0, StatusCode::OK, "{}", deleted.2);
+            doc.check(SCHEDULE_ONE, "delete", &deleted);
+            let again = call(Method::DELETE, one, None).await;
+            assert_error(&again, StatusCode::NOT_FOUND, "schedule_not_found");
+            doc.check(SCHEDULE_ONE, "delete", &again);
+        },
+    )
     .await;
 }

@@ -199,3 +199,41 @@ fn resource_spec_round_trips_through_the_rest_model() {
         Some("environments/production/")
     );
 }
+
+#[test]
+fn committed_schedule_crd_is_current() {
+    let path = repo("crds/auditexportschedule.yaml");
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == scaivault_audit::operator::schedule_crd_yaml().unwrap(),
+        "{} is stale: run `cargo run -- crdgen` and commit the result",
+        path.display()
+    );
+}
+
+#[test]
+fn schedule_crd_keeps_its_history_bounded_and_its_spec_fixed_once_started() {
+    use scaivault_audit::operator::schedule_crd::AuditExportSchedule;
+    let crd = serde_json::to_value(AuditExportSchedule::crd()).unwrap();
+    assert_eq!(
+        crd["metadata"]["name"],
+        "auditexportschedules.audit.scailabs.ai"
+    );
+    let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    let status = &schema["properties"]["status"]["properties"];
+    assert_eq!(
+        status["lastRuns"]["maxItems"].as_f64(),
+        Some(20.0),
+        "{status}"
+    );
+    for member in ["completeThrough", "nextRunAt", "currentRun", "conditions"] {
+        assert!(status.get(member).is_some(), "{member}: {status}");
+    }
+    let rules = schema["x-kubernetes-validations"].to_string();
+    assert!(rules.contains("self.spec == oldSelf.spec"), "{rules}");
+    let spec = &schema["properties"]["spec"];
+    assert_eq!(
+        spec["properties"]["delaySeconds"]["maximum"].as_f64(),
+        Some(86_400.0)
+    );
+}

@@ -211,6 +211,7 @@ tenant_id = {{ toJson .tenantId }}
 [export]
 max_concurrent_jobs = {{ int64 .Values.export.maxConcurrentJobs }}
 retry_max_seconds = {{ int64 .Values.export.retryMaxSeconds }}
+schedule_min_interval_seconds = {{ int64 (.Values.export.scheduleMinIntervalSeconds | default 60) }}
 allow_private_endpoints = {{ .Values.export.allowPrivateEndpoints | default false }}
 endpoint_allowlist = {{ .Values.export.endpointAllowlist | default list | toJson }}
 {{- /* Always rendered: in a pod, `file` destinations exist only when fileRoot is set. */}}

@@ -163,6 +163,7 @@ async fn measure(
         filters: Default::default(),
         destination: destination.clone(),
         max_records_per_file: DEFAULT_MAX_RECORDS_PER_FILE,
+        late: None,
     };
     let rss_before = rss_kib();
     let peak = Arc::new(AtomicU64::new(rss_before));
