@@ -197,7 +197,9 @@ impl From<WriteError> for ApiError {
                 let cause = match other {
                     WriteError::Wal(_) => Cause::WalError,
                     WriteError::DedupLookup(_) => Cause::DedupLookupError,
-                    WriteError::Commit(_) | WriteError::IndexUnhealthy => Cause::IndexUnhealthy,
+                    WriteError::Commit(_) | WriteError::IndexUnhealthy | WriteError::Expire(_) => {
+                        Cause::IndexUnhealthy
+                    }
                     WriteError::NotReady => Cause::Starting,
                     WriteError::Closed => Cause::ShuttingDown,
                 };
