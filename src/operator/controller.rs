@@ -21,8 +21,9 @@ use tokio_util::sync::CancellationToken;
 use super::audit::AuditLog;
 use super::crd::{AuditExport, AuditExportStatus, ExportJobPhase};
 use super::exporter::Exporter;
-use super::jobs::ResourceJobs;
+use super::jobs::{ResourceJobs, Tracking};
 use super::metrics::{OperatorMetrics, ReconcileResult};
+use super::progress::{self, ProgressFiles, Restored};
 use super::status::{self, VALIDATION_ERROR, reasons};
 use super::status_writer::{Note, StatusWriter, Target};
 use super::trust::{self, AnnotationSigner, NAMESPACE_TENANT_LABEL, Origin, TENANT_NOT_ALLOWED};
@@ -121,6 +122,8 @@ pub struct Ctx {
     pub status: StatusWriter,
     pub metrics: OperatorMetrics,
     pub clock: Clock,
+    /// The full file lists of running exports, in the data directory.
+    pub progress: ProgressFiles,
     /// Consecutive failures per object, for the requeue backoff.
     failures: Mutex<std::collections::HashMap<String, u32>>,
 }
@@ -130,19 +133,20 @@ impl Ctx {
     /// the writer end with [`run`].
     pub fn new(
         client: Client,
-        exporter: Arc<dyn Exporter>,
-        audit: Arc<dyn AuditLog>,
-        signer: AnnotationSigner,
+        services: &super::Services,
         settings: &ControllerSettings,
         metrics: OperatorMetrics,
         clock: Clock,
     ) -> Arc<Ctx> {
+        let exporter = services.exporter.clone();
+        let progress = services.progress.clone();
         let recorder = Recorder::new(client.clone(), Reporter::from(settings.reporter.as_str()));
         let status = StatusWriter::spawn(recorder.clone());
         let job_store = Arc::new(ResourceJobs::new(
             status.clone(),
             metrics.clone(),
             clock.clone(),
+            progress.clone(),
         ));
         let jobs = Supervisor::new(
             exporter.clone(),
@@ -161,10 +165,11 @@ impl Ctx {
             client,
             recorder,
             exporter,
-            audit,
-            signer,
+            audit: services.audit.clone(),
+            signer: services.signer.clone(),
             metrics,
             clock,
+            progress,
             failures: Mutex::default(),
         })
     }
@@ -315,7 +320,10 @@ async fn apply(object: &AuditExport, api: &Api<AuditExport>, ctx: &Ctx) -> Resul
             Err(refusal) => report_not_allowed(object, api, ctx, refusal).await?,
         },
         Plan::Resume(spec, checkpoint) => match admit(object, ctx, &spec).await? {
-            Ok(origin) => start(object, api, ctx, spec, Some(checkpoint), &origin).await?,
+            Ok(origin) => {
+                let restored = restore(object, ctx, checkpoint).await;
+                start(object, api, ctx, spec, Some(restored), &origin).await?
+            }
             Err(refusal) => report_not_allowed(object, api, ctx, refusal).await?,
         },
         Plan::Cancel(spec) => cancel(object, api, ctx, spec).await?,
@@ -401,14 +409,46 @@ async fn report_not_allowed(
     Ok(Action::await_change())
 }
 
+/// The checkpoint a job resumes from: the status' resume point with the full file list (from
+/// the status or the progress file), or its first part when that list is not here.
+async fn restore(object: &AuditExport, ctx: &Ctx, checkpoint: Checkpoint) -> Restored {
+    let status = object.status.clone().unwrap_or_default();
+    let saved = match object.metadata.uid.clone() {
+        Some(uid) => {
+            let files = ctx.progress.clone();
+            match tokio::task::spawn_blocking(move || files.load(&uid)).await {
+                Ok(Ok(saved)) => saved,
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, name = %object_key(object), "export progress unusable");
+                    None
+                }
+                Err(error) => {
+                    tracing::warn!(%error, name = %object_key(object), "export progress unread");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    let restored = progress::restore(&status, checkpoint, saved);
+    if let Some(why) = &restored.restart {
+        tracing::warn!(name = %object_key(object), "{why}");
+    }
+    restored
+}
+
 async fn start(
     object: &AuditExport,
     api: &Api<AuditExport>,
     ctx: &Ctx,
     spec: ExportSpec,
-    checkpoint: Option<Checkpoint>,
+    restored: Option<Restored>,
     origin: &Origin,
 ) -> Result<Action, Error> {
+    let (checkpoint, restart) = match restored {
+        Some(restored) => (Some(restored.checkpoint), restored.restart),
+        None => (None, None),
+    };
     let mut status = object.status.clone().unwrap_or_default();
     if status.phase != Some(ExportJobPhase::Pending) && checkpoint.is_none() {
         let estimate = estimate(object, ctx, &spec, origin).await?;
@@ -450,7 +490,12 @@ async fn start(
         .ok_or(Error::MissingObjectKey(".status.exportId"))?;
     let key = object_key(object);
     if !ctx.jobs.is_running(&key) {
-        ctx.job_store.track(&key, Target::new(api, object), status);
+        let tracking = Tracking {
+            uid: object.metadata.uid.clone(),
+            restart,
+        };
+        ctx.job_store
+            .track(&key, Target::new(api, object), status, tracking);
         ctx.jobs.spawn(Job {
             key,
             export_id,
@@ -535,6 +580,12 @@ async fn cleanup(object: &AuditExport, api: &Api<AuditExport>, ctx: &Ctx) -> Res
             .map_err(Error::Cleanup)?;
         let note = Note::normal(reasons::CLEANED_UP, "incomplete uploads removed");
         ctx.status.publish(Target::new(api, object), note).await;
+    }
+    if let Some(uid) = object.metadata.uid.clone() {
+        let files = ctx.progress.clone();
+        if let Ok(Err(error)) = tokio::task::spawn_blocking(move || files.remove(&uid)).await {
+            tracing::warn!(%error, name = %key, "failed to remove the export's progress");
+        }
     }
     ctx.failures.lock().remove(&key);
     Ok(Action::await_change())

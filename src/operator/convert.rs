@@ -7,6 +7,7 @@ use super::crd::{
     AuditExportSpec, AuditExportStatus, DestinationKind, ExportCheckpoint, ExportCompression,
     ExportDestination, ExportError, ExportFile, ExportFileFormat, ExportFilters, ExportJobPhase,
 };
+use super::progress::STATUS_FILES;
 use crate::event::FieldErrors;
 use crate::export::format::{Compression, ExportFormat};
 use crate::export::job::{
@@ -167,7 +168,8 @@ pub fn export_error(failure: &ExportFailure) -> ExportError {
     }
 }
 
-/// The engine checkpoint a status describes (`None` before the job started).
+/// The engine checkpoint a status describes (`None` before the job started); its files are the
+/// status' list, which may be only the first ones ([`super::progress::restore`] completes it).
 pub fn checkpoint(status: &AuditExportStatus) -> Option<Checkpoint> {
     let resume = status.checkpoint.as_ref()?;
     let after = match (resume.after_timestamp_us, resume.after_seq) {
@@ -181,15 +183,23 @@ pub fn checkpoint(status: &AuditExportStatus) -> Option<Checkpoint> {
     })
 }
 
-/// Writes `checkpoint` into a status: the resume point and the files so far.
+/// Writes `checkpoint` into a status: the resume point, the totals so far and the first
+/// files (the full list goes to the progress file, [`super::progress`]).
 pub fn record_checkpoint(status: &mut AuditExportStatus, checkpoint: &Checkpoint) {
     status.checkpoint = Some(ExportCheckpoint {
         snapshot_seq: checkpoint.snapshot_seq,
         after_timestamp_us: checkpoint.after.map(|key| key.timestamp_us),
         after_seq: checkpoint.after.map(|key| key.seq),
     });
-    status.files = checkpoint.files.iter().map(export_file).collect();
-    status.record_count = Some(checkpoint.records());
+    record_files(status, &checkpoint.files);
+}
+
+/// Writes the totals of `files` and the first [`STATUS_FILES`] of them into a status.
+pub fn record_files(status: &mut AuditExportStatus, files: &[FileEntry]) {
+    status.files = files.iter().take(STATUS_FILES).map(export_file).collect();
+    status.file_count = Some(files.len() as u64);
+    status.size_bytes = Some(files.iter().map(|file| file.size_bytes).sum());
+    status.record_count = Some(files.iter().map(|file| file.records).sum());
 }
 
 /// A status time in the service's one output form (resources written by older versions carry

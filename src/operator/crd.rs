@@ -178,9 +178,20 @@ pub struct AuditExportStatus {
     /// Events written so far; the total once `Completed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record_count: Option<u64>,
-    /// Part files uploaded so far, in order.
+    /// The first part files uploaded so far, in order: at most 10, so a large export keeps its
+    /// status small. `fileCount` counts them all; the manifest lists every one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<ExportFile>,
+    /// Part files uploaded so far (more than `files` lists when the export has more than 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_count: Option<u64>,
+    /// Bytes uploaded so far, all part files together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
+    /// Object key of the signed manifest in the destination bucket (set once `Completed`): it
+    /// lists every part file with its size, records, hash and first and last event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
     /// When the export job started (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<String>,

@@ -24,6 +24,7 @@ use super::crd::{
 };
 use super::exporter::Exporter;
 use super::metrics::OperatorMetrics;
+use super::progress::ProgressFiles;
 use super::trust::{AnnotationSigner, SIGNATURE_ANNOTATION, Signed};
 use super::{CANCEL_ANNOTATION, EXPORT_ID_ANNOTATION, FINALIZER, REQUESTED_BY_ANNOTATION};
 use crate::event::AuditEvent;
@@ -280,21 +281,35 @@ pub fn audited_context(exporter: Arc<FakeExporter>) -> (Arc<Ctx>, ApiServer, Arc
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let audit = Arc::new(FakeAudit::default());
+    let data_dir = tempfile::tempdir().unwrap();
+    let services = super::Services {
+        exporter,
+        audit: audit.clone(),
+        signer: test_signer(),
+        progress: ProgressFiles::in_data_dir(data_dir.path()),
+    };
     let ctx = Ctx::new(
         client,
-        exporter,
-        audit.clone(),
-        test_signer(),
+        &services,
         &ControllerSettings::default(),
         OperatorMetrics::default(),
         Arc::new(now),
     );
-    (ctx, ApiServer { handle }, audit)
+    (
+        ctx,
+        ApiServer {
+            handle,
+            _data_dir: data_dir,
+        },
+        audit,
+    )
 }
 
 /// Plays the API server: each `expect_*` asserts one request and answers it.
 pub struct ApiServer {
     handle: ApiServerHandle,
+    /// The controller's data directory (its progress files); removed with the server.
+    _data_dir: tempfile::TempDir,
 }
 
 pub const PATH: &str = "/apis/audit.scailabs.ai/v1alpha1/namespaces/default/auditexports/test";

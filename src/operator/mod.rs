@@ -24,6 +24,7 @@ pub mod exporter;
 pub mod jobs;
 pub mod leader;
 pub mod metrics;
+pub mod progress;
 pub mod registry;
 pub mod schedule_convert;
 pub mod schedule_crd;
@@ -81,6 +82,8 @@ pub struct Services {
     pub exporter: std::sync::Arc<dyn exporter::Exporter>,
     pub audit: std::sync::Arc<dyn audit::AuditLog>,
     pub signer: trust::AnnotationSigner,
+    /// The full file lists of running exports (`DATA_DIR/operator-exports`).
+    pub progress: progress::ProgressFiles,
 }
 
 /// The namespaces the controller watches: the operator namespace (REST-created exports live
@@ -132,9 +135,7 @@ pub async fn run(
         move |leading| {
             let ctx = controller::Ctx::new(
                 client.clone(),
-                services.exporter.clone(),
-                services.audit.clone(),
-                services.signer.clone(),
+                &services,
                 &controller_settings,
                 metrics.clone(),
                 clock.clone(),
@@ -154,6 +155,8 @@ pub struct Cluster {
     pub namespace: String,
     /// Signs the annotations of REST-created resources; the controller verifies them.
     pub signer: trust::AnnotationSigner,
+    /// Where the controller keeps the file lists of running exports (the data directory).
+    pub progress: progress::ProgressFiles,
 }
 
 /// Why [`connect`] failed.
@@ -182,6 +185,7 @@ pub async fn connect(settings: &crate::config::Settings) -> Result<Option<Cluste
         client,
         namespace,
         signer,
+        progress: progress::ProgressFiles::in_data_dir(&settings.store.data_dir),
     }))
 }
 
@@ -204,6 +208,7 @@ pub fn spawn(
         exporter: std::sync::Arc::new(engine),
         audit: std::sync::Arc::new(store.clone()),
         signer: cluster.signer.clone(),
+        progress: cluster.progress.clone(),
     };
     tokio::spawn(async move {
         if crate::export::supervisor::wait_for_store(&store, "operator").await {

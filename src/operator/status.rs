@@ -35,6 +35,9 @@ pub mod reasons {
     pub const STARTED: &str = "Started";
     /// Event: the job continues from the checkpoint of an earlier run.
     pub const RESUMED: &str = "Resumed";
+    /// Event (warning): the file list of an earlier run is not in this replica's data
+    /// directory, so the job starts over from its first part (same snapshot).
+    pub const RESTARTED: &str = "Restarted";
     /// Event: a deleted export's incomplete uploads were removed.
     pub const CLEANED_UP: &str = "CleanedUp";
 }
@@ -126,7 +129,7 @@ type Wanted = (&'static str, &'static str, &'static str, String);
 fn desired(status: &AuditExportStatus) -> [Wanted; 3] {
     use conditions::{FAILED, PROGRESSING, READY};
     let records = status.record_count.unwrap_or(0);
-    let files = status.files.len();
+    let files = status.file_count.unwrap_or(status.files.len() as u64);
     let no_failure = (FAILED, "False", reasons::NO_FAILURE, String::new());
     match status.phase.unwrap_or(ExportJobPhase::Pending) {
         ExportJobPhase::Pending => [

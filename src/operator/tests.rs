@@ -13,6 +13,7 @@ use super::crd::{AuditExport, AuditExportStatus, DestinationKind, ExportJobPhase
 use super::fixtures::{
     ApiServer, Call, FakeExporter, Script, audited_context, conditions, now, part, test_context,
 };
+use super::progress::{Progress, STATUS_FILES};
 use super::{convert, status};
 use crate::export::job::{Checkpoint, ExportFailure};
 
@@ -335,6 +336,170 @@ async fn a_new_controller_resumes_from_the_checkpoint_in_status() {
         exporter.calls(),
         [Call::Run {
             resumed_after_files: 1
+        }]
+    );
+}
+
+/// The uid of [`AuditExport::test`]: names its progress file.
+const UID: &str = "uid-1";
+
+/// Answers the status applies of parts `from..=to` of a running job, checking that each status
+/// lists at most [`STATUS_FILES`] files while the progress file holds all of them.
+async fn expect_parts(
+    server: &mut ApiServer,
+    ctx: &Ctx,
+    mut current: AuditExport,
+    parts: std::ops::RangeInclusive<u64>,
+) -> AuditExport {
+    for count in parts {
+        let progress = server.expect_status_apply(&current).await;
+        let shown = progress["files"].as_array().unwrap().len() as u64;
+        assert_eq!(shown, count.min(STATUS_FILES as u64), "{progress}");
+        assert_eq!(progress["fileCount"], count);
+        assert_eq!(progress["recordCount"], 2 * count);
+        assert_eq!(progress["sizeBytes"], 100 * count);
+        let saved = ctx.progress.load(UID).unwrap().unwrap();
+        assert_eq!(saved.files.len() as u64, count);
+        current = object_with(&progress);
+    }
+    current
+}
+
+#[tokio::test]
+async fn a_many_file_export_keeps_its_status_bounded_and_names_the_manifest() {
+    let exporter = FakeExporter::new(Script::Complete { parts: 25 });
+    let (ctx, mut server) = test_context(exporter.clone());
+    let object = AuditExport::test().finalized();
+    let reconciled = tokio::spawn(reconcile(Arc::new(object.clone()), ctx.clone()));
+    tokio::time::timeout(TIMEOUT, async {
+        server.expect_namespace(Some("tnt_acme")).await;
+        let pending = server.expect_status_apply(&object).await;
+        server.expect_event("Normal", "Queued").await;
+        let running = server.expect_status_apply(&object_with(&pending)).await;
+        assert_eq!(running["fileCount"], 0);
+        server.expect_event("Normal", "Started").await;
+        let current = expect_parts(&mut server, &ctx, object_with(&running), 1..=25).await;
+        let done = server.expect_status_apply(&current).await;
+        assert_eq!(done["phase"], "Completed");
+        let keys: Vec<&str> = done["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|file| file["key"].as_str().unwrap())
+            .collect();
+        assert_eq!(keys.len(), STATUS_FILES);
+        assert_eq!(keys[0], "2026-01/part-0001.jsonl");
+        assert_eq!(keys[9], "2026-01/part-0010.jsonl");
+        assert_eq!(done["fileCount"], 25);
+        assert_eq!(done["recordCount"], 50);
+        assert_eq!(done["sizeBytes"], 2500);
+        assert_eq!(done["manifest"], "2026-01/manifest.json");
+        let event = server.expect_event("Normal", "Completed").await;
+        assert_eq!(event["note"], "50 records exported in 25 files");
+        assert_eq!(
+            conditions(&done)["Ready"],
+            pair("True", "Completed"),
+            "{done}"
+        );
+        assert!(
+            done["conditions"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("in 25 files"),
+            "{done}"
+        );
+        ctx.jobs.wait_idle().await;
+    })
+    .await
+    .unwrap();
+    reconciled.await.unwrap().unwrap();
+    assert_eq!(ctx.progress.load(UID).unwrap(), None, "removed at the end");
+}
+
+/// A status after `files` parts as a bounded status shows it (10 files, the totals).
+fn bounded_running_status(files: usize) -> AuditExportStatus {
+    let status = running_status(files);
+    assert_eq!(status.files.len(), files.min(STATUS_FILES));
+    assert_eq!(status.file_count, Some(files as u64));
+    status
+}
+
+#[tokio::test]
+async fn a_bounded_status_resumes_with_the_progress_file_of_the_earlier_run() {
+    let exporter = FakeExporter::new(Script::Complete { parts: 27 });
+    let (ctx, mut server) = test_context(exporter.clone());
+    let object = AuditExport::test()
+        .finalized()
+        .with_status(bounded_running_status(25));
+    let saved = Progress {
+        snapshot_seq: 42,
+        files: (1..=25).map(part).collect(),
+    };
+    ctx.progress.save(UID, &saved).unwrap();
+    let reconciled = tokio::spawn(reconcile(Arc::new(object.clone()), ctx.clone()));
+    tokio::time::timeout(TIMEOUT, async {
+        server.expect_namespace(Some("tnt_acme")).await;
+        let running = server.expect_status_apply(&object).await;
+        assert_eq!(running["phase"], "Running");
+        assert_eq!(running["fileCount"], 25);
+        let event = server.expect_event("Normal", "Resumed").await;
+        assert_eq!(event["note"], "resumed after 25 files");
+        let current = expect_parts(&mut server, &ctx, object_with(&running), 26..=27).await;
+        let done = server.expect_status_apply(&current).await;
+        assert_eq!(done["fileCount"], 27);
+        assert_eq!(done["recordCount"], 54);
+        server.expect_event("Normal", "Completed").await;
+        ctx.jobs.wait_idle().await;
+    })
+    .await
+    .unwrap();
+    reconciled.await.unwrap().unwrap();
+    assert_eq!(
+        exporter.calls(),
+        [Call::Run {
+            resumed_after_files: 25
+        }]
+    );
+    assert_eq!(ctx.progress.load(UID).unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_bounded_status_without_its_progress_file_restarts_from_the_first_part() {
+    let exporter = FakeExporter::new(Script::Complete { parts: 12 });
+    let (ctx, mut server) = test_context(exporter.clone());
+    let object = AuditExport::test()
+        .finalized()
+        .with_status(bounded_running_status(25));
+    let reconciled = tokio::spawn(reconcile(Arc::new(object.clone()), ctx.clone()));
+    tokio::time::timeout(TIMEOUT, async {
+        server.expect_namespace(Some("tnt_acme")).await;
+        // Same export, same snapshot, no resume point: back to part 1.
+        let running = server.expect_status_apply(&object).await;
+        assert_eq!(running["phase"], "Running");
+        assert_eq!(running["exportId"], "exp_01test");
+        assert_eq!(running["checkpoint"], json!({"snapshotSeq": 42}));
+        assert_eq!(running["fileCount"], 0);
+        assert!(running.get("files").is_none(), "{running}");
+        let event = server.expect_event("Warning", "Restarted").await;
+        let note = event["note"].as_str().unwrap();
+        assert!(
+            note.contains("25 files") && note.contains("restarting from the first part"),
+            "{note}"
+        );
+        let current = expect_parts(&mut server, &ctx, object_with(&running), 1..=12).await;
+        let done = server.expect_status_apply(&current).await;
+        assert_eq!(done["fileCount"], 12);
+        assert_eq!(done["files"][0]["key"], "2026-01/part-0001.jsonl");
+        server.expect_event("Normal", "Completed").await;
+        ctx.jobs.wait_idle().await;
+    })
+    .await
+    .unwrap();
+    reconciled.await.unwrap().unwrap();
+    assert_eq!(
+        exporter.calls(),
+        [Call::Run {
+            resumed_after_files: 0
         }]
     );
 }
