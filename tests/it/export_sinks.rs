@@ -852,7 +852,8 @@ async fn private_endpoints_are_refused_before_any_connection_unless_allowlisted(
 async fn an_s3_schedule_waits_for_its_bucket_then_delivers_every_event_once() {
     let endpoint = emulator_env("SCAIVAULT_TEST_S3_ENDPOINT");
     // Runs every 2 s: below the default minimum interval (60 s).
-    let setup = Setup::start_with(&["--export-schedule-min-interval-seconds", "1"]).await;
+    let setup =
+        Setup::start_with(&[ALLOW_PRIVATE, "--export-schedule-min-interval-seconds", "1"]).await;
     let path = "infra/aws/audit-export-writer";
     setup.vault.put(path, s3_secret(&endpoint));
     let bucket = format!(

@@ -84,6 +84,10 @@ impl ScheduleMetrics {
     /// Creates the metrics and registers them.
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = ScheduleMetrics::default();
+        // Both outcomes exist at zero from the start, so `increase()` sees the first failure.
+        for outcome in ["completed", "failed"] {
+            let _ = metrics.runs.get_or_create(&OutcomeLabels { outcome });
+        }
         registry.register(
             "export_schedule_runs",
             "Runs of export schedules that ended, by outcome (completed, failed)",
