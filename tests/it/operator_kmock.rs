@@ -377,6 +377,18 @@ async fn a_kubectl_export_is_listed_for_its_tenant_only_and_delete_releases_the_
         bucket_name(&out)
     )).unwrap();
     kubectl_ok(&["apply", "--validate=false", "-n", &ns, "-f"], &manifest);
+    // What docs/operator.md tells users to run: it returns once the export completed.
+    kubectl_ok(
+        &[
+            "wait",
+            "--for=condition=Ready",
+            &format!("auditexport/{name}"),
+            "-n",
+            &ns,
+            "--timeout=120s",
+        ],
+        Path::new(""),
+    );
 
     let api: Api<AuditExport> = Api::namespaced(kube_client(&ns), &ns);
     let done = poll("phase Completed", async || {
