@@ -29,13 +29,18 @@ source .tools/k8s-tools.env
 # Object-store emulators for the export tests and the Kubernetes API emulator (kmock + our
 # shim) for the operator tests, installed into .tools/ on first use and stopped on exit.
 log="$(mktemp)"
-trap 'rm -f "$log"; scripts/emulators.sh stop; scripts/kmock.sh stop' EXIT
+trap 'rm -f "$log"; scripts/emulators.sh stop; scripts/kmock.sh stop; scripts/cluster.sh stop' EXIT
 scripts/emulators.sh start
 # shellcheck source=/dev/null
 source .tools/emulators.env
 scripts/kmock.sh start
 # shellcheck source=/dev/null
 source .tools/kmock.env
+# A three-node NATS JetStream cluster for the clustered mode's tests (docs/cluster.md); tests
+# that kill nodes start their own with $SCAIVAULT_TEST_NATS_SERVER.
+scripts/cluster.sh start
+# shellcheck source=/dev/null
+source .tools/cluster.env
 
 # Unit and black-box tests, the ignored ones included (they need the tools started above, and
 # fail loudly without them); the closing line sums every test binary's result.
