@@ -2,7 +2,7 @@
 
 use bytes::{Buf, BytesMut};
 use futures::{Stream, StreamExt};
-use serde_json::{Value, json};
+use serde_json::json;
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::http::{HeaderMap, StatusCode, header};
@@ -11,7 +11,7 @@ use warp::reply::Response;
 use super::{ApiError, authenticate, json_response, respond, with_state};
 use crate::auth::{AuthError, Principal, Scope, TenantAccess};
 use crate::config::IngestLimits;
-use crate::event::{self, FieldErrors, ValidEvent};
+use crate::event::{self, EventInput, FieldErrors, ValidEvent};
 use crate::state::AppState;
 use crate::store::PreparedEvent;
 
@@ -179,7 +179,7 @@ where
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct JsonBatch {
-    events: Vec<Value>,
+    events: Vec<EventInput>,
 }
 
 /// Parses the body and validates every event; the batch is all-or-nothing.
@@ -208,7 +208,7 @@ pub fn parse_and_validate(
     let mut valid = Vec::with_capacity(values.len());
     let mut errors = FieldErrors::default();
     for (index, value) in values.into_iter().enumerate() {
-        match event::validate(value, principal.tenant_rule()) {
+        match event::validate_input(value, principal.tenant_rule()) {
             Ok(event) => valid.push(event),
             Err(field_errors) if errors.0.len() < MAX_REPORTED_FIELD_ERRORS => {
                 let prefix = format!("events[{index}]");
@@ -233,7 +233,7 @@ pub fn parse_and_validate(
     Ok(valid)
 }
 
-fn parse_json_batch(body: &[u8]) -> Result<Vec<Value>, ApiError> {
+fn parse_json_batch(body: &[u8]) -> Result<Vec<EventInput>, ApiError> {
     match serde_json::from_slice::<JsonBatch>(body) {
         Ok(batch) => Ok(batch.events),
         Err(error) if error.is_data() => Err(ApiError::invalid_request(format!(
@@ -245,7 +245,7 @@ fn parse_json_batch(body: &[u8]) -> Result<Vec<Value>, ApiError> {
     }
 }
 
-fn parse_ndjson(body: &[u8], max_events: usize) -> Result<Vec<Value>, ApiError> {
+fn parse_ndjson(body: &[u8], max_events: usize) -> Result<Vec<EventInput>, ApiError> {
     let mut values = Vec::new();
     for (line_index, line) in body.split(|&b| b == b'\n').enumerate() {
         if line.iter().all(u8::is_ascii_whitespace) {
@@ -253,7 +253,7 @@ fn parse_ndjson(body: &[u8], max_events: usize) -> Result<Vec<Value>, ApiError> 
         }
         if values.len() == max_events {
             // One over the limit is enough to answer 413; parsing the rest would be waste.
-            values.push(Value::Null);
+            values.push(EventInput::NotAnObject);
             break;
         }
         let value = serde_json::from_slice(line).map_err(|error| {
