@@ -88,7 +88,9 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
             None => Arc::new(runner.clone()),
         },
     };
-    // Continuous exports run in this process, standalone only (see docs/lifecycle.md).
+    // Continuous exports run in this process standalone, as AuditExportSchedules in a cluster
+    // (see docs/lifecycle.md); both count their runs in the same metrics.
+    let schedule_metrics = ScheduleMetrics::register(&mut registry);
     let scheduler = match operator_cluster {
         Some(_) => None,
         None => Some(Scheduler::new(
@@ -97,7 +99,7 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
             SchedulerSettings {
                 max_concurrent: settings.export.max_concurrent_jobs,
                 min_interval_seconds: settings.export.schedule_min_interval_seconds,
-                metrics: ScheduleMetrics::register(&mut registry),
+                metrics: schedule_metrics.clone(),
                 ..SchedulerSettings::default()
             },
         )),
@@ -157,6 +159,12 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
             store.clone(),
             runner.engine().clone(),
             &settings.operator,
+            operator::schedule_controller::ScheduleSettings {
+                min_interval_seconds: settings.export.schedule_min_interval_seconds,
+                max_concurrent_runs: settings.export.max_concurrent_jobs,
+                metrics: schedule_metrics,
+                ..operator::schedule_controller::ScheduleSettings::default()
+            },
             operator_metrics,
             operator_shutdown.clone(),
         )),

@@ -218,6 +218,23 @@ impl Exporter for FakeExporter {
         self.calls.lock().push(Call::Estimate);
         Ok(4)
     }
+
+    async fn late_summary(
+        &self,
+        spec: &ExportSpec,
+        snapshot_seq: u64,
+    ) -> Result<Option<crate::export::job::LateSummary>, ExportFailure> {
+        // One late event for every run after the first.
+        Ok(spec
+            .late
+            .as_ref()
+            .map(|late| crate::export::job::LateSummary {
+                count: 1,
+                since_seq: late.since_seq.min(snapshot_seq),
+                first_event: None,
+                last_event: None,
+            }))
+    }
 }
 
 #[async_trait]

@@ -26,9 +26,10 @@ use crate::export::schedule::{
 use crate::store::search::SortKey;
 use crate::timestamp;
 
-/// Who created a schedule: the resource, by namespace and name.
+/// Who created a schedule: the resource, by namespace and name (`kubernetes:NAMESPACE/NAME`,
+/// the actor of an AuditExport applied with kubectl too).
 pub fn created_by(namespace: &str, name: &str) -> String {
-    format!("k8s:{namespace}/{name}")
+    format!("kubernetes:{namespace}/{name}")
 }
 
 /// Validates the resource's spec exactly as `POST /v1/audit/export-schedules` validates its
