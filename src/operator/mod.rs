@@ -36,6 +36,8 @@ pub mod trust;
 #[cfg(test)]
 mod fixtures;
 #[cfg(test)]
+mod schedule_tests;
+#[cfg(test)]
 mod tests;
 
 pub use crd::{AuditExport, AuditExportSpec, AuditExportStatus};

@@ -177,6 +177,15 @@ impl ScheduleCtx {
         (self.clock)().as_microsecond()
     }
 
+    /// Schedules whose run task is working now.
+    pub fn running(&self) -> usize {
+        self.known
+            .lock()
+            .values()
+            .filter(|known| known.running.is_some())
+            .count()
+    }
+
     fn is_running(&self, key: &str) -> bool {
         self.known
             .lock()
