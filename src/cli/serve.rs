@@ -120,6 +120,13 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
     if let Some(scheduler) = &scheduler {
         state = state.with_schedules(scheduler.clone());
     }
+    if let Some(cluster) = operator_cluster {
+        let namespaces = operator::watched_namespaces(&cluster.namespace, &settings.operator);
+        state = state.with_cluster_schedules(operator::schedule_registry::KubeSchedules::new(
+            &cluster.client,
+            &namespaces,
+        ));
+    }
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("failed to listen on {}", settings.listen))?;

@@ -29,6 +29,7 @@ pub mod registry;
 pub mod schedule_controller;
 pub mod schedule_convert;
 pub mod schedule_crd;
+pub mod schedule_registry;
 pub mod status;
 pub mod status_writer;
 pub mod trust;
