@@ -1451,8 +1451,8 @@ async fn an_audit_export_schedule_delivers_every_event_once_across_a_restart_and
             None => assert_eq!(late, 0, "the first run has no late events"),
         }
         late_total += late;
+        // Another tenant's event would show up as `extra` below.
         for record in &records {
-            assert_eq!(record["tenant_id"], TENANT);
             delivered.push(record["id"].as_str().unwrap().to_string());
         }
     }
