@@ -74,13 +74,7 @@ async fn create(args: &SettingsArgs) -> anyhow::Result<()> {
         .await
         .map_err(anyhow::Error::msg)?;
     store.flush().await?;
-    let taken = snapshot_once(
-        &store,
-        data_dir,
-        &target,
-        settings.snapshots.keep as usize,
-    )
-    .await;
+    let taken = snapshot_once(&store, data_dir, &target, settings.snapshots.keep as usize).await;
     store.shutdown().await;
     let (manifest, bytes) = taken?;
     println!(

@@ -203,7 +203,10 @@ impl SnapshotsSection {
                 ),
             ));
         }
-        let credentials_path = self.credentials_path.clone().filter(|path| !path.is_empty());
+        let credentials_path = self
+            .credentials_path
+            .clone()
+            .filter(|path| !path.is_empty());
         if kind != "file" && credentials_path.is_none() {
             return Err(invalid(
                 "snapshots.credentials_path (SCAIVAULT_AUDIT_SNAPSHOTS_CREDENTIALS_PATH)",

@@ -92,7 +92,12 @@ pub fn stage(data_dir: &Path, index: &Index) -> Result<StagedSnapshot, SnapshotE
         write_new(&dir.join(&path), &bytes[..complete])?;
         paths.insert(path);
     }
-    let payload = pin_commit(index, &data_dir.join("index"), &dir.join("index"), &mut paths)?;
+    let payload = pin_commit(
+        index,
+        &data_dir.join("index"),
+        &dir.join("index"),
+        &mut paths,
+    )?;
     for name in AFTER_COMMIT {
         if let Some(bytes) = read_optional(&integrity.join(name))? {
             let path = format!("integrity/{name}");
@@ -130,13 +135,13 @@ fn pin_commit(
     paths: &mut BTreeSet<String>,
 ) -> Result<CommitPayload, SnapshotError> {
     let directory = index.directory();
-    let _meta_lock = directory.acquire_lock(&META_LOCK).map_err(|error| {
-        SnapshotError::Io {
+    let _meta_lock = directory
+        .acquire_lock(&META_LOCK)
+        .map_err(|error| SnapshotError::Io {
             action: "lock the commit of",
             path: index_dir.to_path_buf(),
             source: std::io::Error::other(error.to_string()),
-        }
-    })?;
+        })?;
     let meta_path = Path::new("meta.json");
     let read_meta = || {
         directory

@@ -263,7 +263,14 @@ mod tests {
         assert!(manifest().check(3).is_ok());
         assert!(manifest().check(4).is_ok(), "an older index is migrated");
         let error = manifest().check(2).unwrap_err();
-        assert!(matches!(error, SnapshotError::NewerIndex { found: 3, supported: 2, .. }));
+        assert!(matches!(
+            error,
+            SnapshotError::NewerIndex {
+                found: 3,
+                supported: 2,
+                ..
+            }
+        ));
         assert!(error.to_string().contains("newer"), "{error}");
         let mut newer_format = manifest();
         newer_format.format_version = FORMAT_VERSION + 1;

@@ -28,6 +28,8 @@ pub mod manifest;
 pub mod remote;
 pub mod restore;
 pub mod service;
+#[cfg(test)]
+mod tests;
 
 use std::path::PathBuf;
 
@@ -74,9 +76,7 @@ pub enum SnapshotError {
     },
     #[error("no snapshot {0} at the destination")]
     NotFound(String),
-    #[error(
-        "{0} already holds a store; a snapshot is restored only into an empty data directory"
-    )]
+    #[error("{0} already holds a store; a snapshot is restored only into an empty data directory")]
     NotEmpty(PathBuf),
     #[error(
         "{0} holds write-ahead log segments: in the embedded mode the WAL is the log and is never replaced by a snapshot"
@@ -91,7 +91,10 @@ pub enum SnapshotError {
 }
 
 /// An I/O error of `action` on `path`.
-fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> SnapshotError {
+fn io(
+    action: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(std::io::Error) -> SnapshotError {
     let path = path.into();
     move |source| SnapshotError::Io {
         action,

@@ -77,9 +77,8 @@ impl DestinationOpener {
     /// Opens the destination: credentials read, endpoints checked.
     pub async fn open(&self) -> Result<SnapshotTarget, SnapshotError> {
         let destination = &self.destination;
-        let failed = |message: String| {
-            SnapshotError::Destination(format!("{}: {message}", self.location()))
-        };
+        let failed =
+            |message: String| SnapshotError::Destination(format!("{}: {message}", self.location()));
         let kind = DestinationType::parse(&destination.kind)
             .ok_or_else(|| failed("not a destination type".into()))?;
         let credentials = if kind == DestinationType::File {

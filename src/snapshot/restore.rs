@@ -219,7 +219,8 @@ fn place(
         fs::rename(downloads.join(path), &target).map_err(io("place", &target))?;
     }
     if manifest.files.iter().any(|file| file.path == KEYRING) {
-        let bytes = fs::read(downloads.join(KEYRING)).map_err(io("read", downloads.join(KEYRING)))?;
+        let bytes =
+            fs::read(downloads.join(KEYRING)).map_err(io("read", downloads.join(KEYRING)))?;
         crate::integrity::keys::Keyring::adopt_public_ring(&integrity.join("keys"), &bytes)?;
     }
     sync_dir(&integrity)?;

@@ -337,14 +337,17 @@ impl Sink for GcsSink {
     async fn delete(&self, key: &str) -> Result<(), SinkError> {
         let location = format!("gs://{}/{key}", self.bucket);
         let headers = self.auth_headers("deleting", &location).await?;
-        let mut url = url::Url::parse(&format!("{}/storage/v1/b/", self.endpoint)).map_err(|_| {
-            SinkError::new(
-                SinkErrorKind::Rejected,
-                format!("deleting {location}: the GCS endpoint is not a URL"),
-            )
-        })?;
+        let mut url =
+            url::Url::parse(&format!("{}/storage/v1/b/", self.endpoint)).map_err(|_| {
+                SinkError::new(
+                    SinkErrorKind::Rejected,
+                    format!("deleting {location}: the GCS endpoint is not a URL"),
+                )
+            })?;
         if let Ok(mut segments) = url.path_segments_mut() {
-            segments.pop_if_empty().extend([self.bucket.as_str(), "o", key]);
+            segments
+                .pop_if_empty()
+                .extend([self.bucket.as_str(), "o", key]);
         }
         let response = self
             .http
@@ -352,7 +355,9 @@ impl Sink for GcsSink {
             .headers(headers)
             .send()
             .await
-            .map_err(|_| SinkError::transient(format!("deleting {location}: GCS is unreachable")))?;
+            .map_err(|_| {
+                SinkError::transient(format!("deleting {location}: GCS is unreachable"))
+            })?;
         match response.status().as_u16() {
             200 | 204 | 404 => Ok(()),
             status => Err(SinkError::new(
