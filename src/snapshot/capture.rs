@@ -71,8 +71,10 @@ pub fn staging_root(data_dir: &Path) -> PathBuf {
 pub fn stage(data_dir: &Path, index: &Index) -> Result<StagedSnapshot, SnapshotError> {
     let root = staging_root(data_dir);
     // Leftovers of an interrupted run are never uploaded again.
-    if root.exists() {
-        fs::remove_dir_all(&root).map_err(io("remove", &root))?;
+    match fs::remove_dir_all(&root) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(io("remove", &root)(error)),
     }
     let id = ulid::Ulid::generate().to_string();
     let dir = root.join(&id);
@@ -165,7 +167,7 @@ fn pin_commit(
             let name = file.to_string_lossy().into_owned();
             let source = index_dir.join(&file);
             // Candidates include components a segment does not have.
-            if !source.exists() {
+            if !super::exists(&source)? {
                 continue;
             }
             link_or_copy(&source, &target.join(&file))?;

@@ -102,3 +102,8 @@ fn io(
         source,
     }
 }
+
+/// Whether `path` exists (an error other than "not found" is an error).
+fn exists(path: &std::path::Path) -> Result<bool, SnapshotError> {
+    path.try_exists().map_err(io("check", path))
+}

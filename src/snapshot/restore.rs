@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 
 use super::manifest::{INDEX_META, ManifestFile, SnapshotManifest};
 use super::remote::SnapshotTarget;
-use super::{SnapshotError, io};
+use super::{SnapshotError, exists, io};
 use crate::store::schema::SCHEMA_VERSION;
 
 /// The marker of an unfinished restore, in the data directory.
@@ -58,8 +58,9 @@ pub fn marker_path(data_dir: &Path) -> PathBuf {
 
 /// Whether `data_dir` holds no store: no index commit and no WAL segment, or an unfinished
 /// restore.
-pub fn holds_no_store(data_dir: &Path) -> bool {
-    marker_path(data_dir).exists() || (!data_dir.join(INDEX_META).exists() && !has_wal(data_dir))
+pub fn holds_no_store(data_dir: &Path) -> Result<bool, SnapshotError> {
+    Ok(exists(&marker_path(data_dir))?
+        || (!exists(&data_dir.join(INDEX_META))? && !has_wal(data_dir)))
 }
 
 fn has_wal(data_dir: &Path) -> bool {
@@ -108,13 +109,13 @@ pub async fn restore(
 }
 
 fn check_replaceable(data_dir: &Path, mode: RestoreMode) -> Result<(), SnapshotError> {
-    if has_wal(data_dir) && !marker_path(data_dir).exists() {
+    if has_wal(data_dir) && !exists(&marker_path(data_dir))? {
         return Err(match mode {
             RestoreMode::IntoEmpty => SnapshotError::NotEmpty(data_dir.to_path_buf()),
             RestoreMode::ReplaceStale => SnapshotError::HasWal(data_dir.to_path_buf()),
         });
     }
-    if mode == RestoreMode::IntoEmpty && !holds_no_store(data_dir) {
+    if mode == RestoreMode::IntoEmpty && !holds_no_store(data_dir)? {
         return Err(SnapshotError::NotEmpty(data_dir.to_path_buf()));
     }
     Ok(())
@@ -233,7 +234,7 @@ fn place(
 }
 
 fn sync_dir(dir: &Path) -> Result<(), SnapshotError> {
-    if !dir.exists() {
+    if !exists(dir)? {
         return Ok(());
     }
     fs::File::open(dir)

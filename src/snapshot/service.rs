@@ -217,7 +217,7 @@ pub async fn restore_at_start(
     data_dir: &Path,
     metrics: &SnapshotMetrics,
 ) -> Result<Option<RestoreOutcome>, SnapshotError> {
-    if !restore::holds_no_store(data_dir) {
+    if !restore::holds_no_store(data_dir)? {
         return Ok(None);
     }
     let result = async {

@@ -98,13 +98,19 @@ fn read_manifest(root: &Path, id: &str) -> SnapshotManifest {
 
 /// Nothing of a refused restore is placed: no index, no marker, no downloads.
 fn assert_nothing_placed(dir: &Path) {
-    assert!(!dir.join("index").exists(), "an index was placed");
-    assert!(!restore::marker_path(dir).exists(), "the marker was left");
     assert!(
-        !dir.join(".snapshot-restore").exists(),
+        !dir.join("index").try_exists().unwrap(),
+        "an index was placed"
+    );
+    assert!(
+        !restore::marker_path(dir).try_exists().unwrap(),
+        "the marker was left"
+    );
+    assert!(
+        !dir.join(".snapshot-restore").try_exists().unwrap(),
         "downloads were left"
     );
-    assert!(restore::holds_no_store(dir));
+    assert!(restore::holds_no_store(dir).unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -131,7 +137,8 @@ async fn a_restored_store_holds_the_same_events_and_continues_the_chains() {
             .join("snapshots")
             .join("staging")
             .join(&manifest.id)
-            .exists(),
+            .try_exists()
+            .unwrap(),
         "the staging folder stays behind"
     );
     assert_eq!(
@@ -149,8 +156,8 @@ async fn a_restored_store_holds_the_same_events_and_continues_the_chains() {
         (outcome.id.as_str(), outcome.position),
         (manifest.id.as_str(), position)
     );
-    assert!(!restore::marker_path(&restored).exists());
-    assert!(!restored.join(".snapshot-restore").exists());
+    assert!(!restore::marker_path(&restored).try_exists().unwrap());
+    assert!(!restored.join(".snapshot-restore").try_exists().unwrap());
     let copy = open_ready(&restored).await;
     assert_eq!(copy.searcher().num_docs(), 41);
     assert_eq!(copy.committed_seq(), position);
@@ -367,7 +374,7 @@ async fn a_newer_index_version_is_refused_and_an_unfinished_restore_is_never_ope
     let message = refused.err().unwrap().to_string();
     assert!(message.contains("did not finish"), "{message}");
     // ... and a new restore finishes it.
-    assert!(restore::holds_no_store(&dir));
+    assert!(restore::holds_no_store(&dir).unwrap());
     restore::restore(&target, &dir, None, RestoreMode::IntoEmpty)
         .await
         .unwrap()
@@ -410,7 +417,7 @@ async fn a_replica_behind_the_log_window_restores_one_that_covers_it() {
         .await
         .unwrap_err();
     assert!(matches!(error, SnapshotError::HasWal(_)), "{error}");
-    assert!(!embedded.join("index").exists());
+    assert!(!embedded.join("index").try_exists().unwrap());
 }
 
 #[test]
@@ -434,7 +441,10 @@ fn a_restored_key_ring_keeps_the_old_public_keys_as_retired() {
         .unwrap();
     assert!(retired.valid_until.is_some());
     assert!(
-        !new_dir.join(format!("{}.pem", old.kid())).exists(),
+        !new_dir
+            .join(format!("{}.pem", old.kid()))
+            .try_exists()
+            .unwrap(),
         "the old private key is never copied"
     );
     // Adopting again (a second restore) keeps one entry per key and the active key.

@@ -122,7 +122,13 @@ impl Store {
         let data_dir = &config.data_dir;
         create_dir(data_dir)?;
         let lock = lock_data_dir(data_dir)?;
-        if crate::snapshot::restore::marker_path(data_dir).exists() {
+        let marker = crate::snapshot::restore::marker_path(data_dir);
+        let restoring = marker.try_exists().map_err(|source| StoreError::Io {
+            action: "check",
+            path: marker,
+            source,
+        })?;
+        if restoring {
             return Err(StoreError::RestoreUnfinished(data_dir.clone()));
         }
         let (index, fields) = open_or_create_index(data_dir, config.index_memory_bytes)?;
