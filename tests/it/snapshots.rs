@@ -457,69 +457,92 @@ async fn the_service_snapshots_periodically_and_keeps_the_newest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs scripts/emulators.sh"]
-async fn gcs_holds_snapshots_too_and_keeps_the_newest() {
-    let endpoint = emulator_env("SCAIVAULT_TEST_GCS_ENDPOINT");
+async fn gcs_and_azure_hold_snapshots_too_and_keep_the_newest() {
     let bucket = emulator_env("SCAIVAULT_TEST_BUCKET");
-    let dir = TestDir::new();
-    let prefix = run_prefix("snap-gcs");
-    within(TEST_DEADLINE, "GCS snapshots", async {
-        let client = client();
-        let credentials = dir.root().join("credentials");
-        write_dev_secret(
-            &credentials,
-            "infra/gcp/snapshots",
-            json!({"service_account_json": gcs_service_account(), "endpoint_url": endpoint}),
-        );
-        let credentials = credentials.display().to_string();
-        let args = [
-            "--credentials-dir",
-            credentials.as_str(),
-            "--export-allow-private-endpoints",
-            "--snapshots-type",
-            "gcs",
-            "--snapshots-bucket",
-            bucket.as_str(),
-            "--snapshots-prefix",
-            prefix.as_str(),
-            "--snapshots-credentials-path",
-            "infra/gcp/snapshots",
-            "--snapshots-keep",
-            "1",
-        ];
-        let source = dir.data_dir();
-        let mut server = Server::start(&source, &[FAST_COMMITS, AUDIT_OF_AUDIT_OFF].concat()).await;
-        ingest_two_tenants(&client, &server, 0).await;
-        assert!(server.terminate().await.success());
-        let mut create_args = vec!["--data-dir", source.to_str().unwrap()];
-        create_args.extend(args);
-        let mut ids = Vec::new();
-        for _ in 0..2 {
-            let created = snapshot_cli("create", &create_args);
-            assert!(created.status.success(), "{}", text(&created));
-            let stdout = String::from_utf8_lossy(&created.stdout).into_owned();
-            ids.push(stdout.split_whitespace().nth(1).unwrap().to_owned());
-        }
-        let listed = snapshot_cli("list", &args);
-        assert!(listed.status.success(), "{}", text(&listed));
-        let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
-        assert_eq!(listed.lines().count(), 1, "{listed}");
-        assert!(listed.starts_with(&ids[1]), "{listed}");
-        let pruned = format!("{prefix}snapshots/{}/index/meta.json", ids[0]);
-        assert_eq!(
-            gcs_get(&endpoint, &bucket, &pruned).await,
-            None,
-            "a pruned file remains"
-        );
+    let gcs = emulator_env("SCAIVAULT_TEST_GCS_ENDPOINT");
+    let (azure, account, key) = (
+        emulator_env("SCAIVAULT_TEST_AZURE_ENDPOINT"),
+        emulator_env("SCAIVAULT_TEST_AZURE_ACCOUNT"),
+        emulator_env("SCAIVAULT_TEST_AZURE_KEY"),
+    );
+    let gcs_secret = json!({"service_account_json": gcs_service_account(), "endpoint_url": &gcs});
+    let azure_secret =
+        json!({"account_name": &account, "account_key": &key, "endpoint_url": &azure});
+    for (kind, secret) in [("gcs", gcs_secret), ("azure_blob", azure_secret)] {
+        let dir = TestDir::new();
+        let prefix = run_prefix(&format!("snap-{kind}"));
+        within(TEST_DEADLINE, kind, async {
+            let (pruned, kept) = cli_round_trip(&dir, kind, secret, &bucket, &prefix).await;
+            let get = async |object: &str| match kind {
+                "gcs" => gcs_get(&gcs, &bucket, object).await,
+                _ => azure_get(&azure, &account, &key, &format!("{bucket}/{object}")).await,
+            };
+            assert!(
+                get(&kept).await.is_some(),
+                "{kind}: the kept snapshot is not readable"
+            );
+            assert_eq!(get(&pruned).await, None, "{kind}: a pruned file remains");
+        })
+        .await;
+    }
+}
 
-        let target = dir.root().join("restored");
-        let mut restore_args = vec!["--to", target.to_str().unwrap()];
-        restore_args.extend(args);
-        let restored = snapshot_cli("restore", &restore_args);
-        assert!(restored.status.success(), "{}", text(&restored));
-        let mut server = Server::start(&target, &[FAST_COMMITS, AUDIT_OF_AUDIT_OFF].concat()).await;
-        let logs = fetch_all_logs(&client, server.base_url(), server.token(), TENANT).await;
-        assert_eq!(logs.len(), 25);
-        assert!(server.terminate().await.success());
-    })
-    .await;
+/// `snapshot create` twice with `keep = 1`, `list` and `restore` on a `kind` destination;
+/// returns the key of `index/meta.json` of the pruned first snapshot and of the kept one.
+async fn cli_round_trip(
+    dir: &TestDir,
+    kind: &str,
+    secret: Value,
+    bucket: &str,
+    prefix: &str,
+) -> (String, String) {
+    let client = client();
+    let credentials = dir.root().join("credentials");
+    write_dev_secret(&credentials, "infra/snapshots", secret);
+    let credentials = credentials.display().to_string();
+    let args = [
+        "--credentials-dir",
+        credentials.as_str(),
+        "--export-allow-private-endpoints",
+        "--snapshots-type",
+        kind,
+        "--snapshots-bucket",
+        bucket,
+        "--snapshots-prefix",
+        prefix,
+        "--snapshots-credentials-path",
+        "infra/snapshots",
+        "--snapshots-keep",
+        "1",
+    ];
+    let source = dir.data_dir();
+    let mut server = Server::start(&source, &[FAST_COMMITS, AUDIT_OF_AUDIT_OFF].concat()).await;
+    ingest_two_tenants(&client, &server, 0).await;
+    assert!(server.terminate().await.success());
+    let mut create_args = vec!["--data-dir", source.to_str().unwrap()];
+    create_args.extend(args);
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let created = snapshot_cli("create", &create_args);
+        assert!(created.status.success(), "{kind}: {}", text(&created));
+        let stdout = String::from_utf8_lossy(&created.stdout).into_owned();
+        ids.push(stdout.split_whitespace().nth(1).unwrap().to_owned());
+    }
+    let listed = snapshot_cli("list", &args);
+    assert!(listed.status.success(), "{kind}: {}", text(&listed));
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert_eq!(listed.lines().count(), 1, "{kind}: {listed}");
+    assert!(listed.starts_with(&ids[1]), "{kind}: {listed}");
+
+    let target = dir.root().join("restored");
+    let mut restore_args = vec!["--to", target.to_str().unwrap()];
+    restore_args.extend(args);
+    let restored = snapshot_cli("restore", &restore_args);
+    assert!(restored.status.success(), "{kind}: {}", text(&restored));
+    let mut server = Server::start(&target, &[FAST_COMMITS, AUDIT_OF_AUDIT_OFF].concat()).await;
+    let logs = fetch_all_logs(&client, server.base_url(), server.token(), TENANT).await;
+    assert_eq!(logs.len(), 25, "{kind}");
+    assert!(server.terminate().await.success());
+    let meta = |id: &str| format!("{prefix}snapshots/{id}/index/meta.json");
+    (meta(&ids[0]), meta(&ids[1]))
 }
