@@ -157,9 +157,28 @@ fn cluster_mode_renders_and_validates_for_several_replica_counts() {
             cluster.get("nats_url").and_then(|url| url.as_str()),
             Some(EXTERNAL_URL)
         );
-        // Nothing else: no credentials or TLS files without their Secrets, the service's own
-        // lag limit.
-        assert_eq!(cluster.len(), 1, "{cluster:?}");
+        // No credentials or TLS files without their Secrets; the stream settings and the lag
+        // limit are the service's defaults.
+        for key in [
+            "credentials_file",
+            "tls_ca_file",
+            "tls_cert_file",
+            "tls_key_file",
+        ] {
+            assert!(cluster.get(key).is_none(), "{key}: {cluster:?}");
+        }
+        assert_eq!(cluster["stream"].as_str(), Some("SCAIVAULT_AUDIT"));
+        assert_eq!(cluster["subject"].as_str(), Some("scaivault.audit.events"));
+        for (key, value) in [
+            ("replicas", 3),
+            ("max_age_seconds", 7 * 24 * 3600),
+            ("max_bytes", 16 << 30),
+            ("publish_timeout_ms", 2000),
+            ("duplicate_window_seconds", 120),
+            ("max_lag_messages", 10_000),
+        ] {
+            assert_eq!(cluster[key].as_integer(), Some(value), "{key}");
+        }
     }
     // replicaCount 1 (and 0) in cluster mode are fine too: a replica set being built up.
     for replicas in [0, 1] {
@@ -221,26 +240,30 @@ fn the_cluster_values_files_carry_the_nats_settings_into_the_pod() {
         "tls://nats-0.nats.nats.svc:4222,tls://nats-1.nats.nats.svc:4222,\
          tls://nats-2.nats.nats.svc:4222"
     );
-    assert_eq!(
-        cluster["readiness_max_lag_events"].as_integer(),
-        Some(50000)
-    );
+    for (key, value) in [
+        ("max_lag_messages", 50_000),
+        ("max_age_seconds", 14 * 24 * 3600),
+        ("max_bytes", 100 << 30),
+        ("publish_timeout_ms", 1500),
+    ] {
+        assert_eq!(cluster[key].as_integer(), Some(value), "{key}");
+    }
     for (key, volume, secret, item_key) in [
         (
-            "nats_credentials_file",
+            "credentials_file",
             "nats-credentials",
             "scaivault-audit-nats-creds",
             "audit.creds",
         ),
-        ("nats_tls_ca_file", "nats-ca", "nats-ca", "ca.crt"),
+        ("tls_ca_file", "nats-ca", "nats-ca", "ca.crt"),
         (
-            "nats_tls_cert_file",
+            "tls_cert_file",
             "nats-client-tls",
             "scaivault-audit-nats-client-tls",
             "tls.crt",
         ),
         (
-            "nats_tls_key_file",
+            "tls_key_file",
             "nats-client-tls",
             "scaivault-audit-nats-client-tls",
             "tls.key",

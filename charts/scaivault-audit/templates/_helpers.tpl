@@ -286,18 +286,23 @@ the service's default, the pod name (HOSTNAME), which a StatefulSet keeps per or
 [cluster]
 nats_url = {{ include "scaivault-audit.natsUrl" . | toJson }}
 {{- if $c.nats.credentialsSecret }}
-nats_credentials_file = {{ printf "%s/nats.creds" (include "scaivault-audit.natsCredentialsDir" .) | toJson }}
+credentials_file = {{ printf "%s/nats.creds" (include "scaivault-audit.natsCredentialsDir" .) | toJson }}
 {{- end }}
 {{- if $c.nats.tls.caSecret }}
-nats_tls_ca_file = {{ printf "%s/ca.crt" (include "scaivault-audit.natsCaDir" .) | toJson }}
+tls_ca_file = {{ printf "%s/ca.crt" (include "scaivault-audit.natsCaDir" .) | toJson }}
 {{- end }}
 {{- if $c.nats.tls.clientSecret }}
-nats_tls_cert_file = {{ printf "%s/tls.crt" (include "scaivault-audit.natsClientTlsDir" .) | toJson }}
-nats_tls_key_file = {{ printf "%s/tls.key" (include "scaivault-audit.natsClientTlsDir" .) | toJson }}
+tls_cert_file = {{ printf "%s/tls.crt" (include "scaivault-audit.natsClientTlsDir" .) | toJson }}
+tls_key_file = {{ printf "%s/tls.key" (include "scaivault-audit.natsClientTlsDir" .) | toJson }}
 {{- end }}
-{{- if gt (int64 $c.readinessMaxLagEvents) 0 }}
-readiness_max_lag_events = {{ int64 $c.readinessMaxLagEvents }}
-{{- end }}
+stream = {{ toJson $c.stream.name }}
+subject = {{ toJson $c.stream.subject }}
+replicas = {{ int64 $c.stream.replicas }}
+max_age_seconds = {{ int64 $c.stream.maxAgeSeconds }}
+max_bytes = {{ int64 $c.stream.maxBytes }}
+publish_timeout_ms = {{ int64 $c.stream.publishTimeoutMs }}
+duplicate_window_seconds = {{ int64 $c.stream.duplicateWindowSeconds }}
+max_lag_messages = {{ int64 $c.maxLagMessages }}
 {{- end }}
 
 {{/* Majority of the replicas: floor(n/2)+1. */}}
