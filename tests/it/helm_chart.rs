@@ -1129,6 +1129,13 @@ impl SimulatedPod {
             .map(|arg| simulated.map(arg.as_str().unwrap()))
             .collect();
         assert_eq!(simulated.args[0], "serve", "{case}");
+        // The kubelet sets HOSTNAME to the pod name: "<statefulset>-<ordinal>".
+        let statefulset = rendered.one("StatefulSet")["metadata"]["name"]
+            .as_str()
+            .unwrap();
+        simulated
+            .env
+            .push(("HOSTNAME".into(), format!("{statefulset}-0")));
         for var in container["env"].as_array().unwrap() {
             let name = var["name"].as_str().unwrap().to_string();
             let value = var["value"].as_str().unwrap_or_else(|| {
@@ -1442,6 +1449,17 @@ fn the_binary_accepts_the_rendered_arguments_environment_and_config() {
             format!("{}/integrity/keys", pod.map("/data"))
         };
         assert_eq!(get("integrity", "keys_dir"), string(&keys_dir), "{name}");
+        // In cluster mode the replica id (the durable consumer's name) is the pod name.
+        let cluster = effective
+            .get("cluster")
+            .and_then(|section| section.as_table());
+        if cluster.is_some_and(|section| section.contains_key("nats_url")) {
+            assert_eq!(
+                get("cluster", "replica_id"),
+                string(pod.env("HOSTNAME")),
+                "{name}"
+            );
+        }
         // Exports read credentials from ScaiVault exactly when its token is mounted.
         let scaivault = rendered.has_mount("scaivault-token");
         assert_eq!(
