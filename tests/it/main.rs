@@ -18,6 +18,7 @@ mod export_sinks;
 mod export_verify;
 mod exports;
 mod helm_chart;
+mod helm_cluster;
 mod helm_ops;
 mod ingest_api;
 mod integrity;

@@ -62,6 +62,9 @@ app.kubernetes.io/part-of: scaivault
 {{- define "scaivault-audit.jwksDir" -}}/var/run/scaivault-audit/jwks{{- end }}
 {{- define "scaivault-audit.scaivaultDir" -}}/var/run/scaivault-audit/scaivault{{- end }}
 {{- define "scaivault-audit.integrityKeysDir" -}}/var/run/scaivault-audit/integrity-keys{{- end }}
+{{- define "scaivault-audit.natsCredentialsDir" -}}/var/run/scaivault-audit/nats-credentials{{- end }}
+{{- define "scaivault-audit.natsCaDir" -}}/var/run/scaivault-audit/nats-ca{{- end }}
+{{- define "scaivault-audit.natsClientTlsDir" -}}/var/run/scaivault-audit/nats-client-tls{{- end }}
 
 {{/* The chart's own Secret holds whatever is given inline; an existing Secret wins. */}}
 {{- define "scaivault-audit.secretName" -}}
@@ -234,6 +237,10 @@ checkpoint_interval_seconds = {{ int64 $c.integrity.checkpointIntervalSeconds }}
 {{- if .Values.integrity.keysSecret }}
 keys_dir = {{ include "scaivault-audit.integrityKeysDir" . | toJson }}
 {{- end }}
+{{- if .Values.cluster.enabled }}
+
+{{ include "scaivault-audit.clusterToml" . }}
+{{- end }}
 {{- with .Values.operator.namespaces }}
 
 [operator]
@@ -253,4 +260,95 @@ namespaces = {{ toJson . }}
 {{- else }}
 {{- printf "%s:%v" .Values.listenAddress .Values.service.port }}
 {{- end }}
+{{- end }}
+
+{{/*
+The NATS URL list of cluster mode: cluster.nats.url, or the bundled NATS chart's client Service
+(the official nats chart names its resources "<release>-nats", or "<release>" when the release
+name already contains "nats").
+*/}}
+{{- define "scaivault-audit.natsUrl" -}}
+{{- $n := .Values.cluster.nats }}
+{{- if $n.bundled }}
+{{- $service := ternary .Release.Name (printf "%s-nats" .Release.Name) (contains "nats" .Release.Name) | trunc 63 | trimSuffix "-" }}
+{{- printf "nats://%s.%s.svc:%d" $service .Release.Namespace (int64 $n.bundledPort) }}
+{{- else }}
+{{- $n.url }}
+{{- end }}
+{{- end }}
+
+{{/*
+The TOML [cluster] section. Files come from Secrets mounted read-only; the replica id is left to
+the service's default, the pod name (HOSTNAME), which a StatefulSet keeps per ordinal.
+*/}}
+{{- define "scaivault-audit.clusterToml" -}}
+{{- $c := .Values.cluster -}}
+[cluster]
+nats_url = {{ include "scaivault-audit.natsUrl" . | toJson }}
+{{- if $c.nats.credentialsSecret }}
+credentials_file = {{ printf "%s/nats.creds" (include "scaivault-audit.natsCredentialsDir" .) | toJson }}
+{{- end }}
+{{- if $c.nats.tls.caSecret }}
+tls_ca_file = {{ printf "%s/ca.crt" (include "scaivault-audit.natsCaDir" .) | toJson }}
+{{- end }}
+{{- if $c.nats.tls.clientSecret }}
+tls_cert_file = {{ printf "%s/tls.crt" (include "scaivault-audit.natsClientTlsDir" .) | toJson }}
+tls_key_file = {{ printf "%s/tls.key" (include "scaivault-audit.natsClientTlsDir" .) | toJson }}
+{{- end }}
+stream = {{ toJson $c.stream.name }}
+subject = {{ toJson $c.stream.subject }}
+replicas = {{ int64 $c.stream.replicas }}
+max_age_seconds = {{ int64 $c.stream.maxAgeSeconds }}
+max_bytes = {{ int64 $c.stream.maxBytes }}
+publish_timeout_ms = {{ int64 $c.stream.publishTimeoutMs }}
+duplicate_window_seconds = {{ int64 $c.stream.duplicateWindowSeconds }}
+max_lag_messages = {{ int64 $c.maxLagMessages }}
+{{- end }}
+
+{{/* Majority of the replicas: floor(n/2)+1. */}}
+{{- define "scaivault-audit.majority" -}}
+{{- add1 (div (int64 .Values.replicaCount) 2) }}
+{{- end }}
+
+{{/* Refusals of cluster-mode values the schema cannot express with a clear message. */}}
+{{- define "scaivault-audit.checkCluster" -}}
+{{- $c := .Values.cluster }}
+{{- if and (gt (int64 .Values.replicaCount) 1) (not $c.enabled) }}
+{{- fail (printf "replicaCount %d needs cluster.enabled: without cluster mode each pod keeps its own WAL and index and pods do not replicate, so a second pod would split the audit log (docs/deployment.md, \"Cluster mode\")" (int64 .Values.replicaCount)) }}
+{{- end }}
+{{- if $c.enabled }}
+{{- if and $c.nats.url $c.nats.bundled }}
+{{- fail "cluster.nats.url and cluster.nats.bundled exclude each other: name an existing NATS cluster, or use the bundled one" }}
+{{- end }}
+{{- if not (or $c.nats.url $c.nats.bundled) }}
+{{- fail "cluster.enabled needs cluster.nats.url (an existing NATS JetStream cluster of 3 servers with sync_interval: always) or cluster.nats.bundled (charts/scaivault-audit-cluster)" }}
+{{- end }}
+{{- if not .Values.integrity.keysSecret }}
+{{- fail "cluster.enabled needs integrity.keysSecret: every replica must sign checkpoints and manifests with the same key ring (scaivault-audit integrity keygen, then a Secret; docs/deployment.md)" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The chart's topology spread constraints of cluster mode (nodes, then zones). */}}
+{{- define "scaivault-audit.clusterSpread" -}}
+{{- range $key, $mode := dict "kubernetes.io/hostname" $.Values.cluster.topologySpread.nodes "topology.kubernetes.io/zone" $.Values.cluster.topologySpread.zones }}
+{{- if $mode }}
+- maxSkew: 1
+  topologyKey: {{ $key }}
+  whenUnsatisfiable: {{ $mode }}
+  labelSelector:
+    matchLabels:
+      {{- include "scaivault-audit.selectorLabels" $ | nindent 6 }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The client ports of the NATS URLs, comma-separated (4222 where a URL names none). */}}
+{{- define "scaivault-audit.natsPorts" -}}
+{{- $ports := list }}
+{{- range $url := include "scaivault-audit.natsUrl" . | splitList "," }}
+{{- $port := regexFind "[0-9]+$" (regexFind ":[0-9]+$" (trimPrefix "tls://" (trimPrefix "nats://" $url))) }}
+{{- $ports = append $ports (default "4222" $port) }}
+{{- end }}
+{{- join "," $ports }}
 {{- end }}
