@@ -2,7 +2,7 @@
 //! [`Settings`]. Precedence: flag > environment > file > default.
 //!
 //! One module per TOML section ([`server`], [`storage`], [`auth`], [`export`], [`logging`] for
-//! `[log]`, [`operator`], [`audit_of_audit`], [`integrity`], [`retention`]). Each has one struct that is both
+//! `[log]`, [`operator`], [`audit_of_audit`], [`integrity`], [`retention`], [`cluster`]). Each has one struct that is both
 //! the section's flags (clap, with their environment variables) and its TOML table (serde),
 //! every key optional; the flag and environment layer is laid over the file's key by key, then
 //! the section resolves itself into its typed settings, with its defaults and checks beside it.
@@ -18,6 +18,7 @@
 
 pub mod audit_of_audit;
 pub mod auth;
+pub mod cluster;
 pub mod export;
 pub mod integrity;
 pub mod logging;
@@ -37,6 +38,7 @@ pub use audit_of_audit::{AuditOfAuditSection, AuditOfAuditSettings};
 pub use auth::{
     AuthSection, JwksSource, JwtSettings, RateLimits, TokenReviewBinding, TokenReviewConfig,
 };
+pub use cluster::{ClusterSection, ClusterSettings};
 pub use export::{EndpointPolicy, ExportSection, ExportSettings};
 pub use integrity::{IntegritySection, IntegritySettings};
 pub use logging::{LogFormat, LogSection};
@@ -108,6 +110,8 @@ pub struct Sections {
     pub integrity: IntegritySection,
     #[command(flatten)]
     pub retention: RetentionSection,
+    #[command(flatten)]
+    pub cluster: ClusterSection,
 }
 
 impl Sections {
@@ -123,6 +127,7 @@ impl Sections {
             audit_of_audit: self.audit_of_audit.over(lower.audit_of_audit),
             integrity: self.integrity.over(lower.integrity),
             retention: self.retention.over(lower.retention),
+            cluster: self.cluster.over(lower.cluster),
         }
     }
 }
@@ -237,6 +242,8 @@ pub struct Settings {
     pub integrity: IntegritySettings,
     /// How long each tenant's events are kept, and how often expired ones are swept.
     pub retention: RetentionSettings,
+    /// `Some`: the clustered mode on NATS JetStream (`[cluster] nats_url` set).
+    pub cluster: Option<ClusterSettings>,
     /// Where each setting came from.
     pub origins: Origins,
 }
@@ -276,6 +283,7 @@ impl Settings {
         let operator = operator_section.resolve(export.max_concurrent_jobs)?;
         let integrity = given.integrity.resolve(&store.data_dir)?;
         let retention = given.retention.resolve()?;
+        let cluster = given.cluster.resolve()?;
         Ok(Settings {
             listen: server.listen,
             tls: server.tls,
@@ -297,6 +305,7 @@ impl Settings {
             failed_auth_per_minute: auth.failed_auth_per_minute,
             integrity,
             retention,
+            cluster,
             origins: args.origins(file_keys),
         })
     }
@@ -333,6 +342,10 @@ impl Settings {
             audit_of_audit: self.audit_of_audit.to_section(),
             integrity: self.integrity.to_section(),
             retention: self.retention.to_section(),
+            cluster: match &self.cluster {
+                Some(cluster) => cluster.to_section(),
+                None => ClusterSettings::embedded_section(),
+            },
         }
     }
 }
