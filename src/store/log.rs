@@ -35,6 +35,8 @@ use super::writer::{IndexMessage, IngestOutcome, PreparedEvent, Request, Sequenc
 const POLL: Duration = Duration::from_millis(100);
 /// How often the lag behind the log is measured.
 const LAG_EVERY: Duration = Duration::from_secs(1);
+/// How long a flush waits for the records the log already holds.
+const CATCH_UP: Duration = Duration::from_secs(5);
 
 /// The append side of the log: where an ingest request becomes durable.
 #[async_trait::async_trait]
@@ -197,7 +199,10 @@ impl ConsumeStage {
             match request {
                 // Never sent in this mode (the store publishes), answered for completeness.
                 Request::Ingest { reply, .. } => drop(reply.send(Err(WriteError::Closed))),
-                Request::Flush { reply } => drop(self.index.send(IndexMessage::Flush(reply))),
+                Request::Flush { reply } => {
+                    self.catch_up().await;
+                    drop(self.index.send(IndexMessage::Flush(reply)))
+                }
                 Request::Expire { expiry, reply } => {
                     drop(self.index.send(IndexMessage::Expire(expiry, reply)))
                 }
@@ -206,6 +211,25 @@ impl ConsumeStage {
                     let _ = reply.send(());
                     return true;
                 }
+            }
+        }
+    }
+
+    /// Reads until everything the log held when called is handed to the index stage (bounded
+    /// by [`CATCH_UP`]), so a flush covers every event acknowledged before it.
+    async fn catch_up(&mut self) {
+        let Ok(end) = self.source.end_position().await else {
+            return;
+        };
+        let started = Instant::now();
+        while self.processed < end && started.elapsed() < CATCH_UP {
+            match self.source.next_records(self.processed, POLL).await {
+                Ok(records) => {
+                    for record in records {
+                        self.apply(record);
+                    }
+                }
+                Err(_) => tokio::time::sleep(POLL).await,
             }
         }
     }
@@ -223,6 +247,16 @@ impl ConsumeStage {
     fn apply(&mut self, record: LogRecord) {
         if record.position <= self.processed {
             return;
+        }
+        if record.position > self.processed + 1 && !self.shared.log_gap.swap(true, Ordering::SeqCst)
+        {
+            // The stream no longer holds what this replica has not indexed (its window moved
+            // on, or messages were deleted): it is not ready until restored (docs/cluster.md).
+            tracing::error!(
+                missing_from = self.processed + 1,
+                missing_to = record.position - 1,
+                "log records this replica never indexed are gone from the stream"
+            );
         }
         let events = loop {
             match self.sequence(&record.events) {
@@ -557,6 +591,58 @@ mod tests {
         .err()
         .unwrap();
         assert!(matches!(error, StoreError::Mode(_)), "{error}");
+    }
+
+    /// A source whose log lost record 2 (its window moved on while the replica was away).
+    struct Lost {
+        inner: Box<dyn LogSource>,
+    }
+
+    #[async_trait::async_trait]
+    impl LogSource for Lost {
+        async fn next_records(
+            &mut self,
+            after: u64,
+            wait: Duration,
+        ) -> Result<Vec<LogRecord>, LogError> {
+            let mut records = self.inner.next_records(after, wait).await?;
+            records.retain(|record| record.position != 2);
+            Ok(records)
+        }
+
+        async fn acknowledge_through(&mut self, position: u64) -> Result<(), LogError> {
+            self.inner.acknowledge_through(position).await
+        }
+
+        async fn end_position(&mut self) -> Result<u64, LogError> {
+            self.inner.end_position().await
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_replica_that_missed_records_gone_from_the_log_is_not_ready() {
+        let log = MemoryLog::default();
+        for id in ["g1", "g2", "g3"] {
+            log.push(vec![event(id, true)]);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (source, _) = log.source();
+        let replicated = Replicated {
+            log: Arc::new(log.clone()),
+            source: Box::new(Lost { inner: source }),
+            max_lag: 1000,
+        };
+        let store = Store::open_replicated(
+            &config(dir.path()),
+            StoreMetrics::unregistered(),
+            replicated,
+        )
+        .unwrap();
+        store.wait_ready(Duration::from_secs(30)).await.unwrap();
+        caught_up(&store, 3).await;
+        assert_eq!(store.searcher().num_docs(), 2);
+        assert!(store.health().log_gap);
+        store.shutdown().await;
     }
 
     /// A source that delivers nothing for its first polls (a slow network), so the lag shows.

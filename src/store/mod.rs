@@ -95,6 +95,8 @@ pub struct StoreHealth {
     pub log_lag: Option<u64>,
     /// Clustered mode: the lag exceeds its limit; the replica is not ready.
     pub lagging: bool,
+    /// Clustered mode: records this replica never indexed are gone from the log; not ready.
+    pub log_gap: bool,
 }
 
 /// Handle to the store. Cheap to clone.
@@ -370,6 +372,7 @@ impl Store {
                 .clustered
                 .then(|| shared.log_lag.load(Ordering::SeqCst)),
             lagging: shared.lagging.load(Ordering::SeqCst),
+            log_gap: shared.log_gap.load(Ordering::SeqCst),
         }
     }
 }

@@ -125,6 +125,8 @@ pub struct SharedState {
     pub log_lag: AtomicU64,
     /// Clustered mode: the lag exceeds its limit (the replica reports not ready).
     pub lagging: AtomicBool,
+    /// Clustered mode: records this replica never indexed are gone from the log (not ready).
+    pub log_gap: AtomicBool,
     pub ready: AtomicBool,
     pub index_ok: AtomicBool,
     pub wal_ok: AtomicBool,

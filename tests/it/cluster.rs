@@ -24,6 +24,9 @@ fn replica_args(cluster: &NatsCluster, id: &str, publish_timeout_ms: u64) -> Vec
         id.into(),
         "--nats-publish-timeout-ms".into(),
         publish_timeout_ms.to_string(),
+        // The default (16 GiB) is more file storage than a test machine's JetStream offers.
+        "--nats-max-bytes".into(),
+        (256u64 << 20).to_string(),
     ];
     args.extend(FAST_COMMITS.iter().map(|arg| arg.to_string()));
     args.extend(AUDIT_OF_AUDIT_OFF.iter().map(|arg| arg.to_string()));
