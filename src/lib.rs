@@ -24,6 +24,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod durable_file;
 pub mod event;

@@ -192,6 +192,17 @@ impl From<WriteError> for ApiError {
             }
             WriteError::Closed => ApiError::unavailable("the audit store is shutting down")
                 .with_cause(Cause::ShuttingDown),
+            WriteError::LogUnavailable(reason) => {
+                tracing::warn!(%reason, "ingest not acknowledged by the replicated log");
+                ApiError::unavailable(
+                    "the replicated audit log did not acknowledge the events in time; retry with the same event ids (they are stored once)",
+                )
+                .with_details(json!({ "retry_after": 1 }))
+                .with_cause(Cause::LogUnavailable)
+            }
+            WriteError::TooLargeForLog { .. } => {
+                ApiError::payload_too_large(format!("{error}; split the batch"))
+            }
             other => {
                 tracing::error!(error = %other, "ingest not acknowledged");
                 let cause = match other {
@@ -202,6 +213,9 @@ impl From<WriteError> for ApiError {
                     }
                     WriteError::NotReady => Cause::Starting,
                     WriteError::Closed => Cause::ShuttingDown,
+                    WriteError::LogUnavailable(_) | WriteError::TooLargeForLog { .. } => {
+                        Cause::LogUnavailable
+                    }
                 };
                 ApiError::unavailable(
                     "the audit store cannot accept writes right now; nothing was stored, retry later",

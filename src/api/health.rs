@@ -66,15 +66,43 @@ fn readiness(state: &AppState) -> Response {
     if let Some(reason) = &auth_problem {
         errors.insert("auth".into(), json!(reason));
     }
+    // A cluster replica too far behind the replicated log would answer stale queries: out of
+    // the Service until it has caught up (docs/cluster.md).
+    if health.log_gap {
+        errors.insert(
+            "log".into(),
+            json!(
+                "records this replica never indexed are gone from the replicated log; restore it"
+            ),
+        );
+    } else if health.lagging {
+        errors.insert(
+            "log".into(),
+            json!(format!(
+                "{} records of the replicated log are not indexed here yet",
+                health.log_lag.unwrap_or_default()
+            )),
+        );
+    }
     // A failing WAL or index only affects writes: queries still work, so the pod stays in
     // the Service and the checks tell operators what is wrong.
-    let ready = health.ready && auth_problem.is_none();
+    let ready = health.ready && auth_problem.is_none() && !health.lagging && !health.log_gap;
     let auth = if auth_problem.is_some() {
         "starting"
     } else {
         "ok"
     };
     let mut body = json!({"status": if ready { "ready" } else { "not_ready" }, "checks": {"index": index, "wal": wal, "auth": auth}});
+    if let Some(lag) = health.log_lag {
+        body["checks"]["log"] = json!(if health.log_gap {
+            "gap"
+        } else if health.lagging {
+            "lagging"
+        } else {
+            "ok"
+        });
+        body["log_lag"] = json!(lag);
+    }
     if !errors.is_empty() {
         body["errors"] = errors.into();
     }

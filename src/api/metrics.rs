@@ -48,9 +48,10 @@ const AUTH_REFUSALS: [&str; 5] = [
 ];
 
 /// The causes of an ingest 503.
-const INGEST_UNAVAILABLE: [Cause; 7] = [
+const INGEST_UNAVAILABLE: [Cause; 8] = [
     Cause::Starting,
     Cause::ShuttingDown,
+    Cause::LogUnavailable,
     Cause::WalError,
     Cause::DedupLookupError,
     Cause::IndexUnhealthy,
@@ -132,6 +133,8 @@ pub enum Cause {
     Starting,
     /// 503: the store is shutting down.
     ShuttingDown,
+    /// 503: the replicated log (clustered mode) did not acknowledge in time.
+    LogUnavailable,
     /// 503: a write-ahead log append failed.
     WalError,
     /// 503: looking up stored event ids failed.
@@ -152,6 +155,7 @@ impl Cause {
             Cause::AuthUnavailable => "auth_unavailable",
             Cause::Starting => "starting",
             Cause::ShuttingDown => "shutting_down",
+            Cause::LogUnavailable => "log_unavailable",
             Cause::WalError => "wal_error",
             Cause::DedupLookupError => "dedup_lookup_error",
             Cause::IndexUnhealthy => "index_unhealthy",

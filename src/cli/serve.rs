@@ -25,6 +25,7 @@ use scaivault_audit::retention::{ColdTier, RetentionMetrics, Sweeper};
 use scaivault_audit::snapshot::remote::DestinationOpener;
 use scaivault_audit::snapshot::{SnapshotMetrics, Snapshotter, service};
 use scaivault_audit::state::{AppState, ExportHandles};
+use scaivault_audit::store::log::Replicated;
 use scaivault_audit::store::{Store, StoreMetrics};
 use scaivault_audit::{api, operator, reload, telemetry};
 use tokio_util::sync::CancellationToken;
@@ -51,7 +52,7 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
         checkpointer::open(&settings.integrity)
             .context("failed to open the integrity key ring and checkpoint log")?,
     );
-    let store = Store::open(&settings.store, StoreMetrics::register(&mut registry))?;
+    let store = open_store(&settings, StoreMetrics::register(&mut registry)).await?;
     let cluster = operator::connect(&settings)
         .await
         .context("failed to connect to the Kubernetes API")?;
@@ -250,6 +251,29 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
     let written = checkpoints.checkpoint_now().await;
     tracing::info!(written, "final checkpoints written");
     Ok(())
+}
+
+/// The embedded store, or (with `[cluster] nats_url`) one replica following the JetStream log.
+async fn open_store(settings: &Settings, metrics: StoreMetrics) -> anyhow::Result<Store> {
+    let Some(cluster) = &settings.cluster else {
+        return Ok(Store::open(&settings.store, metrics)?);
+    };
+    let (log, source) = scaivault_audit::cluster::connect(cluster).await?;
+    tracing::info!(
+        replica_id = %cluster.replica_id,
+        stream = %cluster.stream,
+        "clustered mode: ingest goes to the JetStream stream (docs/cluster.md)"
+    );
+    let replicated = Replicated {
+        log: log.into_event_log(),
+        source: Box::new(source),
+        max_lag: cluster.max_lag_messages,
+    };
+    Ok(Store::open_replicated(
+        &settings.store,
+        metrics,
+        replicated,
+    )?)
 }
 
 /// Watches the TLS certificate and key, the tokens file and a JWKS file, and swaps a changed

@@ -2,7 +2,7 @@
 //! [`Settings`]. Precedence: flag > environment > file > default.
 //!
 //! One module per TOML section ([`server`], [`storage`], [`auth`], [`export`], [`logging`] for
-//! `[log]`, [`operator`], [`audit_of_audit`], [`integrity`], [`retention`], [`snapshots`]). Each has one struct that is both
+//! `[log]`, [`operator`], [`audit_of_audit`], [`integrity`], [`retention`], [`snapshots`], [`cluster`]). Each has one struct that is both
 //! the section's flags (clap, with their environment variables) and its TOML table (serde),
 //! every key optional; the flag and environment layer is laid over the file's key by key, then
 //! the section resolves itself into its typed settings, with its defaults and checks beside it.
@@ -18,6 +18,7 @@
 
 pub mod audit_of_audit;
 pub mod auth;
+pub mod cluster;
 pub mod export;
 pub mod integrity;
 pub mod logging;
@@ -38,6 +39,7 @@ pub use audit_of_audit::{AuditOfAuditSection, AuditOfAuditSettings};
 pub use auth::{
     AuthSection, JwksSource, JwtSettings, RateLimits, TokenReviewBinding, TokenReviewConfig,
 };
+pub use cluster::{ClusterSection, ClusterSettings};
 pub use export::{EndpointPolicy, ExportSection, ExportSettings};
 pub use integrity::{IntegritySection, IntegritySettings};
 pub use logging::{LogFormat, LogSection};
@@ -112,6 +114,7 @@ pub struct Sections {
     pub retention: RetentionSection,
     #[command(flatten)]
     pub snapshots: SnapshotsSection,
+    pub cluster: ClusterSection,
 }
 
 impl Sections {
@@ -128,6 +131,7 @@ impl Sections {
             integrity: self.integrity.over(lower.integrity),
             retention: self.retention.over(lower.retention),
             snapshots: self.snapshots.over(lower.snapshots),
+            cluster: self.cluster.over(lower.cluster),
         }
     }
 }
@@ -244,6 +248,8 @@ pub struct Settings {
     pub retention: RetentionSettings,
     /// Index snapshots in object storage (`[snapshots]`).
     pub snapshots: SnapshotSettings,
+    /// `Some`: the clustered mode on NATS JetStream (`[cluster] nats_url` set).
+    pub cluster: Option<ClusterSettings>,
     /// Where each setting came from.
     pub origins: Origins,
 }
@@ -284,6 +290,7 @@ impl Settings {
         let integrity = given.integrity.resolve(&store.data_dir)?;
         let retention = given.retention.resolve()?;
         let snapshots = given.snapshots.resolve()?;
+        let cluster = given.cluster.resolve()?;
         Ok(Settings {
             listen: server.listen,
             tls: server.tls,
@@ -306,6 +313,7 @@ impl Settings {
             integrity,
             retention,
             snapshots,
+            cluster,
             origins: args.origins(file_keys),
         })
     }
@@ -343,6 +351,10 @@ impl Settings {
             integrity: self.integrity.to_section(),
             retention: self.retention.to_section(),
             snapshots: self.snapshots.to_section(),
+            cluster: match &self.cluster {
+                Some(cluster) => cluster.to_section(),
+                None => ClusterSettings::embedded_section(),
+            },
         }
     }
 }

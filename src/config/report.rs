@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use super::{Sections, Settings, Source};
 
 /// Settings whose values are URLs that may carry a password (`https://user:pass@host`).
-const URL_KEYS: [&str; 2] = ["auth.jwks_url", "export.scaivault_url"];
+const URL_KEYS: [&str; 3] = ["auth.jwks_url", "export.scaivault_url", "cluster.nats_url"];
 
 impl Settings {
     /// The effective settings as TOML with each value's source: `flag --NAME`, `env NAME`,
@@ -137,8 +137,15 @@ fn inline(value: &Value) -> String {
     }
 }
 
-/// `text` with the password of its URL, if any, replaced.
+/// `text` with the password of its URL (each of a comma-separated list), if any, replaced.
 fn redact_url(text: &str) -> String {
+    if text.contains(',') {
+        return text
+            .split(',')
+            .map(redact_url)
+            .collect::<Vec<_>>()
+            .join(",");
+    }
     match url::Url::parse(text) {
         Ok(mut url) if url.password().is_some() => {
             let _ = url.set_password(Some("REDACTED"));

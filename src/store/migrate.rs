@@ -137,8 +137,8 @@ pub fn rebuild(
         }
     }
     let payload = CommitPayload {
-        next_seq: payload.next_seq,
         schema_version: SCHEMA_VERSION,
+        ..*payload
     };
     let mut commit = writer.prepare_commit()?;
     commit.set_payload(&payload.to_json());
@@ -452,6 +452,7 @@ mod tests {
         let payload = CommitPayload {
             next_seq: 0,
             schema_version: SCHEMA_VERSION + 1,
+            log_position: None,
         };
         assert!(matches!(
             needs_rebuild(&index, &payload),

@@ -19,6 +19,7 @@
 
 pub mod chain;
 pub mod dedup;
+pub mod log;
 pub mod lookup;
 pub mod merge_order;
 pub mod metrics;
@@ -52,6 +53,7 @@ pub use writer::{IngestOutcome, PreparedEvent, WriteError};
 use crate::integrity::chain::ChainLink;
 use crate::query::partials::PartialCache;
 use dedup::Deduplicator;
+use log::{ConsumeStage, EventLog, LocalLog, LogSource, Replicated};
 use merge_order::ArrivalOrderMergePolicy;
 use timeline::Timelines;
 use wal::Wal;
@@ -83,6 +85,8 @@ pub enum StoreError {
         "a snapshot restore into {0} did not finish; run `scaivault-audit snapshot restore` again (the directory is not opened half-restored)"
     )]
     RestoreUnfinished(PathBuf),
+    #[error("{0}")]
+    Mode(String),
 }
 
 /// Health of the store, for readiness.
@@ -93,6 +97,12 @@ pub struct StoreHealth {
     pub index_ok: bool,
     pub wal_ok: bool,
     pub startup_error: Option<String>,
+    /// Clustered mode: log records not yet committed here (as last measured).
+    pub log_lag: Option<u64>,
+    /// Clustered mode: the lag exceeds its limit; the replica is not ready.
+    pub lagging: bool,
+    /// Clustered mode: records this replica never indexed are gone from the log; not ready.
+    pub log_gap: bool,
 }
 
 /// Handle to the store. Cheap to clone.
@@ -109,6 +119,9 @@ struct StoreInner {
     /// Kept alive here: the reader holds its warmer only weakly.
     partials: Arc<PartialCache>,
     requests: mpsc::Sender<Request>,
+    /// Where ingest requests become durable: the local WAL or the replicated log.
+    log: Arc<dyn EventLog>,
+    clustered: bool,
     shared: Arc<SharedState>,
     startup_error: Mutex<Option<String>>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -119,6 +132,25 @@ impl Store {
     /// Opens the store. The WAL replay runs in the background: [`Store::health`] reports
     /// `ready` once it is done; until then writes answer [`WriteError::NotReady`].
     pub fn open(config: &StoreConfig, metrics: StoreMetrics) -> Result<Store, StoreError> {
+        Self::open_with(config, metrics, None)
+    }
+
+    /// Opens the store of one replica in the clustered mode: ingest goes to `replicated.log`,
+    /// the index follows `replicated.source` from the position its last commit recorded. Must
+    /// be called within a Tokio runtime (the log is read on it).
+    pub fn open_replicated(
+        config: &StoreConfig,
+        metrics: StoreMetrics,
+        replicated: Replicated,
+    ) -> Result<Store, StoreError> {
+        Self::open_with(config, metrics, Some(replicated))
+    }
+
+    fn open_with(
+        config: &StoreConfig,
+        metrics: StoreMetrics,
+        replicated: Option<Replicated>,
+    ) -> Result<Store, StoreError> {
         let data_dir = &config.data_dir;
         create_dir(data_dir)?;
         let lock = lock_data_dir(data_dir)?;
@@ -134,6 +166,7 @@ impl Store {
         let (index, fields) = open_or_create_index(data_dir, config.index_memory_bytes)?;
         let payload = CommitPayload::parse(index.load_metas()?.payload.as_deref())
             .map_err(StoreError::Payload)?;
+        check_mode(&payload, replicated.is_some(), data_dir)?;
         // The summary partials are built as the query reader first sees each segment.
         let partials = Arc::new(PartialCache::new(fields.tenant));
         // So are the searches' block time bounds.
@@ -163,12 +196,35 @@ impl Store {
         shared.index_ok.store(true, Ordering::SeqCst);
         shared.wal_ok.store(true, Ordering::SeqCst);
         let (requests, request_rx) = mpsc::channel(config.request_queue.max(1));
+        let (log, follow): (Arc<dyn EventLog>, _) = match replicated {
+            Some(replicated) => {
+                let runtime = tokio::runtime::Handle::try_current().map_err(|error| {
+                    StoreError::Mode(format!(
+                        "the clustered store needs a Tokio runtime: {error}"
+                    ))
+                })?;
+                let follow = Follow {
+                    source: replicated.source,
+                    max_lag: replicated.max_lag,
+                    runtime,
+                };
+                (replicated.log, Some(follow))
+            }
+            None => (
+                Arc::new(LocalLog {
+                    requests: requests.clone(),
+                }),
+                None,
+            ),
+        };
         let inner = Arc::new(StoreInner {
             reader: reader.clone(),
             fields,
             timelines,
             partials,
             requests,
+            log,
+            clustered: follow.is_some(),
             shared: shared.clone(),
             startup_error: Mutex::new(None),
             threads: Mutex::new(Vec::new()),
@@ -186,6 +242,9 @@ impl Store {
         let anchors_path = retention::RetentionAnchors::path_in(&data_dir.join("integrity"));
         let anchors = retention::RetentionAnchors::load(&anchors_path)?;
         index_stage.keep_anchors(anchors_path, anchors);
+        if follow.is_some() {
+            index_stage.resume_position(payload.log_position.unwrap_or(0));
+        }
         let startup = Startup {
             wal_dir: data_dir.join("wal"),
             quarantine_dir: data_dir.join("quarantine"),
@@ -195,6 +254,7 @@ impl Store {
             dedup_reader,
             request_rx,
             index_queue: 64,
+            follow,
         };
         let background = Arc::downgrade(&inner);
         std::thread::Builder::new()
@@ -213,18 +273,12 @@ impl Store {
         if !self.inner.shared.ready.load(Ordering::SeqCst) {
             return Err(WriteError::NotReady);
         }
-        let (reply, response) = oneshot::channel();
-        let request = Request::Ingest {
-            events,
-            enqueued: Instant::now(),
-            reply,
-        };
-        self.inner
-            .requests
-            .send(request)
-            .await
-            .map_err(|_| WriteError::Closed)?;
-        response.await.map_err(|_| WriteError::Closed)?
+        self.inner.log.append(events).await
+    }
+
+    /// Whether this store is one replica of the clustered mode.
+    pub fn is_clustered(&self) -> bool {
+        self.inner.clustered
     }
 
     /// Deletes `expiry`'s events through the single writer, after everything acknowledged
@@ -328,6 +382,12 @@ impl Store {
             index_ok: shared.index_ok.load(Ordering::SeqCst),
             wal_ok: shared.wal_ok.load(Ordering::SeqCst),
             startup_error: self.inner.startup_error.lock().clone(),
+            log_lag: self
+                .inner
+                .clustered
+                .then(|| shared.log_lag.load(Ordering::SeqCst)),
+            lagging: shared.lagging.load(Ordering::SeqCst),
+            log_gap: shared.log_gap.load(Ordering::SeqCst),
         }
     }
 }
@@ -342,6 +402,15 @@ struct Startup {
     dedup_reader: IndexReader,
     request_rx: mpsc::Receiver<Request>,
     index_queue: usize,
+    /// Clustered mode: the log this replica follows instead of replaying a WAL.
+    follow: Option<Follow>,
+}
+
+/// What a replica follows: its cursor on the replicated log.
+struct Follow {
+    source: Box<dyn LogSource>,
+    max_lag: u64,
+    runtime: tokio::runtime::Handle,
 }
 
 impl Startup {
@@ -349,7 +418,11 @@ impl Startup {
         let shared = self.index_stage.shared.clone();
         let replaying = self.index_stage.metrics.replay_in_progress.clone();
         replaying.set(1);
-        let started = self.replay_and_spawn();
+        let started = if self.follow.is_some() {
+            self.follow_log()
+        } else {
+            self.replay_and_spawn()
+        };
         replaying.set(0);
         match started {
             Ok(threads) => {
@@ -365,6 +438,42 @@ impl Startup {
                 }
             }
         }
+    }
+
+    /// Clustered mode: resume the chains from the committed index, then follow the log.
+    fn follow_log(mut self) -> Result<Vec<std::thread::JoinHandle<()>>, String> {
+        let Some(follow) = self.follow.take() else {
+            return Err("no log to follow".into());
+        };
+        let stage = &mut self.index_stage;
+        let mut heads = chain::recover_heads(&stage.query_reader.searcher(), &stage.fields)
+            .map_err(|e| format!("failed to read the chain heads: {e}"))?;
+        stage.anchors().raise_heads(&mut heads);
+        stage.resume_chains(heads);
+        let next_seq = stage.next_seq;
+        let shared = stage.shared.clone();
+        let position = shared.committed_position.load(Ordering::SeqCst);
+        let dedup = Deduplicator::load(self.dedup_reader, self.index_stage.fields)
+            .map_err(|e| e.to_string())?;
+        let (index_tx, index_thread) =
+            writer::spawn_index_stage(self.index_stage, self.index_queue)
+                .map_err(|e| format!("failed to spawn the index thread: {e}"))?;
+        let stage = ConsumeStage::new(
+            follow.source,
+            dedup,
+            shared,
+            index_tx,
+            next_seq,
+            follow.max_lag,
+        );
+        let requests = self.request_rx;
+        let runtime = follow.runtime;
+        let consume_thread = std::thread::Builder::new()
+            .name("store-log".into())
+            .spawn(move || stage.run(requests, runtime))
+            .map_err(|e| format!("failed to spawn the log thread: {e}"))?;
+        tracing::info!(position, next_seq, "following the replicated log");
+        Ok(vec![consume_thread, index_thread])
     }
 
     fn replay_and_spawn(mut self) -> Result<Vec<std::thread::JoinHandle<()>>, String> {
@@ -456,6 +565,22 @@ impl Startup {
         )
         .map_err(|e| format!("failed to spawn writer threads: {e}"))?;
         Ok(vec![wal_thread, index_thread])
+    }
+}
+
+/// A data directory belongs to one mode: an embedded store's events are in no replicated log
+/// (other replicas would never see them), and a replica's index follows a log position that
+/// a WAL knows nothing of.
+fn check_mode(payload: &CommitPayload, clustered: bool, data_dir: &Path) -> Result<(), StoreError> {
+    let dir = data_dir.display();
+    match (clustered, payload.log_position) {
+        (true, None) if payload.next_seq > 0 => Err(StoreError::Mode(format!(
+            "data directory {dir} holds an embedded store; a cluster replica needs an empty data directory (or one a replica wrote)"
+        ))),
+        (false, Some(_)) => Err(StoreError::Mode(format!(
+            "data directory {dir} was written by a cluster replica; start it with [cluster] nats_url, or use an empty data directory"
+        ))),
+        _ => Ok(()),
     }
 }
 

@@ -86,6 +86,16 @@ pub enum WriteError {
     Closed,
     #[error("failed to expire events: {0}")]
     Expire(String),
+    /// Clustered mode: no acknowledgement from JetStream within the deadline (no quorum,
+    /// stream full, connection lost). The request may still be stored later: retry it with the
+    /// same ids.
+    #[error("the replicated log did not acknowledge the write: {0}")]
+    LogUnavailable(String),
+    /// Clustered mode: the request, compressed, is larger than one log message may be.
+    #[error(
+        "the batch is {size} bytes compressed; the replicated log takes at most {limit} bytes per request"
+    )]
+    TooLargeForLog { size: usize, limit: usize },
 }
 
 impl CommitPolicy {
@@ -108,6 +118,15 @@ impl CommitPolicy {
 pub struct SharedState {
     /// Every event with a lower sequence number is committed and visible to searchers.
     pub committed_seq: AtomicU64,
+    /// Clustered mode: every log record up to this position (JetStream stream sequence) is
+    /// committed. Zero in the embedded mode.
+    pub committed_position: AtomicU64,
+    /// Clustered mode: log records not yet committed here, as last measured.
+    pub log_lag: AtomicU64,
+    /// Clustered mode: the lag exceeds its limit (the replica reports not ready).
+    pub lagging: AtomicBool,
+    /// Clustered mode: records this replica never indexed are gone from the log (not ready).
+    pub log_gap: AtomicBool,
     pub ready: AtomicBool,
     pub index_ok: AtomicBool,
     pub wal_ok: AtomicBool,
@@ -135,17 +154,23 @@ pub(super) enum Request {
     },
 }
 
-enum IndexMessage {
+pub(super) enum IndexMessage {
     Events(Vec<Sequenced>),
+    /// Clustered mode: the events of the log records up to `position` (possibly none, when
+    /// every event of those records was a duplicate).
+    Logged {
+        events: Vec<Sequenced>,
+        position: u64,
+    },
     Flush(oneshot::Sender<Result<(), WriteError>>),
     Expire(Expiry, oneshot::Sender<Result<u64, WriteError>>),
     Shutdown(oneshot::Sender<()>),
 }
 
-struct Sequenced {
-    seq: u64,
-    event: AuditEvent,
-    source: Vec<u8>,
+pub(super) struct Sequenced {
+    pub seq: u64,
+    pub event: AuditEvent,
+    pub source: Vec<u8>,
 }
 
 /// The index stage: owns the `IndexWriter`.
@@ -166,6 +191,10 @@ pub(super) struct IndexStage {
     uncommitted: Vec<Sequenced>,
     uncommitted_bytes: usize,
     oldest_uncommitted: Option<Instant>,
+    /// Clustered mode: the log position the added events cover (recorded in each commit).
+    log_position: Option<u64>,
+    /// The log position moved since the last commit (a commit is due even without events).
+    position_moved: bool,
 }
 
 // === impl IndexStage ===
@@ -194,6 +223,25 @@ impl IndexStage {
             uncommitted: Vec::new(),
             uncommitted_bytes: 0,
             oldest_uncommitted: None,
+            log_position: None,
+            position_moved: false,
+        }
+    }
+
+    /// Clustered mode: continues from log `position`, the committed index's.
+    pub fn resume_position(&mut self, position: u64) {
+        self.log_position = Some(position);
+        self.shared
+            .committed_position
+            .store(position, Ordering::SeqCst);
+    }
+
+    /// Records that the added events cover the log up to `position`.
+    fn advance_position(&mut self, position: u64) {
+        if self.log_position.is_none_or(|current| position > current) {
+            self.log_position = Some(position);
+            self.position_moved = true;
+            self.oldest_uncommitted.get_or_insert_with(Instant::now);
         }
     }
 
@@ -249,7 +297,10 @@ impl IndexStage {
 
     /// Commits everything added so far, recording the WAL position in the commit payload.
     pub fn commit(&mut self, trigger: CommitTrigger) -> Result<(), WriteError> {
-        if self.uncommitted.is_empty() && self.shared.index_ok.load(Ordering::SeqCst) {
+        if self.uncommitted.is_empty()
+            && !self.position_moved
+            && self.shared.index_ok.load(Ordering::SeqCst)
+        {
             return Ok(());
         }
         let started = Instant::now();
@@ -275,10 +326,16 @@ impl IndexStage {
                 self.uncommitted.clear();
                 self.uncommitted_bytes = 0;
                 self.oldest_uncommitted = None;
+                self.position_moved = false;
                 self.shared.index_ok.store(true, Ordering::SeqCst);
                 self.shared
                     .committed_seq
                     .store(self.next_seq, Ordering::SeqCst);
+                if let Some(position) = self.log_position {
+                    self.shared
+                        .committed_position
+                        .store(position, Ordering::SeqCst);
+                }
                 Ok(())
             }
             Err(error) => {
@@ -358,6 +415,7 @@ impl IndexStage {
         let payload = CommitPayload {
             next_seq: self.next_seq,
             schema_version: SCHEMA_VERSION,
+            log_position: self.log_position,
         };
         let mut prepared = self.writer.prepare_commit()?;
         prepared.set_payload(&payload.to_json());
@@ -404,14 +462,14 @@ impl IndexStage {
                     for item in batch {
                         self.add_sequenced(item);
                     }
-                    let due = self.policy.due(
-                        self.uncommitted.len(),
-                        self.uncommitted_bytes,
-                        self.oldest_uncommitted,
-                    );
-                    if let Some(trigger) = due {
-                        let _ = self.commit(trigger);
+                    self.commit_if_due();
+                }
+                Some(IndexMessage::Logged { events, position }) => {
+                    for item in events {
+                        self.add_sequenced(item);
                     }
+                    self.advance_position(position);
+                    self.commit_if_due();
                 }
                 Some(IndexMessage::Flush(reply)) => {
                     let _ = reply.send(self.commit(CommitTrigger::Force));
@@ -429,6 +487,17 @@ impl IndexStage {
         self.final_commit();
     }
 
+    fn commit_if_due(&mut self) {
+        let due = self.policy.due(
+            self.uncommitted.len(),
+            self.uncommitted_bytes,
+            self.oldest_uncommitted,
+        );
+        if let Some(trigger) = due {
+            let _ = self.commit(trigger);
+        }
+    }
+
     fn final_commit(&mut self) {
         if let Err(error) = self.commit(CommitTrigger::Shutdown) {
             tracing::error!(%error, "final commit failed; the WAL replays the rest at next start");
@@ -436,12 +505,16 @@ impl IndexStage {
     }
 }
 
-/// What each commit records: the WAL position it covers.
+/// What each commit records: the WAL position it covers (and, clustered, the log position).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CommitPayload {
     /// Every event with a lower sequence number is in this commit.
     pub next_seq: u64,
     pub schema_version: u32,
+    /// Clustered mode: every record of the replicated log (JetStream stream sequence) up to
+    /// this one is in this commit. Absent in the embedded mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_position: Option<u64>,
 }
 
 impl CommitPayload {
@@ -455,6 +528,7 @@ impl CommitPayload {
             None => Ok(CommitPayload {
                 next_seq: 0,
                 schema_version: SCHEMA_VERSION,
+                log_position: None,
             }),
             Some(text) => serde_json::from_str(text),
         }
@@ -708,6 +782,21 @@ fn clone_wal_error(error: &WalError) -> WalError {
     }
 }
 
+/// Starts the index stage on its own thread; returns its queue.
+pub(super) fn spawn_index_stage(
+    index_stage: IndexStage,
+    index_queue: usize,
+) -> std::io::Result<(
+    std_mpsc::SyncSender<IndexMessage>,
+    std::thread::JoinHandle<()>,
+)> {
+    let (index_tx, index_rx) = std_mpsc::sync_channel(index_queue);
+    let index_thread = std::thread::Builder::new()
+        .name("store-index".into())
+        .spawn(move || index_stage.run(index_rx))?;
+    Ok((index_tx, index_thread))
+}
+
 /// Starts both stages on their own threads; the WAL stage runs on the calling thread's spawn.
 pub(super) fn spawn_stages(
     wal: Wal,
@@ -762,12 +851,23 @@ mod tests {
         let payload = CommitPayload {
             next_seq: 42,
             schema_version: SCHEMA_VERSION,
+            log_position: None,
         };
         assert_eq!(
             CommitPayload::parse(Some(&payload.to_json())).unwrap(),
             payload
         );
         assert_eq!(CommitPayload::parse(None).unwrap().next_seq, 0);
+        // The embedded payload is unchanged on disk; the clustered one adds the log position.
+        assert!(!payload.to_json().contains("log_position"));
+        let clustered = CommitPayload {
+            log_position: Some(7),
+            ..payload
+        };
+        assert_eq!(
+            CommitPayload::parse(Some(&clustered.to_json())).unwrap(),
+            clustered
+        );
         assert!(CommitPayload::parse(Some("not json")).is_err());
     }
 }

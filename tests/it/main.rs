@@ -11,6 +11,7 @@ mod harness;
 mod audit_of_audit;
 mod auth_hardening;
 mod check_config;
+mod cluster;
 mod durability;
 mod export_confinement;
 mod export_schedules;

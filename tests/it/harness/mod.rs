@@ -6,6 +6,7 @@
 pub mod events;
 pub mod export;
 pub mod http;
+pub mod nats;
 pub mod server;
 pub mod tokens;
 

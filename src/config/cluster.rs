@@ -1,0 +1,519 @@
+//! `[cluster]`: the clustered mode on NATS JetStream (docs/cluster.md). Without `nats_url` the
+//! service runs embedded (its own WAL) and every other key of this section is ignored.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+use super::{ConfigError, invalid};
+
+/// Default JetStream stream name.
+pub const DEFAULT_STREAM: &str = "SCAIVAULT_AUDIT";
+/// Default subject the events are published to.
+pub const DEFAULT_SUBJECT: &str = "scaivault.audit.events";
+/// Default stream replicas: a quorum of 2 survives one NATS node.
+pub const DEFAULT_REPLICAS: u64 = 3;
+/// Default window the stream keeps: 7 days.
+pub const DEFAULT_MAX_AGE_SECONDS: u64 = 7 * 24 * 3600;
+/// Default bound of the stream's size: 16 GiB (then ingest answers 503, never drops).
+pub const DEFAULT_MAX_BYTES: u64 = 16 << 30;
+/// Default deadline of one publish, from the request to JetStream's acknowledgement.
+pub const DEFAULT_PUBLISH_TIMEOUT_MS: u64 = 2000;
+/// Default JetStream duplicate window (NATS' own default).
+pub const DEFAULT_DUPLICATE_WINDOW_SECONDS: u64 = 120;
+/// Default lag (stream messages not yet committed here) above which a replica is not ready.
+pub const DEFAULT_MAX_LAG_MESSAGES: u64 = 10_000;
+
+/// `[cluster]` as given by flags/environment or the file (every key optional).
+#[derive(Debug, Clone, Default, PartialEq, Args, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSection {
+    /// NATS server URLs, comma-separated (`nats://h1:4222,nats://h2:4222`). Setting it switches
+    /// the log from the local WAL to JetStream (docs/cluster.md).
+    #[arg(
+        id = "cluster.nats_url",
+        long = "nats-url",
+        env = "SCAIVAULT_AUDIT_NATS_URL",
+        value_name = "URLS"
+    )]
+    pub nats_url: Option<String>,
+    /// NATS credentials file (`.creds`: user JWT and NKey seed).
+    #[arg(
+        id = "cluster.credentials_file",
+        long = "nats-credentials-file",
+        env = "SCAIVAULT_AUDIT_NATS_CREDENTIALS_FILE",
+        value_name = "FILE"
+    )]
+    pub credentials_file: Option<PathBuf>,
+    /// CA certificates (PEM) that verify the NATS servers; setting it requires TLS.
+    #[arg(
+        id = "cluster.tls_ca_file",
+        long = "nats-tls-ca-file",
+        env = "SCAIVAULT_AUDIT_NATS_TLS_CA_FILE",
+        value_name = "FILE"
+    )]
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for NATS mutual TLS (with `tls_key_file`).
+    #[arg(
+        id = "cluster.tls_cert_file",
+        long = "nats-tls-cert-file",
+        env = "SCAIVAULT_AUDIT_NATS_TLS_CERT_FILE",
+        value_name = "FILE"
+    )]
+    pub tls_cert_file: Option<PathBuf>,
+    /// Client key (PEM) for NATS mutual TLS (with `tls_cert_file`).
+    #[arg(
+        id = "cluster.tls_key_file",
+        long = "nats-tls-key-file",
+        env = "SCAIVAULT_AUDIT_NATS_TLS_KEY_FILE",
+        value_name = "FILE"
+    )]
+    pub tls_key_file: Option<PathBuf>,
+    /// JetStream stream holding the events (created if missing).
+    #[arg(
+        id = "cluster.stream",
+        long = "nats-stream",
+        env = "SCAIVAULT_AUDIT_NATS_STREAM",
+        value_name = "NAME"
+    )]
+    pub stream: Option<String>,
+    /// Subject the events are published to (the stream's only subject).
+    #[arg(
+        id = "cluster.subject",
+        long = "nats-subject",
+        env = "SCAIVAULT_AUDIT_NATS_SUBJECT",
+        value_name = "SUBJECT"
+    )]
+    pub subject: Option<String>,
+    /// Stream replicas (1..=5); an existing stream with fewer stops the start.
+    #[arg(
+        id = "cluster.replicas",
+        long = "nats-replicas",
+        env = "SCAIVAULT_AUDIT_NATS_REPLICAS",
+        value_name = "N"
+    )]
+    pub replicas: Option<u64>,
+    /// Seconds the stream keeps events (its window for replicas that fall behind).
+    #[arg(
+        id = "cluster.max_age_seconds",
+        long = "nats-max-age-seconds",
+        env = "SCAIVAULT_AUDIT_NATS_MAX_AGE_SECONDS",
+        value_name = "SECONDS"
+    )]
+    pub max_age_seconds: Option<u64>,
+    /// Bytes the stream may hold; when full, ingest answers 503 (`discard: new`).
+    #[arg(
+        id = "cluster.max_bytes",
+        long = "nats-max-bytes",
+        env = "SCAIVAULT_AUDIT_NATS_MAX_BYTES",
+        value_name = "BYTES"
+    )]
+    pub max_bytes: Option<u64>,
+    /// Milliseconds an ingest request waits for JetStream's acknowledgement before 503.
+    #[arg(
+        id = "cluster.publish_timeout_ms",
+        long = "nats-publish-timeout-ms",
+        env = "SCAIVAULT_AUDIT_NATS_PUBLISH_TIMEOUT_MS",
+        value_name = "MS"
+    )]
+    pub publish_timeout_ms: Option<u64>,
+    /// Seconds JetStream remembers a request's message id (a retried request is stored once).
+    #[arg(
+        id = "cluster.duplicate_window_seconds",
+        long = "nats-duplicate-window-seconds",
+        env = "SCAIVAULT_AUDIT_NATS_DUPLICATE_WINDOW_SECONDS",
+        value_name = "SECONDS"
+    )]
+    pub duplicate_window_seconds: Option<u64>,
+    /// Stream messages this replica may be behind before it reports not ready.
+    #[arg(
+        id = "cluster.max_lag_messages",
+        long = "cluster-max-lag-messages",
+        env = "SCAIVAULT_AUDIT_CLUSTER_MAX_LAG_MESSAGES",
+        value_name = "N"
+    )]
+    pub max_lag_messages: Option<u64>,
+    /// This replica's stable id: names its durable consumer. Default: the host (pod) name.
+    #[arg(
+        id = "cluster.replica_id",
+        long = "replica-id",
+        env = "SCAIVAULT_AUDIT_REPLICA_ID",
+        value_name = "ID"
+    )]
+    pub replica_id: Option<String>,
+}
+
+super::layered!(ClusterSection {
+    nats_url,
+    credentials_file,
+    tls_ca_file,
+    tls_cert_file,
+    tls_key_file,
+    stream,
+    subject,
+    replicas,
+    max_age_seconds,
+    max_bytes,
+    publish_timeout_ms,
+    duplicate_window_seconds,
+    max_lag_messages,
+    replica_id,
+});
+
+/// The resolved `[cluster]` section (only when `nats_url` is set).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// The NATS servers, as given (comma-separated list split).
+    pub nats_urls: Vec<String>,
+    pub credentials_file: Option<PathBuf>,
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate and key for mutual TLS.
+    pub tls_client: Option<(PathBuf, PathBuf)>,
+    pub stream: String,
+    pub subject: String,
+    pub replicas: usize,
+    pub max_age: Duration,
+    pub max_bytes: u64,
+    pub publish_timeout: Duration,
+    pub duplicate_window: Duration,
+    pub max_lag_messages: u64,
+    pub replica_id: String,
+}
+
+impl ClusterSettings {
+    /// The effective section, every key set.
+    pub fn to_section(&self) -> ClusterSection {
+        ClusterSection {
+            nats_url: Some(self.nats_urls.join(",")),
+            credentials_file: self.credentials_file.clone(),
+            tls_ca_file: self.tls_ca_file.clone(),
+            tls_cert_file: self.tls_client.as_ref().map(|(cert, _)| cert.clone()),
+            tls_key_file: self.tls_client.as_ref().map(|(_, key)| key.clone()),
+            stream: Some(self.stream.clone()),
+            subject: Some(self.subject.clone()),
+            replicas: Some(self.replicas as u64),
+            max_age_seconds: Some(self.max_age.as_secs()),
+            max_bytes: Some(self.max_bytes),
+            publish_timeout_ms: Some(self.publish_timeout.as_millis() as u64),
+            duplicate_window_seconds: Some(self.duplicate_window.as_secs()),
+            max_lag_messages: Some(self.max_lag_messages),
+            replica_id: Some(self.replica_id.clone()),
+        }
+    }
+
+    /// The section printed when the service runs embedded: the defaults, without a URL (and
+    /// without a replica id, which depends on the host).
+    pub fn embedded_section() -> ClusterSection {
+        ClusterSection {
+            stream: Some(DEFAULT_STREAM.into()),
+            subject: Some(DEFAULT_SUBJECT.into()),
+            replicas: Some(DEFAULT_REPLICAS),
+            max_age_seconds: Some(DEFAULT_MAX_AGE_SECONDS),
+            max_bytes: Some(DEFAULT_MAX_BYTES),
+            publish_timeout_ms: Some(DEFAULT_PUBLISH_TIMEOUT_MS),
+            duplicate_window_seconds: Some(DEFAULT_DUPLICATE_WINDOW_SECONDS),
+            max_lag_messages: Some(DEFAULT_MAX_LAG_MESSAGES),
+            ..ClusterSection::default()
+        }
+    }
+}
+
+impl ClusterSection {
+    /// `None` without `nats_url` (embedded mode); otherwise defaults filled in and every value
+    /// checked.
+    pub fn resolve(&self) -> Result<Option<ClusterSettings>, ConfigError> {
+        let Some(urls) = &self.nats_url else {
+            return Ok(None);
+        };
+        let nats_urls = nats_urls(urls)?;
+        let stream = self.stream.clone().unwrap_or_else(|| DEFAULT_STREAM.into());
+        if !is_name(&stream) {
+            return Err(invalid(
+                "cluster.stream",
+                "must be 1 to 64 letters, digits, '-' or '_'",
+            ));
+        }
+        let subject = self
+            .subject
+            .clone()
+            .unwrap_or_else(|| DEFAULT_SUBJECT.into());
+        if !is_subject(&subject) {
+            return Err(invalid(
+                "cluster.subject",
+                "must be dot-separated tokens of letters, digits, '-' or '_' (no wildcards)",
+            ));
+        }
+        let replicas = self.replicas.unwrap_or(DEFAULT_REPLICAS);
+        if !(1..=5).contains(&replicas) {
+            return Err(invalid("cluster.replicas", "must be between 1 and 5"));
+        }
+        let replica_id = match &self.replica_id {
+            Some(id) => id.clone(),
+            None => default_replica_id(),
+        };
+        if !is_name(&replica_id) {
+            return Err(invalid(
+                "cluster.replica_id (SCAIVAULT_AUDIT_REPLICA_ID)",
+                "must be 1 to 64 letters, digits, '-' or '_' (it names the replica's durable consumer)",
+            ));
+        }
+        let tls_client = match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            (None, None) => None,
+            _ => {
+                return Err(invalid(
+                    "cluster.tls_cert_file",
+                    "tls_cert_file and tls_key_file must be set together",
+                ));
+            }
+        };
+        Ok(Some(ClusterSettings {
+            nats_urls,
+            credentials_file: self.credentials_file.clone(),
+            tls_ca_file: self.tls_ca_file.clone(),
+            tls_client,
+            stream,
+            subject,
+            replicas: replicas as usize,
+            max_age: Duration::from_secs(at_least(
+                "cluster.max_age_seconds",
+                self.max_age_seconds.unwrap_or(DEFAULT_MAX_AGE_SECONDS),
+                60,
+            )?),
+            max_bytes: at_least(
+                "cluster.max_bytes",
+                self.max_bytes.unwrap_or(DEFAULT_MAX_BYTES),
+                1 << 20,
+            )?,
+            publish_timeout: Duration::from_millis(bounded(
+                "cluster.publish_timeout_ms",
+                self.publish_timeout_ms
+                    .unwrap_or(DEFAULT_PUBLISH_TIMEOUT_MS),
+                100..=60_000,
+            )?),
+            duplicate_window: Duration::from_secs(bounded(
+                "cluster.duplicate_window_seconds",
+                self.duplicate_window_seconds
+                    .unwrap_or(DEFAULT_DUPLICATE_WINDOW_SECONDS),
+                1..=86_400,
+            )?),
+            max_lag_messages: at_least(
+                "cluster.max_lag_messages",
+                self.max_lag_messages.unwrap_or(DEFAULT_MAX_LAG_MESSAGES),
+                1,
+            )?,
+            replica_id,
+        }))
+    }
+}
+
+fn nats_urls(list: &str) -> Result<Vec<String>, ConfigError> {
+    let urls: Vec<String> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(str::to_string)
+        .collect();
+    if urls.is_empty() {
+        return Err(invalid(
+            "cluster.nats_url (SCAIVAULT_AUDIT_NATS_URL)",
+            "must name at least one NATS server",
+        ));
+    }
+    for url in &urls {
+        let parsed = url::Url::parse(url).map_err(|error| {
+            invalid(
+                "cluster.nats_url (SCAIVAULT_AUDIT_NATS_URL)",
+                &format!("{url:?} is not a URL: {error}"),
+            )
+        })?;
+        if !matches!(parsed.scheme(), "nats" | "tls") || parsed.host_str().is_none() {
+            return Err(invalid(
+                "cluster.nats_url (SCAIVAULT_AUDIT_NATS_URL)",
+                &format!("{url:?} must be nats://HOST[:PORT] or tls://HOST[:PORT]"),
+            ));
+        }
+    }
+    Ok(urls)
+}
+
+/// The host (pod) name: `HOSTNAME`, else `/etc/hostname`, else `replica`.
+fn default_replica_id() -> String {
+    let from_env = std::env::var("HOSTNAME").ok();
+    let from_file = || std::fs::read_to_string("/etc/hostname").ok();
+    let name = from_env
+        .or_else(from_file)
+        .map(|name| name.trim().to_string())
+        .unwrap_or_default();
+    let cleaned: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    if cleaned.is_empty() {
+        "replica".into()
+    } else {
+        cleaned
+    }
+}
+
+/// A JetStream stream or consumer name we accept.
+fn is_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+fn is_subject(subject: &str) -> bool {
+    !subject.is_empty()
+        && subject.len() <= 128
+        && subject.split('.').all(|token| {
+            !token.is_empty()
+                && token
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
+}
+
+fn at_least(key: &'static str, value: u64, min: u64) -> Result<u64, ConfigError> {
+    if value < min {
+        Err(invalid(key, &format!("must be at least {min}")))
+    } else {
+        Ok(value)
+    }
+}
+
+fn bounded(
+    key: &'static str,
+    value: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, ConfigError> {
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(invalid(
+            key,
+            &format!("must be between {} and {}", range.start(), range.end()),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn section(url: &str) -> ClusterSection {
+        ClusterSection {
+            nats_url: Some(url.into()),
+            replica_id: Some("r1".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn without_a_url_the_service_stays_embedded() {
+        let other_keys = ClusterSection {
+            replicas: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(other_keys.resolve().unwrap(), None);
+    }
+
+    #[test]
+    fn defaults_and_the_url_list() {
+        let settings = section(" nats://a:4222, tls://b:4223 ,")
+            .resolve()
+            .unwrap()
+            .unwrap();
+        assert_eq!(settings.nats_urls, ["nats://a:4222", "tls://b:4223"]);
+        assert_eq!(settings.stream, DEFAULT_STREAM);
+        assert_eq!(settings.subject, DEFAULT_SUBJECT);
+        assert_eq!(settings.replicas, 3);
+        assert_eq!(settings.max_age, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(settings.publish_timeout, Duration::from_secs(2));
+        assert_eq!(settings.replica_id, "r1");
+        let printed = settings.to_section();
+        assert_eq!(printed.clone().resolve().unwrap().unwrap(), settings);
+        assert_eq!(
+            printed.nats_url.as_deref(),
+            Some("nats://a:4222,tls://b:4223")
+        );
+    }
+
+    #[test]
+    fn invalid_values_name_their_key() {
+        let cases = [
+            (section(""), "cluster.nats_url"),
+            (section("http://a:4222"), "cluster.nats_url"),
+            (section("nats://"), "cluster.nats_url"),
+            (
+                ClusterSection {
+                    replicas: Some(7),
+                    ..section("nats://a")
+                },
+                "cluster.replicas",
+            ),
+            (
+                ClusterSection {
+                    stream: Some("a.b".into()),
+                    ..section("nats://a")
+                },
+                "cluster.stream",
+            ),
+            (
+                ClusterSection {
+                    subject: Some("a.*".into()),
+                    ..section("nats://a")
+                },
+                "cluster.subject",
+            ),
+            (
+                ClusterSection {
+                    replica_id: Some("pod.1".into()),
+                    ..section("nats://a")
+                },
+                "cluster.replica_id",
+            ),
+            (
+                ClusterSection {
+                    publish_timeout_ms: Some(10),
+                    ..section("nats://a")
+                },
+                "cluster.publish_timeout_ms",
+            ),
+            (
+                ClusterSection {
+                    tls_cert_file: Some("c.pem".into()),
+                    ..section("nats://a")
+                },
+                "cluster.tls_cert_file",
+            ),
+            (
+                ClusterSection {
+                    max_lag_messages: Some(0),
+                    ..section("nats://a")
+                },
+                "cluster.max_lag_messages",
+            ),
+        ];
+        for (section, key) in cases {
+            let error = section.resolve().unwrap_err().to_string();
+            assert!(error.contains(key), "{key}: {error}");
+        }
+    }
+
+    #[test]
+    fn the_default_replica_id_is_a_valid_consumer_name() {
+        assert!(is_name(&default_replica_id()));
+    }
+}
