@@ -114,6 +114,7 @@ pub struct Sections {
     pub retention: RetentionSection,
     #[command(flatten)]
     pub snapshots: SnapshotsSection,
+    #[command(flatten)]
     pub cluster: ClusterSection,
 }
 
