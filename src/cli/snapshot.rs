@@ -67,6 +67,9 @@ async fn create(args: &SettingsArgs) -> anyhow::Result<()> {
     let opener = opener(&settings)?;
     let target = opener.open().await?;
     let data_dir = &settings.store.data_dir;
+    if restore::holds_no_store(data_dir)? {
+        anyhow::bail!("{} holds no store to snapshot", data_dir.display());
+    }
     let store = Store::open(&settings.store, StoreMetrics::unregistered())
         .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
     store
