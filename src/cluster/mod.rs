@@ -43,6 +43,8 @@ const MAX_ACK_PENDING: i64 = 20_000;
 const ACK_WAIT: Duration = Duration::from_secs(60);
 /// How long the start waits for the NATS servers.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the start waits for the stream to answer (e.g. while it elects a leader).
+const STREAM_WAIT: Duration = Duration::from_secs(30);
 
 /// Why the clustered mode cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -155,14 +157,31 @@ async fn ensure_stream(
         duplicate_window: settings.duplicate_window,
         ..Default::default()
     };
-    let mut stream = context
-        .get_or_create_stream(config)
-        .await
-        .map_err(|error| failed(format!("cannot be read or created: {}", describe(&error))))?;
-    let info = stream
-        .info()
-        .await
-        .map_err(|error| failed(format!("cannot be read: {}", describe(&error))))?;
+    // A stream without a leader (one just killed, a node restarting) does not answer for a
+    // few seconds: retried for a bounded time, then the start fails.
+    let started = std::time::Instant::now();
+    let (stream, info) = loop {
+        let attempt = async {
+            let mut stream = context
+                .get_or_create_stream(config.clone())
+                .await
+                .map_err(|error| format!("cannot be read or created: {}", describe(&error)))?;
+            let info = stream
+                .info()
+                .await
+                .map_err(|error| format!("cannot be read: {}", describe(&error)))?
+                .clone();
+            Ok::<_, String>((stream, info))
+        };
+        match attempt.await {
+            Ok(found) => break found,
+            Err(message) if started.elapsed() < STREAM_WAIT => {
+                tracing::warn!(stream = %settings.stream, %message, "the JetStream stream does not answer yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(message) => return Err(failed(message)),
+        }
+    };
     check_stream(&info.config, settings).map_err(failed)?;
     tracing::info!(
         stream = %settings.stream,
