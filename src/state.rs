@@ -46,9 +46,11 @@ pub struct AppState {
     /// The retention settings (`GET /v1/audit/retention`); the defaults unless set with
     /// [`AppState::with_retention`].
     pub retention: Arc<RetentionSettings>,
-    /// Continuous exports (standalone only; `None` with the operator: the REST routes answer
-    /// 409 `schedules_not_available`).
+    /// Continuous exports run by this process (standalone; `None` with the operator).
     pub schedules: Option<Scheduler>,
+    /// The cluster's AuditExportSchedules (operator mode): listed and shown by the REST API,
+    /// created and deleted with kubectl.
+    pub cluster_schedules: Option<crate::operator::schedule_registry::KubeSchedules>,
 }
 
 /// The export side of the state.
@@ -85,12 +87,22 @@ impl AppState {
             checkpoints: None,
             retention: Arc::new(RetentionSettings::default()),
             schedules: None,
+            cluster_schedules: None,
         }
     }
 
     /// The state serving and running `scheduler`'s export schedules.
     pub fn with_schedules(mut self, scheduler: Scheduler) -> Self {
         self.schedules = Some(scheduler);
+        self
+    }
+
+    /// The state listing the cluster's AuditExportSchedules (operator mode).
+    pub fn with_cluster_schedules(
+        mut self,
+        schedules: crate::operator::schedule_registry::KubeSchedules,
+    ) -> Self {
+        self.cluster_schedules = Some(schedules);
         self
     }
 

@@ -2,9 +2,12 @@
 //! `GET /v1/audit/export-schedules`, `GET /v1/audit/export-schedules/{id}`,
 //! `DELETE /v1/audit/export-schedules/{id}` (docs/lifecycle.md "Continuous exports").
 //!
-//! Standalone only: the schedules run in this process ([`crate::export::schedule`]). Where
-//! none runs (the operator manages exports), every route answers 409
-//! `schedules_not_available`.
+//! Standalone, the schedules run in this process ([`crate::export::schedule`]). With the
+//! operator they are `AuditExportSchedule` resources, run by the leader's controller: `GET`
+//! lists and shows the tenant's accepted ones (same shape, plus `resource`), while `POST` and
+//! `DELETE` answer 409 `schedules_not_available` pointing to kubectl (a schedule in a cluster
+//! is created where its namespace's tenant label admits it, by whoever may create resources
+//! there).
 
 use serde_json::{Value, json};
 use warp::Filter;
@@ -21,6 +24,7 @@ use crate::export::schedule::scheduler::{ScheduleError, Scheduler};
 use crate::export::schedule::{
     self, MAX_SCHEDULES_PER_TENANT, NextRun, ScheduleRecord, is_schedule_id,
 };
+use crate::operator::schedule_registry::{ClusterSchedule, Unavailable};
 use crate::state::AppState;
 use crate::timestamp;
 
@@ -117,13 +121,31 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
 
 fn scheduler(state: &AppState) -> Result<&Scheduler, ApiError> {
     state.schedules.as_ref().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::CONFLICT,
-            "schedules_not_available",
-            "export schedules run in standalone mode; with the operator, use AuditExport \
-             resources",
-        )
+        let message = if state.cluster_schedules.is_some() {
+            "in a cluster, export schedules are AuditExportSchedule resources: create and \
+             delete them with kubectl (docs/operator.md); GET /v1/audit/export-schedules lists \
+             them"
+        } else {
+            "export schedules are not available on this instance"
+        };
+        ApiError::new(StatusCode::CONFLICT, "schedules_not_available", message)
     })
+}
+
+fn cluster_unavailable(error: Unavailable) -> ApiError {
+    tracing::error!(%error, "export schedules unavailable");
+    ApiError::unavailable("export schedules are temporarily unavailable; retry shortly")
+}
+
+/// The API shape of a cluster schedule: [`schedule_json`] and its resource.
+fn cluster_json(schedule: &ClusterSchedule, now_us: i64) -> Value {
+    let mut body = schedule_json(&schedule.record, now_us);
+    body["resource"] = json!({
+        "kind": "AuditExportSchedule",
+        "namespace": schedule.namespace,
+        "name": schedule.name,
+    });
+    body
 }
 
 async fn create_schedule<S, B>(
@@ -172,6 +194,19 @@ async fn list_schedules(
 ) -> Result<Response, ApiError> {
     let tenant = principal.read_tenant(tenant_header(&headers))?;
     let now = timestamp::now_micros();
+    if let Some(cluster) = &state.cluster_schedules {
+        let schedules: Vec<Value> = cluster
+            .list(&tenant, now)
+            .await
+            .map_err(cluster_unavailable)?
+            .iter()
+            .map(|schedule| cluster_json(schedule, now))
+            .collect();
+        return Ok(json_response(
+            StatusCode::OK,
+            &json!({ "schedules": schedules }),
+        ));
+    }
     let schedules: Vec<Value> = scheduler(&state)?
         .list(&tenant)
         .iter()
@@ -190,6 +225,18 @@ async fn get_schedule(
     schedule_id: String,
 ) -> Result<Response, ApiError> {
     let tenant = principal.read_tenant(tenant_header(&headers))?;
+    if let Some(cluster) = &state.cluster_schedules {
+        let now = timestamp::now_micros();
+        let found = match is_schedule_id(&schedule_id) {
+            true => cluster
+                .get(&tenant, &schedule_id, now)
+                .await
+                .map_err(cluster_unavailable)?,
+            false => None,
+        };
+        let schedule = found.ok_or_else(|| not_found(&schedule_id))?;
+        return Ok(json_response(StatusCode::OK, &cluster_json(&schedule, now)));
+    }
     let record = scheduler(&state)?
         .get(&tenant, &schedule_id)
         .filter(|_| is_schedule_id(&schedule_id))

@@ -88,7 +88,9 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
             None => Arc::new(runner.clone()),
         },
     };
-    // Continuous exports run in this process, standalone only (see docs/lifecycle.md).
+    // Continuous exports run in this process standalone, as AuditExportSchedules in a cluster
+    // (see docs/lifecycle.md); both count their runs in the same metrics.
+    let schedule_metrics = ScheduleMetrics::register(&mut registry);
     let scheduler = match operator_cluster {
         Some(_) => None,
         None => Some(Scheduler::new(
@@ -97,7 +99,7 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
             SchedulerSettings {
                 max_concurrent: settings.export.max_concurrent_jobs,
                 min_interval_seconds: settings.export.schedule_min_interval_seconds,
-                metrics: ScheduleMetrics::register(&mut registry),
+                metrics: schedule_metrics.clone(),
                 ..SchedulerSettings::default()
             },
         )),
@@ -117,6 +119,13 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
     .with_retention(retention);
     if let Some(scheduler) = &scheduler {
         state = state.with_schedules(scheduler.clone());
+    }
+    if let Some(cluster) = operator_cluster {
+        let namespaces = operator::watched_namespaces(&cluster.namespace, &settings.operator);
+        state = state.with_cluster_schedules(operator::schedule_registry::KubeSchedules::new(
+            &cluster.client,
+            &namespaces,
+        ));
     }
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -157,6 +166,12 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
             store.clone(),
             runner.engine().clone(),
             &settings.operator,
+            operator::schedule_controller::ScheduleSettings {
+                min_interval_seconds: settings.export.schedule_min_interval_seconds,
+                max_concurrent_runs: settings.export.max_concurrent_jobs,
+                metrics: schedule_metrics,
+                ..operator::schedule_controller::ScheduleSettings::default()
+            },
             operator_metrics,
             operator_shutdown.clone(),
         )),

@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 
 use crate::export::engine::ExportEngine;
-use crate::export::job::{ExportFailure, ExportSpec};
+use crate::export::job::{ExportFailure, ExportSpec, LateSummary};
 use crate::export::supervisor::JobEngine;
 
 /// What the controller asks before a job starts; the job itself runs through [`JobEngine`]
@@ -16,6 +16,13 @@ pub trait Exporter: JobEngine {
     fn confine(&self, spec: &ExportSpec) -> Result<(), ExportFailure>;
     /// Events the export would write now.
     async fn estimate(&self, spec: &ExportSpec) -> Result<u64, ExportFailure>;
+    /// The late events of a scheduled run (`spec.late`) at its snapshot (`None` for other
+    /// exports): counted for the `AuditExportSchedule`'s `lastRuns`.
+    async fn late_summary(
+        &self,
+        spec: &ExportSpec,
+        snapshot_seq: u64,
+    ) -> Result<Option<LateSummary>, ExportFailure>;
 }
 
 #[async_trait]
@@ -28,5 +35,13 @@ impl Exporter for ExportEngine {
 
     async fn estimate(&self, spec: &ExportSpec) -> Result<u64, ExportFailure> {
         ExportEngine::estimate(self, spec).await
+    }
+
+    async fn late_summary(
+        &self,
+        spec: &ExportSpec,
+        snapshot_seq: u64,
+    ) -> Result<Option<LateSummary>, ExportFailure> {
+        ExportEngine::late_summary(self, spec, snapshot_seq).await
     }
 }

@@ -218,6 +218,23 @@ impl Exporter for FakeExporter {
         self.calls.lock().push(Call::Estimate);
         Ok(4)
     }
+
+    async fn late_summary(
+        &self,
+        spec: &ExportSpec,
+        snapshot_seq: u64,
+    ) -> Result<Option<crate::export::job::LateSummary>, ExportFailure> {
+        // One late event for every run after the first.
+        Ok(spec
+            .late
+            .as_ref()
+            .map(|late| crate::export::job::LateSummary {
+                count: 1,
+                since_seq: late.since_seq.min(snapshot_seq),
+                first_event: None,
+                last_event: None,
+            }))
+    }
 }
 
 #[async_trait]
@@ -276,6 +293,27 @@ pub fn test_context(exporter: Arc<FakeExporter>) -> (Arc<Ctx>, ApiServer) {
     (ctx, server)
 }
 
+/// A mock API server and the services of a controller context on it.
+pub fn mock_services(
+    exporter: Arc<FakeExporter>,
+) -> (Client, super::Services, ApiServer, Arc<FakeAudit>) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let audit = Arc::new(FakeAudit::default());
+    let data_dir = tempfile::tempdir().unwrap();
+    let services = super::Services {
+        exporter,
+        audit: audit.clone(),
+        signer: test_signer(),
+        progress: ProgressFiles::in_data_dir(data_dir.path()),
+    };
+    let server = ApiServer {
+        handle,
+        _data_dir: data_dir,
+    };
+    (client, services, server, audit)
+}
+
 /// [`test_context`], with the audit log the controller records in.
 pub fn audited_context(exporter: Arc<FakeExporter>) -> (Arc<Ctx>, ApiServer, Arc<FakeAudit>) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
@@ -324,7 +362,8 @@ pub struct Seen {
 }
 
 impl ApiServer {
-    async fn next(&mut self) -> (Seen, tower_test::mock::SendResponse<Response<Body>>) {
+    /// The next request the controller sends, and where to answer it.
+    pub async fn next(&mut self) -> (Seen, tower_test::mock::SendResponse<Response<Body>>) {
         let (request, send) =
             tokio::time::timeout(Duration::from_secs(5), self.handle.next_request())
                 .await
@@ -453,7 +492,7 @@ impl ApiServer {
     }
 }
 
-fn json_response(value: &impl serde::Serialize) -> Response<Body> {
+pub fn json_response(value: &impl serde::Serialize) -> Response<Body> {
     Response::builder()
         .body(Body::from(serde_json::to_vec(value).unwrap()))
         .unwrap()

@@ -26,14 +26,18 @@ pub mod leader;
 pub mod metrics;
 pub mod progress;
 pub mod registry;
+pub mod schedule_controller;
 pub mod schedule_convert;
 pub mod schedule_crd;
+pub mod schedule_registry;
 pub mod status;
 pub mod status_writer;
 pub mod trust;
 
 #[cfg(test)]
 mod fixtures;
+#[cfg(test)]
+mod schedule_tests;
 #[cfg(test)]
 mod tests;
 
@@ -102,13 +106,14 @@ pub fn watched_namespaces(
 }
 
 /// Runs the operator until `shutdown`: campaigns for the Lease (in the operator namespace) and,
-/// while holding it, runs the controller on the AuditExports of the watched namespaces. Every
-/// replica calls this; one leads. Each term as leader has a context of its own (jobs, status
-/// writer), so nothing of a lost term keeps writing.
+/// while holding it, runs the controllers on the AuditExports and AuditExportSchedules of the
+/// watched namespaces. Every replica calls this; one leads. Each term as leader has a context
+/// of its own (jobs, runs, status writer), so nothing of a lost term keeps writing.
 pub async fn run(
     client: kube::Client,
     services: Services,
     settings: &crate::config::OperatorSettings,
+    schedules: schedule_controller::ScheduleSettings,
     metrics: metrics::OperatorMetrics,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
@@ -121,6 +126,10 @@ pub async fn run(
         namespaces: watched.clone(),
         max_concurrent_exports: settings.max_concurrent_exports,
         ..controller::ControllerSettings::default()
+    };
+    let schedule_settings = schedule_controller::ScheduleSettings {
+        namespaces: watched.clone(),
+        ..schedules
     };
     let lease = leader::LeaseSettings::new(&namespace, &settings.lease_name, &settings.identity);
     let clock: status::Clock = std::sync::Arc::new(k8s_openapi::jiff::Timestamp::now);
@@ -140,8 +149,19 @@ pub async fn run(
                 metrics.clone(),
                 clock.clone(),
             );
+            let schedule_ctx = schedule_controller::ScheduleCtx::new(
+                client.clone(),
+                &services,
+                schedule_settings.clone(),
+                clock.clone(),
+            );
             let controller_settings = controller_settings.clone();
-            async move { controller::run(ctx, &controller_settings, leading).await }
+            async move {
+                futures::join!(
+                    controller::run(ctx, &controller_settings, leading.clone()),
+                    schedule_controller::run(schedule_ctx, leading),
+                );
+            }
         },
     )
     .await;
@@ -196,6 +216,7 @@ pub fn spawn(
     store: crate::store::Store,
     engine: crate::export::engine::ExportEngine,
     settings: &crate::config::OperatorSettings,
+    schedules: schedule_controller::ScheduleSettings,
     metrics: metrics::OperatorMetrics,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
@@ -212,7 +233,7 @@ pub fn spawn(
     };
     tokio::spawn(async move {
         if crate::export::supervisor::wait_for_store(&store, "operator").await {
-            run(client, services, &settings, metrics, shutdown).await;
+            run(client, services, &settings, schedules, metrics, shutdown).await;
         }
     })
 }

@@ -26,9 +26,10 @@ use crate::export::schedule::{
 use crate::store::search::SortKey;
 use crate::timestamp;
 
-/// Who created a schedule: the resource, by namespace and name.
+/// Who created a schedule: the resource, by namespace and name (`kubernetes:NAMESPACE/NAME`,
+/// the actor of an AuditExport applied with kubectl too).
 pub fn created_by(namespace: &str, name: &str) -> String {
-    format!("k8s:{namespace}/{name}")
+    format!("kubernetes:{namespace}/{name}")
 }
 
 /// Validates the resource's spec exactly as `POST /v1/audit/export-schedules` validates its
@@ -116,7 +117,15 @@ pub fn schedule_record(
             failure: None,
         },
     };
-    if let Some(current) = &status.current_run {
+    // Only the next run can be in progress or failing: a `currentRun` or `failure` of an
+    // earlier run is a leftover (a status written by a merge rather than an apply that drops
+    // what it omits) and is ignored.
+    let next = status.runs_completed.saturating_add(1);
+    if let Some(current) = status
+        .current_run
+        .as_ref()
+        .filter(|current| current.run == next)
+    {
         let tick_us = time("currentRun.scheduledAt", Some(&current.scheduled_at))?;
         let started_us = time("currentRun.startedAt", Some(&current.started_at))?;
         let next_run_us = record.state.next_run_us;
@@ -125,7 +134,11 @@ pub fn schedule_record(
         record.state.next_run_us = next_run_us;
         record.state.current = Some(planned);
     }
-    if let Some(failure) = &status.failure {
+    if let Some(failure) = status
+        .failure
+        .as_ref()
+        .filter(|failure| failure.run == next)
+    {
         record.state.failure = Some(RunFailure {
             run: failure.run,
             attempts: failure.attempts,
@@ -365,6 +378,30 @@ mod tests {
         assert_eq!(status.complete_through_seq, Some(17));
         assert_eq!(status.last_runs.len(), 1);
         assert_eq!(status.conditions[0].reason, "RunSucceeded");
+        // A completed run's `currentRun` and `failure` left in the status are not resumed.
+        let mut stale = status.clone();
+        stale.current_run = Some(ScheduleCurrentRun {
+            run: 1,
+            ..through_status_current(&restored, now)
+        });
+        stale.failure = Some(ScheduleRunFailure {
+            run: 1,
+            attempts: 1,
+            error: export_error(&ExportFailure::new("destination_not_found", "gone")),
+            failed_at: "2026-12-03T14:10:00Z".into(),
+            retry_at: "2026-12-03T14:10:02Z".into(),
+        });
+        let ignored = schedule_record(record.spec.clone(), Some(&stale), now).unwrap();
+        assert_eq!(ignored, record);
+    }
+
+    /// A `currentRun` as the status holds it while `record`'s next run is in progress.
+    fn through_status_current(record: &ScheduleRecord, now_us: i64) -> ScheduleCurrentRun {
+        let mut running = record.clone();
+        running.state.current = Some(running.plan_run(Checkpoint::start(99), now_us));
+        schedule_status(&running, None, Some(1), Timestamp::UNIX_EPOCH)
+            .current_run
+            .unwrap()
     }
 
     #[test]

@@ -379,6 +379,23 @@ fn the_crd_can_be_a_kept_chart_resource() {
     assert_eq!(labels["app.kubernetes.io/managed-by"], "Helm");
     let dropped = templated_crd("crds.enabled=true,crds.keep=false").remove(0);
     assert!(dropped["metadata"]["annotations"]["helm.sh/resource-policy"].is_null());
+    // The AuditExportSchedule CRD comes with it, kept the same way.
+    let schedules =
+        std::fs::read_to_string(root().join(CHART).join("crds/auditexportschedule.yaml")).unwrap();
+    let schedules = yaml_to_json(&tools, &schedules).remove(0);
+    let both = templated_crd("crds.enabled=true");
+    assert_eq!(both.len(), 2);
+    assert_eq!(both[1]["spec"], schedules["spec"]);
+    assert_eq!(
+        both[1]["metadata"]["name"],
+        "auditexportschedules.audit.scailabs.ai"
+    );
+    assert_eq!(
+        both[1]["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
+    );
+    let dropped = templated_crd("crds.enabled=true,crds.keep=false");
+    assert!(dropped[1]["metadata"]["annotations"]["helm.sh/resource-policy"].is_null());
 }
 
 /// `helm template` with `--set-json` values, as objects.

@@ -138,9 +138,18 @@ impl OperatorServer {
 
     /// [`Self::start`], also running the AuditExports of `more` (`[operator] namespaces`).
     async fn start_watching(namespace: &str, more: &[&str]) -> OperatorServer {
+        Self::start_in(TestDir::new(), namespace, more, &[]).await
+    }
+
+    /// [`Self::start_watching`] on the data of `dir` (a restart), with `extra` arguments.
+    async fn start_in(
+        dir: TestDir,
+        namespace: &str,
+        more: &[&str],
+        extra: &[&str],
+    ) -> OperatorServer {
         labelled_namespace(namespace, TENANT).await;
         let (_, kubeconfig) = emulator();
-        let dir = TestDir::new();
         let admin = StaticToken::new(
             "admin",
             &["audit:read", "audit:write", "audit:export"],
@@ -179,6 +188,7 @@ tenant_id = "{TENANT}"
         let config_arg = config.to_str().unwrap().to_owned();
         let mut args = vec!["--config", config_arg.as_str()];
         args.extend_from_slice(FAST_COMMITS);
+        args.extend_from_slice(extra);
         let server = Server::start_with_env(
             &dir.data_dir(),
             &args,
@@ -1076,5 +1086,391 @@ async fn operator_mode_export_answers_match_the_openapi_document_in_every_phase(
         listed["exports"].as_array().map(Vec::len),
         Some(3),
         "{listed}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// AuditExportSchedule: continuous exports run by the operator
+// ---------------------------------------------------------------------------------------------
+
+/// RFC 3339 (UTC, microseconds) of now minus `seconds_ago`.
+fn ago(seconds_ago: f64) -> String {
+    let now = jiff::Timestamp::now().as_microsecond();
+    let micros = now - (seconds_ago * 1e6) as i64;
+    jiff::Timestamp::from_microsecond(micros)
+        .unwrap()
+        .strftime("%Y-%m-%dT%H:%M:%S.%6fZ")
+        .to_string()
+}
+
+/// Ingests events of [`TENANT`] `ages` seconds old (and one of [`OTHER_TENANT`]); returns the
+/// ids a schedule starting at `start` must deliver.
+async fn ingest_aged(
+    server: &OperatorServer,
+    counter: &mut u64,
+    ages: &[f64],
+    start: &str,
+) -> Vec<String> {
+    let mut events = Vec::new();
+    for age in ages {
+        *counter += 1;
+        let mut event = event_for_tenant(*counter, Some(TENANT));
+        event["timestamp"] = json!(ago(*age));
+        events.push(event);
+    }
+    *counter += 1;
+    events.push(event_for_tenant(*counter, Some(OTHER_TENANT)));
+    let ids = ingest_ok(&client(), server.base(), &server.admin, &events).await;
+    ids.into_iter()
+        .zip(&events)
+        .take(ages.len())
+        .filter(|(_, event)| event["timestamp"].as_str().unwrap() >= start)
+        .map(|(id, _)| id)
+        .collect()
+}
+
+/// Ingests current and late events (and some older than the schedule) every 300 ms.
+async fn ingest_for(
+    server: &OperatorServer,
+    counter: &mut u64,
+    expected: &mut Vec<String>,
+    duration: Duration,
+    start: &str,
+) {
+    let until = tokio::time::Instant::now() + duration;
+    while tokio::time::Instant::now() < until {
+        let ages = [0.0, 0.2, 12.0, 25.0, 7200.0];
+        expected.extend(ingest_aged(server, counter, &ages, start).await);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Every `manifest.json` of the bucket under `prefix`, keyed by export id (run order).
+async fn schedule_manifests(
+    endpoint: &str,
+    bucket: &str,
+    prefix: &str,
+) -> std::collections::BTreeMap<String, Value> {
+    let mut manifests = std::collections::BTreeMap::new();
+    for key in s3_keys(endpoint, bucket, prefix).await {
+        if key.ends_with("/manifest.json") {
+            let bytes = s3_get(endpoint, bucket, &key).await.unwrap();
+            let manifest: Value = serde_json::from_slice(&bytes).unwrap();
+            manifests.insert(
+                manifest["export_id"].as_str().unwrap().to_string(),
+                manifest,
+            );
+        }
+    }
+    manifests
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs scripts/kmock.sh and scripts/emulators.sh"]
+async fn an_audit_export_schedule_delivers_every_event_once_across_a_restart_and_a_failing_bucket()
+{
+    use scaivault_audit::operator::schedule_controller::SCHEDULE_FINALIZER;
+    use scaivault_audit::operator::schedule_crd::AuditExportSchedule;
+    let endpoint = emulator_env("SCAIVAULT_TEST_S3_ENDPOINT");
+    let ns = namespace("schedule");
+    // The export's credentials come from ScaiVault; the bucket does not exist yet.
+    let vault = FakeScaiVault::start("vault-token-schedules").await;
+    let credentials = "tenants/tnt_acme/aws/audit-writer";
+    vault.put(
+        credentials,
+        json!({"access_key_id": "AKIATESTEXPORTWRITER", "secret_access_key": "s3-secret-schedules",
+               "region": "us-east-1", "endpoint_url": endpoint}),
+    );
+    let bucket = format!("continuous-{}", fastrand::u32(..));
+    let dir = TestDir::new();
+    let token_file = dir.root().join("scaivault-token");
+    std::fs::write(&token_file, "vault-token-schedules\n").unwrap();
+    let token_arg = token_file.display().to_string();
+    let extra = [
+        "--scaivault-url",
+        vault.url.as_str(),
+        "--scaivault-token-file",
+        token_arg.as_str(),
+        "--export-allow-private-endpoints",
+        // Runs every 2 s (the default minimum interval is 60 s).
+        "--export-schedule-min-interval-seconds",
+        "1",
+        // Reads add no audit_read events to the tenant.
+        "--audit-of-audit-enabled",
+        "false",
+    ];
+    let mut server = OperatorServer::start_in(dir, &ns, &[], &extra).await;
+    let mut counter = 0;
+    let mut expected = Vec::new();
+    let start = ago(60.0);
+    let before_start = ingest_aged(&server, &mut counter, &[65.0, 3600.0], &start).await;
+    assert!(before_start.is_empty());
+    expected.extend(ingest_aged(&server, &mut counter, &[30.0, 1.0], &start).await);
+
+    let api: Api<AuditExportSchedule> = Api::namespaced(kube_client(&ns), &ns);
+    let name = "continuous";
+    let resource: AuditExportSchedule = serde_json::from_value(json!({
+        "apiVersion": "audit.scailabs.ai/v1alpha1", "kind": "AuditExportSchedule",
+        "metadata": {"name": name},
+        "spec": {"tenantId": TENANT, "schedule": "*/2 * * * * *", "delaySeconds": 1,
+                 "start": start, "format": "jsonl",
+                 // Leaves out the controller's own export_created event.
+                 "filters": {"pathPrefix": "environments/production/"},
+                 "destination": {"type": "s3", "bucket": bucket, "prefix": "acme/",
+                                 "credentialsPath": credentials}},
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &resource).await.unwrap();
+
+    // The bucket is missing: the first run fails, the watermark stays at the start.
+    let failing = poll("the first run to fail", async || {
+        let status = api.get(name).await.ok()?.status?;
+        let ready = status.conditions.iter().find(|c| c.type_ == "Ready")?;
+        (ready.status == "False").then_some(status)
+    })
+    .await;
+    let ready = &failing.conditions[0];
+    assert_eq!(ready.reason, "destination_not_found", "{failing:?}");
+    assert!(ready.message.contains("retrying at"), "{}", ready.message);
+    assert_eq!(failing.complete_through.as_deref(), Some(start.as_str()));
+    assert_eq!(failing.runs_completed, 0);
+    let schedule_id = failing.schedule_id.clone().unwrap();
+    ingest_for(
+        &server,
+        &mut counter,
+        &mut expected,
+        Duration::from_secs(2),
+        &start,
+    )
+    .await;
+    let still = api.get(name).await.unwrap().status.unwrap();
+    assert_eq!(still.complete_through.as_deref(), Some(start.as_str()));
+    assert!(still.failure.is_some_and(|failure| failure.attempts >= 1));
+
+    // The bucket appears: the retry succeeds, runs follow every 2 s while events arrive.
+    s3_client(&endpoint)
+        .create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+    ingest_for(
+        &server,
+        &mut counter,
+        &mut expected,
+        Duration::from_secs(4),
+        &start,
+    )
+    .await;
+    let recovered = poll("two runs after the recovery", async || {
+        let status = api.get(name).await.ok()?.status?;
+        (status.runs_completed >= 2).then_some(status)
+    })
+    .await;
+    assert_eq!(recovered.conditions[0].status, "True", "{recovered:?}");
+    assert!(recovered.complete_through.as_deref() > Some(start.as_str()));
+
+    // The REST API lists the tenant's schedule from the cluster (and not for another tenant);
+    // creating one over REST points to kubectl.
+    let listed = poll("the schedule in the REST listing", async || {
+        let (code, _, body) = get_as(
+            &client(),
+            server.base(),
+            "/v1/audit/export-schedules",
+            Some(&server.admin),
+            Some(TENANT),
+        )
+        .await;
+        assert_eq!(code, StatusCode::OK, "{body}");
+        body["schedules"].as_array()?.first().cloned()
+    })
+    .await;
+    assert_eq!(listed["schedule_id"], json!(schedule_id));
+    assert_eq!(
+        listed["resource"],
+        json!({"kind": "AuditExportSchedule", "namespace": ns, "name": name})
+    );
+    assert_eq!(
+        listed["created_by"],
+        json!(format!("kubernetes:{ns}/{name}"))
+    );
+    let (code, _, one) = get_as(
+        &client(),
+        server.base(),
+        &format!("/v1/audit/export-schedules/{schedule_id}"),
+        Some(&server.admin),
+        Some(TENANT),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "{one}");
+    assert!(one["status"]["runs_completed"].as_u64() >= Some(2), "{one}");
+    let foreign = get_as(
+        &client(),
+        server.base(),
+        &format!("/v1/audit/export-schedules/{schedule_id}"),
+        Some(&server.admin),
+        Some(OTHER_TENANT),
+    )
+    .await;
+    assert_error(&foreign, StatusCode::NOT_FOUND, "schedule_not_found");
+    let (code, _, others) = get_as(
+        &client(),
+        server.base(),
+        "/v1/audit/export-schedules",
+        Some(&server.admin),
+        Some(OTHER_TENANT),
+    )
+    .await;
+    assert_eq!((code, &others["schedules"]), (StatusCode::OK, &json!([])));
+    let post = send(
+        client()
+            .post(format!("{}/v1/audit/export-schedules", server.base()))
+            .bearer_auth(&server.admin)
+            .header("X-Tenant-ID", TENANT)
+            .json(&json!({"schedule": "@hourly"})),
+    )
+    .await;
+    assert_error(&post, StatusCode::CONFLICT, "schedules_not_available");
+
+    // The operator restarts between runs (ticks are missed meanwhile): the next leader
+    // continues from the status.
+    let before = api.get(name).await.unwrap().status.unwrap();
+    let OperatorServer {
+        server: mut process,
+        dir,
+        ..
+    } = server;
+    process.terminate().await;
+    drop(process);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    server = OperatorServer::start_in(dir, &ns, &[], &extra).await;
+    ingest_for(
+        &server,
+        &mut counter,
+        &mut expected,
+        Duration::from_secs(3),
+        &start,
+    )
+    .await;
+    let after = poll("runs after the restart", async || {
+        let status = api.get(name).await.ok()?.status?;
+        (status.runs_completed > before.runs_completed + 1).then_some(status)
+    })
+    .await;
+    assert!(after.complete_through > before.complete_through);
+
+    // The last events, then a run whose window (and snapshot) covers them.
+    expected.extend(ingest_aged(&server, &mut counter, &[0.0, 20.0], &start).await);
+    let last_ingest = ago(0.0);
+    let done = poll("a run past the last events", async || {
+        let status = api.get(name).await.ok()?.status?;
+        let last = status.last_runs.last()?;
+        (last.to.as_str() > last_ingest.as_str()).then_some(status)
+    })
+    .await;
+    assert!(
+        done.complete_through.as_deref() > Some(last_ingest.as_str()),
+        "{done:?}"
+    );
+    assert!(!done.last_runs.is_empty() && done.last_runs.len() <= 20);
+    assert_eq!(done.conditions[0].status, "True");
+    assert!(done.next_run_at.is_some());
+
+    // Deleting the resource stops it (the finalizer is released); nothing more is written.
+    let object = api.get(name).await.unwrap();
+    assert!(
+        object
+            .finalizers()
+            .contains(&SCHEDULE_FINALIZER.to_string())
+    );
+    api.delete(name, &kube::api::DeleteParams::default())
+        .await
+        .unwrap();
+    poll("the schedule to be gone", async || {
+        matches!(api.get_opt(name).await, Ok(None)).then_some(())
+    })
+    .await;
+    let manifests = schedule_manifests(&endpoint, &bucket, "acme/").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        schedule_manifests(&endpoint, &bucket, "acme/").await.len(),
+        manifests.len()
+    );
+    assert_eq!(s3_open_uploads(&endpoint, &bucket, "acme/").await, 0);
+
+    // The union of every run's files: exactly the tenant's events since the start.
+    assert!(
+        manifests.len() as u64 >= done.runs_completed,
+        "{} manifests",
+        manifests.len()
+    );
+    let mut delivered = Vec::new();
+    let mut late_total = 0;
+    let mut previous_to: Option<String> = None;
+    for (export_id, manifest) in &manifests {
+        assert!(
+            export_id.starts_with(&format!("{schedule_id}_r")),
+            "{export_id}"
+        );
+        if let Some(to) = &previous_to {
+            assert_eq!(
+                manifest["from"].as_str(),
+                Some(to.as_str()),
+                "consecutive windows"
+            );
+        }
+        previous_to = manifest["to"].as_str().map(str::to_string);
+        let mut records = Vec::new();
+        for file in manifest["files"].as_array().unwrap() {
+            let bytes = s3_get(&endpoint, &bucket, file["key"].as_str().unwrap())
+                .await
+                .unwrap();
+            assert_eq!(
+                crate::harness::export::sha256_hex(&bytes),
+                file["sha256"],
+                "{export_id}"
+            );
+            for line in bytes
+                .split(|byte| *byte == b'\n')
+                .filter(|line| !line.is_empty())
+            {
+                records.push(serde_json::from_slice::<Value>(line).unwrap());
+            }
+        }
+        assert_eq!(
+            records.len() as u64,
+            manifest["record_count"].as_u64().unwrap()
+        );
+        let from = manifest["from"].as_str().unwrap();
+        let late = records
+            .iter()
+            .filter(|record| record["timestamp"].as_str().unwrap() < from)
+            .count();
+        match manifest.get("late") {
+            Some(summary) => assert_eq!(summary["count"], json!(late), "{export_id}"),
+            None => assert_eq!(late, 0, "the first run has no late events"),
+        }
+        late_total += late;
+        // Another tenant's event would show up as `extra` below.
+        for record in &records {
+            delivered.push(record["id"].as_str().unwrap().to_string());
+        }
+    }
+    assert!(
+        late_total > 5,
+        "late events were delivered as such: {late_total}"
+    );
+    let unique: std::collections::BTreeSet<&String> = delivered.iter().collect();
+    assert_eq!(
+        unique.len(),
+        delivered.len(),
+        "an event was delivered twice"
+    );
+    let expected: std::collections::BTreeSet<&String> = expected.iter().collect();
+    let missing: Vec<_> = expected.difference(&unique).collect();
+    let extra: Vec<_> = unique.difference(&expected).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "missing {missing:?}, extra {extra:?}"
     );
 }

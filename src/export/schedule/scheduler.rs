@@ -106,9 +106,25 @@ impl ScheduleMetrics {
         metrics
     }
 
-    fn run_ended(&self, outcome: &'static str) {
+    /// Counts a run attempt that ended (`completed` or `failed`).
+    pub fn run_ended(&self, outcome: &'static str) {
         self.runs.get_or_create(&OutcomeLabels { outcome }).inc();
     }
+
+    /// Sets the lag from the oldest `complete_through` (microseconds; `None` without
+    /// schedules) at `now_us`.
+    pub fn set_lag(&self, oldest_watermark_us: Option<i64>, now_us: i64) {
+        let oldest = oldest_watermark_us.unwrap_or(now_us).min(now_us);
+        self.lag_seconds
+            .set(now_us.saturating_sub(oldest).max(0) / 1_000_000);
+    }
+}
+
+/// The wait before the next attempt of a run that failed `attempts` times before this
+/// failure: `initial` doubling per failure up to `max` (the standalone scheduler and the
+/// operator's AuditExportSchedule controller both use it).
+pub fn retry_backoff(initial: Duration, max: Duration, attempts: u32) -> Duration {
+    initial.saturating_mul(1 << attempts.min(20)).min(max)
 }
 
 /// Why a schedule cannot be created or deleted.
@@ -318,9 +334,10 @@ impl Scheduler {
     fn due(&self, now: i64) -> (Vec<(String, CancellationToken)>, i64) {
         let mut wake_at = now.saturating_add(MAX_SLEEP.as_micros() as i64);
         let mut due = Vec::new();
-        let mut oldest = now;
+        let mut oldest = None;
         for (id, entry) in self.inner.schedules.lock().iter_mut() {
-            oldest = oldest.min(entry.record.state.watermark_us);
+            let watermark = entry.record.state.watermark_us;
+            oldest = Some(oldest.map_or(watermark, |oldest: i64| oldest.min(watermark)));
             if entry.running.is_some() {
                 continue;
             }
@@ -333,8 +350,7 @@ impl Scheduler {
                 }
             }
         }
-        let lag_seconds = now.saturating_sub(oldest).max(0) / 1_000_000;
-        self.inner.settings.metrics.lag_seconds.set(lag_seconds);
+        self.inner.settings.metrics.set_lag(oldest, now);
         (due, wake_at)
     }
 }
@@ -465,10 +481,7 @@ async fn failed(inner: &Arc<Inner>, schedule_id: &str, failure: ExportFailure) {
     let attempts = record_of(inner, schedule_id)
         .and_then(|record| record.state.failure.map(|failure| failure.attempts))
         .unwrap_or(0);
-    let backoff = settings
-        .retry_initial
-        .saturating_mul(1 << attempts.min(20))
-        .min(settings.retry_max);
+    let backoff = retry_backoff(settings.retry_initial, settings.retry_max, attempts);
     tracing::warn!(schedule_id, %failure, attempts = attempts + 1, retry_in_ms = backoff.as_millis() as u64, "scheduled export run failed; retrying");
     let backoff_us = i64::try_from(backoff.as_micros()).unwrap_or(i64::MAX);
     update(inner, schedule_id, move |record| {
