@@ -11,6 +11,7 @@
 //! writer), [`query`] (filters, versioned cursors, summaries), [`api`] (the REST surface and
 //! its server), [`auth`] (tokens, scopes, tenants), [`export`] (jobs, engine, formats, sinks), [`integrity`] (hash chain, keys,
 //! checkpoints, verification), [`retention`] (the sweep that deletes expired events),
+//! [`snapshot`] (index snapshots in object storage and restoring from them),
 //! [`operator`] (the `AuditExport` resource, controller and leader election), [`config`]
 //! (settings), [`telemetry`] (logs and metrics), [`state`] (the handles every handler shares),
 //! [`key_file`], [`durable_file`], [`token_bucket`] and [`reload`] (re-reading mounted files)
@@ -33,6 +34,7 @@ pub mod operator;
 pub mod query;
 pub mod reload;
 pub mod retention;
+pub mod snapshot;
 pub mod state;
 pub mod store;
 pub mod telemetry;

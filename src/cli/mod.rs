@@ -1,5 +1,6 @@
 //! The subcommands of the `scaivault-audit` binary: `serve` ([`serve`]), `check-config`,
-//! `healthcheck` ([`healthcheck`]), `token` ([`token`]), `integrity` ([`integrity`], the signing key ring), `crdgen`, `verify`
+//! `healthcheck` ([`healthcheck`]), `token` ([`token`]), `integrity` ([`integrity`], the signing key ring), `snapshot`
+//! ([`snapshot`], index snapshots), `crdgen`, `verify`
 //! ([`verify`], an export or a data directory), and the offline commands `import` ([`import`],
 //! bulk load), `gen` ([`workload`], the reference workload) and `bench` ([`bench`]). They use the
 //! library like any other client and report errors with `anyhow`, which the library itself does
@@ -10,6 +11,7 @@ pub mod healthcheck;
 pub mod import;
 pub mod integrity;
 pub mod serve;
+pub mod snapshot;
 pub mod token;
 pub mod verify;
 pub mod workload;
@@ -52,6 +54,10 @@ enum Command {
     /// Manage the key ring that signs checkpoints and export manifests.
     #[command(subcommand)]
     Integrity(integrity::IntegrityCommand),
+    /// Index snapshots in object storage ([snapshots]): create (stopped store), restore (into
+    /// an empty data directory), list.
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCommand),
     /// Verify an export at its destination (signature, files, records, hash chain), or a data
     /// directory with --data-dir. Exit status 0: intact; 1: problems found; 2: could not run.
     Verify(verify::VerifyArgs),
@@ -106,6 +112,7 @@ pub fn run() -> std::process::ExitCode {
         Command::Bench(command) => run_async(bench::run(command)),
         Command::Token(command) => token::run(command),
         Command::Integrity(command) => integrity::run(command),
+        Command::Snapshot(command) => run_async(snapshot::run(command)),
         Command::Crdgen {
             output,
             schedule_output,

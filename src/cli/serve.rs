@@ -22,6 +22,8 @@ use scaivault_audit::integrity::checkpoint::CheckpointLog;
 use scaivault_audit::integrity::checkpointer::{self, CheckpointMetrics, Checkpointer};
 use scaivault_audit::query::cursor::CursorCodec;
 use scaivault_audit::retention::{ColdTier, RetentionMetrics, Sweeper};
+use scaivault_audit::snapshot::remote::DestinationOpener;
+use scaivault_audit::snapshot::{SnapshotMetrics, Snapshotter, service};
 use scaivault_audit::state::{AppState, ExportHandles};
 use scaivault_audit::store::{Store, StoreMetrics};
 use scaivault_audit::{api, operator, reload, telemetry};
@@ -34,6 +36,16 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?;
     let mut registry = telemetry::new_registry();
     telemetry::register_build_info(&mut registry);
+    // First of all: an empty data directory may be restored from an index snapshot.
+    let snapshot_metrics = SnapshotMetrics::register(&mut registry);
+    let snapshot_opener = DestinationOpener::from_settings(&settings)?;
+    if let Some(opener) = &snapshot_opener
+        && settings.snapshots.restore_on_start
+    {
+        service::restore_at_start(opener, &settings.store.data_dir, &snapshot_metrics)
+            .await
+            .context("failed to restore the data directory from an index snapshot")?;
+    }
     // Before the store: a missing or broken key ring stops the start before anything else.
     let checkpoint_log = Arc::new(
         checkpointer::open(&settings.integrity)
@@ -160,6 +172,21 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
     );
     let sweep_shutdown = tokio_util::sync::CancellationToken::new();
     let sweep_task = sweeper.spawn(sweep_shutdown.clone());
+    let snapshot_shutdown = tokio_util::sync::CancellationToken::new();
+    let snapshot_task = match (&snapshot_opener, settings.snapshots.interval) {
+        (Some(opener), Some(interval)) => Some(
+            Snapshotter::new(
+                store.clone(),
+                settings.store.data_dir.clone(),
+                opener.clone(),
+                interval,
+                settings.snapshots.keep as usize,
+                snapshot_metrics,
+            )
+            .spawn(snapshot_shutdown.clone()),
+        ),
+        _ => None,
+    };
     let operator_task = match operator_cluster {
         Some(cluster) => Some(operator::spawn(
             cluster,
@@ -207,6 +234,12 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
     sweep_shutdown.cancel();
     if let Err(error) = sweep_task.await {
         tracing::error!(%error, "the retention sweep task failed");
+    }
+    snapshot_shutdown.cancel();
+    if let Some(task) = snapshot_task
+        && let Err(error) = task.await
+    {
+        tracing::error!(%error, "the snapshot task failed");
     }
     checkpoint_shutdown.cancel();
     if let Err(error) = checkpoint_task.await {

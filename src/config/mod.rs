@@ -2,7 +2,7 @@
 //! [`Settings`]. Precedence: flag > environment > file > default.
 //!
 //! One module per TOML section ([`server`], [`storage`], [`auth`], [`export`], [`logging`] for
-//! `[log]`, [`operator`], [`audit_of_audit`], [`integrity`], [`retention`]). Each has one struct that is both
+//! `[log]`, [`operator`], [`audit_of_audit`], [`integrity`], [`retention`], [`snapshots`]). Each has one struct that is both
 //! the section's flags (clap, with their environment variables) and its TOML table (serde),
 //! every key optional; the flag and environment layer is laid over the file's key by key, then
 //! the section resolves itself into its typed settings, with its defaults and checks beside it.
@@ -25,6 +25,7 @@ pub mod operator;
 mod report;
 pub mod retention;
 pub mod server;
+pub mod snapshots;
 pub mod storage;
 
 use std::collections::BTreeMap;
@@ -43,6 +44,7 @@ pub use logging::{LogFormat, LogSection};
 pub use operator::{DEFAULT_LEASE_NAME, OperatorSection, OperatorSettings};
 pub use retention::{RetentionSection, RetentionSettings, TenantRetention};
 pub use server::{IngestLimits, ServerSection, WorkLimits};
+pub use snapshots::{SnapshotSettings, SnapshotsSection};
 pub use storage::{CommitPolicy, StorageSection, StoreConfig};
 
 /// Errors resolving the configuration.
@@ -108,6 +110,8 @@ pub struct Sections {
     pub integrity: IntegritySection,
     #[command(flatten)]
     pub retention: RetentionSection,
+    #[command(flatten)]
+    pub snapshots: SnapshotsSection,
 }
 
 impl Sections {
@@ -123,6 +127,7 @@ impl Sections {
             audit_of_audit: self.audit_of_audit.over(lower.audit_of_audit),
             integrity: self.integrity.over(lower.integrity),
             retention: self.retention.over(lower.retention),
+            snapshots: self.snapshots.over(lower.snapshots),
         }
     }
 }
@@ -237,6 +242,8 @@ pub struct Settings {
     pub integrity: IntegritySettings,
     /// How long each tenant's events are kept, and how often expired ones are swept.
     pub retention: RetentionSettings,
+    /// Index snapshots in object storage (`[snapshots]`).
+    pub snapshots: SnapshotSettings,
     /// Where each setting came from.
     pub origins: Origins,
 }
@@ -276,6 +283,7 @@ impl Settings {
         let operator = operator_section.resolve(export.max_concurrent_jobs)?;
         let integrity = given.integrity.resolve(&store.data_dir)?;
         let retention = given.retention.resolve()?;
+        let snapshots = given.snapshots.resolve()?;
         Ok(Settings {
             listen: server.listen,
             tls: server.tls,
@@ -297,6 +305,7 @@ impl Settings {
             failed_auth_per_minute: auth.failed_auth_per_minute,
             integrity,
             retention,
+            snapshots,
             origins: args.origins(file_keys),
         })
     }
@@ -333,6 +342,7 @@ impl Settings {
             audit_of_audit: self.audit_of_audit.to_section(),
             integrity: self.integrity.to_section(),
             retention: self.retention.to_section(),
+            snapshots: self.snapshots.to_section(),
         }
     }
 }

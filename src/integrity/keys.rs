@@ -107,6 +107,43 @@ impl Keyring {
         Ok(ring)
     }
 
+    /// Adds the public keys of `keyring_json` (another ring's `keyring.json`, e.g. from a
+    /// restored snapshot) to the ring in `dir` as retired keys, so that what they signed still
+    /// verifies; creates the ring (with a new active key) when there is none. The other ring's
+    /// private keys are never needed.
+    pub fn adopt_public_ring(dir: &Path, keyring_json: &[u8]) -> Result<Keyring, KeyError> {
+        let other: KeyringFile = serde_json::from_slice(keyring_json)
+            .map_err(|error| invalid(dir, format!("the adopted {KEYRING_FILE}: {error}")))?;
+        let now = timestamp::format_micros(timestamp::now_micros());
+        let retired = other.keys.into_iter().map(|mut entry| {
+            entry.valid_until.get_or_insert_with(|| now.clone());
+            entry
+        });
+        match Self::load(dir, false) {
+            Ok(mut ring) => {
+                for entry in retired {
+                    if !ring.keys.iter().any(|known| known.kid == entry.kid) {
+                        ring.keys.push(entry);
+                    }
+                }
+                let file = KeyringFile {
+                    active: ring.kid.clone(),
+                    keys: ring.keys.clone(),
+                };
+                let body = serde_json::to_vec_pretty(&file).unwrap_or_default();
+                durable_file::replace(&dir.join(KEYRING_FILE), &body).map_err(|source| {
+                    KeyError::Io {
+                        dir: dir.to_owned(),
+                        source,
+                    }
+                })?;
+                Ok(ring)
+            }
+            Err(KeyError::Missing(_)) => Self::generate(dir, retired.collect()),
+            Err(error) => Err(error),
+        }
+    }
+
     fn generate(dir: &Path, mut keys: Vec<KeyEntry>) -> Result<Keyring, KeyError> {
         let io = |source| KeyError::Io {
             dir: dir.to_owned(),

@@ -8,6 +8,8 @@
 //!                 each document its link of the tenant's hash chain (see `chain`)
 //!   index.*/      an index rebuild for a newer storage format, and its swap (see `migrate`)
 //!   quarantine/   damaged WAL bytes and undecodable events, moved aside at start (never read)
+//!   snapshots/    staging of index snapshots being uploaded (see `crate::snapshot`)
+//!   RESTORING     present while a snapshot restore places files: the store refuses to open
 //! ```
 //!
 //! Data flows one way: ingest → WAL (durable, acknowledged) → index (searchable within the
@@ -77,6 +79,10 @@ pub enum StoreError {
     Payload(#[source] serde_json::Error),
     #[error(transparent)]
     Anchors(#[from] retention::AnchorError),
+    #[error(
+        "a snapshot restore into {0} did not finish; run `scaivault-audit snapshot restore` again (the directory is not opened half-restored)"
+    )]
+    RestoreUnfinished(PathBuf),
 }
 
 /// Health of the store, for readiness.
@@ -116,6 +122,15 @@ impl Store {
         let data_dir = &config.data_dir;
         create_dir(data_dir)?;
         let lock = lock_data_dir(data_dir)?;
+        let marker = crate::snapshot::restore::marker_path(data_dir);
+        let restoring = marker.try_exists().map_err(|source| StoreError::Io {
+            action: "check",
+            path: marker,
+            source,
+        })?;
+        if restoring {
+            return Err(StoreError::RestoreUnfinished(data_dir.clone()));
+        }
         let (index, fields) = open_or_create_index(data_dir, config.index_memory_bytes)?;
         let payload = CommitPayload::parse(index.load_metas()?.payload.as_deref())
             .map_err(StoreError::Payload)?;

@@ -32,5 +32,6 @@ mod query_api;
 mod reference;
 mod reloads;
 mod retention;
+mod snapshots;
 mod store_hardening;
 mod tls;

@@ -343,6 +343,16 @@ impl Sink for AzureSink {
         Ok(Some(chunks.boxed()))
     }
 
+    async fn delete(&self, key: &str) -> Result<(), SinkError> {
+        match self.container.blob_client(key).delete(None).await {
+            Ok(_) => Ok(()),
+            Err(error) => match status_and_code(&error) {
+                (404, code) if code == "BlobNotFound" || code.is_empty() => Ok(()),
+                _ => Err(self.error("deleting", key, &error)),
+            },
+        }
+    }
+
     /// Uncommitted blocks are discarded by Azure itself (after a week); nothing to abort.
     async fn abort_incomplete(&self, _prefix: &str) -> Result<usize, SinkError> {
         Ok(0)

@@ -308,6 +308,17 @@ impl Sink for FileSink {
         Ok(Some(chunks.boxed()))
     }
 
+    async fn delete(&self, key: &str) -> Result<(), SinkError> {
+        self.existing_parent(key)?;
+        let target = self.target(key);
+        self.refuse_link(key, &target)?;
+        match std::fs::remove_file(&target) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(self.io_error("removing", error)),
+        }
+    }
+
     async fn abort_incomplete(&self, _prefix: &str) -> Result<usize, SinkError> {
         let own = spool_prefix(&self.export_id);
         let mut removed = 0;

@@ -98,15 +98,7 @@ impl GcsSink {
         page_token: Option<&str>,
     ) -> Result<ListPage, SinkError> {
         let location = format!("gs://{}/{prefix}", self.bucket);
-        let headers = match self.credentials.headers(http::Extensions::new()).await {
-            Ok(google_cloud_auth::credentials::CacheableResource::New { data, .. }) => data,
-            _ => {
-                return Err(SinkError::new(
-                    SinkErrorKind::InvalidCredentials,
-                    format!("listing {location}: no token from the service account key"),
-                ));
-            }
-        };
+        let headers = self.auth_headers("listing", &location).await?;
         let url = format!("{}/storage/v1/b/{}/o", self.endpoint, self.bucket);
         let mut query = vec![("prefix", prefix.to_string())];
         if let Some(token) = page_token {
@@ -130,6 +122,21 @@ impl GcsSink {
         response.json().await.map_err(|_| {
             SinkError::transient(format!("listing {location}: unreadable GCS response"))
         })
+    }
+
+    /// The authorization headers of a JSON API request (`action` and `location` for errors).
+    async fn auth_headers(
+        &self,
+        action: &str,
+        location: &str,
+    ) -> Result<http::HeaderMap, SinkError> {
+        match self.credentials.headers(http::Extensions::new()).await {
+            Ok(google_cloud_auth::credentials::CacheableResource::New { data, .. }) => Ok(data),
+            _ => Err(SinkError::new(
+                SinkErrorKind::InvalidCredentials,
+                format!("{action} {location}: no token from the service account key"),
+            )),
+        }
     }
 
     fn bucket_path(&self) -> String {
@@ -324,6 +331,40 @@ impl Sink for GcsSink {
             }
         });
         Ok(Some(chunks.boxed()))
+    }
+
+    /// A JSON API `DELETE` (the data-plane client has no delete).
+    async fn delete(&self, key: &str) -> Result<(), SinkError> {
+        let location = format!("gs://{}/{key}", self.bucket);
+        let headers = self.auth_headers("deleting", &location).await?;
+        let mut url =
+            url::Url::parse(&format!("{}/storage/v1/b/", self.endpoint)).map_err(|_| {
+                SinkError::new(
+                    SinkErrorKind::Rejected,
+                    format!("deleting {location}: the GCS endpoint is not a URL"),
+                )
+            })?;
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments
+                .pop_if_empty()
+                .extend([self.bucket.as_str(), "o", key]);
+        }
+        let response = self
+            .http
+            .delete(url)
+            .headers(headers)
+            .send()
+            .await
+            .map_err(|_| {
+                SinkError::transient(format!("deleting {location}: GCS is unreachable"))
+            })?;
+        match response.status().as_u16() {
+            200 | 204 | 404 => Ok(()),
+            status => Err(SinkError::new(
+                kind_of_status(status),
+                format!("deleting {location}: GCS answered {status}"),
+            )),
+        }
     }
 
     /// GCS discards incomplete resumable uploads itself (after a week); nothing to abort.

@@ -238,6 +238,12 @@ pub trait Sink: Send + Sync {
         Err(unsupported("read objects"))
     }
 
+    /// Deletes the object at `key`; a missing object is not an error (for the retention of
+    /// index snapshots, which deletes only what a newer snapshot replaced).
+    async fn delete(&self, _key: &str) -> Result<(), SinkError> {
+        Err(unsupported("delete objects"))
+    }
+
     /// Removes incomplete uploads that earlier attempts of this sink's export left under
     /// `prefix` (S3 multipart uploads recorded in its journal, spooled files). Never touches
     /// another export's or another client's uploads. Returns how many were removed.

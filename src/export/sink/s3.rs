@@ -420,6 +420,23 @@ impl Sink for S3Sink {
         Ok(buffer.finish())
     }
 
+    async fn delete(&self, key: &str) -> Result<(), SinkError> {
+        let deleted = self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await;
+        match deleted {
+            Ok(_) => Ok(()),
+            Err(error) if error.code() == Some("NoSuchKey") || status_of(&error) == Some(404) => {
+                Ok(())
+            }
+            Err(error) => Err(self.error("deleting", key, error)),
+        }
+    }
+
     async fn abort_incomplete(&self, prefix: &str) -> Result<usize, SinkError> {
         let local = |error: std::io::Error| {
             SinkError::new(

@@ -1,0 +1,382 @@
+//! The snapshot manifest (`PREFIXsnapshots/ID.manifest.json`) and the choices made from a
+//! destination's listing: which snapshots exist (a manifest makes one), which is the newest,
+//! which are deleted when only the newest N are kept.
+//!
+//! A manifest comes from object storage: before anything of it is used, every path is checked
+//! to be a plain relative path under `index/` or `integrity/` (no `..`, no absolute path, no
+//! unusual characters), sizes and counts are bounded, and a snapshot written by a newer
+//! storage format is refused.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use super::SnapshotError;
+
+/// Version of the manifest format this code writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// Folder of the snapshots under the destination's prefix.
+pub const SNAPSHOTS_FOLDER: &str = "snapshots/";
+/// End of a manifest's key: `PREFIXsnapshots/ID.manifest.json`.
+pub const MANIFEST_SUFFIX: &str = ".manifest.json";
+/// Most files one snapshot may list.
+pub const MAX_FILES: usize = 20_000;
+/// Largest file a snapshot may list (1 TiB).
+pub const MAX_FILE_BYTES: u64 = 1 << 40;
+/// Longest path inside a snapshot.
+const MAX_PATH_BYTES: usize = 200;
+/// Longest snapshot id.
+const MAX_ID_BYTES: usize = 64;
+/// The top-level folders a snapshot may place files in.
+const ROOTS: [&str; 2] = ["index", "integrity"];
+/// The file that makes a restored directory a store.
+pub const INDEX_META: &str = "index/meta.json";
+
+/// One file of a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestFile {
+    /// Relative to the data directory (`index/…`, `integrity/…`); also its key under the
+    /// snapshot's folder.
+    pub path: String,
+    pub size_bytes: u64,
+    /// Lowercase hex SHA-256 of the content.
+    pub sha256: String,
+}
+
+/// What a snapshot holds, written after every file is uploaded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotManifest {
+    pub format_version: u32,
+    /// A ULID: sorts by creation time.
+    pub id: String,
+    /// RFC 3339 UTC.
+    pub created_at: String,
+    /// The log position recorded in the index commit: every event before it is in the
+    /// snapshot, consumption continues at it.
+    pub position: u64,
+    /// The commit payload as the index recorded it.
+    pub commit_payload: String,
+    /// The index storage format ([`crate::store::schema::SCHEMA_VERSION`]).
+    pub index_version: u32,
+    pub files: Vec<ManifestFile>,
+}
+
+impl SnapshotManifest {
+    /// Total bytes of the files.
+    pub fn total_bytes(&self) -> u64 {
+        self.files.iter().map(|file| file.size_bytes).sum()
+    }
+
+    /// Checks everything a restore relies on; `supported_index_version` is the newest storage
+    /// format this build reads.
+    pub fn check(&self, supported_index_version: u32) -> Result<(), SnapshotError> {
+        let bad = |message: String| SnapshotError::BadManifest {
+            id: self.id.clone(),
+            message,
+        };
+        if self.format_version > FORMAT_VERSION {
+            return Err(bad(format!(
+                "manifest format {} is newer than this version reads ({FORMAT_VERSION})",
+                self.format_version
+            )));
+        }
+        if self.index_version > supported_index_version {
+            return Err(SnapshotError::NewerIndex {
+                id: self.id.clone(),
+                found: self.index_version,
+                supported: supported_index_version,
+            });
+        }
+        if !is_id(&self.id) {
+            return Err(bad("the id is not a snapshot id".into()));
+        }
+        if self.files.len() > MAX_FILES {
+            return Err(bad(format!("more than {MAX_FILES} files")));
+        }
+        let mut seen = BTreeSet::new();
+        for file in &self.files {
+            if !is_safe_path(&file.path) {
+                return Err(bad(format!("'{}' is not a snapshot path", file.path)));
+            }
+            if !seen.insert(file.path.as_str()) {
+                return Err(bad(format!("'{}' is listed twice", file.path)));
+            }
+            if file.size_bytes > MAX_FILE_BYTES {
+                return Err(bad(format!("'{}' is too large", file.path)));
+            }
+            let hex = file.sha256.len() == 64
+                && file
+                    .sha256
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            if !hex {
+                return Err(bad(format!("'{}' has no SHA-256", file.path)));
+            }
+        }
+        if !seen.contains(INDEX_META) {
+            return Err(bad(format!("no {INDEX_META}")));
+        }
+        Ok(())
+    }
+}
+
+/// Whether `id` can be a snapshot id (and a key segment): ASCII letters and digits.
+pub fn is_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_ID_BYTES && id.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// Whether `path` is a plain relative path under one of the snapshot roots.
+pub fn is_safe_path(path: &str) -> bool {
+    if path.is_empty() || path.len() > MAX_PATH_BYTES {
+        return false;
+    }
+    let mut parts = path.split('/');
+    if !parts.next().is_some_and(|root| ROOTS.contains(&root)) {
+        return false;
+    }
+    let mut rest = 0;
+    for part in parts {
+        rest += 1;
+        let plain = !part.is_empty()
+            && part != "."
+            && part != ".."
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !plain {
+            return false;
+        }
+    }
+    rest > 0
+}
+
+/// The folder of everything under `prefix`: `PREFIXsnapshots/`.
+pub fn folder(prefix: &str) -> String {
+    format!("{prefix}{SNAPSHOTS_FOLDER}")
+}
+
+/// The key of snapshot `id`'s manifest.
+pub fn manifest_key(prefix: &str, id: &str) -> String {
+    format!("{}{id}{MANIFEST_SUFFIX}", folder(prefix))
+}
+
+/// The key of a snapshot file.
+pub fn file_key(prefix: &str, id: &str, path: &str) -> String {
+    format!("{}{id}/{path}", folder(prefix))
+}
+
+/// The ids of the complete snapshots among `keys` (those with a manifest), newest first.
+/// Keys of files without a manifest name no snapshot and are ignored.
+pub fn complete_ids<'a>(prefix: &str, keys: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let folder = folder(prefix);
+    let mut ids: Vec<String> = keys
+        .into_iter()
+        .filter_map(|key| key.strip_prefix(folder.as_str()))
+        .filter_map(|rest| rest.strip_suffix(MANIFEST_SUFFIX))
+        .filter(|id| is_id(id))
+        .map(str::to_owned)
+        .collect();
+    ids.sort_unstable_by(|a, b| b.cmp(a));
+    ids.dedup();
+    ids
+}
+
+/// The snapshots to delete when `keep` are kept: every complete one after the newest `keep`
+/// (there is always a newer complete one), oldest first.
+pub fn to_prune(complete_newest_first: &[String], keep: usize) -> Vec<String> {
+    let keep = keep.max(1);
+    let mut old: Vec<String> = complete_newest_first.iter().skip(keep).cloned().collect();
+    old.reverse();
+    old
+}
+
+/// Folders of snapshots without a manifest that are older than the oldest kept complete one
+/// (an upload that failed): `keys` of the whole listing, `kept` newest first.
+pub fn abandoned_keys<'a>(
+    prefix: &str,
+    keys: impl IntoIterator<Item = &'a str>,
+    kept: &[String],
+) -> Vec<String> {
+    let Some(oldest_kept) = kept.last() else {
+        return Vec::new();
+    };
+    let folder = folder(prefix);
+    let complete: BTreeSet<&str> = kept.iter().map(String::as_str).collect();
+    keys.into_iter()
+        .filter(|key| {
+            let Some(rest) = key.strip_prefix(folder.as_str()) else {
+                return false;
+            };
+            let Some((id, _)) = rest.split_once('/') else {
+                return false;
+            };
+            is_id(id) && id < oldest_kept.as_str() && !complete.contains(id)
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Whether a snapshot at `snapshot_position` lets a replica continue from a log whose oldest
+/// retained position is `oldest_available`: nothing between them may be missing.
+pub fn covers(snapshot_position: u64, oldest_available: u64) -> bool {
+    snapshot_position >= oldest_available
+}
+
+/// Whether a replica whose index stands at `local_position` (`None`: no index) must restore a
+/// snapshot before consuming a log whose oldest retained position is `oldest_available`.
+pub fn needs_restore(local_position: Option<u64>, oldest_available: u64) -> bool {
+    match local_position {
+        None => true,
+        Some(position) => position < oldest_available,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest() -> SnapshotManifest {
+        SnapshotManifest {
+            format_version: FORMAT_VERSION,
+            id: "01JZ0000000000000000000000".into(),
+            created_at: "2026-12-03T17:00:00.000000Z".into(),
+            position: 42,
+            commit_payload: r#"{"next_seq":42,"schema_version":3}"#.into(),
+            index_version: 3,
+            files: vec![
+                ManifestFile {
+                    path: INDEX_META.into(),
+                    size_bytes: 10,
+                    sha256: "a".repeat(64),
+                },
+                ManifestFile {
+                    path: "integrity/checkpoints.jsonl".into(),
+                    size_bytes: 0,
+                    sha256: "0".repeat(64),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn a_sound_manifest_passes_and_a_newer_index_is_refused() {
+        assert!(manifest().check(3).is_ok());
+        assert!(manifest().check(4).is_ok(), "an older index is migrated");
+        let error = manifest().check(2).unwrap_err();
+        assert!(matches!(
+            error,
+            SnapshotError::NewerIndex {
+                found: 3,
+                supported: 2,
+                ..
+            }
+        ));
+        assert!(error.to_string().contains("newer"), "{error}");
+        let mut newer_format = manifest();
+        newer_format.format_version = FORMAT_VERSION + 1;
+        assert!(newer_format.check(3).is_err());
+    }
+
+    #[test]
+    fn paths_outside_the_snapshot_roots_are_refused() {
+        for path in [
+            "../etc/passwd",
+            "index/../../x",
+            "/index/meta.json",
+            "index",
+            "index/",
+            "index//a",
+            "wal/000001.log",
+            "cursor.key",
+            "integrity/./a",
+            "index/a b",
+            "index/a\\b",
+            "",
+        ] {
+            assert!(!is_safe_path(path), "{path}");
+            let mut bad = manifest();
+            bad.files.push(ManifestFile {
+                path: path.into(),
+                size_bytes: 1,
+                sha256: "b".repeat(64),
+            });
+            assert!(bad.check(3).is_err(), "{path}");
+        }
+        for path in [
+            "index/meta.json",
+            "index/.managed.json",
+            "index/0a1b.7.del",
+            "integrity/keys/keyring.json",
+        ] {
+            assert!(is_safe_path(path), "{path}");
+        }
+        let mut twice = manifest();
+        twice.files.push(twice.files[0].clone());
+        assert!(twice.check(3).is_err());
+        let mut no_meta = manifest();
+        no_meta.files.remove(0);
+        assert!(no_meta.check(3).is_err());
+        let mut bad_hash = manifest();
+        bad_hash.files[0].sha256 = "A".repeat(64);
+        assert!(bad_hash.check(3).is_err());
+        let mut bad_id = manifest();
+        bad_id.id = "../x".into();
+        assert!(bad_id.check(3).is_err());
+    }
+
+    #[test]
+    fn only_snapshots_with_a_manifest_exist_newest_first() {
+        let keys = [
+            "p/snapshots/01A.manifest.json",
+            "p/snapshots/01A/index/meta.json",
+            "p/snapshots/01C/index/meta.json",
+            "p/snapshots/01B.manifest.json",
+            "p/snapshots/01B/index/meta.json",
+            "p/snapshots/bad..id.manifest.json",
+            "p/other/01D.manifest.json",
+            "q/snapshots/01E.manifest.json",
+        ];
+        assert_eq!(complete_ids("p/", keys), vec!["01B", "01A"]);
+        assert_eq!(complete_ids("", keys), Vec::<String>::new());
+        assert_eq!(manifest_key("p/", "01B"), "p/snapshots/01B.manifest.json");
+        assert_eq!(
+            file_key("p/", "01B", INDEX_META),
+            "p/snapshots/01B/index/meta.json"
+        );
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest_and_deletes_only_what_a_newer_manifest_replaced() {
+        let ids: Vec<String> = ["05", "04", "03", "02", "01"]
+            .iter()
+            .map(|id| id.to_string())
+            .collect();
+        assert_eq!(to_prune(&ids, 3), vec!["01", "02"]);
+        assert_eq!(to_prune(&ids, 5), Vec::<String>::new());
+        assert_eq!(to_prune(&ids, 0), vec!["01", "02", "03", "04"]);
+        assert_eq!(to_prune(&[], 1), Vec::<String>::new());
+        let keys = [
+            "snapshots/00/index/a",
+            "snapshots/02/index/a",
+            "snapshots/03/index/a",
+            "snapshots/06/index/a",
+        ];
+        let kept = vec!["05".to_string(), "03".to_string()];
+        // 00 and 02 never completed and are older than the oldest kept; 06 may be uploading.
+        assert_eq!(
+            abandoned_keys("", keys, &kept),
+            vec!["snapshots/00/index/a", "snapshots/02/index/a"]
+        );
+        assert!(abandoned_keys("", keys, &[]).is_empty());
+    }
+
+    #[test]
+    fn the_log_window_decides_a_restore() {
+        assert!(needs_restore(None, 0));
+        assert!(needs_restore(Some(10), 11));
+        assert!(!needs_restore(Some(11), 11));
+        assert!(!needs_restore(Some(50), 11));
+        assert!(covers(11, 11));
+        assert!(!covers(10, 11));
+    }
+}
