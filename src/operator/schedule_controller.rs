@@ -50,7 +50,7 @@ use super::schedule_convert::{created_by, schedule_record, schedule_spec, schedu
 use super::schedule_crd::{AuditExportSchedule, AuditExportScheduleStatus};
 use super::status::{Clock, VALIDATION_ERROR};
 use super::status_writer::{is_not_found, patch_status};
-use super::trust::{self, NAMESPACE_TENANT_LABEL, TENANT_NOT_ALLOWED};
+use super::trust;
 use crate::event::FieldErrors;
 use crate::export::engine::ProgressReporter;
 use crate::export::job::{Checkpoint, ExportFailure, ExportSpec};
@@ -527,18 +527,9 @@ async fn admit(
     let namespace = object
         .namespace()
         .ok_or(Error::MissingObjectKey(".metadata.namespace"))?;
-    let found = ctx
-        .namespaces
-        .get_opt(&namespace)
+    trust::namespace_admits(&ctx.namespaces, &namespace, &object.spec.tenant_id)
         .await
-        .map_err(Error::Namespace)?;
-    let label = found
-        .as_ref()
-        .and_then(|ns| ns.labels().get(NAMESPACE_TENANT_LABEL).cloned());
-    Ok(
-        trust::check_tenant(&namespace, label.as_deref(), &object.spec.tenant_id)
-            .map_err(|message| ExportFailure::new(TENANT_NOT_ALLOWED, message)),
-    )
+        .map_err(Error::Namespace)
 }
 
 /// A resource that is invalid, or names a tenant or destination it may not: `Ready` `False`
