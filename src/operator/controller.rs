@@ -26,7 +26,7 @@ use super::metrics::{OperatorMetrics, ReconcileResult};
 use super::progress::{self, ProgressFiles, Restored};
 use super::status::{self, VALIDATION_ERROR, reasons};
 use super::status_writer::{Note, StatusWriter, Target};
-use super::trust::{self, AnnotationSigner, NAMESPACE_TENANT_LABEL, Origin, TENANT_NOT_ALLOWED};
+use super::trust::{self, AnnotationSigner, Origin};
 use super::{CANCEL_ANNOTATION, ESTIMATED_RECORDS_ANNOTATION, FINALIZER, convert};
 use crate::event::FieldErrors;
 use crate::export::job::{Checkpoint, ExportFailure, ExportSpec};
@@ -374,19 +374,10 @@ async fn admit(
     let namespace = object
         .namespace()
         .ok_or(Error::MissingObjectKey(".metadata.namespace"))?;
-    let found = ctx
-        .namespaces
-        .get_opt(&namespace)
+    let admitted = trust::namespace_admits(&ctx.namespaces, &namespace, &object.spec.tenant_id)
         .await
         .map_err(Error::Namespace)?;
-    let label = found
-        .as_ref()
-        .and_then(|ns| ns.labels().get(NAMESPACE_TENANT_LABEL).cloned());
-    Ok(
-        trust::check_tenant(&namespace, label.as_deref(), &object.spec.tenant_id)
-            .map(|()| origin)
-            .map_err(|message| ExportFailure::new(TENANT_NOT_ALLOWED, message)),
-    )
+    Ok(admitted.map(|()| origin))
 }
 
 /// A resource naming a tenant its namespace does not allow (Failed/TenantNotAllowed) or a

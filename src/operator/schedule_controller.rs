@@ -33,11 +33,10 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::watcher;
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Client, ResourceExt};
 use parking_lot::Mutex;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -45,13 +44,13 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::FIELD_MANAGER;
 use super::audit::AuditLog;
 use super::exporter::Exporter;
 use super::schedule_convert::{created_by, schedule_record, schedule_spec, schedule_status};
 use super::schedule_crd::{AuditExportSchedule, AuditExportScheduleStatus};
 use super::status::{Clock, VALIDATION_ERROR};
-use super::trust::{self, NAMESPACE_TENANT_LABEL, TENANT_NOT_ALLOWED};
+use super::status_writer::{is_not_found, patch_status};
+use super::trust;
 use crate::event::FieldErrors;
 use crate::export::engine::ProgressReporter;
 use crate::export::job::{Checkpoint, ExportFailure, ExportSpec};
@@ -528,18 +527,9 @@ async fn admit(
     let namespace = object
         .namespace()
         .ok_or(Error::MissingObjectKey(".metadata.namespace"))?;
-    let found = ctx
-        .namespaces
-        .get_opt(&namespace)
+    trust::namespace_admits(&ctx.namespaces, &namespace, &object.spec.tenant_id)
         .await
-        .map_err(Error::Namespace)?;
-    let label = found
-        .as_ref()
-        .and_then(|ns| ns.labels().get(NAMESPACE_TENANT_LABEL).cloned());
-    Ok(
-        trust::check_tenant(&namespace, label.as_deref(), &object.spec.tenant_id)
-            .map_err(|message| ExportFailure::new(TENANT_NOT_ALLOWED, message)),
-    )
+        .map_err(Error::Namespace)
 }
 
 /// A resource that is invalid, or names a tenant or destination it may not: `Ready` `False`
@@ -842,30 +832,6 @@ async fn cleanup(object: &AuditExportSchedule, ctx: &ScheduleCtx) -> Result<Acti
     ctx.failures.lock().remove(&key);
     ctx.refresh_lag(ctx.now_us());
     Ok(Action::await_change())
-}
-
-fn is_not_found(error: &kube::Error) -> bool {
-    matches!(error, kube::Error::Api(status) if status.is_not_found())
-}
-
-/// Server-side apply of the whole status (the operator owns every status field).
-pub async fn patch_status(
-    api: &Api<AuditExportSchedule>,
-    name: &str,
-    status: &AuditExportScheduleStatus,
-) -> Result<(), kube::Error> {
-    let body = json!({
-        "apiVersion": AuditExportSchedule::api_version(&()),
-        "kind": AuditExportSchedule::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await?;
-    Ok(())
 }
 
 /// Writes each part's checkpoint into the status' `currentRun`.

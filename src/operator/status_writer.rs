@@ -210,19 +210,24 @@ async fn patch_retried(
     }
 }
 
-fn is_not_found(error: &kube::Error) -> bool {
+/// Whether `error` is the API server's 404.
+pub(crate) fn is_not_found(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(status) if status.is_not_found())
 }
 
-/// Server-side apply of the whole status (the operator owns every status field).
-pub async fn patch_status(
-    api: &Api<AuditExport>,
+/// Server-side apply of a resource's whole status (the operator owns every status field); the
+/// same for `AuditExport` and `AuditExportSchedule`.
+pub async fn patch_status<K>(
+    api: &Api<K>,
     name: &str,
-    status: &AuditExportStatus,
-) -> Result<(), kube::Error> {
+    status: &impl serde::Serialize,
+) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
     let body = json!({
-        "apiVersion": AuditExport::api_version(&()),
-        "kind": AuditExport::kind(&()),
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
         "status": status,
     });
     api.patch_status(

@@ -175,6 +175,22 @@ pub fn allowed_tenants(label: &str) -> Vec<&str> {
         .collect()
 }
 
+/// Whether `namespace`'s `audit.scailabs.ai/tenant` label lets its resources export `tenant`
+/// (read from the API server). `Ok(Err(_))` is a refusal; `Err(_)` a failure to read the
+/// namespace (the caller retries).
+pub async fn namespace_admits(
+    namespaces: &kube::Api<k8s_openapi::api::core::v1::Namespace>,
+    namespace: &str,
+    tenant: &str,
+) -> Result<Result<(), crate::export::job::ExportFailure>, kube::Error> {
+    let found = namespaces.get_opt(namespace).await?;
+    let label = found
+        .as_ref()
+        .and_then(|ns| ns.labels().get(NAMESPACE_TENANT_LABEL).cloned());
+    Ok(check_tenant(namespace, label.as_deref(), tenant)
+        .map_err(|message| crate::export::job::ExportFailure::new(TENANT_NOT_ALLOWED, message)))
+}
+
 /// Whether a resource in `namespace` (label value `label`) may export `tenant`; the refusal
 /// names the label.
 pub fn check_tenant(namespace: &str, label: Option<&str>, tenant: &str) -> Result<(), String> {
