@@ -153,6 +153,9 @@ async fn replicas_keep_every_acknowledged_event_once_through_leader_and_replica_
         )
         .await;
         assert_each_present_once(&logs, &acknowledged);
+        // No replica took a late delivery for a gap in the log (it would skip the late records).
+        let ready = send(client.get(format!("{}/v1/health/ready", replica.base_url()))).await;
+        assert_eq!(ready.2["checks"]["log"], json!("ok"), "{}", ready.2);
         // A request that was never acknowledged is stored whole (its publish was committed
         // after the timeout) or not at all.
         let counts = id_counts(&logs);
