@@ -930,6 +930,11 @@ fn bad_values_are_rejected_with_a_clear_message() {
              manifests with the same key ring",
         ),
         (
+            "cluster-without-cursor-key-secret.yaml",
+            "cluster.enabled needs cluster.cursorKeySecret: every replica must seal query cursors \
+             with the same key",
+        ),
+        (
             "cluster-url-with-password.yaml",
             "at '/cluster/nats/url': 'nats://audit:hunter2@nats.nats.svc:4222' does not match pattern",
         ),
