@@ -254,7 +254,8 @@ impl StreamPublisher {
         &self,
         events: Vec<PreparedEvent>,
     ) -> Result<IngestOutcome, WriteError> {
-        let started = Instant::now();
+        // Tokio's clock, which the retry pauses advance (and tests can pause).
+        let started = tokio::time::Instant::now();
         let mut pause = FIRST_RETRY_PAUSE;
         loop {
             match self.log.append(events.clone()).await {

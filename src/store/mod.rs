@@ -583,7 +583,13 @@ pub enum DataDirContents {
 /// command uses it to refuse a combination that would split the trail).
 pub fn data_dir_contents(data_dir: &Path) -> Result<DataDirContents, StoreError> {
     let index_dir = data_dir.join("index");
-    if index_dir.join("meta.json").exists() {
+    let meta = index_dir.join("meta.json");
+    let indexed = meta.try_exists().map_err(|source| StoreError::Io {
+        action: "check",
+        path: meta,
+        source,
+    })?;
+    if indexed {
         let index = tantivy::Index::open_in_dir(&index_dir)?;
         let payload = CommitPayload::parse(index.load_metas()?.payload.as_deref())
             .map_err(StoreError::Payload)?;

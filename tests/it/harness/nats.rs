@@ -126,7 +126,7 @@ impl NatsCluster {
     /// once, random, under the test directory.
     pub fn cursor_key_file(&self) -> PathBuf {
         let path = self.root.join("nats").join("cursor.key");
-        if !path.exists() {
+        if !path.try_exists().expect("check the cursor key file") {
             let key: [u8; 32] = rand_bytes();
             fs::write(&path, format!("{}\n", hex::encode(key))).expect("write the cursor key");
         }
