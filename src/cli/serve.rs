@@ -35,6 +35,8 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
     let settings = Settings::resolve(&args)?;
     telemetry::init_logging(&settings.log_level, settings.log_format)
         .map_err(anyhow::Error::msg)?;
+    // Before any work: the clustered mode's shared cursor key must be configured and valid.
+    let shared_cursors = shared_cursor_codec(&settings)?;
     let mut registry = telemetry::new_registry();
     telemetry::register_build_info(&mut registry);
     // First of all: an empty data directory may be restored from an index snapshot.
@@ -58,8 +60,11 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
         .context("failed to connect to the Kubernetes API")?;
     let (authenticator, bootstrap) = authenticator(&settings, cluster.as_ref()).await?;
     let authenticator = authenticator.with_failed_auth_limit(settings.failed_auth_per_minute);
-    let cursors = CursorCodec::load_or_create(&settings.store.data_dir)
-        .context("failed to load the cursor key")?;
+    let cursors = match shared_cursors {
+        Some(codec) => codec,
+        None => CursorCodec::load_or_create(&settings.store.data_dir)
+            .context("failed to load the cursor key")?,
+    };
     let checkpoints = Checkpointer::new(
         store.clone(),
         checkpoint_log.clone(),
@@ -251,6 +256,26 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
     let written = checkpoints.checkpoint_now().await;
     tracing::info!(written, "final checkpoints written");
     Ok(())
+}
+
+/// The key that seals query cursors in the clustered mode: the configured
+/// `[cluster] cursor_key_file`, shared by every replica so that a cursor from one continues on
+/// another behind a load-balancing Service (docs/cluster.md). `None` embedded, where the data
+/// directory's own `cursor.key` serves.
+fn shared_cursor_codec(settings: &Settings) -> anyhow::Result<Option<CursorCodec>> {
+    match &settings.cluster {
+        None => Ok(None),
+        Some(cluster) => {
+            let Some(path) = &cluster.cursor_key_file else {
+                anyhow::bail!(
+                    "the clustered mode needs [cluster] cursor_key_file (--cursor-key-file, SCAIVAULT_AUDIT_CURSOR_KEY_FILE): \
+                     one key file shared by every replica, so that a query cursor from one replica continues on another \
+                     (create it with `openssl rand -hex 32`, docs/cluster.md)"
+                );
+            };
+            Ok(Some(CursorCodec::from_key_file(path)?))
+        }
+    }
 }
 
 /// The embedded store, or (with `[cluster] nats_url`) one replica following the JetStream log.

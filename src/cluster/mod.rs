@@ -350,12 +350,18 @@ impl JetStreamSource {
         Ok(())
     }
 
+    /// Whether the stream still holds the message at `position` (when it cannot tell, assume
+    /// so: reopening is safe, skipping is not).
+    async fn still_holds(&self, position: u64) -> bool {
+        match self.stream.get_raw_message(position).await {
+            Ok(_) => true,
+            Err(error) => !matches!(error.kind(), stream::RawMessageErrorKind::NoMessageFound),
+        }
+    }
+
     /// One delivered message as a record (kept for its acknowledgement).
     fn record(&mut self, message: jetstream::Message) -> Result<LogRecord, LogError> {
-        let position = message
-            .info()
-            .map_err(|error| LogError(format!("message without metadata: {error}")))?
-            .stream_sequence;
+        let position = stream_sequence(&message)?;
         let format = message
             .headers
             .as_ref()
@@ -372,6 +378,14 @@ impl JetStreamSource {
         self.delivered.push_back((position, message));
         Ok(LogRecord { position, events })
     }
+}
+
+/// The stream sequence of a delivered message.
+fn stream_sequence(message: &jetstream::Message) -> Result<u64, LogError> {
+    Ok(message
+        .info()
+        .map_err(|error| LogError(format!("message without metadata: {error}")))?
+        .stream_sequence)
 }
 
 #[async_trait::async_trait]
@@ -393,9 +407,28 @@ impl LogSource for JetStreamSource {
             Ok(next) => next,
         };
         let mut next = first;
+        // The position the next record must have for the records to be contiguous.
+        let mut expected = after + 1;
         loop {
             match next {
-                Some(Ok(message)) => records.push(self.record(message)?),
+                Some(Ok(message)) => {
+                    let position = stream_sequence(&message)?;
+                    if position > expected && self.still_holds(expected).await {
+                        // The consumer skipped messages the stream still holds: after its
+                        // leader died they count as delivered into a pull request that died
+                        // with it, and come again only after ACK_WAIT. Reopened at the first
+                        // of them (taking them for a gap would lose them on this replica).
+                        tracing::warn!(
+                            expected,
+                            delivered = position,
+                            "the log consumer skipped messages the stream still holds; reopening there"
+                        );
+                        self.messages = None;
+                        return Ok(records);
+                    }
+                    expected = expected.max(position + 1);
+                    records.push(self.record(message)?);
+                }
                 Some(Err(error)) => {
                     // Reopened at the next poll, from the position the store passes.
                     self.messages = None;

@@ -143,6 +143,17 @@ pub struct ClusterSection {
         value_name = "ID"
     )]
     pub replica_id: Option<String>,
+    /// Key file that seals query cursors, the same on every replica (a mounted Kubernetes
+    /// Secret): one key of 64 hex digits a line, the first signs, every one is accepted.
+    /// Required by `serve` in the clustered mode, so that a cursor from one replica continues
+    /// on another.
+    #[arg(
+        id = "cluster.cursor_key_file",
+        long = "cursor-key-file",
+        env = "SCAIVAULT_AUDIT_CURSOR_KEY_FILE",
+        value_name = "FILE"
+    )]
+    pub cursor_key_file: Option<PathBuf>,
 }
 
 super::layered!(ClusterSection {
@@ -160,6 +171,7 @@ super::layered!(ClusterSection {
     duplicate_window_seconds,
     max_lag_messages,
     replica_id,
+    cursor_key_file,
 });
 
 /// The resolved `[cluster]` section (only when `nats_url` is set).
@@ -180,6 +192,8 @@ pub struct ClusterSettings {
     pub duplicate_window: Duration,
     pub max_lag_messages: u64,
     pub replica_id: String,
+    /// The shared cursor key file (`serve` refuses the clustered mode without one).
+    pub cursor_key_file: Option<PathBuf>,
 }
 
 impl ClusterSettings {
@@ -200,6 +214,7 @@ impl ClusterSettings {
             duplicate_window_seconds: Some(self.duplicate_window.as_secs()),
             max_lag_messages: Some(self.max_lag_messages),
             replica_id: Some(self.replica_id.clone()),
+            cursor_key_file: self.cursor_key_file.clone(),
         }
     }
 
@@ -305,6 +320,7 @@ impl ClusterSection {
                 1,
             )?,
             replica_id,
+            cursor_key_file: self.cursor_key_file.clone(),
         }))
     }
 }

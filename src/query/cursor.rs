@@ -70,10 +70,34 @@ pub enum CursorError {
     OtherRequest,
 }
 
+/// Why a configured cursor key file (`[cluster] cursor_key_file`) cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CursorKeyError {
+    #[error("cannot read the cursor key file {path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the cursor key file {path} must hold one or more keys of 64 hex digits, one a line (the first signs, every one is accepted), or exactly 32 raw bytes: {problem}"
+    )]
+    Format {
+        path: std::path::PathBuf,
+        problem: String,
+    },
+}
+
+/// Keys one cursor key file may hold at most (the signing key and previous keys still
+/// accepted during a rotation).
+pub const MAX_CURSOR_KEYS: usize = 8;
+
 /// Signs and checks cursors.
 #[derive(Clone)]
 pub struct CursorCodec {
     key: [u8; 32],
+    /// Keys of a rotation that are still accepted, never used to sign.
+    previous: Vec<[u8; 32]>,
 }
 
 impl std::fmt::Debug for CursorCodec {
@@ -83,13 +107,50 @@ impl std::fmt::Debug for CursorCodec {
 }
 
 impl CursorCodec {
+    /// A codec signing and checking with `key` only.
     pub fn new(key: [u8; 32]) -> Self {
-        CursorCodec { key }
+        CursorCodec {
+            key,
+            previous: Vec::new(),
+        }
     }
 
     /// Reads `DIR/cursor.key`, or creates it (random, mode 0600), so cursors survive restarts.
     pub fn load_or_create(data_dir: &Path) -> std::io::Result<Self> {
-        crate::key_file::load_or_create(&data_dir.join(KEY_FILE)).map(|key| CursorCodec { key })
+        crate::key_file::load_or_create(&data_dir.join(KEY_FILE)).map(Self::new)
+    }
+
+    /// Reads a configured key file shared by every replica (a mounted Kubernetes Secret):
+    /// one key of 64 hex digits a line, the first signs and every one is accepted (a rotation
+    /// puts the new key first and drops the old one later); or exactly 32 raw bytes (a
+    /// data directory's `cursor.key`, so its outstanding cursors stay valid).
+    pub fn from_key_file(path: &Path) -> Result<Self, CursorKeyError> {
+        let bytes = std::fs::read(path).map_err(|source| CursorKeyError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let format = |problem: String| CursorKeyError::Format {
+            path: path.to_path_buf(),
+            problem,
+        };
+        let mut keys = match <[u8; 32]>::try_from(bytes.as_slice()) {
+            Ok(raw) if !is_hex_text(&bytes) => vec![raw],
+            _ => hex_keys(&bytes).map_err(format)?,
+        };
+        if keys.is_empty() {
+            return Err(format("it holds no key".into()));
+        }
+        if keys.len() > MAX_CURSOR_KEYS {
+            return Err(format(format!(
+                "it holds {} keys, at most {MAX_CURSOR_KEYS}",
+                keys.len()
+            )));
+        }
+        let key = keys.remove(0);
+        Ok(CursorCodec {
+            key,
+            previous: keys,
+        })
     }
 
     /// The cursor continuing after `position` for the request with `fingerprint`.
@@ -112,11 +173,14 @@ impl CursorCodec {
             return Err(CursorError::Malformed);
         }
         let (body, mac) = bytes.split_at(BODY_BYTES);
-        let mut verifier = self.hmac();
-        verifier.update(body);
-        verifier
-            .verify_truncated_left(mac)
-            .map_err(|_| CursorError::Tampered)?;
+        let authentic = std::iter::once(&self.key).chain(&self.previous).any(|key| {
+            let mut verifier = hmac_with(key);
+            verifier.update(body);
+            verifier.verify_truncated_left(mac).is_ok()
+        });
+        if !authentic {
+            return Err(CursorError::Tampered);
+        }
         let field = |range: std::ops::Range<usize>| {
             let mut buf = [0u8; 8];
             buf.copy_from_slice(&body[range]);
@@ -131,19 +195,43 @@ impl CursorCodec {
         })
     }
 
-    fn hmac(&self) -> Hmac<Sha256> {
-        // HMAC accepts keys of any length, so this cannot fail for a 32-byte key.
-        match <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key) {
-            Ok(mac) => mac,
-            Err(_) => unreachable!("HMAC takes keys of any length"),
-        }
-    }
-
     fn mac(&self, body: &[u8]) -> Vec<u8> {
-        let mut mac = self.hmac();
+        let mut mac = hmac_with(&self.key);
         mac.update(body);
         mac.finalize().into_bytes().to_vec()
     }
+}
+
+fn hmac_with(key: &[u8; 32]) -> Hmac<Sha256> {
+    // HMAC accepts keys of any length, so this cannot fail for a 32-byte key.
+    match <Hmac<Sha256> as KeyInit>::new_from_slice(key) {
+        Ok(mac) => mac,
+        Err(_) => unreachable!("HMAC takes keys of any length"),
+    }
+}
+
+/// Whether `bytes` are only hex digits and whitespace (a key file in the text format).
+fn is_hex_text(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .all(|byte| byte.is_ascii_hexdigit() || byte.is_ascii_whitespace())
+}
+
+/// The keys of the text format: one of 64 hex digits per non-empty line.
+fn hex_keys(bytes: &[u8]) -> Result<Vec<[u8; 32]>, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "it is neither text nor 32 bytes")?;
+    let mut keys = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let mut key = [0u8; 32];
+        hex::decode_to_slice(line, &mut key)
+            .map_err(|_| format!("line {} is not 64 hex digits", index + 1))?;
+        keys.push(key);
+    }
+    Ok(keys)
 }
 
 /// Version byte that starts every [`CursorScope::encode`]d form (see the module docs).
@@ -269,6 +357,61 @@ mod tests {
 
     /// The fingerprint of an unfiltered, newest-first `logs` listing of `tnt_acme`.
     const PINNED_EMPTY_LOGS_FINGERPRINT: u64 = 4_487_752_003_692_661_221;
+
+    #[test]
+    fn a_key_file_holds_a_signing_key_and_previous_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cursor-key");
+        let position = SortKey {
+            timestamp_us: 1,
+            seq: 2,
+        };
+        let old = CursorCodec::new([1; 32]).encode(position, 5);
+        std::fs::write(
+            &path,
+            format!("{}\n\n{}\n", hex::encode([2; 32]), hex::encode([1; 32])),
+        )
+        .unwrap();
+        let rotated = CursorCodec::from_key_file(&path).unwrap();
+        assert_eq!(
+            rotated.decode(&old, 5),
+            Ok(position),
+            "a previous key is accepted"
+        );
+        let new = rotated.encode(position, 5);
+        assert_eq!(
+            CursorCodec::new([2; 32]).decode(&new, 5),
+            Ok(position),
+            "the first key signs"
+        );
+        assert_eq!(
+            CursorCodec::new([1; 32]).decode(&new, 5),
+            Err(CursorError::Tampered)
+        );
+        // A data directory's raw cursor.key keeps its cursors valid.
+        std::fs::write(&path, [1u8; 32]).unwrap();
+        assert_eq!(
+            CursorCodec::from_key_file(&path).unwrap().decode(&old, 5),
+            Ok(position)
+        );
+        for bad in [&b""[..], b"\n", b"abcd\n", b"zz", &[0xff; 31]] {
+            std::fs::write(&path, bad).unwrap();
+            let error = CursorCodec::from_key_file(&path).unwrap_err();
+            assert!(
+                matches!(error, CursorKeyError::Format { .. }),
+                "{bad:?}: {error}"
+            );
+        }
+        let many: String = (0..=MAX_CURSOR_KEYS)
+            .map(|n| format!("{}\n", hex::encode([n as u8; 32])))
+            .collect();
+        std::fs::write(&path, many).unwrap();
+        assert!(CursorCodec::from_key_file(&path).is_err());
+        assert!(matches!(
+            CursorCodec::from_key_file(&dir.path().join("missing")),
+            Err(CursorKeyError::Read { .. })
+        ));
+    }
 
     #[test]
     fn round_trip_and_every_tampering_is_caught() {

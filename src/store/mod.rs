@@ -568,6 +568,63 @@ impl Startup {
     }
 }
 
+/// What a data directory holds, as far as the modes are concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataDirContents {
+    /// No events (missing, empty, or a store that never stored any).
+    Empty,
+    /// An embedded store's events (committed, or still only in its WAL).
+    Embedded,
+    /// A cluster replica's index.
+    Replica,
+}
+
+/// Reads what `data_dir` holds without opening, locking or changing a store (the `import`
+/// command uses it to refuse a combination that would split the trail).
+pub fn data_dir_contents(data_dir: &Path) -> Result<DataDirContents, StoreError> {
+    let index_dir = data_dir.join("index");
+    let meta = index_dir.join("meta.json");
+    let indexed = meta.try_exists().map_err(|source| StoreError::Io {
+        action: "check",
+        path: meta,
+        source,
+    })?;
+    if indexed {
+        let index = tantivy::Index::open_in_dir(&index_dir)?;
+        let payload = CommitPayload::parse(index.load_metas()?.payload.as_deref())
+            .map_err(StoreError::Payload)?;
+        if payload.log_position.is_some() {
+            return Ok(DataDirContents::Replica);
+        }
+        if payload.next_seq > 0 {
+            return Ok(DataDirContents::Embedded);
+        }
+    }
+    let wal_dir = data_dir.join("wal");
+    let entries = match fs::read_dir(&wal_dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(DataDirContents::Empty);
+        }
+        Err(source) => {
+            return Err(StoreError::Io {
+                action: "read",
+                path: wal_dir,
+                source,
+            });
+        }
+    };
+    for entry in entries.flatten() {
+        if entry
+            .metadata()
+            .is_ok_and(|meta| meta.is_file() && meta.len() > 0)
+        {
+            return Ok(DataDirContents::Embedded);
+        }
+    }
+    Ok(DataDirContents::Empty)
+}
+
 /// A data directory belongs to one mode: an embedded store's events are in no replicated log
 /// (other replicas would never see them), and a replica's index follows a log position that
 /// a WAL knows nothing of.

@@ -27,6 +27,8 @@ fn replica_args(cluster: &NatsCluster, id: &str, publish_timeout_ms: u64) -> Vec
         // The default (16 GiB) is more file storage than a test machine's JetStream offers.
         "--nats-max-bytes".into(),
         (256u64 << 20).to_string(),
+        "--cursor-key-file".into(),
+        cluster.cursor_key_file().display().to_string(),
     ];
     args.extend(FAST_COMMITS.iter().map(|arg| arg.to_string()));
     args.extend(AUDIT_OF_AUDIT_OFF.iter().map(|arg| arg.to_string()));
@@ -271,4 +273,301 @@ async fn without_quorum_ingest_answers_503_in_time_and_retries_store_once() {
     assert_eq!(ready.2["checks"]["log"], json!("ok"), "{}", ready.2);
     let counts: HashMap<String, usize> = id_counts(&logs);
     assert!(counts.values().all(|count| *count == 1));
+}
+
+/// One page of `GET /v1/audit/logs` on `server`: its ids and the cursor to the next page.
+async fn logs_page(
+    client: &reqwest::Client,
+    server: &Server,
+    query: &str,
+) -> (Vec<String>, Option<String>) {
+    let (status, _, page) = get_logs(
+        client,
+        server.base_url(),
+        server.token(),
+        Some(TENANT),
+        query,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "GET /v1/audit/logs?{query}: {page}");
+    let logs = page["logs"].as_array().expect("logs").clone();
+    let cursor = page["cursor"].as_str().map(str::to_string);
+    (ids_in_order(&logs), cursor)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs scripts/cluster.sh"]
+async fn a_cursor_from_one_replica_continues_on_another() {
+    let dir = TestDir::new();
+    let nats = NatsCluster::start(dir.root()).await;
+    let data_b = dir.root().join("data-b");
+    std::fs::create_dir(&data_b).unwrap();
+    let a = start_replica(&dir.data_dir(), &replica_args(&nats, "replica-a", 2000)).await;
+    let b = start_replica(&data_b, &replica_args(&nats, "replica-b", 2000)).await;
+    let client = client();
+    let events = events_with_producer_ids(0, 30);
+    let ids = ingest_ok(&client, a.base_url(), a.token(), &events).await;
+    for replica in [&a, &b] {
+        let logs = wait_until_visible(
+            &client,
+            replica.base_url(),
+            replica.token(),
+            Some(TENANT),
+            &ids,
+            Duration::from_secs(30),
+        )
+        .await;
+        assert_each_present_once(&logs, &ids);
+    }
+
+    // Page 1 on A, page 2 on B with A's cursor, page 3 on A with B's: the same walk as on A.
+    let (first, cursor) = logs_page(&client, &a, "limit=10").await;
+    let cursor = cursor.expect("a cursor after the first page");
+    let (second, cursor) = logs_page(
+        &client,
+        &b,
+        &format!("limit=10&cursor={}", percent_encode(&cursor)),
+    )
+    .await;
+    let cursor = cursor.expect("a cursor after the second page");
+    let (third, _) = logs_page(
+        &client,
+        &a,
+        &format!("limit=10&cursor={}", percent_encode(&cursor)),
+    )
+    .await;
+    let (whole, _) = logs_page(&client, &a, "limit=30").await;
+    let walked: Vec<String> = [first, second, third].concat();
+    assert_eq!(
+        walked, whole,
+        "pages across replicas walk the same result set"
+    );
+    let distinct: std::collections::HashSet<&String> = walked.iter().collect();
+    assert_eq!(distinct.len(), 30, "every event once");
+
+    // A cursor sealed with another key is still refused.
+    let other = TestDir::new();
+    let embedded = Server::start(&other.data_dir(), &[]).await;
+    let foreign = ingest_ok(&client, embedded.base_url(), embedded.token(), &events[..3]).await;
+    wait_until_visible(
+        &client,
+        embedded.base_url(),
+        embedded.token(),
+        Some(TENANT),
+        &foreign,
+        Duration::from_secs(30),
+    )
+    .await;
+    let (_, cursor) = logs_page(&client, &embedded, "limit=1").await;
+    let reply = get_logs(
+        &client,
+        b.base_url(),
+        b.token(),
+        Some(TENANT),
+        &format!(
+            "limit=1&cursor={}",
+            percent_encode(&cursor.expect("cursor"))
+        ),
+    )
+    .await;
+    assert_error(&reply, StatusCode::BAD_REQUEST, "invalid_cursor");
+}
+
+#[test]
+fn the_clustered_mode_does_not_start_without_a_shared_cursor_key() {
+    let dir = TestDir::new();
+    let data = dir.data_dir();
+    // Refused before any connection: the URL need not answer.
+    let output = run_to_exit(&[
+        "serve",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--nats-url",
+        "nats://127.0.0.1:1",
+        "--replica-id",
+        "r1",
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cursor_key_file"), "{stderr}");
+    let bad = dir.root().join("bad.key");
+    std::fs::write(&bad, "not a key\n").unwrap();
+    let output = run_to_exit(&[
+        "serve",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--nats-url",
+        "nats://127.0.0.1:1",
+        "--replica-id",
+        "r1",
+        "--cursor-key-file",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("64 hex digits"), "{stderr}");
+}
+
+/// Writes `events` as an NDJSON file under `dir`.
+fn ndjson_file(dir: &std::path::Path, name: &str, events: &[Value]) -> std::path::PathBuf {
+    let path = dir.join(name);
+    let text: String = events.iter().map(|event| format!("{event}\n")).collect();
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `import` with the cluster arguments of `nats`, the `data_dir` and `extra`.
+fn import_to_cluster(
+    nats: &NatsCluster,
+    file: &std::path::Path,
+    data_dir: &std::path::Path,
+) -> std::process::Output {
+    let urls = nats.urls();
+    run_to_exit(&[
+        "import",
+        file.to_str().unwrap(),
+        "--no-progress",
+        "--nats-url",
+        &urls,
+        "--replica-id",
+        "importer",
+        "--nats-max-bytes",
+        &(256u64 << 20).to_string(),
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs scripts/cluster.sh"]
+async fn import_publishes_to_the_stream_once_and_refuses_an_embedded_store() {
+    let dir = TestDir::new();
+    let nats = NatsCluster::start(dir.root()).await;
+    let replica = start_replica(&dir.data_dir(), &replica_args(&nats, "replica-a", 2000)).await;
+    // 2500 events: three stream messages (1000, 1000, 500).
+    let events = events_with_producer_ids(0, 2500);
+    let ids = ids_of(&events);
+    let file = ndjson_file(dir.root(), "events.ndjson", &events);
+    let empty = dir.root().join("import-dir");
+    let output = import_to_cluster(&nats, &file, &empty);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("published to the JetStream stream 2500 events"),
+        "{stdout}"
+    );
+    // Imported again (a retried import): every replica still holds each event once.
+    let again = import_to_cluster(&nats, &file, &empty);
+    assert!(again.status.success());
+    let client = client();
+    let logs = wait_until_visible(
+        &client,
+        replica.base_url(),
+        replica.token(),
+        Some(TENANT),
+        &ids,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_each_present_once(&logs, &ids);
+    assert_eq!(logs.len(), 2500);
+
+    // A data directory holding an embedded store is refused: the trail would be split.
+    let embedded = dir.root().join("embedded");
+    let small = ndjson_file(
+        dir.root(),
+        "small.ndjson",
+        &events_with_producer_ids(5000, 3),
+    );
+    let output = run_to_exit(&[
+        "import",
+        small.to_str().unwrap(),
+        "--no-progress",
+        "--data-dir",
+        embedded.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{output:?}");
+    let refused = import_to_cluster(&nats, &small, &embedded);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("holds an embedded store"), "{stderr}");
+    // Refused before connecting: nothing of it reached the stream.
+    let logs = fetch_all_logs(&client, replica.base_url(), replica.token(), TENANT).await;
+    assert_eq!(logs.len(), 2500);
+    let small_ids: Vec<String> = std::fs::read_to_string(&small)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<Value>(line).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_none_present(&logs, &small_ids);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs scripts/cluster.sh"]
+async fn bench_ingest_cluster_reports_its_figures_and_no_lost_event() {
+    let binary = crate::harness::nats::nats_server_binary();
+    let dir = TestDir::new();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(BINARY)
+            .args([
+                "bench",
+                "ingest",
+                "--cluster",
+                "--events",
+                "2000",
+                "--batch",
+                "50",
+                "--nats-server",
+                &binary,
+                "--dir",
+            ])
+            .arg(dir.root())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: Value = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("cluster summary: "))
+        .map(|json| serde_json::from_str(json).expect("the summary is JSON"))
+        .unwrap_or_else(|| panic!("no summary line: {stdout}"));
+    eprintln!("{stdout}");
+    assert_eq!(summary["replicas"], json!(2), "{summary}");
+    assert!(
+        summary["events_per_second"].as_f64().unwrap() > 0.0,
+        "{summary}"
+    );
+    assert!(summary["catch_up_seconds"].as_f64().is_some(), "{summary}");
+    assert!(
+        summary["leader_kill_longest_gap_seconds"].as_f64().unwrap() > 0.0,
+        "{summary}"
+    );
+    assert!(
+        summary["leader_kill_unavailable"].as_u64().is_some(),
+        "{summary}"
+    );
+    assert_eq!(summary["verified_events"], json!(4000), "{summary}");
+    assert_eq!(summary["lost"], json!(0), "{summary}");
+    assert_eq!(summary["duplicated"], json!(0), "{summary}");
+    assert_eq!(summary["unexpected"], json!(0), "{summary}");
 }

@@ -930,6 +930,11 @@ fn bad_values_are_rejected_with_a_clear_message() {
              manifests with the same key ring",
         ),
         (
+            "cluster-without-cursor-key-secret.yaml",
+            "cluster.enabled needs cluster.cursorKeySecret: every replica must seal query cursors \
+             with the same key",
+        ),
+        (
             "cluster-url-with-password.yaml",
             "at '/cluster/nats/url': 'nats://audit:hunter2@nats.nats.svc:4222' does not match pattern",
         ),
@@ -1316,6 +1321,8 @@ fn development_secret(path: &str) -> Vec<u8> {
         "nats.creds" => NATS_CREDS.as_bytes().to_vec(),
         "jwks.json" => std::fs::read(root().join("config/jwks.example.json")).unwrap(),
         "token" => b"svt_development_token".to_vec(),
+        // The shared cursor key of cluster mode: one key of 64 hex digits.
+        "cursor.key" => format!("{}\n", "5a".repeat(32)).into_bytes(),
         other => panic!("no development content for a Secret file named {other}"),
     }
 }

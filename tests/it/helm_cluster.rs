@@ -50,6 +50,7 @@ fn cluster_values(replicas: u64) -> Vec<String> {
         "cluster.enabled=true".into(),
         format!("cluster.nats.url={}", json!(EXTERNAL_URL)),
         "integrity.keysSecret=\"audit-integrity-keys\"".into(),
+        "cluster.cursorKeySecret=\"audit-cursor-key\"".into(),
     ]
 }
 
@@ -268,6 +269,12 @@ fn the_cluster_values_files_carry_the_nats_settings_into_the_pod() {
             "scaivault-audit-nats-client-tls",
             "tls.key",
         ),
+        (
+            "cursor_key_file",
+            "cursor-key",
+            "audit-cursor-key",
+            "cursor.key",
+        ),
     ] {
         let path = PathBuf::from(string(key));
         let mount = rendered.container()["volumeMounts"]
@@ -395,6 +402,7 @@ fn the_bundled_nats_url_follows_the_nats_chart_naming() {
             "cluster.enabled=true".into(),
             "cluster.nats.bundled=true".into(),
             "integrity.keysSecret=\"audit-integrity-keys\"".into(),
+            "cluster.cursorKeySecret=\"audit-cursor-key\"".into(),
         ];
         let rendered = render_set(release, &values);
         assert_eq!(
@@ -408,6 +416,7 @@ fn the_bundled_nats_url_follows_the_nats_chart_naming() {
         "cluster.nats.bundled=true".into(),
         "cluster.nats.bundledPort=14222".into(),
         "integrity.keysSecret=\"audit-integrity-keys\"".into(),
+        "cluster.cursorKeySecret=\"audit-cursor-key\"".into(),
     ];
     let rendered = render_set("audit", &values);
     assert_eq!(

@@ -64,6 +64,7 @@ app.kubernetes.io/part-of: scaivault
 {{- define "scaivault-audit.integrityKeysDir" -}}/var/run/scaivault-audit/integrity-keys{{- end }}
 {{- define "scaivault-audit.natsCredentialsDir" -}}/var/run/scaivault-audit/nats-credentials{{- end }}
 {{- define "scaivault-audit.natsCaDir" -}}/var/run/scaivault-audit/nats-ca{{- end }}
+{{- define "scaivault-audit.cursorKeyDir" -}}/var/run/scaivault-audit/cursor-key{{- end }}
 {{- define "scaivault-audit.natsClientTlsDir" -}}/var/run/scaivault-audit/nats-client-tls{{- end }}
 
 {{/* The chart's own Secret holds whatever is given inline; an existing Secret wins. */}}
@@ -303,6 +304,7 @@ max_bytes = {{ int64 $c.stream.maxBytes }}
 publish_timeout_ms = {{ int64 $c.stream.publishTimeoutMs }}
 duplicate_window_seconds = {{ int64 $c.stream.duplicateWindowSeconds }}
 max_lag_messages = {{ int64 $c.maxLagMessages }}
+cursor_key_file = {{ printf "%s/cursor.key" (include "scaivault-audit.cursorKeyDir" .) | toJson }}
 {{- end }}
 
 {{/* Majority of the replicas: floor(n/2)+1. */}}
@@ -325,6 +327,9 @@ max_lag_messages = {{ int64 $c.maxLagMessages }}
 {{- end }}
 {{- if not .Values.integrity.keysSecret }}
 {{- fail "cluster.enabled needs integrity.keysSecret: every replica must sign checkpoints and manifests with the same key ring (scaivault-audit integrity keygen, then a Secret; docs/deployment.md)" }}
+{{- end }}
+{{- if not $c.cursorKeySecret }}
+{{- fail "cluster.enabled needs cluster.cursorKeySecret: every replica must seal query cursors with the same key, or a cursor from one pod fails on another (openssl rand -hex 32, then a Secret; docs/cluster.md)" }}
 {{- end }}
 {{- end }}
 {{- end }}

@@ -22,7 +22,9 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use tokio::io::AsyncBufReadExt;
 
+mod cluster;
 mod export;
+mod nats;
 mod query;
 
 use crate::cli::workload::{WorkloadGenerator, WorkloadOptions};
@@ -58,6 +60,27 @@ pub struct IngestBenchArgs {
     /// removed afterwards).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Against service replicas in the clustered mode on NATS JetStream (docs/cluster.md):
+    /// throughput, time until every replica indexed everything, a run that kills the stream
+    /// leader, and a verification that every acknowledged event is indexed exactly once.
+    #[arg(long)]
+    pub cluster: bool,
+    /// With --cluster: service replicas.
+    #[arg(long, default_value_t = 2, requires = "cluster")]
+    pub replicas: usize,
+    /// With --cluster: the nats-server binary for a three-node cluster of the benchmark's own
+    /// (default: $SCAIVAULT_TEST_NATS_SERVER; scripts/cluster.sh install provides it).
+    #[arg(long, requires = "cluster", conflicts_with = "nats_url")]
+    pub nats_server: Option<PathBuf>,
+    /// With --cluster: an existing NATS cluster instead (no leader-kill run then).
+    #[arg(long, requires = "cluster")]
+    pub nats_url: Option<String>,
+    /// With --cluster: skip the leader-kill run.
+    #[arg(long, requires = "cluster")]
+    pub no_leader_kill: bool,
+    /// With --cluster: also run the embedded figure with the same workload and clients.
+    #[arg(long, requires = "cluster")]
+    pub compare_embedded: bool,
 }
 
 /// Runs a benchmark command.
@@ -73,6 +96,9 @@ const BENCH_TOKEN: &str = "skt_benchmark_token_not_secret";
 
 async fn ingest(args: IngestBenchArgs) -> anyhow::Result<()> {
     let temp = start_run(args.dir.as_deref(), args.events, args.seed)?;
+    if args.cluster {
+        return cluster::run(args, temp.path()).await;
+    }
     let started = Instant::now();
     let bodies = generate_bodies(args.events, args.seed, args.batch.max(1), None)?;
     let raw_bytes: usize = bodies.iter().map(Vec::len).sum();
@@ -215,11 +241,18 @@ struct BenchServer {
     address: String,
     /// A keep-alive client for it.
     client: reqwest::Client,
+    /// Its data directory.
+    data_dir: PathBuf,
 }
 
 impl BenchServer {
     /// Starts the server on `data_dir` and waits until it is ready.
     async fn start(data_dir: &Path) -> anyhow::Result<Self> {
+        Self::start_with(data_dir, &[]).await
+    }
+
+    /// Starts the server on `data_dir` with `extra` serve arguments and waits until it is ready.
+    async fn start_with(data_dir: &Path, extra: &[String]) -> anyhow::Result<Self> {
         std::fs::create_dir_all(data_dir)?;
         let tokens = data_dir.with_extension("tokens.toml");
         std::fs::write(
@@ -244,6 +277,9 @@ impl BenchServer {
             .arg(data_dir)
             .arg("--tokens-file")
             .arg(&tokens)
+            .args(extra)
+            // The clustered mode only where `extra` asks for it (--nats-url).
+            .env_remove("SCAIVAULT_AUDIT_NATS_URL")
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
@@ -268,6 +304,7 @@ impl BenchServer {
             pid,
             address,
             client,
+            data_dir: data_dir.to_path_buf(),
         })
     }
 

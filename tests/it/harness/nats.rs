@@ -37,6 +37,7 @@ struct Node {
 pub struct NatsCluster {
     binary: String,
     nodes: Vec<Node>,
+    root: PathBuf,
 }
 
 fn free_port() -> u16 {
@@ -80,7 +81,11 @@ impl NatsCluster {
                 child: None,
             });
         }
-        let mut cluster = NatsCluster { binary, nodes };
+        let mut cluster = NatsCluster {
+            binary,
+            nodes,
+            root: root.to_path_buf(),
+        };
         for index in 0..3 {
             cluster.launch(index);
         }
@@ -115,6 +120,17 @@ impl NatsCluster {
             .map(|node| format!("nats://127.0.0.1:{}", node.client_port))
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// The cursor key file every replica on this cluster shares (`--cursor-key-file`): written
+    /// once, random, under the test directory.
+    pub fn cursor_key_file(&self) -> PathBuf {
+        let path = self.root.join("nats").join("cursor.key");
+        if !path.try_exists().expect("check the cursor key file") {
+            let key: [u8; 32] = rand_bytes();
+            fs::write(&path, format!("{}\n", hex::encode(key))).expect("write the cursor key");
+        }
+        path
     }
 
     /// SIGKILL node `index` (0-based).
@@ -182,6 +198,12 @@ impl NatsCluster {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+fn rand_bytes() -> [u8; 32] {
+    let mut key = [0u8; 32];
+    getrandom::fill(&mut key).expect("random bytes");
+    key
 }
 
 /// The `cluster.leader` of the stream named `stream` anywhere in a `/jsz` document.
