@@ -63,7 +63,8 @@ pub fn holds_no_store(data_dir: &Path) -> Result<bool, SnapshotError> {
         || (!exists(&data_dir.join(INDEX_META))? && !has_wal(data_dir)))
 }
 
-fn has_wal(data_dir: &Path) -> bool {
+/// Whether `data_dir` holds write-ahead log segments (an embedded store's).
+pub fn has_wal(data_dir: &Path) -> bool {
     fs::read_dir(data_dir.join("wal"))
         .map(|mut entries| entries.next().is_some())
         .unwrap_or(false)
