@@ -199,14 +199,14 @@ impl fmt::Display for Gap {
                  positions {oldest}..={} only: records {next}..={} expired before this replica \
                  indexed them",
                 self.window.last,
-                oldest - 1
+                oldest.saturating_sub(1)
             )?,
             None => write!(
                 f,
                 "the data directory holds no store, and the stream holds positions {oldest}..={} \
                  only: records 1..={} expired",
                 self.window.last,
-                oldest - 1
+                oldest.saturating_sub(1)
             )?,
         }
         match &self.snapshots {

@@ -530,6 +530,10 @@ async fn a_replica_behind_the_stream_restores_a_covering_snapshot_and_keeps_its_
     store.shutdown().await;
     drop(store);
     assert_eq!(read_local(&stale).unwrap(), LocalStore::Replica { next: 2 });
+    // Retention anchors of the stale index (the snapshot's uploader never expired anything).
+    let anchors = stale.join("integrity").join("retention-anchors.json");
+    std::fs::create_dir_all(stale.join("integrity")).unwrap();
+    std::fs::write(&anchors, b"{\"stale\": true}").unwrap();
     let before = contents(&stale);
     let join = |window| restore_to_join(&target, "file://bucket/", &stale, window, &metrics);
 
@@ -552,6 +556,10 @@ async fn a_replica_behind_the_stream_restores_a_covering_snapshot_and_keeps_its_
     let outcome = join(window(3, 3)).await.unwrap().unwrap();
     assert_eq!(outcome.id, manifest.id);
     assert_eq!(read_local(&stale).unwrap(), LocalStore::Replica { next: 4 });
+    assert!(
+        std::fs::read(&anchors).ok().as_deref() != Some(&b"{\"stale\": true}"[..]),
+        "the replaced store's retention anchors were kept"
+    );
     let restored = log.replica(&stale).await;
     assert_eq!(restored.searcher().num_docs(), 12);
     restored.shutdown().await;
