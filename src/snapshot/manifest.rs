@@ -422,6 +422,28 @@ mod tests {
     }
 
     #[test]
+    fn a_replica_owns_the_snapshots_that_carry_its_tag() {
+        let tag = owner_tag("replica-a");
+        assert_eq!(tag.len(), OWNER_TAG_LEN);
+        assert_ne!(tag, owner_tag("replica-b"));
+        let id = new_id(Some(&tag));
+        assert!(is_id(&id), "{id}");
+        assert!(is_owned_by(&id, Some(&tag)));
+        assert!(!is_owned_by(&id, Some(&owner_tag("replica-b"))));
+        // An untagged (embedded) id is nobody's in a cluster, everybody's embedded.
+        let plain = new_id(None);
+        assert!(!is_owned_by(&plain, Some(&tag)));
+        assert!(is_owned_by(&plain, None));
+        assert_eq!(id_of_key("p/", &manifest_key("p/", &id)), Some(id.as_str()));
+        assert_eq!(
+            id_of_key("p/", &file_key("p/", &id, INDEX_META)),
+            Some(id.as_str())
+        );
+        assert_eq!(id_of_key("p/", "p/snapshots/x..y/index/a"), None);
+        assert_eq!(id_of_key("p/", "q/snapshots/01A.manifest.json"), None);
+    }
+
+    #[test]
     fn the_log_window_decides_a_restore() {
         assert!(needs_restore(None, 0));
         assert!(needs_restore(Some(10), 11));
