@@ -9,7 +9,7 @@ use scaivault_audit::auth::jwt::JwtVerifier;
 use scaivault_audit::auth::token_review::TokenReviewer;
 use scaivault_audit::auth::{Authenticator, BootstrapToken, StaticTokens};
 use scaivault_audit::config::auth::JwksSource;
-use scaivault_audit::config::{Settings, SettingsArgs};
+use scaivault_audit::config::{ClusterSettings, Settings, SettingsArgs};
 use scaivault_audit::export::credentials::{CredentialSource, ScaiVaultClient};
 use scaivault_audit::export::engine::{EngineConfig, ExportEngine, RetryPolicy};
 use scaivault_audit::export::manifest::{ExportIntegrity, ManifestLinks};
@@ -22,7 +22,9 @@ use scaivault_audit::integrity::checkpoint::CheckpointLog;
 use scaivault_audit::integrity::checkpointer::{self, CheckpointMetrics, Checkpointer};
 use scaivault_audit::query::cursor::CursorCodec;
 use scaivault_audit::retention::{ColdTier, RetentionMetrics, Sweeper};
+use scaivault_audit::snapshot::rejoin::{SnapshotSource, rejoin};
 use scaivault_audit::snapshot::remote::DestinationOpener;
+use scaivault_audit::snapshot::service::UploadGate;
 use scaivault_audit::snapshot::{SnapshotMetrics, Snapshotter, service};
 use scaivault_audit::state::{AppState, ExportHandles};
 use scaivault_audit::store::log::Replicated;
@@ -39,22 +41,37 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
     let shared_cursors = shared_cursor_codec(&settings)?;
     let mut registry = telemetry::new_registry();
     telemetry::register_build_info(&mut registry);
-    // First of all: an empty data directory may be restored from an index snapshot.
+    // First of all: an empty data directory may be restored from an index snapshot; in a
+    // cluster, also one whose records the stream no longer holds.
     let snapshot_metrics = SnapshotMetrics::register(&mut registry);
     let snapshot_opener = DestinationOpener::from_settings(&settings)?;
-    if let Some(opener) = &snapshot_opener
-        && settings.snapshots.restore_on_start
-    {
-        service::restore_at_start(opener, &settings.store.data_dir, &snapshot_metrics)
-            .await
-            .context("failed to restore the data directory from an index snapshot")?;
-    }
+    let replicated = match &settings.cluster {
+        Some(cluster) => Some(
+            join_cluster(
+                &settings,
+                cluster,
+                snapshot_opener.as_ref(),
+                &snapshot_metrics,
+            )
+            .await?,
+        ),
+        None => {
+            if let Some(opener) = &snapshot_opener
+                && settings.snapshots.restore_on_start
+            {
+                service::restore_at_start(opener, &settings.store.data_dir, &snapshot_metrics)
+                    .await
+                    .context("failed to restore the data directory from an index snapshot")?;
+            }
+            None
+        }
+    };
     // Before the store: a missing or broken key ring stops the start before anything else.
     let checkpoint_log = Arc::new(
         checkpointer::open(&settings.integrity)
             .context("failed to open the integrity key ring and checkpoint log")?,
     );
-    let store = open_store(&settings, StoreMetrics::register(&mut registry)).await?;
+    let store = open_store(&settings, StoreMetrics::register(&mut registry), replicated)?;
     let cluster = operator::connect(&settings)
         .await
         .context("failed to connect to the Kubernetes API")?;
@@ -189,6 +206,7 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
                 settings.snapshots.keep as usize,
                 snapshot_metrics,
             )
+            .with_upload_gate(snapshot_upload_gate(&settings))
             .spawn(snapshot_shutdown.clone()),
         ),
         _ => None,
@@ -278,27 +296,63 @@ fn shared_cursor_codec(settings: &Settings) -> anyhow::Result<Option<CursorCodec
     }
 }
 
-/// The embedded store, or (with `[cluster] nats_url`) one replica following the JetStream log.
-async fn open_store(settings: &Settings, metrics: StoreMetrics) -> anyhow::Result<Store> {
-    let Some(cluster) = &settings.cluster else {
-        return Ok(Store::open(&settings.store, metrics)?);
-    };
-    let (log, source) = scaivault_audit::cluster::connect(cluster).await?;
+/// The embedded store, or (with `[cluster] nats_url`, `replicated` from [`join_cluster`]) one
+/// replica following the JetStream log.
+fn open_store(
+    settings: &Settings,
+    metrics: StoreMetrics,
+    replicated: Option<Replicated>,
+) -> anyhow::Result<Store> {
+    Ok(match replicated {
+        Some(replicated) => Store::open_replicated(&settings.store, metrics, replicated)?,
+        None => Store::open(&settings.store, metrics)?,
+    })
+}
+
+/// Connects this replica to the JetStream stream and, before its store opens, restores an
+/// index snapshot when its data directory is empty or behind the stream's window
+/// ([`rejoin`]); refuses to start, changing nothing, when records it never indexed are gone
+/// and no snapshot covers them.
+async fn join_cluster(
+    settings: &Settings,
+    cluster: &ClusterSettings,
+    opener: Option<&DestinationOpener>,
+    metrics: &SnapshotMetrics,
+) -> anyhow::Result<Replicated> {
+    let (log, mut source) = scaivault_audit::cluster::connect(cluster).await?;
     tracing::info!(
         replica_id = %cluster.replica_id,
         stream = %cluster.stream,
         "clustered mode: ingest goes to the JetStream stream (docs/cluster.md)"
     );
-    let replicated = Replicated {
+    let window = source.window().await?;
+    let snapshots = match opener {
+        Some(opener) => SnapshotSource::Destination {
+            opener,
+            restore_on_start: settings.snapshots.restore_on_start,
+        },
+        None => SnapshotSource::NotConfigured,
+    };
+    rejoin(snapshots, &settings.store.data_dir, window, metrics)
+        .await
+        .with_context(|| {
+            format!(
+                "replica {} cannot join JetStream stream {}",
+                cluster.replica_id, cluster.stream
+            )
+        })?;
+    Ok(Replicated {
         log: log.into_event_log(),
         source: Box::new(source),
         max_lag: cluster.max_lag_messages,
-    };
-    Ok(Store::open_replicated(
-        &settings.store,
-        metrics,
-        replicated,
-    )?)
+    })
+}
+
+/// Whether this process uploads an index snapshot at a given interval. Every replica does
+/// today (each prunes only its own snapshots, docs/snapshots.md); connect this to the cluster
+/// lease (src/cluster/lease.rs) to have one uploader per cluster.
+fn snapshot_upload_gate(_settings: &Settings) -> UploadGate {
+    service::every_replica_uploads()
 }
 
 /// Watches the TLS certificate and key, the tokens file and a JWKS file, and swaps a changed

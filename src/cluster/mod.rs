@@ -30,6 +30,7 @@ use async_nats::{ConnectOptions, HeaderMap, ServerAddr};
 use futures::{FutureExt, StreamExt};
 
 use crate::config::ClusterSettings;
+use crate::snapshot::rejoin::LogWindow;
 use crate::store::log::{EventLog, LogError, LogRecord, LogSource};
 use crate::store::{IngestOutcome, PreparedEvent, WriteError};
 
@@ -301,6 +302,24 @@ pub struct JetStreamSource {
 }
 
 impl JetStreamSource {
+    /// The records the stream holds now (for the start's restore decision,
+    /// [`crate::snapshot::rejoin`]).
+    pub async fn window(&mut self) -> Result<LogWindow, ClusterError> {
+        let stream = self.stream.cached_info().config.name.clone();
+        let info = self
+            .stream
+            .info()
+            .await
+            .map_err(|error| ClusterError::Stream {
+                stream,
+                message: format!("cannot be read: {}", describe(&error)),
+            })?;
+        Ok(LogWindow {
+            first: info.state.first_sequence,
+            last: info.state.last_sequence,
+        })
+    }
+
     /// (Re)creates the durable consumer at the message after `after`. The position is the
     /// index's, so the consumer is recreated rather than resumed: a resumed pull consumer would
     /// deliver new messages before redelivering those a crash left unacknowledged.

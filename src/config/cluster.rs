@@ -17,6 +17,10 @@ pub const DEFAULT_SUBJECT: &str = "scaivault.audit.events";
 pub const DEFAULT_REPLICAS: u64 = 3;
 /// Default window the stream keeps: 7 days.
 pub const DEFAULT_MAX_AGE_SECONDS: u64 = 7 * 24 * 3600;
+/// Shortest window the stream may keep (JetStream also needs it to be at least the duplicate
+/// window). Short windows are for tests and drills: a replica away for longer than the window
+/// must restore an index snapshot (docs/cluster.md).
+pub const MIN_MAX_AGE_SECONDS: u64 = 10;
 /// Default bound of the stream's size: 16 GiB (then ingest answers 503, never drops).
 pub const DEFAULT_MAX_BYTES: u64 = 16 << 30;
 /// Default deadline of one publish, from the request to JetStream's acknowledgement.
@@ -95,7 +99,8 @@ pub struct ClusterSection {
         value_name = "N"
     )]
     pub replicas: Option<u64>,
-    /// Seconds the stream keeps events (its window for replicas that fall behind).
+    /// Seconds the stream keeps events (its window for replicas that fall behind; at least 10
+    /// and at least the duplicate window).
     #[arg(
         id = "cluster.max_age_seconds",
         long = "nats-max-age-seconds",
@@ -292,11 +297,7 @@ impl ClusterSection {
             stream,
             subject,
             replicas: replicas as usize,
-            max_age: Duration::from_secs(at_least(
-                "cluster.max_age_seconds",
-                self.max_age_seconds.unwrap_or(DEFAULT_MAX_AGE_SECONDS),
-                60,
-            )?),
+            max_age: Duration::from_secs(self.max_age_seconds()?),
             max_bytes: at_least(
                 "cluster.max_bytes",
                 self.max_bytes.unwrap_or(DEFAULT_MAX_BYTES),
@@ -322,6 +323,31 @@ impl ClusterSection {
             replica_id,
             cursor_key_file: self.cursor_key_file.clone(),
         }))
+    }
+}
+
+impl ClusterSection {
+    /// The stream's window: at least [`MIN_MAX_AGE_SECONDS`], and no shorter than the
+    /// duplicate window (JetStream refuses such a stream, and a retry must find its original
+    /// while it is still held).
+    fn max_age_seconds(&self) -> Result<u64, ConfigError> {
+        let max_age = at_least(
+            "cluster.max_age_seconds",
+            self.max_age_seconds.unwrap_or(DEFAULT_MAX_AGE_SECONDS),
+            MIN_MAX_AGE_SECONDS,
+        )?;
+        let duplicate_window = self
+            .duplicate_window_seconds
+            .unwrap_or(DEFAULT_DUPLICATE_WINDOW_SECONDS);
+        if max_age < duplicate_window {
+            return Err(invalid(
+                "cluster.max_age_seconds",
+                &format!(
+                    "must be at least cluster.duplicate_window_seconds ({duplicate_window}); lower the duplicate window too"
+                ),
+            ));
+        }
+        Ok(max_age)
     }
 }
 
@@ -521,11 +547,40 @@ mod tests {
                 },
                 "cluster.max_lag_messages",
             ),
+            (
+                ClusterSection {
+                    max_age_seconds: Some(9),
+                    duplicate_window_seconds: Some(5),
+                    ..section("nats://a")
+                },
+                "at least 10",
+            ),
+            (
+                ClusterSection {
+                    max_age_seconds: Some(60),
+                    ..section("nats://a")
+                },
+                "at least cluster.duplicate_window_seconds (120)",
+            ),
         ];
         for (section, key) in cases {
             let error = section.resolve().unwrap_err().to_string();
             assert!(error.contains(key), "{key}: {error}");
         }
+    }
+
+    #[test]
+    fn a_short_window_for_drills_needs_a_short_duplicate_window() {
+        let settings = ClusterSection {
+            max_age_seconds: Some(10),
+            duplicate_window_seconds: Some(5),
+            ..section("nats://a")
+        }
+        .resolve()
+        .unwrap()
+        .unwrap();
+        assert_eq!(settings.max_age, Duration::from_secs(10));
+        assert_eq!(settings.duplicate_window, Duration::from_secs(5));
     }
 
     #[test]

@@ -68,7 +68,14 @@ pub fn staging_root(data_dir: &Path) -> PathBuf {
 
 /// Stages a snapshot of `index` (the committed index of the store in `data_dir`) with a new
 /// id. Blocking: run it off the async runtime.
-pub fn stage(data_dir: &Path, index: &Index) -> Result<StagedSnapshot, SnapshotError> {
+///
+/// `owner` is the uploader's tag ([`super::manifest::owner_tag`]) in a cluster, appended to the
+/// id so that each replica prunes only its own snapshots.
+pub fn stage(
+    data_dir: &Path,
+    index: &Index,
+    owner: Option<&str>,
+) -> Result<StagedSnapshot, SnapshotError> {
     let root = staging_root(data_dir);
     // Leftovers of an interrupted run are never uploaded again.
     match fs::remove_dir_all(&root) {
@@ -76,7 +83,7 @@ pub fn stage(data_dir: &Path, index: &Index) -> Result<StagedSnapshot, SnapshotE
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
         Err(error) => return Err(io("remove", &root)(error)),
     }
-    let id = ulid::Ulid::generate().to_string();
+    let id = super::manifest::new_id(owner);
     let dir = root.join(&id);
     let integrity = data_dir.join("integrity");
     for sub in ["index", "integrity/keys"] {
@@ -120,12 +127,20 @@ pub fn stage(data_dir: &Path, index: &Index) -> Result<StagedSnapshot, SnapshotE
         format_version: FORMAT_VERSION,
         id,
         created_at: crate::timestamp::format_micros(crate::timestamp::now_micros()),
-        position: payload.next_seq,
+        position: continues_at(&payload),
         commit_payload: payload.to_json(),
         index_version: payload.schema_version,
         files,
     };
     Ok(StagedSnapshot { dir, manifest })
+}
+
+/// Where the log continues after a commit: the stream sequence after the consumed
+/// `log_position` for a cluster replica, the next WAL sequence number embedded.
+pub fn continues_at(payload: &CommitPayload) -> u64 {
+    payload
+        .log_position
+        .map_or(payload.next_seq, |position| position.saturating_add(1))
 }
 
 /// Links the files of the current commit of `index` (in `index_dir`) into `target` and writes

@@ -51,8 +51,10 @@ pub struct SnapshotManifest {
     pub id: String,
     /// RFC 3339 UTC.
     pub created_at: String,
-    /// The log position recorded in the index commit: every event before it is in the
-    /// snapshot, consumption continues at it.
+    /// Where the log continues after this snapshot: every record before it is in the
+    /// snapshot. Embedded: the next WAL sequence number (the commit's `next_seq`); cluster
+    /// replica: the stream sequence after the commit's `log_position` (the consumed stream
+    /// position + 1).
     pub position: u64,
     /// The commit payload as the index recorded it.
     pub commit_payload: String,
@@ -62,6 +64,15 @@ pub struct SnapshotManifest {
 }
 
 impl SnapshotManifest {
+    /// The consumed position of the replicated log the snapshot's commit records: every
+    /// record through it is in the snapshot. `None` for an embedded store's snapshot (whose
+    /// events are in no replicated log).
+    pub fn log_position(&self) -> Option<u64> {
+        crate::store::writer::CommitPayload::parse(Some(&self.commit_payload))
+            .ok()
+            .and_then(|payload| payload.log_position)
+    }
+
     /// Total bytes of the files.
     pub fn total_bytes(&self) -> u64 {
         self.files.iter().map(|file| file.size_bytes).sum()
@@ -216,6 +227,46 @@ pub fn abandoned_keys<'a>(
         .collect()
 }
 
+/// Length of an owner tag ([`owner_tag`]) at the end of a snapshot id.
+pub const OWNER_TAG_LEN: usize = 8;
+
+/// The tag that marks the snapshots one cluster replica uploads (and alone prunes): the first
+/// [`OWNER_TAG_LEN`] hex digits of the SHA-256 of its replica id. Lowercase hex after the
+/// 26 uppercase characters of a ULID, so ids still sort by creation time.
+pub fn owner_tag(replica_id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = hex::encode(Sha256::digest(replica_id.as_bytes()));
+    digest[..OWNER_TAG_LEN].to_string()
+}
+
+/// A new snapshot id: a ULID, followed by the uploader's tag in a cluster.
+pub fn new_id(owner: Option<&str>) -> String {
+    let ulid = ulid::Ulid::generate().to_string();
+    match owner {
+        Some(tag) => format!("{ulid}{tag}"),
+        None => ulid,
+    }
+}
+
+/// Whether snapshot `id` was uploaded by the owner tagged `tag` (`None`: every id is, as in the
+/// embedded mode where one process owns its destination).
+pub fn is_owned_by(id: &str, tag: Option<&str>) -> bool {
+    tag.is_none_or(|tag| id.len() == ULID_LEN + tag.len() && id.ends_with(tag))
+}
+
+/// Length of a ULID in its text form.
+const ULID_LEN: usize = 26;
+
+/// The snapshot id a key under `PREFIXsnapshots/` belongs to (a manifest's or a file's).
+pub fn id_of_key<'a>(prefix: &str, key: &'a str) -> Option<&'a str> {
+    let rest = key.strip_prefix(folder(prefix).as_str())?;
+    let id = match rest.split_once('/') {
+        Some((id, _)) => id,
+        None => rest.strip_suffix(MANIFEST_SUFFIX)?,
+    };
+    is_id(id).then_some(id)
+}
+
 /// Whether a snapshot at `snapshot_position` lets a replica continue from a log whose oldest
 /// retained position is `oldest_available`: nothing between them may be missing.
 pub fn covers(snapshot_position: u64, oldest_available: u64) -> bool {
@@ -368,6 +419,28 @@ mod tests {
             vec!["snapshots/00/index/a", "snapshots/02/index/a"]
         );
         assert!(abandoned_keys("", keys, &[]).is_empty());
+    }
+
+    #[test]
+    fn a_replica_owns_the_snapshots_that_carry_its_tag() {
+        let tag = owner_tag("replica-a");
+        assert_eq!(tag.len(), OWNER_TAG_LEN);
+        assert_ne!(tag, owner_tag("replica-b"));
+        let id = new_id(Some(&tag));
+        assert!(is_id(&id), "{id}");
+        assert!(is_owned_by(&id, Some(&tag)));
+        assert!(!is_owned_by(&id, Some(&owner_tag("replica-b"))));
+        // An untagged (embedded) id is nobody's in a cluster, everybody's embedded.
+        let plain = new_id(None);
+        assert!(!is_owned_by(&plain, Some(&tag)));
+        assert!(is_owned_by(&plain, None));
+        assert_eq!(id_of_key("p/", &manifest_key("p/", &id)), Some(id.as_str()));
+        assert_eq!(
+            id_of_key("p/", &file_key("p/", &id, INDEX_META)),
+            Some(id.as_str())
+        );
+        assert_eq!(id_of_key("p/", "p/snapshots/x..y/index/a"), None);
+        assert_eq!(id_of_key("p/", "q/snapshots/01A.manifest.json"), None);
     }
 
     #[test]

@@ -25,6 +25,7 @@
 
 pub mod capture;
 pub mod manifest;
+pub mod rejoin;
 pub mod remote;
 pub mod restore;
 pub mod service;

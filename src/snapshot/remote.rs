@@ -38,6 +38,9 @@ pub struct DestinationOpener {
     file_root: Option<PathBuf>,
     /// Where S3 multipart uploads are journaled (`DATA_DIR/snapshots`).
     journal_dir: PathBuf,
+    /// A cluster replica's tag ([`manifest::owner_tag`] of its replica id): its snapshot ids
+    /// end with it, and it prunes only those. `None` embedded.
+    owner: Option<String>,
 }
 
 impl DestinationOpener {
@@ -63,6 +66,10 @@ impl DestinationOpener {
             endpoints: export.endpoints.clone(),
             file_root: export.file_root.clone(),
             journal_dir: settings.store.data_dir.join("snapshots"),
+            owner: settings
+                .cluster
+                .as_ref()
+                .map(|cluster| manifest::owner_tag(&cluster.replica_id)),
         }))
     }
 
@@ -111,7 +118,11 @@ impl DestinationOpener {
             credentials_path: destination.credentials_path.clone(),
         };
         let sink = sink::open(&target, credentials, &context).await?;
-        Ok(SnapshotTarget::new(sink, &destination.prefix))
+        let target = SnapshotTarget::new(sink, &destination.prefix);
+        Ok(match &self.owner {
+            Some(owner) => target.owned_by(owner),
+            None => target,
+        })
     }
 }
 
@@ -124,6 +135,7 @@ fn fs_create(dir: &Path) -> Result<(), SnapshotError> {
 pub struct SnapshotTarget {
     sink: Arc<dyn Sink>,
     prefix: String,
+    owner: Option<String>,
 }
 
 impl SnapshotTarget {
@@ -131,7 +143,20 @@ impl SnapshotTarget {
         SnapshotTarget {
             sink,
             prefix: prefix.to_string(),
+            owner: None,
         }
+    }
+
+    /// This target as one cluster replica's, tagged `owner` ([`manifest::owner_tag`]): the
+    /// snapshots it uploads carry the tag, and [`SnapshotTarget::prune`] deletes only those.
+    pub fn owned_by(mut self, owner: &str) -> Self {
+        self.owner = Some(owner.to_string());
+        self
+    }
+
+    /// The uploader's tag, if this target is one cluster replica's.
+    pub fn owner(&self) -> Option<&str> {
+        self.owner.as_deref()
     }
 
     /// The sink (for reads of snapshot files).
@@ -224,9 +249,22 @@ impl SnapshotTarget {
     /// on it does not exist, whatever of its files remain), and the files of uploads that never
     /// completed and are older than the oldest kept snapshot. Returns how many snapshots were
     /// deleted.
+    ///
+    /// A cluster replica's target ([`SnapshotTarget::owned_by`]) considers only the snapshots
+    /// that replica uploaded: replicas sharing a destination never delete each other's
+    /// snapshots (nor each other's uploads in progress), so each keeps its newest `keep`.
     pub async fn prune(&self, keep: usize, supported: u32) -> Result<usize, SnapshotError> {
         let listing = self.listing().await?;
-        let keys = || listing.iter().map(|object| object.key.as_str());
+        let owner = self.owner.as_deref();
+        let keys = || {
+            listing
+                .iter()
+                .map(|object| object.key.as_str())
+                .filter(|key| {
+                    manifest::id_of_key(&self.prefix, key)
+                        .is_some_and(|id| manifest::is_owned_by(id, owner))
+                })
+        };
         let complete = manifest::complete_ids(&self.prefix, keys());
         let old = manifest::to_prune(&complete, keep);
         for id in &old {

@@ -63,7 +63,8 @@ pub fn holds_no_store(data_dir: &Path) -> Result<bool, SnapshotError> {
         || (!exists(&data_dir.join(INDEX_META))? && !has_wal(data_dir)))
 }
 
-fn has_wal(data_dir: &Path) -> bool {
+/// Whether `data_dir` holds write-ahead log segments (an embedded store's).
+pub fn has_wal(data_dir: &Path) -> bool {
     fs::read_dir(data_dir.join("wal"))
         .map(|mut entries| entries.next().is_some())
         .unwrap_or(false)
@@ -98,7 +99,8 @@ pub async fn restore(
     }
     let placing = data_dir.to_path_buf();
     let placed_manifest = manifest.clone();
-    tokio::task::spawn_blocking(move || place(&placing, &downloads, &placed_manifest)).await??;
+    tokio::task::spawn_blocking(move || place(&placing, &downloads, &placed_manifest, mode))
+        .await??;
     Ok(Some(RestoreOutcome {
         id: manifest.id.clone(),
         created_at: manifest.created_at.clone(),
@@ -199,6 +201,7 @@ fn place(
     data_dir: &Path,
     downloads: &Path,
     manifest: &SnapshotManifest,
+    mode: RestoreMode,
 ) -> Result<(), SnapshotError> {
     let marker = marker_path(data_dir);
     crate::durable_file::replace(&marker, manifest.id.as_bytes()).map_err(io("write", &marker))?;
@@ -208,6 +211,9 @@ fn place(
         remove_dir_if_present(&data_dir.join(sub))?;
     }
     let integrity = data_dir.join("integrity");
+    if mode == RestoreMode::ReplaceStale {
+        remove_stale_integrity(data_dir, manifest)?;
+    }
     for file in &manifest.files {
         let path = file.path.as_str();
         if !path.starts_with("integrity/") || path == KEYRING {
@@ -231,6 +237,34 @@ fn place(
     fs::remove_file(&marker).map_err(io("remove", &marker))?;
     sync_dir(data_dir)?;
     remove_dir_if_present(downloads)
+}
+
+/// The integrity files a snapshot carries beside the index: they describe its index.
+const CARRIED: [&str; 3] = [
+    crate::integrity::checkpoint::LOG_FILE,
+    crate::store::retention::ANCHORS_FILE,
+    crate::export::manifest::LINKS_FILE,
+];
+
+/// Removes a replaced store's own copies of the files in [`CARRIED`] that the snapshot does not
+/// bring (they described the replaced index; the snapshot's replace the others).
+fn remove_stale_integrity(
+    data_dir: &Path,
+    manifest: &SnapshotManifest,
+) -> Result<(), SnapshotError> {
+    for name in CARRIED {
+        let path = format!("integrity/{name}");
+        if manifest.files.iter().any(|file| file.path == path) {
+            continue;
+        }
+        let local = data_dir.join(&path);
+        match fs::remove_file(&local) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(io("remove", &local)(error)),
+        }
+    }
+    Ok(())
 }
 
 fn sync_dir(dir: &Path) -> Result<(), SnapshotError> {

@@ -90,6 +90,17 @@ impl SnapshotMetrics {
         self.refresh_age();
     }
 
+    /// Records a successful restore of the snapshot `outcome` names.
+    pub fn restored(&self, outcome: &RestoreOutcome) {
+        Self::outcome(&self.restores, true);
+        self.saw(&outcome.created_at);
+    }
+
+    /// Records a failed restore.
+    pub fn restore_failed(&self) {
+        Self::outcome(&self.restores, false);
+    }
+
     fn refresh_age(&self) {
         let newest = self.newest_micros.load(Ordering::SeqCst);
         if newest > 0 {
@@ -109,7 +120,10 @@ pub async fn snapshot_once(
 ) -> Result<(super::SnapshotManifest, u64), SnapshotError> {
     let index = store.searcher().index().clone();
     let dir = data_dir.to_path_buf();
-    let staged = tokio::task::spawn_blocking(move || capture::stage(&dir, &index)).await??;
+    let owner = target.owner().map(str::to_owned);
+    let staged =
+        tokio::task::spawn_blocking(move || capture::stage(&dir, &index, owner.as_deref()))
+            .await??;
     let uploaded = target.upload(&staged).await;
     staged.remove();
     let bytes = uploaded?;
@@ -118,6 +132,20 @@ pub async fn snapshot_once(
         tracing::warn!(%error, "could not delete old snapshots");
     }
     Ok((staged.manifest, bytes))
+}
+
+/// Decides, before each periodic run, whether this process uploads a snapshot now.
+///
+/// Today every process does ([`every_replica_uploads`]): in a cluster each replica uploads
+/// its own snapshots (ids tagged with its replica, pruned by it alone), so any replica's
+/// snapshot can rebuild another. The hook for "one uploader per cluster": a gate that answers
+/// whether this replica holds the cluster's snapshot lease (JetStream KV), checked at every
+/// interval.
+pub type UploadGate = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// The gate of a process that uploads at every interval.
+pub fn every_replica_uploads() -> UploadGate {
+    Arc::new(|| true)
 }
 
 /// The periodic snapshot task of the running service.
@@ -129,6 +157,7 @@ pub struct Snapshotter {
     interval: Duration,
     keep: usize,
     metrics: SnapshotMetrics,
+    gate: UploadGate,
 }
 
 impl Snapshotter {
@@ -147,7 +176,14 @@ impl Snapshotter {
             interval,
             keep,
             metrics,
+            gate: every_replica_uploads(),
         }
+    }
+
+    /// Uploads only at the intervals at which `gate` answers true (see [`UploadGate`]).
+    pub fn with_upload_gate(mut self, gate: UploadGate) -> Self {
+        self.gate = gate;
+        self
     }
 
     /// One run: snapshot, upload, prune; counted and logged.
@@ -195,6 +231,11 @@ impl Snapshotter {
                 }
                 self.metrics.refresh_age();
                 if tokio::time::Instant::now() < next {
+                    continue;
+                }
+                if !(self.gate)() {
+                    tracing::debug!("another replica uploads the index snapshots");
+                    next = tokio::time::Instant::now() + self.interval;
                     continue;
                 }
                 // A run stopped by the shutdown uploaded no manifest: it is no snapshot.
@@ -248,33 +289,4 @@ pub async fn restore_at_start(
         }
     }
     result
-}
-
-/// For the log side of a cluster replica: restores the newest snapshot into `data_dir`
-/// (whose store the caller has closed) when the replica's index position `local_position`
-/// (`None`: no index) lies before `oldest_available`, the oldest position the log still
-/// holds. Fails when no snapshot reaches into the log's window. `Ok(None)`: no restore needed.
-pub async fn restore_if_behind(
-    target: &SnapshotTarget,
-    data_dir: &Path,
-    local_position: Option<u64>,
-    oldest_available: u64,
-) -> Result<Option<RestoreOutcome>, SnapshotError> {
-    if !super::needs_restore(local_position, oldest_available) {
-        return Ok(None);
-    }
-    let ids = target.complete_ids().await?;
-    let Some(newest) = ids.first() else {
-        return Err(SnapshotError::NotFound(format!(
-            "covering log position {oldest_available} (the destination holds none)"
-        )));
-    };
-    let manifest = target.manifest(newest, SCHEMA_VERSION).await?;
-    if !super::covers(manifest.position, oldest_available) {
-        return Err(SnapshotError::NotFound(format!(
-            "covering log position {oldest_available} (the newest, {newest}, stands at {})",
-            manifest.position
-        )));
-    }
-    restore::restore(target, data_dir, Some(newest), RestoreMode::ReplaceStale).await
 }

@@ -7,14 +7,20 @@ use std::time::Duration;
 
 use super::manifest::{self, SnapshotManifest};
 use super::restore::{self, RestoreMode};
-use super::service::{restore_if_behind, snapshot_once};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::rejoin::{LocalStore, LogWindow, RejoinError, read_local, restore_to_join};
+use super::service::{SnapshotMetrics, snapshot_once};
 use super::{SnapshotError, SnapshotTarget};
 use crate::event::{Action, AuditEvent, IdentityType};
 use crate::export::credentials::DestinationCredentials;
 use crate::export::job::{Destination, DestinationType};
 use crate::export::sink::{self, SinkContext, endpoint::EndpointPolicy};
+use crate::store::log::{EventLog, LogError, LogRecord, LogSource, Replicated};
 use crate::store::schema::SCHEMA_VERSION;
-use crate::store::{PreparedEvent, Store, StoreConfig, StoreMetrics};
+use crate::store::{IngestOutcome, PreparedEvent, Store, StoreConfig, StoreMetrics, WriteError};
 
 const PREFIX: &str = "cluster-a/";
 
@@ -384,40 +390,228 @@ async fn a_newer_index_version_is_refused_and_an_unfinished_restore_is_never_ope
     copy.shutdown().await;
 }
 
+/// A replicated log of fixed records in memory, for replica stores.
+#[derive(Clone, Default)]
+struct FixedLog {
+    records: Arc<Mutex<Vec<LogRecord>>>,
+}
+
+impl FixedLog {
+    fn with(records: &[Vec<PreparedEvent>]) -> Self {
+        let log = FixedLog::default();
+        for (index, events) in records.iter().enumerate() {
+            log.records.lock().push(LogRecord {
+                position: index as u64 + 1,
+                events: events.clone(),
+            });
+        }
+        log
+    }
+
+    /// A replica store in `data_dir` that consumed the whole log (flushed).
+    async fn replica(&self, data_dir: &Path) -> Store {
+        let replicated = Replicated {
+            log: Arc::new(self.clone()),
+            source: Box::new(self.clone()),
+            max_lag: 1000,
+        };
+        let store = Store::open_replicated(
+            &StoreConfig::with_data_dir(data_dir),
+            StoreMetrics::unregistered(),
+            replicated,
+        )
+        .unwrap();
+        store.wait_ready(Duration::from_secs(30)).await.unwrap();
+        store.flush().await.unwrap();
+        store
+    }
+}
+
+#[async_trait::async_trait]
+impl EventLog for FixedLog {
+    async fn append(&self, _: Vec<PreparedEvent>) -> Result<IngestOutcome, WriteError> {
+        Err(WriteError::Closed)
+    }
+}
+
+#[async_trait::async_trait]
+impl LogSource for FixedLog {
+    async fn next_records(
+        &mut self,
+        after: u64,
+        wait: Duration,
+    ) -> Result<Vec<LogRecord>, LogError> {
+        let records: Vec<LogRecord> = self
+            .records
+            .lock()
+            .iter()
+            .filter(|record| record.position > after)
+            .cloned()
+            .collect();
+        if records.is_empty() {
+            tokio::time::sleep(wait.min(Duration::from_millis(10))).await;
+        }
+        Ok(records)
+    }
+
+    async fn acknowledge_through(&mut self, _: u64) -> Result<(), LogError> {
+        Ok(())
+    }
+
+    async fn end_position(&mut self) -> Result<u64, LogError> {
+        Ok(self.records.lock().len() as u64)
+    }
+}
+
+fn records() -> Vec<Vec<PreparedEvent>> {
+    (0..3)
+        .map(|record| {
+            (0..4)
+                .map(|i| {
+                    let tenant = if i % 2 == 0 { "tnt_a" } else { "tnt_b" };
+                    event(
+                        tenant,
+                        &format!("r{record}e{i}"),
+                        1_000_000 + record * 10 + i,
+                    )
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn window(first: u64, last: u64) -> LogWindow {
+    LogWindow { first, last }
+}
+
+/// Every file of `dir` with its content (to show nothing changed).
+fn contents(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            if entry.file_type().unwrap().is_dir() {
+                stack.push(entry.path());
+            } else if entry.file_name() != "LOCK" {
+                files.push((entry.path(), std::fs::read(entry.path()).unwrap()));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn a_replica_behind_the_log_window_restores_one_that_covers_it() {
+async fn a_replica_behind_the_stream_restores_a_covering_snapshot_and_keeps_its_store_without_one()
+{
     let root = tempfile::tempdir().unwrap();
+    let target = file_target(root.path()).await.owned_by("aaaaaaaa");
+    let metrics = SnapshotMetrics::default();
+    let log = FixedLog::with(&records());
     let source = root.path().join("a");
-    let target = file_target(root.path()).await;
-    let store = filled_store(&source).await;
+    let store = log.replica(&source).await;
     let (manifest, _) = snapshot_once(&store, &source, &target, 3).await.unwrap();
     store.shutdown().await;
-    let stale = root.path().join("stale");
-    assert_eq!(
-        restore_if_behind(&target, &stale, Some(manifest.position), manifest.position)
-            .await
-            .unwrap(),
-        None,
-        "within the window: nothing to do"
-    );
-    let error = restore_if_behind(&target, &stale, Some(1), manifest.position + 1)
+    // The snapshot records the consumed stream position; it continues after it.
+    assert_eq!(manifest.log_position(), Some(3));
+    assert_eq!(manifest.position, 4);
+    assert!(manifest.id.ends_with("aaaaaaaa"), "{}", manifest.id);
+    // A newer snapshot of an embedded store at the same destination is not a replica's.
+    let embedded = root.path().join("embedded");
+    let store = filled_store(&embedded).await;
+    snapshot_once(&store, &embedded, &file_target(root.path()).await, 3)
         .await
-        .unwrap_err();
-    assert!(matches!(error, SnapshotError::NotFound(_)), "{error}");
-    let outcome = restore_if_behind(&target, &stale, None, manifest.position)
+        .unwrap();
+    store.shutdown().await;
+
+    // A replica that indexed only record 1: its store continues at 2.
+    let stale = root.path().join("stale");
+    let store = FixedLog::with(&records()[..1]).replica(&stale).await;
+    store.shutdown().await;
+    drop(store);
+    assert_eq!(read_local(&stale).unwrap(), LocalStore::Replica { next: 2 });
+    // Retention anchors of the stale index (the snapshot's uploader never expired anything).
+    let anchors = stale.join("integrity").join("retention-anchors.json");
+    std::fs::create_dir_all(stale.join("integrity")).unwrap();
+    std::fs::write(&anchors, b"{\"stale\": true}").unwrap();
+    let before = contents(&stale);
+    let join = |window| restore_to_join(&target, "file://bucket/", &stale, window, &metrics);
+
+    // Inside the window: nothing to do.
+    assert_eq!(join(window(2, 3)).await.unwrap(), None);
+    assert_eq!(contents(&stale), before);
+    // Records 2..=4 are gone and the snapshot continues at 4: no snapshot covers, nothing
+    // changes.
+    let error = join(window(5, 6)).await.unwrap_err();
+    assert!(matches!(error, RejoinError::Gap(_)), "{error}");
+    let message = error.to_string();
+    assert!(message.contains("records 2..=4 expired"), "{message}");
+    assert!(message.contains(&manifest.id), "{message}");
+    assert_eq!(
+        contents(&stale),
+        before,
+        "a refused rejoin changed the store"
+    );
+    // Record 2 is gone, the snapshot covers: the stale store is replaced by it.
+    let outcome = join(window(3, 3)).await.unwrap().unwrap();
+    assert_eq!(outcome.id, manifest.id);
+    assert_eq!(read_local(&stale).unwrap(), LocalStore::Replica { next: 4 });
+    assert!(
+        std::fs::read(&anchors).ok().as_deref() != Some(&b"{\"stale\": true}"[..]),
+        "the replaced store's retention anchors were kept"
+    );
+    let restored = log.replica(&stale).await;
+    assert_eq!(restored.searcher().num_docs(), 12);
+    restored.shutdown().await;
+
+    // An empty data directory restores too, once the window moved on.
+    let empty = root.path().join("empty");
+    let outcome = restore_to_join(&target, "file://bucket/", &empty, window(4, 9), &metrics)
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(outcome.position, manifest.position);
-    // An embedded store's WAL is never replaced.
-    let embedded = root.path().join("embedded");
-    std::fs::create_dir_all(embedded.join("wal")).unwrap();
-    std::fs::write(embedded.join("wal").join("00000000000000000000.wal"), b"x").unwrap();
-    let error = restore_if_behind(&target, &embedded, Some(0), manifest.position)
+    assert_eq!(outcome.position, 4);
+    // A store the embedded mode wrote is never replaced.
+    assert_eq!(read_local(&embedded).unwrap(), LocalStore::Embedded);
+    let untouched = contents(&embedded);
+    assert_eq!(
+        restore_to_join(
+            &target,
+            "file://bucket/",
+            &embedded,
+            window(50, 60),
+            &metrics
+        )
         .await
-        .unwrap_err();
-    assert!(matches!(error, SnapshotError::HasWal(_)), "{error}");
-    assert!(!embedded.join("index").try_exists().unwrap());
+        .unwrap(),
+        None
+    );
+    assert_eq!(contents(&embedded), untouched);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_sharing_a_destination_prune_only_their_own_snapshots() {
+    let root = tempfile::tempdir().unwrap();
+    let log = FixedLog::with(&records());
+    let dir = root.path().join("a");
+    let store = log.replica(&dir).await;
+    let a = file_target(root.path())
+        .await
+        .owned_by(&manifest::owner_tag("replica-a"));
+    let b = file_target(root.path())
+        .await
+        .owned_by(&manifest::owner_tag("replica-b"));
+    let (first_b, _) = snapshot_once(&store, &dir, &b, 1).await.unwrap();
+    let mut of_a = Vec::new();
+    for _ in 0..3 {
+        of_a.push(snapshot_once(&store, &dir, &a, 1).await.unwrap().0.id);
+    }
+    store.shutdown().await;
+    // a kept its newest; b's only snapshot, older than all of a's, is b's to prune.
+    let left = a.complete_ids().await.unwrap();
+    assert_eq!(left, vec![of_a[2].clone(), first_b.id.clone()]);
+    assert!(read_manifest_files_left(root.path(), &of_a[0]).is_empty());
+    assert!(!read_manifest_files_left(root.path(), &first_b.id).is_empty());
 }
 
 #[test]

@@ -19,7 +19,7 @@ const SECRET_PATH: &str = "infra/aws/snapshots";
 
 /// The server and CLI arguments of an S3 snapshot destination under `prefix`, credentials from
 /// a development directory in `dir`.
-fn s3_args(dir: &TestDir, endpoint: &str, bucket: &str, prefix: &str) -> Vec<String> {
+pub(crate) fn s3_args(dir: &TestDir, endpoint: &str, bucket: &str, prefix: &str) -> Vec<String> {
     let credentials = dir.root().join("credentials");
     write_dev_secret(
         &credentials,
@@ -45,12 +45,12 @@ fn s3_args(dir: &TestDir, endpoint: &str, bucket: &str, prefix: &str) -> Vec<Str
     .collect()
 }
 
-fn strs(args: &[String]) -> Vec<&str> {
+pub(crate) fn strs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
 }
 
 /// A prefix of this run only (the emulator's bucket outlives the test).
-fn run_prefix(what: &str) -> String {
+pub(crate) fn run_prefix(what: &str) -> String {
     format!("{what}/{}/", producer_id().to_lowercase())
 }
 
@@ -63,7 +63,7 @@ fn snapshot_cli(subcommand: &str, args: &[&str]) -> std::process::Output {
     run_to_exit(&all)
 }
 
-fn text(output: &std::process::Output) -> String {
+pub(crate) fn text(output: &std::process::Output) -> String {
     format!(
         "status {}\nstdout: {}\nstderr: {}",
         output.status,
@@ -73,7 +73,12 @@ fn text(output: &std::process::Output) -> String {
 }
 
 /// Every page of a cursor walk of `tenant`'s logs, `limit` per page, as returned.
-async fn cursor_walk(client: &Client, server: &Server, tenant: &str, limit: u32) -> Vec<Value> {
+pub(crate) async fn cursor_walk(
+    client: &Client,
+    server: &Server,
+    tenant: &str,
+    limit: u32,
+) -> Vec<Value> {
     let mut pages = Vec::new();
     let mut cursor: Option<String> = None;
     for _ in 0..1000 {
@@ -99,7 +104,7 @@ async fn cursor_walk(client: &Client, server: &Server, tenant: &str, limit: u32)
     panic!("the walk did not end");
 }
 
-async fn summary(client: &Client, server: &Server, tenant: &str) -> Value {
+pub(crate) async fn summary(client: &Client, server: &Server, tenant: &str) -> Value {
     let (status, _, body) = get_as(
         client,
         server.base_url(),
@@ -112,7 +117,7 @@ async fn summary(client: &Client, server: &Server, tenant: &str) -> Value {
     body
 }
 
-async fn metric(client: &Client, server: &Server, series: &str) -> f64 {
+pub(crate) async fn metric(client: &Client, server: &Server, series: &str) -> f64 {
     let (status, _, body) = send(client.get(format!("{}/metrics", server.base_url()))).await;
     assert_eq!(status, StatusCode::OK);
     let text = body.as_str().expect("metrics are text").to_owned();
@@ -134,7 +139,7 @@ async fn ingest_two_tenants(client: &Client, server: &Server, first: u64) -> Vec
 }
 
 /// The manifests under `prefix`'s snapshot folder.
-async fn manifests(endpoint: &str, bucket: &str, prefix: &str) -> Vec<String> {
+pub(crate) async fn manifests(endpoint: &str, bucket: &str, prefix: &str) -> Vec<String> {
     s3_keys(endpoint, bucket, &format!("{prefix}snapshots/"))
         .await
         .into_iter()

@@ -206,6 +206,58 @@ fn rand_bytes() -> [u8; 32] {
     key
 }
 
+impl NatsCluster {
+    /// `(first_seq, last_seq)` of `stream` as a running node's `/jsz` reports it (the
+    /// stream's window: records before `first_seq` expired or were deleted).
+    pub async fn stream_window(&self, stream: &str) -> (u64, u64) {
+        let client = super::client();
+        let started = Instant::now();
+        loop {
+            for node in self.nodes.iter().filter(|node| node.child.is_some()) {
+                let url = format!(
+                    "http://127.0.0.1:{}/jsz?accounts=true&streams=true",
+                    node.monitor_port
+                );
+                let Ok(response) = client.get(&url).send().await else {
+                    continue;
+                };
+                let Ok(body) = response.json::<Value>().await else {
+                    continue;
+                };
+                if let Some(window) = find_window(&body, stream) {
+                    return window;
+                }
+            }
+            assert!(
+                started.elapsed() < HEALTHY_DEADLINE,
+                "no node reports stream {stream}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// The `state.first_seq` and `state.last_seq` of the stream named `stream` in a `/jsz`
+/// document.
+fn find_window(value: &Value, stream: &str) -> Option<(u64, u64)> {
+    match value {
+        Value::Object(map) => {
+            if map.get("name").and_then(Value::as_str) == Some(stream)
+                && let Some(state) = map.get("state")
+                && let (Some(first), Some(last)) = (
+                    state.get("first_seq").and_then(Value::as_u64),
+                    state.get("last_seq").and_then(Value::as_u64),
+                )
+            {
+                return Some((first, last));
+            }
+            map.values().find_map(|value| find_window(value, stream))
+        }
+        Value::Array(items) => items.iter().find_map(|value| find_window(value, stream)),
+        _ => None,
+    }
+}
+
 /// The `cluster.leader` of the stream named `stream` anywhere in a `/jsz` document.
 fn find_leader(value: &Value, stream: &str) -> Option<String> {
     match value {
