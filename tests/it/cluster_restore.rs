@@ -38,6 +38,8 @@ fn replica_args(nats: &NatsCluster, id: &str, extra: &[String]) -> Vec<String> {
         // The default (16 GiB) is more file storage than a test machine's JetStream offers.
         "--nats-max-bytes",
         &(256u64 << 20).to_string(),
+        "--cursor-key-file",
+        &nats.cursor_key_file().display().to_string(),
     ]
     .iter()
     .map(|arg| arg.to_string())
