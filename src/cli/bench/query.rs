@@ -14,7 +14,10 @@ use anyhow::{Context, bail};
 use clap::Args;
 use serde::Deserialize;
 
-use super::{BENCH_TOKEN, BenchServer, generate_bodies, percentile, post_all, start_run};
+use super::{
+    BENCH_TOKEN, BenchServer, RssPeaks, RssSampler, RssSplit, generate_bodies, percentile,
+    post_all, start_run,
+};
 use scaivault_audit::timestamp;
 
 /// Flags of `bench query`.
@@ -110,7 +113,9 @@ pub async fn run(args: QueryBenchArgs) -> anyhow::Result<()> {
     }
     let cursor_found = queries[7].path_and_query.contains("cursor=");
     queries.retain(|query| query.number != 8 || cursor_found);
+    let before = RssSplit::of(server.pid).unwrap_or_default();
     server.reset_peak_rss()?;
+    let sampler = RssSampler::start(server.pid);
     for query in &queries {
         get_rows(&server, &params, query).await?;
     }
@@ -121,11 +126,30 @@ pub async fn run(args: QueryBenchArgs) -> anyhow::Result<()> {
     for query in &queries {
         time_query(&server, &params, query, args.runs.max(1)).await?;
     }
+    let peaks = sampler.finish();
+    print_rss(server.peak_rss_kib(), before, peaks);
+    server.stop().await
+}
+
+/// Prints the server's peak RSS during the mix and what it was made of.
+fn print_rss(peak_kib: u64, before: RssSplit, peaks: RssPeaks) {
+    let mib = |kib: u64| kib as f64 / 1024.0;
     println!(
         "server peak RSS during the query mix (VmHWM): {:.0} MiB",
-        server.peak_rss_kib() as f64 / 1024.0
+        mib(peak_kib)
     );
-    server.stop().await
+    println!(
+        "  sampled every 10 ms: largest total {:.0} MiB = anonymous {:.0} + file-backed {:.0} + shmem {:.0}; \
+         peak anonymous {:.0} MiB, peak file-backed {:.0} MiB; before the mix: anonymous {:.0}, file-backed {:.0}",
+        mib(peaks.at_peak.total()),
+        mib(peaks.at_peak.anon),
+        mib(peaks.at_peak.file),
+        mib(peaks.at_peak.shmem),
+        mib(peaks.each.anon),
+        mib(peaks.each.file),
+        mib(before.anon),
+        mib(before.file),
+    );
 }
 
 /// Chooses the parameters from the generated NDJSON bodies.
