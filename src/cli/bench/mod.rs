@@ -220,6 +220,11 @@ struct BenchServer {
 impl BenchServer {
     /// Starts the server on `data_dir` and waits until it is ready.
     async fn start(data_dir: &Path) -> anyhow::Result<Self> {
+        Self::start_with(data_dir, &[]).await
+    }
+
+    /// [`Self::start`] with extra `serve` arguments.
+    async fn start_with(data_dir: &Path, extra_args: &[&str]) -> anyhow::Result<Self> {
         std::fs::create_dir_all(data_dir)?;
         let tokens = data_dir.with_extension("tokens.toml");
         std::fs::write(
@@ -244,6 +249,7 @@ impl BenchServer {
             .arg(data_dir)
             .arg("--tokens-file")
             .arg(&tokens)
+            .args(extra_args)
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()

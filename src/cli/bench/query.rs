@@ -32,6 +32,11 @@ pub struct QueryBenchArgs {
     /// Workload seed.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// Record the mix's reads as `audit_read` events (the audit of the audit, on by default in
+    /// the product). Off by default here: recorded reads are writes that change the tenant's
+    /// newest events while the mix runs, and PostgreSQL records nothing.
+    #[arg(long)]
+    pub audit_reads: bool,
     /// Directory for the benchmark's data directory (default: a new temporary directory,
     /// removed afterwards).
     #[arg(long)]
@@ -95,7 +100,12 @@ pub async fn run(args: QueryBenchArgs) -> anyhow::Result<()> {
         params.most_read_path,
         params.busiest_sa
     );
-    let server = BenchServer::start(&temp.path().join("data")).await?;
+    let audit_reads = if args.audit_reads { "true" } else { "false" };
+    let server = BenchServer::start_with(
+        &temp.path().join("data"),
+        &["--audit-of-audit-enabled", audit_reads],
+    )
+    .await?;
     let started = Instant::now();
     post_all(&server, Arc::new(bodies), INGEST_CLIENTS).await?;
     wait_searchable(&server, &params).await?;
@@ -380,7 +390,15 @@ async fn wait_searchable(server: &BenchServer, params: &Params) -> anyhow::Resul
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let body = get_json(server, params, "/v1/audit/summary").await?;
-        let total = body.get("total_events").and_then(serde_json::Value::as_u64);
+        // Recorded reads (`--audit-reads`) are the tenant's events too; they are not the load.
+        let recorded_reads = body
+            .pointer("/actions_breakdown/audit_read")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        let total = body
+            .get("total_events")
+            .and_then(serde_json::Value::as_u64)
+            .map(|total| total.saturating_sub(recorded_reads));
         if total == Some(params.tenant_events) {
             return Ok(());
         }
