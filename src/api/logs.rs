@@ -47,7 +47,7 @@ pub struct LogPage {
     pub has_more: bool,
 }
 
-/// Runs a log listing for `tenant` on a blocking thread. `endpoint` separates the cursors of
+/// Runs a log listing for `tenant` (see [`run_search`] for where). `endpoint` separates the cursors of
 /// different endpoints that share parameters.
 pub async fn run_page(
     state: AppState,
@@ -93,6 +93,21 @@ pub async fn run_page(
             has_more: result.has_more,
         })
     };
+    run_search(search).await
+}
+
+/// Runs a search (blocking work) for an async handler without the hop to the blocking pool
+/// and back: on the multi-threaded runtime it runs right here in `block_in_place`, which hands
+/// this worker's other tasks to another thread first, so a long search blocks nobody else.
+/// The hop cost two thread wake-ups per request, about as much as a 100-event page itself
+/// (docs/benchmarks.md, issue 12). Elsewhere (a current-thread runtime) on the blocking pool.
+async fn run_search<T: Send + 'static>(
+    search: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
+        return tokio::task::block_in_place(search);
+    }
     tokio::task::spawn_blocking(search)
         .await
         .map_err(|error| ApiError::internal(&error))?
