@@ -1,13 +1,11 @@
 //! `GET /v1/audit/logs` (SPEC §3.1): filtered, keyset-paged, newest first by default.
 
-use serde_json::json;
 use warp::filters::BoxedFilter;
 use warp::http::{HeaderMap, StatusCode};
 use warp::reply::Response;
 
-use super::{ApiError, json_response, tenant_header};
+use super::{ApiError, JsonObject, tenant_header};
 use crate::auth::Principal;
-use crate::event::AuditEvent;
 use crate::export::schedule::complete_through;
 use crate::query::{self, LogParams, cursor};
 use crate::state::AppState;
@@ -29,26 +27,27 @@ async fn list_logs(
         .map_err(ApiError::validation)?;
     super::require_ready(&state)?;
     let page = run_page(state, "logs", tenant, params).await?;
-    let logs: Vec<_> = page.events.iter().map(AuditEvent::api).collect();
     // Taken after the page was read: a poller that saw this value has every event before it
     // that is expected at all (docs/lifecycle.md).
     let complete_through = complete_through(crate::timestamp::now_micros());
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({"logs": logs, "cursor": page.cursor, "has_more": page.has_more,
-                "complete_through": complete_through}),
-    ))
+    Ok(JsonObject::with_capacity(page.logs.len() + 256)
+        .raw_member("logs", &page.logs)?
+        .member("cursor", &page.cursor)?
+        .member("has_more", &page.has_more)?
+        .member("complete_through", &complete_through)?
+        .into_response(StatusCode::OK))
 }
 
 /// One page of a log listing, with the cursor of the next page.
 #[derive(Debug)]
 pub struct LogPage {
-    pub events: Vec<AuditEvent>,
+    /// The page's events in the API shape (SPEC §2), as one JSON array.
+    pub logs: Vec<u8>,
     pub cursor: Option<String>,
     pub has_more: bool,
 }
 
-/// Runs a log listing for `tenant` on a blocking thread. `endpoint` separates the cursors of
+/// Runs a log listing for `tenant` (see [`run_search`] for where). `endpoint` separates the cursors of
 /// different endpoints that share parameters.
 pub async fn run_page(
     state: AppState,
@@ -70,11 +69,11 @@ pub async fn run_page(
     };
     let searchable = query::narrow_to_cursor(filters, page.direction, after);
     let codec = state.cursors.clone();
-    tokio::task::spawn_blocking(move || {
+    let search = move || {
         let searcher = state.store.searcher();
         let fields = state.store.fields();
         let plan = query::build_search(searcher.index(), fields, &tenant, &searchable)?;
-        let result = search::top_by_time(
+        let result = search::top_api_json(
             &searcher,
             state.store.timelines(),
             fields,
@@ -84,16 +83,32 @@ pub async fn run_page(
             page.limit,
         )
         .map_err(|error| ApiError::internal(&error))?;
-        let cursor = match (result.has_more, result.events.last()) {
-            (true, Some((position, _))) => Some(codec.encode(*position, fingerprint)),
+        let cursor = match (result.has_more, result.last) {
+            (true, Some(position)) => Some(codec.encode(position, fingerprint)),
             _ => None,
         };
         Ok(LogPage {
-            events: result.events.into_iter().map(|(_, event)| event).collect(),
+            logs: result.json,
             cursor,
             has_more: result.has_more,
         })
-    })
-    .await
-    .map_err(|error| ApiError::internal(&error))?
+    };
+    run_search(search).await
+}
+
+/// Runs a search (blocking work) for an async handler without the hop to the blocking pool
+/// and back: on the multi-threaded runtime it runs right here in `block_in_place`, which hands
+/// this worker's other tasks to another thread first, so a long search blocks nobody else.
+/// The hop cost two thread wake-ups per request, about as much as a 100-event page itself
+/// (docs/benchmarks.md, issue 12). Elsewhere (a current-thread runtime) on the blocking pool.
+async fn run_search<T: Send + 'static>(
+    search: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
+        return tokio::task::block_in_place(search);
+    }
+    tokio::task::spawn_blocking(search)
+        .await
+        .map_err(|error| ApiError::internal(&error))?
 }

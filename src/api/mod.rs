@@ -179,16 +179,65 @@ where
 /// A JSON response with `status`.
 pub fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
     match serde_json::to_vec(body) {
-        Ok(bytes) => {
-            let mut response = Response::new(bytes.into());
-            *response.status_mut() = status;
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static("application/json"),
-            );
-            response
-        }
+        Ok(bytes) => json_bytes_response(status, bytes),
         Err(error) => ApiError::internal(&error).into_response(),
+    }
+}
+
+/// A response with `status` and the JSON `bytes` as its body.
+fn json_bytes_response(status: StatusCode, bytes: Vec<u8>) -> Response {
+    let mut response = Response::new(bytes.into());
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// A JSON object written member by member, byte for byte what `serde_json::to_vec` writes for
+/// the same members in the same order; members can be JSON that is already written (a page of
+/// events, see [`crate::store::search::top_api_json`]).
+pub struct JsonObject {
+    bytes: Vec<u8>,
+}
+
+impl JsonObject {
+    /// An empty object with room for `capacity` bytes.
+    pub fn with_capacity(capacity: usize) -> JsonObject {
+        let mut bytes = Vec::with_capacity(capacity);
+        bytes.push(b'{');
+        JsonObject { bytes }
+    }
+
+    fn key(&mut self, key: &str) -> Result<(), ApiError> {
+        if self.bytes.len() > 1 {
+            self.bytes.push(b',');
+        }
+        serde_json::to_writer(&mut self.bytes, key).map_err(|error| ApiError::internal(&error))?;
+        self.bytes.push(b':');
+        Ok(())
+    }
+
+    /// Appends member `key` with `value` serialized.
+    pub fn member(mut self, key: &str, value: &impl Serialize) -> Result<JsonObject, ApiError> {
+        self.key(key)?;
+        serde_json::to_writer(&mut self.bytes, value)
+            .map_err(|error| ApiError::internal(&error))?;
+        Ok(self)
+    }
+
+    /// Appends member `key` with `json`, which must be one complete JSON value.
+    pub fn raw_member(mut self, key: &str, json: &[u8]) -> Result<JsonObject, ApiError> {
+        self.key(key)?;
+        self.bytes.extend_from_slice(json);
+        Ok(self)
+    }
+
+    /// The object as a response with `status`.
+    pub fn into_response(mut self, status: StatusCode) -> Response {
+        self.bytes.push(b'}');
+        json_bytes_response(status, self.bytes)
     }
 }
 

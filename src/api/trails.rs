@@ -2,7 +2,7 @@
 //! §3.3): a filtered, paged trail plus a summary of the last 30 days.
 
 use percent_encoding::percent_decode_str;
-use serde_json::{Value, json};
+use serde_json::Value;
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::http::{HeaderMap, StatusCode};
@@ -13,9 +13,9 @@ use super::audit_trail::{self, AuditedRead};
 use super::logs::run_page;
 use super::rate_limit::Category;
 use super::summary::{aggregate, top_identities, top_resources};
-use super::{ApiError, json_response, raw_query, tenant_header, with_state};
+use super::{ApiError, JsonObject, raw_query, tenant_header, with_state};
 use crate::auth::{Principal, Scope};
-use crate::event::{AuditEvent, check_secret_path};
+use crate::event::check_secret_path;
 use crate::query::summary::Aggregate;
 use crate::query::{self, LOG_PARAM_NAMES, LogFilters};
 use crate::state::AppState;
@@ -129,20 +129,19 @@ async fn trail_response(
         ..pinned
     };
     let aggregate = aggregate(state, tenant, window).await?;
-    let logs: Vec<_> = page.events.iter().map(AuditEvent::api).collect();
     let complete_through = crate::export::schedule::complete_through(timestamp::now_micros());
-    let mut body = match &trail {
-        Trail::Secret(path) => json!({
-            "path": path, "logs": logs, "cursor": page.cursor, "has_more": page.has_more,
-            "summary": secret_summary(&aggregate),
-        }),
-        Trail::Identity(identity) => json!({
-            "identity_id": identity, "logs": logs, "cursor": page.cursor, "has_more": page.has_more,
-            "summary": identity_summary(&aggregate),
-        }),
+    let (key, value, summary) = match &trail {
+        Trail::Secret(path) => ("path", path, secret_summary(&aggregate)),
+        Trail::Identity(identity) => ("identity_id", identity, identity_summary(&aggregate)),
     };
-    body["complete_through"] = json!(complete_through);
-    Ok(json_response(StatusCode::OK, &body))
+    Ok(JsonObject::with_capacity(page.logs.len() + 2048)
+        .member(key, value)?
+        .raw_member("logs", &page.logs)?
+        .member("cursor", &page.cursor)?
+        .member("has_more", &page.has_more)?
+        .member("summary", &summary)?
+        .member("complete_through", &complete_through)?
+        .into_response(StatusCode::OK))
 }
 
 fn check_trail(trail: &Trail) -> Result<(), ApiError> {

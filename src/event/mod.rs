@@ -13,6 +13,7 @@ use serde_json::{Map, Value};
 
 use crate::timestamp;
 
+pub mod api_json;
 mod input;
 
 pub use input::{EventInput, EventMembers};

@@ -28,7 +28,7 @@ use tantivy::{DocAddress, DocId, Searcher, SegmentReader, TERMINATED, TantivyDoc
 
 use super::schema::{Fields, fast};
 use super::source::SourceColumns;
-use super::timeline::{BlockSpan, SegmentTimeline, Timelines};
+use super::timeline::{BlockSpan, SearchColumns, SegmentTimeline, Timelines};
 use crate::event::AuditEvent;
 use crate::integrity::chain::ChainLink;
 
@@ -140,6 +140,69 @@ pub fn top_by_time(
     Ok(Page { events, has_more })
 }
 
+/// One page of events in the API shape (SPEC §2), written straight from their stored sources.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiPage {
+    /// The events' API JSON as a JSON array, in page order.
+    pub json: Vec<u8>,
+    /// How many events the page holds.
+    pub count: usize,
+    /// The position of the page's last event.
+    pub last: Option<SortKey>,
+    /// Whether more events follow the last one of this page.
+    pub has_more: bool,
+}
+
+/// Runs `plan` like [`top_by_time`], but writes each event's API JSON from its stored source
+/// (see [`crate::event::api_json`]) instead of decoding it: the bytes are the same.
+pub fn top_api_json(
+    searcher: &Searcher,
+    timelines: &Timelines,
+    fields: &Fields,
+    plan: &SearchPlan,
+    direction: Direction,
+    after: Option<SortKey>,
+    limit: usize,
+) -> Result<ApiPage, SearchError> {
+    let (hits, has_more) = top_hits(searcher, timelines, plan, direction, after, limit)?;
+    let mut json = Vec::with_capacity(2 + hits.len() * 512);
+    json.push(b'[');
+    for (index, (key, address)) in hits.iter().enumerate() {
+        if index > 0 {
+            json.push(b',');
+        }
+        write_api_event(searcher, fields, *address, key.seq, &mut json)?;
+    }
+    json.push(b']');
+    Ok(ApiPage {
+        json,
+        count: hits.len(),
+        last: hits.last().map(|(key, _)| *key),
+        has_more,
+    })
+}
+
+/// Appends the API JSON of the stored event at `address` (`seq` names it in errors).
+fn write_api_event(
+    searcher: &Searcher,
+    fields: &Fields,
+    address: DocAddress,
+    seq: u64,
+    out: &mut Vec<u8>,
+) -> Result<(), SearchError> {
+    let document: TantivyDocument = searcher.doc(address)?;
+    let stored = document
+        .get_first(fields.source)
+        .and_then(|value| value.as_bytes())
+        .unwrap_or_default();
+    let columns = SourceColumns::of_segment(searcher.segment_reader(address.segment_ord))?;
+    if columns.write_api(address.doc_id, stored, out)? {
+        return Ok(());
+    }
+    let event = decode_event(&columns.restore(address.doc_id, stored)?, seq)?;
+    serde_json::to_writer(out, &event.api()).map_err(|source| SearchError::Decode { seq, source })
+}
+
 /// The positions and addresses of up to `limit` events strictly after `after`, and whether
 /// more follow; nothing is loaded from the document store.
 pub fn top_hits(
@@ -156,6 +219,7 @@ pub fn top_hits(
     let bounds = TimeBounds::new(&plan.filter, direction, after);
     let mut walk = Walk {
         searcher,
+        timelines,
         weight: weight.as_ref(),
         filter: &plan.filter,
         direction,
@@ -163,9 +227,8 @@ pub fn top_hits(
         top: TopRanks::new(limit + 1),
         segments: Vec::new(),
     };
-    let timelines = timelines.of(searcher)?;
     let mut blocks = Vec::new();
-    for (segment, timeline) in timelines.iter().enumerate() {
+    for (segment, timeline) in timelines.of(searcher)?.iter().enumerate() {
         walk.segments.push(SegmentWalk::new(timeline.clone()));
         for (block, span) in timeline.blocks.iter().enumerate() {
             if bounds.overlaps(*span) {
@@ -401,6 +464,8 @@ impl TopRanks {
 /// The state of one search.
 struct Walk<'a> {
     searcher: &'a Searcher,
+    /// Where each segment's timeline and search columns are kept.
+    timelines: &'a Timelines,
     weight: &'a dyn Weight,
     filter: &'a ColumnFilter,
     direction: Direction,
@@ -475,7 +540,8 @@ impl Walk<'_> {
         let docs = walk.take_window(candidate.block, bounds, self.direction);
         let first_visit = walk.columns.is_none();
         if first_visit {
-            walk.columns = Some(SegmentColumns::open(reader, self.filter)?);
+            let columns = self.timelines.columns(reader)?;
+            walk.columns = Some(SegmentColumns::open(reader, &columns, self.filter)?);
         }
         let mut scorer = match walk.scorer.take() {
             Some(scorer) if scorer.doc() <= docs.start => scorer,
@@ -525,14 +591,15 @@ struct SegmentColumns {
 }
 
 impl SegmentColumns {
-    fn open(segment: &SegmentReader, filter: &ColumnFilter) -> tantivy::Result<SegmentColumns> {
+    fn open(
+        segment: &SegmentReader,
+        columns: &SearchColumns,
+        filter: &ColumnFilter,
+    ) -> tantivy::Result<SegmentColumns> {
         let fast_fields = segment.fast_fields();
-        let actions = match filter.actions {
-            Some(mask) => Some((fast_fields.u64(fast::ACTION)?, mask)),
-            None => None,
-        };
+        let actions = filter.actions.map(|mask| (columns.actions.clone(), mask));
         let paths = match &filter.path_prefix {
-            Some(prefix) => Some(match fast_fields.str(fast::SECRET_PATH)? {
+            Some(prefix) => Some(match &columns.paths {
                 Some(column) => {
                     let ords = prefix_ords(column.dictionary(), prefix)?;
                     (column.ords().clone(), ords)
@@ -548,8 +615,8 @@ impl SegmentColumns {
         };
         Ok(SegmentColumns {
             alive: segment.alive_bitset().cloned(),
-            timestamps: fast_fields.i64(fast::TIMESTAMP)?,
-            seqs: fast_fields.u64(fast::SEQ)?,
+            timestamps: columns.timestamps.clone(),
+            seqs: columns.seqs.clone(),
             from_us: filter.from_us.unwrap_or(i64::MIN),
             to_us: filter.to_us.unwrap_or(i64::MAX),
             before_seq: filter.before_seq.unwrap_or(u64::MAX),

@@ -29,6 +29,7 @@ use tantivy::{DocId, SegmentReader, TantivyError};
 
 use super::schema::fast;
 use crate::event::AuditEvent;
+use crate::event::api_json::StorageMembers;
 
 /// What a stripped member holds in a stored source.
 const PLACEHOLDER: &[u8] = b"null";
@@ -158,6 +159,31 @@ impl SourceColumns {
         Ok(source)
     }
 
+    /// Appends the API shape of document `doc` (SPEC §2, what [`AuditEvent::api`] writes)
+    /// straight from its stored source, with the column-held members from the columns.
+    /// `false`, with `out` unchanged, when the source is not in the form that allows it (see
+    /// [`crate::event::api_json`]); the caller then decodes the source.
+    pub fn write_api(&self, doc: DocId, stored: &[u8], out: &mut Vec<u8>) -> tantivy::Result<bool> {
+        let Some(members) = StorageMembers::split(stored) else {
+            return Ok(false);
+        };
+        let timestamp_us = match members.timestamp_us() {
+            Some(PLACEHOLDER) => self.timestamps.as_ref().and_then(|c| c.first(doc)),
+            Some(text) => std::str::from_utf8(text).ok().and_then(|t| t.parse().ok()),
+            None => None,
+        };
+        let Some(timestamp_us) = timestamp_us else {
+            return Ok(false);
+        };
+        let source_ip = match members.source_ip() {
+            None => None,
+            Some(PLACEHOLDER) => Some(self.value(SOURCE_IP, doc)?),
+            Some(text) if is_canonical_ip(text) => Some(text.to_vec()),
+            Some(_) => return Ok(false),
+        };
+        Ok(members.write_api(timestamp_us, source_ip.as_deref(), out))
+    }
+
     /// The JSON value of member `key` of `doc`, from its column.
     fn value(&self, key: &[u8], doc: DocId) -> tantivy::Result<Vec<u8>> {
         let missing = || {
@@ -174,6 +200,17 @@ impl SourceColumns {
         serde_json::to_vec(&from_ipv6(ip.ok_or_else(missing)?))
             .map_err(|error| TantivyError::InternalError(error.to_string()))
     }
+}
+
+/// Whether a stored `source_ip` value is a JSON string that decoding and writing again would
+/// keep as it is.
+fn is_canonical_ip(value: &[u8]) -> bool {
+    let text = value
+        .strip_prefix(b"\"")
+        .and_then(|inner| inner.strip_suffix(b"\""))
+        .and_then(|inner| std::str::from_utf8(inner).ok());
+    text.and_then(|text| Some((text, text.parse::<IpAddr>().ok()?)))
+        .is_some_and(|(text, ip)| ip.to_string() == text)
 }
 
 /// The event's address from the IP column: IPv4 addresses are kept mapped (see
@@ -287,5 +324,189 @@ mod tests {
         assert!(text.contains("::ffff:10.0.0.1"), "{text}");
         // Bytes that are not the event's own storage JSON are stored unchanged.
         assert_eq!(compact(b"{\"x\":1}", &plain), b"{\"x\":1}");
+    }
+
+    /// A random string with the characters that need care: quotes, backslashes, control
+    /// characters (short and `\u00xx` escapes), DEL, `/`, non-ASCII and astral characters.
+    fn random_text(rng: &mut fastrand::Rng) -> String {
+        const PIECES: [&str; 12] = [
+            "a",
+            "Z9",
+            "\"",
+            "\\",
+            "\n",
+            "\u{1}",
+            "\u{1f}",
+            "\u{7f}",
+            "/",
+            "\u{e9}",
+            "\u{1f600}",
+            " ",
+        ];
+        (0..rng.usize(0..8))
+            .map(|_| PIECES[rng.usize(..PIECES.len())])
+            .collect()
+    }
+
+    fn random_value(rng: &mut fastrand::Rng, depth: u32) -> serde_json::Value {
+        use serde_json::Value;
+        match rng.u8(..if depth > 2 { 6 } else { 8 }) {
+            0 => Value::Null,
+            1 => Value::Bool(rng.bool()),
+            2 => rng.i64(..).into(),
+            3 => rng.u64(..).into(),
+            4 => (rng.f64() * 10f64.powi(rng.i32(-30..30)) - 0.5).into(),
+            5 => random_text(rng).into(),
+            6 => Value::Array(
+                (0..rng.usize(0..4))
+                    .map(|_| random_value(rng, depth + 1))
+                    .collect(),
+            ),
+            _ => Value::Object(
+                (0..rng.usize(0..4))
+                    .map(|_| (random_text(rng), random_value(rng, depth + 1)))
+                    .collect(),
+            ),
+        }
+    }
+
+    fn random_event(rng: &mut fastrand::Rng) -> AuditEvent {
+        let ips = [
+            "10.1.2.3",
+            "fd00::1",
+            "::ffff:10.0.0.1",
+            "::",
+            "2001:db8::8:800:200c:417a",
+        ];
+        let text = |rng: &mut fastrand::Rng| rng.bool().then(|| random_text(rng));
+        let mut extra = serde_json::Map::new();
+        for _ in 0..rng.usize(0..4) {
+            extra.insert(random_text(rng), random_value(rng, 0));
+        }
+        AuditEvent {
+            id: format!("log_{}", random_text(rng)),
+            tenant_id: "tnt_a".into(),
+            timestamp_us: rng.i64(-62_000_000_000_000_000..250_000_000_000_000_000),
+            action: *rng.choice(Action::ALL).unwrap(),
+            secret_path: text(rng),
+            identity_type: *rng.choice(IdentityType::ALL).unwrap(),
+            identity_id: random_text(rng),
+            source_ip: rng
+                .bool()
+                .then(|| ips[rng.usize(..ips.len())].parse().unwrap()),
+            user_agent: text(rng),
+            success: rng.bool(),
+            duration_ms: rng.bool().then(|| rng.u64(..)),
+            request_id: text(rng),
+            extra_data: extra,
+        }
+    }
+
+    #[test]
+    fn api_json_from_stored_sources_is_what_decoding_writes() {
+        let seed = fastrand::u64(..);
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut events: Vec<AuditEvent> = (0..400).map(|_| random_event(&mut rng)).collect();
+        // The shapes of the reference workload: plain strings, integers, no floats.
+        events.push(event(
+            Some("10.1.2.3"),
+            Some("req_1"),
+            serde_json::json!({}),
+        ));
+        events.push(event(
+            None,
+            None,
+            serde_json::json!({"attempt": 3, "tags": ["a", "b"], "nested": {"ok": true}}),
+        ));
+        let (schema, fields) = build_schema();
+        let index = tantivy::Index::create_in_ram(schema);
+        let mut writer: tantivy::IndexWriter = index.writer(15_000_000).unwrap();
+        for (seq, event) in events.iter().enumerate() {
+            let source = serde_json::to_vec(event).unwrap();
+            writer
+                .add_document(fields.document(event, seq as u64, &source, ChainLink::GENESIS))
+                .unwrap();
+        }
+        writer.commit().unwrap();
+        let searcher = index.reader().unwrap().searcher();
+        let segment = &searcher.segment_readers()[0];
+        let columns = SourceColumns::open(segment).unwrap();
+        let store = segment.get_store_reader(1).unwrap();
+        let mut copied = 0;
+        for (doc, event) in events.iter().enumerate() {
+            let document: tantivy::TantivyDocument = store.get(doc as u32).unwrap();
+            let stored =
+                tantivy::schema::Value::as_bytes(&document.get_first(fields.source).unwrap())
+                    .unwrap()
+                    .to_vec();
+            let mut out = b"[".to_vec();
+            if columns.write_api(doc as u32, &stored, &mut out).unwrap() {
+                copied += 1;
+            } else {
+                assert_eq!(
+                    out, b"[",
+                    "seed {seed}: a refusal leaves the buffer as it was"
+                );
+                continue;
+            }
+            // What the decoding path writes: the stored source restored, decoded, written.
+            let decoded: AuditEvent =
+                serde_json::from_slice(&columns.restore(doc as u32, &stored).unwrap()).unwrap();
+            let expected = serde_json::to_vec(&decoded.api()).unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&out[1..]),
+                String::from_utf8_lossy(&expected),
+                "seed {seed}: event {doc}: {event:?}"
+            );
+        }
+        assert_eq!(
+            copied,
+            events.len(),
+            "seed {seed}: every serde-written source is copied"
+        );
+    }
+
+    #[test]
+    fn api_json_refuses_sources_serde_would_rewrite() {
+        let (schema, _) = build_schema();
+        let index = tantivy::Index::create_in_ram(schema);
+        let mut writer: tantivy::IndexWriter = index.writer(15_000_000).unwrap();
+        writer
+            .add_document(tantivy::TantivyDocument::default())
+            .unwrap();
+        writer.commit().unwrap();
+        let searcher = index.reader().unwrap().searcher();
+        let columns = SourceColumns::open(&searcher.segment_readers()[0]).unwrap();
+        let base = r#"{"id":"a","tenant_id":"t","timestamp_us":5,"action":"read","identity_type":"user","identity_id":"u","success":true"#;
+        let refused = [
+            format!("{base},\"request_id\":\"\\u00e9\"}}"),
+            format!("{base},\"request_id\":\"\\/\"}}"),
+            format!("{base},\"request_id\":\"\\u000A\"}}"),
+            format!("{base},\"duration_ms\":007}}"),
+            format!("{base},\"duration_ms\":-1}}"),
+            format!("{base}, \"duration_ms\":1}}"),
+            base.replace("\"read\"", "\"reed\"") + "}",
+            base.replace(
+                r#""id":"a","tenant_id":"t","#,
+                r#""tenant_id":"t","id":"a","#,
+            ) + "}",
+            base.replace(r#""success":true"#, r#""success":1"#) + "}",
+            "{}".to_string(),
+            "".to_string(),
+        ];
+        for source in refused {
+            let mut out = Vec::new();
+            assert!(
+                !columns.write_api(0, source.as_bytes(), &mut out).unwrap(),
+                "{source}"
+            );
+            assert!(out.is_empty());
+        }
+        // Floats in extra_data are written the way a decode writes them.
+        let source = format!("{base},\"extra_data\":{{\"f\":1e5,\"g\":[0.10000000000000001]}}}}");
+        let mut out = Vec::new();
+        assert!(columns.write_api(0, source.as_bytes(), &mut out).unwrap());
+        let decoded: AuditEvent = serde_json::from_str(&source).unwrap();
+        assert_eq!(out, serde_json::to_vec(&decoded.api()).unwrap());
     }
 }

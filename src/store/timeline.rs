@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use tantivy::columnar::Column;
+use tantivy::columnar::{Column, StrColumn};
 use tantivy::index::SegmentId;
 use tantivy::{DocId, Searcher, SearcherGeneration, SegmentReader, Warmer};
 
@@ -84,13 +84,50 @@ impl SegmentTimeline {
     }
 }
 
+/// The fast-field columns every search of a segment may check, opened once per segment:
+/// opening a column looks it up in the segment's fast-field directory (a block of a compressed
+/// dictionary, tens of microseconds), and a search used to open 2–5 of them in every segment it
+/// visited.
+#[derive(Clone)]
+pub struct SearchColumns {
+    pub timestamps: Column<i64>,
+    pub seqs: Column<u64>,
+    pub actions: Column<u64>,
+    /// `secret_path` as term ordinals with their dictionary; `None` if no document has one.
+    pub paths: Option<StrColumn>,
+}
+
+impl SearchColumns {
+    /// Opens the columns of `segment`.
+    pub fn open(segment: &SegmentReader) -> tantivy::Result<SearchColumns> {
+        let fast_fields = segment.fast_fields();
+        Ok(SearchColumns {
+            timestamps: fast_fields.i64(fast::TIMESTAMP)?,
+            seqs: fast_fields.u64(fast::SEQ)?,
+            actions: fast_fields.u64(fast::ACTION)?,
+            paths: fast_fields.str(fast::SECRET_PATH)?,
+        })
+    }
+}
+
 /// The timelines of the segments searchers see. Registered as a Tantivy [`Warmer`] on the
 /// query reader, so a new or merged segment's timeline is built when the reader reloads (after
 /// a commit), not by the first search that meets it; a segment missing anyway (a reader
 /// without the warmer) is built on first use. Cheap: 16 bytes per 1,024 documents.
-#[derive(Debug, Default)]
+///
+/// It keeps each segment's [`SearchColumns`] too, for as long as the segment is live.
+#[derive(Default)]
 pub struct Timelines {
     cache: Mutex<HashMap<SegmentId, Arc<SegmentTimeline>>>,
+    columns: Mutex<HashMap<SegmentId, Arc<SearchColumns>>>,
+}
+
+impl std::fmt::Debug for Timelines {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Timelines")
+            .field("segments", &self.cache.lock().len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Timelines {
@@ -113,10 +150,24 @@ impl Timelines {
         self.cache.lock().insert(id, timeline.clone());
         Ok(timeline)
     }
+
+    /// The search columns of `segment`, opened on first use.
+    pub fn columns(&self, segment: &SegmentReader) -> tantivy::Result<Arc<SearchColumns>> {
+        let id = segment.segment_id();
+        if let Some(columns) = self.columns.lock().get(&id) {
+            return Ok(columns.clone());
+        }
+        let columns = Arc::new(SearchColumns::open(segment)?);
+        self.columns.lock().insert(id, columns.clone());
+        Ok(columns)
+    }
 }
 
 impl Warmer for Timelines {
     fn warm(&self, searcher: &Searcher) -> tantivy::Result<()> {
+        for segment in searcher.segment_readers() {
+            self.columns(segment)?;
+        }
         self.of(searcher).map(drop)
     }
 
@@ -126,6 +177,7 @@ impl Warmer for Timelines {
             .flat_map(|generation| generation.segments().keys().copied())
             .collect();
         self.cache.lock().retain(|id, _| live.contains(id));
+        self.columns.lock().retain(|id, _| live.contains(id));
     }
 }
 

@@ -442,8 +442,91 @@ fn dir_bytes(dir: &Path) -> std::io::Result<u64> {
 
 fn peak_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    status_kib(&status, "VmHWM:")
+}
+
+/// The KiB figure of line `key` (e.g. `RssAnon:`) of a `/proc/PID/status` text.
+fn status_kib(status: &str, key: &str) -> Option<u64> {
+    let line = status.lines().find(|line| line.starts_with(key))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A process's resident memory split by kind (`/proc/PID/status`), KiB.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct RssSplit {
+    /// Heap, stacks and other private anonymous pages.
+    anon: u64,
+    /// Pages of mapped files: the index's memory-mapped segment files, the binary.
+    file: u64,
+    /// Shared memory.
+    shmem: u64,
+}
+
+impl RssSplit {
+    /// The current split of process `pid`.
+    fn of(pid: u32) -> Option<RssSplit> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        Some(RssSplit {
+            anon: status_kib(&status, "RssAnon:")?,
+            file: status_kib(&status, "RssFile:")?,
+            shmem: status_kib(&status, "RssShmem:")?,
+        })
+    }
+
+    fn total(self) -> u64 {
+        self.anon + self.file + self.shmem
+    }
+
+    /// Each kind's maximum of `self` and `other`.
+    fn max(self, other: RssSplit) -> RssSplit {
+        RssSplit {
+            anon: self.anon.max(other.anon),
+            file: self.file.max(other.file),
+            shmem: self.shmem.max(other.shmem),
+        }
+    }
+}
+
+/// Samples a process's [`RssSplit`] every 10 ms on a thread until [`RssSampler::finish`]:
+/// `VmHWM` only keeps the peak of the total, not what it was made of.
+struct RssSampler {
+    running: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<RssPeaks>,
+}
+
+/// What an [`RssSampler`] saw.
+#[derive(Debug, Clone, Copy, Default)]
+struct RssPeaks {
+    /// Each kind's own maximum (not necessarily at the same moment).
+    each: RssSplit,
+    /// The sample with the largest total.
+    at_peak: RssSplit,
+}
+
+impl RssSampler {
+    fn start(pid: u32) -> RssSampler {
+        let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let flag = running.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peaks = RssPeaks::default();
+            while flag.load(Ordering::Relaxed) {
+                if let Some(split) = RssSplit::of(pid) {
+                    peaks.each = peaks.each.max(split);
+                    if split.total() > peaks.at_peak.total() {
+                        peaks.at_peak = split;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            peaks
+        });
+        RssSampler { running, thread }
+    }
+
+    fn finish(self) -> RssPeaks {
+        self.running.store(false, Ordering::Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
 }
 
 /// The temporary directory of one benchmark run (under `dir`, else the system's), after printing

@@ -14,7 +14,10 @@ use anyhow::{Context, bail};
 use clap::Args;
 use serde::Deserialize;
 
-use super::{BENCH_TOKEN, BenchServer, generate_bodies, percentile, post_all, start_run};
+use super::{
+    BENCH_TOKEN, BenchServer, RssPeaks, RssSampler, RssSplit, generate_bodies, percentile,
+    post_all, start_run,
+};
 use scaivault_audit::timestamp;
 
 /// Flags of `bench query`.
@@ -29,6 +32,11 @@ pub struct QueryBenchArgs {
     /// Workload seed.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// Record the mix's reads as `audit_read` events (the audit of the audit, on by default in
+    /// the product). Off by default here: recorded reads are writes that change the tenant's
+    /// newest events while the mix runs, and PostgreSQL records nothing.
+    #[arg(long)]
+    pub audit_reads: bool,
     /// Directory for the benchmark's data directory (default: a new temporary directory,
     /// removed afterwards).
     #[arg(long)]
@@ -92,7 +100,12 @@ pub async fn run(args: QueryBenchArgs) -> anyhow::Result<()> {
         params.most_read_path,
         params.busiest_sa
     );
-    let server = BenchServer::start(&temp.path().join("data")).await?;
+    let audit_reads = if args.audit_reads { "true" } else { "false" };
+    let server = BenchServer::start_with(
+        &temp.path().join("data"),
+        &["--audit-of-audit-enabled".to_string(), audit_reads.to_string()],
+    )
+    .await?;
     let started = Instant::now();
     post_all(&server, Arc::new(bodies), INGEST_CLIENTS).await?;
     wait_searchable(&server, &params).await?;
@@ -110,7 +123,9 @@ pub async fn run(args: QueryBenchArgs) -> anyhow::Result<()> {
     }
     let cursor_found = queries[7].path_and_query.contains("cursor=");
     queries.retain(|query| query.number != 8 || cursor_found);
+    let before = RssSplit::of(server.pid).unwrap_or_default();
     server.reset_peak_rss()?;
+    let sampler = RssSampler::start(server.pid);
     for query in &queries {
         get_rows(&server, &params, query).await?;
     }
@@ -121,11 +136,30 @@ pub async fn run(args: QueryBenchArgs) -> anyhow::Result<()> {
     for query in &queries {
         time_query(&server, &params, query, args.runs.max(1)).await?;
     }
+    let peaks = sampler.finish();
+    print_rss(server.peak_rss_kib(), before, peaks);
+    server.stop().await
+}
+
+/// Prints the server's peak RSS during the mix and what it was made of.
+fn print_rss(peak_kib: u64, before: RssSplit, peaks: RssPeaks) {
+    let mib = |kib: u64| kib as f64 / 1024.0;
     println!(
         "server peak RSS during the query mix (VmHWM): {:.0} MiB",
-        server.peak_rss_kib() as f64 / 1024.0
+        mib(peak_kib)
     );
-    server.stop().await
+    println!(
+        "  sampled every 10 ms: largest total {:.0} MiB = anonymous {:.0} + file-backed {:.0} + shmem {:.0}; \
+         peak anonymous {:.0} MiB, peak file-backed {:.0} MiB; before the mix: anonymous {:.0}, file-backed {:.0}",
+        mib(peaks.at_peak.total()),
+        mib(peaks.at_peak.anon),
+        mib(peaks.at_peak.file),
+        mib(peaks.at_peak.shmem),
+        mib(peaks.each.anon),
+        mib(peaks.each.file),
+        mib(before.anon),
+        mib(before.file),
+    );
 }
 
 /// Chooses the parameters from the generated NDJSON bodies.
@@ -356,7 +390,15 @@ async fn wait_searchable(server: &BenchServer, params: &Params) -> anyhow::Resul
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let body = get_json(server, params, "/v1/audit/summary").await?;
-        let total = body.get("total_events").and_then(serde_json::Value::as_u64);
+        // Recorded reads (`--audit-reads`) are the tenant's events too; they are not the load.
+        let recorded_reads = body
+            .pointer("/actions_breakdown/audit_read")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        let total = body
+            .get("total_events")
+            .and_then(serde_json::Value::as_u64)
+            .map(|total| total.saturating_sub(recorded_reads));
         if total == Some(params.tenant_events) {
             return Ok(());
         }
