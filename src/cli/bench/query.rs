@@ -103,7 +103,10 @@ pub async fn run(args: QueryBenchArgs) -> anyhow::Result<()> {
     let audit_reads = if args.audit_reads { "true" } else { "false" };
     let server = BenchServer::start_with(
         &temp.path().join("data"),
-        &["--audit-of-audit-enabled".to_string(), audit_reads.to_string()],
+        &[
+            "--audit-of-audit-enabled".to_string(),
+            audit_reads.to_string(),
+        ],
     )
     .await?;
     let started = Instant::now();
