@@ -10,6 +10,8 @@ use scaivault_audit::auth::token_review::TokenReviewer;
 use scaivault_audit::auth::{Authenticator, BootstrapToken, StaticTokens};
 use scaivault_audit::config::auth::JwksSource;
 use scaivault_audit::config::{Settings, SettingsArgs};
+use scaivault_audit::cluster::exports::{ClusterExportSettings, ClusterExports};
+use scaivault_audit::cluster::lease::LeaseBucket;
 use scaivault_audit::export::credentials::{CredentialSource, ScaiVaultClient};
 use scaivault_audit::export::engine::{EngineConfig, ExportEngine, RetryPolicy};
 use scaivault_audit::export::manifest::{ExportIntegrity, ManifestLinks};
@@ -52,7 +54,7 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
         checkpointer::open(&settings.integrity)
             .context("failed to open the integrity key ring and checkpoint log")?,
     );
-    let store = open_store(&settings, StoreMetrics::register(&mut registry)).await?;
+    let (store, jetstream) = open_store(&settings, StoreMetrics::register(&mut registry)).await?;
     let cluster = operator::connect(&settings)
         .await
         .context("failed to connect to the Kubernetes API")?;
@@ -85,8 +87,16 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
         settings.audit_of_audit,
         api::audit_trail::AuditTrailMetrics::register(&mut registry),
     );
-    // In a cluster, exports are AuditExport resources run by the lease holder.
+    // In Kubernetes, exports are AuditExport resources run by the lease holder; in the
+    // clustered mode outside it, records in JetStream's key-value store run by the holder of
+    // each job's lease.
     let operator_cluster = cluster.as_ref().filter(|_| settings.operator.enabled);
+    let shared_exports = match operator_cluster {
+        Some(_) => None,
+        None => cluster_exports(&settings, jetstream.as_ref(), runner.engine())
+            .await
+            .context("failed to open the cluster's export coordination")?,
+    };
     let exports = ExportHandles {
         engine: runner.engine().clone(),
         registry: match operator_cluster {
@@ -98,7 +108,10 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
                 )
                 .watching(&settings.operator.namespaces),
             ),
-            None => Arc::new(runner.clone()),
+            None => match &shared_exports {
+                Some(shared) => Arc::new(shared.clone()),
+                None => Arc::new(runner.clone()),
+            },
         },
     };
     // Continuous exports run in this process standalone, as AuditExportSchedules in a cluster
@@ -204,10 +217,15 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
             operator_shutdown.clone(),
         )),
         None => {
-            resume_exports_when_ready(&store, &runner);
+            if shared_exports.is_none() {
+                resume_exports_when_ready(&store, &runner);
+            }
             None
         }
     };
+    let shared_exports_task = shared_exports
+        .as_ref()
+        .map(|shared| shared.spawn(operator_shutdown.clone()));
     let scheduler_task = scheduler.as_ref().map(Scheduler::spawn);
     api::serve(listener, api::routes(state), tls, shutdown_signal()).await;
     reload_shutdown.cancel();
@@ -231,6 +249,11 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
     {
         tracing::error!(%error, "the export schedule task failed");
     }
+    if let Some(task) = shared_exports_task
+        && let Err(error) = task.await
+    {
+        tracing::error!(%error, "the cluster export task failed");
+    }
     runner.shutdown().await;
     sweep_shutdown.cancel();
     if let Err(error) = sweep_task.await {
@@ -253,12 +276,17 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The embedded store, or (with `[cluster] nats_url`) one replica following the JetStream log.
-async fn open_store(settings: &Settings, metrics: StoreMetrics) -> anyhow::Result<Store> {
+/// The embedded store, or (with `[cluster] nats_url`) one replica following the JetStream log
+/// and the JetStream context coordination uses.
+async fn open_store(
+    settings: &Settings,
+    metrics: StoreMetrics,
+) -> anyhow::Result<(Store, Option<async_nats::jetstream::Context>)> {
     let Some(cluster) = &settings.cluster else {
-        return Ok(Store::open(&settings.store, metrics)?);
+        return Ok((Store::open(&settings.store, metrics)?, None));
     };
     let (log, source) = scaivault_audit::cluster::connect(cluster).await?;
+    let context = log.jetstream();
     tracing::info!(
         replica_id = %cluster.replica_id,
         stream = %cluster.stream,
@@ -269,11 +297,47 @@ async fn open_store(settings: &Settings, metrics: StoreMetrics) -> anyhow::Resul
         source: Box::new(source),
         max_lag: cluster.max_lag_messages,
     };
-    Ok(Store::open_replicated(
-        &settings.store,
-        metrics,
-        replicated,
-    )?)
+    Ok((
+        Store::open_replicated(&settings.store, metrics, replicated)?,
+        Some(context),
+    ))
+}
+
+/// Export jobs shared among the replicas through JetStream's key-value store (clustered mode
+/// outside Kubernetes, docs/cluster.md "Coordination").
+async fn cluster_exports(
+    settings: &Settings,
+    jetstream: Option<&async_nats::jetstream::Context>,
+    engine: &ExportEngine,
+) -> anyhow::Result<Option<ClusterExports>> {
+    let (Some(cluster), Some(context)) = (&settings.cluster, jetstream) else {
+        return Ok(None);
+    };
+    let leases = LeaseBucket::open(
+        context,
+        &cluster.leases_bucket,
+        cluster.lease_ttl,
+        cluster.replicas,
+        &cluster.replica_id,
+    )
+    .await?;
+    let exports = ClusterExports::open(
+        context,
+        &ClusterExportSettings {
+            bucket: cluster.exports_bucket.clone(),
+            replicas: cluster.replicas,
+            max_concurrent: settings.export.max_concurrent_jobs,
+        },
+        engine.clone(),
+        leases,
+    )
+    .await?;
+    tracing::info!(
+        bucket = %cluster.exports_bucket,
+        lease_ttl = ?cluster.lease_ttl,
+        "export jobs are shared among the replicas (JetStream key-value)"
+    );
+    Ok(Some(exports))
 }
 
 /// Watches the TLS certificate and key, the tokens file and a JWKS file, and swaps a changed

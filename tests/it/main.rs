@@ -12,6 +12,7 @@ mod audit_of_audit;
 mod auth_hardening;
 mod check_config;
 mod cluster;
+mod cluster_exports;
 mod durability;
 mod export_confinement;
 mod export_schedules;
