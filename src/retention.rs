@@ -203,6 +203,23 @@ impl ProgressReporter for NoProgress {
     }
 }
 
+/// How the sweep is shared among the replicas of a cluster (docs/cluster.md): one replica,
+/// the holder of the sweeper role, decides each expiry, exports the cold tier and records the
+/// sweep's event; it then publishes the expiry, and every other replica deletes exactly that
+/// set from its own index (the same set everywhere: the replicas assign the same sequence
+/// numbers). Embedded, there is no coordination and the one process does it all.
+#[async_trait::async_trait]
+pub trait SweepCoordination: Send + Sync {
+    /// Whether this replica is the sweeper now.
+    fn is_sweeper(&self) -> bool;
+    /// Fencing right before a sweep's event is recorded: still the sweeper.
+    async fn confirm(&self) -> bool;
+    /// Publishes `expiry` (its event is stored, its set deleted here) for the other replicas.
+    async fn publish(&self, expiry: &Expiry) -> Result<(), String>;
+    /// The newest expiry the sweeper published per tenant.
+    async fn published(&self) -> Result<Vec<Expiry>, String>;
+}
+
 /// Runs sweeps over one store.
 #[derive(Clone)]
 pub struct Sweeper {
@@ -210,6 +227,9 @@ pub struct Sweeper {
     settings: Arc<RetentionSettings>,
     metrics: RetentionMetrics,
     cold: Option<ColdTier>,
+    coordination: Option<Arc<dyn SweepCoordination>>,
+    /// The published expiries this replica applied, per tenant (a follower applies each once).
+    applied: Arc<parking_lot::Mutex<std::collections::HashMap<String, Expiry>>>,
 }
 
 impl Sweeper {
@@ -219,7 +239,53 @@ impl Sweeper {
             settings,
             metrics,
             cold: None,
+            coordination: None,
+            applied: Arc::default(),
         }
+    }
+
+    /// The sweeper of one replica in a cluster: it sweeps while it holds the role, and
+    /// otherwise applies the expiries the role's holder published.
+    pub fn with_coordination(mut self, coordination: Arc<dyn SweepCoordination>) -> Self {
+        self.coordination = Some(coordination);
+        self
+    }
+
+    /// One round: a sweep on the sweeper (the only process, embedded), else the published
+    /// expiries applied.
+    pub async fn round(&self, now_us: i64) -> Result<(), SweepError> {
+        match &self.coordination {
+            Some(coordination) if !coordination.is_sweeper() => {
+                self.follow(coordination.as_ref()).await
+            }
+            _ => self.sweep(now_us).await.map(|_| ()),
+        }
+    }
+
+    /// Applies every published expiry not applied here yet whose sweep event this replica has
+    /// indexed (everything below its bound is then indexed too).
+    async fn follow(&self, coordination: &dyn SweepCoordination) -> Result<(), SweepError> {
+        let published = match coordination.published().await {
+            Ok(published) => published,
+            Err(message) => {
+                tracing::warn!(%message, "cannot read the published retention sweeps; retrying at the next interval");
+                return Ok(());
+            }
+        };
+        for expiry in published {
+            let done = self.applied.lock().get(&expiry.tenant) == Some(&expiry);
+            if done || expiry.seq_bound > self.store.committed_seq() {
+                continue;
+            }
+            let removed = self.store.expire(expiry.clone()).await?;
+            self.metrics.deleted.inc_by(removed);
+            if removed > 0 {
+                tracing::info!(tenant = %expiry.tenant, removed, cutoff = %crate::timestamp::format_micros(expiry.cutoff_us), "expired events removed as the sweeper recorded");
+            }
+            self.applied.lock().insert(expiry.tenant.clone(), expiry);
+        }
+        self.metrics.sweeps.inc();
+        Ok(())
     }
 
     /// The sweeper exporting expiring events to `cold` before deleting them.
@@ -296,11 +362,23 @@ impl Sweeper {
             }
             self.metrics.cold_exported.inc_by(count);
         }
+        if let Some(coordination) = &self.coordination
+            && !coordination.confirm().await
+        {
+            tracing::info!(tenant = %expiry.tenant, "no longer the sweeper: nothing recorded, nothing deleted");
+            return Ok(0);
+        }
         let event = sweep_event(&expiry, count, days, now_us);
         self.store
             .ingest(vec![PreparedEvent::new(event, true)])
             .await?;
         let removed = self.store.expire(expiry.clone()).await?;
+        if let Some(coordination) = &self.coordination
+            && let Err(message) = coordination.publish(&expiry).await
+        {
+            // The other replicas keep the set until the next sweep publishes a later expiry.
+            tracing::warn!(tenant = %expiry.tenant, %message, "the sweep could not be published to the other replicas");
+        }
         if removed != count {
             tracing::warn!(tenant = %expiry.tenant, count, removed, "a retention sweep removed another number of events than it recorded");
         }
@@ -331,7 +409,7 @@ impl Sweeper {
                     () = shutdown.cancelled() => return,
                     _ = ticks.tick() => {}
                 }
-                if let Err(error) = self.sweep(crate::timestamp::now_micros()).await {
+                if let Err(error) = self.round(crate::timestamp::now_micros()).await {
                     self.metrics.failures.inc();
                     tracing::error!(%error, "retention sweep failed; the next one retries");
                 }

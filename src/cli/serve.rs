@@ -11,7 +11,8 @@ use scaivault_audit::auth::{Authenticator, BootstrapToken, StaticTokens};
 use scaivault_audit::config::auth::JwksSource;
 use scaivault_audit::config::{Settings, SettingsArgs};
 use scaivault_audit::cluster::exports::{ClusterExportSettings, ClusterExports};
-use scaivault_audit::cluster::lease::LeaseBucket;
+use scaivault_audit::cluster::lease::{LeaseBucket, RoleLease};
+use scaivault_audit::cluster::sweeps::{KvSweeps, SWEEPER_ROLE};
 use scaivault_audit::export::credentials::{CredentialSource, ScaiVaultClient};
 use scaivault_audit::export::engine::{EngineConfig, ExportEngine, RetryPolicy};
 use scaivault_audit::export::manifest::{ExportIntegrity, ManifestLinks};
@@ -81,6 +82,31 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
             .context("invalid [retention.cold_storage]")?;
         sweeper = sweeper.with_cold_tier(cold);
     }
+    // In a cluster: one lease bucket for the export jobs' runners and the cluster-wide roles.
+    let leases = match (&settings.cluster, &jetstream) {
+        (Some(cluster), Some(context)) => Some(
+            LeaseBucket::open(
+                context,
+                &cluster.leases_bucket,
+                cluster.lease_ttl,
+                cluster.replicas,
+                &cluster.replica_id,
+            )
+            .await
+            .context("failed to open the cluster's lease bucket")?,
+        ),
+        _ => None,
+    };
+    let sweep_shutdown = tokio_util::sync::CancellationToken::new();
+    let mut sweeper_role_task = None;
+    if let (Some(cluster), Some(context), Some(leases)) = (&settings.cluster, &jetstream, &leases) {
+        let (role, task) = RoleLease::spawn(leases.clone(), SWEEPER_ROLE, sweep_shutdown.clone());
+        let sweeps = KvSweeps::open(context, &cluster.sweeps_bucket, cluster.replicas, role)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        sweeper = sweeper.with_coordination(Arc::new(sweeps));
+        sweeper_role_task = Some(task);
+    }
     // Reads of audit data are recorded through the store like any other event.
     let (audit_recorder, audit_writer) = api::audit_trail::start(
         store.clone(),
@@ -93,7 +119,7 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
     let operator_cluster = cluster.as_ref().filter(|_| settings.operator.enabled);
     let shared_exports = match operator_cluster {
         Some(_) => None,
-        None => cluster_exports(&settings, jetstream.as_ref(), runner.engine())
+        None => cluster_exports(&settings, jetstream.as_ref(), leases.as_ref(), runner.engine())
             .await
             .context("failed to open the cluster's export coordination")?,
     };
@@ -184,7 +210,6 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
         settings.integrity.checkpoint_interval,
         checkpoint_shutdown.clone(),
     );
-    let sweep_shutdown = tokio_util::sync::CancellationToken::new();
     let sweep_task = sweeper.spawn(sweep_shutdown.clone());
     let snapshot_shutdown = tokio_util::sync::CancellationToken::new();
     let snapshot_task = match (&snapshot_opener, settings.snapshots.interval) {
@@ -259,6 +284,11 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
     if let Err(error) = sweep_task.await {
         tracing::error!(%error, "the retention sweep task failed");
     }
+    if let Some(task) = sweeper_role_task
+        && let Err(error) = task.await
+    {
+        tracing::error!(%error, "the retention sweeper role task failed");
+    }
     snapshot_shutdown.cancel();
     if let Some(task) = snapshot_task
         && let Err(error) = task.await
@@ -308,19 +338,14 @@ async fn open_store(
 async fn cluster_exports(
     settings: &Settings,
     jetstream: Option<&async_nats::jetstream::Context>,
+    leases: Option<&LeaseBucket>,
     engine: &ExportEngine,
 ) -> anyhow::Result<Option<ClusterExports>> {
-    let (Some(cluster), Some(context)) = (&settings.cluster, jetstream) else {
+    let (Some(cluster), Some(context), Some(leases)) = (&settings.cluster, jetstream, leases)
+    else {
         return Ok(None);
     };
-    let leases = LeaseBucket::open(
-        context,
-        &cluster.leases_bucket,
-        cluster.lease_ttl,
-        cluster.replicas,
-        &cluster.replica_id,
-    )
-    .await?;
+    let leases = leases.clone();
     let exports = ClusterExports::open(
         context,
         &ClusterExportSettings {

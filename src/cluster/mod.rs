@@ -22,6 +22,7 @@
 pub mod exports;
 pub mod lease;
 pub mod message;
+pub mod sweeps;
 
 use std::collections::VecDeque;
 use std::sync::Arc;

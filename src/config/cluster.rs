@@ -31,6 +31,8 @@ pub const DEFAULT_LEASE_TTL_SECONDS: u64 = 15;
 pub const DEFAULT_LEASES_BUCKET: &str = "SCAIVAULT_AUDIT_LEASES";
 /// Default key-value bucket of the shared export job records.
 pub const DEFAULT_EXPORTS_BUCKET: &str = "SCAIVAULT_AUDIT_EXPORTS";
+/// Default key-value bucket of the retention sweeper's published expiries.
+pub const DEFAULT_SWEEPS_BUCKET: &str = "SCAIVAULT_AUDIT_SWEEPS";
 
 /// `[cluster]` as given by flags/environment or the file (every key optional).
 #[derive(Debug, Clone, Default, PartialEq, Args, Serialize, Deserialize)]
@@ -174,6 +176,15 @@ pub struct ClusterSection {
         value_name = "NAME"
     )]
     pub exports_bucket: Option<String>,
+    /// JetStream key-value bucket where the retention sweeper publishes each tenant's newest
+    /// expiry for the other replicas (created if missing).
+    #[arg(
+        id = "cluster.sweeps_bucket",
+        long = "cluster-sweeps-bucket",
+        env = "SCAIVAULT_AUDIT_CLUSTER_SWEEPS_BUCKET",
+        value_name = "NAME"
+    )]
+    pub sweeps_bucket: Option<String>,
 }
 
 super::layered!(ClusterSection {
@@ -194,6 +205,7 @@ super::layered!(ClusterSection {
     lease_ttl_seconds,
     leases_bucket,
     exports_bucket,
+    sweeps_bucket,
 });
 
 /// The resolved `[cluster]` section (only when `nats_url` is set).
@@ -218,6 +230,7 @@ pub struct ClusterSettings {
     pub lease_ttl: Duration,
     pub leases_bucket: String,
     pub exports_bucket: String,
+    pub sweeps_bucket: String,
 }
 
 impl ClusterSettings {
@@ -241,6 +254,7 @@ impl ClusterSettings {
             lease_ttl_seconds: Some(self.lease_ttl.as_secs()),
             leases_bucket: Some(self.leases_bucket.clone()),
             exports_bucket: Some(self.exports_bucket.clone()),
+            sweeps_bucket: Some(self.sweeps_bucket.clone()),
         }
     }
 
@@ -259,6 +273,7 @@ impl ClusterSettings {
             lease_ttl_seconds: Some(DEFAULT_LEASE_TTL_SECONDS),
             leases_bucket: Some(DEFAULT_LEASES_BUCKET.into()),
             exports_bucket: Some(DEFAULT_EXPORTS_BUCKET.into()),
+            sweeps_bucket: Some(DEFAULT_SWEEPS_BUCKET.into()),
             ..ClusterSection::default()
         }
     }
@@ -313,10 +328,19 @@ impl ClusterSection {
             self.exports_bucket.as_deref(),
             DEFAULT_EXPORTS_BUCKET,
         )?;
-        if leases_bucket == exports_bucket {
+        let sweeps_bucket = bucket_name(
+            "cluster.sweeps_bucket",
+            self.sweeps_bucket.as_deref(),
+            DEFAULT_SWEEPS_BUCKET,
+        )?;
+        if leases_bucket == exports_bucket
+            || leases_bucket == sweeps_bucket
+            || exports_bucket == sweeps_bucket
+        {
             return Err(invalid(
                 "cluster.exports_bucket",
-                "must differ from cluster.leases_bucket (leases expire, job records must not)",
+                "cluster.leases_bucket, cluster.exports_bucket and cluster.sweeps_bucket must \
+                 differ (leases expire, job records and expiries must not)",
             ));
         }
         let tls_client = match (&self.tls_cert_file, &self.tls_key_file) {
@@ -372,6 +396,7 @@ impl ClusterSection {
             )?),
             leases_bucket,
             exports_bucket,
+            sweeps_bucket,
         }))
     }
 }
