@@ -8,11 +8,11 @@ use scaivault_audit::api::tls::ReloadableCert;
 use scaivault_audit::auth::jwt::JwtVerifier;
 use scaivault_audit::auth::token_review::TokenReviewer;
 use scaivault_audit::auth::{Authenticator, BootstrapToken, StaticTokens};
-use scaivault_audit::config::auth::JwksSource;
-use scaivault_audit::config::{Settings, SettingsArgs};
 use scaivault_audit::cluster::exports::{ClusterExportSettings, ClusterExports};
 use scaivault_audit::cluster::lease::{LeaseBucket, RoleLease};
 use scaivault_audit::cluster::sweeps::{KvSweeps, SWEEPER_ROLE};
+use scaivault_audit::config::auth::JwksSource;
+use scaivault_audit::config::{Settings, SettingsArgs};
 use scaivault_audit::export::credentials::{CredentialSource, ScaiVaultClient};
 use scaivault_audit::export::engine::{EngineConfig, ExportEngine, RetryPolicy};
 use scaivault_audit::export::manifest::{ExportIntegrity, ManifestLinks};
@@ -119,9 +119,14 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
     let operator_cluster = cluster.as_ref().filter(|_| settings.operator.enabled);
     let shared_exports = match operator_cluster {
         Some(_) => None,
-        None => cluster_exports(&settings, jetstream.as_ref(), leases.as_ref(), runner.engine())
-            .await
-            .context("failed to open the cluster's export coordination")?,
+        None => cluster_exports(
+            &settings,
+            jetstream.as_ref(),
+            leases.as_ref(),
+            runner.engine(),
+        )
+        .await
+        .context("failed to open the cluster's export coordination")?,
     };
     let exports = ExportHandles {
         engine: runner.engine().clone(),

@@ -504,13 +504,15 @@ async fn open_bucket(
     };
     match context.create_key_value(config).await {
         Ok(store) => Ok(store),
-        Err(created) => context
-            .get_key_value(&settings.bucket)
-            .await
-            .map_err(|_| JobsBucketError {
-                bucket: settings.bucket.clone(),
-                message: format!("cannot be created: {}", super::describe(&created)),
-            }),
+        Err(created) => {
+            context
+                .get_key_value(&settings.bucket)
+                .await
+                .map_err(|_| JobsBucketError {
+                    bucket: settings.bucket.clone(),
+                    message: format!("cannot be created: {}", super::describe(&created)),
+                })
+        }
     }
 }
 

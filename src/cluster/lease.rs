@@ -371,7 +371,9 @@ impl Lease {
             Ok(Err(error)) => {
                 tracing::warn!(lease = %key, error = %super::describe(&error), "lease not released; it lapses after its TTL")
             }
-            Err(_) => tracing::warn!(lease = %key, "lease not released in time; it lapses after its TTL"),
+            Err(_) => {
+                tracing::warn!(lease = %key, "lease not released in time; it lapses after its TTL")
+            }
         }
     }
 }
@@ -619,7 +621,11 @@ mod tests {
         assert!(!held.is_held());
         a.store.delete("job").await.unwrap();
         // A release frees the key without waiting for the TTL.
-        let again = b.try_acquire("job").await.unwrap().expect("free after delete");
+        let again = b
+            .try_acquire("job")
+            .await
+            .unwrap()
+            .expect("free after delete");
         again.release().await;
         assert!(!again.is_held());
         assert!(again.ended().is_cancelled());

@@ -128,7 +128,9 @@ impl SweepCoordination for KvSweeps {
                         cutoff_us: value.cutoff_us,
                         seq_bound: value.seq_bound,
                     }),
-                    _ => tracing::warn!(%key, "a published retention expiry does not decode; ignored"),
+                    _ => {
+                        tracing::warn!(%key, "a published retention expiry does not decode; ignored")
+                    }
                 }
             }
             Ok::<_, String>(found)

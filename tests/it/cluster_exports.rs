@@ -172,7 +172,11 @@ async fn an_export_whose_runner_dies_completes_exactly_once_on_another_replica()
     let bucket = emulator_env("SCAIVAULT_TEST_BUCKET");
     let nats = NatsCluster::start(dir.root()).await;
     let vault = FakeScaiVault::start(VAULT_TOKEN).await;
-    std::fs::write(dir.root().join("scaivault-token"), format!("{VAULT_TOKEN}\n")).unwrap();
+    std::fs::write(
+        dir.root().join("scaivault-token"),
+        format!("{VAULT_TOKEN}\n"),
+    )
+    .unwrap();
     let a = start_replica(&nats, "replica-a", &vault, &dir).await;
     let b = start_replica(&nats, "replica-b", &vault, &dir).await;
     let client = client();
