@@ -50,8 +50,11 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const CAS_ATTEMPTS: usize = 5;
 /// How long `cancel` waits for a job running here to stop.
 const CANCEL_WAIT: Duration = Duration::from_secs(10);
-/// Largest job record (its checkpoint lists every part).
-const MAX_RECORD_BYTES: i32 = 1 << 20;
+/// Largest value of the jobs bucket.
+const MAX_VALUE_BYTES: i32 = 1 << 20;
+/// Largest job record this service writes (its checkpoint lists every part: about 2000 parts),
+/// below NATS' default `max_payload` of 1 MB.
+const MAX_RECORD_BYTES: usize = 768 << 10;
 
 /// Failures opening the jobs bucket.
 #[derive(Debug, thiserror::Error)]
@@ -175,6 +178,7 @@ impl KvRecords {
             return Err(Self::lost(job));
         }
         let mut was_cancelled = false;
+        let mut too_large = false;
         let changed = self
             .change(&job.export_id, |record| {
                 was_cancelled = record.status.phase.is_terminal();
@@ -182,10 +186,19 @@ impl KvRecords {
                     return false;
                 }
                 change(record);
-                true
+                too_large =
+                    serde_json::to_vec(record).map_or(true, |body| body.len() > MAX_RECORD_BYTES);
+                !too_large
             })
             .await;
         match changed {
+            Ok(Some(_)) if too_large => Err(ExportFailure::new(
+                "too_many_parts",
+                format!(
+                    "in the clustered mode an export's record holds at most {MAX_RECORD_BYTES} \
+                     bytes (about 2000 parts); raise max_records_per_file"
+                ),
+            )),
             Ok(Some(_)) if !was_cancelled => Ok(()),
             Ok(Some(_)) => Err(cancelled()),
             Ok(None) => Err(ExportFailure::new(
@@ -193,11 +206,11 @@ impl KvRecords {
                 "the export record vanished",
             )),
             Err(error) => {
-                tracing::warn!(export_id = %job.export_id, %error, "could not record the export's progress");
-                Err(ExportFailure::new(
-                    "store_unavailable",
-                    "the export's progress could not be saved in the cluster's job bucket",
-                ))
+                // The job stops here without recording anything (its lease is given back): a
+                // replica that can reach the bucket resumes it from its last checkpoint.
+                tracing::warn!(export_id = %job.export_id, %error, "could not record the export's progress; it stops here and is resumed from its last checkpoint");
+                self.release(job).await;
+                Err(Self::lost(job))
             }
         }
     }
@@ -497,7 +510,7 @@ async fn open_bucket(
         bucket: settings.bucket.clone(),
         description: "scaivault-audit export jobs".into(),
         history: 1,
-        max_value_size: MAX_RECORD_BYTES,
+        max_value_size: MAX_VALUE_BYTES,
         storage: jetstream::stream::StorageType::File,
         num_replicas: settings.replicas,
         ..Default::default()
