@@ -203,6 +203,23 @@ impl ProgressReporter for NoProgress {
     }
 }
 
+/// How the sweep is shared among the replicas of a cluster (docs/cluster.md): one replica,
+/// the holder of the sweeper role, decides each expiry, exports the cold tier and records the
+/// sweep's event; it then publishes the expiry, and every other replica deletes exactly that
+/// set from its own index (the same set everywhere: the replicas assign the same sequence
+/// numbers). Embedded, there is no coordination and the one process does it all.
+#[async_trait::async_trait]
+pub trait SweepCoordination: Send + Sync {
+    /// Whether this replica is the sweeper now.
+    fn is_sweeper(&self) -> bool;
+    /// Fencing right before a sweep's event is recorded: still the sweeper.
+    async fn confirm(&self) -> bool;
+    /// Publishes `expiry` (its event is stored, its set deleted here) for the other replicas.
+    async fn publish(&self, expiry: &Expiry) -> Result<(), String>;
+    /// The newest expiry the sweeper published per tenant.
+    async fn published(&self) -> Result<Vec<Expiry>, String>;
+}
+
 /// Runs sweeps over one store.
 #[derive(Clone)]
 pub struct Sweeper {
@@ -210,6 +227,9 @@ pub struct Sweeper {
     settings: Arc<RetentionSettings>,
     metrics: RetentionMetrics,
     cold: Option<ColdTier>,
+    coordination: Option<Arc<dyn SweepCoordination>>,
+    /// The published expiries this replica applied, per tenant (a follower applies each once).
+    applied: Arc<parking_lot::Mutex<std::collections::HashMap<String, Expiry>>>,
 }
 
 impl Sweeper {
@@ -219,7 +239,53 @@ impl Sweeper {
             settings,
             metrics,
             cold: None,
+            coordination: None,
+            applied: Arc::default(),
         }
+    }
+
+    /// The sweeper of one replica in a cluster: it sweeps while it holds the role, and
+    /// otherwise applies the expiries the role's holder published.
+    pub fn with_coordination(mut self, coordination: Arc<dyn SweepCoordination>) -> Self {
+        self.coordination = Some(coordination);
+        self
+    }
+
+    /// One round: a sweep on the sweeper (the only process, embedded), else the published
+    /// expiries applied.
+    pub async fn round(&self, now_us: i64) -> Result<(), SweepError> {
+        match &self.coordination {
+            Some(coordination) if !coordination.is_sweeper() => {
+                self.follow(coordination.as_ref()).await
+            }
+            _ => self.sweep(now_us).await.map(|_| ()),
+        }
+    }
+
+    /// Applies every published expiry not applied here yet whose sweep event this replica has
+    /// indexed (everything below its bound is then indexed too).
+    async fn follow(&self, coordination: &dyn SweepCoordination) -> Result<(), SweepError> {
+        let published = match coordination.published().await {
+            Ok(published) => published,
+            Err(message) => {
+                tracing::warn!(%message, "cannot read the published retention sweeps; retrying at the next interval");
+                return Ok(());
+            }
+        };
+        for expiry in published {
+            let done = self.applied.lock().get(&expiry.tenant) == Some(&expiry);
+            if done || expiry.seq_bound > self.store.committed_seq() {
+                continue;
+            }
+            let removed = self.store.expire(expiry.clone()).await?;
+            self.metrics.deleted.inc_by(removed);
+            if removed > 0 {
+                tracing::info!(tenant = %expiry.tenant, removed, cutoff = %crate::timestamp::format_micros(expiry.cutoff_us), "expired events removed as the sweeper recorded");
+            }
+            self.applied.lock().insert(expiry.tenant.clone(), expiry);
+        }
+        self.metrics.sweeps.inc();
+        Ok(())
     }
 
     /// The sweeper exporting expiring events to `cold` before deleting them.
@@ -296,11 +362,23 @@ impl Sweeper {
             }
             self.metrics.cold_exported.inc_by(count);
         }
+        if let Some(coordination) = &self.coordination
+            && !coordination.confirm().await
+        {
+            tracing::info!(tenant = %expiry.tenant, "no longer the sweeper: nothing recorded, nothing deleted");
+            return Ok(0);
+        }
         let event = sweep_event(&expiry, count, days, now_us);
         self.store
             .ingest(vec![PreparedEvent::new(event, true)])
             .await?;
         let removed = self.store.expire(expiry.clone()).await?;
+        if let Some(coordination) = &self.coordination
+            && let Err(message) = coordination.publish(&expiry).await
+        {
+            // The other replicas keep the set until the next sweep publishes a later expiry.
+            tracing::warn!(tenant = %expiry.tenant, %message, "the sweep could not be published to the other replicas");
+        }
         if removed != count {
             tracing::warn!(tenant = %expiry.tenant, count, removed, "a retention sweep removed another number of events than it recorded");
         }
@@ -331,7 +409,7 @@ impl Sweeper {
                     () = shutdown.cancelled() => return,
                     _ = ticks.tick() => {}
                 }
-                if let Err(error) = self.sweep(crate::timestamp::now_micros()).await {
+                if let Err(error) = self.round(crate::timestamp::now_micros()).await {
                     self.metrics.failures.inc();
                     tracing::error!(%error, "retention sweep failed; the next one retries");
                 }
@@ -364,5 +442,178 @@ fn sweep_event(expiry: &Expiry, removed: u64, days: u32, now_us: i64) -> AuditEv
         duration_ms: None,
         request_id: None,
         extra_data: extra,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use crate::store::{StoreConfig, StoreMetrics};
+
+    /// Coordination between stores of one test: who is the sweeper, and what was published.
+    struct Shared {
+        sweeper: AtomicBool,
+        published: Arc<parking_lot::Mutex<Vec<Expiry>>>,
+    }
+
+    #[async_trait::async_trait]
+    impl SweepCoordination for Shared {
+        fn is_sweeper(&self) -> bool {
+            self.sweeper.load(Ordering::SeqCst)
+        }
+
+        async fn confirm(&self) -> bool {
+            self.is_sweeper()
+        }
+
+        async fn publish(&self, expiry: &Expiry) -> Result<(), String> {
+            let mut published = self.published.lock();
+            published.retain(|old| old.tenant != expiry.tenant);
+            published.push(expiry.clone());
+            Ok(())
+        }
+
+        async fn published(&self) -> Result<Vec<Expiry>, String> {
+            Ok(self.published.lock().clone())
+        }
+    }
+
+    fn old_event(n: u64) -> PreparedEvent {
+        PreparedEvent::new(
+            AuditEvent {
+                id: format!("evt_{n}"),
+                tenant_id: "tnt_a".into(),
+                timestamp_us: n as i64,
+                action: Action::Read,
+                secret_path: Some("apps/a".into()),
+                identity_type: IdentityType::User,
+                identity_id: "user:a".into(),
+                source_ip: None,
+                user_agent: None,
+                success: true,
+                duration_ms: None,
+                request_id: None,
+                extra_data: Map::new(),
+            },
+            true,
+        )
+    }
+
+    async fn replica(
+        dir: &std::path::Path,
+        sweeper: bool,
+        published: &Arc<parking_lot::Mutex<Vec<Expiry>>>,
+    ) -> (Store, Sweeper) {
+        let store = Store::open(
+            &StoreConfig::with_data_dir(dir),
+            StoreMetrics::unregistered(),
+        )
+        .unwrap();
+        store.wait_ready(Duration::from_secs(30)).await.unwrap();
+        let coordination = Arc::new(Shared {
+            sweeper: AtomicBool::new(sweeper),
+            published: published.clone(),
+        });
+        let sweeper = Sweeper::new(
+            store.clone(),
+            Arc::new(RetentionSettings::default()),
+            RetentionMetrics::default(),
+        )
+        .with_coordination(coordination);
+        (store, sweeper)
+    }
+
+    async fn ingest(store: &Store, range: std::ops::Range<u64>) {
+        store.ingest(range.map(old_event).collect()).await.unwrap();
+        store.flush().await.unwrap();
+    }
+
+    /// `retention_sweep` events and all events in `store`.
+    fn counts(store: &Store) -> (usize, u64) {
+        let searcher = store.searcher();
+        let query = tantivy::query::TermQuery::new(
+            tantivy::Term::from_field_u64(store.fields().action, Action::RetentionSweep.ordinal()),
+            tantivy::schema::IndexRecordOption::Basic,
+        );
+        let recorded = searcher.search(&query, &tantivy::collector::Count).unwrap();
+        (recorded, searcher.num_docs())
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn one_replica_records_the_sweep_and_the_others_delete_the_same_set() {
+        let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let published = Arc::default();
+        let (store_a, sweeper_a) = replica(dir_a.path(), true, &published).await;
+        let (store_b, sweeper_b) = replica(dir_b.path(), false, &published).await;
+        // The same events in the same order on both (what the replicated log gives them), but
+        // b has only indexed half of them yet.
+        ingest(&store_a, 0..100).await;
+        ingest(&store_b, 0..50).await;
+        let now = crate::timestamp::now_micros();
+
+        // b follows: nothing published yet, nothing deleted, nothing recorded.
+        sweeper_b.round(now).await.unwrap();
+        assert_eq!(counts(&store_b), (0, 50));
+        // a sweeps: one event recorded, the set deleted, the expiry published.
+        sweeper_a.round(now).await.unwrap();
+        assert_eq!(counts(&store_a), (1, 1));
+        assert_eq!(published.lock().len(), 1);
+        // b has not indexed everything below the bound: it waits.
+        sweeper_b.round(now).await.unwrap();
+        assert_eq!(counts(&store_b), (0, 50));
+        // Caught up, b deletes exactly the published set, records nothing, and does it once.
+        ingest(&store_b, 50..100).await;
+        sweeper_b.round(now).await.unwrap();
+        assert_eq!(counts(&store_b), (0, 0));
+        ingest(&store_b, 100..110).await;
+        sweeper_b.round(now).await.unwrap();
+        assert_eq!(
+            counts(&store_b),
+            (0, 10),
+            "a later arrival is not in the set"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_sweeper_that_lost_its_role_records_and_deletes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let published = Arc::default();
+        let store = Store::open(
+            &StoreConfig::with_data_dir(dir.path()),
+            StoreMetrics::unregistered(),
+        )
+        .unwrap();
+        store.wait_ready(Duration::from_secs(30)).await.unwrap();
+        ingest(&store, 0..20).await;
+        // `is_sweeper` said yes when the round started, `confirm` says no before the event.
+        struct Lapsed(Arc<parking_lot::Mutex<Vec<Expiry>>>);
+        #[async_trait::async_trait]
+        impl SweepCoordination for Lapsed {
+            fn is_sweeper(&self) -> bool {
+                true
+            }
+            async fn confirm(&self) -> bool {
+                false
+            }
+            async fn publish(&self, expiry: &Expiry) -> Result<(), String> {
+                self.0.lock().push(expiry.clone());
+                Ok(())
+            }
+            async fn published(&self) -> Result<Vec<Expiry>, String> {
+                Ok(Vec::new())
+            }
+        }
+        let sweeper = Sweeper::new(
+            store.clone(),
+            Arc::new(RetentionSettings::default()),
+            RetentionMetrics::default(),
+        )
+        .with_coordination(Arc::new(Lapsed(Arc::clone(&published))));
+        sweeper.round(crate::timestamp::now_micros()).await.unwrap();
+        assert_eq!(counts(&store), (0, 20));
+        assert!(published.lock().is_empty());
     }
 }

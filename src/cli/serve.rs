@@ -8,6 +8,9 @@ use scaivault_audit::api::tls::ReloadableCert;
 use scaivault_audit::auth::jwt::JwtVerifier;
 use scaivault_audit::auth::token_review::TokenReviewer;
 use scaivault_audit::auth::{Authenticator, BootstrapToken, StaticTokens};
+use scaivault_audit::cluster::exports::{ClusterExportSettings, ClusterExports};
+use scaivault_audit::cluster::lease::{LeaseBucket, RoleLease};
+use scaivault_audit::cluster::sweeps::{KvSweeps, SWEEPER_ROLE};
 use scaivault_audit::config::auth::JwksSource;
 use scaivault_audit::config::{ClusterSettings, Settings, SettingsArgs};
 use scaivault_audit::export::credentials::{CredentialSource, ScaiVaultClient};
@@ -45,16 +48,17 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
     // cluster, also one whose records the stream no longer holds.
     let snapshot_metrics = SnapshotMetrics::register(&mut registry);
     let snapshot_opener = DestinationOpener::from_settings(&settings)?;
-    let replicated = match &settings.cluster {
-        Some(cluster) => Some(
-            join_cluster(
+    let (replicated, jetstream) = match &settings.cluster {
+        Some(cluster) => {
+            let (replicated, context) = join_cluster(
                 &settings,
                 cluster,
                 snapshot_opener.as_ref(),
                 &snapshot_metrics,
             )
-            .await?,
-        ),
+            .await?;
+            (Some(replicated), Some(context))
+        }
         None => {
             if let Some(opener) = &snapshot_opener
                 && settings.snapshots.restore_on_start
@@ -63,7 +67,7 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
                     .await
                     .context("failed to restore the data directory from an index snapshot")?;
             }
-            None
+            (None, None)
         }
     };
     // Before the store: a missing or broken key ring stops the start before anything else.
@@ -101,14 +105,52 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
             .context("invalid [retention.cold_storage]")?;
         sweeper = sweeper.with_cold_tier(cold);
     }
+    // In a cluster: one lease bucket for the export jobs' runners and the cluster-wide roles.
+    let leases = match (&settings.cluster, &jetstream) {
+        (Some(cluster), Some(context)) => Some(
+            LeaseBucket::open(
+                context,
+                &cluster.leases_bucket,
+                cluster.lease_ttl,
+                cluster.replicas,
+                &cluster.replica_id,
+            )
+            .await
+            .context("failed to open the cluster's lease bucket")?,
+        ),
+        _ => None,
+    };
+    let sweep_shutdown = tokio_util::sync::CancellationToken::new();
+    let mut sweeper_role_task = None;
+    if let (Some(cluster), Some(context), Some(leases)) = (&settings.cluster, &jetstream, &leases) {
+        let (role, task) = RoleLease::spawn(leases.clone(), SWEEPER_ROLE, sweep_shutdown.clone());
+        let sweeps = KvSweeps::open(context, &cluster.sweeps_bucket, cluster.replicas, role)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        sweeper = sweeper.with_coordination(Arc::new(sweeps));
+        sweeper_role_task = Some(task);
+    }
     // Reads of audit data are recorded through the store like any other event.
     let (audit_recorder, audit_writer) = api::audit_trail::start(
         store.clone(),
         settings.audit_of_audit,
         api::audit_trail::AuditTrailMetrics::register(&mut registry),
     );
-    // In a cluster, exports are AuditExport resources run by the lease holder.
+    // In Kubernetes, exports are AuditExport resources run by the lease holder; in the
+    // clustered mode outside it, records in JetStream's key-value store run by the holder of
+    // each job's lease.
     let operator_cluster = cluster.as_ref().filter(|_| settings.operator.enabled);
+    let shared_exports = match operator_cluster {
+        Some(_) => None,
+        None => cluster_exports(
+            &settings,
+            jetstream.as_ref(),
+            leases.as_ref(),
+            runner.engine(),
+        )
+        .await
+        .context("failed to open the cluster's export coordination")?,
+    };
     let exports = ExportHandles {
         engine: runner.engine().clone(),
         registry: match operator_cluster {
@@ -120,7 +162,10 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
                 )
                 .watching(&settings.operator.namespaces),
             ),
-            None => Arc::new(runner.clone()),
+            None => match &shared_exports {
+                Some(shared) => Arc::new(shared.clone()),
+                None => Arc::new(runner.clone()),
+            },
         },
     };
     // Continuous exports run in this process standalone, as AuditExportSchedules in a cluster
@@ -193,7 +238,6 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
         settings.integrity.checkpoint_interval,
         checkpoint_shutdown.clone(),
     );
-    let sweep_shutdown = tokio_util::sync::CancellationToken::new();
     let sweep_task = sweeper.spawn(sweep_shutdown.clone());
     let snapshot_shutdown = tokio_util::sync::CancellationToken::new();
     let snapshot_task = match (&snapshot_opener, settings.snapshots.interval) {
@@ -227,10 +271,15 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
             operator_shutdown.clone(),
         )),
         None => {
-            resume_exports_when_ready(&store, &runner);
+            if shared_exports.is_none() {
+                resume_exports_when_ready(&store, &runner);
+            }
             None
         }
     };
+    let shared_exports_task = shared_exports
+        .as_ref()
+        .map(|shared| shared.spawn(operator_shutdown.clone()));
     let scheduler_task = scheduler.as_ref().map(Scheduler::spawn);
     api::serve(listener, api::routes(state), tls, shutdown_signal()).await;
     reload_shutdown.cancel();
@@ -254,10 +303,20 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
     {
         tracing::error!(%error, "the export schedule task failed");
     }
+    if let Some(task) = shared_exports_task
+        && let Err(error) = task.await
+    {
+        tracing::error!(%error, "the cluster export task failed");
+    }
     runner.shutdown().await;
     sweep_shutdown.cancel();
     if let Err(error) = sweep_task.await {
         tracing::error!(%error, "the retention sweep task failed");
+    }
+    if let Some(task) = sweeper_role_task
+        && let Err(error) = task.await
+    {
+        tracing::error!(%error, "the retention sweeper role task failed");
     }
     snapshot_shutdown.cancel();
     if let Some(task) = snapshot_task
@@ -312,14 +371,15 @@ fn open_store(
 /// Connects this replica to the JetStream stream and, before its store opens, restores an
 /// index snapshot when its data directory is empty or behind the stream's window
 /// ([`rejoin`]); refuses to start, changing nothing, when records it never indexed are gone
-/// and no snapshot covers them.
+/// and no snapshot covers them. Also returns the JetStream context coordination uses.
 async fn join_cluster(
     settings: &Settings,
     cluster: &ClusterSettings,
     opener: Option<&DestinationOpener>,
     metrics: &SnapshotMetrics,
-) -> anyhow::Result<Replicated> {
+) -> anyhow::Result<(Replicated, async_nats::jetstream::Context)> {
     let (log, mut source) = scaivault_audit::cluster::connect(cluster).await?;
+    let context = log.jetstream();
     tracing::info!(
         replica_id = %cluster.replica_id,
         stream = %cluster.stream,
@@ -341,11 +401,12 @@ async fn join_cluster(
                 cluster.replica_id, cluster.stream
             )
         })?;
-    Ok(Replicated {
+    let replicated = Replicated {
         log: log.into_event_log(),
         source: Box::new(source),
         max_lag: cluster.max_lag_messages,
-    })
+    };
+    Ok((replicated, context))
 }
 
 /// Whether this process uploads an index snapshot at a given interval. Every replica does
@@ -353,6 +414,38 @@ async fn join_cluster(
 /// lease (src/cluster/lease.rs) to have one uploader per cluster.
 fn snapshot_upload_gate(_settings: &Settings) -> UploadGate {
     service::every_replica_uploads()
+}
+
+/// Export jobs shared among the replicas through JetStream's key-value store (clustered mode
+/// outside Kubernetes, docs/cluster.md "Coordination").
+async fn cluster_exports(
+    settings: &Settings,
+    jetstream: Option<&async_nats::jetstream::Context>,
+    leases: Option<&LeaseBucket>,
+    engine: &ExportEngine,
+) -> anyhow::Result<Option<ClusterExports>> {
+    let (Some(cluster), Some(context), Some(leases)) = (&settings.cluster, jetstream, leases)
+    else {
+        return Ok(None);
+    };
+    let leases = leases.clone();
+    let exports = ClusterExports::open(
+        context,
+        &ClusterExportSettings {
+            bucket: cluster.exports_bucket.clone(),
+            replicas: cluster.replicas,
+            max_concurrent: settings.export.max_concurrent_jobs,
+        },
+        engine.clone(),
+        leases,
+    )
+    .await?;
+    tracing::info!(
+        bucket = %cluster.exports_bucket,
+        lease_ttl = ?cluster.lease_ttl,
+        "export jobs are shared among the replicas (JetStream key-value)"
+    );
+    Ok(Some(exports))
 }
 
 /// Watches the TLS certificate and key, the tokens file and a JWKS file, and swaps a changed

@@ -19,7 +19,10 @@
 //! sequence, and the consumers' id deduplication drops events that were stored before under
 //! another request.
 
+pub mod exports;
+pub mod lease;
 pub mod message;
+pub mod sweeps;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -242,6 +245,11 @@ pub struct JetStreamLog {
 }
 
 impl JetStreamLog {
+    /// The JetStream context this log publishes through (coordination uses it too).
+    pub fn jetstream(&self) -> jetstream::Context {
+        self.context.clone()
+    }
+
     /// This log behind the store's interface.
     pub fn into_event_log(self) -> Arc<dyn EventLog> {
         Arc::new(self)

@@ -29,6 +29,14 @@ pub const DEFAULT_PUBLISH_TIMEOUT_MS: u64 = 2000;
 pub const DEFAULT_DUPLICATE_WINDOW_SECONDS: u64 = 120;
 /// Default lag (stream messages not yet committed here) above which a replica is not ready.
 pub const DEFAULT_MAX_LAG_MESSAGES: u64 = 10_000;
+/// Default TTL of the coordination leases (a dead runner's jobs move after about this long).
+pub const DEFAULT_LEASE_TTL_SECONDS: u64 = 15;
+/// Default key-value bucket of the coordination leases.
+pub const DEFAULT_LEASES_BUCKET: &str = "SCAIVAULT_AUDIT_LEASES";
+/// Default key-value bucket of the shared export job records.
+pub const DEFAULT_EXPORTS_BUCKET: &str = "SCAIVAULT_AUDIT_EXPORTS";
+/// Default key-value bucket of the retention sweeper's published expiries.
+pub const DEFAULT_SWEEPS_BUCKET: &str = "SCAIVAULT_AUDIT_SWEEPS";
 
 /// `[cluster]` as given by flags/environment or the file (every key optional).
 #[derive(Debug, Clone, Default, PartialEq, Args, Serialize, Deserialize)]
@@ -159,6 +167,40 @@ pub struct ClusterSection {
         value_name = "FILE"
     )]
     pub cursor_key_file: Option<PathBuf>,
+    /// Seconds a coordination lease (an export job's runner, a cluster-wide role) lives
+    /// without renewal: how long a dead replica's work waits before another takes it.
+    #[arg(
+        id = "cluster.lease_ttl_seconds",
+        long = "cluster-lease-ttl-seconds",
+        env = "SCAIVAULT_AUDIT_CLUSTER_LEASE_TTL_SECONDS",
+        value_name = "SECONDS"
+    )]
+    pub lease_ttl_seconds: Option<u64>,
+    /// JetStream key-value bucket of the coordination leases (created if missing).
+    #[arg(
+        id = "cluster.leases_bucket",
+        long = "cluster-leases-bucket",
+        env = "SCAIVAULT_AUDIT_CLUSTER_LEASES_BUCKET",
+        value_name = "NAME"
+    )]
+    pub leases_bucket: Option<String>,
+    /// JetStream key-value bucket of the shared export job records (created if missing).
+    #[arg(
+        id = "cluster.exports_bucket",
+        long = "cluster-exports-bucket",
+        env = "SCAIVAULT_AUDIT_CLUSTER_EXPORTS_BUCKET",
+        value_name = "NAME"
+    )]
+    pub exports_bucket: Option<String>,
+    /// JetStream key-value bucket where the retention sweeper publishes each tenant's newest
+    /// expiry for the other replicas (created if missing).
+    #[arg(
+        id = "cluster.sweeps_bucket",
+        long = "cluster-sweeps-bucket",
+        env = "SCAIVAULT_AUDIT_CLUSTER_SWEEPS_BUCKET",
+        value_name = "NAME"
+    )]
+    pub sweeps_bucket: Option<String>,
 }
 
 super::layered!(ClusterSection {
@@ -177,6 +219,10 @@ super::layered!(ClusterSection {
     max_lag_messages,
     replica_id,
     cursor_key_file,
+    lease_ttl_seconds,
+    leases_bucket,
+    exports_bucket,
+    sweeps_bucket,
 });
 
 /// The resolved `[cluster]` section (only when `nats_url` is set).
@@ -199,6 +245,11 @@ pub struct ClusterSettings {
     pub replica_id: String,
     /// The shared cursor key file (`serve` refuses the clustered mode without one).
     pub cursor_key_file: Option<PathBuf>,
+    /// TTL of the coordination leases.
+    pub lease_ttl: Duration,
+    pub leases_bucket: String,
+    pub exports_bucket: String,
+    pub sweeps_bucket: String,
 }
 
 impl ClusterSettings {
@@ -220,6 +271,10 @@ impl ClusterSettings {
             max_lag_messages: Some(self.max_lag_messages),
             replica_id: Some(self.replica_id.clone()),
             cursor_key_file: self.cursor_key_file.clone(),
+            lease_ttl_seconds: Some(self.lease_ttl.as_secs()),
+            leases_bucket: Some(self.leases_bucket.clone()),
+            exports_bucket: Some(self.exports_bucket.clone()),
+            sweeps_bucket: Some(self.sweeps_bucket.clone()),
         }
     }
 
@@ -235,6 +290,10 @@ impl ClusterSettings {
             publish_timeout_ms: Some(DEFAULT_PUBLISH_TIMEOUT_MS),
             duplicate_window_seconds: Some(DEFAULT_DUPLICATE_WINDOW_SECONDS),
             max_lag_messages: Some(DEFAULT_MAX_LAG_MESSAGES),
+            lease_ttl_seconds: Some(DEFAULT_LEASE_TTL_SECONDS),
+            leases_bucket: Some(DEFAULT_LEASES_BUCKET.into()),
+            exports_bucket: Some(DEFAULT_EXPORTS_BUCKET.into()),
+            sweeps_bucket: Some(DEFAULT_SWEEPS_BUCKET.into()),
             ..ClusterSection::default()
         }
     }
@@ -277,6 +336,31 @@ impl ClusterSection {
             return Err(invalid(
                 "cluster.replica_id (SCAIVAULT_AUDIT_REPLICA_ID)",
                 "must be 1 to 64 letters, digits, '-' or '_' (it names the replica's durable consumer)",
+            ));
+        }
+        let leases_bucket = bucket_name(
+            "cluster.leases_bucket",
+            self.leases_bucket.as_deref(),
+            DEFAULT_LEASES_BUCKET,
+        )?;
+        let exports_bucket = bucket_name(
+            "cluster.exports_bucket",
+            self.exports_bucket.as_deref(),
+            DEFAULT_EXPORTS_BUCKET,
+        )?;
+        let sweeps_bucket = bucket_name(
+            "cluster.sweeps_bucket",
+            self.sweeps_bucket.as_deref(),
+            DEFAULT_SWEEPS_BUCKET,
+        )?;
+        if leases_bucket == exports_bucket
+            || leases_bucket == sweeps_bucket
+            || exports_bucket == sweeps_bucket
+        {
+            return Err(invalid(
+                "cluster.exports_bucket",
+                "cluster.leases_bucket, cluster.exports_bucket and cluster.sweeps_bucket must \
+                 differ (leases expire, job records and expiries must not)",
             ));
         }
         let tls_client = match (&self.tls_cert_file, &self.tls_key_file) {
@@ -322,6 +406,14 @@ impl ClusterSection {
             )?,
             replica_id,
             cursor_key_file: self.cursor_key_file.clone(),
+            lease_ttl: Duration::from_secs(bounded(
+                "cluster.lease_ttl_seconds",
+                self.lease_ttl_seconds.unwrap_or(DEFAULT_LEASE_TTL_SECONDS),
+                1..=600,
+            )?),
+            leases_bucket,
+            exports_bucket,
+            sweeps_bucket,
         }))
     }
 }
@@ -348,6 +440,20 @@ impl ClusterSection {
             ));
         }
         Ok(max_age)
+    }
+}
+
+/// A key-value bucket name: given (checked) or the default.
+fn bucket_name(
+    key: &'static str,
+    given: Option<&str>,
+    default: &str,
+) -> Result<String, ConfigError> {
+    let name = given.unwrap_or(default);
+    if is_name(name) {
+        Ok(name.to_string())
+    } else {
+        Err(invalid(key, "must be 1 to 64 letters, digits, '-' or '_'"))
     }
 }
 

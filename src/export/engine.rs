@@ -103,6 +103,11 @@ pub struct ExportOutcome {
 #[async_trait]
 pub trait ProgressReporter: Send + Sync {
     async fn checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), ExportFailure>;
+    /// Fencing right before the manifest is written (the irreversible step): an error stops
+    /// the job without a manifest. In a cluster it confirms the job's lease.
+    async fn before_manifest(&self) -> Result<(), ExportFailure> {
+        Ok(())
+    }
 }
 
 /// Runs export jobs against the store.
@@ -346,6 +351,7 @@ impl ExportEngine {
                 break;
             }
         }
+        progress.before_manifest().await?;
         let outcome = self
             .write_manifest(sink.as_ref(), export_id, spec, &checkpoint, cancel)
             .await?;

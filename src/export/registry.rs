@@ -66,6 +66,30 @@ pub trait ExportRegistry: Send + Sync {
     ) -> Result<Option<ExportRecord>, RegistryError>;
 }
 
+/// A page of `tenant`'s exports among `records` (keyed by export id), newest first, strictly
+/// older than `after` when given.
+pub fn page(
+    records: &std::collections::BTreeMap<String, ExportRecord>,
+    tenant: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> ExportList {
+    let mut matching = records
+        .values()
+        .rev()
+        .filter(|record| record.spec.tenant_id == tenant)
+        .filter(|record| after.is_none_or(|after| record.export_id.as_str() < after));
+    let exports: Vec<ExportRecord> = matching.by_ref().take(limit).cloned().collect();
+    let next_after = match matching.next() {
+        Some(_) => exports.last().map(|record| record.export_id.clone()),
+        None => None,
+    };
+    ExportList {
+        exports,
+        next_after,
+    }
+}
+
 /// A new export id: `exp_` and a lowercase ULID (valid in Kubernetes names once `_` is `-`).
 pub fn new_export_id() -> String {
     format!("exp_{}", ulid::Ulid::generate().to_string().to_lowercase())

@@ -183,7 +183,7 @@ impl JobFiles {
 }
 
 /// The job of a record (its key is the export id).
-fn job_of(record: &ExportRecord) -> Job {
+pub fn job_of(record: &ExportRecord) -> Job {
     Job {
         key: record.export_id.clone(),
         export_id: record.export_id.clone(),
@@ -200,13 +200,7 @@ impl JobStore for JobFiles {
         checkpoint: &Checkpoint,
         _resumed: bool,
     ) -> Result<(), ExportFailure> {
-        let updated = self.update(&job.key, |record| {
-            record.status.phase = ExportPhase::Running;
-            record.status.started_at.get_or_insert_with(now);
-            if record.status.checkpoint.is_none() {
-                record.status.checkpoint = Some(checkpoint.clone());
-            }
-        });
+        let updated = self.update(&job.key, |record| mark_running(record, checkpoint));
         match updated {
             Some(_) => Ok(()),
             None => Err(ExportFailure::new(
@@ -217,11 +211,7 @@ impl JobStore for JobFiles {
     }
 
     async fn progress(&self, job: &Job, checkpoint: &Checkpoint) -> Result<(), ExportFailure> {
-        let updated = self.update(&job.key, |record| {
-            record.status.record_count = checkpoint.records();
-            record.status.files = checkpoint.files.clone();
-            record.status.checkpoint = Some(checkpoint.clone());
-        });
+        let updated = self.update(&job.key, |record| record_progress(record, checkpoint));
         match updated {
             Some(_) => Ok(()),
             None => Err(ExportFailure::new(
@@ -232,25 +222,7 @@ impl JobStore for JobFiles {
     }
 
     async fn finished(&self, job: &Job, outcome: Outcome) {
-        self.update(&job.key, |record| match outcome {
-            Outcome::Completed(outcome) => {
-                record.status.phase = ExportPhase::Completed;
-                record.status.record_count = outcome.record_count;
-                record.status.files = outcome.files;
-                record.status.completed_at = Some(outcome.completed_at);
-                record.status.error = None;
-            }
-            Outcome::Failed(failure) => {
-                record.status.phase = ExportPhase::Failed;
-                record.status.completed_at = Some(now());
-                record.status.error = Some(failure);
-            }
-            Outcome::Cancelled => {
-                record.status.phase = ExportPhase::Cancelled;
-                record.status.completed_at = Some(now());
-                record.status.error = None;
-            }
-        });
+        self.update(&job.key, |record| record_outcome(record, outcome));
     }
 
     fn resumable(&self) -> Vec<Job> {
@@ -260,6 +232,45 @@ impl JobStore for JobFiles {
             .filter(|record| !record.status.phase.is_terminal())
             .map(job_of)
             .collect()
+    }
+}
+
+/// A record as its job starts running from `checkpoint` (kept when it had one).
+pub fn mark_running(record: &mut ExportRecord, checkpoint: &Checkpoint) {
+    record.status.phase = ExportPhase::Running;
+    record.status.started_at.get_or_insert_with(now);
+    if record.status.checkpoint.is_none() {
+        record.status.checkpoint = Some(checkpoint.clone());
+    }
+}
+
+/// A record after a part was uploaded: `checkpoint` and what it counts.
+pub fn record_progress(record: &mut ExportRecord, checkpoint: &Checkpoint) {
+    record.status.record_count = checkpoint.records();
+    record.status.files = checkpoint.files.clone();
+    record.status.checkpoint = Some(checkpoint.clone());
+}
+
+/// A record as its job ended with `outcome`.
+pub fn record_outcome(record: &mut ExportRecord, outcome: Outcome) {
+    match outcome {
+        Outcome::Completed(outcome) => {
+            record.status.phase = ExportPhase::Completed;
+            record.status.record_count = outcome.record_count;
+            record.status.files = outcome.files;
+            record.status.completed_at = Some(outcome.completed_at);
+            record.status.error = None;
+        }
+        Outcome::Failed(failure) => {
+            record.status.phase = ExportPhase::Failed;
+            record.status.completed_at = Some(now());
+            record.status.error = Some(failure);
+        }
+        Outcome::Cancelled => {
+            record.status.phase = ExportPhase::Cancelled;
+            record.status.completed_at = Some(now());
+            record.status.error = None;
+        }
     }
 }
 
@@ -353,21 +364,12 @@ impl ExportRegistry for LocalRunner {
         after: Option<&str>,
         limit: usize,
     ) -> Result<ExportList, RegistryError> {
-        let records = self.files.records.read();
-        let mut matching = records
-            .values()
-            .rev()
-            .filter(|record| record.spec.tenant_id == tenant)
-            .filter(|record| after.is_none_or(|after| record.export_id.as_str() < after));
-        let exports: Vec<ExportRecord> = matching.by_ref().take(limit).cloned().collect();
-        let next_after = match matching.next() {
-            Some(_) => exports.last().map(|record| record.export_id.clone()),
-            None => None,
-        };
-        Ok(ExportList {
-            exports,
-            next_after,
-        })
+        Ok(super::registry::page(
+            &self.files.records.read(),
+            tenant,
+            after,
+            limit,
+        ))
     }
 
     /// Stops the job and waits (at most [`CANCEL_WAIT`]) until it recorded `Cancelled`; a job

@@ -73,6 +73,11 @@ pub trait JobStore: Send + Sync + 'static {
     ) -> Result<(), ExportFailure>;
     /// A part was uploaded: record the checkpoint. An error stops the job (failed).
     async fn progress(&self, job: &Job, checkpoint: &Checkpoint) -> Result<(), ExportFailure>;
+    /// Every part is uploaded and the manifest comes next: an error stops the job without it
+    /// (the cluster's store confirms the job's lease here).
+    async fn before_manifest(&self, _job: &Job) -> Result<(), ExportFailure> {
+        Ok(())
+    }
     /// The job ended: `Completed`, `Failed` or `Cancelled`.
     async fn finished(&self, job: &Job, outcome: Outcome);
     /// The job was stopped for `why` ([`StopReason::Delete`] or [`StopReason::Shutdown`]):
@@ -413,6 +418,10 @@ struct StoreProgress<'a> {
 impl ProgressReporter for StoreProgress<'_> {
     async fn checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), ExportFailure> {
         self.store.progress(self.job, checkpoint).await
+    }
+
+    async fn before_manifest(&self) -> Result<(), ExportFailure> {
+        self.store.before_manifest(self.job).await
     }
 }
 

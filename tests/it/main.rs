@@ -13,6 +13,7 @@ mod auth_hardening;
 mod check_config;
 mod cluster;
 mod cluster_restore;
+mod cluster_exports;
 mod durability;
 mod export_confinement;
 mod export_schedules;
