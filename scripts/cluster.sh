@@ -15,7 +15,9 @@
 # .tools/cluster.env exports:
 #   SCAIVAULT_TEST_NATS_SERVER  the nats-server binary; tests that kill nodes start their own
 #                               clusters with it (tests/it/harness), so they never share state
-#   SCAIVAULT_AUDIT_NATS_URL    nats://127.0.0.1:P1,nats://127.0.0.1:P2,nats://127.0.0.1:P3
+#   SCAIVAULT_TEST_NATS_URL     nats://127.0.0.1:P1,nats://127.0.0.1:P2,nats://127.0.0.1:P3 (for a service by
+#                               hand: SCAIVAULT_AUDIT_NATS_URL=$SCAIVAULT_TEST_NATS_URL; not exported under
+#                               the service's own name, which would switch every server a test starts)
 #   NATS_MONITOR_URLS           the nodes' monitoring endpoints (/healthz, /varz, /jsz)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -141,7 +143,7 @@ cmd_start() {
 	wait_healthy "${monitor_urls[@]}"
 	{
 		printf 'export SCAIVAULT_TEST_NATS_SERVER=%q\n' "$BIN"
-		printf 'export SCAIVAULT_AUDIT_NATS_URL="%s"\n' "$(IFS=,; echo "${client_urls[*]}")"
+		printf 'export SCAIVAULT_TEST_NATS_URL="%s"\n' "$(IFS=,; echo "${client_urls[*]}")"
 		printf 'export NATS_MONITOR_URLS="%s"\n' "$(IFS=,; echo "${monitor_urls[*]}")"
 	} >"$ENV_FILE"
 	log "three nodes ready: $(IFS=,; echo "${client_urls[*]}") (source ${ENV_FILE#"$ROOT"/})"
