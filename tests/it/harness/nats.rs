@@ -171,6 +171,29 @@ impl NatsCluster {
 
     /// The index of the node leading `stream`, from a running node's `/jsz`.
     pub async fn stream_leader(&self, stream: &str) -> usize {
+        self.poll_stream(stream, |entry| {
+            let leader = entry.get("cluster")?.get("leader")?.as_str()?;
+            self.nodes.iter().position(|node| node.name == leader)
+        })
+        .await
+    }
+
+    /// `(first_seq, last_seq)` of `stream` as a running node's `/jsz` reports it (the
+    /// stream's window: records before `first_seq` expired or were deleted).
+    pub async fn stream_window(&self, stream: &str) -> (u64, u64) {
+        self.poll_stream(stream, |entry| {
+            let state = entry.get("state")?;
+            Some((
+                state.get("first_seq")?.as_u64()?,
+                state.get("last_seq")?.as_u64()?,
+            ))
+        })
+        .await
+    }
+
+    /// Asks the running nodes' `/jsz` for `stream` until `read` finds what it needs in the
+    /// stream's entry, failing after [`HEALTHY_DEADLINE`].
+    async fn poll_stream<T>(&self, stream: &str, read: impl Fn(&Value) -> Option<T>) -> T {
         let client = super::client();
         let started = Instant::now();
         loop {
@@ -185,15 +208,13 @@ impl NatsCluster {
                 let Ok(body) = response.json::<Value>().await else {
                     continue;
                 };
-                if let Some(leader) = find_leader(&body, stream)
-                    && let Some(index) = self.nodes.iter().position(|n| n.name == leader)
-                {
-                    return index;
+                if let Some(found) = find_stream(&body, stream).and_then(&read) {
+                    return found;
                 }
             }
             assert!(
                 started.elapsed() < HEALTHY_DEADLINE,
-                "no leader of stream {stream} found"
+                "no node reports what is asked of stream {stream}"
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -206,73 +227,18 @@ fn rand_bytes() -> [u8; 32] {
     key
 }
 
-impl NatsCluster {
-    /// `(first_seq, last_seq)` of `stream` as a running node's `/jsz` reports it (the
-    /// stream's window: records before `first_seq` expired or were deleted).
-    pub async fn stream_window(&self, stream: &str) -> (u64, u64) {
-        let client = super::client();
-        let started = Instant::now();
-        loop {
-            for node in self.nodes.iter().filter(|node| node.child.is_some()) {
-                let url = format!(
-                    "http://127.0.0.1:{}/jsz?accounts=true&streams=true",
-                    node.monitor_port
-                );
-                let Ok(response) = client.get(&url).send().await else {
-                    continue;
-                };
-                let Ok(body) = response.json::<Value>().await else {
-                    continue;
-                };
-                if let Some(window) = find_window(&body, stream) {
-                    return window;
-                }
-            }
-            assert!(
-                started.elapsed() < HEALTHY_DEADLINE,
-                "no node reports stream {stream}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-}
-
-/// The `state.first_seq` and `state.last_seq` of the stream named `stream` in a `/jsz`
-/// document.
-fn find_window(value: &Value, stream: &str) -> Option<(u64, u64)> {
+/// The entry of the stream named `stream` anywhere in a `/jsz` document.
+fn find_stream<'a>(value: &'a Value, stream: &str) -> Option<&'a Value> {
     match value {
         Value::Object(map) => {
             if map.get("name").and_then(Value::as_str) == Some(stream)
-                && let Some(state) = map.get("state")
-                && let (Some(first), Some(last)) = (
-                    state.get("first_seq").and_then(Value::as_u64),
-                    state.get("last_seq").and_then(Value::as_u64),
-                )
+                && (map.contains_key("state") || map.contains_key("cluster"))
             {
-                return Some((first, last));
+                return Some(value);
             }
-            map.values().find_map(|value| find_window(value, stream))
+            map.values().find_map(|value| find_stream(value, stream))
         }
-        Value::Array(items) => items.iter().find_map(|value| find_window(value, stream)),
-        _ => None,
-    }
-}
-
-/// The `cluster.leader` of the stream named `stream` anywhere in a `/jsz` document.
-fn find_leader(value: &Value, stream: &str) -> Option<String> {
-    match value {
-        Value::Object(map) => {
-            if map.get("name").and_then(Value::as_str) == Some(stream)
-                && let Some(leader) = map
-                    .get("cluster")
-                    .and_then(|cluster| cluster.get("leader"))
-                    .and_then(Value::as_str)
-            {
-                return Some(leader.to_string());
-            }
-            map.values().find_map(|value| find_leader(value, stream))
-        }
-        Value::Array(items) => items.iter().find_map(|value| find_leader(value, stream)),
+        Value::Array(items) => items.iter().find_map(|value| find_stream(value, stream)),
         _ => None,
     }
 }
