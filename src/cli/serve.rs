@@ -10,12 +10,13 @@ use scaivault_audit::auth::token_review::TokenReviewer;
 use scaivault_audit::auth::{Authenticator, BootstrapToken, StaticTokens};
 use scaivault_audit::cluster::exports::{ClusterExportSettings, ClusterExports};
 use scaivault_audit::cluster::lease::{LeaseBucket, RoleLease};
+use scaivault_audit::cluster::manifest_links::KvManifestLinks;
 use scaivault_audit::cluster::sweeps::{KvSweeps, SWEEPER_ROLE};
 use scaivault_audit::config::auth::JwksSource;
 use scaivault_audit::config::{ClusterSettings, Settings, SettingsArgs};
 use scaivault_audit::export::credentials::{CredentialSource, ScaiVaultClient};
 use scaivault_audit::export::engine::{EngineConfig, ExportEngine, RetryPolicy};
-use scaivault_audit::export::manifest::{ExportIntegrity, ManifestLinks};
+use scaivault_audit::export::manifest::{ExportIntegrity, ManifestLinkStore, ManifestLinks};
 use scaivault_audit::export::metrics::ExportMetrics;
 use scaivault_audit::export::policy::ExportPolicy;
 use scaivault_audit::export::runner::{LocalRunner, RunnerMetrics};
@@ -91,7 +92,14 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
         checkpoint_log.clone(),
         CheckpointMetrics::register(&mut registry),
     );
-    let runner = export_runner(&settings, &store, &checkpoint_log, &mut registry)?;
+    let manifest_links = manifest_link_store(&settings, jetstream.as_ref()).await?;
+    let runner = export_runner(
+        &settings,
+        &store,
+        &checkpoint_log,
+        manifest_links,
+        &mut registry,
+    )?;
     let operator_metrics = operator::metrics::OperatorMetrics::register(&mut registry);
     let retention = Arc::new(settings.retention.clone());
     let mut sweeper = Sweeper::new(
@@ -511,6 +519,7 @@ fn export_runner(
     settings: &Settings,
     store: &Store,
     checkpoint_log: &Arc<CheckpointLog>,
+    manifest_links: Arc<dyn ManifestLinkStore>,
     registry: &mut prometheus_client::registry::Registry,
 ) -> anyhow::Result<LocalRunner> {
     let export = &settings.export;
@@ -537,7 +546,10 @@ fn export_runner(
             policy: export_policy(settings)?,
         },
     )
-    .with_integrity(export_integrity(settings, checkpoint_log)?)
+    .with_integrity(Arc::new(ExportIntegrity {
+        checkpoints: checkpoint_log.clone(),
+        links: manifest_links,
+    }))
     .with_metrics(ExportMetrics::register(registry));
     Ok(LocalRunner::open(
         engine,
@@ -547,16 +559,21 @@ fn export_runner(
     )?)
 }
 
-/// What signs export manifests: the service's one checkpoint log (and its key ring), and the
-/// last manifest per destination family, kept beside the checkpoints.
-fn export_integrity(
+/// Where the newest export manifest of each destination family is kept: beside the
+/// checkpoints in the data directory, or in a cluster's key-value bucket so that manifests
+/// chain across replicas (docs/cluster.md "Coordination").
+async fn manifest_link_store(
     settings: &Settings,
-    checkpoint_log: &Arc<CheckpointLog>,
-) -> anyhow::Result<Arc<ExportIntegrity>> {
-    Ok(Arc::new(ExportIntegrity {
-        checkpoints: checkpoint_log.clone(),
-        links: ManifestLinks::open(&settings.integrity.dir)?,
-    }))
+    jetstream: Option<&async_nats::jetstream::Context>,
+) -> anyhow::Result<Arc<dyn ManifestLinkStore>> {
+    Ok(match (&settings.cluster, jetstream) {
+        (Some(cluster), Some(context)) => Arc::new(
+            KvManifestLinks::open(context, &cluster.manifest_links_bucket, cluster.replicas)
+                .await
+                .context("failed to open the cluster's manifest links")?,
+        ),
+        _ => Arc::new(ManifestLinks::open(&settings.integrity.dir)?),
+    })
 }
 
 /// The export confinement rules, with the `file` root created and resolved. A configured root

@@ -503,9 +503,6 @@ async fn open_bucket(
     context: &jetstream::Context,
     settings: &ClusterExportSettings,
 ) -> Result<kv::Store, JobsBucketError> {
-    if let Ok(store) = context.get_key_value(&settings.bucket).await {
-        return Ok(store);
-    }
     let config = kv::Config {
         bucket: settings.bucket.clone(),
         description: "scaivault-audit export jobs".into(),
@@ -515,18 +512,12 @@ async fn open_bucket(
         num_replicas: settings.replicas,
         ..Default::default()
     };
-    match context.create_key_value(config).await {
-        Ok(store) => Ok(store),
-        Err(created) => {
-            context
-                .get_key_value(&settings.bucket)
-                .await
-                .map_err(|_| JobsBucketError {
-                    bucket: settings.bucket.clone(),
-                    message: format!("cannot be created: {}", super::describe(&created)),
-                })
-        }
-    }
+    super::kv::open_or_create(context, config)
+        .await
+        .map_err(|message| JobsBucketError {
+            bucket: settings.bucket.clone(),
+            message,
+        })
 }
 
 #[async_trait]

@@ -104,16 +104,9 @@ impl LeaseBucket {
             num_replicas: replicas,
             ..Default::default()
         };
-        let store = match context.get_key_value(bucket).await {
-            Ok(store) => store,
-            Err(_) => match context.create_key_value(config).await {
-                Ok(store) => store,
-                // Another replica created it in between.
-                Err(created) => context.get_key_value(bucket).await.map_err(|_| {
-                    failed(format!("cannot be created: {}", super::describe(&created)))
-                })?,
-            },
-        };
+        let store = super::kv::open_or_create(context, config)
+            .await
+            .map_err(failed)?;
         let effective = store.stream.cached_info().config.max_age;
         if effective.is_zero() {
             return Err(failed(

@@ -20,7 +20,9 @@
 //! another request.
 
 pub mod exports;
+pub mod kv;
 pub mod lease;
+pub mod manifest_links;
 pub mod message;
 pub mod sweeps;
 

@@ -47,29 +47,18 @@ impl KvSweeps {
         replicas: usize,
         role: RoleLease,
     ) -> Result<KvSweeps, String> {
-        let kv = match context.get_key_value(bucket).await {
-            Ok(kv) => kv,
-            Err(_) => {
-                let config = kv::Config {
-                    bucket: bucket.to_string(),
-                    description: "scaivault-audit: the newest retention expiry per tenant".into(),
-                    history: 1,
-                    max_value_size: 4096,
-                    storage: jetstream::stream::StorageType::File,
-                    num_replicas: replicas,
-                    ..Default::default()
-                };
-                match context.create_key_value(config).await {
-                    Ok(kv) => kv,
-                    Err(created) => context.get_key_value(bucket).await.map_err(|_| {
-                        format!(
-                            "JetStream key-value bucket {bucket} cannot be created: {}",
-                            super::describe(&created)
-                        )
-                    })?,
-                }
-            }
+        let config = kv::Config {
+            bucket: bucket.to_string(),
+            description: "scaivault-audit: the newest retention expiry per tenant".into(),
+            history: 1,
+            max_value_size: 4096,
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
         };
+        let kv = super::kv::open_or_create(context, config)
+            .await
+            .map_err(|message| format!("JetStream key-value bucket {bucket}: {message}"))?;
         Ok(KvSweeps { role, kv })
     }
 }

@@ -37,6 +37,8 @@ pub const DEFAULT_LEASES_BUCKET: &str = "SCAIVAULT_AUDIT_LEASES";
 pub const DEFAULT_EXPORTS_BUCKET: &str = "SCAIVAULT_AUDIT_EXPORTS";
 /// Default key-value bucket of the retention sweeper's published expiries.
 pub const DEFAULT_SWEEPS_BUCKET: &str = "SCAIVAULT_AUDIT_SWEEPS";
+/// Default key-value bucket of the newest export manifest per destination family.
+pub const DEFAULT_MANIFEST_LINKS_BUCKET: &str = "SCAIVAULT_AUDIT_MANIFEST_LINKS";
 
 /// `[cluster]` as given by flags/environment or the file (every key optional).
 #[derive(Debug, Clone, Default, PartialEq, Args, Serialize, Deserialize)]
@@ -201,6 +203,15 @@ pub struct ClusterSection {
         value_name = "NAME"
     )]
     pub sweeps_bucket: Option<String>,
+    /// JetStream key-value bucket of the newest export manifest per destination family, so
+    /// that manifests chain across replicas (created if missing).
+    #[arg(
+        id = "cluster.manifest_links_bucket",
+        long = "cluster-manifest-links-bucket",
+        env = "SCAIVAULT_AUDIT_CLUSTER_MANIFEST_LINKS_BUCKET",
+        value_name = "NAME"
+    )]
+    pub manifest_links_bucket: Option<String>,
 }
 
 super::layered!(ClusterSection {
@@ -223,6 +234,7 @@ super::layered!(ClusterSection {
     leases_bucket,
     exports_bucket,
     sweeps_bucket,
+    manifest_links_bucket,
 });
 
 /// The resolved `[cluster]` section (only when `nats_url` is set).
@@ -250,6 +262,7 @@ pub struct ClusterSettings {
     pub leases_bucket: String,
     pub exports_bucket: String,
     pub sweeps_bucket: String,
+    pub manifest_links_bucket: String,
 }
 
 impl ClusterSettings {
@@ -275,6 +288,7 @@ impl ClusterSettings {
             leases_bucket: Some(self.leases_bucket.clone()),
             exports_bucket: Some(self.exports_bucket.clone()),
             sweeps_bucket: Some(self.sweeps_bucket.clone()),
+            manifest_links_bucket: Some(self.manifest_links_bucket.clone()),
         }
     }
 
@@ -294,6 +308,7 @@ impl ClusterSettings {
             leases_bucket: Some(DEFAULT_LEASES_BUCKET.into()),
             exports_bucket: Some(DEFAULT_EXPORTS_BUCKET.into()),
             sweeps_bucket: Some(DEFAULT_SWEEPS_BUCKET.into()),
+            manifest_links_bucket: Some(DEFAULT_MANIFEST_LINKS_BUCKET.into()),
             ..ClusterSection::default()
         }
     }
@@ -353,14 +368,23 @@ impl ClusterSection {
             self.sweeps_bucket.as_deref(),
             DEFAULT_SWEEPS_BUCKET,
         )?;
-        if leases_bucket == exports_bucket
-            || leases_bucket == sweeps_bucket
-            || exports_bucket == sweeps_bucket
-        {
+        let manifest_links_bucket = bucket_name(
+            "cluster.manifest_links_bucket",
+            self.manifest_links_bucket.as_deref(),
+            DEFAULT_MANIFEST_LINKS_BUCKET,
+        )?;
+        let buckets = [
+            &leases_bucket,
+            &exports_bucket,
+            &sweeps_bucket,
+            &manifest_links_bucket,
+        ];
+        let distinct: std::collections::BTreeSet<_> = buckets.iter().collect();
+        if distinct.len() != buckets.len() {
             return Err(invalid(
                 "cluster.exports_bucket",
-                "cluster.leases_bucket, cluster.exports_bucket and cluster.sweeps_bucket must \
-                 differ (leases expire, job records and expiries must not)",
+                "cluster.leases_bucket, cluster.exports_bucket, cluster.sweeps_bucket and \
+                 cluster.manifest_links_bucket must differ (leases expire, records must not)",
             ));
         }
         let tls_client = match (&self.tls_cert_file, &self.tls_key_file) {
@@ -414,6 +438,7 @@ impl ClusterSection {
             leases_bucket,
             exports_bucket,
             sweeps_bucket,
+            manifest_links_bucket,
         }))
     }
 }

@@ -42,6 +42,9 @@ const PAGE_EVENTS: usize = 20_000;
 
 /// Name of the claim object that marks a prefix as one export's (next to its files).
 pub const CLAIM_NAME: &str = ".scaivault-export";
+/// Manifests written at most for one export when other exports of its destination family keep
+/// recording theirs in between (each attempt links to the newest).
+const LINK_ATTEMPTS: usize = 5;
 
 /// Retry schedule of transient failures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -538,14 +541,17 @@ impl ExportEngine {
             .await?;
         let completed_at = match manifest {
             SmallObject::Missing => return Ok(None),
-            SmallObject::Body(body) => serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|manifest| {
-                    manifest
-                        .get("completed_at")
-                        .and_then(|at| at.as_str())
-                        .map(str::to_string)
-                }),
+            SmallObject::Body(body) => {
+                self.adopt_manifest(spec, &body).await?;
+                serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|manifest| {
+                        manifest
+                            .get("completed_at")
+                            .and_then(|at| at.as_str())
+                            .map(str::to_string)
+                    })
+            }
             SmallObject::TooLarge => None,
         };
         Ok(Some(ExportOutcome {
@@ -635,22 +641,75 @@ impl ExportEngine {
                 .map_err(internal)?
                 .map_err(internal)?
         };
-        let mut links = integrity.links.lock().await;
-        let parts = ManifestParts {
-            head,
-            checkpoint: covering,
-            previous: links.previous(spec),
-            late,
+        let family = manifest::family_key(spec);
+        for _ in 0..LINK_ATTEMPTS {
+            let current = integrity.links.newest(&family).await.map_err(internal)?;
+            let parts = ManifestParts {
+                head,
+                checkpoint: covering.clone(),
+                previous: current.newest,
+                late: late.clone(),
+            };
+            let mut manifest = manifest::manifest_object(export_id, spec, &outcome, &parts);
+            integrity.checkpoints.keyring().sign_object(&mut manifest);
+            let body = self.put_manifest(sink, spec, &manifest, cancel).await?;
+            let link = ManifestLink {
+                key: spec.manifest_key(),
+                sha256: manifest::manifest_sha256(&body),
+            };
+            let recorded = integrity
+                .links
+                .record(&family, current.version, &link)
+                .await
+                .map_err(internal)?;
+            if recorded {
+                return Ok(outcome);
+            }
+            tracing::info!(
+                export_id,
+                "another manifest of this destination family was recorded meanwhile; \
+                 writing this one again, linked to it"
+            );
+        }
+        Err(internal(format!(
+            "the manifest links of this destination family kept changing under \
+             {LINK_ATTEMPTS} attempts"
+        )))
+    }
+
+    /// A resumed job whose manifest was written but not recorded as its family's newest (the
+    /// process stopped in between) records it now, if the family's newest is still the one
+    /// the manifest links to; otherwise the next export of the family would link past it.
+    async fn adopt_manifest(&self, spec: &ExportSpec, body: &[u8]) -> Result<(), ExportFailure> {
+        let Some(integrity) = &self.integrity else {
+            return Ok(());
         };
-        let mut manifest = manifest::manifest_object(export_id, spec, &outcome, &parts);
-        integrity.checkpoints.keyring().sign_object(&mut manifest);
-        let body = self.put_manifest(sink, spec, &manifest, cancel).await?;
+        let Ok(manifest) = serde_json::from_slice::<serde_json::Value>(body) else {
+            return Ok(());
+        };
+        let Ok(previous) = serde_json::from_value::<Option<ManifestLink>>(
+            manifest
+                .get("previous_manifest")
+                .cloned()
+                .unwrap_or_default(),
+        ) else {
+            return Ok(());
+        };
+        let family = manifest::family_key(spec);
+        let current = integrity.links.newest(&family).await.map_err(internal)?;
+        if current.newest != previous {
+            return Ok(());
+        }
         let link = ManifestLink {
             key: spec.manifest_key(),
-            sha256: manifest::manifest_sha256(&body),
+            sha256: manifest::manifest_sha256(body),
         };
-        links.record(spec, link).map_err(internal)?;
-        Ok(outcome)
+        integrity
+            .links
+            .record(&family, current.version, &link)
+            .await
+            .map_err(internal)?;
+        Ok(())
     }
 
     /// Uploads `manifest` as pretty JSON; returns the bytes written.

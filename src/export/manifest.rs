@@ -12,14 +12,19 @@
 //! **Destination family**: the same destination type and bucket (container, directory), and
 //! the prefix without its last path segment ([`family_prefix`]): `audit/2026-01/` and
 //! `audit/2026-02/` are one family (`audit/`), so a tenant's monthly exports chain. The last
-//! manifest of each (tenant, family) is kept durably in the data directory
-//! (`integrity/manifest-links.json`, [`ManifestLinks`]), in standalone and operator mode alike,
-//! so deleting the newest manifest at the destination does not silently re-link the next one.
+//! manifest of each (tenant, family) is kept durably ([`ManifestLinkStore`]): in the data
+//! directory (`integrity/manifest-links.json`, [`ManifestLinks`]) for one process, in
+//! JetStream's key-value store for the replicas of a cluster
+//! (`crate::cluster::manifest_links`), so deleting the newest manifest at the destination does
+//! not silently re-link the next one. Recording is conditional on the family's link being
+//! unchanged since it was read: two exports of one family that race never link to the same
+//! predecessor (the loser writes its manifest again, linked to the winner's).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
@@ -39,7 +44,7 @@ pub const LINKS_FILE: &str = "manifest-links.json";
 /// of each destination family.
 pub struct ExportIntegrity {
     pub checkpoints: Arc<CheckpointLog>,
-    pub links: ManifestLinks,
+    pub links: Arc<dyn ManifestLinkStore>,
 }
 
 /// The previous manifest of a family: its key and the SHA-256 of its stored bytes.
@@ -47,6 +52,14 @@ pub struct ExportIntegrity {
 pub struct ManifestLink {
     pub key: String,
     pub sha256: String,
+}
+
+/// A family's newest manifest as read from a [`ManifestLinkStore`], with the version a
+/// conditional [`ManifestLinkStore::record`] must still find (0: the family has none yet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FamilyLink {
+    pub newest: Option<ManifestLink>,
+    pub version: u64,
 }
 
 /// Why the manifest links cannot be read or written.
@@ -60,14 +73,39 @@ pub enum LinksError {
     },
     #[error("manifest links {path}: not a JSON object of links ({message})")]
     Corrupt { path: PathBuf, message: String },
+    /// The shared store (the cluster's key-value bucket) did not answer or refused.
+    #[error("manifest links bucket {bucket}: {message}")]
+    Shared { bucket: String, message: String },
 }
 
-/// The last manifest written per (tenant, destination family), in one small JSON file
-/// rewritten atomically. The lock is held from reading a family's link until the new manifest
-/// is recorded, so two exports of one family never link to the same predecessor.
+/// Where the newest manifest of each (tenant, destination family) is kept, keyed by
+/// [`family_key`].
+#[async_trait]
+pub trait ManifestLinkStore: Send + Sync {
+    /// The family's newest manifest and its version.
+    async fn newest(&self, family: &str) -> Result<FamilyLink, LinksError>;
+
+    /// Records `link` as the family's newest, durably, if the family is still at `version`;
+    /// `false` (nothing written) when another manifest was recorded since.
+    async fn record(
+        &self,
+        family: &str,
+        version: u64,
+        link: &ManifestLink,
+    ) -> Result<bool, LinksError>;
+}
+
+/// The links of one process: one small JSON file in the integrity directory, rewritten
+/// atomically. Versions count the records since the process started.
 pub struct ManifestLinks {
     path: PathBuf,
-    links: tokio::sync::Mutex<BTreeMap<String, ManifestLink>>,
+    state: tokio::sync::Mutex<LocalLinks>,
+}
+
+#[derive(Default)]
+struct LocalLinks {
+    links: BTreeMap<String, ManifestLink>,
+    versions: BTreeMap<String, u64>,
 }
 
 impl ManifestLinks {
@@ -79,7 +117,7 @@ impl ManifestLinks {
             source,
         };
         std::fs::create_dir_all(dir).map_err(io)?;
-        let links = match std::fs::read(&path) {
+        let links: BTreeMap<String, ManifestLink> = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|error| LinksError::Corrupt {
                 path: path.clone(),
                 message: error.to_string(),
@@ -87,45 +125,47 @@ impl ManifestLinks {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
             Err(error) => return Err(io(error)),
         };
+        let versions = links.keys().map(|family| (family.clone(), 1)).collect();
         Ok(ManifestLinks {
             path,
-            links: tokio::sync::Mutex::new(links),
+            state: tokio::sync::Mutex::new(LocalLinks { links, versions }),
+        })
+    }
+}
+
+#[async_trait]
+impl ManifestLinkStore for ManifestLinks {
+    async fn newest(&self, family: &str) -> Result<FamilyLink, LinksError> {
+        let state = self.state.lock().await;
+        Ok(FamilyLink {
+            newest: state.links.get(family).cloned(),
+            version: state.versions.get(family).copied().unwrap_or(0),
         })
     }
 
-    /// Locks the links: read a family's link, write the manifest, then [`LinksGuard::record`].
-    pub async fn lock(&self) -> LinksGuard<'_> {
-        LinksGuard {
-            path: &self.path,
-            links: self.links.lock().await,
+    async fn record(
+        &self,
+        family: &str,
+        version: u64,
+        link: &ManifestLink,
+    ) -> Result<bool, LinksError> {
+        let mut state = self.state.lock().await;
+        if state.versions.get(family).copied().unwrap_or(0) != version {
+            return Ok(false);
         }
-    }
-}
-
-/// The locked links.
-pub struct LinksGuard<'a> {
-    path: &'a Path,
-    links: tokio::sync::MutexGuard<'a, BTreeMap<String, ManifestLink>>,
-}
-
-impl LinksGuard<'_> {
-    /// The last manifest of `spec`'s tenant and family.
-    pub fn previous(&self, spec: &ExportSpec) -> Option<ManifestLink> {
-        self.links.get(&family_key(spec)).cloned()
-    }
-
-    /// Records `link` as the last manifest of `spec`'s tenant and family (durably).
-    pub fn record(&mut self, spec: &ExportSpec, link: ManifestLink) -> Result<(), LinksError> {
-        self.links.insert(family_key(spec), link);
-        let body =
-            serde_json::to_vec_pretty(&*self.links).map_err(|error| LinksError::Corrupt {
-                path: self.path.to_path_buf(),
-                message: error.to_string(),
-            })?;
-        crate::durable_file::replace(self.path, &body).map_err(|source| LinksError::Io {
-            path: self.path.to_path_buf(),
+        let mut links = state.links.clone();
+        links.insert(family.to_string(), link.clone());
+        let body = serde_json::to_vec_pretty(&links).map_err(|error| LinksError::Corrupt {
+            path: self.path.clone(),
+            message: error.to_string(),
+        })?;
+        crate::durable_file::replace(&self.path, &body).map_err(|source| LinksError::Io {
+            path: self.path.clone(),
             source,
-        })
+        })?;
+        state.links = links;
+        state.versions.insert(family.to_string(), version + 1);
+        Ok(true)
     }
 }
 
@@ -139,8 +179,8 @@ pub fn family_prefix(prefix: &str) -> &str {
     }
 }
 
-/// The key of `spec`'s (tenant, family) in the links file.
-fn family_key(spec: &ExportSpec) -> String {
+/// The key of `spec`'s (tenant, destination family) in a [`ManifestLinkStore`].
+pub fn family_key(spec: &ExportSpec) -> String {
     let destination = &spec.destination;
     json!([
         spec.tenant_id,
@@ -215,6 +255,30 @@ pub fn manifest_sha256(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn link(key: &str) -> ManifestLink {
+        ManifestLink {
+            key: key.into(),
+            sha256: "00".repeat(32),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_record_needs_the_version_it_read_and_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let links = ManifestLinks::open(dir.path()).unwrap();
+        let empty = links.newest("f").await.unwrap();
+        assert_eq!((empty.newest, empty.version), (None, 0));
+        assert!(links.record("f", 0, &link("a")).await.unwrap());
+        // A writer that read the family before that record is refused.
+        assert!(!links.record("f", 0, &link("b")).await.unwrap());
+        let read = links.newest("f").await.unwrap();
+        assert_eq!((read.newest, read.version), (Some(link("a")), 1));
+        assert!(links.record("f", 1, &link("b")).await.unwrap());
+        assert_eq!(links.newest("other").await.unwrap().version, 0);
+        let reopened = ManifestLinks::open(dir.path()).unwrap();
+        assert_eq!(reopened.newest("f").await.unwrap().newest, Some(link("b")));
+    }
 
     #[test]
     fn a_family_is_the_prefix_without_its_last_segment() {

@@ -16,7 +16,10 @@ use crate::event::{Action, AuditEvent, IdentityType};
 use crate::export::credentials::{CredentialSource, DestinationCredentials};
 use crate::export::engine::{EngineConfig, ExportEngine, ProgressReporter, RetryPolicy};
 use crate::export::job::{Checkpoint, Destination, DestinationType, ExportFailure};
-use crate::export::manifest::{ExportIntegrity, ManifestLinks};
+use crate::export::manifest::{
+    ExportIntegrity, FamilyLink, LinksError, ManifestLink, ManifestLinkStore, ManifestLinks,
+    family_key,
+};
 use crate::export::policy::{DEFAULT_CREDENTIALS_PATH_PREFIX, ExportPolicy};
 use crate::export::request::ExportRequest;
 use crate::export::sink::{self, SinkContext, endpoint::EndpointPolicy};
@@ -46,10 +49,18 @@ struct Fixture {
     _store: Store,
     engine: ExportEngine,
     keyring: Keyring,
+    links: Arc<dyn ManifestLinkStore>,
 }
 
 impl Fixture {
     async fn new() -> Fixture {
+        Fixture::with_links(|links| Arc::new(links)).await
+    }
+
+    /// As [`Fixture::new`], the manifest links kept by `links` around the data directory's.
+    async fn with_links(
+        links: impl FnOnce(ManifestLinks) -> Arc<dyn ManifestLinkStore>,
+    ) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(
             &StoreConfig::with_data_dir(dir.path().join("data")),
@@ -74,9 +85,10 @@ impl Fixture {
         let keyring = Keyring::load(&dir.path().join("keys"), true).unwrap();
         let integrity_dir = dir.path().join("data/integrity");
         let log = CheckpointLog::open(&integrity_dir, keyring.clone()).unwrap();
+        let links = links(ManifestLinks::open(&integrity_dir).unwrap());
         let integrity = ExportIntegrity {
             checkpoints: Arc::new(log),
-            links: ManifestLinks::open(&integrity_dir).unwrap(),
+            links: links.clone(),
         };
         let engine = ExportEngine::new(
             store.clone(),
@@ -97,6 +109,7 @@ impl Fixture {
             _store: store,
             engine,
             keyring,
+            links,
         }
     }
 
@@ -106,6 +119,12 @@ impl Fixture {
 
     /// Exports everything of [`TENANT`] to `prefix` with `extra` request members.
     async fn export(&self, prefix: &str, extra: Value) -> PathBuf {
+        let id = crate::export::registry::new_export_id();
+        self.export_as(&id, prefix, extra).await
+    }
+
+    /// As [`Fixture::export`], as the export `id` (running an id again resumes it).
+    async fn export_as(&self, id: &str, prefix: &str, extra: Value) -> PathBuf {
         let mut body = json!({
             "from": "2020-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z", "format": "jsonl",
             "destination": {"type": "file", "bucket": "audit", "prefix": prefix},
@@ -118,10 +137,9 @@ impl Fixture {
             .and_then(ExportRequest::validate)
             .unwrap();
         let checkpoint = self.engine.start_checkpoint().await.unwrap();
-        let id = crate::export::registry::new_export_id();
         self.engine
             .run(
-                &id,
+                id,
                 &spec,
                 checkpoint,
                 &NoProgress,
@@ -486,6 +504,118 @@ async fn manifests_of_a_family_chain_and_a_broken_link_is_reported() {
         &fixture.verify("acme/2026-02/").await,
         &["previous manifest acme/2026-01/manifest.json is missing at the destination"],
     );
+}
+
+/// The `previous_manifest` key of the manifest under `prefix` (`None` when it links nowhere).
+fn previous_of(fixture: &Fixture, prefix: &str) -> Option<String> {
+    let bytes = std::fs::read(fixture.bucket().join(prefix).join("manifest.json")).unwrap();
+    let manifest: Value = serde_json::from_slice(&bytes).unwrap();
+    manifest["previous_manifest"]["key"]
+        .as_str()
+        .map(str::to_string)
+}
+
+/// Links whose first [`RACERS`] reads wait for each other: that many exports read the family's
+/// newest manifest before any records its own.
+struct RacingLinks {
+    inner: ManifestLinks,
+    reads: std::sync::atomic::AtomicUsize,
+    barrier: tokio::sync::Barrier,
+}
+
+const RACERS: usize = 3;
+
+#[async_trait]
+impl ManifestLinkStore for RacingLinks {
+    async fn newest(&self, family: &str) -> Result<FamilyLink, LinksError> {
+        let read = self.inner.newest(family).await;
+        if self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < RACERS {
+            self.barrier.wait().await;
+        }
+        read
+    }
+
+    async fn record(
+        &self,
+        family: &str,
+        version: u64,
+        link: &ManifestLink,
+    ) -> Result<bool, LinksError> {
+        self.inner.record(family, version, link).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_of_one_family_racing_still_form_one_chain() {
+    let fixture = Fixture::with_links(|inner| {
+        Arc::new(RacingLinks {
+            inner,
+            reads: Default::default(),
+            barrier: tokio::sync::Barrier::new(RACERS),
+        })
+    })
+    .await;
+    let prefixes = ["acme/a/", "acme/b/", "acme/c/", "acme/d/"];
+    futures::future::join_all(prefixes.map(|prefix| fixture.export(prefix, json!({})))).await;
+    let mut links: Vec<Option<String>> = prefixes
+        .iter()
+        .map(|prefix| previous_of(&fixture, prefix))
+        .collect();
+    links.sort();
+    // One manifest starts the chain, every other links to a different one of the family.
+    assert_eq!(links[0], None, "{links:?}");
+    let linked: std::collections::BTreeSet<_> = links[1..].iter().flatten().collect();
+    assert_eq!(linked.len(), prefixes.len() - 1, "a fork: {links:?}");
+    for prefix in prefixes {
+        assert!(fixture.verify(prefix).await.ok, "{prefix}");
+    }
+}
+
+#[tokio::test]
+async fn a_manifest_written_but_not_recorded_is_adopted_when_its_job_resumes() {
+    let fixture = Fixture::new().await;
+    fixture.export("acme/2026-01/", json!({})).await;
+    let family_before = fixture
+        .links
+        .newest(&family_of(&fixture, "acme/2026-01/"))
+        .await
+        .unwrap();
+    fixture
+        .export_as("exp_feb", "acme/2026-02/", json!({}))
+        .await;
+    // The process stopped after February's manifest was written, before it was recorded.
+    let family = family_of(&fixture, "acme/2026-02/");
+    let current = fixture.links.newest(&family).await.unwrap();
+    let january = family_before.newest.clone().unwrap();
+    assert!(
+        fixture
+            .links
+            .record(&family, current.version, &january)
+            .await
+            .unwrap()
+    );
+    // The job resumes: its manifest is there, and becomes the family's newest.
+    fixture
+        .export_as("exp_feb", "acme/2026-02/", json!({}))
+        .await;
+    fixture.export("acme/2026-03/", json!({})).await;
+    assert_eq!(
+        previous_of(&fixture, "acme/2026-03/").as_deref(),
+        Some("acme/2026-02/manifest.json")
+    );
+    assert!(fixture.verify("acme/2026-03/").await.ok);
+}
+
+/// The links key of a `file` export of [`TENANT`] to `prefix`.
+fn family_of(_fixture: &Fixture, prefix: &str) -> String {
+    let body = json!({
+        "from": "2020-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z", "format": "jsonl",
+        "destination": {"type": "file", "bucket": "audit", "prefix": prefix},
+    });
+    let spec = ExportRequest::from_body(&body, TENANT)
+        .and_then(ExportRequest::validate)
+        .unwrap();
+    family_key(&spec)
 }
 
 #[tokio::test]

@@ -262,7 +262,25 @@ async fn an_export_whose_runner_dies_completes_exactly_once_on_another_replica()
         "a cancelled export wrote its manifest: {keys:?}"
     );
 
-    // 2. The runner is killed part-way: the other replica completes the job exactly once.
+    // 2. The runner is killed part-way: the other replica completes the job exactly once, and
+    // its manifest links to the previous manifest of its destination family, whichever
+    // replica wrote that one.
+    let family = unique_prefix("family");
+    vault.put(
+        "infra/aws/direct",
+        json!({"access_key_id": "AKIATESTEXPORTWRITER", "secret_access_key": "s3-secret",
+               "region": "us-east-1", "endpoint_url": endpoint}),
+    );
+    let earlier = start_export(
+        &client,
+        a.server.base_url(),
+        a.server.token(),
+        &export_request(&bucket, &format!("{family}earlier/"), "infra/aws/direct"),
+    )
+    .await;
+    let earlier_status =
+        wait_finished(&client, a.server.base_url(), a.server.token(), &earlier).await;
+    assert_eq!(earlier_status["status"], "completed", "{earlier_status}");
     let proxy = Proxy::start(endpoint_addr(&endpoint)).await;
     vault.put(
         "infra/aws/proxied",
@@ -270,7 +288,7 @@ async fn an_export_whose_runner_dies_completes_exactly_once_on_another_replica()
                "region": "us-east-1", "endpoint_url": proxy.url()}),
     );
     proxy.cut_after(9 << 20);
-    let prefix = unique_prefix("takeover");
+    let prefix = format!("{family}takeover/");
     let export_id = start_export(
         &client,
         b.server.base_url(),
@@ -349,10 +367,44 @@ async fn an_export_whose_runner_dies_completes_exactly_once_on_another_replica()
         .filter(|key| key.ends_with("manifest.json"))
         .count();
     assert_eq!(manifests, 1, "{keys:?}");
+    let manifest: Value = serde_json::from_slice(
+        &s3_get(&endpoint, &bucket, &format!("{prefix}manifest.json"))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        manifest["previous_manifest"]["key"],
+        format!("{family}earlier/manifest.json"),
+        "{manifest}"
+    );
+    assert_eq!(
+        shared_manifest_links(&nats).await,
+        vec![format!("{prefix}manifest.json")],
+        "the family's newest manifest is recorded in the cluster's bucket"
+    );
     eprintln!(
         "incomplete multipart uploads the killed runner left: {}",
         s3_open_uploads(&endpoint, &bucket, &prefix).await
     );
     visible_only_to_its_tenant(&[survivor], &export_id).await;
     drop(dead);
+}
+
+/// The manifest keys recorded in the cluster's manifest links bucket.
+async fn shared_manifest_links(nats: &NatsCluster) -> Vec<String> {
+    use futures::TryStreamExt;
+    let client = async_nats::connect(nats.urls()).await.unwrap();
+    let kv = async_nats::jetstream::new(client)
+        .get_key_value("SCAIVAULT_AUDIT_MANIFEST_LINKS")
+        .await
+        .unwrap();
+    let keys: Vec<String> = kv.keys().await.unwrap().try_collect().await.unwrap();
+    let mut manifests = Vec::new();
+    for key in keys {
+        let value = kv.get(&key).await.unwrap().unwrap();
+        let link: Value = serde_json::from_slice(&value).unwrap();
+        manifests.push(link["key"].as_str().unwrap().to_string());
+    }
+    manifests
 }
