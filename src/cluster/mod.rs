@@ -21,7 +21,9 @@
 
 pub mod exports;
 pub mod lease;
+pub mod lease_metrics;
 pub mod message;
+pub mod snapshotter;
 pub mod sweeps;
 
 use std::collections::VecDeque;
