@@ -11,6 +11,8 @@ use scaivault_audit::auth::{Authenticator, BootstrapToken, StaticTokens};
 use scaivault_audit::cluster::exports::{ClusterExportSettings, ClusterExports};
 use scaivault_audit::cluster::lease::{LeaseBucket, RoleLease};
 use scaivault_audit::cluster::manifest_links::KvManifestLinks;
+use scaivault_audit::cluster::lease_metrics::LeaseMetrics;
+use scaivault_audit::cluster::snapshotter::SNAPSHOTTER_ROLE;
 use scaivault_audit::cluster::sweeps::{KvSweeps, SWEEPER_ROLE};
 use scaivault_audit::config::auth::JwksSource;
 use scaivault_audit::config::{ClusterSettings, Settings, SettingsArgs};
@@ -28,7 +30,6 @@ use scaivault_audit::query::cursor::CursorCodec;
 use scaivault_audit::retention::{ColdTier, RetentionMetrics, Sweeper};
 use scaivault_audit::snapshot::rejoin::{SnapshotSource, rejoin};
 use scaivault_audit::snapshot::remote::DestinationOpener;
-use scaivault_audit::snapshot::service::UploadGate;
 use scaivault_audit::snapshot::{SnapshotMetrics, Snapshotter, service};
 use scaivault_audit::state::{AppState, ExportHandles};
 use scaivault_audit::store::log::Replicated;
@@ -114,6 +115,7 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
         sweeper = sweeper.with_cold_tier(cold);
     }
     // In a cluster: one lease bucket for the export jobs' runners and the cluster-wide roles.
+    let lease_metrics = LeaseMetrics::register(&mut registry);
     let leases = match (&settings.cluster, &jetstream) {
         (Some(cluster), Some(context)) => Some(
             LeaseBucket::open(
@@ -124,7 +126,8 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
                 &cluster.replica_id,
             )
             .await
-            .context("failed to open the cluster's lease bucket")?,
+            .context("failed to open the cluster's lease bucket")?
+            .with_metrics(lease_metrics),
         ),
         _ => None,
     };
@@ -248,19 +251,26 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
     );
     let sweep_task = sweeper.spawn(sweep_shutdown.clone());
     let snapshot_shutdown = tokio_util::sync::CancellationToken::new();
+    let mut snapshotter_role_task = None;
     let snapshot_task = match (&snapshot_opener, settings.snapshots.interval) {
-        (Some(opener), Some(interval)) => Some(
-            Snapshotter::new(
+        (Some(opener), Some(interval)) => {
+            let mut snapshotter = Snapshotter::new(
                 store.clone(),
                 settings.store.data_dir.clone(),
                 opener.clone(),
                 interval,
                 settings.snapshots.keep as usize,
                 snapshot_metrics,
-            )
-            .with_upload_gate(snapshot_upload_gate(&settings))
-            .spawn(snapshot_shutdown.clone()),
-        ),
+            );
+            // In a cluster one replica uploads: only those that snapshot compete for the role.
+            if let Some(leases) = &leases {
+                let (role, task) =
+                    RoleLease::spawn(leases.clone(), SNAPSHOTTER_ROLE, snapshot_shutdown.clone());
+                snapshotter = snapshotter.as_cluster_uploader(Arc::new(role));
+                snapshotter_role_task = Some(task);
+            }
+            Some(snapshotter.spawn(snapshot_shutdown.clone()))
+        }
         _ => None,
     };
     let operator_task = match operator_cluster {
@@ -331,6 +341,11 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
         && let Err(error) = task.await
     {
         tracing::error!(%error, "the snapshot task failed");
+    }
+    if let Some(task) = snapshotter_role_task
+        && let Err(error) = task.await
+    {
+        tracing::error!(%error, "the snapshotter role task failed");
     }
     checkpoint_shutdown.cancel();
     if let Err(error) = checkpoint_task.await {
@@ -415,13 +430,6 @@ async fn join_cluster(
         max_lag: cluster.max_lag_messages,
     };
     Ok((replicated, context))
-}
-
-/// Whether this process uploads an index snapshot at a given interval. Every replica does
-/// today (each prunes only its own snapshots, docs/snapshots.md); connect this to the cluster
-/// lease (src/cluster/lease.rs) to have one uploader per cluster.
-fn snapshot_upload_gate(_settings: &Settings) -> UploadGate {
-    service::every_replica_uploads()
 }
 
 /// Export jobs shared among the replicas through JetStream's key-value store (clustered mode

@@ -33,6 +33,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::lease_metrics::LeaseMetrics;
+
 /// How long one key-value request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Renewals per TTL (a lease survives two failed renewals in a row).
@@ -67,6 +69,7 @@ pub struct LeaseBucket {
     bucket: String,
     ttl: Duration,
     holder: String,
+    metrics: LeaseMetrics,
 }
 
 impl std::fmt::Debug for LeaseBucket {
@@ -128,7 +131,14 @@ impl LeaseBucket {
             bucket: bucket.to_string(),
             ttl: effective,
             holder: holder.to_string(),
+            metrics: LeaseMetrics::default(),
         })
+    }
+
+    /// Counts the leases taken and lost through this bucket, and the roles held, in `metrics`.
+    pub fn with_metrics(mut self, metrics: LeaseMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The TTL of every lease (the bucket's `max_age`).
@@ -164,7 +174,10 @@ impl LeaseBucket {
             .await
             .map_err(|_| Self::unavailable(key, "no answer in time"))?;
         match created {
-            Ok(revision) => Ok(Some(Lease::new(self.clone(), key, revision, sent))),
+            Ok(revision) => {
+                self.metrics.acquired(key);
+                Ok(Some(Lease::new(self.clone(), key, revision, sent)))
+            }
             Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
             Err(error) => Err(Self::unavailable(key, super::describe(&error))),
         }
@@ -258,6 +271,7 @@ impl Lease {
     fn lose(&self, why: &str) {
         if self.inner.held.lock().take().is_some() {
             tracing::warn!(lease = %self.inner.key, why, "lease lost");
+            self.inner.bucket.metrics.lost(&self.inner.key);
         }
         self.inner.ended.cancel();
     }
@@ -475,6 +489,7 @@ async fn compete(
             tracing::info!(role = %role.name, holder = bucket.holder(), "this replica holds the role");
             *role.current.lock() = Some(lease.clone());
             sender.send_replace(true);
+            bucket.metrics.role_held(&role.name, true);
             let keeper = lease.keep();
             let ended = lease.ended();
             tokio::select! {
@@ -482,6 +497,7 @@ async fn compete(
                 () = ended.cancelled() => {}
             }
             sender.send_replace(false);
+            bucket.metrics.role_held(&role.name, false);
             lease.release().await;
             let _ = keeper.await;
             *role.current.lock() = None;

@@ -70,7 +70,8 @@ pub fn staging_root(data_dir: &Path) -> PathBuf {
 /// id. Blocking: run it off the async runtime.
 ///
 /// `owner` is the uploader's tag ([`super::manifest::owner_tag`]) in a cluster, appended to the
-/// id so that each replica prunes only its own snapshots.
+/// id: snapshots tell their uploader, and replicas' snapshots are told from an embedded
+/// store's.
 pub fn stage(
     data_dir: &Path,
     index: &Index,

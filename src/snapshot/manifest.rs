@@ -257,6 +257,81 @@ pub fn is_owned_by(id: &str, tag: Option<&str>) -> bool {
 /// Length of a ULID in its text form.
 const ULID_LEN: usize = 26;
 
+/// Whether `id` is a cluster replica's snapshot id: a ULID followed by an owner tag
+/// ([`owner_tag`], lowercase hex; a ULID's own characters are uppercase).
+pub fn is_replica_id(id: &str) -> bool {
+    id.len() == ULID_LEN + OWNER_TAG_LEN
+        && is_id(id)
+        && id[ULID_LEN..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// When snapshot `id` was started (ms since the epoch, from its ULID); `None` if it has none.
+pub fn started_ms(id: &str) -> Option<u64> {
+    let ulid = ulid::Ulid::from_string(id.get(..ULID_LEN)?).ok()?;
+    Some(ulid.timestamp_ms())
+}
+
+/// A complete snapshot of a cluster replica, as the cluster's uploader prunes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaSnapshot {
+    pub id: String,
+    /// Where the log continues after it (`None`: its manifest is unreadable).
+    pub next: Option<u64>,
+}
+
+/// The snapshots the cluster's single uploader deletes, whichever replica uploaded them
+/// (`snapshots` in any order): every one after the newest `keep` by creation (the newest is
+/// always kept), except the one furthest along the log, which a joining replica restores
+/// first ([`super::rejoin`]) and which an uploader that lags behind the former one must not
+/// remove. Oldest first.
+pub fn to_prune_across_replicas(snapshots: &[ReplicaSnapshot], keep: usize) -> Vec<String> {
+    let mut newest_first: Vec<&ReplicaSnapshot> = snapshots.iter().collect();
+    newest_first.sort_by(|a, b| b.id.cmp(&a.id));
+    newest_first.dedup_by(|a, b| a.id == b.id);
+    let furthest = newest_first
+        .iter()
+        .filter_map(|snapshot| snapshot.next.map(|next| (next, &snapshot.id)))
+        .max()
+        .map(|(_, id)| id.clone());
+    let mut old: Vec<String> = newest_first
+        .iter()
+        .skip(keep.max(1))
+        .filter(|snapshot| Some(&snapshot.id) != furthest.as_ref())
+        .map(|snapshot| snapshot.id.clone())
+        .collect();
+    old.reverse();
+    old
+}
+
+/// The files of incomplete uploads the cluster's uploader (tagged `own`) deletes: those
+/// [`abandoned_keys`] finds, but another replica's only once they were started more than
+/// `grace_ms` before `now_ms` (a former uploader may still be finishing a run it started
+/// before it lost the role; deleting its files then would leave a manifest without them).
+pub fn abandoned_across_replicas<'a>(
+    prefix: &str,
+    keys: impl IntoIterator<Item = &'a str>,
+    kept: &[String],
+    own: &str,
+    now_ms: u64,
+    grace_ms: u64,
+) -> Vec<String> {
+    abandoned_keys(prefix, keys, kept)
+        .into_iter()
+        .filter(|key| {
+            let Some(id) = id_of_key(prefix, key) else {
+                return false;
+            };
+            if !is_replica_id(id) {
+                return false;
+            }
+            is_owned_by(id, Some(own))
+                || started_ms(id).is_some_and(|started| now_ms.saturating_sub(started) > grace_ms)
+        })
+        .collect()
+}
+
 /// The snapshot id a key under `PREFIXsnapshots/` belongs to (a manifest's or a file's).
 pub fn id_of_key<'a>(prefix: &str, key: &'a str) -> Option<&'a str> {
     let rest = key.strip_prefix(folder(prefix).as_str())?;
@@ -441,6 +516,89 @@ mod tests {
         );
         assert_eq!(id_of_key("p/", "p/snapshots/x..y/index/a"), None);
         assert_eq!(id_of_key("p/", "q/snapshots/01A.manifest.json"), None);
+    }
+
+    fn replica_id(ms: u64, owner: &str) -> String {
+        let ulid = ulid::Ulid::from_parts(ms, 7).to_string();
+        format!("{ulid}{}", owner_tag(owner))
+    }
+
+    #[test]
+    fn replica_ids_are_told_from_embedded_ones() {
+        let id = replica_id(1_000, "replica-a");
+        assert!(is_replica_id(&id), "{id}");
+        assert_eq!(started_ms(&id), Some(1_000));
+        assert!(!is_replica_id(&new_id(None)));
+        assert!(!is_replica_id(&format!("{}ABCDEFGH", new_id(None))));
+        assert!(!is_replica_id("../x"));
+        assert_eq!(started_ms("short"), None);
+    }
+
+    #[test]
+    fn the_uploader_prunes_across_replicas_but_keeps_the_newest_and_the_furthest() {
+        let snapshot = |ms, owner, next| ReplicaSnapshot {
+            id: replica_id(ms, owner),
+            next,
+        };
+        // a uploaded until it died; b took the role and uploaded twice since.
+        let a1 = snapshot(1, "replica-a", Some(10));
+        let a2 = snapshot(2, "replica-a", Some(20));
+        let a3 = snapshot(3, "replica-a", Some(30));
+        let b1 = snapshot(4, "replica-b", Some(30));
+        let b2 = snapshot(5, "replica-b", Some(31));
+        let all = [b1.clone(), a1.clone(), b2.clone(), a3.clone(), a2.clone()];
+        assert_eq!(
+            to_prune_across_replicas(&all, 2),
+            vec![a1.id.clone(), a2.id.clone(), a3.id.clone()],
+            "the old holder's snapshots beyond the newest 2 go, oldest first"
+        );
+        assert_eq!(to_prune_across_replicas(&all, 5), Vec::<String>::new());
+        // keep 0 counts as 1: the newest is never deleted.
+        assert_eq!(to_prune_across_replicas(&all, 0).len(), 4);
+        assert!(!to_prune_across_replicas(&all, 0).contains(&b2.id));
+        // b lags behind where a was: a's furthest snapshot stays until b passes it.
+        let lagging_b1 = snapshot(4, "replica-b", Some(12));
+        let lagging_b2 = snapshot(5, "replica-b", Some(15));
+        let lagging = [a1.clone(), a2.clone(), a3.clone(), lagging_b1, lagging_b2];
+        assert_eq!(
+            to_prune_across_replicas(&lagging, 1),
+            vec![a1.id.clone(), a2.id.clone(), replica_id(4, "replica-b")]
+        );
+        // An unreadable manifest is never the furthest; of equal positions the newest is.
+        let unreadable = snapshot(6, "replica-b", None);
+        let tied = [a3.clone(), b1.clone(), unreadable.clone()];
+        assert_eq!(to_prune_across_replicas(&tied, 1), vec![a3.id.clone()]);
+        assert_eq!(to_prune_across_replicas(&[], 1), Vec::<String>::new());
+    }
+
+    #[test]
+    fn another_replicas_incomplete_upload_goes_only_after_the_grace() {
+        let own = owner_tag("replica-b");
+        let kept = vec![replica_id(10_000, "replica-b")];
+        let old_own = file_key("p/", &replica_id(1_000, "replica-b"), INDEX_META);
+        let old_other = file_key("p/", &replica_id(2_000, "replica-a"), INDEX_META);
+        let embedded = file_key(
+            "p/",
+            &ulid::Ulid::from_parts(1_000, 1).to_string(),
+            INDEX_META,
+        );
+        let newer = file_key("p/", &replica_id(20_000, "replica-a"), INDEX_META);
+        let keys = [
+            old_own.as_str(),
+            old_other.as_str(),
+            embedded.as_str(),
+            newer.as_str(),
+        ];
+        // Within the grace only this replica's own abandoned upload goes.
+        assert_eq!(
+            abandoned_across_replicas("p/", keys, &kept, &own, 5_000, 10_000),
+            vec![old_own.clone()]
+        );
+        // After it the other replica's goes too; never an embedded store's, never a newer one.
+        assert_eq!(
+            abandoned_across_replicas("p/", keys, &kept, &own, 50_000, 10_000),
+            vec![old_own, old_other]
+        );
     }
 
     #[test]

@@ -28,6 +28,9 @@ use crate::export::sink::{self, ObjectInfo, Sink, SinkContext, SmallObject};
 
 /// Content type of snapshot files.
 const CONTENT_TYPE: &str = "application/octet-stream";
+/// How long another replica's incomplete upload is left alone when the cluster's uploader
+/// prunes ([`manifest::abandoned_across_replicas`]): longer than any upload of an index takes.
+const FOREIGN_UPLOAD_GRACE_MS: u64 = 24 * 3600 * 1000;
 
 /// How to open the destination of `[snapshots]` (again for every run: credentials rotate).
 #[derive(Debug, Clone)]
@@ -39,7 +42,8 @@ pub struct DestinationOpener {
     /// Where S3 multipart uploads are journaled (`DATA_DIR/snapshots`).
     journal_dir: PathBuf,
     /// A cluster replica's tag ([`manifest::owner_tag`] of its replica id): its snapshot ids
-    /// end with it, and it prunes only those. `None` embedded.
+    /// end with it (the cluster's uploader prunes every replica's, its own incomplete uploads
+    /// at once). `None` embedded.
     owner: Option<String>,
 }
 
@@ -136,6 +140,8 @@ pub struct SnapshotTarget {
     sink: Arc<dyn Sink>,
     prefix: String,
     owner: Option<String>,
+    /// Whether [`SnapshotTarget::prune`] considers every replica's snapshots.
+    across_replicas: bool,
 }
 
 impl SnapshotTarget {
@@ -144,6 +150,7 @@ impl SnapshotTarget {
             sink,
             prefix: prefix.to_string(),
             owner: None,
+            across_replicas: false,
         }
     }
 
@@ -151,6 +158,14 @@ impl SnapshotTarget {
     /// snapshots it uploads carry the tag, and [`SnapshotTarget::prune`] deletes only those.
     pub fn owned_by(mut self, owner: &str) -> Self {
         self.owner = Some(owner.to_string());
+        self
+    }
+
+    /// This replica's target as the cluster's single uploader's (the holder of the
+    /// `snapshotter` role): [`SnapshotTarget::prune`] considers the snapshots of every replica,
+    /// so that those a former uploader left are pruned too. No effect without an owner.
+    pub fn pruning_across_replicas(mut self) -> Self {
+        self.across_replicas = true;
         self
     }
 
@@ -252,8 +267,13 @@ impl SnapshotTarget {
     ///
     /// A cluster replica's target ([`SnapshotTarget::owned_by`]) considers only the snapshots
     /// that replica uploaded: replicas sharing a destination never delete each other's
-    /// snapshots (nor each other's uploads in progress), so each keeps its newest `keep`.
+    /// snapshots (nor each other's uploads in progress), so each keeps its newest `keep`. The
+    /// cluster's single uploader ([`SnapshotTarget::pruning_across_replicas`]) considers every
+    /// replica's ([`manifest::to_prune_across_replicas`]).
     pub async fn prune(&self, keep: usize, supported: u32) -> Result<usize, SnapshotError> {
+        if let (Some(owner), true) = (self.owner.as_deref(), self.across_replicas) {
+            return self.prune_across_replicas(owner, keep, supported).await;
+        }
         let listing = self.listing().await?;
         let owner = self.owner.as_deref();
         let keys = || {
@@ -284,6 +304,74 @@ impl SnapshotTarget {
         }
         let kept: Vec<String> = complete.iter().take(keep.max(1)).cloned().collect();
         for key in manifest::abandoned_keys(&self.prefix, keys(), &kept) {
+            self.sink.delete(&key).await?;
+        }
+        Ok(old.len())
+    }
+
+    /// [`SnapshotTarget::prune`] of the cluster's uploader (tagged `own`): over the complete
+    /// snapshots of every replica (not those of an embedded store sharing the destination).
+    async fn prune_across_replicas(
+        &self,
+        own: &str,
+        keep: usize,
+        supported: u32,
+    ) -> Result<usize, SnapshotError> {
+        let listing = self.listing().await?;
+        let keys = || {
+            listing
+                .iter()
+                .map(|object| object.key.as_str())
+                .filter(|key| {
+                    manifest::id_of_key(&self.prefix, key).is_some_and(manifest::is_replica_id)
+                })
+        };
+        let complete = manifest::complete_ids(&self.prefix, keys());
+        let mut snapshots = Vec::with_capacity(complete.len());
+        let mut files = std::collections::HashMap::new();
+        for id in &complete {
+            // Unreadable: never the furthest, and only its manifest goes when pruned.
+            let next = match self.manifest(id, supported).await {
+                Ok(manifest) => {
+                    let next = manifest.log_position().map(|position| position + 1);
+                    files.insert(id.clone(), manifest.files);
+                    next
+                }
+                Err(_) => None,
+            };
+            snapshots.push(manifest::ReplicaSnapshot {
+                id: id.clone(),
+                next,
+            });
+        }
+        let old = manifest::to_prune_across_replicas(&snapshots, keep);
+        for id in &old {
+            self.sink
+                .delete(&manifest::manifest_key(&self.prefix, id))
+                .await?;
+            for file in files.remove(id).unwrap_or_default() {
+                self.sink
+                    .delete(&manifest::file_key(&self.prefix, id, &file.path))
+                    .await?;
+            }
+            if !manifest::is_owned_by(id, Some(own)) {
+                tracing::info!(%id, "pruned an index snapshot a former uploader left");
+            }
+        }
+        let kept: Vec<String> = complete
+            .iter()
+            .filter(|id| !old.contains(id))
+            .cloned()
+            .collect();
+        let now_ms = u64::try_from(crate::timestamp::now_micros() / 1000).unwrap_or(0);
+        for key in manifest::abandoned_across_replicas(
+            &self.prefix,
+            keys(),
+            &kept,
+            own,
+            now_ms,
+            FOREIGN_UPLOAD_GRACE_MS,
+        ) {
             self.sink.delete(&key).await?;
         }
         Ok(old.len())

@@ -118,6 +118,18 @@ pub async fn snapshot_once(
     target: &SnapshotTarget,
     keep: usize,
 ) -> Result<(super::SnapshotManifest, u64), SnapshotError> {
+    let uploaded = upload_snapshot(store, data_dir, target).await?;
+    prune(target, keep).await;
+    Ok(uploaded)
+}
+
+/// Takes a snapshot of `store` (in `data_dir`) and uploads it to `target`. Returns the
+/// manifest and the bytes uploaded.
+async fn upload_snapshot(
+    store: &Store,
+    data_dir: &Path,
+    target: &SnapshotTarget,
+) -> Result<(super::SnapshotManifest, u64), SnapshotError> {
     let index = store.searcher().index().clone();
     let dir = data_dir.to_path_buf();
     let owner = target.owner().map(str::to_owned);
@@ -127,25 +139,39 @@ pub async fn snapshot_once(
     let uploaded = target.upload(&staged).await;
     staged.remove();
     let bytes = uploaded?;
-    if let Err(error) = target.prune(keep, SCHEMA_VERSION).await {
-        // The new snapshot is complete; old ones go at the next run.
-        tracing::warn!(%error, "could not delete old snapshots");
-    }
     Ok((staged.manifest, bytes))
 }
 
-/// Decides, before each periodic run, whether this process uploads a snapshot now.
-///
-/// Today every process does ([`every_replica_uploads`]): in a cluster each replica uploads
-/// its own snapshots (ids tagged with its replica, pruned by it alone), so any replica's
-/// snapshot can rebuild another. The hook for "one uploader per cluster": a gate that answers
-/// whether this replica holds the cluster's snapshot lease (JetStream KV), checked at every
-/// interval.
-pub type UploadGate = Arc<dyn Fn() -> bool + Send + Sync>;
+/// Keeps the newest `keep` snapshots at `target`; a failure is logged (the new snapshot is
+/// complete; old ones go at the next run).
+async fn prune(target: &SnapshotTarget, keep: usize) {
+    if let Err(error) = target.prune(keep, SCHEMA_VERSION).await {
+        tracing::warn!(%error, "could not delete old snapshots");
+    }
+}
 
-/// The gate of a process that uploads at every interval.
-pub fn every_replica_uploads() -> UploadGate {
-    Arc::new(|| true)
+/// Decides, before each periodic run and again before its pruning, whether this process
+/// uploads (and prunes) snapshots now.
+///
+/// Embedded, the one process does at every interval ([`EveryInterval`]). In a cluster only
+/// the holder of the `snapshotter` role does (`crate::cluster::snapshotter`): one upload of
+/// the index per interval for the whole cluster, pruned across replicas.
+#[async_trait::async_trait]
+pub trait UploadGate: Send + Sync {
+    /// Fencing before an irreversible step: whether this process may upload or prune now (a
+    /// role lease is renewed by the call, so the step starts with a whole TTL of validity).
+    async fn may_upload(&self) -> bool;
+}
+
+/// The gate of a process that uploads at every interval (the embedded mode).
+#[derive(Debug, Clone, Copy)]
+pub struct EveryInterval;
+
+#[async_trait::async_trait]
+impl UploadGate for EveryInterval {
+    async fn may_upload(&self) -> bool {
+        true
+    }
 }
 
 /// The periodic snapshot task of the running service.
@@ -157,7 +183,9 @@ pub struct Snapshotter {
     interval: Duration,
     keep: usize,
     metrics: SnapshotMetrics,
-    gate: UploadGate,
+    gate: Arc<dyn UploadGate>,
+    /// The cluster's single uploader: prunes every replica's snapshots.
+    across_replicas: bool,
 }
 
 impl Snapshotter {
@@ -176,21 +204,36 @@ impl Snapshotter {
             interval,
             keep,
             metrics,
-            gate: every_replica_uploads(),
+            gate: Arc::new(EveryInterval),
+            across_replicas: false,
         }
     }
 
-    /// Uploads only at the intervals at which `gate` answers true (see [`UploadGate`]).
-    pub fn with_upload_gate(mut self, gate: UploadGate) -> Self {
+    /// This replica as a candidate for the cluster's single uploader: it uploads only while
+    /// `gate` (the `snapshotter` role) lets it, and then prunes the snapshots of every replica,
+    /// those a former uploader left included ([`SnapshotTarget::pruning_across_replicas`]).
+    pub fn as_cluster_uploader(mut self, gate: Arc<dyn UploadGate>) -> Self {
         self.gate = gate;
+        self.across_replicas = true;
         self
     }
 
-    /// One run: snapshot, upload, prune; counted and logged.
-    pub async fn run_once(&self) -> Result<(), SnapshotError> {
+    /// One run: snapshot, upload, prune (the gate confirmed before the upload and again before
+    /// the pruning); counted and logged. `Ok(false)`: the gate refused, nothing was done.
+    pub async fn run_once(&self) -> Result<bool, SnapshotError> {
+        if !self.gate.may_upload().await {
+            return Ok(false);
+        }
         let result = async {
-            let target = self.opener.open().await?;
-            snapshot_once(&self.store, &self.data_dir, &target, self.keep).await
+            let mut target = self.opener.open().await?;
+            if self.across_replicas {
+                target = target.pruning_across_replicas();
+            }
+            let uploaded = upload_snapshot(&self.store, &self.data_dir, &target).await?;
+            if self.gate.may_upload().await {
+                prune(&target, self.keep).await;
+            }
+            Ok(uploaded)
         }
         .await;
         SnapshotMetrics::outcome(&self.metrics.runs, result.is_ok());
@@ -206,7 +249,7 @@ impl Snapshotter {
                     destination = %self.opener.location(),
                     "index snapshot uploaded"
                 );
-                Ok(())
+                Ok(true)
             }
             Err(error) => {
                 tracing::error!(%error, destination = %self.opener.location(), "index snapshot failed; retried at the next interval");
@@ -233,15 +276,12 @@ impl Snapshotter {
                 if tokio::time::Instant::now() < next {
                     continue;
                 }
-                if !(self.gate)() {
-                    tracing::debug!("another replica uploads the index snapshots");
-                    next = tokio::time::Instant::now() + self.interval;
-                    continue;
-                }
                 // A run stopped by the shutdown uploaded no manifest: it is no snapshot.
                 tokio::select! {
                     () = shutdown.cancelled() => return,
-                    _ = self.run_once() => {}
+                    ran = self.run_once() => if let Ok(false) = ran {
+                        tracing::debug!("another replica uploads the index snapshots");
+                    }
                 }
                 next = tokio::time::Instant::now() + self.interval;
             }

@@ -614,6 +614,61 @@ async fn replicas_sharing_a_destination_prune_only_their_own_snapshots() {
     assert!(!read_manifest_files_left(root.path(), &first_b.id).is_empty());
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cluster_uploader_prunes_what_a_former_uploader_left_but_no_embedded_snapshot() {
+    let root = tempfile::tempdir().unwrap();
+    let log = FixedLog::with(&records());
+    let dir = root.path().join("a");
+    let store = log.replica(&dir).await;
+    let a = file_target(root.path())
+        .await
+        .owned_by(&manifest::owner_tag("replica-a"))
+        .pruning_across_replicas();
+    let b = file_target(root.path())
+        .await
+        .owned_by(&manifest::owner_tag("replica-b"))
+        .pruning_across_replicas();
+    // An embedded store sharing the destination, then a's snapshots while it held the role.
+    let embedded_dir = root.path().join("embedded");
+    let embedded = filled_store(&embedded_dir).await;
+    let (of_embedded, _) =
+        snapshot_once(&embedded, &embedded_dir, &file_target(root.path()).await, 3)
+            .await
+            .unwrap();
+    embedded.shutdown().await;
+    // An upload of an earlier holder c that never completed (older than every kept snapshot):
+    // files, no manifest.
+    let unfinished = manifest::new_id(Some(&manifest::owner_tag("replica-c")));
+    let unfinished_file = bucket_path(
+        root.path(),
+        &manifest::file_key(PREFIX, &unfinished, manifest::INDEX_META),
+    );
+    std::fs::create_dir_all(unfinished_file.parent().unwrap()).unwrap();
+    std::fs::write(&unfinished_file, b"{}").unwrap();
+    // Ids order by their millisecond.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let mut of_a = Vec::new();
+    for _ in 0..3 {
+        of_a.push(snapshot_once(&store, &dir, &a, 3).await.unwrap().0.id);
+    }
+    // b took the role: its first run keeps the newest 2 of every replica's snapshots.
+    let (first_b, _) = snapshot_once(&store, &dir, &b, 2).await.unwrap();
+    store.shutdown().await;
+    let left = b.complete_ids().await.unwrap();
+    assert_eq!(
+        left,
+        vec![first_b.id.clone(), of_a[2].clone(), of_embedded.id.clone()]
+    );
+    for id in &of_a[..2] {
+        assert!(read_manifest_files_left(root.path(), id).is_empty(), "{id}");
+    }
+    assert!(!read_manifest_files_left(root.path(), &of_a[2]).is_empty());
+    assert!(!read_manifest_files_left(root.path(), &of_embedded.id).is_empty());
+    // c's unfinished upload may still be running (a former holder finishing its run): left
+    // alone within the grace, although older than the oldest kept snapshot.
+    assert!(unfinished_file.try_exists().unwrap());
+}
+
 #[test]
 fn a_restored_key_ring_keeps_the_old_public_keys_as_retired() {
     use crate::integrity::keys::Keyring;

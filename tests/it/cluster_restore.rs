@@ -268,3 +268,169 @@ async fn a_replica_joining_after_the_window_moved_on_restores_a_snapshot_and_con
     })
     .await;
 }
+
+const HELD: &str = "scaivault_audit_cluster_role_held{role=\"snapshotter\"}";
+const TAKEN: &str = "scaivault_audit_cluster_lease_acquisitions_total{lease=\"snapshotter\"}";
+const LOST: &str = "scaivault_audit_cluster_lease_losses_total{lease=\"snapshotter\"}";
+const FAILED: &str = "scaivault_audit_snapshot_runs_total{outcome=\"failure\"}";
+/// The coordination leases' TTL in the single-uploader test.
+const LEASE_TTL_SECONDS: u64 = 3;
+
+/// The complete snapshots at `prefix` of the emulator's `bucket`: ids, newest first.
+async fn complete_snapshots(endpoint: &str, bucket: &str, prefix: &str) -> Vec<String> {
+    let folder = format!("{prefix}snapshots/");
+    let mut ids: Vec<String> = s3_keys(endpoint, bucket, &folder)
+        .await
+        .iter()
+        .filter_map(|key| key.strip_prefix(folder.as_str()))
+        .filter_map(|rest| rest.strip_suffix(".manifest.json"))
+        .map(str::to_string)
+        .collect();
+    ids.sort_unstable_by(|a, b| b.cmp(a));
+    ids
+}
+
+/// Waits until `series` on `server` reaches at least `value`.
+async fn metric_reaches(
+    client: &Client,
+    server: &Server,
+    series: &str,
+    value: f64,
+    within: Duration,
+) {
+    let started = Instant::now();
+    loop {
+        let now = metric(client, server, series).await;
+        if now >= value {
+            return;
+        }
+        assert!(
+            started.elapsed() < within,
+            "{series} on {} stayed at {now} (waited for {value})",
+            server.base_url()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs scripts/cluster.sh and scripts/emulators.sh"]
+async fn one_replica_uploads_snapshots_and_the_next_holder_prunes_what_the_dead_one_left() {
+    use scaivault_audit::snapshot::manifest::owner_tag;
+    let endpoint = emulator_env("SCAIVAULT_TEST_S3_ENDPOINT");
+    let bucket = emulator_env("SCAIVAULT_TEST_BUCKET");
+    let dir = TestDir::new();
+    let nats = NatsCluster::start(dir.root()).await;
+    let prefix = run_prefix("cluster-uploader");
+    let uploads = with(
+        &s3_args(&dir, &endpoint, &bucket, &prefix),
+        &[
+            "--snapshots-interval-seconds",
+            "1",
+            "--snapshots-keep",
+            "2",
+            "--cluster-lease-ttl-seconds",
+            &LEASE_TTL_SECONDS.to_string(),
+        ],
+    );
+    within(TEST_DEADLINE, "one snapshot uploader per cluster", async {
+        let client = client();
+        let ids_of = ["replica-a", "replica-b"];
+        let mut replicas = Vec::new();
+        for id in ids_of {
+            let data = new_dir(&dir, id);
+            replicas.push(Some(start(&data, &replica_args(&nats, id, &uploads)).await));
+        }
+        let mut ids = ingest_both(&client, replicas[0].as_ref().unwrap(), 0).await;
+        for replica in replicas.iter().flatten() {
+            visible(&client, replica, &ids).await;
+        }
+        // One of them takes the role; it uploads, the other never does.
+        let started = Instant::now();
+        let holder = loop {
+            let mut held = Vec::new();
+            for replica in replicas.iter().flatten() {
+                held.push(metric(&client, replica, HELD).await == 1.0);
+            }
+            match held[..] {
+                [true, false] => break 0,
+                [false, true] => break 1,
+                [true, true] => panic!("both replicas hold the snapshotter role"),
+                _ => {}
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "nobody holds the role"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let other = 1 - holder;
+        let (holder_server, other_server) = (
+            replicas[holder].as_ref().unwrap(),
+            replicas[other].as_ref().unwrap(),
+        );
+        metric_reaches(
+            &client,
+            holder_server,
+            UPLOADED,
+            3.0,
+            Duration::from_secs(60),
+        )
+        .await;
+        assert_eq!(metric(&client, holder_server, TAKEN).await, 1.0);
+        for series in [UPLOADED, FAILED, TAKEN, HELD] {
+            assert_eq!(metric(&client, other_server, series).await, 0.0, "{series}");
+        }
+        let holder_tag = owner_tag(ids_of[holder]);
+        let old = complete_snapshots(&endpoint, &bucket, &prefix).await;
+        assert!(old.len() >= 2, "{old:?}");
+        assert!(
+            old.iter().all(|id| id.ends_with(&holder_tag)),
+            "a snapshot of another replica than the holder {}: {old:?}",
+            ids_of[holder]
+        );
+
+        // The holder dies: after its lease lapsed the other takes the role, uploads (further
+        // along the log) and prunes the dead holder's snapshots beyond the newest 2.
+        replicas[holder].as_mut().unwrap().kill9();
+        let killed_at = Instant::now();
+        let survivor = replicas[other].as_ref().unwrap();
+        ids.extend(ingest_both(&client, survivor, 100).await);
+        visible(&client, survivor, &ids).await;
+        let ttl = Duration::from_secs(LEASE_TTL_SECONDS);
+        metric_reaches(&client, survivor, HELD, 1.0, ttl * 5).await;
+        let took_over = killed_at.elapsed();
+        assert!(
+            took_over >= ttl / 2,
+            "the role moved before the dead holder's lease could lapse: {took_over:?}"
+        );
+        assert_eq!(metric(&client, survivor, TAKEN).await, 1.0);
+        assert_eq!(metric(&client, survivor, LOST).await, 0.0);
+        metric_reaches(&client, survivor, UPLOADED, 2.0, Duration::from_secs(60)).await;
+        let survivor_tag = owner_tag(ids_of[other]);
+        let started = Instant::now();
+        let left = loop {
+            let left = complete_snapshots(&endpoint, &bucket, &prefix).await;
+            if left.len() == 2 && left.iter().all(|id| id.ends_with(&survivor_tag)) {
+                break left;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the dead holder's snapshots were not pruned: {left:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let keys = s3_keys(&endpoint, &bucket, &format!("{prefix}snapshots/")).await;
+        for id in &old {
+            assert!(
+                !keys.iter().any(|key| key.contains(id.as_str())),
+                "a file of the pruned snapshot {id} is left"
+            );
+        }
+        eprintln!(
+            "{} held the role, {} took it over {took_over:?} after the kill; left: {left:?}",
+            ids_of[holder], ids_of[other]
+        );
+    })
+    .await;
+}

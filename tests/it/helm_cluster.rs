@@ -180,6 +180,19 @@ fn cluster_mode_renders_and_validates_for_several_replica_counts() {
         ] {
             assert_eq!(cluster[key].as_integer(), Some(value), "{key}");
         }
+        // The lease settings' defaults are the service's.
+        use scaivault_audit::config::cluster as service;
+        assert_eq!(
+            cluster["lease_ttl_seconds"].as_integer(),
+            Some(service::DEFAULT_LEASE_TTL_SECONDS as i64)
+        );
+        for (key, default) in [
+            ("leases_bucket", service::DEFAULT_LEASES_BUCKET),
+            ("exports_bucket", service::DEFAULT_EXPORTS_BUCKET),
+            ("sweeps_bucket", service::DEFAULT_SWEEPS_BUCKET),
+        ] {
+            assert_eq!(cluster[key].as_str(), Some(default), "{key}");
+        }
     }
     // replicaCount 1 (and 0) in cluster mode are fine too: a replica set being built up.
     for replicas in [0, 1] {
@@ -347,6 +360,52 @@ fn the_cluster_values_files_carry_the_nats_settings_into_the_pod() {
         cluster_section(&rendered).unwrap()["nats_url"].as_str(),
         Some("nats://scaivault-audit-nats.audit-system.svc:4222")
     );
+}
+
+/// The coordination settings (`cluster.leaseTtlSeconds`, `cluster.buckets.*`) reach the
+/// `[cluster]` section, which the service itself accepts; out-of-range TTLs, bad bucket names
+/// and two buckets of one name are refused before anything is installed.
+#[test]
+#[ignore = "needs scripts/k8s-tools.sh"]
+fn the_lease_settings_reach_the_cluster_section_and_bad_ones_are_refused() {
+    let tools = tools();
+    let mut values = cluster_values(3);
+    values.push("cluster.leaseTtlSeconds=40".into());
+    values.push(
+        r#"cluster.buckets={"leases": "AUDIT_B_LEASES", "exports": "AUDIT_B_EXPORTS", "sweeps": "AUDIT_B_SWEEPS"}"#
+            .into(),
+    );
+    let rendered = render_set(RELEASE, &values);
+    validate_offline(&tools, &rendered);
+    let mut cluster = cluster_section(&rendered).unwrap();
+    // The pod name in a pod (HOSTNAME), where the chart leaves the replica id to the service.
+    cluster.insert("replica_id".into(), "scaivault-audit-0".into());
+    let section: scaivault_audit::config::cluster::ClusterSection = toml::Value::Table(cluster)
+        .try_into()
+        .expect("the service reads [cluster]");
+    let settings = section.resolve().expect("valid").expect("cluster mode");
+    assert_eq!(settings.lease_ttl, std::time::Duration::from_secs(40));
+    assert_eq!(settings.leases_bucket, "AUDIT_B_LEASES");
+    assert_eq!(settings.exports_bucket, "AUDIT_B_EXPORTS");
+    assert_eq!(settings.sweeps_bucket, "AUDIT_B_SWEEPS");
+
+    for (value, expected) in [
+        ("cluster.leaseTtlSeconds=0", "leaseTtlSeconds"),
+        ("cluster.leaseTtlSeconds=601", "leaseTtlSeconds"),
+        (r#"cluster.buckets.leases="a.b""#, "leases"),
+        (r#"cluster.buckets.sweeps="""#, "sweeps"),
+        (
+            r#"cluster.buckets.exports="SCAIVAULT_AUDIT_LEASES""#,
+            "cluster.buckets.leases, cluster.buckets.exports and cluster.buckets.sweeps must be three different",
+        ),
+    ] {
+        let mut values = cluster_values(3);
+        values.push(value.to_string());
+        let output = template(&tools, RELEASE, &values);
+        assert!(!output.status.success(), "{value}: {}", describe(&output));
+        let stderr = text(&output.stderr);
+        assert!(stderr.contains(expected), "{value}: {stderr}");
+    }
 }
 
 /// Own constraints (topologySpreadConstraints) replace the chart's; "" switches one off; an

@@ -304,6 +304,10 @@ max_bytes = {{ int64 $c.stream.maxBytes }}
 publish_timeout_ms = {{ int64 $c.stream.publishTimeoutMs }}
 duplicate_window_seconds = {{ int64 $c.stream.duplicateWindowSeconds }}
 max_lag_messages = {{ int64 $c.maxLagMessages }}
+lease_ttl_seconds = {{ int64 $c.leaseTtlSeconds }}
+leases_bucket = {{ toJson $c.buckets.leases }}
+exports_bucket = {{ toJson $c.buckets.exports }}
+sweeps_bucket = {{ toJson $c.buckets.sweeps }}
 cursor_key_file = {{ printf "%s/cursor.key" (include "scaivault-audit.cursorKeyDir" .) | toJson }}
 {{- end }}
 
@@ -327,6 +331,9 @@ cursor_key_file = {{ printf "%s/cursor.key" (include "scaivault-audit.cursorKeyD
 {{- end }}
 {{- if not .Values.integrity.keysSecret }}
 {{- fail "cluster.enabled needs integrity.keysSecret: every replica must sign checkpoints and manifests with the same key ring (scaivault-audit integrity keygen, then a Secret; docs/deployment.md)" }}
+{{- end }}
+{{- if or (eq $c.buckets.leases $c.buckets.exports) (eq $c.buckets.leases $c.buckets.sweeps) (eq $c.buckets.exports $c.buckets.sweeps) }}
+{{- fail "cluster.buckets.leases, cluster.buckets.exports and cluster.buckets.sweeps must be three different JetStream key-value buckets" }}
 {{- end }}
 {{- if not $c.cursorKeySecret }}
 {{- fail "cluster.enabled needs cluster.cursorKeySecret: every replica must seal query cursors with the same key, or a cursor from one pod fails on another (openssl rand -hex 32, then a Secret; docs/cluster.md)" }}
