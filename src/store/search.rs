@@ -221,8 +221,11 @@ pub fn top_api_json(
 /// count as [`WORK_SEGMENT`] and [`WORK_STORED_DOC`].
 pub struct Budget<'a> {
     left: u64,
-    handoff: Option<&'a dyn Fn(&mut dyn FnMut())>,
+    handoff: Option<&'a Handoff<'a>>,
 }
+
+/// Runs the work it is given somewhere it may block, before it returns.
+pub type Handoff<'a> = dyn Fn(&mut dyn FnMut()) + 'a;
 
 /// The work of opening a segment for a search (its scorers and columns), in scanned documents.
 pub const WORK_SEGMENT: u64 = 256;
@@ -240,7 +243,7 @@ impl Budget<'_> {
 
     /// `work` units inline, then the rest through `handoff`, which must run the work it is
     /// given before it returns.
-    pub fn inline<'a>(work: u64, handoff: &'a dyn Fn(&mut dyn FnMut())) -> Budget<'a> {
+    pub fn inline<'a>(work: u64, handoff: &'a Handoff<'a>) -> Budget<'a> {
         Budget {
             left: work,
             handoff: Some(handoff),
@@ -1040,7 +1043,10 @@ mod tests {
             })
             .unwrap();
         // 3 + 3 + 3 + 3 spends the 10: the fifth step and after run in the hand-off.
-        assert_eq!((handoffs.get(), inline_steps.get(), steps.get()), (1, Some(4), 9));
+        assert_eq!(
+            (handoffs.get(), inline_steps.get(), steps.get()),
+            (1, Some(4), 9)
+        );
 
         let mut unbounded = Budget::unbounded();
         let mut count = 0;
