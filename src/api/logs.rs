@@ -9,7 +9,7 @@ use crate::auth::Principal;
 use crate::export::schedule::complete_through;
 use crate::query::{self, LogParams, cursor};
 use crate::state::AppState;
-use crate::store::search;
+use crate::store::search::{self, Budget};
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let path = warp::path!("v1" / "audit" / "logs");
@@ -69,7 +69,7 @@ pub async fn run_page(
     };
     let searchable = query::narrow_to_cursor(filters, page.direction, after);
     let codec = state.cursors.clone();
-    let search = move || {
+    let search = move |budget: &mut Budget<'_>| {
         let searcher = state.store.searcher();
         let fields = state.store.fields();
         let plan = query::build_search(searcher.index(), fields, &tenant, &searchable)?;
@@ -81,6 +81,7 @@ pub async fn run_page(
             page.direction,
             after,
             page.limit,
+            budget,
         )
         .map_err(|error| ApiError::internal(&error))?;
         let cursor = match (result.has_more, result.last) {
@@ -96,19 +97,26 @@ pub async fn run_page(
     run_search(search).await
 }
 
+/// How much of a search runs inline on the runtime worker before the rest moves off it (see
+/// [`Budget`]): about half a millisecond here, a 100-event page with a short walk.
+const INLINE_WORK: u64 = 32 * 1024;
+
 /// Runs a search (blocking work) for an async handler without the hop to the blocking pool
-/// and back: on the multi-threaded runtime it runs right here in `block_in_place`, which hands
-/// this worker's other tasks to another thread first, so a long search blocks nobody else.
-/// The hop cost two thread wake-ups per request, about as much as a 100-event page itself
-/// (docs/benchmarks.md, issue 12). Elsewhere (a current-thread runtime) on the blocking pool.
+/// and back. On the multi-threaded runtime it starts right here, on the worker, and once it
+/// has spent [`INLINE_WORK`] it continues in `block_in_place`, which first hands this worker's
+/// other tasks to another thread: a small page pays neither the hop nor the hand-off (each a
+/// thread wake-up, about as much as the page itself; docs/benchmarks.md, issue 12), and a long
+/// search still blocks nobody else for long. Elsewhere (a current-thread runtime) the whole
+/// search runs on the blocking pool.
 async fn run_search<T: Send + 'static>(
-    search: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+    search: impl FnOnce(&mut Budget<'_>) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     use tokio::runtime::{Handle, RuntimeFlavor};
     if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
-        return tokio::task::block_in_place(search);
+        let handoff = |work: &mut dyn FnMut()| tokio::task::block_in_place(work);
+        return search(&mut Budget::inline(INLINE_WORK, &handoff));
     }
-    tokio::task::spawn_blocking(search)
+    tokio::task::spawn_blocking(move || search(&mut Budget::unbounded()))
         .await
         .map_err(|error| ApiError::internal(&error))?
 }

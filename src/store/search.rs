@@ -154,7 +154,9 @@ pub struct ApiPage {
 }
 
 /// Runs `plan` like [`top_by_time`], but writes each event's API JSON from its stored source
-/// (see [`crate::event::api_json`]) instead of decoding it: the bytes are the same.
+/// (see [`crate::event::api_json`]) instead of decoding it: the bytes are the same. The work
+/// runs inline until `budget` is spent, the rest where the budget hands it (see [`Budget`]).
+#[allow(clippy::too_many_arguments)]
 pub fn top_api_json(
     searcher: &Searcher,
     timelines: &Timelines,
@@ -163,16 +165,44 @@ pub fn top_api_json(
     direction: Direction,
     after: Option<SortKey>,
     limit: usize,
+    budget: &mut Budget<'_>,
 ) -> Result<ApiPage, SearchError> {
-    let (hits, has_more) = top_hits(searcher, timelines, plan, direction, after, limit)?;
-    let mut json = Vec::with_capacity(2 + hits.len() * 512);
-    json.push(b'[');
-    for (index, (key, address)) in hits.iter().enumerate() {
-        if index > 0 {
+    let weight = plan
+        .query
+        .weight(EnableScoring::disabled_from_searcher(searcher))?;
+    let mut walk = Walk::start(
+        searcher,
+        timelines,
+        weight.as_ref(),
+        &plan.filter,
+        direction,
+        after,
+        limit,
+    )?;
+    // One drive for the walk and the page: once handed off, the page is written there too.
+    let (mut hits, mut has_more, mut walking) = (Vec::new(), false, true);
+    let mut json = Vec::new();
+    let mut written = 0;
+    budget.drive::<SearchError>(|| {
+        if walking {
+            if let Some(work) = walk.step()? {
+                return Ok(Some(work));
+            }
+            walking = false;
+            (hits, has_more) = walk.finish(limit);
+            json.reserve(2 + hits.len() * 512);
+            json.push(b'[');
+        }
+        let Some((key, address)) = hits.get(written) else {
+            return Ok(None);
+        };
+        if written > 0 {
             json.push(b',');
         }
         write_api_event(searcher, fields, *address, key.seq, &mut json)?;
-    }
+        written += 1;
+        Ok(Some(WORK_STORED_DOC))
+    })?;
     json.push(b']');
     Ok(ApiPage {
         json,
@@ -180,6 +210,68 @@ pub fn top_api_json(
         last: hits.last().map(|(key, _)| *key),
         has_more,
     })
+}
+
+/// What a handler on an async runtime's worker thread lets a search do inline: up to a budget
+/// of work, then the rest through the hand-off (e.g. `tokio::task::block_in_place`). A small
+/// page never pays the hand-off (a thread wake-up, about as much as the page itself), and a
+/// long search still never stalls the worker's other tasks for long.
+///
+/// Work is counted in documents scanned; a segment's first visit and a stored document written
+/// count as [`WORK_SEGMENT`] and [`WORK_STORED_DOC`].
+pub struct Budget<'a> {
+    left: u64,
+    handoff: Option<&'a Handoff<'a>>,
+}
+
+/// Runs the work it is given somewhere it may block, before it returns.
+pub type Handoff<'a> = dyn Fn(&mut dyn FnMut()) + 'a;
+
+/// The work of opening a segment for a search (its scorers and columns), in scanned documents.
+pub const WORK_SEGMENT: u64 = 256;
+/// The work of loading and writing one stored document, in scanned documents.
+pub const WORK_STORED_DOC: u64 = 48;
+
+impl Budget<'_> {
+    /// No budget: everything runs where the search was called.
+    pub fn unbounded() -> Budget<'static> {
+        Budget {
+            left: u64::MAX,
+            handoff: None,
+        }
+    }
+
+    /// `work` units inline, then the rest through `handoff`, which must run the work it is
+    /// given before it returns.
+    pub fn inline<'a>(work: u64, handoff: &'a Handoff<'a>) -> Budget<'a> {
+        Budget {
+            left: work,
+            handoff: Some(handoff),
+        }
+    }
+
+    /// Runs `step` until it returns `None`, each `Some(work)` spending that much of the budget;
+    /// once the budget is spent, the remaining steps run through the hand-off.
+    fn drive<E>(&mut self, mut step: impl FnMut() -> Result<Option<u64>, E>) -> Result<(), E> {
+        loop {
+            if self.left == 0
+                && let Some(handoff) = self.handoff.take()
+            {
+                let mut result = Ok(());
+                handoff(&mut || {
+                    result = (|| {
+                        while step()?.is_some() {}
+                        Ok(())
+                    })();
+                });
+                return result;
+            }
+            match step()? {
+                None => return Ok(()),
+                Some(work) => self.left = self.left.saturating_sub(work.max(1)),
+            }
+        }
+    }
 }
 
 /// Appends the API JSON of the stored event at `address` (`seq` names it in errors).
@@ -216,51 +308,17 @@ pub fn top_hits(
     let weight = plan
         .query
         .weight(EnableScoring::disabled_from_searcher(searcher))?;
-    let bounds = TimeBounds::new(&plan.filter, direction, after);
-    let mut walk = Walk {
+    let mut walk = Walk::start(
         searcher,
         timelines,
-        weight: weight.as_ref(),
-        filter: &plan.filter,
+        weight.as_ref(),
+        &plan.filter,
         direction,
-        below_rank: after.map(|key| key.rank(direction)),
-        top: TopRanks::new(limit + 1),
-        segments: Vec::new(),
-    };
-    let mut blocks = Vec::new();
-    for (segment, timeline) in timelines.of(searcher)?.iter().enumerate() {
-        walk.segments.push(SegmentWalk::new(timeline.clone()));
-        for (block, span) in timeline.blocks.iter().enumerate() {
-            if bounds.overlaps(*span) {
-                blocks.push(Candidate {
-                    best_rank: best_rank(*span, direction),
-                    segment,
-                    block,
-                });
-            }
-        }
-    }
-    let mut blocks = BinaryHeap::from(blocks);
-    while let Some(next) = blocks.pop() {
-        if walk.top.cannot_improve_with(next.best_rank) {
-            break;
-        }
-        walk.visit(next, &bounds)?;
-    }
-    let mut hits = walk.top.into_sorted();
-    let has_more = hits.len() > limit;
-    hits.truncate(limit);
-    Ok((
-        hits.into_iter()
-            .map(|(rank, segment, doc)| {
-                (
-                    SortKey::from_rank(rank, direction),
-                    DocAddress::new(segment, doc),
-                )
-            })
-            .collect(),
-        has_more,
-    ))
+        after,
+        limit,
+    )?;
+    while walk.step()?.is_some() {}
+    Ok(walk.finish(limit))
 }
 
 /// Loads the stored event of a document.
@@ -452,10 +510,10 @@ impl TopRanks {
         }
     }
 
-    /// Best first.
-    fn into_sorted(mut self) -> Vec<(u128, u32, DocId)> {
+    /// Best first; leaves nothing behind.
+    fn take_sorted(&mut self) -> Vec<(u128, u32, DocId)> {
         self.cut();
-        let mut hits = self.hits;
+        let mut hits = std::mem::take(&mut self.hits);
         hits.sort_unstable_by(|a, b| b.cmp(a));
         hits
     }
@@ -473,6 +531,9 @@ struct Walk<'a> {
     below_rank: Option<u128>,
     top: TopRanks,
     segments: Vec<SegmentWalk>,
+    bounds: TimeBounds,
+    /// The blocks left, best first.
+    blocks: BinaryHeap<Candidate>,
 }
 
 /// How far a search has gone in one segment.
@@ -529,26 +590,102 @@ impl SegmentWalk {
     }
 }
 
-impl Walk<'_> {
-    fn visit(&mut self, candidate: Candidate, bounds: &TimeBounds) -> Result<(), SearchError> {
+impl<'a> Walk<'a> {
+    /// A search for up to `limit` events strictly after `after`, before it has visited anything.
+    fn start(
+        searcher: &'a Searcher,
+        timelines: &'a Timelines,
+        weight: &'a dyn Weight,
+        filter: &'a ColumnFilter,
+        direction: Direction,
+        after: Option<SortKey>,
+        limit: usize,
+    ) -> Result<Walk<'a>, SearchError> {
+        let bounds = TimeBounds::new(filter, direction, after);
+        let mut segments = Vec::new();
+        let mut blocks = Vec::new();
+        for (segment, timeline) in timelines.of(searcher)?.iter().enumerate() {
+            segments.push(SegmentWalk::new(timeline.clone()));
+            for (block, span) in timeline.blocks.iter().enumerate() {
+                if bounds.overlaps(*span) {
+                    blocks.push(Candidate {
+                        best_rank: best_rank(*span, direction),
+                        segment,
+                        block,
+                    });
+                }
+            }
+        }
+        Ok(Walk {
+            searcher,
+            timelines,
+            weight,
+            filter,
+            direction,
+            below_rank: after.map(|key| key.rank(direction)),
+            top: TopRanks::new(limit + 1),
+            segments,
+            bounds,
+            blocks: BinaryHeap::from(blocks),
+        })
+    }
+
+    /// Visits the next block that could still improve the page: `Some(work done)`, or `None`
+    /// once nothing left can.
+    fn step(&mut self) -> Result<Option<u64>, SearchError> {
+        let Some(next) = self.blocks.pop() else {
+            return Ok(None);
+        };
+        if self.top.cannot_improve_with(next.best_rank) {
+            self.blocks.clear();
+            return Ok(None);
+        }
+        self.visit(next).map(Some)
+    }
+
+    /// The page found: up to `limit` hits in page order, and whether more follow.
+    fn finish(&mut self, limit: usize) -> (Vec<(SortKey, DocAddress)>, bool) {
+        let direction = self.direction;
+        let mut hits = self.top.take_sorted();
+        let has_more = hits.len() > limit;
+        hits.truncate(limit);
+        let hits = hits
+            .into_iter()
+            .map(|(rank, segment, doc)| {
+                (
+                    SortKey::from_rank(rank, direction),
+                    DocAddress::new(segment, doc),
+                )
+            })
+            .collect();
+        (hits, has_more)
+    }
+
+    /// Visits a window of documents starting at `candidate`'s block; returns the work done.
+    fn visit(&mut self, candidate: Candidate) -> Result<u64, SearchError> {
         let segment_ord = candidate.segment as u32;
         let reader = self.searcher.segment_reader(segment_ord);
         let walk = &mut self.segments[candidate.segment];
         if walk.done || walk.visited[candidate.block] {
-            return Ok(());
+            return Ok(1);
         }
-        let docs = walk.take_window(candidate.block, bounds, self.direction);
+        let docs = walk.take_window(candidate.block, &self.bounds, self.direction);
         let first_visit = walk.columns.is_none();
+        let mut work = 0;
         if first_visit {
             let columns = self.timelines.columns(reader)?;
             walk.columns = Some(SegmentColumns::open(reader, &columns, self.filter)?);
+            work += WORK_SEGMENT;
         }
         let mut scorer = match walk.scorer.take() {
             Some(scorer) if scorer.doc() <= docs.start => scorer,
-            _ => self.weight.scorer(reader, 1.0)?,
+            _ => {
+                work += WORK_SEGMENT;
+                self.weight.scorer(reader, 1.0)?
+            }
         };
         let Some(columns) = walk.columns.as_ref() else {
-            return Ok(());
+            return Ok(work);
         };
         let docs = if first_visit && scorer.size_hint() <= SPARSE_DOCS {
             walk.done = true;
@@ -567,9 +704,10 @@ impl Walk<'_> {
                 self.top.offer(rank, segment_ord, doc);
             }
             doc = scorer.advance();
+            work += 1;
         }
         walk.scorer = Some(scorer);
-        Ok(())
+        Ok(work)
     }
 }
 
@@ -885,6 +1023,53 @@ mod tests {
                 "seed {seed} round {round} {direction:?} {filter:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_budget_runs_steps_inline_then_hands_the_rest_off_once() {
+        let handoffs = std::cell::Cell::new(0);
+        let inline_steps = std::cell::Cell::new(None);
+        let steps = std::cell::Cell::new(0);
+        let handoff = |work: &mut dyn FnMut()| {
+            handoffs.set(handoffs.get() + 1);
+            inline_steps.set(Some(steps.get()));
+            work();
+        };
+        let mut budget = Budget::inline(10, &handoff);
+        budget
+            .drive(|| {
+                steps.set(steps.get() + 1);
+                Ok::<_, ()>((steps.get() <= 8).then_some(3))
+            })
+            .unwrap();
+        // 3 + 3 + 3 + 3 spends the 10: the fifth step and after run in the hand-off.
+        assert_eq!(
+            (handoffs.get(), inline_steps.get(), steps.get()),
+            (1, Some(4), 9)
+        );
+
+        let mut unbounded = Budget::unbounded();
+        let mut count = 0;
+        unbounded
+            .drive(|| {
+                count += 1;
+                Ok::<_, ()>((count < 100).then_some(u64::MAX))
+            })
+            .unwrap();
+        assert_eq!(count, 100);
+        // An error ends the drive, inline or handed off.
+        let mut budget = Budget::inline(1, &handoff);
+        assert_eq!(budget.drive(|| Err::<Option<u64>, _>("boom")), Err("boom"));
+        let mut budget = Budget::inline(1, &handoff);
+        let mut first = true;
+        let result = budget.drive(|| {
+            if std::mem::take(&mut first) {
+                Ok(Some(1))
+            } else {
+                Err("late")
+            }
+        });
+        assert_eq!((result, handoffs.get()), (Err("late"), 2));
     }
 
     #[test]
