@@ -307,7 +307,12 @@ mod tests {
 
     #[test]
     fn formats_years_outside_four_digits_like_padded_formatting() {
-        for micros in [i64::MIN, i64::MAX, -62_167_219_200_000_001, 253_402_300_800_000_000] {
+        for micros in [
+            i64::MIN,
+            i64::MAX,
+            -62_167_219_200_000_001,
+            253_402_300_800_000_000,
+        ] {
             let seconds = micros.div_euclid(1_000_000);
             let (year, month, day) = civil_from_days(seconds.div_euclid(86_400));
             let of_day = seconds.rem_euclid(86_400);
