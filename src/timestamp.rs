@@ -101,31 +101,88 @@ pub fn format_micros(micros: i64) -> String {
 
 /// Appends the [`format_micros`] form to `out`.
 pub fn write_micros(micros: i64, out: &mut String) {
-    let seconds = micros.div_euclid(1_000_000);
-    let fraction = micros.rem_euclid(1_000_000);
-    let days = seconds.div_euclid(86_400);
-    let second_of_day = seconds.rem_euclid(86_400);
-    let (year, month, day) = civil_from_days(days);
-    push_padded(out, year, 4);
-    out.push('-');
-    push_padded(out, month, 2);
-    out.push('-');
-    push_padded(out, day, 2);
-    out.push('T');
-    push_padded(out, second_of_day / 3600, 2);
-    out.push(':');
-    push_padded(out, second_of_day % 3600 / 60, 2);
-    out.push(':');
-    push_padded(out, second_of_day % 60, 2);
-    out.push('.');
-    push_padded(out, fraction, 6);
-    out.push('Z');
+    let text = FormattedMicros::of(micros);
+    // The text is ASCII.
+    out.push_str(std::str::from_utf8(text.as_bytes()).unwrap_or_default());
 }
 
-fn push_padded(out: &mut String, value: i64, width: usize) {
-    use std::fmt::Write;
-    // Writing to a String cannot fail.
-    let _ = write!(out, "{value:0width$}");
+/// Appends the [`format_micros`] form to `out` as bytes (the canonical encoder's form).
+pub fn write_micros_bytes(micros: i64, out: &mut Vec<u8>) {
+    out.extend_from_slice(FormattedMicros::of(micros).as_bytes());
+}
+
+/// The [`format_micros`] text in a stack buffer, digits written by hand: this runs for every
+/// ingested event (canonical bytes) and every exported one.
+struct FormattedMicros {
+    /// Long enough for the widest year of the `i64` range (`-294247`) and the rest.
+    text: [u8; 32],
+    len: usize,
+}
+
+impl FormattedMicros {
+    fn of(micros: i64) -> Self {
+        let seconds = micros.div_euclid(1_000_000);
+        let fraction = micros.rem_euclid(1_000_000);
+        let days = seconds.div_euclid(86_400);
+        let second_of_day = seconds.rem_euclid(86_400);
+        let (year, month, day) = civil_from_days(days);
+        let mut text = FormattedMicros {
+            text: [0; 32],
+            len: 0,
+        };
+        text.padded(year, 4);
+        text.push(b'-');
+        text.padded(month, 2);
+        text.push(b'-');
+        text.padded(day, 2);
+        text.push(b'T');
+        text.padded(second_of_day / 3600, 2);
+        text.push(b':');
+        text.padded(second_of_day % 3600 / 60, 2);
+        text.push(b':');
+        text.padded(second_of_day % 60, 2);
+        text.push(b'.');
+        text.padded(fraction, 6);
+        text.push(b'Z');
+        text
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.text[..self.len]
+    }
+
+    fn push(&mut self, byte: u8) {
+        if let Some(slot) = self.text.get_mut(self.len) {
+            *slot = byte;
+            self.len += 1;
+        }
+    }
+
+    /// `value` zero-padded to `width` characters, sign included, as `{value:0width$}` does.
+    fn padded(&mut self, value: i64, width: usize) {
+        let mut digits = [0u8; 20];
+        let mut start = digits.len();
+        let mut rest = value.unsigned_abs();
+        loop {
+            start -= 1;
+            digits[start] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        let mut width = width;
+        if value < 0 {
+            self.push(b'-');
+            width = width.saturating_sub(1);
+        }
+        for _ in digits.len() - start..width {
+            self.push(b'0');
+        }
+        for &digit in &digits[start..] {
+            self.push(digit);
+        }
+    }
 }
 
 /// (year, month, day) of a day count since 1970-01-01: Howard Hinnant's days-to-civil
@@ -245,6 +302,31 @@ mod tests {
                 .strftime("%Y-%m-%dT%H:%M:%S.%6fZ")
                 .to_string();
             assert_eq!(format_micros(micros), expected, "{micros}");
+        }
+    }
+
+    #[test]
+    fn formats_years_outside_four_digits_like_padded_formatting() {
+        for micros in [
+            i64::MIN,
+            i64::MAX,
+            -62_167_219_200_000_001,
+            253_402_300_800_000_000,
+        ] {
+            let seconds = micros.div_euclid(1_000_000);
+            let (year, month, day) = civil_from_days(seconds.div_euclid(86_400));
+            let of_day = seconds.rem_euclid(86_400);
+            let expected = format!(
+                "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+                of_day / 3600,
+                of_day % 3600 / 60,
+                of_day % 60,
+                micros.rem_euclid(1_000_000)
+            );
+            assert_eq!(format_micros(micros), expected, "{micros}");
+            let mut bytes = Vec::new();
+            write_micros_bytes(micros, &mut bytes);
+            assert_eq!(bytes, expected.as_bytes());
         }
     }
 

@@ -10,6 +10,7 @@
 //! line alone.
 
 use std::io::Write;
+use std::net::IpAddr;
 
 use serde_json::{Map, Value};
 
@@ -49,10 +50,19 @@ pub fn write_value(value: &Value, out: &mut Vec<u8>) {
 }
 
 fn write_object(map: &Map<String, Value>, out: &mut Vec<u8>) {
-    let mut members: Vec<(&String, &Value)> = map.iter().collect();
-    members.sort_unstable_by(|left, right| left.0.cmp(right.0));
+    // Members mostly arrive sorted already (and objects are small): no sorting then.
+    if map.keys().is_sorted() {
+        write_members(map.iter(), out);
+    } else {
+        let mut members: Vec<(&String, &Value)> = map.iter().collect();
+        members.sort_unstable_by(|left, right| left.0.cmp(right.0));
+        write_members(members.into_iter(), out);
+    }
+}
+
+fn write_members<'a>(members: impl Iterator<Item = (&'a String, &'a Value)>, out: &mut Vec<u8>) {
     out.push(b'{');
-    for (index, (key, value)) in members.into_iter().enumerate() {
+    for (index, (key, value)) in members.enumerate() {
         if index > 0 {
             out.push(b',');
         }
@@ -82,13 +92,50 @@ fn write_string(text: &str, out: &mut Vec<u8>) {
 }
 
 fn write_number(number: &serde_json::Number, out: &mut Vec<u8>) {
-    if let Some(integer) = number.as_i64() {
-        let _ = write!(out, "{integer}");
-    } else if let Some(integer) = number.as_u64() {
-        let _ = write!(out, "{integer}");
+    if let Some(integer) = number.as_u64() {
+        write_u64(integer, out);
+    } else if let Some(integer) = number.as_i64() {
+        out.push(b'-');
+        write_u64(integer.unsigned_abs(), out);
     } else if let Some(float) = number.as_f64() {
         out.extend_from_slice(ecmascript_number(float).as_bytes());
     }
+}
+
+/// An unsigned integer in decimal, without the formatting machinery (once or more per event).
+fn write_u64(mut value: u64, out: &mut Vec<u8>) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[start..]);
+}
+
+/// An IP address as a JSON string (its text never needs escaping), without a temporary
+/// `String`.
+fn write_ip(ip: IpAddr, out: &mut Vec<u8>) {
+    out.push(b'"');
+    match ip {
+        IpAddr::V4(v4) => {
+            for (index, octet) in v4.octets().into_iter().enumerate() {
+                if index > 0 {
+                    out.push(b'.');
+                }
+                write_u64(u64::from(octet), out);
+            }
+        }
+        // Writing into a Vec cannot fail.
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+    out.push(b'"');
 }
 
 /// `Number.prototype.toString` of a finite float (ECMA-262 §6.1.6.1.20): the shortest digits
@@ -124,8 +171,8 @@ pub fn ecmascript_number(value: f64) -> String {
 }
 
 /// Appends the canonical bytes of `event` (see the module documentation) to `out`. Written
-/// member by member, in sorted order, without building a JSON value: this runs once per
-/// ingested event.
+/// member by member, in sorted order, without building a JSON value or any temporary (numbers,
+/// the timestamp and the address go straight into `out`): this runs once per ingested event.
 pub fn write_event(event: &AuditEvent, out: &mut Vec<u8>) {
     let text = |out: &mut Vec<u8>, value: Option<&str>| match value {
         Some(value) => write_string(value, out),
@@ -135,9 +182,7 @@ pub fn write_event(event: &AuditEvent, out: &mut Vec<u8>) {
     write_string(event.action.as_str(), out);
     out.extend_from_slice(b",\"duration_ms\":");
     match event.duration_ms {
-        Some(duration) => {
-            let _ = write!(out, "{duration}");
-        }
+        Some(duration) => write_u64(duration, out),
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"extra_data\":");
@@ -154,7 +199,7 @@ pub fn write_event(event: &AuditEvent, out: &mut Vec<u8>) {
     text(out, event.secret_path.as_deref());
     out.extend_from_slice(b",\"source_ip\":");
     match event.source_ip {
-        Some(ip) => write_string(&ip.to_string(), out),
+        Some(ip) => write_ip(ip, out),
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"success\":");
@@ -162,7 +207,10 @@ pub fn write_event(event: &AuditEvent, out: &mut Vec<u8>) {
     out.extend_from_slice(b",\"tenant_id\":");
     write_string(&event.tenant_id, out);
     out.extend_from_slice(b",\"timestamp\":");
-    write_string(&timestamp::format_micros(event.timestamp_us), out);
+    // The timestamp form needs no escaping.
+    out.push(b'"');
+    timestamp::write_micros_bytes(event.timestamp_us, out);
+    out.push(b'"');
     out.extend_from_slice(b",\"user_agent\":");
     text(out, event.user_agent.as_deref());
     out.push(b'}');
