@@ -22,6 +22,7 @@
 pub mod exports;
 pub mod lease;
 pub mod message;
+pub mod schedules;
 pub mod sweeps;
 
 use std::collections::VecDeque;

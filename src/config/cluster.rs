@@ -37,6 +37,8 @@ pub const DEFAULT_LEASES_BUCKET: &str = "SCAIVAULT_AUDIT_LEASES";
 pub const DEFAULT_EXPORTS_BUCKET: &str = "SCAIVAULT_AUDIT_EXPORTS";
 /// Default key-value bucket of the retention sweeper's published expiries.
 pub const DEFAULT_SWEEPS_BUCKET: &str = "SCAIVAULT_AUDIT_SWEEPS";
+/// Default key-value bucket of the shared export schedules.
+pub const DEFAULT_SCHEDULES_BUCKET: &str = "SCAIVAULT_AUDIT_SCHEDULES";
 
 /// `[cluster]` as given by flags/environment or the file (every key optional).
 #[derive(Debug, Clone, Default, PartialEq, Args, Serialize, Deserialize)]
@@ -201,6 +203,14 @@ pub struct ClusterSection {
         value_name = "NAME"
     )]
     pub sweeps_bucket: Option<String>,
+    /// JetStream key-value bucket of the shared export schedules (created if missing).
+    #[arg(
+        id = "cluster.schedules_bucket",
+        long = "cluster-schedules-bucket",
+        env = "SCAIVAULT_AUDIT_CLUSTER_SCHEDULES_BUCKET",
+        value_name = "NAME"
+    )]
+    pub schedules_bucket: Option<String>,
 }
 
 super::layered!(ClusterSection {
@@ -223,6 +233,7 @@ super::layered!(ClusterSection {
     leases_bucket,
     exports_bucket,
     sweeps_bucket,
+    schedules_bucket,
 });
 
 /// The resolved `[cluster]` section (only when `nats_url` is set).
@@ -250,6 +261,7 @@ pub struct ClusterSettings {
     pub leases_bucket: String,
     pub exports_bucket: String,
     pub sweeps_bucket: String,
+    pub schedules_bucket: String,
 }
 
 impl ClusterSettings {
@@ -275,6 +287,7 @@ impl ClusterSettings {
             leases_bucket: Some(self.leases_bucket.clone()),
             exports_bucket: Some(self.exports_bucket.clone()),
             sweeps_bucket: Some(self.sweeps_bucket.clone()),
+            schedules_bucket: Some(self.schedules_bucket.clone()),
         }
     }
 
@@ -294,6 +307,7 @@ impl ClusterSettings {
             leases_bucket: Some(DEFAULT_LEASES_BUCKET.into()),
             exports_bucket: Some(DEFAULT_EXPORTS_BUCKET.into()),
             sweeps_bucket: Some(DEFAULT_SWEEPS_BUCKET.into()),
+            schedules_bucket: Some(DEFAULT_SCHEDULES_BUCKET.into()),
             ..ClusterSection::default()
         }
     }
@@ -353,14 +367,24 @@ impl ClusterSection {
             self.sweeps_bucket.as_deref(),
             DEFAULT_SWEEPS_BUCKET,
         )?;
-        if leases_bucket == exports_bucket
-            || leases_bucket == sweeps_bucket
-            || exports_bucket == sweeps_bucket
-        {
+        let schedules_bucket = bucket_name(
+            "cluster.schedules_bucket",
+            self.schedules_bucket.as_deref(),
+            DEFAULT_SCHEDULES_BUCKET,
+        )?;
+        let buckets = [
+            &leases_bucket,
+            &exports_bucket,
+            &sweeps_bucket,
+            &schedules_bucket,
+        ];
+        let distinct: std::collections::HashSet<&&String> = buckets.iter().collect();
+        if distinct.len() != buckets.len() {
             return Err(invalid(
                 "cluster.exports_bucket",
-                "cluster.leases_bucket, cluster.exports_bucket and cluster.sweeps_bucket must \
-                 differ (leases expire, job records and expiries must not)",
+                "cluster.leases_bucket, cluster.exports_bucket, cluster.sweeps_bucket and \
+                 cluster.schedules_bucket must differ (leases expire, job records, expiries and \
+                 schedules must not)",
             ));
         }
         let tls_client = match (&self.tls_cert_file, &self.tls_key_file) {
@@ -414,6 +438,7 @@ impl ClusterSection {
             leases_bucket,
             exports_bucket,
             sweeps_bucket,
+            schedules_bucket,
         }))
     }
 }
@@ -590,6 +615,7 @@ mod tests {
         assert_eq!(settings.max_age, Duration::from_secs(7 * 24 * 3600));
         assert_eq!(settings.publish_timeout, Duration::from_secs(2));
         assert_eq!(settings.replica_id, "r1");
+        assert_eq!(settings.schedules_bucket, DEFAULT_SCHEDULES_BUCKET);
         let printed = settings.to_section();
         assert_eq!(printed.clone().resolve().unwrap().unwrap(), settings);
         assert_eq!(
@@ -645,6 +671,13 @@ mod tests {
                     ..section("nats://a")
                 },
                 "cluster.tls_cert_file",
+            ),
+            (
+                ClusterSection {
+                    schedules_bucket: Some(DEFAULT_LEASES_BUCKET.into()),
+                    ..section("nats://a")
+                },
+                "cluster.schedules_bucket must differ",
             ),
             (
                 ClusterSection {
