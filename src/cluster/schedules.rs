@@ -255,8 +255,12 @@ mod tests {
     async fn a_write_expects_the_revision_it_read_and_every_replica_sees_the_changes() {
         let nats = crate::cluster::lease::tests::nats().await;
         let context = jetstream::new(async_nats::connect(&nats.url).await.unwrap());
-        let a = KvSchedules::open(&context, "SCHEDULES_TEST", 1).await.unwrap();
-        let b = KvSchedules::open(&context, "SCHEDULES_TEST", 1).await.unwrap();
+        let a = KvSchedules::open(&context, "SCHEDULES_TEST", 1)
+            .await
+            .unwrap();
+        let b = KvSchedules::open(&context, "SCHEDULES_TEST", 1)
+            .await
+            .unwrap();
         let mut changes = b.watch().await.unwrap().expect("a shared store is watched");
         let created = record();
         let id = created.spec.schedule_id.clone();
@@ -280,7 +284,10 @@ mod tests {
         ));
         assert_eq!(b.read(&id).await.unwrap(), Some(stored(&ran, second)));
         assert_eq!(b.load_all().await.unwrap(), [stored(&ran, second)]);
-        assert_eq!(next(&mut changes).await, Change::Put(stored(&created, first)));
+        assert_eq!(
+            next(&mut changes).await,
+            Change::Put(stored(&created, first))
+        );
         assert_eq!(next(&mut changes).await, Change::Put(stored(&ran, second)));
 
         // A removal: gone for every reader, later writes refused, the watch tells it.

@@ -87,7 +87,14 @@ async fn call(
 }
 
 async fn schedule(replica: &Replica, id: &str) -> Value {
-    let reply = call(replica, Method::GET, &format!("{SCHEDULES}/{id}"), TENANT, None).await;
+    let reply = call(
+        replica,
+        Method::GET,
+        &format!("{SCHEDULES}/{id}"),
+        TENANT,
+        None,
+    )
+    .await;
     assert_eq!(reply.0, StatusCode::OK, "{}: {}", replica.id, reply.2);
     reply.2
 }
@@ -288,7 +295,11 @@ async fn a_schedule_survives_its_runners_death_with_every_window_delivered_once(
             && line.contains(&first_run)
             && !line.contains("parts_done=0")
     });
-    assert!(resumed, "{} resumed {first_run} from its checkpoint", survivor.id);
+    assert!(
+        resumed,
+        "{} resumed {first_run} from its checkpoint",
+        survivor.id
+    );
     let completed = wait_schedule(&survivor, &id, "past its first run", |status| {
         status["status"]["runs_completed"].as_u64().unwrap_or(0) >= 1
     })
@@ -411,7 +422,11 @@ async fn a_schedule_survives_its_runners_death_with_every_window_delivered_once(
         "{first}"
     );
     let unique: BTreeSet<&String> = delivered.iter().collect();
-    assert_eq!(unique.len(), delivered.len(), "an event was delivered twice");
+    assert_eq!(
+        unique.len(),
+        delivered.len(),
+        "an event was delivered twice"
+    );
     let expected: BTreeSet<&String> = expected.iter().collect();
     let missing: Vec<_> = expected.difference(&unique).collect();
     let extra: Vec<_> = unique.difference(&expected).collect();

@@ -315,7 +315,10 @@ impl Scheduler {
         tokio::spawn(async move {
             if scheduler.inner.store.is_shared() {
                 let follower = scheduler.clone();
-                scheduler.inner.tasks.spawn(async move { follower.follow().await });
+                scheduler
+                    .inner
+                    .tasks
+                    .spawn(async move { follower.follow().await });
             }
             let store = scheduler.inner.engine.store().clone();
             let ready = tokio::select! {
@@ -393,7 +396,10 @@ impl Scheduler {
             if self.inner.shutdown.is_cancelled() {
                 return;
             }
-            tracing::warn!(role = role.name(), "this replica no longer runs the export schedules");
+            tracing::warn!(
+                role = role.name(),
+                "this replica no longer runs the export schedules"
+            );
         }
     }
 
@@ -511,7 +517,10 @@ impl Inner {
                         .remove(&schedule_id)
                         .and_then(|entry| entry.running)
                     {
-                        tracing::info!(schedule_id, "export schedule deleted on another replica: stopping its run");
+                        tracing::info!(
+                            schedule_id,
+                            "export schedule deleted on another replica: stopping its run"
+                        );
                         cancel.cancel();
                     }
                 }
@@ -769,7 +778,9 @@ async fn update(
                     schedule_id: schedule_id.to_string(),
                     revision: u64::MAX,
                 }),
-                Err(error) => tracing::warn!(schedule_id, %error, "cannot reload the export schedule"),
+                Err(error) => {
+                    tracing::warn!(schedule_id, %error, "cannot reload the export schedule")
+                }
             }
             false
         }

@@ -146,10 +146,7 @@ impl ScheduleFiles {
         Ok(())
     }
 
-    async fn load_blocking(
-        &self,
-        schedule_id: &str,
-    ) -> Result<Option<ScheduleRecord>, StoreError> {
+    async fn load_blocking(&self, schedule_id: &str) -> Result<Option<ScheduleRecord>, StoreError> {
         let files = self.clone();
         let schedule_id = schedule_id.to_string();
         tokio::task::spawn_blocking(move || files.load(&schedule_id))
