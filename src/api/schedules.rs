@@ -2,7 +2,9 @@
 //! `GET /v1/audit/export-schedules`, `GET /v1/audit/export-schedules/{id}`,
 //! `DELETE /v1/audit/export-schedules/{id}` (docs/lifecycle.md "Continuous exports").
 //!
-//! Standalone, the schedules run in this process ([`crate::export::schedule`]). With the
+//! Standalone, the schedules run in this process ([`crate::export::schedule`]); in a cluster
+//! outside Kubernetes they are shared through JetStream's key-value store and run on one
+//! replica ([`crate::cluster::schedules`]), with the same endpoints and answers. With the
 //! operator they are `AuditExportSchedule` resources, run by the leader's controller: `GET`
 //! lists and shows the tenant's accepted ones (same shape, plus `resource`), while `POST` and
 //! `DELETE` answer 409 `schedules_not_available` pointing to kubectl (a schedule in a cluster
@@ -237,10 +239,15 @@ async fn get_schedule(
         let schedule = found.ok_or_else(|| not_found(&schedule_id))?;
         return Ok(json_response(StatusCode::OK, &cluster_json(&schedule, now)));
     }
-    let record = scheduler(&state)?
-        .get(&tenant, &schedule_id)
-        .filter(|_| is_schedule_id(&schedule_id))
-        .ok_or_else(|| not_found(&schedule_id))?;
+    let scheduler = scheduler(&state)?;
+    let found = match is_schedule_id(&schedule_id) {
+        true => scheduler
+            .get(&tenant, &schedule_id)
+            .await
+            .map_err(schedule_error)?,
+        false => None,
+    };
+    let record = found.ok_or_else(|| not_found(&schedule_id))?;
     Ok(json_response(
         StatusCode::OK,
         &schedule_json(&record, timestamp::now_micros()),
@@ -368,7 +375,7 @@ fn schedule_error(error: ScheduleError) -> ApiError {
                  one first"
             ),
         ),
-        ScheduleError::Files(cause) => {
+        ScheduleError::Store(cause) => {
             tracing::error!(%cause, "export schedules unavailable");
             ApiError::unavailable("export schedules are temporarily unavailable; retry shortly")
         }

@@ -13,6 +13,7 @@ use scaivault_audit::cluster::lease::{LeaseBucket, RoleLease};
 use scaivault_audit::cluster::manifest_links::KvManifestLinks;
 use scaivault_audit::cluster::lease_metrics::LeaseMetrics;
 use scaivault_audit::cluster::snapshotter::SNAPSHOTTER_ROLE;
+use scaivault_audit::cluster::schedules::{KvSchedules, SCHEDULER_ROLE};
 use scaivault_audit::cluster::sweeps::{KvSweeps, SWEEPER_ROLE};
 use scaivault_audit::config::auth::JwksSource;
 use scaivault_audit::config::{ClusterSettings, Settings, SettingsArgs};
@@ -24,6 +25,7 @@ use scaivault_audit::export::policy::ExportPolicy;
 use scaivault_audit::export::runner::{LocalRunner, RunnerMetrics};
 use scaivault_audit::export::schedule::files::ScheduleFiles;
 use scaivault_audit::export::schedule::scheduler::{ScheduleMetrics, Scheduler, SchedulerSettings};
+use scaivault_audit::export::schedule::store::ScheduleStore;
 use scaivault_audit::integrity::checkpoint::CheckpointLog;
 use scaivault_audit::integrity::checkpointer::{self, CheckpointMetrics, Checkpointer};
 use scaivault_audit::query::cursor::CursorCodec;
@@ -182,18 +184,32 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
     // Continuous exports run in this process standalone, as AuditExportSchedules in a cluster
     // (see docs/lifecycle.md); both count their runs in the same metrics.
     let schedule_metrics = ScheduleMetrics::register(&mut registry);
-    let scheduler = match operator_cluster {
-        Some(_) => None,
-        None => Some(Scheduler::new(
-            runner.engine().clone(),
-            ScheduleFiles::open(&settings.store.data_dir.join("exports").join("schedules"))?,
-            SchedulerSettings {
-                max_concurrent: settings.export.max_concurrent_jobs,
-                min_interval_seconds: settings.export.schedule_min_interval_seconds,
-                metrics: schedule_metrics.clone(),
-                ..SchedulerSettings::default()
-            },
-        )),
+    let schedule_shutdown = tokio_util::sync::CancellationToken::new();
+    let (scheduler, scheduler_role_task) = match operator_cluster {
+        Some(_) => (None, None),
+        None => {
+            let (store, role, role_task) = schedule_store(
+                &settings,
+                jetstream.as_ref(),
+                leases.as_ref(),
+                &schedule_shutdown,
+            )
+            .await?;
+            let scheduler = Scheduler::open(
+                runner.engine().clone(),
+                store,
+                SchedulerSettings {
+                    max_concurrent: settings.export.max_concurrent_jobs,
+                    min_interval_seconds: settings.export.schedule_min_interval_seconds,
+                    metrics: schedule_metrics.clone(),
+                    role,
+                    ..SchedulerSettings::default()
+                },
+            )
+            .await
+            .context("failed to load the export schedules")?;
+            (Some(scheduler), role_task)
+        }
     };
     let mut state = AppState::new(
         store.clone(),
@@ -321,6 +337,12 @@ pub async fn serve(args: SettingsArgs) -> anyhow::Result<()> {
     {
         tracing::error!(%error, "the export schedule task failed");
     }
+    schedule_shutdown.cancel();
+    if let Some(task) = scheduler_role_task
+        && let Err(error) = task.await
+    {
+        tracing::error!(%error, "the export scheduler role task failed");
+    }
     if let Some(task) = shared_exports_task
         && let Err(error) = task.await
     {
@@ -430,6 +452,35 @@ async fn join_cluster(
         max_lag: cluster.max_lag_messages,
     };
     Ok((replicated, context))
+}
+
+/// Where the export schedules live and who runs them: standalone, the data directory's files
+/// and this process; in the clustered mode outside Kubernetes, a JetStream key-value bucket
+/// shared by the replicas and run by the holder of the scheduler role (docs/cluster.md
+/// "Coordination"), whose task is returned.
+async fn schedule_store(
+    settings: &Settings,
+    jetstream: Option<&async_nats::jetstream::Context>,
+    leases: Option<&LeaseBucket>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(
+    Arc<dyn ScheduleStore>,
+    RoleLease,
+    Option<tokio::task::JoinHandle<()>>,
+)> {
+    if let (Some(cluster), Some(context), Some(leases)) = (&settings.cluster, jetstream, leases) {
+        let store = KvSchedules::open(context, &cluster.schedules_bucket, cluster.replicas)
+            .await
+            .context("failed to open the cluster's export schedules")?;
+        let (role, task) = RoleLease::spawn(leases.clone(), SCHEDULER_ROLE, shutdown.clone());
+        tracing::info!(
+            bucket = %cluster.schedules_bucket,
+            "export schedules are shared among the replicas (JetStream key-value)"
+        );
+        return Ok((Arc::new(store), role, Some(task)));
+    }
+    let files = ScheduleFiles::open(&settings.store.data_dir.join("exports").join("schedules"))?;
+    Ok((Arc::new(files), RoleLease::always(SCHEDULER_ROLE), None))
 }
 
 /// Export jobs shared among the replicas through JetStream's key-value store (clustered mode

@@ -511,15 +511,15 @@ async fn compete(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     /// A NATS server of the test's own (`$SCAIVAULT_TEST_NATS_SERVER`, one node, JetStream on,
     /// a free loopback port); panics with how to get it.
-    struct Nats {
+    pub(crate) struct Nats {
         child: std::process::Child,
-        url: String,
+        pub(crate) url: String,
         _dir: tempfile::TempDir,
     }
 
@@ -530,7 +530,7 @@ mod tests {
         }
     }
 
-    async fn nats() -> Nats {
+    pub(crate) async fn nats() -> Nats {
         let binary = std::env::var("SCAIVAULT_TEST_NATS_SERVER").unwrap_or_else(|_| {
             panic!(
                 "SCAIVAULT_TEST_NATS_SERVER is not set: this test needs nats-server 2.15.1. Run \

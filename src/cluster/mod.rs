@@ -26,6 +26,7 @@ pub mod manifest_links;
 pub mod lease_metrics;
 pub mod message;
 pub mod snapshotter;
+pub mod schedules;
 pub mod sweeps;
 
 use std::collections::VecDeque;

@@ -39,6 +39,8 @@ pub const DEFAULT_EXPORTS_BUCKET: &str = "SCAIVAULT_AUDIT_EXPORTS";
 pub const DEFAULT_SWEEPS_BUCKET: &str = "SCAIVAULT_AUDIT_SWEEPS";
 /// Default key-value bucket of the newest export manifest per destination family.
 pub const DEFAULT_MANIFEST_LINKS_BUCKET: &str = "SCAIVAULT_AUDIT_MANIFEST_LINKS";
+/// Default key-value bucket of the shared export schedules.
+pub const DEFAULT_SCHEDULES_BUCKET: &str = "SCAIVAULT_AUDIT_SCHEDULES";
 
 /// `[cluster]` as given by flags/environment or the file (every key optional).
 #[derive(Debug, Clone, Default, PartialEq, Args, Serialize, Deserialize)]
@@ -212,6 +214,14 @@ pub struct ClusterSection {
         value_name = "NAME"
     )]
     pub manifest_links_bucket: Option<String>,
+    /// JetStream key-value bucket of the shared export schedules (created if missing).
+    #[arg(
+        id = "cluster.schedules_bucket",
+        long = "cluster-schedules-bucket",
+        env = "SCAIVAULT_AUDIT_CLUSTER_SCHEDULES_BUCKET",
+        value_name = "NAME"
+    )]
+    pub schedules_bucket: Option<String>,
 }
 
 super::layered!(ClusterSection {
@@ -235,6 +245,7 @@ super::layered!(ClusterSection {
     exports_bucket,
     sweeps_bucket,
     manifest_links_bucket,
+    schedules_bucket,
 });
 
 /// The resolved `[cluster]` section (only when `nats_url` is set).
@@ -263,6 +274,7 @@ pub struct ClusterSettings {
     pub exports_bucket: String,
     pub sweeps_bucket: String,
     pub manifest_links_bucket: String,
+    pub schedules_bucket: String,
 }
 
 impl ClusterSettings {
@@ -289,6 +301,7 @@ impl ClusterSettings {
             exports_bucket: Some(self.exports_bucket.clone()),
             sweeps_bucket: Some(self.sweeps_bucket.clone()),
             manifest_links_bucket: Some(self.manifest_links_bucket.clone()),
+            schedules_bucket: Some(self.schedules_bucket.clone()),
         }
     }
 
@@ -309,6 +322,7 @@ impl ClusterSettings {
             exports_bucket: Some(DEFAULT_EXPORTS_BUCKET.into()),
             sweeps_bucket: Some(DEFAULT_SWEEPS_BUCKET.into()),
             manifest_links_bucket: Some(DEFAULT_MANIFEST_LINKS_BUCKET.into()),
+            schedules_bucket: Some(DEFAULT_SCHEDULES_BUCKET.into()),
             ..ClusterSection::default()
         }
     }
@@ -373,18 +387,25 @@ impl ClusterSection {
             self.manifest_links_bucket.as_deref(),
             DEFAULT_MANIFEST_LINKS_BUCKET,
         )?;
+        let schedules_bucket = bucket_name(
+            "cluster.schedules_bucket",
+            self.schedules_bucket.as_deref(),
+            DEFAULT_SCHEDULES_BUCKET,
+        )?;
         let buckets = [
             &leases_bucket,
             &exports_bucket,
             &sweeps_bucket,
             &manifest_links_bucket,
+            &schedules_bucket,
         ];
         let distinct: std::collections::BTreeSet<_> = buckets.iter().collect();
         if distinct.len() != buckets.len() {
             return Err(invalid(
                 "cluster.exports_bucket",
-                "cluster.leases_bucket, cluster.exports_bucket, cluster.sweeps_bucket and \
-                 cluster.manifest_links_bucket must differ (leases expire, records must not)",
+                "cluster.leases_bucket, cluster.exports_bucket, cluster.sweeps_bucket, \
+                 cluster.manifest_links_bucket and cluster.schedules_bucket must differ \
+                 (leases expire, records must not)",
             ));
         }
         let tls_client = match (&self.tls_cert_file, &self.tls_key_file) {
@@ -439,6 +460,7 @@ impl ClusterSection {
             exports_bucket,
             sweeps_bucket,
             manifest_links_bucket,
+            schedules_bucket,
         }))
     }
 }
@@ -615,6 +637,7 @@ mod tests {
         assert_eq!(settings.max_age, Duration::from_secs(7 * 24 * 3600));
         assert_eq!(settings.publish_timeout, Duration::from_secs(2));
         assert_eq!(settings.replica_id, "r1");
+        assert_eq!(settings.schedules_bucket, DEFAULT_SCHEDULES_BUCKET);
         let printed = settings.to_section();
         assert_eq!(printed.clone().resolve().unwrap().unwrap(), settings);
         assert_eq!(
@@ -670,6 +693,13 @@ mod tests {
                     ..section("nats://a")
                 },
                 "cluster.tls_cert_file",
+            ),
+            (
+                ClusterSection {
+                    schedules_bucket: Some(DEFAULT_LEASES_BUCKET.into()),
+                    ..section("nats://a")
+                },
+                "cluster.schedules_bucket must differ",
             ),
             (
                 ClusterSection {

@@ -14,6 +14,7 @@ mod check_config;
 mod cluster;
 mod cluster_exports;
 mod cluster_restore;
+mod cluster_schedules;
 mod durability;
 mod export_confinement;
 mod export_schedules;

@@ -67,6 +67,17 @@ impl ScheduleFiles {
         }
     }
 
+    /// The schedule `schedule_id` on disk (`None` when missing or unreadable).
+    pub fn load(&self, schedule_id: &str) -> Option<ScheduleRecord> {
+        if !is_schedule_id(schedule_id) {
+            return None;
+        }
+        std::fs::read(self.path(schedule_id))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<ScheduleRecord>(&bytes).ok())
+            .filter(|record| record.spec.schedule_id == schedule_id)
+    }
+
     /// Every schedule on disk; unreadable files are set aside as `*.corrupt`.
     pub fn load_all(&self) -> Vec<ScheduleRecord> {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {

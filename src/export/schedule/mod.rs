@@ -23,11 +23,14 @@
 //! - [`cron`]: the cron expressions (UTC, optional seconds field);
 //! - this module: the schedule's spec and state, and what its next run exports;
 //! - [`files`]: the schedules' durable files in the data directory;
+//! - [`store`]: where the schedules are kept (the files, or a JetStream key-value bucket
+//!   shared by a cluster's replicas);
 //! - [`scheduler`]: runs due schedules on the export engine, retries, catch-up.
 
 pub mod cron;
 pub mod files;
 pub mod scheduler;
+pub mod store;
 
 use std::collections::VecDeque;
 

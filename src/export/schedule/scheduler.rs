@@ -1,4 +1,8 @@
-//! Runs due schedules on the export engine (standalone mode).
+//! Runs due schedules on the export engine, standalone and in a cluster outside Kubernetes
+//! alike: the schedules live in a [`ScheduleStore`] (the data directory's files, or a JetStream
+//! key-value bucket shared by the replicas), and runs happen only while this process holds the
+//! scheduler role ([`SchedulerSettings::role`]: held for good standalone, a lease in a
+//! cluster, `crate::cluster::schedules`).
 //!
 //! ```text
 //! loop: for every schedule not running whose next tick (or retry) is due
@@ -8,14 +12,19 @@
 //!        ─▶ completed: watermark := (T_k, S_k), history, next tick   (persisted)
 //!        ─▶ failed: retry after a backoff with the same run           (persisted)
 //! ```
-//! A run interrupted by shutdown resumes from its checkpoint after the restart; ticks missed
-//! while the service was down run one after the other, in order, each its own window.
+//! A run interrupted by shutdown resumes from its checkpoint after the restart (in a cluster:
+//! on the replica that takes the role over); ticks missed while nobody ran them run one after
+//! the other, in order, each its own window. Every write names the record's revision
+//! ([`ScheduleStore::update`]): a write refused because the record changed elsewhere reloads it
+//! and changes nothing here. A run starts (or resumes) only once this replica's index holds
+//! the previous run's snapshot (and the run's own), so snapshots never go back.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::StreamExt;
 use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -26,10 +35,11 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::files::{FilesError, ScheduleFiles};
+use super::store::{Change, ScheduleStore, StoreError, Stored};
 use super::{
     CurrentRun, DEFAULT_MIN_INTERVAL_SECONDS, MAX_SCHEDULES_PER_TENANT, NextRun, ScheduleRecord,
 };
+use crate::cluster::lease::RoleLease;
 use crate::export::engine::{ExportEngine, ProgressReporter};
 use crate::export::job::{Checkpoint, ExportFailure};
 use crate::export::supervisor::wait_for_store;
@@ -48,6 +58,9 @@ pub struct SchedulerSettings {
     pub min_interval_seconds: u64,
     /// Where runs are counted.
     pub metrics: ScheduleMetrics,
+    /// Runs happen only while this is held: [`RoleLease::always`] standalone, the cluster's
+    /// `role.export_scheduler` lease (`crate::cluster::schedules::SCHEDULER_ROLE`) in a cluster.
+    pub role: RoleLease,
 }
 
 impl Default for SchedulerSettings {
@@ -58,6 +71,7 @@ impl Default for SchedulerSettings {
             retry_max: Duration::from_secs(300),
             min_interval_seconds: DEFAULT_MIN_INTERVAL_SECONDS,
             metrics: ScheduleMetrics::default(),
+            role: RoleLease::always(crate::cluster::schedules::SCHEDULER_ROLE),
         }
     }
 }
@@ -134,24 +148,31 @@ pub enum ScheduleError {
     #[error("a tenant may have at most {MAX_SCHEDULES_PER_TENANT} export schedules")]
     TooMany,
     #[error(transparent)]
-    Files(#[from] FilesError),
+    Store(#[from] StoreError),
 }
 
 /// The longest a schedule loop sleeps without looking.
 const MAX_SLEEP: Duration = Duration::from_secs(30);
+/// How long a run waits before looking again when this replica's index is behind its snapshot.
+const INDEX_WAIT: Duration = Duration::from_millis(500);
+/// How long the changes of a shared store are waited for before watching again.
+const WATCH_RETRY: Duration = Duration::from_secs(1);
 
 struct Entry {
     record: ScheduleRecord,
+    /// The store revision `record` was read or written at.
+    revision: u64,
     /// Set while a task works on the schedule.
     running: Option<CancellationToken>,
 }
 
 struct Inner {
     engine: ExportEngine,
-    files: ScheduleFiles,
+    store: Arc<dyn ScheduleStore>,
     settings: SchedulerSettings,
     schedules: Mutex<BTreeMap<String, Entry>>,
-    /// Serialises file writes with deletes, so a finishing run never resurrects a schedule.
+    /// Serialises this process's writes, so a finishing run never resurrects a deleted
+    /// schedule.
     io: tokio::sync::Mutex<()>,
     wake: Notify,
     slots: Arc<Semaphore>,
@@ -159,30 +180,36 @@ struct Inner {
     shutdown: CancellationToken,
 }
 
-/// The schedules of this process and the loop that runs them. Cheap to clone.
+/// The schedules and the loop that runs them. Cheap to clone.
 #[derive(Clone)]
 pub struct Scheduler {
     inner: Arc<Inner>,
 }
 
 impl Scheduler {
-    /// The scheduler over the schedule files in `files` (loaded now), running on `engine`.
-    pub fn new(engine: ExportEngine, files: ScheduleFiles, settings: SchedulerSettings) -> Self {
-        let schedules = files
+    /// The scheduler over the schedules in `store` (loaded now), running on `engine`.
+    pub async fn open(
+        engine: ExportEngine,
+        store: Arc<dyn ScheduleStore>,
+        settings: SchedulerSettings,
+    ) -> Result<Self, StoreError> {
+        let schedules = store
             .load_all()
+            .await?
             .into_iter()
-            .map(|record| {
+            .map(|stored| {
                 let entry = Entry {
-                    record,
+                    record: stored.record,
+                    revision: stored.revision,
                     running: None,
                 };
                 (entry.record.spec.schedule_id.clone(), entry)
             })
             .collect();
-        Scheduler {
+        Ok(Scheduler {
             inner: Arc::new(Inner {
                 engine,
-                files,
+                store,
                 slots: Arc::new(Semaphore::new(settings.max_concurrent.max(1))),
                 settings,
                 schedules: Mutex::new(schedules),
@@ -191,7 +218,7 @@ impl Scheduler {
                 tasks: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
             }),
-        }
+        })
     }
 
     /// The shortest interval between two runs a new schedule may ask for, seconds.
@@ -199,7 +226,9 @@ impl Scheduler {
         self.inner.settings.min_interval_seconds
     }
 
-    /// Records a new schedule durably and wakes the loop.
+    /// Records a new schedule durably and wakes the loop. In a cluster the per-tenant limit
+    /// counts the schedules this replica has seen (two replicas creating at the same instant
+    /// can each admit one more).
     pub async fn create(&self, record: ScheduleRecord) -> Result<ScheduleRecord, ScheduleError> {
         let _io = self.inner.io.lock().await;
         let tenant = &record.spec.tenant_id;
@@ -213,30 +242,35 @@ impl Scheduler {
         if count >= MAX_SCHEDULES_PER_TENANT {
             return Err(ScheduleError::TooMany);
         }
-        save(&self.inner.files, &record).await?;
-        let entry = Entry {
+        let revision = self.inner.store.create(&record).await?;
+        self.inner.apply(Change::Put(Stored {
             record: record.clone(),
-            running: None,
-        };
-        self.inner
-            .schedules
-            .lock()
-            .insert(record.spec.schedule_id.clone(), entry);
-        self.inner.wake.notify_one();
+            revision,
+        }));
         Ok(record)
     }
 
-    /// The schedule `schedule_id` of `tenant` (`None` also for another tenant's).
-    pub fn get(&self, tenant: &str, schedule_id: &str) -> Option<ScheduleRecord> {
-        self.inner
-            .schedules
-            .lock()
-            .get(schedule_id)
-            .filter(|entry| entry.record.spec.tenant_id == tenant)
-            .map(|entry| entry.record.clone())
+    /// The schedule `schedule_id` of `tenant` (`None` also for another tenant's); read from
+    /// the store when other replicas share it.
+    pub async fn get(
+        &self,
+        tenant: &str,
+        schedule_id: &str,
+    ) -> Result<Option<ScheduleRecord>, ScheduleError> {
+        let record = if self.inner.store.is_shared() {
+            self.inner
+                .store
+                .read(schedule_id)
+                .await?
+                .map(|stored| stored.record)
+        } else {
+            record_of(&self.inner, schedule_id)
+        };
+        Ok(record.filter(|record| record.spec.tenant_id == tenant))
     }
 
-    /// The schedules of `tenant`, oldest first.
+    /// The schedules of `tenant`, oldest first (in a cluster: as this replica's watch of the
+    /// store has seen them).
     pub fn list(&self, tenant: &str) -> Vec<ScheduleRecord> {
         self.inner
             .schedules
@@ -247,44 +281,45 @@ impl Scheduler {
             .collect()
     }
 
-    /// Deletes the schedule: a run in progress stops and its incomplete uploads are removed
-    /// (files of completed runs stay). `None` when `tenant` has no such schedule.
+    /// Deletes the schedule: a run in progress stops (here, or on the replica running it,
+    /// which sees the removal) and its incomplete uploads are removed (files of completed runs
+    /// stay). `None` when `tenant` has no such schedule.
     pub async fn delete(
         &self,
         tenant: &str,
         schedule_id: &str,
     ) -> Result<Option<ScheduleRecord>, ScheduleError> {
         let _io = self.inner.io.lock().await;
-        let entry = {
-            let mut schedules = self.inner.schedules.lock();
-            let ours = schedules
-                .get(schedule_id)
-                .is_some_and(|entry| entry.record.spec.tenant_id == tenant);
-            if !ours {
-                return Ok(None);
-            }
-            schedules.remove(schedule_id)
-        };
-        let Some(entry) = entry else {
+        let found = self.get(tenant, schedule_id).await?;
+        let Some(record) = found else {
             return Ok(None);
         };
-        self.inner.files.remove(schedule_id)?;
-        match &entry.running {
+        self.inner.store.remove(schedule_id).await?;
+        let entry = self.inner.schedules.lock().remove(schedule_id);
+        match entry.and_then(|entry| entry.running) {
             // The run task sees the schedule gone and removes its incomplete uploads.
             Some(cancel) => cancel.cancel(),
             None => {
-                if let Some(current) = &entry.record.state.current {
+                if let Some(current) = &record.state.current {
                     abort(&self.inner.engine, current).await;
                 }
             }
         }
-        Ok(Some(entry.record))
+        Ok(Some(record))
     }
 
-    /// Runs due schedules until [`Self::shutdown`] (once the store has replayed its WAL).
+    /// Follows the changes other replicas make and runs due schedules while holding the role,
+    /// until [`Self::shutdown`] (runs start once the store has replayed its log).
     pub fn spawn(&self) -> tokio::task::JoinHandle<()> {
         let scheduler = self.clone();
         tokio::spawn(async move {
+            if scheduler.inner.store.is_shared() {
+                let follower = scheduler.clone();
+                scheduler
+                    .inner
+                    .tasks
+                    .spawn(async move { follower.follow().await });
+            }
             let store = scheduler.inner.engine.store().clone();
             let ready = tokio::select! {
                 ready = wait_for_store(&store, "export schedules") => ready,
@@ -304,10 +339,82 @@ impl Scheduler {
         self.inner.tasks.wait().await;
     }
 
-    async fn run_loop(&self) {
+    /// Keeps the view of a shared store current: schedules created, changed or deleted on
+    /// other replicas (a deleted one's run stops here).
+    async fn follow(&self) {
+        let shutdown = self.inner.shutdown.clone();
         loop {
+            match self.inner.store.watch().await {
+                Ok(None) => return,
+                Ok(Some(changes)) => {
+                    let changes = changes.take_until(shutdown.clone().cancelled_owned());
+                    let mut changes = std::pin::pin!(changes);
+                    while let Some(change) = changes.next().await {
+                        match change {
+                            Ok(change) => self.inner.apply(change),
+                            Err(error) => {
+                                tracing::warn!(%error, "the export schedules watch failed; reopening");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot watch the export schedules; retrying");
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(WATCH_RETRY) => {}
+            }
+        }
+    }
+
+    /// Waits for the role, runs the schedules while it is held, and again.
+    async fn run_loop(&self) {
+        let role = self.inner.settings.role.clone();
+        let mut held = role.subscribe();
+        loop {
+            if !role.is_held() {
+                // Another replica runs the schedules: only the lag is kept current here.
+                self.inner.set_lag(timestamp::now_micros());
+                tokio::select! {
+                    () = changed(&mut held) => {}
+                    () = tokio::time::sleep(MAX_SLEEP) => {}
+                    () = self.inner.shutdown.cancelled() => return,
+                }
+                continue;
+            }
+            if self.inner.store.is_shared() {
+                tracing::info!(role = role.name(), "this replica runs the export schedules");
+                self.refresh().await;
+            }
+            let term = self.inner.shutdown.child_token();
+            self.run_while_held(&role, &mut held, &term).await;
+            // The role is lost (or the process stops): every run stops here, unrecorded.
+            term.cancel();
+            if self.inner.shutdown.is_cancelled() {
+                return;
+            }
+            tracing::warn!(
+                role = role.name(),
+                "this replica no longer runs the export schedules"
+            );
+        }
+    }
+
+    async fn run_while_held(
+        &self,
+        role: &RoleLease,
+        held: &mut tokio::sync::watch::Receiver<bool>,
+        term: &CancellationToken,
+    ) {
+        loop {
+            if !role.is_held() {
+                return;
+            }
             let now = timestamp::now_micros();
-            let (due, wake_at) = self.due(now);
+            let (due, wake_at) = self.due(now, term);
             for (schedule_id, cancel) in due {
                 let inner = self.inner.clone();
                 self.inner.tasks.spawn(async move {
@@ -325,33 +432,128 @@ impl Scheduler {
             tokio::select! {
                 () = tokio::time::sleep(sleep) => {}
                 () = self.inner.wake.notified() => {}
-                () = self.inner.shutdown.cancelled() => return,
+                () = lost(held) => return,
+                () = term.cancelled() => return,
             }
         }
     }
 
-    /// The schedules due at `now` (marked running), and when the next one is.
-    fn due(&self, now: i64) -> (Vec<(String, CancellationToken)>, i64) {
+    /// Reloads every schedule from the shared store (this replica just took the role; removals
+    /// come through the watch, which delivers them in order with creations).
+    async fn refresh(&self) {
+        match self.inner.store.load_all().await {
+            Ok(all) => {
+                for stored in all {
+                    self.inner.apply(Change::Put(stored));
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot reload the export schedules; using the watched view");
+            }
+        }
+    }
+
+    /// The schedules due at `now` (marked running, each with a child of `term`), and when the
+    /// next one is.
+    fn due(&self, now: i64, term: &CancellationToken) -> (Vec<(String, CancellationToken)>, i64) {
         let mut wake_at = now.saturating_add(MAX_SLEEP.as_micros() as i64);
         let mut due = Vec::new();
-        let mut oldest = None;
         for (id, entry) in self.inner.schedules.lock().iter_mut() {
-            let watermark = entry.record.state.watermark_us;
-            oldest = Some(oldest.map_or(watermark, |oldest: i64| oldest.min(watermark)));
             if entry.running.is_some() {
                 continue;
             }
             match entry.record.due(now) {
                 NextRun::Wait(at) => wake_at = wake_at.min(at),
                 NextRun::Skip | NextRun::Run => {
-                    let cancel = self.inner.shutdown.child_token();
+                    let cancel = term.child_token();
                     entry.running = Some(cancel.clone());
                     due.push((id.clone(), cancel));
                 }
             }
         }
-        self.inner.settings.metrics.set_lag(oldest, now);
+        self.inner.set_lag(now);
         (due, wake_at)
+    }
+}
+
+impl Inner {
+    /// Takes a record read from the store into the view when it is newer than the one held;
+    /// a removal stops the schedule's run here.
+    fn apply(&self, change: Change) {
+        {
+            let mut schedules = self.schedules.lock();
+            match change {
+                Change::Put(stored) => {
+                    let id = stored.record.spec.schedule_id.clone();
+                    match schedules.get_mut(&id) {
+                        Some(entry) if entry.revision >= stored.revision => return,
+                        Some(entry) => {
+                            entry.record = stored.record;
+                            entry.revision = stored.revision;
+                        }
+                        None => {
+                            schedules.insert(
+                                id,
+                                Entry {
+                                    record: stored.record,
+                                    revision: stored.revision,
+                                    running: None,
+                                },
+                            );
+                        }
+                    }
+                }
+                Change::Removed {
+                    schedule_id,
+                    revision,
+                } => {
+                    let older = schedules
+                        .get(&schedule_id)
+                        .is_some_and(|entry| entry.revision < revision);
+                    if !older {
+                        return;
+                    }
+                    if let Some(cancel) = schedules
+                        .remove(&schedule_id)
+                        .and_then(|entry| entry.running)
+                    {
+                        tracing::info!(
+                            schedule_id,
+                            "export schedule deleted on another replica: stopping its run"
+                        );
+                        cancel.cancel();
+                    }
+                }
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    fn set_lag(&self, now: i64) {
+        let oldest = self
+            .schedules
+            .lock()
+            .values()
+            .map(|entry| entry.record.state.watermark_us)
+            .min();
+        self.settings.metrics.set_lag(oldest, now);
+    }
+}
+
+/// Fires when the role changes to "not held" (never when nobody can change it).
+async fn lost(held: &mut tokio::sync::watch::Receiver<bool>) {
+    loop {
+        changed(held).await;
+        if !*held.borrow_and_update() {
+            return;
+        }
+    }
+}
+
+/// Fires at the role's next change (never when nobody can change it).
+async fn changed(held: &mut tokio::sync::watch::Receiver<bool>) {
+    if held.changed().await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
@@ -383,8 +585,16 @@ async fn run_task(inner: &Arc<Inner>, schedule_id: &str, cancel: &CancellationTo
         }
         NextRun::Run => {
             let current = match record.state.current.clone() {
-                Some(current) => current,
-                None => match start_run(inner, schedule_id, &record).await {
+                // Started here or on another replica: resumed from its checkpoint, once this
+                // index holds its snapshot.
+                Some(current) => {
+                    let snapshot = current.checkpoint.snapshot_seq;
+                    if inner.engine.store().committed_seq() < snapshot {
+                        return wait_for_index(schedule_id, snapshot, cancel).await;
+                    }
+                    current
+                }
+                None => match start_run(inner, schedule_id, &record, cancel).await {
                     Ok(Some(current)) => current,
                     Ok(None) => return,
                     Err(failure) => return failed(inner, schedule_id, failure).await,
@@ -395,13 +605,35 @@ async fn run_task(inner: &Arc<Inner>, schedule_id: &str, cancel: &CancellationTo
     }
 }
 
-/// Fixes the run's snapshot, window and prefix, durably, before anything is written.
+/// This replica's index is behind a snapshot a run needs (it just took the role over): the
+/// run waits a little and is looked at again.
+async fn wait_for_index(schedule_id: &str, snapshot: u64, cancel: &CancellationToken) {
+    tracing::debug!(
+        schedule_id,
+        snapshot,
+        "the index is behind the run's snapshot; waiting"
+    );
+    tokio::select! {
+        () = tokio::time::sleep(INDEX_WAIT) => {}
+        () = cancel.cancelled() => {}
+    }
+}
+
+/// Fixes the run's snapshot, window and prefix, durably, before anything is written. The
+/// snapshot is never older than the previous run's (their difference is the run's late set).
 async fn start_run(
     inner: &Arc<Inner>,
     schedule_id: &str,
     record: &ScheduleRecord,
+    cancel: &CancellationToken,
 ) -> Result<Option<CurrentRun>, ExportFailure> {
     let checkpoint = inner.engine.start_checkpoint().await?;
+    if let Some(previous) = record.state.watermark_seq
+        && checkpoint.snapshot_seq < previous
+    {
+        wait_for_index(schedule_id, previous, cancel).await;
+        return Ok(None);
+    }
     let current = record.plan_run(checkpoint, timestamp::now_micros());
     let planned = current.clone();
     let saved = update(inner, schedule_id, move |record| {
@@ -423,6 +655,7 @@ async fn execute(
         export_id = current.export_id,
         from = current.spec.from,
         to = current.spec.to,
+        parts_done = current.checkpoint.files.len(),
         "scheduled export run"
     );
     let progress = RunProgress {
@@ -456,27 +689,34 @@ async fn execute(
                 });
             let files = outcome.files.len() as u64;
             let records = outcome.record_count;
-            tracing::info!(
-                schedule_id,
-                export_id = current.export_id,
-                records,
-                "scheduled export run completed"
-            );
-            let metrics = &inner.settings.metrics;
-            metrics.run_ended("completed");
-            metrics.records.inc_by(records);
-            update(inner, schedule_id, move |record| {
+            let recorded = update(inner, schedule_id, move |record| {
                 record.complete(late, files, records, timestamp::now_micros());
             })
             .await;
+            if recorded {
+                tracing::info!(
+                    schedule_id,
+                    export_id = current.export_id,
+                    records,
+                    "scheduled export run completed"
+                );
+                let metrics = &inner.settings.metrics;
+                metrics.run_ended("completed");
+                metrics.records.inc_by(records);
+            }
         }
         Err(failure) => failed(inner, schedule_id, failure).await,
     }
 }
 
-/// Records a failed attempt; the run is retried after a backoff.
+/// Records a failed attempt; the run is retried after a backoff. A run stopped because the
+/// role moved is not a failure: the new holder resumes it.
 async fn failed(inner: &Arc<Inner>, schedule_id: &str, failure: ExportFailure) {
     let settings = &inner.settings;
+    if !settings.role.is_held() || failure.code == ROLE_LOST {
+        tracing::warn!(schedule_id, %failure, "scheduled export run stopped: the scheduler role moved");
+        return;
+    }
     settings.metrics.run_ended("failed");
     let attempts = record_of(inner, schedule_id)
         .and_then(|record| record.state.failure.map(|failure| failure.attempts))
@@ -490,6 +730,9 @@ async fn failed(inner: &Arc<Inner>, schedule_id: &str, failure: ExportFailure) {
     .await;
 }
 
+/// The failure code of a run stopped because this replica no longer holds the role.
+const ROLE_LOST: &str = "lease_lost";
+
 fn record_of(inner: &Inner, schedule_id: &str) -> Option<ScheduleRecord> {
     inner
         .schedules
@@ -498,39 +741,54 @@ fn record_of(inner: &Inner, schedule_id: &str) -> Option<ScheduleRecord> {
         .map(|entry| entry.record.clone())
 }
 
-/// Applies `change` to the schedule and writes it durably; `false` when the schedule is gone
-/// or the file could not be written (logged; the change is then not kept in memory either).
+/// Applies `change` to the schedule and writes it at its revision; `false` when the schedule
+/// is gone, the role is no longer held, or the write failed (logged; the change is then not
+/// kept in memory either). A write refused because the record changed elsewhere reloads it.
 async fn update(
     inner: &Arc<Inner>,
     schedule_id: &str,
     change: impl FnOnce(&mut ScheduleRecord),
 ) -> bool {
     let _io = inner.io.lock().await;
-    let Some(mut record) = record_of(inner, schedule_id) else {
+    if !inner.settings.role.is_held() {
+        return false;
+    }
+    let stored = inner
+        .schedules
+        .lock()
+        .get(schedule_id)
+        .map(|entry| (entry.record.clone(), entry.revision));
+    let Some((mut record, revision)) = stored else {
         return false;
     };
     change(&mut record);
-    if let Err(error) = save(&inner.files, &record).await {
-        tracing::error!(schedule_id, %error, "a schedule could not be recorded");
-        return false;
+    match inner.store.update(&record, revision).await {
+        Ok(revision) => {
+            inner.apply(Change::Put(Stored { record, revision }));
+            true
+        }
+        Err(StoreError::Conflict { .. }) => {
+            tracing::warn!(
+                schedule_id,
+                "the export schedule changed elsewhere; reloaded, nothing recorded"
+            );
+            match inner.store.read(schedule_id).await {
+                Ok(Some(stored)) => inner.apply(Change::Put(stored)),
+                Ok(None) => inner.apply(Change::Removed {
+                    schedule_id: schedule_id.to_string(),
+                    revision: u64::MAX,
+                }),
+                Err(error) => {
+                    tracing::warn!(schedule_id, %error, "cannot reload the export schedule")
+                }
+            }
+            false
+        }
+        Err(error) => {
+            tracing::error!(schedule_id, %error, "a schedule could not be recorded");
+            false
+        }
     }
-    if let Some(entry) = inner.schedules.lock().get_mut(schedule_id) {
-        entry.record = record;
-    }
-    true
-}
-
-async fn save(files: &ScheduleFiles, record: &ScheduleRecord) -> Result<(), FilesError> {
-    let files = files.clone();
-    let record = record.clone();
-    tokio::task::spawn_blocking(move || files.save(&record))
-        .await
-        .unwrap_or_else(|error| {
-            Err(FilesError::Io {
-                path: std::path::PathBuf::new(),
-                source: std::io::Error::other(error.to_string()),
-            })
-        })
 }
 
 async fn abort(engine: &ExportEngine, current: &CurrentRun) {
@@ -539,7 +797,8 @@ async fn abort(engine: &ExportEngine, current: &CurrentRun) {
     }
 }
 
-/// Persists each part's checkpoint in the schedule's current run.
+/// Persists each part's checkpoint in the schedule's current run, and confirms the role
+/// before the manifest.
 struct RunProgress {
     inner: Arc<Inner>,
     schedule_id: String,
@@ -557,6 +816,8 @@ impl ProgressReporter for RunProgress {
         .await;
         if saved {
             Ok(())
+        } else if !self.inner.settings.role.is_held() {
+            Err(role_lost())
         } else {
             Err(ExportFailure::new(
                 "schedule_unavailable",
@@ -564,4 +825,19 @@ impl ProgressReporter for RunProgress {
             ))
         }
     }
+
+    async fn before_manifest(&self) -> Result<(), ExportFailure> {
+        if self.inner.settings.role.confirm().await {
+            Ok(())
+        } else {
+            Err(role_lost())
+        }
+    }
+}
+
+fn role_lost() -> ExportFailure {
+    ExportFailure::new(
+        ROLE_LOST,
+        "this replica no longer runs the export schedules; another one continues the run",
+    )
 }
