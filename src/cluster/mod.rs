@@ -22,11 +22,11 @@
 pub mod exports;
 pub mod kv;
 pub mod lease;
-pub mod manifest_links;
 pub mod lease_metrics;
+pub mod manifest_links;
 pub mod message;
-pub mod snapshotter;
 pub mod schedules;
+pub mod snapshotter;
 pub mod sweeps;
 
 use std::collections::VecDeque;

@@ -190,6 +190,11 @@ fn cluster_mode_renders_and_validates_for_several_replica_counts() {
             ("leases_bucket", service::DEFAULT_LEASES_BUCKET),
             ("exports_bucket", service::DEFAULT_EXPORTS_BUCKET),
             ("sweeps_bucket", service::DEFAULT_SWEEPS_BUCKET),
+            (
+                "manifest_links_bucket",
+                service::DEFAULT_MANIFEST_LINKS_BUCKET,
+            ),
+            ("schedules_bucket", service::DEFAULT_SCHEDULES_BUCKET),
         ] {
             assert_eq!(cluster[key].as_str(), Some(default), "{key}");
         }
@@ -372,7 +377,7 @@ fn the_lease_settings_reach_the_cluster_section_and_bad_ones_are_refused() {
     let mut values = cluster_values(3);
     values.push("cluster.leaseTtlSeconds=40".into());
     values.push(
-        r#"cluster.buckets={"leases": "AUDIT_B_LEASES", "exports": "AUDIT_B_EXPORTS", "sweeps": "AUDIT_B_SWEEPS"}"#
+        r#"cluster.buckets={"leases": "AUDIT_B_LEASES", "exports": "AUDIT_B_EXPORTS", "sweeps": "AUDIT_B_SWEEPS", "manifestLinks": "AUDIT_B_LINKS", "schedules": "AUDIT_B_SCHEDULES"}"#
             .into(),
     );
     let rendered = render_set(RELEASE, &values);
@@ -388,6 +393,8 @@ fn the_lease_settings_reach_the_cluster_section_and_bad_ones_are_refused() {
     assert_eq!(settings.leases_bucket, "AUDIT_B_LEASES");
     assert_eq!(settings.exports_bucket, "AUDIT_B_EXPORTS");
     assert_eq!(settings.sweeps_bucket, "AUDIT_B_SWEEPS");
+    assert_eq!(settings.manifest_links_bucket, "AUDIT_B_LINKS");
+    assert_eq!(settings.schedules_bucket, "AUDIT_B_SCHEDULES");
 
     for (value, expected) in [
         ("cluster.leaseTtlSeconds=0", "leaseTtlSeconds"),
@@ -396,7 +403,11 @@ fn the_lease_settings_reach_the_cluster_section_and_bad_ones_are_refused() {
         (r#"cluster.buckets.sweeps="""#, "sweeps"),
         (
             r#"cluster.buckets.exports="SCAIVAULT_AUDIT_LEASES""#,
-            "cluster.buckets.leases, cluster.buckets.exports and cluster.buckets.sweeps must be three different",
+            "cluster.buckets.leases, exports, sweeps, manifestLinks and schedules must be different",
+        ),
+        (
+            r#"cluster.buckets.schedules="SCAIVAULT_AUDIT_MANIFEST_LINKS""#,
+            "must be different JetStream key-value buckets",
         ),
     ] {
         let mut values = cluster_values(3);

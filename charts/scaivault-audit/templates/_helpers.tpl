@@ -308,6 +308,8 @@ lease_ttl_seconds = {{ int64 $c.leaseTtlSeconds }}
 leases_bucket = {{ toJson $c.buckets.leases }}
 exports_bucket = {{ toJson $c.buckets.exports }}
 sweeps_bucket = {{ toJson $c.buckets.sweeps }}
+manifest_links_bucket = {{ toJson $c.buckets.manifestLinks }}
+schedules_bucket = {{ toJson $c.buckets.schedules }}
 cursor_key_file = {{ printf "%s/cursor.key" (include "scaivault-audit.cursorKeyDir" .) | toJson }}
 {{- end }}
 
@@ -332,8 +334,9 @@ cursor_key_file = {{ printf "%s/cursor.key" (include "scaivault-audit.cursorKeyD
 {{- if not .Values.integrity.keysSecret }}
 {{- fail "cluster.enabled needs integrity.keysSecret: every replica must sign checkpoints and manifests with the same key ring (scaivault-audit integrity keygen, then a Secret; docs/deployment.md)" }}
 {{- end }}
-{{- if or (eq $c.buckets.leases $c.buckets.exports) (eq $c.buckets.leases $c.buckets.sweeps) (eq $c.buckets.exports $c.buckets.sweeps) }}
-{{- fail "cluster.buckets.leases, cluster.buckets.exports and cluster.buckets.sweeps must be three different JetStream key-value buckets" }}
+{{- $buckets := list $c.buckets.leases $c.buckets.exports $c.buckets.sweeps $c.buckets.manifestLinks $c.buckets.schedules }}
+{{- if ne (len $buckets) (len (uniq $buckets)) }}
+{{- fail "cluster.buckets.leases, exports, sweeps, manifestLinks and schedules must be different JetStream key-value buckets" }}
 {{- end }}
 {{- if not $c.cursorKeySecret }}
 {{- fail "cluster.enabled needs cluster.cursorKeySecret: every replica must seal query cursors with the same key, or a cursor from one pod fails on another (openssl rand -hex 32, then a Secret; docs/cluster.md)" }}
