@@ -24,6 +24,9 @@ pub struct Stored {
 }
 
 /// A change another process made to the store.
+// One short-lived message per change, moved once through a channel: boxing the record buys
+// nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     Put(Stored),
