@@ -356,10 +356,12 @@ impl ClusterExports {
     }
 
     /// Keeps the view of the bucket current, stops jobs cancelled elsewhere, and starts jobs
-    /// as they appear.
+    /// as they appear. The watch starts with every job's current record (a replica that starts
+    /// after a job was created lists it, and takes it over when its runner dies), then follows
+    /// the changes.
     async fn follow(self, shutdown: CancellationToken) {
         loop {
-            let watch = match self.inner.records.kv.watch_all().await {
+            let watch = match self.inner.records.kv.watch_with_history(">").await {
                 Ok(watch) => watch,
                 Err(error) => {
                     tracing::warn!(error = %super::describe(&error), "cannot watch the export jobs bucket; retrying");

@@ -388,13 +388,34 @@ async fn an_export_whose_runner_dies_completes_exactly_once_on_another_replica()
         s3_open_uploads(&endpoint, &bucket, &prefix).await
     );
     visible_only_to_its_tenant(&[survivor], &export_id).await;
+
+    // 3. The killed replica comes back: it lists the jobs created before it started.
+    let dead_id = dead.id;
     drop(dead);
+    let back = start_replica(&nats, dead_id, &vault, &dir).await;
+    let started = Instant::now();
+    loop {
+        let listed = listed_as(&back, TENANT).await;
+        if [&earlier, &export_id, &cancelled]
+            .iter()
+            .all(|id| listed.contains(id))
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{dead_id} restarted does not list the jobs created before it started: {listed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The manifest keys recorded in the cluster's manifest links bucket.
 async fn shared_manifest_links(nats: &NatsCluster) -> Vec<String> {
     use futures::TryStreamExt;
-    let client = async_nats::connect(nats.urls()).await.unwrap();
+    let urls = nats.urls();
+    let first = urls.split(',').next().unwrap().to_string();
+    let client = async_nats::connect(first).await.unwrap();
     let kv = async_nats::jetstream::new(client)
         .get_key_value("SCAIVAULT_AUDIT_MANIFEST_LINKS")
         .await
