@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use crate::harness::export::*;
 use crate::harness::nats::NatsCluster;
+use crate::harness::replicas::{Replica, start_replica, start_vault};
 use crate::harness::*;
 
 const VAULT_TOKEN: &str = "svt_vault_token_for_cluster_exports";
@@ -17,52 +18,6 @@ const PART_RECORDS: u64 = 10_000;
 /// Short leases: a dead runner's job moves after about this long.
 const LEASE_TTL_SECONDS: u64 = 3;
 const OTHER_TENANT: &str = "tnt_other";
-
-struct Replica {
-    id: &'static str,
-    server: Server,
-}
-
-/// Serve arguments of replica `id`.
-fn replica_args(nats: &NatsCluster, id: &str, vault: &FakeScaiVault, dir: &TestDir) -> Vec<String> {
-    let mut args: Vec<String> = vec![
-        "--nats-url".into(),
-        nats.urls(),
-        "--replica-id".into(),
-        id.into(),
-        "--cursor-key-file".into(),
-        nats.cursor_key_file().display().to_string(),
-        "--nats-max-bytes".into(),
-        (256u64 << 20).to_string(),
-        "--cluster-lease-ttl-seconds".into(),
-        LEASE_TTL_SECONDS.to_string(),
-        "--scaivault-url".into(),
-        vault.url.clone(),
-        "--scaivault-token-file".into(),
-        dir.root().join("scaivault-token").display().to_string(),
-        // The emulator is on loopback.
-        "--export-allow-private-endpoints".into(),
-    ];
-    args.extend(FAST_COMMITS.iter().map(|arg| arg.to_string()));
-    args.extend(AUDIT_OF_AUDIT_OFF.iter().map(|arg| arg.to_string()));
-    args
-}
-
-async fn start_replica(
-    nats: &NatsCluster,
-    id: &'static str,
-    vault: &FakeScaiVault,
-    dir: &TestDir,
-) -> Replica {
-    let data_dir = dir.root().join(format!("data-{id}"));
-    std::fs::create_dir_all(&data_dir).unwrap();
-    let args = replica_args(nats, id, vault, dir);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Replica {
-        id,
-        server: Server::start(&data_dir, &args).await,
-    }
-}
 
 fn export_request(bucket: &str, prefix: &str, credentials_path: &str) -> Value {
     json!({
@@ -173,14 +128,9 @@ async fn an_export_whose_runner_dies_completes_exactly_once_on_another_replica()
     let endpoint = emulator_env("SCAIVAULT_TEST_S3_ENDPOINT");
     let bucket = emulator_env("SCAIVAULT_TEST_BUCKET");
     let nats = NatsCluster::start(dir.root()).await;
-    let vault = FakeScaiVault::start(VAULT_TOKEN).await;
-    std::fs::write(
-        dir.root().join("scaivault-token"),
-        format!("{VAULT_TOKEN}\n"),
-    )
-    .unwrap();
-    let a = start_replica(&nats, "replica-a", &vault, &dir).await;
-    let b = start_replica(&nats, "replica-b", &vault, &dir).await;
+    let vault = start_vault(&dir, VAULT_TOKEN).await;
+    let a = start_replica(&nats, "replica-a", &vault, &dir, LEASE_TTL_SECONDS, &[]).await;
+    let b = start_replica(&nats, "replica-b", &vault, &dir, LEASE_TTL_SECONDS, &[]).await;
     let client = client();
 
     // 40 000 events through replica a, visible on both.
@@ -392,7 +342,7 @@ async fn an_export_whose_runner_dies_completes_exactly_once_on_another_replica()
     // 3. The killed replica comes back: it lists the jobs created before it started.
     let dead_id = dead.id;
     drop(dead);
-    let back = start_replica(&nats, dead_id, &vault, &dir).await;
+    let back = start_replica(&nats, dead_id, &vault, &dir, LEASE_TTL_SECONDS, &[]).await;
     let started = Instant::now();
     loop {
         let listed = listed_as(&back, TENANT).await;

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use crate::harness::export::*;
 use crate::harness::nats::NatsCluster;
+use crate::harness::replicas::{self, Replica};
 use crate::harness::*;
 
 const VAULT_TOKEN: &str = "svt_vault_token_for_cluster_schedules";
@@ -26,47 +27,15 @@ const PART_RECORDS: u64 = 2_000;
 const START: &str = "2026-01-01T00:00:00.000000Z";
 const DEADLINE: Duration = Duration::from_secs(120);
 
-struct Replica {
-    id: &'static str,
-    server: Server,
-}
-
+/// Replica `id`, whose schedules may run every second (the default minimum interval is 60 s).
 async fn start_replica(
     nats: &NatsCluster,
     id: &'static str,
     vault: &FakeScaiVault,
     dir: &TestDir,
 ) -> Replica {
-    let data_dir = dir.root().join(format!("data-{id}"));
-    std::fs::create_dir_all(&data_dir).unwrap();
-    let mut args: Vec<String> = vec![
-        "--nats-url".into(),
-        nats.urls(),
-        "--replica-id".into(),
-        id.into(),
-        "--cursor-key-file".into(),
-        nats.cursor_key_file().display().to_string(),
-        "--nats-max-bytes".into(),
-        (256u64 << 20).to_string(),
-        "--cluster-lease-ttl-seconds".into(),
-        LEASE_TTL_SECONDS.to_string(),
-        "--scaivault-url".into(),
-        vault.url.clone(),
-        "--scaivault-token-file".into(),
-        dir.root().join("scaivault-token").display().to_string(),
-        // The emulator is on loopback.
-        "--export-allow-private-endpoints".into(),
-        // Runs every 2 s (the default minimum interval is 60 s).
-        "--export-schedule-min-interval-seconds".into(),
-        "1".into(),
-    ];
-    args.extend(FAST_COMMITS.iter().map(|arg| arg.to_string()));
-    args.extend(AUDIT_OF_AUDIT_OFF.iter().map(|arg| arg.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Replica {
-        id,
-        server: Server::start(&data_dir, &args).await,
-    }
+    let extra = ["--export-schedule-min-interval-seconds", "1"];
+    replicas::start_replica(nats, id, vault, dir, LEASE_TTL_SECONDS, &extra).await
 }
 
 async fn call(
@@ -160,12 +129,7 @@ async fn a_schedule_survives_its_runners_death_with_every_window_delivered_once(
     let endpoint = emulator_env("SCAIVAULT_TEST_S3_ENDPOINT");
     let bucket = emulator_env("SCAIVAULT_TEST_BUCKET");
     let nats = NatsCluster::start(dir.root()).await;
-    let vault = FakeScaiVault::start(VAULT_TOKEN).await;
-    std::fs::write(
-        dir.root().join("scaivault-token"),
-        format!("{VAULT_TOKEN}\n"),
-    )
-    .unwrap();
+    let vault = replicas::start_vault(&dir, VAULT_TOKEN).await;
     let a = start_replica(&nats, "replica-a", &vault, &dir).await;
     let b = start_replica(&nats, "replica-b", &vault, &dir).await;
     let client = client();

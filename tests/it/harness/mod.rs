@@ -7,6 +7,7 @@ pub mod events;
 pub mod export;
 pub mod http;
 pub mod nats;
+pub mod replicas;
 pub mod server;
 pub mod tokens;
 
