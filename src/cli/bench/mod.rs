@@ -125,6 +125,14 @@ async fn ingest(args: IngestBenchArgs) -> anyhow::Result<()> {
         "server peak RSS during ingest: {:.0} MiB",
         http.peak_rss_kib as f64 / 1024.0
     );
+    if let Some(cpu) = http.server_cpu {
+        println!(
+            "server CPU during ingest: {:.2} s user + {:.2} s system = {:.2} µs/event",
+            cpu.user_seconds,
+            cpu.system_seconds,
+            cpu.total_seconds() * 1e6 / args.events as f64
+        );
+    }
     report_disk(
         "disk after graceful stop (final commit)",
         &http_dir,
@@ -184,6 +192,8 @@ struct HttpFigures {
     p50_ms: f64,
     p99_ms: f64,
     peak_rss_kib: u64,
+    /// The server's CPU time from its start until the last batch was acknowledged.
+    server_cpu: Option<CpuTime>,
 }
 
 async fn http_ingest(
@@ -196,6 +206,7 @@ async fn http_ingest(
     let mut latencies = post_all(&server, bodies, clients).await?;
     let elapsed = started.elapsed();
     let peak_rss_kib = server.peak_rss_kib();
+    let server_cpu = CpuTime::of(server.pid);
     server.stop().await?;
     latencies.sort_by(f64::total_cmp);
     Ok(HttpFigures {
@@ -203,6 +214,7 @@ async fn http_ingest(
         p50_ms: percentile(&latencies, 0.5),
         p99_ms: percentile(&latencies, 0.99),
         peak_rss_kib,
+        server_cpu,
     })
 }
 
@@ -311,6 +323,33 @@ impl BenchServer {
     /// The server's peak resident set so far (VmHWM), 0 where /proc cannot tell.
     fn peak_rss_kib(&self) -> u64 {
         peak_rss_kib(self.pid).unwrap_or(0)
+    }
+
+    /// Waits until the server has used less than 2 % of a core over each of two consecutive
+    /// half-second intervals (merges after a load finished), or `limit` passed; whether it did.
+    async fn wait_idle(&self, limit: Duration) -> bool {
+        const INTERVAL: Duration = Duration::from_millis(500);
+        let deadline = Instant::now() + limit;
+        let mut quiet_intervals = 0;
+        let mut last = CpuTime::of(self.pid);
+        while Instant::now() < deadline {
+            tokio::time::sleep(INTERVAL).await;
+            let now = CpuTime::of(self.pid);
+            let (Some(before), Some(after)) = (last, now) else {
+                return false;
+            };
+            let busy = after.total_seconds() - before.total_seconds();
+            quiet_intervals = if busy < 0.02 * INTERVAL.as_secs_f64() {
+                quiet_intervals + 1
+            } else {
+                0
+            };
+            if quiet_intervals == 2 {
+                return true;
+            }
+            last = now;
+        }
+        false
     }
 
     /// Resets the server's peak resident size (VmHWM) to its current size (`clear_refs` 5,
@@ -439,6 +478,42 @@ fn dir_bytes(dir: &Path) -> std::io::Result<u64> {
     }
     Ok(total)
 }
+
+/// CPU time a process has used so far (`/proc/PID/stat`). Less noisy than throughput on a
+/// shared machine when two builds are compared.
+#[derive(Debug, Clone, Copy)]
+struct CpuTime {
+    user_seconds: f64,
+    system_seconds: f64,
+}
+
+impl CpuTime {
+    fn of(pid: u32) -> Option<CpuTime> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        parse_cpu_time(&stat, USER_HZ)
+    }
+
+    fn total_seconds(self) -> f64 {
+        self.user_seconds + self.system_seconds
+    }
+}
+
+/// `utime` and `stime` (fields 14 and 15) of a `/proc/PID/stat` line. The command name (field
+/// 2) is in parentheses and may hold spaces, so fields are counted after its closing one.
+fn parse_cpu_time(stat: &str, ticks_per_second: f64) -> Option<CpuTime> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_name.split_whitespace().skip(11);
+    let user: f64 = fields.next()?.parse().ok()?;
+    let system: f64 = fields.next()?.parse().ok()?;
+    Some(CpuTime {
+        user_seconds: user / ticks_per_second,
+        system_seconds: system / ticks_per_second,
+    })
+}
+
+/// The unit of `/proc/PID/stat`'s times: Linux's `USER_HZ` (`sysconf(_SC_CLK_TCK)`), 100 on
+/// every architecture the service is built for.
+const USER_HZ: f64 = 100.0;
 
 fn peak_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -573,4 +648,19 @@ fn machine_description() -> String {
         })
         .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
     format!("{cores} cores ({model}), {memory_gib:.0} GiB RAM")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_time_is_read_after_a_command_name_with_spaces_and_parentheses() {
+        let stat =
+            "4242 (scaivault (x) y) S 1 4242 4242 0 -1 4194560 900 0 0 0 250 75 0 0 20 0 9 0";
+        let cpu = parse_cpu_time(stat, 100.0).expect("parsed");
+        assert_eq!(cpu.user_seconds, 2.5);
+        assert_eq!(cpu.system_seconds, 0.75);
+        assert!(parse_cpu_time("4242 (truncated", 100.0).is_none());
+    }
 }

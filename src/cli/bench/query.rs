@@ -116,6 +116,13 @@ pub async fn run(args: QueryBenchArgs) -> anyhow::Result<()> {
         "loaded over HTTP and searchable in {:.2} s",
         started.elapsed().as_secs_f64()
     );
+    let settled = Instant::now();
+    let idle = server.wait_idle(Duration::from_secs(300)).await;
+    println!(
+        "server {} after {:.1} s more (background merges)",
+        if idle { "idle" } else { "still busy" },
+        settled.elapsed().as_secs_f64()
+    );
     let mut queries = mix(&params);
     let cursor = walk_to_page(&server, &params, &queries[3].path_and_query).await?;
     match cursor {
@@ -312,12 +319,12 @@ fn encode_path(path: &str) -> String {
     path.split('/').map(encode).collect::<Vec<_>>().join("/")
 }
 
-/// GETs `path_and_query` as the tenant; the parsed body, failing on any status but 200.
-async fn get_json(
+/// GETs `path_and_query` as the tenant; the body, failing on any status but 200.
+async fn get_body(
     server: &BenchServer,
     params: &Params,
     path_and_query: &str,
-) -> anyhow::Result<serde_json::Value> {
+) -> anyhow::Result<bytes::Bytes> {
     let response = server
         .client
         .get(format!("{}{path_and_query}", server.address))
@@ -333,24 +340,75 @@ async fn get_json(
             String::from_utf8_lossy(&body)
         );
     }
+    Ok(body)
+}
+
+/// GETs `path_and_query` as the tenant; the parsed body, failing on any status but 200.
+async fn get_json(
+    server: &BenchServer,
+    params: &Params,
+    path_and_query: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let body = get_body(server, params, path_and_query).await?;
     serde_json::from_slice(&body).with_context(|| format!("GET {path_and_query}: body is not JSON"))
 }
 
-/// Rows a response returned: `logs` entries, or a summary's `total_events`.
-fn rows(body: &serde_json::Value) -> u64 {
-    match body.get("logs").and_then(serde_json::Value::as_array) {
-        Some(logs) => logs.len() as u64,
-        None => body
-            .get("total_events")
-            .and_then(serde_json::Value::as_u64)
-            .unwrap_or(0),
+/// One event of a page (SPEC §2), decoded as a client decodes its rows: every member into a
+/// typed field, `extra_data` into a JSON tree (as the PostgreSQL harness's psycopg decodes
+/// every column of every row, `jsonb` included).
+#[derive(Debug, Deserialize)]
+#[allow(dead_code)] // Decoded to be paid for, not read.
+struct Row {
+    id: String,
+    timestamp: String,
+    action: String,
+    secret_path: Option<String>,
+    identity_type: String,
+    identity_id: String,
+    source_ip: Option<String>,
+    user_agent: Option<String>,
+    success: bool,
+    duration_ms: Option<u64>,
+    request_id: Option<String>,
+    extra_data: serde_json::Value,
+}
+
+/// The summary of `/v1/audit/summary` or of a trail (SPEC §3.4), decoded the same way.
+#[derive(Debug, Deserialize)]
+#[allow(dead_code)]
+struct Summary {
+    total_events: u64,
+    successful_events: u64,
+    failed_events: u64,
+    actions_breakdown: HashMap<String, u64>,
+    top_identities: Vec<serde_json::Value>,
+    top_resources: Vec<serde_json::Value>,
+}
+
+/// A page of the mix: `logs`, with a trail's own `summary` (decoded as a JSON tree).
+#[derive(Debug, Deserialize)]
+#[allow(dead_code)]
+struct Page {
+    logs: Vec<Row>,
+    cursor: Option<String>,
+    has_more: bool,
+    summary: Option<serde_json::Value>,
+}
+
+/// Rows an answer returned: a page's `logs` entries, or a summary's `total_events`.
+fn decoded_rows(path_and_query: &str, body: &[u8]) -> serde_json::Result<u64> {
+    if path_and_query.starts_with("/v1/audit/summary") {
+        Ok(serde_json::from_slice::<Summary>(body)?.total_events)
+    } else {
+        Ok(serde_json::from_slice::<Page>(body)?.logs.len() as u64)
     }
 }
 
 /// Runs `query` once and checks that it matched something where the workload guarantees it.
 async fn get_rows(server: &BenchServer, params: &Params, query: &Query) -> anyhow::Result<u64> {
-    let body = get_json(server, params, &query.path_and_query).await?;
-    let rows = rows(&body);
+    let body = get_body(server, params, &query.path_and_query).await?;
+    let rows = decoded_rows(&query.path_and_query, &body)
+        .with_context(|| format!("GET {}: not a page or a summary", query.path_and_query))?;
     if query.must_match && rows == 0 {
         bail!(
             "query {} ({}) returned no rows: GET {}",
