@@ -8,7 +8,7 @@ use warp::reply::Response;
 use super::{ApiError, json_response, tenant_header};
 use crate::auth::Principal;
 use crate::event::FieldErrors;
-use crate::query::summary::{self, Aggregate, Window};
+use crate::query::summary::{self, Aggregate, Breakdowns, Window};
 use crate::query::{self, LogFilters};
 use crate::state::AppState;
 
@@ -31,7 +31,7 @@ async fn summary(
     let pairs = query::query_pairs(&raw_query);
     let (filters, top) = parse_summary_params(&pairs).map_err(ApiError::validation)?;
     super::require_ready(&state)?;
-    let aggregate = aggregate(state, tenant, filters).await?;
+    let aggregate = aggregate(state, tenant, filters, Breakdowns::ALL).await?;
     let body = json!({
         "total_events": aggregate.total,
         "successful_events": aggregate.successful,
@@ -87,6 +87,7 @@ pub async fn aggregate(
     state: AppState,
     tenant: String,
     filters: LogFilters,
+    breakdowns: Breakdowns,
 ) -> Result<Aggregate, ApiError> {
     let slot = state.work.summaries.enter().await?;
     tokio::task::spawn_blocking(move || {
@@ -94,7 +95,7 @@ pub async fn aggregate(
         // memory is in use until then.
         let _slot = slot;
         let searcher = state.store.searcher();
-        let aggregate = run_aggregate(&state, &searcher, &tenant, filters);
+        let aggregate = run_aggregate(&state, &searcher, &tenant, filters, breakdowns);
         if !state.work.summary_hold.is_zero() {
             std::thread::sleep(state.work.summary_hold);
         }
@@ -105,12 +106,14 @@ pub async fn aggregate(
 }
 
 /// The summary's own filter is only the time window: it comes from the partials. Anything
-/// else (a trail's path or identity) is walked directly, the window checked per document.
+/// else (a trail's path or identity) is walked directly, the window checked per document,
+/// counting per key only what `breakdowns` asks for.
 fn run_aggregate(
     state: &AppState,
     searcher: &tantivy::Searcher,
     tenant: &str,
     filters: LogFilters,
+    breakdowns: Breakdowns,
 ) -> Result<Aggregate, ApiError> {
     let window = Window {
         from_us: filters.from_us,
@@ -126,7 +129,14 @@ fn run_aggregate(
         summary::summarize_tenant(partials, searcher, tenant, window)
     } else {
         let query = query::build_query(searcher.index(), state.store.fields(), tenant, &rest)?;
-        summary::aggregate_matching(partials, searcher, tenant, query.as_ref(), window)
+        summary::aggregate_matching(
+            partials,
+            searcher,
+            tenant,
+            query.as_ref(),
+            window,
+            breakdowns,
+        )
     };
     aggregate.map_err(|error| ApiError::internal(&error))
 }

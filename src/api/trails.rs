@@ -16,7 +16,7 @@ use super::summary::{aggregate, top_identities, top_resources};
 use super::{ApiError, JsonObject, raw_query, tenant_header, with_state};
 use crate::auth::{Principal, Scope};
 use crate::event::check_secret_path;
-use crate::query::summary::Aggregate;
+use crate::query::summary::{Aggregate, Breakdowns};
 use crate::query::{self, LOG_PARAM_NAMES, LogFilters};
 use crate::state::AppState;
 use crate::timestamp;
@@ -128,7 +128,18 @@ async fn trail_response(
         from_us: Some(timestamp::now_micros() - WINDOW_DAYS * 86_400_000_000),
         ..pinned
     };
-    let aggregate = aggregate(state, tenant, window).await?;
+    // Each trail reports the other key's counts only (SPEC §3.2, §3.3).
+    let breakdowns = match &trail {
+        Trail::Secret(_) => Breakdowns {
+            identities: true,
+            paths: false,
+        },
+        Trail::Identity(_) => Breakdowns {
+            identities: false,
+            paths: true,
+        },
+    };
+    let aggregate = aggregate(state, tenant, window, breakdowns).await?;
     let complete_through = crate::export::schedule::complete_through(timestamp::now_micros());
     let (key, value, summary) = match &trail {
         Trail::Secret(path) => ("path", path, secret_summary(&aggregate)),

@@ -494,7 +494,7 @@ mod tests {
 
     use super::*;
     use crate::event::{Action, AuditEvent, IdentityType};
-    use crate::query::summary::{DAY_US, aggregate_matching, summarize_tenant};
+    use crate::query::summary::{Breakdowns, DAY_US, aggregate_matching, summarize_tenant};
     use crate::query::{LogFilters, build_query};
     use crate::store::Fields;
     use crate::store::schema::build_schema;
@@ -640,9 +640,15 @@ mod tests {
                 assert_eq!(summary, expected, "{tenant} {window:?}");
                 let filters = LogFilters::default();
                 let query = build_query(&self.index, &self.fields, tenant, &filters).unwrap();
-                let walked =
-                    aggregate_matching(&self.cache, &searcher, tenant, query.as_ref(), window)
-                        .unwrap();
+                let walked = aggregate_matching(
+                    &self.cache,
+                    &searcher,
+                    tenant,
+                    query.as_ref(),
+                    window,
+                    Breakdowns::ALL,
+                )
+                .unwrap();
                 assert_eq!(walked, expected, "walk {tenant} {window:?}");
                 self.check_trails(rng, &searcher, tenant, window);
             }
@@ -677,10 +683,37 @@ mod tests {
             ];
             for (filters, expected) in trails {
                 let query = build_query(&self.index, &self.fields, tenant, &filters).unwrap();
-                let walked =
-                    aggregate_matching(&self.cache, searcher, tenant, query.as_ref(), window)
-                        .unwrap();
-                assert_eq!(walked, expected, "trail {filters:?} {tenant} {window:?}");
+                let walk = |breakdowns| {
+                    aggregate_matching(
+                        &self.cache,
+                        searcher,
+                        tenant,
+                        query.as_ref(),
+                        window,
+                        breakdowns,
+                    )
+                    .unwrap()
+                };
+                assert_eq!(
+                    walk(Breakdowns::ALL),
+                    expected,
+                    "trail {filters:?} {tenant} {window:?}"
+                );
+                // A trail's own breakdown: the same aggregate without the other key's counts.
+                let paths_only = Breakdowns {
+                    identities: false,
+                    paths: true,
+                };
+                let identities_only = Breakdowns {
+                    identities: true,
+                    paths: false,
+                };
+                let mut without_identities = expected.clone();
+                without_identities.by_identity.clear();
+                assert_eq!(walk(paths_only), without_identities, "{filters:?}");
+                let mut without_paths = expected.clone();
+                without_paths.by_path.clear();
+                assert_eq!(walk(identities_only), without_paths, "{filters:?}");
             }
         }
     }

@@ -175,15 +175,33 @@ fn recount_cut_days(
     Ok(())
 }
 
+/// Which per-key counts an aggregate computes. A trail leaves out the key it is pinned to (an
+/// identity trail reports the paths, a secret trail the identities): one column read and one
+/// count less per document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Breakdowns {
+    pub identities: bool,
+    pub paths: bool,
+}
+
+impl Breakdowns {
+    pub const ALL: Breakdowns = Breakdowns {
+        identities: true,
+        paths: true,
+    };
+}
+
 /// Aggregates the events matching `query` (which must require the `tenant` term) inside
-/// `window`. The query drives; each segment is entered at the first doc id the tenant's
-/// partials allow for the window and left after the last, the timestamp checked per doc.
+/// `window`, counting per key only what `breakdowns` asks for (the others stay empty). The
+/// query drives; each segment is entered at the first doc id the tenant's partials allow for
+/// the window and left after the last, the timestamp checked per doc.
 pub fn aggregate_matching(
     cache: &PartialCache,
     searcher: &Searcher,
     tenant: &str,
     query: &dyn Query,
     window: Window,
+    breakdowns: Breakdowns,
 ) -> tantivy::Result<Aggregate> {
     let segments = cache.segments_of(searcher)?;
     let weight = query.weight(EnableScoring::disabled_from_searcher(searcher))?;
@@ -192,7 +210,7 @@ pub fn aggregate_matching(
         let Some((first, last)) = partials.doc_bounds(tenant, window) else {
             continue;
         };
-        let columns = SummaryColumns::open(segment)?;
+        let columns = SummaryColumns::open(segment)?.only(breakdowns);
         let alive = segment.alive_bitset();
         let mut scorer = weight.scorer(segment, 1.0)?;
         let mut doc = scorer.doc();
@@ -261,6 +279,17 @@ impl SummaryColumns {
             identities: fast_fields.str(fast::IDENTITY_ID)?,
             paths: fast_fields.str(fast::SECRET_PATH)?,
         })
+    }
+
+    /// Drops the key columns `breakdowns` does not count: their values read as absent.
+    pub fn only(mut self, breakdowns: Breakdowns) -> SummaryColumns {
+        if !breakdowns.identities {
+            self.identities = None;
+        }
+        if !breakdowns.paths {
+            self.paths = None;
+        }
+        self
     }
 
     pub fn read(&self, doc: DocId) -> DocValues {
