@@ -210,7 +210,7 @@ pub fn aggregate_matching(
         let Some((first, last)) = partials.doc_bounds(tenant, window) else {
             continue;
         };
-        let columns = SummaryColumns::open(segment)?.only(breakdowns);
+        let columns = SummaryColumns::open_for(segment, breakdowns)?;
         let alive = segment.alive_bitset();
         let mut scorer = weight.scorer(segment, 1.0)?;
         let mut doc = scorer.doc();
@@ -271,25 +271,30 @@ impl DocValues {
 
 impl SummaryColumns {
     pub fn open(segment: &SegmentReader) -> tantivy::Result<SummaryColumns> {
+        Self::open_for(segment, Breakdowns::ALL)
+    }
+
+    /// Opens the columns `breakdowns` counts: a key column it leaves out is not opened, and
+    /// its values read as absent.
+    pub fn open_for(
+        segment: &SegmentReader,
+        breakdowns: Breakdowns,
+    ) -> tantivy::Result<SummaryColumns> {
         let fast_fields = segment.fast_fields();
+        let key_column = |wanted: bool, name: &str| {
+            if wanted {
+                fast_fields.str(name)
+            } else {
+                Ok(None)
+            }
+        };
         Ok(SummaryColumns {
             timestamps: fast_fields.i64(fast::TIMESTAMP)?,
             actions: fast_fields.u64(fast::ACTION)?,
             successes: fast_fields.bool(fast::SUCCESS)?,
-            identities: fast_fields.str(fast::IDENTITY_ID)?,
-            paths: fast_fields.str(fast::SECRET_PATH)?,
+            identities: key_column(breakdowns.identities, fast::IDENTITY_ID)?,
+            paths: key_column(breakdowns.paths, fast::SECRET_PATH)?,
         })
-    }
-
-    /// Drops the key columns `breakdowns` does not count: their values read as absent.
-    pub fn only(mut self, breakdowns: Breakdowns) -> SummaryColumns {
-        if !breakdowns.identities {
-            self.identities = None;
-        }
-        if !breakdowns.paths {
-            self.paths = None;
-        }
-        self
     }
 
     pub fn read(&self, doc: DocId) -> DocValues {
