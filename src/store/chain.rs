@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use tantivy::schema::{IndexRecordOption, Value};
+use tantivy::schema::{Field, IndexRecordOption, Value};
 use tantivy::{DocId, Searcher, SegmentReader, TantivyDocument};
 
 use super::schema::{Fields, fast};
@@ -42,9 +42,19 @@ pub fn documents_in_sequence_order(searcher: &Searcher) -> tantivy::Result<Vec<S
 
 /// The chain link a stored document carries, if it has one.
 pub fn stored_link(fields: &Fields, document: &TantivyDocument) -> Option<ChainLink> {
-    let seq = document.get_first(fields.chain_seq)?.as_u64()?;
+    link_in(document, fields.chain_seq, fields.chain_hash)
+}
+
+/// The chain link `document` stores in the fields `chain_seq` and `chain_hash` (those of its
+/// own schema, which may be an older one), if it has one.
+pub fn link_in(
+    document: &TantivyDocument,
+    chain_seq: Field,
+    chain_hash: Field,
+) -> Option<ChainLink> {
+    let seq = document.get_first(chain_seq)?.as_u64()?;
     let hash: [u8; HASH_BYTES] = document
-        .get_first(fields.chain_hash)?
+        .get_first(chain_hash)?
         .as_bytes()?
         .try_into()
         .ok()?;

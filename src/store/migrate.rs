@@ -14,7 +14,8 @@
 //!
 //! [`recover`] runs first at every open and finishes or discards whatever a crash left. The
 //! rebuilt index keeps the old commit payload's WAL position (`next_seq`), so the WAL replay
-//! that follows starts exactly where the old index stopped.
+//! that follows starts exactly where the old index stopped. It keeps the hash-chain links the
+//! old index stores, and chains the events of an index written before the chain.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -104,7 +105,14 @@ pub fn rebuild(
         to_version = SCHEMA_VERSION,
         "rebuilding the index for the current storage format"
     );
-    let source_field = old.schema().get_field("source")?;
+    let old_schema = old.schema();
+    let source_field = old_schema.get_field("source")?;
+    // Links an older index stores are kept, not recomputed: a chain that retention cut starts
+    // from the hash of a deleted event, which only the stored links (and the anchors) know.
+    let stored_link_fields = old_schema
+        .get_field("chain_seq")
+        .ok()
+        .zip(old_schema.get_field("chain_hash").ok());
     let segments = searcher.segment_readers();
     let mut readers = Vec::with_capacity(segments.len());
     for segment in segments {
@@ -113,8 +121,8 @@ pub fn rebuild(
             .map_err(tantivy::TantivyError::from)?;
         readers.push((SourceColumns::open(segment)?, store));
     }
-    // Ingest order, so that the hash chains computed on the way are the ones the index stage
-    // would have computed.
+    // Ingest order, so that the hash chains computed on the way (for an index written before
+    // the chain, which stores no links) are the ones the index stage would have computed.
     let mut chains = ChainHeads::default();
     let mut copied = 0u64;
     let mut logged = Instant::now();
@@ -128,7 +136,9 @@ pub fn rebuild(
         let source = columns.restore(at.doc, stored)?;
         let event: AuditEvent =
             serde_json::from_slice(&source).map_err(|e| corrupt(at.doc, &e.to_string()))?;
-        let link = chains.append(&event);
+        let stored_link = stored_link_fields
+            .and_then(|(chain_seq, chain_hash)| chain::link_in(&document, chain_seq, chain_hash));
+        let link = stored_link.unwrap_or_else(|| chains.append(&event));
         writer.add_document(fields.document(&event, at.seq, &source, link))?;
         copied += 1;
         if logged.elapsed() >= PROGRESS_EVERY {
@@ -208,8 +218,11 @@ mod tests {
     use tantivy::tokenizer::RAW_TOKENIZER_NAME;
     use tantivy::{DocAddress, Term};
 
+    use std::collections::HashMap;
+
     use super::*;
     use crate::event::{Action, IdentityType};
+    use crate::integrity::chain::ChainLink;
     use crate::store::lookup::RequestIdQuery;
     use crate::store::schema::{id_key, to_ipv6};
     use crate::store::{PreparedEvent, Store, StoreConfig, StoreMetrics, search};
@@ -356,6 +369,72 @@ mod tests {
         }
         events.sort_by_key(|(seq, _)| *seq);
         events
+    }
+
+    /// A rebuild copies the links an older index stores: here a chain that retention cut, whose
+    /// first kept event follows the hash of a deleted one (recomputing from the genesis would
+    /// give other hashes, and every checkpoint and anchor would stop matching).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_rebuild_keeps_the_chain_links_the_index_stores() {
+        let dir = tempfile::tempdir().unwrap();
+        let index_dir = dir.path().join("index");
+        fs::create_dir_all(&index_dir).unwrap();
+        let (schema, fields) = schema::build_schema();
+        let index = Index::builder()
+            .schema(schema)
+            .create_in_dir(&index_dir)
+            .unwrap();
+        let mut writer: IndexWriter = index.writer_with_num_threads(1, 50_000_000).unwrap();
+        let cut = ChainLink {
+            seq: 40,
+            hash: [7; crate::integrity::chain::HASH_BYTES],
+        };
+        let mut heads: HashMap<String, ChainLink> = HashMap::new();
+        let mut written = Vec::new();
+        for seq in 0..20 {
+            let event = event(seq);
+            let mut bytes = Vec::new();
+            crate::integrity::canonical::write_event(&event, &mut bytes);
+            let head = heads.entry(event.tenant_id.clone()).or_insert(cut);
+            *head = head.next(&bytes);
+            let source = serde_json::to_vec(&event).unwrap();
+            writer
+                .add_document(fields.document(&event, seq, &source, *head))
+                .unwrap();
+            written.push((seq, *head));
+        }
+        let mut commit = writer.prepare_commit().unwrap();
+        commit.set_payload(r#"{"next_seq":20,"schema_version":2}"#);
+        commit.commit().unwrap();
+        drop(index);
+
+        let store = open_ready(dir.path()).await;
+        let searcher = store.searcher();
+        let mut kept = Vec::new();
+        for at in chain::documents_in_sequence_order(&searcher).unwrap() {
+            let document: TantivyDocument = searcher
+                .segment_reader(at.segment)
+                .get_store_reader(1)
+                .unwrap()
+                .get(at.doc)
+                .unwrap();
+            kept.push((
+                at.seq,
+                chain::stored_link(store.fields(), &document).unwrap(),
+            ));
+        }
+        assert_eq!(kept, written);
+        assert_eq!(committed_schema_version(dir.path()), SCHEMA_VERSION);
+        // The chain goes on from the kept heads.
+        assert_eq!(store.committed_heads(), heads);
+        store.shutdown().await;
+    }
+
+    fn committed_schema_version(data_dir: &Path) -> u32 {
+        let index = Index::open_in_dir(data_dir.join("index")).unwrap();
+        CommitPayload::parse(index.load_metas().unwrap().payload.as_deref())
+            .unwrap()
+            .schema_version
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -667,15 +667,40 @@ fn lock_data_dir(data_dir: &Path) -> Result<File, StoreError> {
     }
 }
 
-/// Index settings: zstd-compressed document store in larger blocks, because audit events are
-/// very repetitive and disk per event is one of the product's goals.
+/// Index settings: a zstd-compressed document store, because audit events are very repetitive
+/// and disk per event is one of the product's goals.
+///
+/// Blocks of [`DOCSTORE_BLOCK_BYTES`]: a merge copies a segment's compressed blocks unchanged
+/// only once the segment holds six of them, and compresses smaller segments' documents again.
+/// Small blocks reach that sooner, so fresh events are compressed about once instead of at
+/// every early merge, and a document read decompresses a quarter as much (see
+/// docs/benchmarks.md, "Document store blocks").
 fn index_settings() -> IndexSettings {
     IndexSettings {
         docstore_compression: Compressor::Zstd(ZstdCompressor {
             compression_level: Some(6),
         }),
-        docstore_blocksize: 256 * 1024,
+        docstore_blocksize: DOCSTORE_BLOCK_BYTES,
         ..IndexSettings::default()
+    }
+}
+
+/// Uncompressed size of a document-store block.
+pub const DOCSTORE_BLOCK_BYTES: usize = 64 * 1024;
+
+/// Makes an opened index write new segments with the current [`index_settings`]. Only the
+/// document-store block size can differ between versions, and a segment's blocks are read
+/// whatever their size, so older segments stay as they are (merges carry them over) and need
+/// no rebuild.
+fn adopt_current_settings(index: &mut Index) {
+    let current = index_settings();
+    if *index.settings() != current {
+        tracing::info!(
+            from = index.settings().docstore_blocksize,
+            to = current.docstore_blocksize,
+            "new segments use the current document-store block size"
+        );
+        *index.settings_mut() = current;
     }
 }
 
@@ -702,10 +727,11 @@ fn open_or_create_index(
             .create_in_dir(&index_dir)?;
         return Ok((index, fields));
     }
-    let index = Index::open_in_dir(&index_dir)?;
+    let mut index = Index::open_in_dir(&index_dir)?;
     let payload = CommitPayload::parse(index.load_metas()?.payload.as_deref())
         .map_err(StoreError::Payload)?;
     if !migrate::needs_rebuild(&index, &payload)? {
+        adopt_current_settings(&mut index);
         return Ok((index, fields));
     }
     migrate::rebuild(data_dir, &index, &payload, index_settings(), memory_bytes)?;
@@ -756,6 +782,49 @@ mod tests {
         .unwrap()
         .unwrap();
         store
+    }
+
+    fn committed_block_size(data_dir: &Path) -> usize {
+        let index = Index::open_in_dir(data_dir.join("index")).unwrap();
+        index
+            .load_metas()
+            .unwrap()
+            .index_settings
+            .docstore_blocksize
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_index_with_older_block_size_keeps_its_events_and_writes_new_segments_in_current_blocks()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_ready(dir.path()).await;
+        store.ingest(vec![event("e0", 10)]).await.unwrap();
+        store.flush().await.unwrap();
+        store.shutdown().await;
+        drop(store);
+        assert_eq!(committed_block_size(dir.path()), DOCSTORE_BLOCK_BYTES);
+
+        // Rewrite the settings as an older version wrote them (256 KiB blocks).
+        let meta_path = dir.path().join("index/meta.json");
+        let mut meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
+        meta["index_settings"]["docstore_blocksize"] = serde_json::json!(256 * 1024);
+        std::fs::write(&meta_path, serde_json::to_vec(&meta).unwrap()).unwrap();
+        assert_eq!(committed_block_size(dir.path()), 256 * 1024);
+
+        let store = open_ready(dir.path()).await;
+        store.ingest(vec![event("e1", 20)]).await.unwrap();
+        store.flush().await.unwrap();
+        let searcher = store.searcher();
+        assert_eq!(searcher.num_docs(), 2, "no rebuild, nothing lost");
+        for segment in searcher.segment_readers() {
+            let documents = segment.get_store_reader(1).unwrap();
+            for doc in segment.doc_ids_alive() {
+                let _: tantivy::TantivyDocument = documents.get(doc).unwrap();
+            }
+        }
+        store.shutdown().await;
+        assert_eq!(committed_block_size(dir.path()), DOCSTORE_BLOCK_BYTES);
     }
 
     #[tokio::test(flavor = "multi_thread")]

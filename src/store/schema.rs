@@ -21,7 +21,8 @@ use crate::integrity::chain::ChainLink;
 
 /// Bumped whenever the schema, the index settings or the stored-source format change; stored
 /// in every commit payload. An index of an older version is rebuilt at open (see
-/// [`super::migrate`]).
+/// [`super::migrate`]). The document-store block size is the exception: an opened index writes
+/// its new segments with the current one and keeps the old segments as they are.
 ///
 /// - 1: the first layout.
 /// - 2: compact sources (`id`, `timestamp_us`, `source_ip`, `request_id` restored from the
