@@ -208,6 +208,7 @@ fn io_error(action: &'static str, path: &Path, source: std::io::Error) -> StoreE
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
     use std::time::Duration;
 
     use tantivy::schema::{
@@ -217,8 +218,6 @@ mod tests {
     use tantivy::store::{Compressor, ZstdCompressor};
     use tantivy::tokenizer::RAW_TOKENIZER_NAME;
     use tantivy::{DocAddress, Term};
-
-    use std::collections::HashMap;
 
     use super::*;
     use crate::event::{Action, IdentityType};
