@@ -130,14 +130,8 @@ async fn trail_response(
     };
     // Each trail reports the other key's counts only (SPEC §3.2, §3.3).
     let breakdowns = match &trail {
-        Trail::Secret(_) => Breakdowns {
-            identities: true,
-            paths: false,
-        },
-        Trail::Identity(_) => Breakdowns {
-            identities: false,
-            paths: true,
-        },
+        Trail::Secret(_) => Breakdowns::IDENTITIES,
+        Trail::Identity(_) => Breakdowns::PATHS,
     };
     let aggregate = aggregate(state, tenant, window, breakdowns).await?;
     let complete_through = crate::export::schedule::complete_through(timestamp::now_micros());

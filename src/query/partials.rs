@@ -700,20 +700,12 @@ mod tests {
                     "trail {filters:?} {tenant} {window:?}"
                 );
                 // A trail's own breakdown: the same aggregate without the other key's counts.
-                let paths_only = Breakdowns {
-                    identities: false,
-                    paths: true,
-                };
-                let identities_only = Breakdowns {
-                    identities: true,
-                    paths: false,
-                };
                 let mut without_identities = expected.clone();
                 without_identities.by_identity.clear();
-                assert_eq!(walk(paths_only), without_identities, "{filters:?}");
+                assert_eq!(walk(Breakdowns::PATHS), without_identities, "{filters:?}");
                 let mut without_paths = expected.clone();
                 without_paths.by_path.clear();
-                assert_eq!(walk(identities_only), without_paths, "{filters:?}");
+                assert_eq!(walk(Breakdowns::IDENTITIES), without_paths, "{filters:?}");
             }
         }
     }

@@ -189,6 +189,16 @@ impl Breakdowns {
         identities: true,
         paths: true,
     };
+    /// A secret trail's: who touched the secret.
+    pub const IDENTITIES: Breakdowns = Breakdowns {
+        identities: true,
+        paths: false,
+    };
+    /// An identity trail's: what the identity touched.
+    pub const PATHS: Breakdowns = Breakdowns {
+        identities: false,
+        paths: true,
+    };
 }
 
 /// Aggregates the events matching `query` (which must require the `tenant` term) inside

@@ -224,6 +224,7 @@ mod tests {
     use crate::integrity::chain::ChainLink;
     use crate::store::lookup::RequestIdQuery;
     use crate::store::schema::{id_key, to_ipv6};
+    use crate::store::tests::committed_payload;
     use crate::store::{PreparedEvent, Store, StoreConfig, StoreMetrics, search};
 
     /// The version-1 schema (`build_schema` before compact sources), field by field.
@@ -388,19 +389,22 @@ mod tests {
             seq: 40,
             hash: [7; crate::integrity::chain::HASH_BYTES],
         };
-        let mut heads: HashMap<String, ChainLink> = HashMap::new();
+        let tenants = ["tnt_a", "tnt_b"];
+        let mut chains = ChainHeads::from_heads(
+            tenants
+                .iter()
+                .map(|tenant| (tenant.to_string(), cut))
+                .collect(),
+        );
         let mut written = Vec::new();
         for seq in 0..20 {
             let event = event(seq);
-            let mut bytes = Vec::new();
-            crate::integrity::canonical::write_event(&event, &mut bytes);
-            let head = heads.entry(event.tenant_id.clone()).or_insert(cut);
-            *head = head.next(&bytes);
+            let link = chains.append(&event);
             let source = serde_json::to_vec(&event).unwrap();
             writer
-                .add_document(fields.document(&event, seq, &source, *head))
+                .add_document(fields.document(&event, seq, &source, link))
                 .unwrap();
-            written.push((seq, *head));
+            written.push((seq, link));
         }
         let mut commit = writer.prepare_commit().unwrap();
         commit.set_payload(r#"{"next_seq":20,"schema_version":2}"#);
@@ -423,17 +427,14 @@ mod tests {
             ));
         }
         assert_eq!(kept, written);
-        assert_eq!(committed_schema_version(dir.path()), SCHEMA_VERSION);
+        assert_eq!(committed_payload(dir.path()).schema_version, SCHEMA_VERSION);
         // The chain goes on from the kept heads.
+        let heads: HashMap<String, ChainLink> = tenants
+            .iter()
+            .map(|tenant| (tenant.to_string(), chains.head(tenant)))
+            .collect();
         assert_eq!(store.committed_heads(), heads);
         store.shutdown().await;
-    }
-
-    fn committed_schema_version(data_dir: &Path) -> u32 {
-        let index = Index::open_in_dir(data_dir.join("index")).unwrap();
-        CommitPayload::parse(index.load_metas().unwrap().payload.as_deref())
-            .unwrap()
-            .schema_version
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -686,21 +686,21 @@ fn index_settings() -> IndexSettings {
 }
 
 /// Uncompressed size of a document-store block.
-pub const DOCSTORE_BLOCK_BYTES: usize = 64 * 1024;
+const DOCSTORE_BLOCK_BYTES: usize = 64 * 1024;
 
-/// Makes an opened index write new segments with the current [`index_settings`]. Only the
-/// document-store block size can differ between versions, and a segment's blocks are read
-/// whatever their size, so older segments stay as they are (merges carry them over) and need
-/// no rebuild.
-fn adopt_current_settings(index: &mut Index) {
-    let current = index_settings();
-    if *index.settings() != current {
+/// Makes an opened index write its new segments in [`DOCSTORE_BLOCK_BYTES`] blocks. A
+/// segment's blocks are read whatever their size, so older segments stay as they are (merges
+/// carry them over) and need no rebuild; any other settings change bumps
+/// [`schema::SCHEMA_VERSION`] instead.
+fn adopt_current_block_size(index: &mut Index) {
+    let settings = index.settings_mut();
+    if settings.docstore_blocksize != DOCSTORE_BLOCK_BYTES {
         tracing::info!(
-            from = index.settings().docstore_blocksize,
-            to = current.docstore_blocksize,
+            from = settings.docstore_blocksize,
+            to = DOCSTORE_BLOCK_BYTES,
             "new segments use the current document-store block size"
         );
-        *index.settings_mut() = current;
+        settings.docstore_blocksize = DOCSTORE_BLOCK_BYTES;
     }
 }
 
@@ -731,7 +731,7 @@ fn open_or_create_index(
     let payload = CommitPayload::parse(index.load_metas()?.payload.as_deref())
         .map_err(StoreError::Payload)?;
     if !migrate::needs_rebuild(&index, &payload)? {
-        adopt_current_settings(&mut index);
+        adopt_current_block_size(&mut index);
         return Ok((index, fields));
     }
     migrate::rebuild(data_dir, &index, &payload, index_settings(), memory_bytes)?;
@@ -763,7 +763,7 @@ mod tests {
         PreparedEvent::new(event, true)
     }
 
-    fn committed_payload(data_dir: &Path) -> CommitPayload {
+    pub(super) fn committed_payload(data_dir: &Path) -> CommitPayload {
         let index = Index::open_in_dir(data_dir.join("index")).unwrap();
         CommitPayload::parse(index.load_metas().unwrap().payload.as_deref()).unwrap()
     }
