@@ -45,14 +45,14 @@ async fn summary(
 
 /// `[{identity_id, count}]`, the `n` busiest identities.
 pub fn top_identities(aggregate: &Aggregate, n: usize) -> Vec<serde_json::Value> {
-    let top = summary::top(&aggregate.by_identity, n).into_iter();
+    let top = aggregate.by_identity.top(n).into_iter();
     top.map(|entry| json!({"identity_id": entry.key, "count": entry.count}))
         .collect()
 }
 
 /// `[{path, count}]`, the `n` most used secret paths.
 pub fn top_resources(aggregate: &Aggregate, n: usize) -> Vec<serde_json::Value> {
-    let top = summary::top(&aggregate.by_path, n).into_iter();
+    let top = aggregate.by_path.top(n).into_iter();
     top.map(|entry| json!({"path": entry.key, "count": entry.count}))
         .collect()
 }

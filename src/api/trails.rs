@@ -213,7 +213,7 @@ fn secret_summary(aggregate: &Aggregate) -> Value {
     let top_identities = top_identities(aggregate, TOP_ENTRIES);
     summary.insert(
         "unique_identities".into(),
-        aggregate.by_identity.len().into(),
+        aggregate.by_identity.distinct().into(),
     );
     summary.insert("top_identities".into(), top_identities.into());
     summary.insert(
@@ -226,7 +226,7 @@ fn secret_summary(aggregate: &Aggregate) -> Value {
 fn identity_summary(aggregate: &Aggregate) -> Value {
     let mut summary = window_summary(aggregate);
     let top_resources = top_resources(aggregate, TOP_ENTRIES);
-    summary.insert("unique_secrets".into(), aggregate.by_path.len().into());
+    summary.insert("unique_secrets".into(), aggregate.by_path.distinct().into());
     summary.insert("top_resources".into(), top_resources.into());
     summary.insert("first_seen".into(), optional_time(aggregate.first_us));
     summary.insert("last_seen".into(), optional_time(aggregate.last_us));

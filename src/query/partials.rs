@@ -11,8 +11,8 @@
 //! A segment a searcher holds but the cache lacks (a failed warm) is built on first use.
 //!
 //! Identity and path strings are interned process-wide ([`Interner`]), so partials of
-//! different segments add up in dense arrays without any string work; strings are resolved
-//! once per summary, for the counts that are not zero.
+//! different segments add up in dense arrays without any string work; a summary resolves to
+//! strings only the entries its top lists report.
 //!
 //! Memory: per (segment, tenant, day) one [`DayPartial`] (~330 bytes) plus 8 bytes per
 //! distinct identity and per distinct path of that day; per segment 4 bytes per term of the
@@ -34,7 +34,7 @@ use tantivy::{
 };
 
 use super::summary::{
-    ACTION_SLOTS, Aggregate, DocValues, SummaryColumns, Tally, Window, min_option,
+    ACTION_SLOTS, Aggregate, Breakdowns, DocValues, SummaryColumns, Tally, Window, min_option,
 };
 
 /// A segment as the cache knows it: its id and the opstamp of its deletes.
@@ -43,8 +43,8 @@ type SegmentKey = (SegmentId, Option<Opstamp>);
 /// The partials of every segment the query reader serves, and the string interners.
 pub struct PartialCache {
     tenant: Field,
-    identities: Interner,
-    paths: Interner,
+    identities: Arc<Interner>,
+    paths: Arc<Interner>,
     segments: Mutex<HashMap<SegmentKey, Arc<SegmentPartials>>>,
 }
 
@@ -53,8 +53,8 @@ impl PartialCache {
     pub fn new(tenant: Field) -> PartialCache {
         PartialCache {
             tenant,
-            identities: Interner::default(),
-            paths: Interner::default(),
+            identities: Arc::default(),
+            paths: Arc::default(),
             segments: Mutex::new(HashMap::new()),
         }
     }
@@ -88,9 +88,13 @@ impl PartialCache {
             .collect()
     }
 
-    /// An empty tally sized for every id interned so far.
-    pub(crate) fn tally(&self) -> Tally {
-        Tally::with_capacity(self.identities.len(), self.paths.len())
+    /// An empty tally sized for every id interned so far, of the keys `breakdowns` counts.
+    pub(crate) fn tally(&self, breakdowns: Breakdowns) -> Tally {
+        let size = |wanted: bool, names: &Interner| if wanted { names.len() } else { 0 };
+        Tally::with_capacity(
+            size(breakdowns.identities, &self.identities),
+            size(breakdowns.paths, &self.paths),
+        )
     }
 
     /// The finished aggregate of `tally`.
@@ -452,15 +456,15 @@ impl Interner {
         Ok(ids)
     }
 
-    /// `{string: count}` of every id whose count is not zero.
-    pub(crate) fn resolve(&self, counts: &[u64]) -> HashMap<String, u64> {
-        let inner = self.inner.read();
-        counts
-            .iter()
-            .enumerate()
-            .filter(|(_, count)| **count > 0)
-            .filter_map(|(id, count)| Some((inner.strings.get(id)?.to_string(), *count)))
-            .collect()
+    /// Runs `read` over the interned strings, indexed by id.
+    pub(crate) fn with_strings<R>(&self, read: impl FnOnce(&[Arc<str>]) -> R) -> R {
+        read(&self.inner.read().strings)
+    }
+
+    /// The id of `text`, interned now if it is new.
+    #[cfg(test)]
+    pub(crate) fn intern(&self, text: &str) -> u32 {
+        self.inner.write().intern(text)
     }
 
     fn heap_bytes(&self) -> usize {
@@ -494,7 +498,9 @@ mod tests {
 
     use super::*;
     use crate::event::{Action, AuditEvent, IdentityType};
-    use crate::query::summary::{Breakdowns, DAY_US, aggregate_matching, summarize_tenant};
+    use crate::query::summary::{
+        Breakdowns, DAY_US, KeyCounts, aggregate_matching, summarize_tenant,
+    };
     use crate::query::{LogFilters, build_query};
     use crate::store::Fields;
     use crate::store::schema::build_schema;
@@ -594,6 +600,7 @@ mod tests {
             keep: impl Fn(&AuditEvent) -> bool,
         ) -> Aggregate {
             let mut aggregate = Aggregate::default();
+            let (mut by_identity, mut by_path) = (HashMap::new(), HashMap::new());
             let live = self.events.iter().filter(|event| {
                 event.tenant_id == tenant
                     && window.contains(Some(event.timestamp_us))
@@ -604,12 +611,9 @@ mod tests {
                 aggregate.total += 1;
                 aggregate.successful += u64::from(event.success);
                 *aggregate.by_action.entry(event.action).or_default() += 1;
-                *aggregate
-                    .by_identity
-                    .entry(event.identity_id.clone())
-                    .or_default() += 1;
+                *by_identity.entry(event.identity_id.clone()).or_default() += 1;
                 if let Some(path) = &event.secret_path {
-                    *aggregate.by_path.entry(path.clone()).or_default() += 1;
+                    *by_path.entry(path.clone()).or_default() += 1;
                 }
                 let ts = Some(event.timestamp_us);
                 aggregate.first_us = min_option(aggregate.first_us, ts);
@@ -618,6 +622,8 @@ mod tests {
                     aggregate.last_read_us = aggregate.last_read_us.max(ts);
                 }
             }
+            aggregate.by_identity = KeyCounts::from_map(&by_identity);
+            aggregate.by_path = KeyCounts::from_map(&by_path);
             aggregate
         }
 
@@ -701,10 +707,10 @@ mod tests {
                 );
                 // A trail's own breakdown: the same aggregate without the other key's counts.
                 let mut without_identities = expected.clone();
-                without_identities.by_identity.clear();
+                without_identities.by_identity = KeyCounts::default();
                 assert_eq!(walk(Breakdowns::PATHS), without_identities, "{filters:?}");
                 let mut without_paths = expected.clone();
-                without_paths.by_path.clear();
+                without_paths.by_path = KeyCounts::default();
                 assert_eq!(walk(Breakdowns::IDENTITIES), without_paths, "{filters:?}");
             }
         }

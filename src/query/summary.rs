@@ -9,11 +9,13 @@
 //!   §3.3): the trail's query drives, from the first doc id the window can hold in each
 //!   segment (known from the partials), and the timestamp is checked per document.
 //!
-//! Both count into one dense [`Tally`] indexed by process-wide interned ids, and resolve the
-//! ids to strings once, at the end. The time window is never part of the Tantivy query: a
+//! Both count into one dense [`Tally`] indexed by process-wide interned ids. The ids stay ids
+//! in the [`Aggregate`] ([`KeyCounts`]): only the entries a top list reports are resolved to
+//! strings. The time window is never part of the Tantivy query: a
 //! fast-field range scans its column from doc 0 whenever its scorer is created or sought.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde::Serialize;
 use tantivy::columnar::{Column, StrColumn};
@@ -31,8 +33,8 @@ pub struct Aggregate {
     pub total: u64,
     pub successful: u64,
     pub by_action: HashMap<Action, u64>,
-    pub by_identity: HashMap<String, u64>,
-    pub by_path: HashMap<String, u64>,
+    pub by_identity: KeyCounts,
+    pub by_path: KeyCounts,
     pub first_us: Option<i64>,
     pub last_us: Option<i64>,
     /// Newest `read` event (a secret's `last_accessed_at`).
@@ -71,19 +73,95 @@ pub struct Ranked {
     pub count: u64,
 }
 
-/// The `n` largest counts, count descending, ties by key ascending (SPEC §3.4).
-pub fn top(counts: &HashMap<String, u64>, n: usize) -> Vec<Ranked> {
-    let mut entries: Vec<Ranked> = counts
-        .iter()
-        .map(|(key, count)| Ranked {
-            key: key.clone(),
-            count: *count,
-        })
-        .collect();
-    entries.sort_unstable_by(|a, b| b.count.cmp(&a.count).then_with(|| a.key.cmp(&b.key)));
-    entries.truncate(n);
-    entries
+/// Counts per key (identity id or secret path) of one aggregate, kept as dense counts by
+/// interned id: a summary over a tenant's ~20,000 paths reports ten of them, so only the
+/// entries a top list returns are turned into strings.
+#[derive(Debug, Clone, Default)]
+pub struct KeyCounts {
+    /// Count per interned id; zero for keys not seen.
+    counts: Vec<u64>,
+    names: Arc<Interner>,
 }
+
+impl KeyCounts {
+    pub(crate) fn new(counts: Vec<u64>, names: Arc<Interner>) -> KeyCounts {
+        KeyCounts { counts, names }
+    }
+
+    /// Number of keys counted at least once.
+    pub fn distinct(&self) -> usize {
+        self.counts.iter().filter(|count| **count > 0).count()
+    }
+
+    /// The `n` largest counts, count descending, ties by key ascending (SPEC §3.4). Counts are
+    /// ranked first; strings are looked up only for the keys whose count reaches the `n`th
+    /// largest (all of them tied at the cut, so ties still break by key).
+    pub fn top(&self, n: usize) -> Vec<Ranked> {
+        let mut candidates: Vec<(u64, u32)> = self
+            .counts
+            .iter()
+            .zip(0u32..)
+            .filter(|(count, _)| **count > 0)
+            .map(|(count, id)| (*count, id))
+            .collect();
+        if n == 0 {
+            return Vec::new();
+        }
+        if candidates.len() > n {
+            candidates.select_nth_unstable_by(n - 1, |a, b| b.0.cmp(&a.0));
+            let cut = candidates.get(n - 1).map_or(0, |(count, _)| *count);
+            candidates.retain(|(count, _)| *count >= cut);
+        }
+        let mut entries = self.names.with_strings(|strings| {
+            candidates
+                .iter()
+                .filter_map(|(count, id)| {
+                    Some(Ranked {
+                        key: strings.get(*id as usize)?.to_string(),
+                        count: *count,
+                    })
+                })
+                .collect::<Vec<_>>()
+        });
+        entries.sort_unstable_by(|a, b| b.count.cmp(&a.count).then_with(|| a.key.cmp(&b.key)));
+        entries.truncate(n);
+        entries
+    }
+
+    /// `{key: count}` of every key counted at least once.
+    pub fn to_map(&self) -> HashMap<String, u64> {
+        self.names.with_strings(|strings| {
+            self.counts
+                .iter()
+                .zip(strings)
+                .filter(|(count, _)| **count > 0)
+                .map(|(count, key)| (key.to_string(), *count))
+                .collect()
+        })
+    }
+
+    /// Counts over keys of their own (the brute-force models of the tests).
+    #[cfg(test)]
+    pub(crate) fn from_map(map: &HashMap<String, u64>) -> KeyCounts {
+        let names = Arc::new(Interner::default());
+        let mut counts = Vec::new();
+        for (key, count) in map {
+            let id = names.intern(key) as usize;
+            counts.resize(counts.len().max(id + 1), 0);
+            counts[id] = *count;
+        }
+        KeyCounts::new(counts, names)
+    }
+}
+
+/// Equal when the same keys have the same counts, whatever the ids.
+impl PartialEq for KeyCounts {
+    fn eq(&self, other: &KeyCounts) -> bool {
+        self.distinct() == other.distinct() && self.to_map() == other.to_map()
+    }
+}
+
+impl Eq for KeyCounts {}
 
 /// A half-open time window `[from_us, to_us)`; a missing bound is open.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -118,7 +196,7 @@ pub fn summarize_tenant(
     window: Window,
 ) -> tantivy::Result<Aggregate> {
     let segments = cache.segments_of(searcher)?;
-    let mut tally = cache.tally();
+    let mut tally = cache.tally(Breakdowns::ALL);
     for (segment, partials) in searcher.segment_readers().iter().zip(&segments) {
         let Some(days) = partials.tenant_days(tenant) else {
             continue;
@@ -215,7 +293,7 @@ pub fn aggregate_matching(
 ) -> tantivy::Result<Aggregate> {
     let segments = cache.segments_of(searcher)?;
     let weight = query.weight(EnableScoring::disabled_from_searcher(searcher))?;
-    let mut tally = cache.tally();
+    let mut tally = cache.tally(breakdowns);
     for (segment, partials) in searcher.segment_readers().iter().zip(&segments) {
         let Some((first, last)) = partials.doc_bounds(tenant, window) else {
             continue;
@@ -399,7 +477,7 @@ impl Tally {
     }
 
     /// The finished [`Aggregate`], ids resolved to strings.
-    pub fn into_aggregate(self, identities: &Interner, paths: &Interner) -> Aggregate {
+    pub fn into_aggregate(self, identities: &Arc<Interner>, paths: &Arc<Interner>) -> Aggregate {
         let by_action = self
             .actions
             .iter()
@@ -411,8 +489,8 @@ impl Tally {
             total: self.total,
             successful: self.successful,
             by_action,
-            by_identity: identities.resolve(&self.identities),
-            by_path: paths.resolve(&self.paths),
+            by_identity: KeyCounts::new(self.identities, identities.clone()),
+            by_path: KeyCounts::new(self.paths, paths.clone()),
             first_us: self.first_us,
             last_us: self.last_us,
             last_read_us: self.last_read_us,
@@ -433,20 +511,52 @@ fn bump(counts: &mut Vec<u64>, id: u32, by: u64) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn top_orders_by_count_then_key() {
-        let counts: HashMap<String, u64> = [("b", 5), ("a", 5), ("c", 9), ("d", 1)]
-            .iter()
-            .map(|(k, v)| (k.to_string(), *v))
-            .collect();
-        let keys: Vec<_> = top(&counts, 3)
+    fn counts(pairs: &[(&str, u64)]) -> KeyCounts {
+        let map: HashMap<String, u64> = pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        KeyCounts::from_map(&map)
+    }
+
+    fn ranked(counts: &KeyCounts, n: usize) -> Vec<(String, u64)> {
+        counts
+            .top(n)
             .into_iter()
             .map(|r| (r.key, r.count))
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn top_orders_by_count_then_key() {
+        let counts = counts(&[("b", 5), ("a", 5), ("c", 9), ("d", 1), ("zero", 0)]);
         assert_eq!(
-            keys,
+            ranked(&counts, 3),
             vec![("c".into(), 9), ("a".into(), 5), ("b".into(), 5)]
         );
-        assert!(top(&counts, 0).is_empty());
+        assert_eq!(ranked(&counts, 2), vec![("c".into(), 9), ("a".into(), 5)]);
+        assert_eq!(ranked(&counts, 10).len(), 4, "a zero count is not a key");
+        assert!(counts.top(0).is_empty());
+        assert_eq!(counts.distinct(), 4);
+    }
+
+    /// The count-first selection against sorting every entry, on random counts with many ties.
+    #[test]
+    fn top_equals_a_full_sort() {
+        let mut rng = fastrand::Rng::with_seed(12);
+        for _ in 0..200 {
+            let keys = rng.usize(0..60);
+            let map: HashMap<String, u64> = (0..keys)
+                .map(|_| (format!("k{}", rng.u32(0..1000)), rng.u64(0..6)))
+                .collect();
+            let counts = KeyCounts::from_map(&map);
+            let n = rng.usize(0..15);
+            let mut expected: Vec<(String, u64)> = map
+                .iter()
+                .filter(|(_, count)| **count > 0)
+                .map(|(key, count)| (key.clone(), *count))
+                .collect();
+            expected.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            expected.truncate(n);
+            assert_eq!(ranked(&counts, n), expected, "{map:?} top {n}");
+            assert_eq!(counts.to_map().len(), counts.distinct());
+        }
     }
 }
