@@ -302,6 +302,7 @@ pub fn build_search(
         source_ip: filters
             .source_ip
             .map(|network| to_ipv6(network.network())..=to_ipv6(network.broadcast())),
+        request_id: filters.request_id.clone(),
     };
     let clauses = posting_clauses(index, fields, tenant, filters)?;
     Ok(SearchPlan {

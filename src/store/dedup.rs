@@ -15,71 +15,16 @@
 //! too; that slower check only runs for an id that a legacy document really carries.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, Hasher};
 
 use tantivy::columnar::StrColumn;
 use tantivy::schema::IndexRecordOption;
 use tantivy::{DocSet, IndexReader, SegmentReader, TERMINATED, Term};
 
+use super::bloom::BloomFilter;
 use super::schema::{Fields, fast, id_key};
 
-/// Bits per expected id; with 7 probes this gives about a 1% false-positive rate.
-const BITS_PER_ID: usize = 10;
-const PROBES: u64 = 7;
+/// The smallest filter built: the WAL stage inserts into it as events arrive.
 const MIN_CAPACITY: usize = 1 << 20;
-
-/// A fixed-size Bloom filter over strings.
-#[derive(Debug)]
-pub struct BloomFilter {
-    bits: Vec<u64>,
-    bit_count: u64,
-    inserted: usize,
-    capacity: usize,
-    hasher: std::hash::RandomState,
-}
-
-impl BloomFilter {
-    /// A filter sized for `capacity` ids at about 1% false positives.
-    pub fn with_capacity(capacity: usize) -> Self {
-        let capacity = capacity.max(MIN_CAPACITY);
-        let words = (capacity * BITS_PER_ID).div_ceil(64);
-        BloomFilter {
-            bits: vec![0; words],
-            bit_count: (words * 64) as u64,
-            inserted: 0,
-            capacity,
-            hasher: std::hash::RandomState::new(),
-        }
-    }
-
-    fn probes(&self, id: &str) -> impl Iterator<Item = u64> + use<> {
-        let mut hasher = self.hasher.build_hasher();
-        hasher.write(id.as_bytes());
-        let first = hasher.finish();
-        // A second, independent-enough hash by rotating and mixing (Kirsch–Mitzenmacher).
-        let second = first.rotate_left(32).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let bit_count = self.bit_count;
-        (0..PROBES).map(move |i| first.wrapping_add(i.wrapping_mul(second)) % bit_count)
-    }
-
-    pub fn insert(&mut self, id: &str) {
-        for bit in self.probes(id) {
-            self.bits[(bit / 64) as usize] |= 1 << (bit % 64);
-        }
-        self.inserted += 1;
-    }
-
-    /// False means certainly never inserted.
-    pub fn may_contain(&self, id: &str) -> bool {
-        self.probes(id)
-            .all(|bit| self.bits[(bit / 64) as usize] & (1 << (bit % 64)) != 0)
-    }
-
-    /// True once more ids were inserted than the filter was sized for.
-    pub fn is_overfull(&self) -> bool {
-        self.inserted > self.capacity
-    }
-}
 
 /// The WAL stage's view of which `(tenant_id, id)` pairs are stored.
 pub struct Deduplicator {
@@ -99,7 +44,7 @@ impl Deduplicator {
     pub fn load(reader: IndexReader, fields: Fields) -> tantivy::Result<Self> {
         reader.reload()?;
         let mut dedup = Deduplicator {
-            filter: BloomFilter::with_capacity(0),
+            filter: BloomFilter::with_capacity(MIN_CAPACITY),
             pending: HashMap::new(),
             pending_order: VecDeque::new(),
             reader,
@@ -219,7 +164,7 @@ impl Deduplicator {
     fn rebuild_filter(&mut self) -> tantivy::Result<()> {
         let searcher = self.reader.searcher();
         let stored = searcher.num_docs() as usize + self.pending.len();
-        let mut filter = BloomFilter::with_capacity(stored * 2);
+        let mut filter = BloomFilter::with_capacity((stored * 2).max(MIN_CAPACITY));
         let mut legacy = false;
         for segment in searcher.segment_readers() {
             let Some(ids) = segment.fast_fields().str(fast::ID)? else {
@@ -244,20 +189,6 @@ impl Deduplicator {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bloom_has_no_false_negatives_and_few_false_positives() {
-        let mut filter = BloomFilter::with_capacity(100_000);
-        for i in 0..100_000 {
-            filter.insert(&format!("log_{i}"));
-        }
-        assert!((0..100_000).all(|i| filter.may_contain(&format!("log_{i}"))));
-        let false_positives = (0..100_000)
-            .filter(|i| filter.may_contain(&format!("other_{i}")))
-            .count();
-        // Sized for 1M (the minimum), so far below 1% here.
-        assert!(false_positives < 1_000, "{false_positives}");
-    }
 
     /// An index with one legacy document (bare id) and one keyed document.
     fn mixed_index() -> (IndexReader, Fields) {
@@ -287,15 +218,5 @@ mod tests {
         assert!(!dedup.is_stored("tnt_b", "new_1").unwrap());
         dedup.forget_from(7);
         assert!(!dedup.is_stored("tnt_a", "new_1").unwrap());
-    }
-
-    #[test]
-    fn overfull_is_reported() {
-        let mut filter = BloomFilter::with_capacity(0);
-        assert!(!filter.is_overfull());
-        for i in 0..=MIN_CAPACITY {
-            filter.insert(&i.to_string());
-        }
-        assert!(filter.is_overfull());
     }
 }

@@ -7,6 +7,10 @@
 //! skips every segment whose `request_id` dictionary lacks the value (one dictionary probe),
 //! and in the others walks the bucket's postings — about one document in 4,096 — keeping the
 //! documents whose column value is the one asked for.
+//!
+//! A dictionary probe decompresses a zstd block, so a page search first asks the segment's
+//! `request_id` Bloom filter ([`super::timeline::Timelines::may_hold_request_id`]) and does not
+//! visit the segments it rules out: a request's events sit in one segment, or two.
 
 use std::fmt;
 

@@ -17,6 +17,7 @@
 //! fails its checks is copied to `quarantine/` (error log, `wal_quarantined` metrics) and the
 //! store serves everything else.
 
+pub mod bloom;
 pub mod chain;
 pub mod dedup;
 pub mod log;

@@ -112,6 +112,9 @@ pub struct ColumnFilter {
     pub path_prefix: Option<String>,
     /// Inclusive range of source addresses (IPv4 mapped into IPv6).
     pub source_ip: Option<RangeInclusive<Ipv6Addr>>,
+    /// The exact `request_id` the query requires: segments whose filter rules it out are not
+    /// visited (the query itself still checks every document).
+    pub request_id: Option<String>,
 }
 
 /// A search: the driving query and the per-document column checks.
@@ -606,6 +609,12 @@ impl<'a> Walk<'a> {
         let mut blocks = Vec::new();
         for (segment, timeline) in timelines.of(searcher)?.iter().enumerate() {
             segments.push(SegmentWalk::new(timeline.clone()));
+            if let Some(request_id) = &filter.request_id {
+                let reader = searcher.segment_reader(segment as u32);
+                if !timelines.may_hold_request_id(reader, request_id)? {
+                    continue;
+                }
+            }
             for (block, span) in timeline.blocks.iter().enumerate() {
                 if bounds.overlaps(*span) {
                     blocks.push(Candidate {
@@ -855,6 +864,8 @@ mod tests {
         action: u64,
         path: String,
         success: bool,
+        /// Shared by runs of consecutive documents, like a request's events.
+        request_id: String,
     }
 
     /// Near time order with late arrivals (up to ~2 blocks old), runs of shared timestamps and
@@ -882,6 +893,7 @@ mod tests {
                         rng.u8(..5)
                     ),
                     success: rng.u8(..10) != 0,
+                    request_id: format!("req_{}", seq / 3),
                 }
             })
             .collect()
@@ -908,6 +920,11 @@ mod tests {
             document.add_u64(fields.action, doc.action);
             document.add_text(fields.secret_path, &doc.path);
             document.add_bool(fields.success, doc.success);
+            document.add_text(fields.request_id, &doc.request_id);
+            document.add_u64(
+                fields.request_id_bucket,
+                super::super::schema::request_id_bucket(&doc.request_id),
+            );
             writer.add_document(document).unwrap();
             if position == next_commit {
                 writer.commit().unwrap();
@@ -956,6 +973,11 @@ mod tests {
                 path_prefix: rng
                     .bool()
                     .then(|| ["env/", "env/prod", "team/3", "zzz"][rng.usize(..4)].to_string()),
+                // A request of the data, or one that no segment holds.
+                request_id: (rng.u8(..4) == 0).then(|| match rng.u8(..4) {
+                    0 => "req_absent".to_string(),
+                    _ => docs[rng.usize(..docs.len())].request_id.clone(),
+                }),
                 ..ColumnFilter::default()
             };
             let failures_only = rng.u8(..4) == 0;
@@ -973,6 +995,10 @@ mod tests {
                         .as_ref()
                         .is_none_or(|prefix| doc.path.starts_with(prefix.as_str()))
                     && (!failures_only || !doc.success)
+                    && filter
+                        .request_id
+                        .as_ref()
+                        .is_none_or(|wanted| &doc.request_id == wanted)
             };
             let mut expected: Vec<SortKey> =
                 docs.iter().filter(matches).map(|doc| doc.key).collect();
@@ -995,6 +1021,10 @@ mod tests {
                         IndexRecordOption::Basic,
                     )),
                 ));
+            }
+            if let Some(request_id) = &filter.request_id {
+                let query = super::super::lookup::RequestIdQuery::new(fields, request_id);
+                clauses.push((Occur::Must, Box::new(query)));
             }
             let plan = SearchPlan {
                 query: Box::new(BooleanQuery::new(clauses)),
