@@ -27,7 +27,7 @@ use tantivy::schema::Value;
 use tantivy::{DocAddress, DocId, Searcher, SegmentReader, TERMINATED, TantivyDocument};
 
 use super::schema::{Fields, fast};
-use super::source::SourceColumns;
+use super::source::{SourceColumns, stored_bytes};
 use super::timeline::{BlockSpan, SearchColumns, SegmentTimeline, Timelines};
 use crate::event::AuditEvent;
 use crate::integrity::chain::ChainLink;
@@ -202,7 +202,7 @@ pub fn top_api_json(
         if written > 0 {
             json.push(b',');
         }
-        write_api_event(searcher, fields, *address, key.seq, &mut json)?;
+        write_api_event(searcher, timelines, fields, *address, key.seq, &mut json)?;
         written += 1;
         Ok(Some(WORK_STORED_DOC))
     })?;
@@ -277,20 +277,35 @@ impl Budget<'_> {
     }
 }
 
-/// Appends the API JSON of the stored event at `address` (`seq` names it in errors).
+/// Appends the API JSON of the stored event at `address` (`seq` names it in errors). The
+/// stored source is read in place from the document's raw bytes; a document that form does
+/// not cover is read through Tantivy.
 fn write_api_event(
     searcher: &Searcher,
+    timelines: &Timelines,
     fields: &Fields,
     address: DocAddress,
     seq: u64,
     out: &mut Vec<u8>,
 ) -> Result<(), SearchError> {
-    let document: TantivyDocument = searcher.doc(address)?;
-    let stored = document
-        .get_first(fields.source)
-        .and_then(|value| value.as_bytes())
-        .unwrap_or_default();
-    let columns = SourceColumns::of_segment(searcher.segment_reader(address.segment_ord))?;
+    let segment = searcher.segment_reader(address.segment_ord);
+    let raw = timelines
+        .store(segment)?
+        .get_document_bytes(address.doc_id)?;
+    let read_through_tantivy;
+    let stored = match stored_bytes(&raw, fields.source) {
+        Some(stored) => stored,
+        None => {
+            let document: TantivyDocument = searcher.doc(address)?;
+            read_through_tantivy = document
+                .get_first(fields.source)
+                .and_then(|value| value.as_bytes())
+                .unwrap_or_default()
+                .to_vec();
+            &read_through_tantivy
+        }
+    };
+    let columns = SourceColumns::of_segment(segment)?;
     if columns.write_api(address.doc_id, stored, out)? {
         return Ok(());
     }

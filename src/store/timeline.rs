@@ -13,6 +13,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tantivy::columnar::{Column, StrColumn};
 use tantivy::index::SegmentId;
+use tantivy::store::StoreReader;
 use tantivy::{DocId, Searcher, SearcherGeneration, SegmentReader, Warmer};
 
 use super::bloom::BloomFilter;
@@ -126,7 +127,13 @@ pub struct Timelines {
     cache: Mutex<HashMap<SegmentId, Arc<SegmentTimeline>>>,
     columns: Mutex<HashMap<SegmentId, Arc<SearchColumns>>>,
     request_ids: Mutex<HashMap<SegmentId, Arc<BloomFilter>>>,
+    stores: Mutex<HashMap<SegmentId, Arc<StoreReader>>>,
 }
+
+/// Decompressed document-store blocks a segment's [`StoreReader`] keeps (Tantivy's default for
+/// a searcher's readers): a page's events spread over the history must not decompress their
+/// blocks again on every request.
+const STORE_CACHE_BLOCKS: usize = 100;
 
 impl std::fmt::Debug for Timelines {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -202,6 +209,18 @@ impl Timelines {
         Ok(filter)
     }
 
+    /// The document-store reader pages read `segment`'s stored events with (raw bytes, see
+    /// [`super::source::stored_bytes`]), opened on first use and kept while the segment lives.
+    pub fn store(&self, segment: &SegmentReader) -> tantivy::Result<Arc<StoreReader>> {
+        let id = segment.segment_id();
+        if let Some(store) = self.stores.lock().get(&id) {
+            return Ok(store.clone());
+        }
+        let store = Arc::new(segment.get_store_reader(STORE_CACHE_BLOCKS)?);
+        self.stores.lock().insert(id, store.clone());
+        Ok(store)
+    }
+
     /// Heap bytes of the `request_id` filters (the timelines and columns are small).
     pub fn filter_bytes(&self) -> usize {
         let filters = self.request_ids.lock();
@@ -226,6 +245,7 @@ impl Warmer for Timelines {
         self.cache.lock().retain(|id, _| live.contains(id));
         self.columns.lock().retain(|id, _| live.contains(id));
         self.request_ids.lock().retain(|id, _| live.contains(id));
+        self.stores.lock().retain(|id, _| live.contains(id));
     }
 }
 
