@@ -377,6 +377,35 @@ mod tests {
         }
     }
 
+    /// A value kind the in-place reader does not parse ends the reading (`None`: the page then
+    /// reads the document through Tantivy) instead of being skipped by a guess.
+    #[test]
+    fn stored_bytes_refuses_value_kinds_it_does_not_parse() {
+        let mut builder = tantivy::schema::Schema::builder();
+        let flag = builder.add_bool_field("flag", tantivy::schema::STORED);
+        let text = builder.add_text_field("text", tantivy::schema::STORED);
+        let number = builder.add_i64_field("number", tantivy::schema::STORED);
+        let bytes = builder.add_bytes_field("bytes", tantivy::schema::STORED);
+        let index = tantivy::Index::create_in_ram(builder.build());
+        let mut writer: tantivy::IndexWriter = index.writer(15_000_000).unwrap();
+        let mut parsed = tantivy::TantivyDocument::default();
+        parsed.add_text(text, "\u{e9}".repeat(100));
+        parsed.add_i64(number, -7);
+        parsed.add_bytes(bytes, b"payload".as_slice());
+        let mut refused = tantivy::TantivyDocument::default();
+        refused.add_bool(flag, true);
+        refused.add_bytes(bytes, b"payload".as_slice());
+        writer.add_document(parsed).unwrap();
+        writer.add_document(refused).unwrap();
+        writer.commit().unwrap();
+        let searcher = index.reader().unwrap().searcher();
+        let store = searcher.segment_readers()[0].get_store_reader(1).unwrap();
+        let raw = |doc| store.get_document_bytes(doc).unwrap();
+        assert_eq!(stored_bytes(&raw(0), bytes), Some(b"payload".as_slice()));
+        assert_eq!(stored_bytes(&raw(0), flag), None, "absent");
+        assert_eq!(stored_bytes(&raw(1), bytes), None, "after a bool: refused");
+    }
+
     #[test]
     fn compact_drops_only_what_the_columns_hold() {
         let plain = event(Some("10.1.2.3"), Some("req_1"), serde_json::json!({}));

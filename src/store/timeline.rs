@@ -121,13 +121,14 @@ impl SearchColumns {
 /// Bloom filter of the segment's `request_id` values (10 bits per distinct value): an exact
 /// `request_id` search skips every segment the filter rules out, instead of probing the
 /// segment's compressed `request_id` dictionary (a zstd block decompressed per probe, which
-/// made the lookup grow with the number of segments).
+/// made the lookup grow with the number of segments). And the segment's [`StoreReader`], which
+/// pages read stored events with.
 #[derive(Default)]
 pub struct Timelines {
-    cache: Mutex<HashMap<SegmentId, Arc<SegmentTimeline>>>,
-    columns: Mutex<HashMap<SegmentId, Arc<SearchColumns>>>,
-    request_ids: Mutex<HashMap<SegmentId, Arc<BloomFilter>>>,
-    stores: Mutex<HashMap<SegmentId, Arc<StoreReader>>>,
+    cache: PerSegment<SegmentTimeline>,
+    columns: PerSegment<SearchColumns>,
+    request_ids: PerSegment<BloomFilter>,
+    stores: PerSegment<StoreReader>,
 }
 
 /// Decompressed document-store blocks a segment's [`StoreReader`] keeps (Tantivy's default for
@@ -135,10 +136,50 @@ pub struct Timelines {
 /// blocks again on every request.
 const STORE_CACHE_BLOCKS: usize = 100;
 
+/// Values built once per segment (segments never change) and kept while the segment is live.
+struct PerSegment<T>(Mutex<HashMap<SegmentId, Arc<T>>>);
+
+impl<T> Default for PerSegment<T> {
+    fn default() -> Self {
+        PerSegment(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<T> PerSegment<T> {
+    /// The value of `segment`, built now if missing. Built outside the lock: two first users
+    /// may both build it, never wait on each other.
+    fn get_or_build(
+        &self,
+        segment: &SegmentReader,
+        build: impl FnOnce(&SegmentReader) -> tantivy::Result<T>,
+    ) -> tantivy::Result<Arc<T>> {
+        let id = segment.segment_id();
+        if let Some(value) = self.0.lock().get(&id) {
+            return Ok(value.clone());
+        }
+        let value = Arc::new(build(segment)?);
+        self.0.lock().insert(id, value.clone());
+        Ok(value)
+    }
+
+    fn retain_live(&self, live: &HashSet<SegmentId>) {
+        self.0.lock().retain(|id, _| live.contains(id));
+    }
+
+    fn len(&self) -> usize {
+        self.0.lock().len()
+    }
+
+    #[cfg(test)]
+    fn contains(&self, id: &SegmentId) -> bool {
+        self.0.lock().contains_key(id)
+    }
+}
+
 impl std::fmt::Debug for Timelines {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Timelines")
-            .field("segments", &self.cache.lock().len())
+            .field("segments", &self.cache.len())
             .finish_non_exhaustive()
     }
 }
@@ -149,30 +190,37 @@ impl Timelines {
         searcher
             .segment_readers()
             .iter()
-            .map(|segment| self.get(segment))
+            .map(|segment| self.cache.get_or_build(segment, SegmentTimeline::build))
             .collect()
-    }
-
-    fn get(&self, segment: &SegmentReader) -> tantivy::Result<Arc<SegmentTimeline>> {
-        let id = segment.segment_id();
-        if let Some(timeline) = self.cache.lock().get(&id) {
-            return Ok(timeline.clone());
-        }
-        // Built outside the lock: two first searches may both build it, never wait on it.
-        let timeline = Arc::new(SegmentTimeline::build(segment)?);
-        self.cache.lock().insert(id, timeline.clone());
-        Ok(timeline)
     }
 
     /// The search columns of `segment`, opened on first use.
     pub fn columns(&self, segment: &SegmentReader) -> tantivy::Result<Arc<SearchColumns>> {
-        let id = segment.segment_id();
-        if let Some(columns) = self.columns.lock().get(&id) {
-            return Ok(columns.clone());
-        }
-        let columns = Arc::new(SearchColumns::open(segment)?);
-        self.columns.lock().insert(id, columns.clone());
-        Ok(columns)
+        self.columns.get_or_build(segment, SearchColumns::open)
+    }
+
+    /// Whether `segment` may hold an event with this `request_id` (`false`: certainly not).
+    pub fn may_hold_request_id(
+        &self,
+        segment: &SegmentReader,
+        request_id: &str,
+    ) -> tantivy::Result<bool> {
+        let filter = self.request_ids.get_or_build(segment, request_id_filter)?;
+        Ok(filter.may_contain(request_id))
+    }
+
+    /// The document-store reader pages read `segment`'s stored events with (raw bytes, see
+    /// [`super::source::stored_bytes`]), opened on first use and kept while the segment lives.
+    pub fn store(&self, segment: &SegmentReader) -> tantivy::Result<Arc<StoreReader>> {
+        self.stores.get_or_build(segment, |segment| {
+            Ok(segment.get_store_reader(STORE_CACHE_BLOCKS)?)
+        })
+    }
+
+    /// Heap bytes of the `request_id` filters (the timelines and columns are small).
+    pub fn filter_bytes(&self) -> usize {
+        let filters = self.request_ids.0.lock();
+        filters.values().map(|filter| filter.heap_bytes()).sum()
     }
 }
 
@@ -189,50 +237,11 @@ fn request_id_filter(segment: &SegmentReader) -> tantivy::Result<BloomFilter> {
     Ok(filter)
 }
 
-impl Timelines {
-    /// Whether `segment` may hold an event with this `request_id` (`false`: certainly not).
-    pub fn may_hold_request_id(
-        &self,
-        segment: &SegmentReader,
-        request_id: &str,
-    ) -> tantivy::Result<bool> {
-        Ok(self.request_id_filter(segment)?.may_contain(request_id))
-    }
-
-    fn request_id_filter(&self, segment: &SegmentReader) -> tantivy::Result<Arc<BloomFilter>> {
-        let id = segment.segment_id();
-        if let Some(filter) = self.request_ids.lock().get(&id) {
-            return Ok(filter.clone());
-        }
-        let filter = Arc::new(request_id_filter(segment)?);
-        self.request_ids.lock().insert(id, filter.clone());
-        Ok(filter)
-    }
-
-    /// The document-store reader pages read `segment`'s stored events with (raw bytes, see
-    /// [`super::source::stored_bytes`]), opened on first use and kept while the segment lives.
-    pub fn store(&self, segment: &SegmentReader) -> tantivy::Result<Arc<StoreReader>> {
-        let id = segment.segment_id();
-        if let Some(store) = self.stores.lock().get(&id) {
-            return Ok(store.clone());
-        }
-        let store = Arc::new(segment.get_store_reader(STORE_CACHE_BLOCKS)?);
-        self.stores.lock().insert(id, store.clone());
-        Ok(store)
-    }
-
-    /// Heap bytes of the `request_id` filters (the timelines and columns are small).
-    pub fn filter_bytes(&self) -> usize {
-        let filters = self.request_ids.lock();
-        filters.values().map(|filter| filter.heap_bytes()).sum()
-    }
-}
-
 impl Warmer for Timelines {
     fn warm(&self, searcher: &Searcher) -> tantivy::Result<()> {
         for segment in searcher.segment_readers() {
             self.columns(segment)?;
-            self.request_id_filter(segment)?;
+            self.request_ids.get_or_build(segment, request_id_filter)?;
         }
         self.of(searcher).map(drop)
     }
@@ -242,10 +251,10 @@ impl Warmer for Timelines {
             .iter()
             .flat_map(|generation| generation.segments().keys().copied())
             .collect();
-        self.cache.lock().retain(|id, _| live.contains(id));
-        self.columns.lock().retain(|id, _| live.contains(id));
-        self.request_ids.lock().retain(|id, _| live.contains(id));
-        self.stores.lock().retain(|id, _| live.contains(id));
+        self.cache.retain_live(&live);
+        self.columns.retain_live(&live);
+        self.request_ids.retain_live(&live);
+        self.stores.retain_live(&live);
     }
 }
 
@@ -284,14 +293,11 @@ mod tests {
         let reader: tantivy::IndexReader = reader;
         let searcher = reader.searcher();
         let id = searcher.segment_reader(0).segment_id();
-        assert!(
-            timelines.cache.lock().contains_key(&id),
-            "built before any search"
-        );
-        assert!(timelines.request_ids.lock().contains_key(&id));
+        assert!(timelines.cache.contains(&id), "built before any search");
+        assert!(timelines.request_ids.contains(&id));
         timelines.garbage_collect(&[]);
-        assert!(timelines.cache.lock().is_empty());
-        assert!(timelines.request_ids.lock().is_empty());
+        assert_eq!(timelines.cache.len(), 0);
+        assert_eq!(timelines.request_ids.len(), 0);
     }
 
     #[test]
