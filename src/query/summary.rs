@@ -97,6 +97,9 @@ impl KeyCounts {
     /// ranked first; strings are looked up only for the keys whose count reaches the `n`th
     /// largest (all of them tied at the cut, so ties still break by key).
     pub fn top(&self, n: usize) -> Vec<Ranked> {
+        if n == 0 {
+            return Vec::new();
+        }
         let mut candidates: Vec<(u64, u32)> = self
             .counts
             .iter()
@@ -104,9 +107,6 @@ impl KeyCounts {
             .filter(|(count, _)| **count > 0)
             .map(|(count, id)| (*count, id))
             .collect();
-        if n == 0 {
-            return Vec::new();
-        }
         if candidates.len() > n {
             candidates.select_nth_unstable_by(n - 1, |a, b| b.0.cmp(&a.0));
             let cut = candidates.get(n - 1).map_or(0, |(count, _)| *count);
@@ -157,7 +157,7 @@ impl KeyCounts {
 /// Equal when the same keys have the same counts, whatever the ids.
 impl PartialEq for KeyCounts {
     fn eq(&self, other: &KeyCounts) -> bool {
-        self.distinct() == other.distinct() && self.to_map() == other.to_map()
+        self.to_map() == other.to_map()
     }
 }
 
@@ -476,7 +476,7 @@ impl Tally {
         }
     }
 
-    /// The finished [`Aggregate`], ids resolved to strings.
+    /// The finished [`Aggregate`]; its key counts stay by interned id ([`KeyCounts`]).
     pub fn into_aggregate(self, identities: &Arc<Interner>, paths: &Arc<Interner>) -> Aggregate {
         let by_action = self
             .actions

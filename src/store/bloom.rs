@@ -64,11 +64,6 @@ impl BloomFilter {
     pub fn is_overfull(&self) -> bool {
         self.inserted > self.capacity
     }
-
-    /// Heap bytes held.
-    pub fn heap_bytes(&self) -> usize {
-        self.bits.len() * 8
-    }
 }
 
 #[cfg(test)]

@@ -216,12 +216,6 @@ impl Timelines {
             Ok(segment.get_store_reader(STORE_CACHE_BLOCKS)?)
         })
     }
-
-    /// Heap bytes of the `request_id` filters (the timelines and columns are small).
-    pub fn filter_bytes(&self) -> usize {
-        let filters = self.request_ids.0.lock();
-        filters.values().map(|filter| filter.heap_bytes()).sum()
-    }
 }
 
 /// A filter of every `request_id` value of `segment`.
@@ -337,7 +331,6 @@ mod tests {
                 .count();
             assert!(false_positives < 50, "{false_positives}");
         }
-        assert!(timelines.filter_bytes() > 0);
     }
 
     fn test_index(values: &[i64]) -> tantivy::Index {
