@@ -61,17 +61,40 @@ cmd_install() {
 	installed || die "$BIN is not nats-server v$NATS_VERSION after installing"
 }
 
-# free_ports N: N distinct free TCP ports on 127.0.0.1, one a line.
+# free_ports N: N distinct free TCP ports on 127.0.0.1, one a line, from below the kernel's
+# ephemeral range: a released port inside it can be taken by any outgoing connection (the nodes'
+# own route dials included) before the node listens on it (as src/cluster/local_ports.rs).
 free_ports() {
 	"$PYTHON" - "$1" <<'PY'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-for s in socks:
-    print(s.getsockname()[1])
+import os, socket, sys
+try:
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        low = int(f.read().split()[0])
+except (OSError, ValueError, IndexError):
+    low = 32768
+floor, wanted, found = 10000, int(sys.argv[1]), []
+span = low - floor
+if span < 1000:
+    socks = [socket.socket() for _ in range(wanted)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    found = [s.getsockname()[1] for s in socks]
+else:
+    start = os.getpid() * 7919 % span
+    for step in range(span):
+        port = floor + (start + step) % span
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            s.close()
+        found.append(port)
+        if len(found) == wanted:
+            break
+for port in found:
+    print(port)
 PY
 }
 

@@ -538,11 +538,7 @@ pub(crate) mod tests {
             )
         });
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::cluster::local_ports::unclaimed_loopback_port().unwrap();
         let child = std::process::Command::new(binary)
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
             .arg(dir.path())

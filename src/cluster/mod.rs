@@ -23,6 +23,7 @@ pub mod exports;
 pub mod kv;
 pub mod lease;
 pub mod lease_metrics;
+pub mod local_ports;
 pub mod manifest_links;
 pub mod message;
 pub mod schedules;

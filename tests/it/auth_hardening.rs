@@ -362,11 +362,10 @@ async fn a_key_removed_from_the_jwks_stops_working_within_the_refresh_interval()
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_jwks_leaves_the_process_up_and_unready_until_it_loads() {
     let dir = TestDir::new();
-    // A loopback port with nothing listening (yet).
-    let address = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // A loopback port with nothing listening (yet), outside the ephemeral range so that no
+    // outgoing connection takes it before the JWKS listener does.
+    let port = scaivault_audit::cluster::local_ports::unclaimed_loopback_port().unwrap();
+    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let url = jwks_url(address);
     let mut server = Server::start_listening(
         &dir.data_dir(),

@@ -1,14 +1,14 @@
 //! A three-node NATS JetStream cluster of the benchmark's own (`bench ingest --cluster`): the
-//! given `nats-server` binary, free loopback ports, `sync_interval: always` (as
+//! given `nats-server` binary, free loopback ports below the ephemeral range, `sync_interval: always` (as
 //! scripts/cluster.sh and docs/cluster.md require), data in the benchmark's temporary directory.
 //! Nodes are killed with SIGKILL; every node still running is killed when this is dropped.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use scaivault_audit::cluster::local_ports::unclaimed_loopback_port;
 use serde_json::Value;
 
 /// How long the nodes get to report healthy (they take about 2 s).
@@ -28,16 +28,16 @@ pub struct NatsCluster {
     http: reqwest::Client,
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 impl NatsCluster {
     /// Starts three nodes of `binary` under `root` and waits until every one reports healthy.
     pub async fn start(binary: &Path, root: &Path) -> anyhow::Result<NatsCluster> {
         let mut ports = Vec::new();
         for _ in 0..3 {
-            ports.push((free_port()?, free_port()?, free_port()?));
+            ports.push((
+                unclaimed_loopback_port()?,
+                unclaimed_loopback_port()?,
+                unclaimed_loopback_port()?,
+            ));
         }
         let routes: Vec<String> = ports
             .iter()

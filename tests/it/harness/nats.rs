@@ -1,14 +1,15 @@
 //! A three-node NATS JetStream cluster of the test's own (docs/cluster.md): the binary from
-//! `$SCAIVAULT_TEST_NATS_SERVER` (scripts/cluster.sh installs it), free loopback ports,
+//! `$SCAIVAULT_TEST_NATS_SERVER` (scripts/cluster.sh installs it), free loopback ports below
+//! the ephemeral range (`cluster::local_ports`),
 //! `sync_interval: always`, data and logs in the test directory (printed on failure). Nodes
 //! are killed with SIGKILL and restarted with their data.
 
 use std::fs::{self, File};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use scaivault_audit::cluster::local_ports::unclaimed_loopback_port;
 use serde_json::Value;
 
 /// How long the nodes get to report healthy (they take about 2 s).
@@ -41,10 +42,7 @@ pub struct NatsCluster {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("pick a free port")
-        .port()
+    unclaimed_loopback_port().expect("pick a free loopback port")
 }
 
 impl NatsCluster {
@@ -159,6 +157,10 @@ impl NatsCluster {
                 && response.status().is_success()
             {
                 return;
+            }
+            let log = fs::read_to_string(&node.log).unwrap_or_default();
+            if let Some(fatal) = log.lines().find(|line| line.contains("[FTL]")) {
+                panic!("NATS node {} stopped: {fatal}", node.name);
             }
             assert!(
                 started.elapsed() < HEALTHY_DEADLINE,
