@@ -114,6 +114,11 @@ pub async fn serve(
                         continue;
                     }
                 };
+                // An answer goes out as soon as it is written, not held back by Nagle's
+                // algorithm until the client acknowledges an earlier segment.
+                if let Err(error) = stream.set_nodelay(true) {
+                    tracing::debug!(%error, "cannot set TCP_NODELAY");
+                }
                 let connection = Connection { service: service.clone(), watcher: graceful.watcher(), client: peer.ip() };
                 let tls = tls.clone();
                 // The TLS handshake runs in the connection's own task, never in the accept loop.
