@@ -762,10 +762,7 @@ impl SegmentColumns {
         let actions = filter.actions.map(|mask| (columns.actions.clone(), mask));
         let paths = match &filter.path_prefix {
             Some(prefix) => Some(match &columns.paths {
-                Some(column) => {
-                    let ords = prefix_ords(column.dictionary(), prefix)?;
-                    (column.ords().clone(), ords)
-                }
+                Some(column) => (column.ords().clone(), columns.path_prefix_ords(prefix)?),
                 // No document of the segment has a path: nothing matches a prefix.
                 None => (Column::build_empty_column(segment.max_doc()), 0..0),
             }),
@@ -829,7 +826,7 @@ impl SegmentColumns {
 
 /// The term ordinals `[start, end)` of the paths starting with `prefix` in a segment's
 /// dictionary.
-fn prefix_ords(
+pub(super) fn prefix_ords(
     dictionary: &tantivy::columnar::Dictionary,
     prefix: &str,
 ) -> std::io::Result<Range<u64>> {

@@ -8,6 +8,7 @@
 //! only widen their block's range: pruning stays exact, just less effective.
 
 use std::collections::{HashMap, HashSet};
+use std::ops::Range;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -90,14 +91,20 @@ impl SegmentTimeline {
 /// opening a column looks it up in the segment's fast-field directory (a block of a compressed
 /// dictionary, tens of microseconds), and a search used to open 2–5 of them in every segment it
 /// visited.
-#[derive(Clone)]
 pub struct SearchColumns {
     pub timestamps: Column<i64>,
     pub seqs: Column<u64>,
     pub actions: Column<u64>,
     /// `secret_path` as term ordinals with their dictionary; `None` if no document has one.
     pub paths: Option<StrColumn>,
+    /// The path ordinals of the prefixes searched lately, oldest first (see
+    /// [`Self::path_prefix_ords`]).
+    prefix_ords: Mutex<Vec<(Box<str>, Range<u64>)>>,
 }
+
+/// Path prefixes whose ordinal ranges a segment remembers: users and dashboards come back to a
+/// few prefixes, and past this many the oldest is forgotten (a prefix is at most 512 bytes).
+const REMEMBERED_PREFIXES: usize = 16;
 
 impl SearchColumns {
     /// Opens the columns of `segment`.
@@ -108,7 +115,29 @@ impl SearchColumns {
             seqs: fast_fields.u64(fast::SEQ)?,
             actions: fast_fields.u64(fast::ACTION)?,
             paths: fast_fields.str(fast::SECRET_PATH)?,
+            prefix_ords: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The term ordinals `[start, end)` of the segment's paths that start with `prefix`; empty
+    /// when no document has a path. Finding them decompresses and scans two blocks of the
+    /// path dictionary (about a fifth of a prefix page's time), so they are remembered.
+    pub fn path_prefix_ords(&self, prefix: &str) -> std::io::Result<Range<u64>> {
+        let Some(paths) = &self.paths else {
+            return Ok(0..0);
+        };
+        let remembered = self.prefix_ords.lock();
+        if let Some((_, ords)) = remembered.iter().find(|(known, _)| &**known == prefix) {
+            return Ok(ords.clone());
+        }
+        drop(remembered);
+        let ords = super::search::prefix_ords(paths.dictionary(), prefix)?;
+        let mut remembered = self.prefix_ords.lock();
+        if remembered.len() >= REMEMBERED_PREFIXES {
+            remembered.remove(0);
+        }
+        remembered.push((prefix.into(), ords.clone()));
+        Ok(ords)
     }
 }
 
@@ -331,6 +360,55 @@ mod tests {
                 .count();
             assert!(false_positives < 50, "{false_positives}");
         }
+    }
+
+    #[test]
+    fn remembered_prefix_ordinals_are_the_dictionarys_own() {
+        let (schema, fields) = crate::store::schema::build_schema();
+        let index = tantivy::Index::create_in_ram(schema);
+        let mut writer: tantivy::IndexWriter =
+            index.writer_with_num_threads(1, 15_000_000).unwrap();
+        let paths: Vec<String> = (0..3000)
+            .map(|i| format!("env{}/team{}/secret{i}", i % 3, i % 40))
+            .collect();
+        for path in &paths {
+            let mut doc = tantivy::TantivyDocument::default();
+            doc.add_text(fields.secret_path, path);
+            writer.add_document(doc).unwrap();
+        }
+        writer.commit().unwrap();
+        let searcher = index.reader().unwrap().searcher();
+        let columns = SearchColumns::open(searcher.segment_reader(0)).unwrap();
+        let dictionary = columns.paths.as_ref().unwrap().dictionary();
+        let count = |prefix: &str| paths.iter().filter(|p| p.starts_with(prefix)).count();
+        let prefixes: Vec<String> = (0..40)
+            .map(|t| format!("env{}/team{t}/", t % 3))
+            .chain([
+                "env1/".into(),
+                "env9/".into(),
+                "e".into(),
+                "env2/team1".into(),
+            ])
+            .collect();
+        // Twice round, more prefixes than are remembered: first and forgotten lookups both.
+        for _ in 0..2 {
+            for prefix in &prefixes {
+                let ords = columns.path_prefix_ords(prefix).unwrap();
+                assert_eq!(
+                    ords,
+                    super::super::search::prefix_ords(dictionary, prefix).unwrap()
+                );
+                // The end may be unbounded (u64::MAX) past the last term.
+                let end = ords.end.min(dictionary.num_terms() as u64);
+                assert_eq!(end.saturating_sub(ords.start), count(prefix) as u64, "{prefix}");
+                assert_eq!(
+                    columns.path_prefix_ords(prefix).unwrap(),
+                    ords,
+                    "remembered"
+                );
+            }
+        }
+        assert_eq!(columns.prefix_ords.lock().len(), REMEMBERED_PREFIXES);
     }
 
     fn test_index(values: &[i64]) -> tantivy::Index {
