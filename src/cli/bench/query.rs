@@ -74,8 +74,29 @@ struct Params {
     busiest_sa: String,
 }
 
+/// The API as the tenant's client sees it: a keep-alive client, the server's address and the
+/// tenant every request names.
+struct TenantApi {
+    client: reqwest::Client,
+    address: String,
+    tenant: String,
+}
+
+impl TenantApi {
+    /// The API of `server` for `params`' tenant, through a new client (whose connections belong
+    /// to the runtime it is first used on).
+    fn new(server_address: &str, params: &Params) -> TenantApi {
+        TenantApi {
+            client: reqwest::Client::new(),
+            address: server_address.to_string(),
+            tenant: params.tenant.clone(),
+        }
+    }
+}
+
 /// One query of the mix: a path and query string against the server, and whether the workload
 /// guarantees it matches something.
+#[derive(Clone)]
 struct Query {
     number: u8,
     label: &'static str,
@@ -111,7 +132,8 @@ pub async fn run(args: QueryBenchArgs) -> anyhow::Result<()> {
     .await?;
     let started = Instant::now();
     post_all(&server, Arc::new(bodies), INGEST_CLIENTS).await?;
-    wait_searchable(&server, &params).await?;
+    let api = TenantApi::new(&server.address, &params);
+    wait_searchable(&api, &params).await?;
     println!(
         "loaded over HTTP and searchable in {:.2} s",
         started.elapsed().as_secs_f64()
@@ -124,7 +146,7 @@ pub async fn run(args: QueryBenchArgs) -> anyhow::Result<()> {
         settled.elapsed().as_secs_f64()
     );
     let mut queries = mix(&params);
-    let cursor = walk_to_page(&server, &params, &queries[3].path_and_query).await?;
+    let cursor = walk_to_page(&api, &queries[3].path_and_query).await?;
     match cursor {
         Some(cursor) => queries[7]
             .path_and_query
@@ -136,16 +158,7 @@ pub async fn run(args: QueryBenchArgs) -> anyhow::Result<()> {
     let before = RssSplit::of(server.pid).unwrap_or_default();
     server.reset_peak_rss()?;
     let sampler = RssSampler::start(server.pid);
-    for query in &queries {
-        get_rows(&server, &params, query).await?;
-    }
-    println!(
-        "query mix: {} timed runs per query after one warm-up, one keep-alive client, limit {LIMIT}",
-        args.runs
-    );
-    for query in &queries {
-        time_query(&server, &params, query, args.runs.max(1)).await?;
-    }
+    time_mix(&server.address, &params, &queries, args.runs.max(1)).await?;
     let peaks = sampler.finish();
     print_rss(server.peak_rss_kib(), before, peaks);
     server.stop().await
@@ -320,16 +333,12 @@ fn encode_path(path: &str) -> String {
 }
 
 /// GETs `path_and_query` as the tenant; the body, failing on any status but 200.
-async fn get_body(
-    server: &BenchServer,
-    params: &Params,
-    path_and_query: &str,
-) -> anyhow::Result<bytes::Bytes> {
-    let response = server
+async fn get_body(api: &TenantApi, path_and_query: &str) -> anyhow::Result<bytes::Bytes> {
+    let response = api
         .client
-        .get(format!("{}{path_and_query}", server.address))
+        .get(format!("{}{path_and_query}", api.address))
         .bearer_auth(BENCH_TOKEN)
-        .header("x-tenant-id", &params.tenant)
+        .header("x-tenant-id", &api.tenant)
         .send()
         .await?;
     let status = response.status();
@@ -344,12 +353,8 @@ async fn get_body(
 }
 
 /// GETs `path_and_query` as the tenant; the parsed body, failing on any status but 200.
-async fn get_json(
-    server: &BenchServer,
-    params: &Params,
-    path_and_query: &str,
-) -> anyhow::Result<serde_json::Value> {
-    let body = get_body(server, params, path_and_query).await?;
+async fn get_json(api: &TenantApi, path_and_query: &str) -> anyhow::Result<serde_json::Value> {
+    let body = get_body(api, path_and_query).await?;
     serde_json::from_slice(&body).with_context(|| format!("GET {path_and_query}: body is not JSON"))
 }
 
@@ -405,8 +410,8 @@ fn decoded_rows(path_and_query: &str, body: &[u8]) -> serde_json::Result<u64> {
 }
 
 /// Runs `query` once and checks that it matched something where the workload guarantees it.
-async fn get_rows(server: &BenchServer, params: &Params, query: &Query) -> anyhow::Result<u64> {
-    let body = get_body(server, params, &query.path_and_query).await?;
+async fn get_rows(api: &TenantApi, query: &Query) -> anyhow::Result<u64> {
+    let body = get_body(api, &query.path_and_query).await?;
     let rows = decoded_rows(&query.path_and_query, &body)
         .with_context(|| format!("GET {}: not a page or a summary", query.path_and_query))?;
     if query.must_match && rows == 0 {
@@ -420,18 +425,47 @@ async fn get_rows(server: &BenchServer, params: &Params, query: &Query) -> anyho
     Ok(rows)
 }
 
-/// Times `runs` runs of `query` and prints its line.
-async fn time_query(
-    server: &BenchServer,
+/// Runs the mix once untimed, then times `runs` runs of each query and prints its line.
+///
+/// The client runs on a runtime of its own with one thread, so that a request and its answer
+/// are handled on the thread that waits for them, as with a blocking client (the PostgreSQL
+/// harness's psycopg), rather than handed between the worker threads of the bench's runtime:
+/// on two cores each hand-off is a thread wake-up that is no part of the server's answer.
+async fn time_mix(
+    server_address: &str,
     params: &Params,
-    query: &Query,
+    queries: &[Query],
     runs: usize,
 ) -> anyhow::Result<()> {
+    let api = TenantApi::new(server_address, params);
+    let queries = queries.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            for query in &queries {
+                get_rows(&api, query).await?;
+            }
+            println!(
+                "query mix: {runs} timed runs per query after one warm-up, one keep-alive client, limit {LIMIT}"
+            );
+            for query in &queries {
+                time_query(&api, query, runs).await?;
+            }
+            Ok(())
+        })
+    })
+    .await?
+}
+
+/// Times `runs` runs of `query` and prints its line.
+async fn time_query(api: &TenantApi, query: &Query, runs: usize) -> anyhow::Result<()> {
     let mut latencies = Vec::with_capacity(runs);
     let mut rows = 0;
     for _ in 0..runs {
         let sent = Instant::now();
-        rows = get_rows(server, params, query).await?;
+        rows = get_rows(api, query).await?;
         latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
     }
     latencies.sort_by(f64::total_cmp);
@@ -447,10 +481,10 @@ async fn time_query(
 }
 
 /// Polls the all-time summary until it counts every event of the tenant.
-async fn wait_searchable(server: &BenchServer, params: &Params) -> anyhow::Result<()> {
+async fn wait_searchable(api: &TenantApi, params: &Params) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        let body = get_json(server, params, "/v1/audit/summary").await?;
+        let body = get_json(api, "/v1/audit/summary").await?;
         // Recorded reads (`--audit-reads`) are the tenant's events too; they are not the load.
         let recorded_reads = body
             .pointer("/actions_breakdown/audit_read")
@@ -474,18 +508,14 @@ async fn wait_searchable(server: &BenchServer, params: &Params) -> anyhow::Resul
 }
 
 /// Follows query 4's cursors to the start of page 50; `None` if there are fewer pages.
-async fn walk_to_page(
-    server: &BenchServer,
-    params: &Params,
-    first_page: &str,
-) -> anyhow::Result<Option<String>> {
+async fn walk_to_page(api: &TenantApi, first_page: &str) -> anyhow::Result<Option<String>> {
     let mut cursor: Option<String> = None;
     for _ in 1..CURSOR_PAGE {
         let path = match &cursor {
             None => first_page.to_string(),
             Some(cursor) => format!("{first_page}&cursor={cursor}"),
         };
-        let body = get_json(server, params, &path).await?;
+        let body = get_json(api, &path).await?;
         let next = body.get("cursor").and_then(serde_json::Value::as_str);
         let has_more = body.get("has_more").and_then(serde_json::Value::as_bool);
         match (next, has_more) {
