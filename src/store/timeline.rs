@@ -36,6 +36,11 @@ pub struct BlockSpan {
 pub struct SegmentTimeline {
     pub max_doc: DocId,
     pub blocks: Vec<BlockSpan>,
+    /// Block numbers by newest `max_us` first (ties: higher block first): the order in which a
+    /// newest-first search may find its best events.
+    pub newest_first: Vec<u32>,
+    /// Block numbers by oldest `min_us` first (ties: higher block first).
+    pub oldest_first: Vec<u32>,
 }
 
 impl SegmentTimeline {
@@ -77,7 +82,23 @@ impl SegmentTimeline {
             }));
             start = end;
         }
-        SegmentTimeline { max_doc, blocks }
+        Self::from_blocks(max_doc, blocks)
+    }
+
+    /// The timeline of `blocks`, with its two walk orders.
+    pub fn from_blocks(max_doc: DocId, blocks: Vec<BlockSpan>) -> SegmentTimeline {
+        let numbers = || (0..blocks.len() as u32).rev().collect::<Vec<u32>>();
+        // Stable sorts of the numbers in descending order: equal spans keep higher blocks first.
+        let mut newest_first = numbers();
+        newest_first.sort_by_key(|block| std::cmp::Reverse(blocks[*block as usize].max_us));
+        let mut oldest_first = numbers();
+        oldest_first.sort_by_key(|block| blocks[*block as usize].min_us);
+        SegmentTimeline {
+            max_doc,
+            blocks,
+            newest_first,
+            oldest_first,
+        }
     }
 
     /// The docs of block `block`.
@@ -400,7 +421,11 @@ mod tests {
                 );
                 // The end may be unbounded (u64::MAX) past the last term.
                 let end = ords.end.min(dictionary.num_terms() as u64);
-                assert_eq!(end.saturating_sub(ords.start), count(prefix) as u64, "{prefix}");
+                assert_eq!(
+                    end.saturating_sub(ords.start),
+                    count(prefix) as u64,
+                    "{prefix}"
+                );
                 assert_eq!(
                     columns.path_prefix_ords(prefix).unwrap(),
                     ords,
