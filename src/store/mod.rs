@@ -179,10 +179,9 @@ impl Store {
             .reload_policy(ReloadPolicy::Manual)
             .warmers(vec![partials_warmer, timelines_warmer])
             .try_into()?;
-        let dedup_reader: IndexReader = index
-            .reader_builder()
-            .reload_policy(ReloadPolicy::Manual)
-            .try_into()?;
+        // The deduplication reads through the query reader: a second reader would keep the
+        // segments merges replaced open (and their pages mapped) until its own next reload.
+        let dedup_reader = reader.clone();
         let index_writer: tantivy::IndexWriter = index
             .writer_with_num_threads(config.index_threads.max(1), config.index_memory_bytes)?;
         index_writer.set_merge_policy(Box::new(ArrivalOrderMergePolicy::new(index.clone())));
@@ -826,6 +825,46 @@ mod tests {
         }
         store.shutdown().await;
         assert_eq!(committed_block_size(dir.path()), DOCSTORE_BLOCK_BYTES);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_reader_serves_what_a_merge_made_after_the_last_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_ready(dir.path()).await;
+        // Eight one-event commits: the eighth makes eight segments, which Tantivy's log merge
+        // policy merges in the background, after the commit and the reader's reload.
+        for n in 0..8 {
+            store
+                .ingest(vec![event(&format!("e{n}"), 10 * n)])
+                .await
+                .unwrap();
+            store.flush().await.unwrap();
+        }
+        let index = Index::open_in_dir(dir.path().join("index")).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let searcher = store.searcher();
+            let mut served: Vec<_> = searcher
+                .segment_readers()
+                .iter()
+                .map(|segment| segment.segment_id())
+                .collect();
+            let mut current = index.searchable_segment_ids().unwrap();
+            served.sort();
+            current.sort();
+            if served.len() < 8 && served == current {
+                assert_eq!(searcher.num_docs(), 8);
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still serving {} segments, the index has {}",
+                served.len(),
+                current.len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        store.shutdown().await;
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -12,14 +12,15 @@
 //! earlier groups: acknowledgements never wait for a commit. Group commit: the WAL stage takes
 //! every request already queued, writes them all, and pays one `fdatasync` for the lot.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
+use tantivy::index::SegmentId;
 use tantivy::{IndexReader, IndexWriter};
 use tokio::sync::{mpsc, oneshot};
 
@@ -36,6 +37,8 @@ use crate::integrity::chain::{ChainHeads, ChainLink};
 const MAX_GROUP_EVENTS: usize = 50_000;
 /// A fully committed active WAL segment at least this large is closed so it can be deleted.
 const RETIRE_ACTIVE_SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
+/// How often an idle index stage looks for segments merges finished (a read of meta.json).
+const MERGE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// An event ready for the writer: validated, id assigned, storage JSON encoded.
 #[derive(Debug, Clone)]
@@ -449,9 +452,13 @@ impl IndexStage {
                         Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
                     }
                 }
-                None => match messages.recv() {
+                None => match messages.recv_timeout(MERGE_CHECK_INTERVAL) {
                     Ok(message) => Some(message),
-                    Err(_) => break,
+                    Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                        self.adopt_merged_segments();
+                        continue;
+                    }
+                    Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
                 },
             };
             match message {
@@ -485,6 +492,31 @@ impl IndexStage {
             }
         }
         self.final_commit();
+    }
+
+    /// Serves the segments background merges made since the last commit. A merge records its
+    /// result in the index's metadata without a commit of ours, and until the next commit the
+    /// reader kept serving the segments it replaced: more of them to search, and their files
+    /// (deleted, but open) kept mapped with every page the merge read.
+    fn adopt_merged_segments(&mut self) {
+        let served: HashSet<SegmentId> = self
+            .query_reader
+            .searcher()
+            .segment_readers()
+            .iter()
+            .map(|segment| segment.segment_id())
+            .collect();
+        match self.writer.index().searchable_segment_ids() {
+            Ok(current)
+                if current.iter().all(|id| served.contains(id))
+                    && current.len() == served.len() => {}
+            Ok(_) => {
+                if let Err(error) = self.query_reader.reload() {
+                    tracing::warn!(%error, "failed to open the merged segments");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "failed to read the index's segments"),
+        }
     }
 
     fn commit_if_due(&mut self) {
