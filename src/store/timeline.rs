@@ -346,10 +346,7 @@ mod tests {
 
     #[test]
     fn request_id_filters_hold_every_value_of_their_segment() {
-        let (schema, fields) = crate::store::schema::build_schema();
-        let index = tantivy::Index::create_in_ram(schema);
-        let mut writer: tantivy::IndexWriter =
-            index.writer_with_num_threads(1, 15_000_000).unwrap();
+        let (index, fields, mut writer) = empty_index();
         for segment in 0..2 {
             for i in 0..1000 {
                 let mut doc = tantivy::TantivyDocument::default();
@@ -385,10 +382,7 @@ mod tests {
 
     #[test]
     fn remembered_prefix_ordinals_are_the_dictionarys_own() {
-        let (schema, fields) = crate::store::schema::build_schema();
-        let index = tantivy::Index::create_in_ram(schema);
-        let mut writer: tantivy::IndexWriter =
-            index.writer_with_num_threads(1, 15_000_000).unwrap();
+        let (index, fields, mut writer) = empty_index();
         let paths: Vec<String> = (0..3000)
             .map(|i| format!("env{}/team{}/secret{i}", i % 3, i % 40))
             .collect();
@@ -436,11 +430,20 @@ mod tests {
         assert_eq!(columns.prefix_ords.lock().len(), REMEMBERED_PREFIXES);
     }
 
-    fn test_index(values: &[i64]) -> tantivy::Index {
+    /// An index in memory with the store's schema, and a one-thread writer.
+    fn empty_index() -> (
+        tantivy::Index,
+        crate::store::schema::Fields,
+        tantivy::IndexWriter,
+    ) {
         let (schema, fields) = crate::store::schema::build_schema();
         let index = tantivy::Index::create_in_ram(schema);
-        let mut writer: tantivy::IndexWriter =
-            index.writer_with_num_threads(1, 15_000_000).unwrap();
+        let writer = index.writer_with_num_threads(1, 15_000_000).unwrap();
+        (index, fields, writer)
+    }
+
+    fn test_index(values: &[i64]) -> tantivy::Index {
+        let (index, fields, mut writer) = empty_index();
         for value in values {
             let mut doc = tantivy::TantivyDocument::default();
             doc.add_i64(fields.timestamp, *value);
