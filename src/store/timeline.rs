@@ -164,8 +164,9 @@ impl SearchColumns {
 
 /// The timelines of the segments searchers see. Registered as a Tantivy [`Warmer`] on the
 /// query reader, so a new or merged segment's timeline is built when the reader reloads (after
-/// a commit), not by the first search that meets it; a segment missing anyway (a reader
-/// without the warmer) is built on first use. Cheap: 16 bytes per 1,024 documents.
+/// a commit or a merge), not by the first search that meets it; a segment missing anyway (a
+/// reader without the warmer) is built on first use. Cheap: 24 bytes per 1,024 documents (the
+/// bounds and the two walk orders).
 ///
 /// It keeps each segment's [`SearchColumns`] too, for as long as the segment is live, and a
 /// Bloom filter of the segment's `request_id` values (10 bits per distinct value): an exact
