@@ -90,9 +90,10 @@ impl Deduplicator {
         // The filter keeps those bits: a false positive costs one exact lookup, nothing more.
     }
 
-    /// Called after the index committed everything below `committed_seq`.
+    /// Called after the index committed everything below `committed_seq`. The reader is the
+    /// store's query reader, which the index stage reloads before it publishes
+    /// `committed_seq`: it already shows every committed key.
     pub fn on_commit(&mut self, committed_seq: u64) -> tantivy::Result<()> {
-        self.reader.reload()?;
         while self
             .pending_order
             .front()

@@ -135,6 +135,16 @@ pub fn build_schema() -> (Schema, Fields) {
 }
 
 impl Fields {
+    /// The compact stored source a stored document keeps, as Tantivy reads it (empty when it
+    /// has none); pages read it in place instead ([`super::source::stored_bytes`]).
+    pub fn stored_source<'a>(&self, document: &'a tantivy::TantivyDocument) -> &'a [u8] {
+        use tantivy::schema::Value;
+        document
+            .get_first(self.source)
+            .and_then(|value| value.as_bytes())
+            .unwrap_or_default()
+    }
+
     /// The Tantivy document of one event with its chain `link`. `source` is the event's
     /// storage JSON; the document keeps it compact (see [`super::source::compact`]).
     pub fn document(

@@ -23,7 +23,6 @@ use std::sync::Arc;
 use tantivy::columnar::Column;
 use tantivy::fastfield::AliveBitSet;
 use tantivy::query::{EnableScoring, Query, Scorer, Weight};
-use tantivy::schema::Value;
 use tantivy::{DocAddress, DocId, Searcher, SegmentReader, TERMINATED, TantivyDocument};
 
 use super::schema::{Fields, fast};
@@ -297,11 +296,7 @@ fn write_api_event(
         Some(stored) => stored,
         None => {
             let document: TantivyDocument = searcher.doc(address)?;
-            read_through_tantivy = document
-                .get_first(fields.source)
-                .and_then(|value| value.as_bytes())
-                .unwrap_or_default()
-                .to_vec();
+            read_through_tantivy = fields.stored_source(&document).to_vec();
             &read_through_tantivy
         }
     };
@@ -366,12 +361,8 @@ fn load_document(
     address: DocAddress,
 ) -> Result<(Vec<u8>, TantivyDocument), SearchError> {
     let document: TantivyDocument = searcher.doc(address)?;
-    let stored = document
-        .get_first(fields.source)
-        .and_then(|value| value.as_bytes())
-        .unwrap_or_default();
     let columns = SourceColumns::of_segment(searcher.segment_reader(address.segment_ord))?;
-    let source = columns.restore(address.doc_id, stored)?;
+    let source = columns.restore(address.doc_id, fields.stored_source(&document))?;
     Ok((source, document))
 }
 

@@ -161,11 +161,7 @@ fn walk_events(
     for at in chain::documents_in_sequence_order(&searcher)? {
         let (columns, store) = &readers[at.segment as usize];
         let document: TantivyDocument = store.get(at.doc)?;
-        let stored_source = document
-            .get_first(fields.source)
-            .and_then(|value| tantivy::schema::Value::as_bytes(&value))
-            .unwrap_or_default();
-        let source = columns.restore(at.doc, stored_source)?;
+        let source = columns.restore(at.doc, fields.stored_source(&document))?;
         report.events += 1;
         let event: AuditEvent = match serde_json::from_slice(&source) {
             Ok(event) => event,
