@@ -33,6 +33,8 @@ use tantivy::{
     DocId, DocSet, Opstamp, Searcher, SearcherGeneration, SegmentReader, TERMINATED, Warmer,
 };
 
+use crate::store::scan::{FastColumns, ScanDirectory};
+
 use super::summary::{
     ACTION_SLOTS, Aggregate, Breakdowns, DocValues, SummaryColumns, Tally, Window, min_option,
 };
@@ -43,16 +45,19 @@ type SegmentKey = (SegmentId, Option<Opstamp>);
 /// The partials of every segment the query reader serves, and the string interners.
 pub struct PartialCache {
     tenant: Field,
+    scan: ScanDirectory,
     identities: Arc<Interner>,
     paths: Arc<Interner>,
     segments: Mutex<HashMap<SegmentKey, Arc<SegmentPartials>>>,
 }
 
 impl PartialCache {
-    /// An empty cache for an index whose tenant term is in `tenant`.
-    pub fn new(tenant: Field) -> PartialCache {
+    /// An empty cache for an index whose tenant term is in `tenant`; partials are built from
+    /// columns read through `scan` (see [`crate::store::scan`]).
+    pub fn new(tenant: Field, scan: ScanDirectory) -> PartialCache {
         PartialCache {
             tenant,
+            scan,
             identities: Arc::default(),
             paths: Arc::default(),
             segments: Mutex::new(HashMap::new()),
@@ -72,6 +77,7 @@ impl PartialCache {
         // Built outside the lock: two racing builders compute the same thing, one is kept.
         let built = Arc::new(SegmentPartials::build(
             segment,
+            &self.scan.columns(segment)?,
             self.tenant,
             &self.identities,
             &self.paths,
@@ -218,11 +224,12 @@ impl SegmentPartials {
     /// Walks every live document of `segment`, tenant by tenant (the `tenant` term postings).
     fn build(
         segment: &SegmentReader,
+        fast_fields: &FastColumns,
         tenant_field: Field,
         identities: &Interner,
         paths: &Interner,
     ) -> tantivy::Result<SegmentPartials> {
-        let columns = SummaryColumns::open(segment)?;
+        let columns = SummaryColumns::of_columns(fast_fields, Breakdowns::ALL)?;
         let mut partials = SegmentPartials {
             tenants: HashMap::new(),
             identity_ids: identities.intern_dictionary(columns.identities())?,
@@ -523,7 +530,7 @@ mod tests {
         fn new() -> Fixture {
             let (schema, fields) = build_schema();
             let index = Index::create_in_ram(schema);
-            let cache = Arc::new(PartialCache::new(fields.tenant));
+            let cache = Arc::new(PartialCache::new(fields.tenant, ScanDirectory::in_place()));
             let warmer = Arc::downgrade(&cache);
             let reader: IndexReader = index
                 .reader_builder()

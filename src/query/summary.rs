@@ -25,6 +25,7 @@ use tantivy::{DocId, DocSet, Searcher, SegmentReader, TERMINATED, Term};
 
 use super::partials::{DayPartial, Interner, Overlap, PartialCache, SegmentPartials};
 use crate::event::Action;
+use crate::store::scan::FastColumns;
 use crate::store::schema::fast;
 
 /// Everything the summaries report, before top-N selection.
@@ -368,7 +369,15 @@ impl SummaryColumns {
         segment: &SegmentReader,
         breakdowns: Breakdowns,
     ) -> tantivy::Result<SummaryColumns> {
-        let fast_fields = segment.fast_fields();
+        Self::of_columns(&FastColumns::mapped(segment), breakdowns)
+    }
+
+    /// The summary's columns among a segment's `fast_fields` (a scan's, see
+    /// [`crate::store::scan`]), of the keys `breakdowns` counts.
+    pub fn of_columns(
+        fast_fields: &FastColumns,
+        breakdowns: Breakdowns,
+    ) -> tantivy::Result<SummaryColumns> {
         let key_column = |wanted: bool, name: &str| {
             if wanted {
                 fast_fields.str(name)

@@ -21,6 +21,7 @@ use tantivy::schema::IndexRecordOption;
 use tantivy::{DocSet, IndexReader, SegmentReader, TERMINATED, Term};
 
 use super::bloom::BloomFilter;
+use super::scan::ScanDirectory;
 use super::schema::{Fields, fast, id_key};
 
 /// The smallest filter built: the WAL stage inserts into it as events arrive.
@@ -34,20 +35,23 @@ pub struct Deduplicator {
     pending: HashMap<String, u64>,
     pending_order: VecDeque<(u64, String)>,
     reader: IndexReader,
+    /// Where rebuilding the filter reads every segment's ids through.
+    scan: ScanDirectory,
     fields: Fields,
     /// Whether the index holds documents whose `id` fast field is a bare id.
     legacy: bool,
 }
 
 impl Deduplicator {
-    /// Builds the filter from every key in the index.
-    pub fn load(reader: IndexReader, fields: Fields) -> tantivy::Result<Self> {
+    /// Builds the filter from every key in the index, read through `scan`.
+    pub fn load(reader: IndexReader, fields: Fields, scan: ScanDirectory) -> tantivy::Result<Self> {
         reader.reload()?;
         let mut dedup = Deduplicator {
             filter: BloomFilter::with_capacity(MIN_CAPACITY),
             pending: HashMap::new(),
             pending_order: VecDeque::new(),
             reader,
+            scan,
             fields,
             legacy: false,
         };
@@ -168,7 +172,7 @@ impl Deduplicator {
         let mut filter = BloomFilter::with_capacity((stored * 2).max(MIN_CAPACITY));
         let mut legacy = false;
         for segment in searcher.segment_readers() {
-            let Some(ids) = segment.fast_fields().str(fast::ID)? else {
+            let Some(ids) = self.scan.columns(segment)?.str(fast::ID)? else {
                 continue;
             };
             let mut terms = ids.dictionary().stream()?;
@@ -209,7 +213,7 @@ mod tests {
     #[test]
     fn stored_ids_are_per_tenant_in_keyed_legacy_and_pending_data() {
         let (reader, fields) = mixed_index();
-        let mut dedup = Deduplicator::load(reader, fields).unwrap();
+        let mut dedup = Deduplicator::load(reader, fields, ScanDirectory::in_place()).unwrap();
         assert!(dedup.is_stored("tnt_a", "legacy_1").unwrap());
         assert!(!dedup.is_stored("tnt_b", "legacy_1").unwrap());
         assert!(dedup.is_stored("tnt_b", "keyed_1").unwrap());

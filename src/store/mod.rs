@@ -26,6 +26,7 @@ pub mod merge_order;
 pub mod metrics;
 pub mod migrate;
 pub mod retention;
+pub mod scan;
 pub mod schema;
 pub mod search;
 pub mod source;
@@ -56,6 +57,7 @@ use crate::query::partials::PartialCache;
 use dedup::Deduplicator;
 use log::{ConsumeStage, EventLog, LocalLog, LogSource, Replicated};
 use merge_order::ArrivalOrderMergePolicy;
+use scan::ScanDirectory;
 use timeline::Timelines;
 use wal::Wal;
 use writer::{CommitPayload, IndexStage, Request, SharedState};
@@ -168,10 +170,12 @@ impl Store {
         let payload = CommitPayload::parse(index.load_metas()?.payload.as_deref())
             .map_err(StoreError::Payload)?;
         check_mode(&payload, replicated.is_some(), data_dir)?;
-        // The summary partials are built as the query reader first sees each segment.
-        let partials = Arc::new(PartialCache::new(fields.tenant));
+        // The summary partials are built as the query reader first sees each segment, from
+        // scans that leave no pages mapped.
+        let scan = ScanDirectory::open(&index_dir(data_dir))?;
+        let partials = Arc::new(PartialCache::new(fields.tenant, scan.clone()));
         // So are the searches' block time bounds.
-        let timelines = Arc::new(Timelines::default());
+        let timelines = Arc::new(Timelines::scanning(scan.clone()));
         let partials_warmer: Weak<dyn tantivy::Warmer> = Arc::downgrade(&partials) as _;
         let timelines_warmer: Weak<dyn tantivy::Warmer> = Arc::downgrade(&timelines) as _;
         let reader: IndexReader = index
@@ -252,6 +256,7 @@ impl Store {
             committed_seq: payload.next_seq,
             index_stage,
             dedup_reader,
+            scan,
             request_rx,
             index_queue: 64,
             follow,
@@ -400,6 +405,8 @@ struct Startup {
     committed_seq: u64,
     index_stage: IndexStage,
     dedup_reader: IndexReader,
+    /// Where the deduplication's filter reads the stored ids through.
+    scan: ScanDirectory,
     request_rx: mpsc::Receiver<Request>,
     index_queue: usize,
     /// Clustered mode: the log this replica follows instead of replaying a WAL.
@@ -453,7 +460,7 @@ impl Startup {
         let next_seq = stage.next_seq;
         let shared = stage.shared.clone();
         let position = shared.committed_position.load(Ordering::SeqCst);
-        let dedup = Deduplicator::load(self.dedup_reader, self.index_stage.fields)
+        let dedup = Deduplicator::load(self.dedup_reader, self.index_stage.fields, self.scan)
             .map_err(|e| e.to_string())?;
         let (index_tx, index_thread) =
             writer::spawn_index_stage(self.index_stage, self.index_queue)
@@ -554,7 +561,7 @@ impl Startup {
             elapsed_ms = elapsed.as_millis() as u64,
             "write-ahead log replayed"
         );
-        let dedup = Deduplicator::load(self.dedup_reader, self.index_stage.fields)
+        let dedup = Deduplicator::load(self.dedup_reader, self.index_stage.fields, self.scan)
             .map_err(|e| e.to_string())?;
         let (wal_thread, index_thread) = writer::spawn_stages(
             wal,
@@ -582,7 +589,7 @@ pub enum DataDirContents {
 /// Reads what `data_dir` holds without opening, locking or changing a store (the `import`
 /// command uses it to refuse a combination that would split the trail).
 pub fn data_dir_contents(data_dir: &Path) -> Result<DataDirContents, StoreError> {
-    let index_dir = data_dir.join("index");
+    let index_dir = index_dir(data_dir);
     let meta = index_dir.join("meta.json");
     let indexed = meta.try_exists().map_err(|source| StoreError::Io {
         action: "check",
@@ -639,6 +646,11 @@ fn check_mode(payload: &CommitPayload, clustered: bool, data_dir: &Path) -> Resu
         ))),
         _ => Ok(()),
     }
+}
+
+/// The index's directory in `data_dir`.
+fn index_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("index")
 }
 
 fn create_dir(path: &Path) -> Result<(), StoreError> {
@@ -711,7 +723,7 @@ fn open_or_create_index(
     memory_bytes: usize,
 ) -> Result<(Index, Fields), StoreError> {
     migrate::recover(data_dir)?;
-    let index_dir = data_dir.join("index");
+    let index_dir = index_dir(data_dir);
     create_dir(&index_dir)?;
     let (schema, fields) = schema::build_schema();
     let meta = index_dir.join("meta.json");

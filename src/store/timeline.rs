@@ -18,6 +18,7 @@ use tantivy::store::StoreReader;
 use tantivy::{DocId, Searcher, SearcherGeneration, SegmentReader, Warmer};
 
 use super::bloom::BloomFilter;
+use super::scan::{FastColumns, ScanDirectory};
 use super::schema::fast;
 
 /// Documents per block.
@@ -44,10 +45,10 @@ pub struct SegmentTimeline {
 }
 
 impl SegmentTimeline {
-    /// Reads the timestamps of a segment once.
-    pub fn build(segment: &SegmentReader) -> tantivy::Result<SegmentTimeline> {
-        let timestamps = segment.fast_fields().i64(fast::TIMESTAMP)?;
-        Ok(Self::from_column(&timestamps, segment.max_doc()))
+    /// Reads the timestamps of a segment (its `columns`, `max_doc` documents) once.
+    pub fn build(columns: &FastColumns, max_doc: DocId) -> tantivy::Result<SegmentTimeline> {
+        let timestamps = columns.i64(fast::TIMESTAMP)?;
+        Ok(Self::from_column(&timestamps, max_doc))
     }
 
     fn from_column(timestamps: &Column<i64>, max_doc: DocId) -> SegmentTimeline {
@@ -174,8 +175,12 @@ impl SearchColumns {
 /// segment's compressed `request_id` dictionary (a zstd block decompressed per probe, which
 /// made the lookup grow with the number of segments). And the segment's [`StoreReader`], which
 /// pages read stored events with.
+///
+/// Timelines and filters read every value of their columns: they read them through `scan`, so
+/// that the pages they touch do not stay mapped (see [`super::scan`]).
 #[derive(Default)]
 pub struct Timelines {
+    scan: ScanDirectory,
     cache: PerSegment<SegmentTimeline>,
     columns: PerSegment<SearchColumns>,
     request_ids: PerSegment<BloomFilter>,
@@ -236,12 +241,24 @@ impl std::fmt::Debug for Timelines {
 }
 
 impl Timelines {
+    /// Timelines whose builds read segments through `scan`.
+    pub fn scanning(scan: ScanDirectory) -> Timelines {
+        Timelines {
+            scan,
+            ..Timelines::default()
+        }
+    }
+
     /// The timeline of every segment of `searcher`, in segment ordinal order.
     pub fn of(&self, searcher: &Searcher) -> tantivy::Result<Vec<Arc<SegmentTimeline>>> {
         searcher
             .segment_readers()
             .iter()
-            .map(|segment| self.cache.get_or_build(segment, SegmentTimeline::build))
+            .map(|segment| {
+                self.cache.get_or_build(segment, |segment| {
+                    SegmentTimeline::build(&self.scan.columns(segment)?, segment.max_doc())
+                })
+            })
             .collect()
     }
 
@@ -256,8 +273,15 @@ impl Timelines {
         segment: &SegmentReader,
         request_id: &str,
     ) -> tantivy::Result<bool> {
-        let filter = self.request_ids.get_or_build(segment, request_id_filter)?;
+        let filter = self.request_id_filter(segment)?;
         Ok(filter.may_contain(request_id))
+    }
+
+    /// The `request_id` filter of `segment`, built now if missing.
+    fn request_id_filter(&self, segment: &SegmentReader) -> tantivy::Result<Arc<BloomFilter>> {
+        self.request_ids.get_or_build(segment, |segment| {
+            request_id_filter(&self.scan.columns(segment)?)
+        })
     }
 
     /// The document-store reader pages read `segment`'s stored events with (raw bytes, see
@@ -269,9 +293,9 @@ impl Timelines {
     }
 }
 
-/// A filter of every `request_id` value of `segment`.
-fn request_id_filter(segment: &SegmentReader) -> tantivy::Result<BloomFilter> {
-    let Some(column) = segment.fast_fields().str(fast::REQUEST_ID)? else {
+/// A filter of every `request_id` value of a segment (its `columns`).
+fn request_id_filter(columns: &FastColumns) -> tantivy::Result<BloomFilter> {
+    let Some(column) = columns.str(fast::REQUEST_ID)? else {
         return Ok(BloomFilter::with_capacity(0));
     };
     let mut filter = BloomFilter::with_capacity(column.num_terms());
@@ -286,7 +310,7 @@ impl Warmer for Timelines {
     fn warm(&self, searcher: &Searcher) -> tantivy::Result<()> {
         for segment in searcher.segment_readers() {
             self.columns(segment)?;
-            self.request_ids.get_or_build(segment, request_id_filter)?;
+            self.request_id_filter(segment)?;
         }
         self.of(searcher).map(drop)
     }
@@ -314,7 +338,9 @@ mod tests {
         assert!(SegmentTimeline::from_column(&column, 0).blocks.is_empty());
         let index = test_index(&values);
         let searcher = index.reader().unwrap().searcher();
-        let timeline = SegmentTimeline::build(searcher.segment_reader(0)).unwrap();
+        let segment = searcher.segment_reader(0);
+        let timeline =
+            SegmentTimeline::build(&FastColumns::mapped(segment), segment.max_doc()).unwrap();
         assert_eq!(timeline.blocks.len(), 3);
         for (block, span) in timeline.blocks.iter().enumerate() {
             let docs = timeline.docs(block);
