@@ -72,7 +72,13 @@ pub async fn run_page(
     let search = move |budget: &mut Budget<'_>| {
         let searcher = state.store.searcher();
         let fields = state.store.fields();
-        let plan = query::build_search(searcher.index(), fields, &tenant, &searchable)?;
+        let plan = query::build_search(
+            searcher.index(),
+            fields,
+            &tenant,
+            &searchable,
+            Some(state.store.partials()),
+        )?;
         let result = search::top_api_json(
             &searcher,
             state.store.timelines(),

@@ -128,7 +128,13 @@ fn run_aggregate(
     let aggregate = if rest == LogFilters::default() {
         summary::summarize_tenant(partials, searcher, tenant, window)
     } else {
-        let query = query::build_query(searcher.index(), state.store.fields(), tenant, &rest)?;
+        let query = query::build_query(
+            searcher.index(),
+            state.store.fields(),
+            tenant,
+            &rest,
+            Some(partials),
+        )?;
         summary::aggregate_matching(
             partials,
             searcher,

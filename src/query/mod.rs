@@ -6,9 +6,11 @@
 pub mod cursor;
 pub mod partials;
 pub mod summary;
+pub mod tenant;
 
 use std::net::IpAddr;
 use std::ops::Bound;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use tantivy::query::{
@@ -18,6 +20,8 @@ use tantivy::schema::IndexRecordOption;
 use tantivy::{Index, Term};
 
 use crate::event::{Action, FieldErrors, IdentityType};
+use crate::query::partials::PartialCache;
+use crate::query::tenant::TenantQuery;
 use crate::store::Fields;
 use crate::store::lookup::RequestIdQuery;
 use crate::store::schema::to_ipv6;
@@ -291,6 +295,7 @@ pub fn build_search(
     fields: &Fields,
     tenant: &str,
     filters: &LogFilters,
+    partials: Option<&Arc<PartialCache>>,
 ) -> Result<SearchPlan, QueryError> {
     let filter = ColumnFilter {
         from_us: filters.from_us,
@@ -304,7 +309,7 @@ pub fn build_search(
             .map(|network| to_ipv6(network.network())..=to_ipv6(network.broadcast())),
         request_id: filters.request_id.clone(),
     };
-    let clauses = posting_clauses(index, fields, tenant, filters)?;
+    let clauses = posting_clauses(index, fields, tenant, filters, partials)?;
     Ok(SearchPlan {
         query: Box::new(BooleanQuery::new(clauses)),
         filter,
@@ -318,8 +323,9 @@ pub fn build_query(
     fields: &Fields,
     tenant: &str,
     filters: &LogFilters,
+    partials: Option<&Arc<PartialCache>>,
 ) -> Result<Box<dyn Query>, QueryError> {
-    let mut clauses = posting_clauses(index, fields, tenant, filters)?;
+    let mut clauses = posting_clauses(index, fields, tenant, filters, partials)?;
     if filters.from_us.is_some() || filters.to_us.is_some() {
         let lower = filters.from_us.map_or(Bound::Unbounded, |from| {
             Bound::Included(Term::from_field_i64(fields.timestamp, from))
@@ -385,17 +391,19 @@ fn action_mask(actions: &[Action]) -> u64 {
         .fold(0, |mask, ordinal| mask | (1 << ordinal))
 }
 
-/// The clauses answered from postings: the tenant and the filters that usually select few
+/// The clauses answered from postings: the tenant (from the segments' tenant maps that
+/// `partials` keeps, if given; see [`tenant`]) and the filters that usually select few
 /// documents.
 fn posting_clauses(
     index: &Index,
     fields: &Fields,
     tenant: &str,
     filters: &LogFilters,
+    partials: Option<&Arc<PartialCache>>,
 ) -> Result<Vec<Clause>, QueryError> {
     let mut clauses: Vec<Clause> = vec![(
         Occur::Must,
-        term(Term::from_field_text(fields.tenant, tenant)),
+        Box::new(TenantQuery::new(fields.tenant, tenant, partials.cloned())),
     )];
     if let Some(identity_id) = &filters.identity_id {
         clauses.push((

@@ -33,6 +33,7 @@ use tantivy::{
     DocId, DocSet, Opstamp, Searcher, SearcherGeneration, SegmentReader, TERMINATED, Warmer,
 };
 
+use super::tenant::TenantOfDoc;
 use crate::store::scan::{FastColumns, ScanDirectory};
 
 use super::summary::{
@@ -83,6 +84,13 @@ impl PartialCache {
             &self.paths,
         )?);
         Ok(self.segments.lock().entry(key).or_insert(built).clone())
+    }
+
+    /// The partials of `segment` if the cache holds them (built by the warmer), without
+    /// building them.
+    pub fn cached(&self, segment: &SegmentReader) -> Option<Arc<SegmentPartials>> {
+        let key = (segment.segment_id(), segment.delete_opstamp());
+        self.segments.lock().get(&key).cloned()
     }
 
     /// The partials of every segment of `searcher`, in segment order.
@@ -156,6 +164,11 @@ pub struct SegmentPartials {
     identity_ids: Vec<u32>,
     /// Interned id of each term ordinal of the segment's path column.
     path_ids: Vec<u32>,
+    /// Per tenant term: its number in [`Self::tenant_of_doc`] and its documents (deleted ones
+    /// included, as in its postings).
+    tenant_numbers: HashMap<String, (u32, u32)>,
+    /// The tenant number of every document (see [`super::tenant`]).
+    tenant_of_doc: TenantOfDoc,
 }
 
 /// How a partial lies against a window.
@@ -230,31 +243,46 @@ impl SegmentPartials {
         paths: &Interner,
     ) -> tantivy::Result<SegmentPartials> {
         let columns = SummaryColumns::of_columns(fast_fields, Breakdowns::ALL)?;
+        let inverted = segment.inverted_index(tenant_field)?;
+        let tenant_terms = inverted.terms().num_terms();
         let mut partials = SegmentPartials {
             tenants: HashMap::new(),
             identity_ids: identities.intern_dictionary(columns.identities())?,
             path_ids: paths.intern_dictionary(columns.paths())?,
+            tenant_numbers: HashMap::with_capacity(tenant_terms),
+            tenant_of_doc: TenantOfDoc::new(0, 0),
         };
-        let inverted = segment.inverted_index(tenant_field)?;
+        let mut tenant_of_doc = TenantOfDoc::new(segment.max_doc(), tenant_terms);
         let mut terms = inverted.terms().stream()?;
+        let mut number = 0u32;
         while terms.advance() {
             let tenant = String::from_utf8_lossy(terms.key()).into_owned();
             let mut postings =
                 inverted.read_postings_from_terminfo(terms.value(), IndexRecordOption::Basic)?;
-            let days = partials.tenant_partials(&mut postings, segment.alive_bitset(), &columns);
+            let days =
+                partials.tenant_partials(&mut postings, segment.alive_bitset(), &columns, |doc| {
+                    tenant_of_doc.set(doc, number)
+                });
+            partials
+                .tenant_numbers
+                .insert(tenant.clone(), (number, terms.value().doc_freq));
+            number += 1;
             if !days.is_empty() {
                 partials.tenants.insert(tenant, days);
             }
         }
+        partials.tenant_of_doc = tenant_of_doc;
         Ok(partials)
     }
 
-    /// One tenant's partials, day by day, from its postings.
+    /// One tenant's partials, day by day, from its postings; `each_doc` sees every document
+    /// of them, deleted ones included.
     fn tenant_partials(
         &self,
         postings: &mut SegmentPostings,
         alive: Option<&AliveBitSet>,
         columns: &SummaryColumns,
+        mut each_doc: impl FnMut(DocId),
     ) -> Vec<DayPartial> {
         let mut builders: Vec<DayBuilder> = Vec::new();
         // Events arrive almost in time order: the day of the previous doc is nearly always
@@ -262,6 +290,7 @@ impl SegmentPartials {
         let mut current = 0usize;
         let mut doc = postings.doc();
         while doc != TERMINATED {
+            each_doc(doc);
             if alive.is_none_or(|alive| alive.is_alive(doc)) {
                 let values = columns.read(doc);
                 let day = values.day();
@@ -309,6 +338,17 @@ impl SegmentPartials {
             })
     }
 
+    /// `tenant`'s number in [`Self::tenant_of_doc`] and its document count (deleted ones
+    /// included), if the segment has the tenant's term.
+    pub fn tenant_number(&self, tenant: &str) -> Option<(u32, u32)> {
+        self.tenant_numbers.get(tenant).copied()
+    }
+
+    /// The tenant number of every document of the segment.
+    pub fn tenant_of_doc(&self) -> &TenantOfDoc {
+        &self.tenant_of_doc
+    }
+
     /// The interned id of identity term ordinal `ord`.
     pub fn identity_id(&self, ord: u64) -> Option<u32> {
         self.identity_ids.get(usize::try_from(ord).ok()?).copied()
@@ -327,7 +367,14 @@ impl SegmentPartials {
                 tenant.len() + days.iter().map(DayPartial::heap_bytes).sum::<usize>()
             })
             .sum();
+        let tenants: usize = self
+            .tenant_numbers
+            .keys()
+            .map(|tenant| tenant.len() + 8)
+            .sum();
         days + 4 * (self.identity_ids.len() + self.path_ids.len())
+            + tenants
+            + self.tenant_of_doc.heap_bytes()
     }
 }
 
@@ -652,7 +699,14 @@ mod tests {
                 let summary = summarize_tenant(&self.cache, &searcher, tenant, window).unwrap();
                 assert_eq!(summary, expected, "{tenant} {window:?}");
                 let filters = LogFilters::default();
-                let query = build_query(&self.index, &self.fields, tenant, &filters).unwrap();
+                let query = build_query(
+                    &self.index,
+                    &self.fields,
+                    tenant,
+                    &filters,
+                    Some(&self.cache),
+                )
+                .unwrap();
                 let walked = aggregate_matching(
                     &self.cache,
                     &searcher,
@@ -695,7 +749,14 @@ mod tests {
                 ),
             ];
             for (filters, expected) in trails {
-                let query = build_query(&self.index, &self.fields, tenant, &filters).unwrap();
+                let query = build_query(
+                    &self.index,
+                    &self.fields,
+                    tenant,
+                    &filters,
+                    Some(&self.cache),
+                )
+                .unwrap();
                 let walk = |breakdowns| {
                     aggregate_matching(
                         &self.cache,

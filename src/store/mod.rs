@@ -371,7 +371,7 @@ impl Store {
     }
 
     /// The per-segment summary partials of the searchers' segments.
-    pub fn partials(&self) -> &PartialCache {
+    pub fn partials(&self) -> &Arc<PartialCache> {
         &self.inner.partials
     }
 
