@@ -16,8 +16,9 @@
 //!
 //! Memory: per (segment, tenant, day) one [`DayPartial`] (~330 bytes) plus 8 bytes per
 //! distinct identity and per distinct path of that day; per segment 4 bytes per term of the
-//! identity and path columns; the interners keep every identity and path string seen since
-//! start once (they never shrink: strings are few compared to events).
+//! identity and path columns, and one byte per document (four beyond 254 tenants) for the
+//! tenant map ([`super::tenant`]); the interners keep every identity and path string seen
+//! since start once (they never shrink: strings are few compared to events).
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
