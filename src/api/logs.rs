@@ -72,13 +72,7 @@ pub async fn run_page(
     let search = move |budget: &mut Budget<'_>| {
         let searcher = state.store.searcher();
         let fields = state.store.fields();
-        let plan = query::build_search(
-            searcher.index(),
-            fields,
-            &tenant,
-            &searchable,
-            Some(state.store.partials()),
-        )?;
+        let plan = state.store.search_plan(&searcher, &tenant, &searchable)?;
         let result = search::top_api_json(
             &searcher,
             state.store.timelines(),

@@ -128,13 +128,7 @@ fn run_aggregate(
     let aggregate = if rest == LogFilters::default() {
         summary::summarize_tenant(partials, searcher, tenant, window)
     } else {
-        let query = query::build_query(
-            searcher.index(),
-            state.store.fields(),
-            tenant,
-            &rest,
-            Some(partials),
-        )?;
+        let query = state.store.query(searcher, tenant, &rest)?;
         summary::aggregate_matching(
             partials,
             searcher,

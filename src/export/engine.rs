@@ -241,14 +241,9 @@ impl ExportEngine {
         let tenant = spec.tenant_id.clone();
         tokio::task::spawn_blocking(move || {
             let searcher = store.searcher();
-            let query = query::build_query(
-                searcher.index(),
-                store.fields(),
-                &tenant,
-                &filters,
-                Some(store.partials()),
-            )
-            .map_err(|error| ExportFailure::new("invalid_spec", error.to_string()))?;
+            let query = store
+                .query(&searcher, &tenant, &filters)
+                .map_err(|error| ExportFailure::new("invalid_spec", error.to_string()))?;
             searcher
                 .search(query.as_ref(), &Count)
                 .map(|count| count as u64)
@@ -911,14 +906,9 @@ fn read_part(
             return Err(cancelled());
         }
         let narrowed = query::narrow_to_cursor(filters.clone(), Direction::OldestFirst, after);
-        let plan = query::build_search(
-            searcher.index(),
-            fields,
-            &spec.tenant_id,
-            &narrowed,
-            Some(store.partials()),
-        )
-        .map_err(|error| ExportFailure::new("invalid_spec", error.to_string()))?;
+        let plan = store
+            .search_plan(&searcher, &spec.tenant_id, &narrowed)
+            .map_err(|error| ExportFailure::new("invalid_spec", error.to_string()))?;
         let limit = remaining.min(PAGE_EVENTS as u64) as usize;
         let (hits, has_more) = search::top_hits(
             &searcher,
@@ -960,23 +950,11 @@ fn late_summary_blocking(
     let searcher = store.searcher();
     let fields = store.fields();
     let bad_spec = |error: query::QueryError| ExportFailure::new("invalid_spec", error.to_string());
-    let query = query::build_query(
-        searcher.index(),
-        fields,
-        tenant,
-        filters,
-        Some(store.partials()),
-    )
-    .map_err(bad_spec)?;
+    let query = store.query(&searcher, tenant, filters).map_err(bad_spec)?;
     let count = searcher.search(query.as_ref(), &Count).map_err(internal)? as u64;
-    let plan = query::build_search(
-        searcher.index(),
-        fields,
-        tenant,
-        filters,
-        Some(store.partials()),
-    )
-    .map_err(bad_spec)?;
+    let plan = store
+        .search_plan(&searcher, tenant, filters)
+        .map_err(bad_spec)?;
     let bound = |direction| -> Result<Option<RecordBound>, ExportFailure> {
         let page = search::top_by_time(
             &searcher,

@@ -682,6 +682,18 @@ mod tests {
             aggregate
         }
 
+        /// The query of `tenant` and `filters`, its tenant from the cache's maps.
+        fn query(&self, tenant: &str, filters: &LogFilters) -> Box<dyn tantivy::query::Query> {
+            build_query(
+                &self.index,
+                &self.fields,
+                tenant,
+                filters,
+                Some(&self.cache),
+            )
+            .unwrap()
+        }
+
         /// Compares both ways of summarizing with the model over random windows.
         fn check(&self, rng: &mut fastrand::Rng, windows: usize) {
             let searcher = self.reader.searcher();
@@ -700,14 +712,7 @@ mod tests {
                 let summary = summarize_tenant(&self.cache, &searcher, tenant, window).unwrap();
                 assert_eq!(summary, expected, "{tenant} {window:?}");
                 let filters = LogFilters::default();
-                let query = build_query(
-                    &self.index,
-                    &self.fields,
-                    tenant,
-                    &filters,
-                    Some(&self.cache),
-                )
-                .unwrap();
+                let query = self.query(tenant, &filters);
                 let walked = aggregate_matching(
                     &self.cache,
                     &searcher,
@@ -750,14 +755,7 @@ mod tests {
                 ),
             ];
             for (filters, expected) in trails {
-                let query = build_query(
-                    &self.index,
-                    &self.fields,
-                    tenant,
-                    &filters,
-                    Some(&self.cache),
-                )
-                .unwrap();
+                let query = self.query(tenant, &filters);
                 let walk = |breakdowns| {
                     aggregate_matching(
                         &self.cache,

@@ -54,6 +54,7 @@ pub use writer::{IngestOutcome, PreparedEvent, WriteError};
 
 use crate::integrity::chain::ChainLink;
 use crate::query::partials::PartialCache;
+use crate::query::{LogFilters, QueryError};
 use dedup::Deduplicator;
 use log::{ConsumeStage, EventLog, LocalLog, LogSource, Replicated};
 use merge_order::ArrivalOrderMergePolicy;
@@ -373,6 +374,40 @@ impl Store {
     /// The per-segment summary partials of the searchers' segments.
     pub fn partials(&self) -> &Arc<PartialCache> {
         &self.inner.partials
+    }
+
+    /// The Tantivy query for `tenant` and `filters` over `searcher`, every filter included
+    /// (see [`crate::query::build_query`]); the tenant answered from the partials' maps.
+    pub fn query(
+        &self,
+        searcher: &tantivy::Searcher,
+        tenant: &str,
+        filters: &LogFilters,
+    ) -> Result<Box<dyn tantivy::query::Query>, QueryError> {
+        crate::query::build_query(
+            searcher.index(),
+            self.fields(),
+            tenant,
+            filters,
+            Some(self.partials()),
+        )
+    }
+
+    /// The search plan of a page for `tenant` and `filters` over `searcher` (see
+    /// [`crate::query::build_search`]); the tenant answered from the partials' maps.
+    pub fn search_plan(
+        &self,
+        searcher: &tantivy::Searcher,
+        tenant: &str,
+        filters: &LogFilters,
+    ) -> Result<search::SearchPlan, QueryError> {
+        crate::query::build_search(
+            searcher.index(),
+            self.fields(),
+            tenant,
+            filters,
+            Some(self.partials()),
+        )
     }
 
     /// Sequence number below which every event is committed (a consistent snapshot bound).

@@ -157,14 +157,19 @@ mod tests {
     use super::*;
     use crate::store::schema::{build_schema, fast};
 
+    fn index_on_disk(dir: &Path) -> (tantivy::Index, crate::store::Fields, tantivy::IndexWriter) {
+        let (schema, fields) = build_schema();
+        let index = tantivy::Index::create_in_dir(dir, schema).unwrap();
+        let writer = index.writer(15_000_000).unwrap();
+        (index, fields, writer)
+    }
+
     /// Reads every column kind both ways over an index on disk: the scan's values are the
     /// segment's own, and the scan's mapping is gone once its columns are dropped.
     #[test]
     fn a_scan_reads_the_segments_own_values_through_a_mapping_of_its_own() {
         let dir = tempfile::tempdir().unwrap();
-        let (schema, fields) = build_schema();
-        let index = tantivy::Index::create_in_dir(dir.path(), schema).unwrap();
-        let mut writer: tantivy::IndexWriter = index.writer(15_000_000).unwrap();
+        let (index, fields, mut writer) = index_on_disk(dir.path());
         for i in 0..300u64 {
             let mut doc = tantivy::TantivyDocument::default();
             doc.add_i64(fields.timestamp, 1_000 + i as i64);
@@ -223,9 +228,7 @@ mod tests {
     #[test]
     fn a_segment_whose_files_a_merge_deleted_is_scanned_through_its_own_mapping() {
         let dir = tempfile::tempdir().unwrap();
-        let (schema, fields) = build_schema();
-        let index = tantivy::Index::create_in_dir(dir.path(), schema).unwrap();
-        let mut writer: tantivy::IndexWriter = index.writer(15_000_000).unwrap();
+        let (index, fields, mut writer) = index_on_disk(dir.path());
         for i in 0..10 {
             let mut doc = tantivy::TantivyDocument::default();
             doc.add_i64(fields.timestamp, i);
@@ -246,13 +249,7 @@ mod tests {
 
     #[test]
     fn an_index_in_memory_is_scanned_through_its_own_columns() {
-        let (schema, _) = build_schema();
-        let index = tantivy::Index::create_in_ram(schema);
-        let mut writer: tantivy::IndexWriter = index.writer(15_000_000).unwrap();
-        writer
-            .add_document(tantivy::TantivyDocument::default())
-            .unwrap();
-        writer.commit().unwrap();
+        let index = crate::store::schema::one_empty_document_index();
         let searcher = index.reader().unwrap().searcher();
         let scanned = ScanDirectory::in_place()
             .columns(searcher.segment_reader(0))

@@ -134,6 +134,19 @@ pub fn build_schema() -> (Schema, Fields) {
     (builder.build(), fields)
 }
 
+/// An index in memory holding one empty document (one segment).
+#[cfg(test)]
+pub fn one_empty_document_index() -> tantivy::Index {
+    let (schema, _) = build_schema();
+    let index = tantivy::Index::create_in_ram(schema);
+    let mut writer: tantivy::IndexWriter = index.writer(15_000_000).unwrap();
+    writer
+        .add_document(tantivy::TantivyDocument::default())
+        .unwrap();
+    writer.commit().unwrap();
+    index
+}
+
 impl Fields {
     /// The compact stored source a stored document keeps, as Tantivy reads it (empty when it
     /// has none); pages read it in place instead ([`super::source::stored_bytes`]).

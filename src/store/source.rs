@@ -566,13 +566,7 @@ mod tests {
 
     #[test]
     fn api_json_refuses_sources_serde_would_rewrite() {
-        let (schema, _) = build_schema();
-        let index = tantivy::Index::create_in_ram(schema);
-        let mut writer: tantivy::IndexWriter = index.writer(15_000_000).unwrap();
-        writer
-            .add_document(tantivy::TantivyDocument::default())
-            .unwrap();
-        writer.commit().unwrap();
+        let index = super::super::schema::one_empty_document_index();
         let searcher = index.reader().unwrap().searcher();
         let columns = SourceColumns::open(&searcher.segment_readers()[0]).unwrap();
         let base = r#"{"id":"a","tenant_id":"t","timestamp_us":5,"action":"read","identity_type":"user","identity_id":"u","success":true"#;
