@@ -206,16 +206,23 @@ fn scalar_end(source: &[u8], at: usize) -> Option<usize> {
 fn string_end(source: &[u8], at: usize) -> Option<usize> {
     let mut index = at + 1;
     loop {
-        let offset = source[index..]
-            .iter()
-            .position(|&byte| byte == b'"' || byte == b'\\' || byte < 0x20)?;
+        let offset = memchr::memchr2(b'"', b'\\', &source[index..])?;
+        if has_control_character(&source[index..index + offset]) {
+            return None;
+        }
         index += offset;
         match source[index] {
             b'"' => return Some(index + 1),
-            b'\\' => index += escape_len(&source[index..])?,
-            _ => return None,
+            _ => index += escape_len(&source[index..])?,
         }
     }
+}
+
+/// Whether `text` holds a raw control character; written without an early exit, so that it
+/// compiles to vector instructions.
+fn has_control_character(text: &[u8]) -> bool {
+    text.iter()
+        .fold(false, |found, &byte| found | (byte < 0x20))
 }
 
 /// The length of the escape at the start of `rest` if serde writes it: the short escapes, and

@@ -20,6 +20,7 @@
 pub mod bloom;
 pub mod chain;
 pub mod dedup;
+pub mod documents;
 pub mod log;
 pub mod lookup;
 pub mod merge_order;

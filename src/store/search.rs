@@ -23,8 +23,11 @@ use std::sync::Arc;
 use tantivy::columnar::Column;
 use tantivy::fastfield::AliveBitSet;
 use tantivy::query::{EnableScoring, Query, Scorer, Weight};
-use tantivy::{DocAddress, DocId, Searcher, SegmentReader, TERMINATED, TantivyDocument};
+use tantivy::{
+    DocAddress, DocId, Searcher, SegmentOrdinal, SegmentReader, TERMINATED, TantivyDocument,
+};
 
+use super::documents::SegmentDocuments;
 use super::schema::{Fields, fast};
 use super::source::{SourceColumns, stored_bytes};
 use super::timeline::{BlockSpan, SearchColumns, SegmentTimeline, Timelines};
@@ -185,6 +188,7 @@ pub fn top_api_json(
     let (mut hits, mut has_more, mut walking) = (Vec::new(), false, true);
     let mut json = Vec::new();
     let mut written = 0;
+    let mut readers = PageReaders::default();
     budget.drive::<SearchError>(|| {
         if walking {
             if let Some(work) = walk.step()? {
@@ -201,7 +205,8 @@ pub fn top_api_json(
         if written > 0 {
             json.push(b',');
         }
-        write_api_event(searcher, timelines, fields, *address, key.seq, &mut json)?;
+        let readers = readers.of(searcher, timelines, address.segment_ord)?;
+        write_api_event(searcher, readers, fields, *address, key.seq, &mut json)?;
         written += 1;
         Ok(Some(WORK_STORED_DOC))
     })?;
@@ -276,21 +281,52 @@ impl Budget<'_> {
     }
 }
 
-/// Appends the API JSON of the stored event at `address` (`seq` names it in errors). The
-/// stored source is read in place from the document's raw bytes; a document that form does
-/// not cover is read through Tantivy.
+/// The readers of the segment a page wrote its last event from: a page's events come from a
+/// few segments in turn, so most events skip the per-segment lookups.
+#[derive(Default)]
+struct PageReaders {
+    segment: Option<(SegmentOrdinal, SegmentReaders)>,
+}
+
+/// What a stored event is written from: its segment's documents and source columns.
+struct SegmentReaders {
+    documents: Arc<SegmentDocuments>,
+    columns: Arc<SourceColumns>,
+}
+
+impl PageReaders {
+    fn of(
+        &mut self,
+        searcher: &Searcher,
+        timelines: &Timelines,
+        ordinal: SegmentOrdinal,
+    ) -> Result<&SegmentReaders, SearchError> {
+        let readers = match self.segment.take() {
+            Some((open, readers)) if open == ordinal => readers,
+            _ => {
+                let segment = searcher.segment_reader(ordinal);
+                SegmentReaders {
+                    documents: timelines.store(segment)?,
+                    columns: SourceColumns::of_segment(segment)?,
+                }
+            }
+        };
+        Ok(&self.segment.insert((ordinal, readers)).1)
+    }
+}
+
+/// Appends the API JSON of the stored event at `address` (`seq` names it in errors), read
+/// with its segment's `readers`. The stored source is read in place from the document's raw
+/// bytes; a document that form does not cover is read through Tantivy.
 fn write_api_event(
     searcher: &Searcher,
-    timelines: &Timelines,
+    readers: &SegmentReaders,
     fields: &Fields,
     address: DocAddress,
     seq: u64,
     out: &mut Vec<u8>,
 ) -> Result<(), SearchError> {
-    let segment = searcher.segment_reader(address.segment_ord);
-    let raw = timelines
-        .store(segment)?
-        .get_document_bytes(address.doc_id)?;
+    let raw = readers.documents.document(address.doc_id)?;
     let read_through_tantivy;
     let stored = match stored_bytes(&raw, fields.source) {
         Some(stored) => stored,
@@ -300,7 +336,7 @@ fn write_api_event(
             &read_through_tantivy
         }
     };
-    let columns = SourceColumns::of_segment(segment)?;
+    let columns = &readers.columns;
     if columns.write_api(address.doc_id, stored, out)? {
         return Ok(());
     }

@@ -138,7 +138,7 @@ pub fn stored_bytes(document: &[u8], field: Field) -> Option<&[u8]> {
 }
 
 /// Tantivy's VInt: 7 bits per byte, least significant first, the last byte's high bit set.
-fn read_vint(bytes: &mut &[u8]) -> Option<u64> {
+pub(super) fn read_vint(bytes: &mut &[u8]) -> Option<u64> {
     let mut value = 0u64;
     for shift in (0..64).step_by(7) {
         let (byte, rest) = bytes.split_first()?;
@@ -574,6 +574,8 @@ mod tests {
             format!("{base},\"request_id\":\"\\u00e9\"}}"),
             format!("{base},\"request_id\":\"\\/\"}}"),
             format!("{base},\"request_id\":\"\\u000A\"}}"),
+            format!("{base},\"request_id\":\"raw\u{1}control\"}}"),
+            format!("{base},\"request_id\":\"\\\"then raw\u{1f}\"}}"),
             format!("{base},\"duration_ms\":007}}"),
             format!("{base},\"duration_ms\":-1}}"),
             format!("{base}, \"duration_ms\":1}}"),

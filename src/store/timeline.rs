@@ -14,10 +14,10 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tantivy::columnar::{Column, StrColumn};
 use tantivy::index::SegmentId;
-use tantivy::store::StoreReader;
 use tantivy::{DocId, Searcher, SearcherGeneration, SegmentReader, Warmer};
 
 use super::bloom::BloomFilter;
+use super::documents::SegmentDocuments;
 use super::scan::{FastColumns, ScanDirectory};
 use super::schema::fast;
 
@@ -173,7 +173,7 @@ impl SearchColumns {
 /// Bloom filter of the segment's `request_id` values (10 bits per distinct value): an exact
 /// `request_id` search skips every segment the filter rules out, instead of probing the
 /// segment's compressed `request_id` dictionary (a zstd block decompressed per probe, which
-/// made the lookup grow with the number of segments). And the segment's [`StoreReader`], which
+/// made the lookup grow with the number of segments). And the segment's [`SegmentDocuments`], which
 /// pages read stored events with.
 ///
 /// Timelines and filters read every value of their columns: they read them through `scan`, so
@@ -184,10 +184,10 @@ pub struct Timelines {
     cache: PerSegment<SegmentTimeline>,
     columns: PerSegment<SearchColumns>,
     request_ids: PerSegment<BloomFilter>,
-    stores: PerSegment<StoreReader>,
+    stores: PerSegment<SegmentDocuments>,
 }
 
-/// Decompressed document-store blocks a segment's [`StoreReader`] keeps (Tantivy's default for
+/// Decompressed document-store blocks a segment's [`SegmentDocuments`] keeps (Tantivy's default for
 /// a searcher's readers): a page's events spread over the history must not decompress their
 /// blocks again on every request.
 const STORE_CACHE_BLOCKS: usize = 100;
@@ -286,9 +286,9 @@ impl Timelines {
 
     /// The document-store reader pages read `segment`'s stored events with (raw bytes, see
     /// [`super::source::stored_bytes`]), opened on first use and kept while the segment lives.
-    pub fn store(&self, segment: &SegmentReader) -> tantivy::Result<Arc<StoreReader>> {
+    pub fn store(&self, segment: &SegmentReader) -> tantivy::Result<Arc<SegmentDocuments>> {
         self.stores.get_or_build(segment, |segment| {
-            Ok(segment.get_store_reader(STORE_CACHE_BLOCKS)?)
+            Ok(SegmentDocuments::open(segment, STORE_CACHE_BLOCKS)?)
         })
     }
 }
