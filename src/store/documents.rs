@@ -51,13 +51,16 @@ pub enum SegmentDocuments {
 
 impl SegmentDocuments {
     /// Opens `segment`'s document store, keeping up to `cache_blocks` decompressed blocks.
+    /// A store this module cannot open or read is left to Tantivy.
     pub fn open(segment: &SegmentReader, cache_blocks: usize) -> io::Result<Self> {
-        match DocumentStore::open(segment, cache_blocks)? {
-            Some(store) => Ok(SegmentDocuments::Indexed(store)),
-            None => Ok(SegmentDocuments::Tantivy(
-                segment.get_store_reader(cache_blocks)?,
-            )),
+        match DocumentStore::open(segment, cache_blocks) {
+            Ok(Some(store)) => return Ok(SegmentDocuments::Indexed(store)),
+            Ok(None) => {}
+            Err(error) => tracing::debug!(%error, "document store read through Tantivy"),
         }
+        Ok(SegmentDocuments::Tantivy(
+            segment.get_store_reader(cache_blocks)?,
+        ))
     }
 
     /// The stored bytes of document `doc`.
@@ -240,14 +243,18 @@ mod tests {
 
     /// An index of `segments` segments of `per_segment` documents of varied sizes, some deleted.
     fn index(compressor: Compressor, block_bytes: usize, segments: u32, per_segment: u32) -> Index {
-        let mut builder = Schema::builder();
-        let text = builder.add_text_field("text", TEXT | STORED);
-        let number = builder.add_u64_field("number", STORED | tantivy::schema::INDEXED);
         let settings = IndexSettings {
             docstore_compression: compressor,
             docstore_blocksize: block_bytes,
             ..IndexSettings::default()
         };
+        index_with(settings, segments, per_segment)
+    }
+
+    fn index_with(settings: IndexSettings, segments: u32, per_segment: u32) -> Index {
+        let mut builder = Schema::builder();
+        let text = builder.add_text_field("text", TEXT | STORED);
+        let number = builder.add_u64_field("number", STORED | tantivy::schema::INDEXED);
         let index = Index::builder()
             .schema(builder.build())
             .settings(settings)
@@ -306,6 +313,17 @@ mod tests {
         assert_reads_as_tantivy(&many_blocks);
         assert_reads_as_tantivy(&index(zstd, 64 * 1024, 2, 50));
         assert_reads_as_tantivy(&index(Compressor::None, 2048, 2, 500));
+    }
+
+    #[test]
+    fn the_stores_own_settings_are_read_here() {
+        let index = index_with(super::super::index_settings(), 2, 1_000);
+        assert_reads_as_tantivy(&index);
+        let searcher = index.reader().unwrap().searcher();
+        for segment in searcher.segment_readers() {
+            let documents = SegmentDocuments::open(segment, 4).unwrap();
+            assert!(matches!(documents, SegmentDocuments::Indexed(_)));
+        }
     }
 
     #[test]
