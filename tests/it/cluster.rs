@@ -183,6 +183,47 @@ async fn replicas_keep_every_acknowledged_event_once_through_leader_and_replica_
     );
 }
 
+/// A replica that starts while JetStream has no meta leader (two of three nodes down, as when
+/// one restarts right after another was killed) waits for its key-value buckets instead of
+/// failing its start, and opens them once the nodes are back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs scripts/cluster.sh"]
+async fn key_value_buckets_are_waited_for_while_jetstream_has_no_leader() {
+    let dir = TestDir::new();
+    let mut nats = NatsCluster::start(dir.root()).await;
+    nats.kill9(1);
+    nats.kill9(2);
+    let urls = nats.urls();
+    let first = urls.split(',').next().unwrap().to_string();
+    // Requests time out after a second, so that an opening that gives up shows within the wait.
+    let context = async_nats::jetstream::context::ContextBuilder::new()
+        .timeout(Duration::from_secs(1))
+        .build(async_nats::connect(first).await.unwrap());
+    let config = async_nats::jetstream::kv::Config {
+        bucket: "WAITED_FOR".into(),
+        history: 1,
+        num_replicas: 3,
+        ..Default::default()
+    };
+    let opening = tokio::spawn(async move {
+        scaivault_audit::cluster::kv::open_or_create(&context, config)
+            .await
+            .map(|_| ())
+    });
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(
+        !opening.is_finished(),
+        "gave up while two nodes were down: {:?}",
+        opening.await
+    );
+    nats.restart(1).await;
+    nats.restart(2).await;
+    opening
+        .await
+        .unwrap()
+        .expect("the bucket opens once the nodes are back");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs scripts/cluster.sh"]
 async fn without_quorum_ingest_answers_503_in_time_and_retries_store_once() {
