@@ -25,8 +25,8 @@ use tantivy::schema::Value;
 use tantivy::{Index, IndexSettings, IndexWriter, TantivyDocument};
 
 use super::StoreError;
-use super::chain;
-use super::schema::{self, SCHEMA_VERSION};
+use super::chain::{self, ChainColumns};
+use super::schema::{self, SCHEMA_VERSION, fast};
 use super::source::SourceColumns;
 use super::writer::CommitPayload;
 use crate::event::AuditEvent;
@@ -107,19 +107,25 @@ pub fn rebuild(
     );
     let old_schema = old.schema();
     let source_field = old_schema.get_field("source")?;
-    // Links an older index stores are kept, not recomputed: a chain that retention cut starts
-    // from the hash of a deleted event, which only the stored links (and the anchors) know.
+    // Links an older index keeps are kept, not recomputed: a chain that retention cut starts
+    // from the hash of a deleted event, which only the kept links (and the anchors) know.
+    // Version 3 stored them in the document store, later versions in columns.
     let stored_link_fields = old_schema
         .get_field("chain_seq")
         .ok()
         .zip(old_schema.get_field("chain_hash").ok());
+    let link_columns = old_schema.get_field(fast::CHAIN_HASH[0]).is_ok();
     let segments = searcher.segment_readers();
     let mut readers = Vec::with_capacity(segments.len());
     for segment in segments {
         let store = segment
             .get_store_reader(2)
             .map_err(tantivy::TantivyError::from)?;
-        readers.push((SourceColumns::open(segment)?, store));
+        let links = match link_columns {
+            true => Some(ChainColumns::open(segment)?),
+            false => None,
+        };
+        readers.push((SourceColumns::open(segment)?, store, links));
     }
     // Ingest order, so that the hash chains computed on the way (for an index written before
     // the chain, which stores no links) are the ones the index stage would have computed.
@@ -127,7 +133,7 @@ pub fn rebuild(
     let mut copied = 0u64;
     let mut logged = Instant::now();
     for at in chain::documents_in_sequence_order(&searcher)? {
-        let (columns, store) = &readers[at.segment as usize];
+        let (columns, store, links) = &readers[at.segment as usize];
         let document: TantivyDocument = store.get(at.doc)?;
         let stored = document
             .get_first(source_field)
@@ -136,9 +142,13 @@ pub fn rebuild(
         let source = columns.restore(at.doc, stored)?;
         let event: AuditEvent =
             serde_json::from_slice(&source).map_err(|e| corrupt(at.doc, &e.to_string()))?;
-        let stored_link = stored_link_fields
-            .and_then(|(chain_seq, chain_hash)| chain::link_in(&document, chain_seq, chain_hash));
-        let link = stored_link.unwrap_or_else(|| chains.append(&event));
+        let kept_link = match links {
+            Some(links) => links.link(at.doc),
+            None => stored_link_fields.and_then(|(chain_seq, chain_hash)| {
+                chain::link_in(&document, chain_seq, chain_hash)
+            }),
+        };
+        let link = kept_link.unwrap_or_else(|| chains.append(&event));
         writer.add_document(fields.document(&event, at.seq, &source, link))?;
         copied += 1;
         if logged.elapsed() >= PROGRESS_EVERY {
@@ -371,17 +381,30 @@ mod tests {
         events
     }
 
-    /// A rebuild copies the links an older index stores: here a chain that retention cut, whose
-    /// first kept event follows the hash of a deleted one (recomputing from the genesis would
-    /// give other hashes, and every checkpoint and anchor would stop matching).
+    /// A rebuild copies the links an older index keeps, in columns (version 4 on) or in the
+    /// document store (version 3): here a chain that retention cut, whose first kept event
+    /// follows the hash of a deleted one (recomputing from the genesis would give other hashes,
+    /// and every checkpoint and anchor would stop matching).
     #[tokio::test(flavor = "multi_thread")]
     async fn a_rebuild_keeps_the_chain_links_the_index_stores() {
+        for links_stored in [false, true] {
+            rebuild_keeps_links(links_stored).await;
+        }
+    }
+
+    /// Writes an index whose payload says version 3, with today's schema or (when
+    /// `links_stored`) version 3's, opens it (a rebuild) and checks every link and head.
+    async fn rebuild_keeps_links(links_stored: bool) {
         let dir = tempfile::tempdir().unwrap();
         let index_dir = dir.path().join("index");
         fs::create_dir_all(&index_dir).unwrap();
-        let (schema, fields) = schema::build_schema();
+        let (current, fields) = schema::build_schema();
+        let schema = match links_stored {
+            true => schema_v3(),
+            false => current.clone(),
+        };
         let index = Index::builder()
-            .schema(schema)
+            .schema(schema.clone())
             .create_in_dir(&index_dir)
             .unwrap();
         let mut writer: IndexWriter = index.writer_with_num_threads(1, 50_000_000).unwrap();
@@ -401,13 +424,16 @@ mod tests {
             let event = event(seq);
             let link = chains.append(&event);
             let source = serde_json::to_vec(&event).unwrap();
-            writer
-                .add_document(fields.document(&event, seq, &source, link))
-                .unwrap();
+            let document = fields.document(&event, seq, &source, link);
+            let document = match links_stored {
+                true => as_version_3(&current, &schema, &document, link),
+                false => document,
+            };
+            writer.add_document(document).unwrap();
             written.push((seq, link));
         }
         let mut commit = writer.prepare_commit().unwrap();
-        commit.set_payload(r#"{"next_seq":20,"schema_version":2}"#);
+        commit.set_payload(r#"{"next_seq":20,"schema_version":3}"#);
         commit.commit().unwrap();
         drop(index);
 
@@ -415,18 +441,10 @@ mod tests {
         let searcher = store.searcher();
         let mut kept = Vec::new();
         for at in chain::documents_in_sequence_order(&searcher).unwrap() {
-            let document: TantivyDocument = searcher
-                .segment_reader(at.segment)
-                .get_store_reader(1)
-                .unwrap()
-                .get(at.doc)
-                .unwrap();
-            kept.push((
-                at.seq,
-                chain::stored_link(store.fields(), &document).unwrap(),
-            ));
+            let segment = searcher.segment_reader(at.segment);
+            kept.push((at.seq, chain::link_of(segment, at.doc).unwrap().unwrap()));
         }
-        assert_eq!(kept, written);
+        assert_eq!(kept, written, "links stored: {links_stored}");
         assert_eq!(committed_payload(dir.path()).schema_version, SCHEMA_VERSION);
         // The chain goes on from the kept heads.
         let heads: HashMap<String, ChainLink> = tenants
@@ -435,6 +453,39 @@ mod tests {
             .collect();
         assert_eq!(store.committed_heads(), heads);
         store.shutdown().await;
+    }
+
+    /// The version-3 schema: today's, with the chain link in the document store.
+    fn schema_v3() -> Schema {
+        let (current, _) = schema::build_schema();
+        let mut builder = Schema::builder();
+        for (_, entry) in current.fields() {
+            if !entry.name().starts_with("chain_") {
+                builder.add_field(entry.clone());
+            }
+        }
+        builder.add_bytes_field("chain_hash", BytesOptions::from(STORED));
+        builder.add_u64_field("chain_seq", STORED);
+        builder.build()
+    }
+
+    /// `document` (of today's schema `current`) as version 3 wrote it, `link` stored.
+    fn as_version_3(
+        current: &Schema,
+        v3: &Schema,
+        document: &TantivyDocument,
+        link: ChainLink,
+    ) -> TantivyDocument {
+        let mut old = TantivyDocument::default();
+        for (field, value) in document.field_values() {
+            let name = current.get_field_name(field);
+            if !name.starts_with("chain_") {
+                old.add_field_value(v3.get_field(name).unwrap(), value);
+            }
+        }
+        old.add_bytes(v3.get_field("chain_hash").unwrap(), link.hash.as_slice());
+        old.add_u64(v3.get_field("chain_seq").unwrap(), link.seq);
+        old
     }
 
     #[tokio::test(flavor = "multi_thread")]

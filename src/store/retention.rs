@@ -30,9 +30,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tantivy::query::{BooleanQuery, Query, RangeQuery, TermQuery};
 use tantivy::schema::IndexRecordOption;
-use tantivy::{DocId, DocSet, Searcher, SegmentReader, TERMINATED, TantivyDocument};
+use tantivy::{DocId, DocSet, Searcher, SegmentReader, TERMINATED};
 
-use super::chain::{SequencedDoc, stored_link};
+use super::chain::{self, SequencedDoc};
 use super::schema::{Fields, fast};
 use crate::integrity::chain::{ChainLink, parse_hash};
 
@@ -254,15 +254,9 @@ pub fn delete_query(fields: &Fields, expiry: &Expiry) -> BooleanQuery {
     ])
 }
 
-/// The stored chain link of `at`.
-pub fn link_of(
-    searcher: &Searcher,
-    fields: &Fields,
-    at: SequencedDoc,
-) -> tantivy::Result<Option<ChainLink>> {
-    let store = searcher.segment_reader(at.segment).get_store_reader(1)?;
-    let document: TantivyDocument = store.get(at.doc)?;
-    Ok(stored_link(fields, &document))
+/// The chain link of `at`.
+pub fn link_of(searcher: &Searcher, at: SequencedDoc) -> tantivy::Result<Option<ChainLink>> {
+    chain::link_of(searcher.segment_reader(at.segment), at.doc)
 }
 
 /// One anchor as the file keeps it.

@@ -8,7 +8,8 @@
 //! (see [`super::source`]).
 //!
 //! Every document carries its link of the per-tenant hash chain: `chain_seq` (position in the
-//! tenant's chain) and `chain_hash`, stored only (see [`super::chain`]).
+//! tenant's chain) and `chain_hash` (in four 64-bit words), as fast-field columns beside the
+//! document store rather than in it (see [`super::chain`]).
 
 use tantivy::schema::{
     BytesOptions, Field, IndexRecordOption, IpAddrOptions, NumericOptions, STORED, Schema,
@@ -28,7 +29,9 @@ use crate::integrity::chain::ChainLink;
 /// - 2: compact sources (`id`, `timestamp_us`, `source_ip`, `request_id` restored from the
 ///   columns), the `request_id_bucket` lookup field, no norms on `identity_type`.
 /// - 3: the hash chain: `chain_seq` and a filled `chain_hash` on every document.
-pub const SCHEMA_VERSION: u32 = 3;
+/// - 4: the chain link in columns (`chain_seq`, `chain_hash_0..3`) instead of the document
+///   store, where its random bytes also cost the sources around them their compression.
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// Bits of the `request_id` hash kept in `request_id_bucket`: 4,096 buckets, so an exact
 /// lookup checks about one document in 4,096 of a segment that holds the id at all, while the
@@ -60,6 +63,14 @@ pub mod fast {
     pub const IDENTITY_ID: &str = "identity_id";
     pub const SECRET_PATH: &str = "secret_path";
     pub const SOURCE_IP: &str = "source_ip";
+    pub const CHAIN_SEQ: &str = "chain_seq";
+    /// The chain hash, big-endian, eight bytes per column.
+    pub const CHAIN_HASH: [&str; 4] = [
+        "chain_hash_0",
+        "chain_hash_1",
+        "chain_hash_2",
+        "chain_hash_3",
+    ];
 }
 
 /// Typed handles of every field; nothing else looks fields up by name.
@@ -79,7 +90,7 @@ pub struct Fields {
     pub success: Field,
     pub text: Field,
     pub source: Field,
-    pub chain_hash: Field,
+    pub chain_hash: [Field; 4],
     pub chain_seq: Field,
 }
 
@@ -128,8 +139,8 @@ pub fn build_schema() -> (Schema, Fields) {
         success: builder.add_bool_field(fast::SUCCESS, indexed_fast()),
         text: builder.add_text_field("text", free_text),
         source: builder.add_bytes_field("source", BytesOptions::from(STORED)),
-        chain_hash: builder.add_bytes_field("chain_hash", BytesOptions::from(STORED)),
-        chain_seq: builder.add_u64_field("chain_seq", STORED),
+        chain_hash: fast::CHAIN_HASH.map(|name| builder.add_u64_field(name, fast_only())),
+        chain_seq: builder.add_u64_field(fast::CHAIN_SEQ, fast_only()),
     };
     (builder.build(), fields)
 }
@@ -197,7 +208,13 @@ impl Fields {
         doc.add_bool(self.success, event.success);
         doc.add_bytes(self.source, &super::source::compact(source, event));
         doc.add_u64(self.chain_seq, link.seq);
-        doc.add_bytes(self.chain_hash, &link.hash);
+        for (field, word) in self
+            .chain_hash
+            .iter()
+            .zip(super::chain::hash_words(&link.hash))
+        {
+            doc.add_u64(*field, word);
+        }
         doc
     }
 }

@@ -15,7 +15,8 @@
 //! Ranks pack (timestamp, sequence) into one `u128`, the sequence number breaking timestamp
 //! ties, so late events and shared timestamps keep their exact order.
 
-use std::collections::BinaryHeap;
+use std::collections::hash_map::Entry;
+use std::collections::{BinaryHeap, HashMap};
 use std::net::Ipv6Addr;
 use std::ops::{Bound, Range, RangeInclusive};
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use tantivy::{
     DocAddress, DocId, Searcher, SegmentOrdinal, SegmentReader, TERMINATED, TantivyDocument,
 };
 
+use super::chain::ChainColumns;
 use super::documents::SegmentDocuments;
 use super::schema::{Fields, fast};
 use super::source::{SourceColumns, stored_bytes};
@@ -387,19 +389,9 @@ pub fn load_source(
     fields: &Fields,
     address: DocAddress,
 ) -> Result<Vec<u8>, SearchError> {
-    Ok(load_document(searcher, fields, address)?.0)
-}
-
-/// The stored document at `address` and its restored storage JSON.
-fn load_document(
-    searcher: &Searcher,
-    fields: &Fields,
-    address: DocAddress,
-) -> Result<(Vec<u8>, TantivyDocument), SearchError> {
     let document: TantivyDocument = searcher.doc(address)?;
     let columns = SourceColumns::of_segment(searcher.segment_reader(address.segment_ord))?;
-    let source = columns.restore(address.doc_id, fields.stored_source(&document))?;
-    Ok((source, document))
+    Ok(columns.restore(address.doc_id, fields.stored_source(&document))?)
 }
 
 /// The storage JSON of several documents, in the order given.
@@ -414,21 +406,28 @@ pub fn load_sources(
         .collect()
 }
 
-/// A document's storage JSON and the chain link it stores.
+/// A document's storage JSON and its chain link.
 pub type ChainedSource = (Vec<u8>, Option<ChainLink>);
 
-/// The storage JSON of several documents with the chain link each stores (read from the same
-/// stored document), in the order given: what an export writes.
+/// The storage JSON of several documents with the chain link of each, in the order given:
+/// what an export writes.
 pub fn load_chained_sources(
     searcher: &Searcher,
     fields: &Fields,
     addresses: &[DocAddress],
 ) -> Result<Vec<ChainedSource>, SearchError> {
+    let mut chains: HashMap<u32, ChainColumns> = HashMap::new();
     addresses
         .iter()
         .map(|address| {
-            let (source, document) = load_document(searcher, fields, *address)?;
-            Ok((source, super::chain::stored_link(fields, &document)))
+            let source = load_source(searcher, fields, *address)?;
+            let chain = match chains.entry(address.segment_ord) {
+                Entry::Occupied(open) => open.into_mut(),
+                Entry::Vacant(slot) => slot.insert(ChainColumns::open(
+                    searcher.segment_reader(address.segment_ord),
+                )?),
+            };
+            Ok((source, chain.link(address.doc_id)))
         })
         .collect()
 }

@@ -28,7 +28,7 @@ use serde_json::Value;
 use tantivy::{Index, TantivyDocument};
 
 use super::StoreError;
-use super::chain::{self, stored_link};
+use super::chain::{self, ChainColumns};
 use super::migrate;
 use super::retention::RetentionAnchors;
 use super::schema::{self, Fields};
@@ -155,11 +155,15 @@ fn walk_events(
         let store = segment
             .get_store_reader(2)
             .map_err(tantivy::TantivyError::from)?;
-        readers.push((SourceColumns::open(segment)?, store));
+        readers.push((
+            SourceColumns::open(segment)?,
+            store,
+            ChainColumns::open(segment)?,
+        ));
     }
     let mut bytes = Vec::with_capacity(512);
     for at in chain::documents_in_sequence_order(&searcher)? {
-        let (columns, store) = &readers[at.segment as usize];
+        let (columns, store, links) = &readers[at.segment as usize];
         let document: TantivyDocument = store.get(at.doc)?;
         let source = columns.restore(at.doc, fields.stored_source(&document))?;
         report.events += 1;
@@ -180,7 +184,7 @@ fn walk_events(
         bytes.clear();
         canonical::write_event(&event, &mut bytes);
         let walk = walks.entry(event.tenant_id.clone()).or_default();
-        let found = stored_link(fields, &document);
+        let found = links.link(at.doc);
         if let Some(anchor) = found
             .filter(|link| link.seq > walk.stored.seq + 1)
             .and_then(|link| known.anchors.at(&event.tenant_id, link.seq - 1))
@@ -414,7 +418,7 @@ mod tests {
             .to_vec();
         let source = columns.restore(at.doc, &stored).unwrap();
         let mut event: AuditEvent = serde_json::from_slice(&source).unwrap();
-        let mut link = stored_link(&fields, &document).unwrap();
+        let mut link = chain::link_of(segment, at.doc).unwrap().unwrap();
         edit(&mut event);
         if forge {
             let mut heads = crate::integrity::chain::ChainHeads::default();

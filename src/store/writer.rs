@@ -367,14 +367,12 @@ impl IndexStage {
         }
         let mut links = Vec::with_capacity(set.anchor_docs.len());
         for at in &set.anchor_docs {
-            if let Some(link) =
-                retention::link_of(&searcher, &self.fields, *at).map_err(|e| failed(&e))?
-            {
+            if let Some(link) = retention::link_of(&searcher, *at).map_err(|e| failed(&e))? {
                 links.push(link);
             }
         }
         let oldest_kept = match set.oldest_kept {
-            Some(at) => retention::link_of(&searcher, &self.fields, at)
+            Some(at) => retention::link_of(&searcher, at)
                 .map_err(|e| failed(&e))?
                 .map(|link| link.seq),
             None => None,
