@@ -187,6 +187,35 @@ fn generate_bodies(
     Ok(bodies)
 }
 
+/// The NDJSON events of `file` in request bodies of `batch` lines each (blank lines skipped;
+/// the server checks every event as it would any producer's).
+fn read_bodies(file: &Path, batch: usize) -> anyhow::Result<Vec<Vec<u8>>> {
+    let reader = std::io::BufReader::new(
+        std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?,
+    );
+    let mut bodies = Vec::new();
+    let mut body = Vec::new();
+    let mut in_body = 0;
+    for line in reader.split(b'\n') {
+        let line = line.with_context(|| format!("cannot read {}", file.display()))?;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        body.extend_from_slice(&line);
+        body.push(b'\n');
+        in_body += 1;
+        if in_body == batch {
+            bodies.push(std::mem::take(&mut body));
+            in_body = 0;
+        }
+    }
+    if in_body > 0 {
+        bodies.push(body);
+    }
+    anyhow::ensure!(!bodies.is_empty(), "{} holds no events", file.display());
+    Ok(bodies)
+}
+
 struct HttpFigures {
     elapsed: Duration,
     p50_ms: f64,
@@ -607,15 +636,28 @@ impl RssSampler {
 /// The temporary directory of one benchmark run (under `dir`, else the system's), after printing
 /// the machine and the workload.
 fn start_run(dir: Option<&Path>, events: u64, seed: u64) -> anyhow::Result<tempfile::TempDir> {
-    let temp = tempfile::Builder::new()
+    let temp = bench_dir(dir)?;
+    println!("machine: {}", machine_description());
+    println!("workload: {events} events, seed {seed}, reference shape (docs/workload.md)");
+    Ok(temp)
+}
+
+/// [`start_run`] for events read from `file`.
+fn start_run_on_file(dir: Option<&Path>, file: &Path) -> anyhow::Result<tempfile::TempDir> {
+    let temp = bench_dir(dir)?;
+    println!("machine: {}", machine_description());
+    println!("workload: the events of {}", file.display());
+    Ok(temp)
+}
+
+/// A new directory for a run's data, in `dir` or else the system's temporary directory.
+fn bench_dir(dir: Option<&Path>) -> std::io::Result<tempfile::TempDir> {
+    tempfile::Builder::new()
         .prefix("scaivault-bench-")
         .tempdir_in(
             dir.map(Path::to_path_buf)
                 .unwrap_or_else(std::env::temp_dir),
-        )?;
-    println!("machine: {}", machine_description());
-    println!("workload: {events} events, seed {seed}, reference shape (docs/workload.md)");
-    Ok(temp)
+        )
 }
 
 /// The `p` quantile (0..=1) of ascending `sorted` values (nearest rank, rounded down); 0 if empty.

@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 use super::{
     BENCH_TOKEN, BenchServer, RssPeaks, RssSampler, RssSplit, generate_bodies, percentile,
-    post_all, start_run,
+    post_all, read_bodies, start_run, start_run_on_file,
 };
 use scaivault_audit::timestamp;
 
@@ -41,6 +41,13 @@ pub struct QueryBenchArgs {
     /// removed afterwards).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Load these NDJSON events instead of generating them (`--events` and `--seed` are then
+    /// ignored), every timestamp moved by the same whole number of seconds so that the newest
+    /// falls in the second before now: the file the PostgreSQL harness loaded
+    /// (`../shared/bench/peers`, its `events.ndjson`) gives both systems the same events and
+    /// the same parameters.
+    #[arg(long, value_name = "FILE")]
+    pub events_file: Option<PathBuf>,
 }
 
 const LIMIT: usize = 100;
@@ -106,11 +113,21 @@ struct Query {
 
 /// Runs `bench query`.
 pub async fn run(args: QueryBenchArgs) -> anyhow::Result<()> {
-    let temp = start_run(args.dir.as_deref(), args.events, args.seed)?;
     // The workload ends now (whole seconds): the trails' 30-day summaries are relative to the
     // server's clock, and must cover the newest 30 days of data as the PostgreSQL harness's do.
     let end = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second())?;
-    let bodies = generate_bodies(args.events, args.seed, INGEST_BATCH, Some(end))?;
+    let (temp, bodies) = match &args.events_file {
+        Some(file) => {
+            let temp = start_run_on_file(args.dir.as_deref(), file)?;
+            let bodies = read_bodies(file, INGEST_BATCH)?;
+            (temp, ending_before(bodies, end.as_second())?)
+        }
+        None => {
+            let temp = start_run(args.dir.as_deref(), args.events, args.seed)?;
+            let bodies = generate_bodies(args.events, args.seed, INGEST_BATCH, Some(end))?;
+            (temp, bodies)
+        }
+    };
     let params = pick_params(&bodies)?;
     println!(
         "parameters: tenant {} ({} events), mid identity {}, request_id {}, most-read path {}, busiest service account {}",
@@ -223,6 +240,58 @@ fn pick_params(bodies: &[Vec<u8>]) -> anyhow::Result<Params> {
         most_read_path: top_one(&paths).context("no read path")?.0,
         busiest_sa: top_one(&accounts).context("no service account")?.0,
     })
+}
+
+/// What precedes an event's timestamp in NDJSON as producers and both generators write it.
+const TIMESTAMP_MEMBER: &[u8] = b"\"timestamp\":\"";
+
+/// `bodies` with every event's timestamp moved by the same whole number of seconds, so that
+/// the newest falls in the second before `end_second` (time windows are relative to the
+/// newest event, and the trails' to the server's clock).
+fn ending_before(bodies: Vec<Vec<u8>>, end_second: i64) -> anyhow::Result<Vec<Vec<u8>>> {
+    let mut newest_us = i64::MIN;
+    for line in bodies.iter().flat_map(|body| body.split(|b| *b == b'\n')) {
+        if let Some((_, micros)) = timestamp_in(line)? {
+            newest_us = newest_us.max(micros);
+        }
+    }
+    let shift_us = (end_second - 1 - newest_us.div_euclid(1_000_000)) * 1_000_000;
+    bodies
+        .into_iter()
+        .map(|body| {
+            let mut moved = Vec::with_capacity(body.len());
+            for line in body.split_inclusive(|b| *b == b'\n') {
+                match timestamp_in(line)? {
+                    Some((range, micros)) => {
+                        moved.extend_from_slice(&line[..range.start]);
+                        moved.extend_from_slice(
+                            timestamp::format_micros(micros + shift_us).as_bytes(),
+                        );
+                        moved.extend_from_slice(&line[range.end..]);
+                    }
+                    None => moved.extend_from_slice(line),
+                }
+            }
+            Ok(moved)
+        })
+        .collect()
+}
+
+/// Where the first `"timestamp":"…"` value of `line` is and the instant it names; `None` for
+/// a line without one (the server will refuse it).
+fn timestamp_in(line: &[u8]) -> anyhow::Result<Option<(std::ops::Range<usize>, i64)>> {
+    let Some(member) = memchr::memmem::find(line, TIMESTAMP_MEMBER) else {
+        return Ok(None);
+    };
+    let start = member + TIMESTAMP_MEMBER.len();
+    let Some(length) = memchr::memchr(b'"', &line[start..]) else {
+        return Ok(None);
+    };
+    let range = start..start + length;
+    let text = std::str::from_utf8(&line[range.clone()])?;
+    let micros = timestamp::parse_rfc3339_micros(text)
+        .map_err(|problem| anyhow::anyhow!("timestamp {text:?}: {problem}"))?;
+    Ok(Some((range, micros)))
 }
 
 /// Occurrences of each present key.
@@ -524,4 +593,51 @@ async fn walk_to_page(api: &TenantApi, first_page: &str) -> anyhow::Result<Optio
         }
     }
     Ok(cursor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(timestamp: &str) -> String {
+        format!(r#"{{"id":"log_1","timestamp":"{timestamp}","action":"read","tenant_id":"tnt_a"}}"#)
+    }
+
+    #[test]
+    fn events_from_a_file_come_in_batches_and_end_in_the_second_before_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("events.ndjson");
+        let lines = [
+            line("2026-10-31T23:59:58.250000Z"),
+            line("2026-10-01T00:00:00.000001Z"),
+            line("2026-10-31T23:59:59.750000Z"),
+        ];
+        std::fs::write(&file, format!("{}\n\n{}\n{}", lines[0], lines[1], lines[2])).unwrap();
+        let bodies = read_bodies(&file, 2).unwrap();
+        assert_eq!(
+            bodies,
+            vec![
+                format!("{}\n{}\n", lines[0], lines[1]).into_bytes(),
+                format!("{}\n", lines[2]).into_bytes(),
+            ]
+        );
+        let end = timestamp::parse_rfc3339_micros("2026-12-05T10:00:00Z").unwrap() / 1_000_000;
+        let moved = ending_before(bodies, end).unwrap();
+        // One shift for all (34 days, 10 hours): the newest lands in 09:59:59, order and gaps
+        // are kept, and nothing but the timestamps changes.
+        let expected = [
+            line("2026-12-05T09:59:58.250000Z"),
+            line("2026-11-04T10:00:00.000001Z"),
+            line("2026-12-05T09:59:59.750000Z"),
+        ];
+        assert_eq!(
+            moved,
+            vec![
+                format!("{}\n{}\n", expected[0], expected[1]).into_bytes(),
+                format!("{}\n", expected[2]).into_bytes(),
+            ]
+        );
+        assert!(ending_before(vec![b"{\"timestamp\":\"yesterday\"}\n".to_vec()], end).is_err());
+        assert!(read_bodies(&dir.path().join("missing"), 2).is_err());
+    }
 }
