@@ -167,31 +167,20 @@ async fn ensure_stream(
         duplicate_window: settings.duplicate_window,
         ..Default::default()
     };
-    // A stream without a leader (one just killed, a node restarting) does not answer for a
-    // few seconds: retried for a bounded time, then the start fails.
-    let started = std::time::Instant::now();
-    let (stream, info) = loop {
-        let attempt = async {
-            let mut stream = context
-                .get_or_create_stream(config.clone())
-                .await
-                .map_err(|error| format!("cannot be read or created: {}", describe(&error)))?;
-            let info = stream
-                .info()
-                .await
-                .map_err(|error| format!("cannot be read: {}", describe(&error)))?
-                .clone();
-            Ok::<_, String>((stream, info))
-        };
-        match attempt.await {
-            Ok(found) => break found,
-            Err(message) if started.elapsed() < STREAM_WAIT => {
-                tracing::warn!(stream = %settings.stream, %message, "the JetStream stream does not answer yet; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(message) => return Err(failed(message)),
-        }
-    };
+    let (stream, info) = retry_while_leaderless("stream", &settings.stream, || async {
+        let mut stream = context
+            .get_or_create_stream(config.clone())
+            .await
+            .map_err(|error| format!("cannot be read or created: {}", describe(&error)))?;
+        let info = stream
+            .info()
+            .await
+            .map_err(|error| format!("cannot be read: {}", describe(&error)))?
+            .clone();
+        Ok((stream, info))
+    })
+    .await
+    .map_err(failed)?;
     check_stream(&info.config, settings).map_err(failed)?;
     tracing::info!(
         stream = %settings.stream,
@@ -200,6 +189,32 @@ async fn ensure_stream(
         "JetStream stream ready"
     );
     Ok(stream)
+}
+
+/// Runs `attempt` until it succeeds, a second apart, for up to [`STREAM_WAIT`]: JetStream
+/// without a leader (a node just killed or restarting) answers nothing for a few seconds. The
+/// last failure is returned after that. `kind` and `name` ("stream", "SCAIVAULT_AUDIT") name
+/// what is waited for in the warnings.
+async fn retry_while_leaderless<T, Attempt, Answer>(
+    kind: &str,
+    name: &str,
+    mut attempt: Attempt,
+) -> Result<T, String>
+where
+    Attempt: FnMut() -> Answer,
+    Answer: std::future::Future<Output = Result<T, String>>,
+{
+    let started = std::time::Instant::now();
+    loop {
+        match attempt().await {
+            Ok(found) => return Ok(found),
+            Err(message) if started.elapsed() < STREAM_WAIT => {
+                tracing::warn!(%kind, %name, %message, "JetStream does not answer yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(message) => return Err(message),
+        }
+    }
 }
 
 /// What an existing stream must be for the guarantees of docs/cluster.md to hold.

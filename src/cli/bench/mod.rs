@@ -168,23 +168,56 @@ fn generate_bodies(
         end: end.unwrap_or(defaults.end),
         ..defaults
     });
-    let mut bodies = Vec::new();
-    let mut body = Vec::with_capacity(batch * 420);
-    let mut in_body = 0;
-    while generator.write_next(&mut body)? {
-        in_body += 1;
-        if in_body == batch {
-            bodies.push(std::mem::replace(
-                &mut body,
-                Vec::with_capacity(batch * 420),
-            ));
-            in_body = 0;
+    let mut bodies = Bodies::new(batch);
+    while generator.write_next(bodies.open())? {
+        bodies.line_written();
+    }
+    Ok(bodies.finish())
+}
+
+/// NDJSON request bodies of up to `batch` events each, filled one line at a time.
+struct Bodies {
+    batch: usize,
+    full: Vec<Vec<u8>>,
+    open: Vec<u8>,
+    lines_in_open: usize,
+}
+
+impl Bodies {
+    /// Bytes reserved per event of a body (the reference workload's lines are ~400).
+    const LINE_BYTES: usize = 420;
+
+    fn new(batch: usize) -> Bodies {
+        Bodies {
+            batch,
+            full: Vec::new(),
+            open: Vec::with_capacity(batch * Self::LINE_BYTES),
+            lines_in_open: 0,
         }
     }
-    if in_body > 0 {
-        bodies.push(body);
+
+    /// The body the next line is written to.
+    fn open(&mut self) -> &mut Vec<u8> {
+        &mut self.open
     }
-    Ok(bodies)
+
+    /// Counts the line just written to [`Bodies::open`]; a body of `batch` lines is closed.
+    fn line_written(&mut self) {
+        self.lines_in_open += 1;
+        if self.lines_in_open == self.batch {
+            let next = Vec::with_capacity(self.batch * Self::LINE_BYTES);
+            self.full.push(std::mem::replace(&mut self.open, next));
+            self.lines_in_open = 0;
+        }
+    }
+
+    /// Every body, the last one possibly short.
+    fn finish(mut self) -> Vec<Vec<u8>> {
+        if self.lines_in_open > 0 {
+            self.full.push(self.open);
+        }
+        self.full
+    }
 }
 
 /// The NDJSON events of `file` in request bodies of `batch` lines each (blank lines skipped;
@@ -193,25 +226,18 @@ fn read_bodies(file: &Path, batch: usize) -> anyhow::Result<Vec<Vec<u8>>> {
     let reader = std::io::BufReader::new(
         std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?,
     );
-    let mut bodies = Vec::new();
-    let mut body = Vec::new();
-    let mut in_body = 0;
+    let mut bodies = Bodies::new(batch);
     for line in reader.split(b'\n') {
         let line = line.with_context(|| format!("cannot read {}", file.display()))?;
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
+        let body = bodies.open();
         body.extend_from_slice(&line);
         body.push(b'\n');
-        in_body += 1;
-        if in_body == batch {
-            bodies.push(std::mem::take(&mut body));
-            in_body = 0;
-        }
+        bodies.line_written();
     }
-    if in_body > 0 {
-        bodies.push(body);
-    }
+    let bodies = bodies.finish();
     anyhow::ensure!(!bodies.is_empty(), "{} holds no events", file.display());
     Ok(bodies)
 }
@@ -695,6 +721,17 @@ fn machine_description() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generated_events_come_in_bodies_of_the_batch_size() {
+        let bodies = generate_bodies(2_500, 7, 1_000, None).unwrap();
+        let lines: Vec<usize> = bodies
+            .iter()
+            .map(|body| body.iter().filter(|byte| **byte == b'\n').count())
+            .collect();
+        assert_eq!(lines, [1_000, 1_000, 500]);
+        assert!(bodies.iter().all(|body| body.ends_with(b"\n")));
+    }
 
     #[test]
     fn cpu_time_is_read_after_a_command_name_with_spaces_and_parentheses() {
