@@ -121,10 +121,9 @@ pub fn rebuild(
         let store = segment
             .get_store_reader(2)
             .map_err(tantivy::TantivyError::from)?;
-        let links = match link_columns {
-            true => Some(ChainColumns::open(segment)?),
-            false => None,
-        };
+        let links = link_columns
+            .then(|| ChainColumns::open(segment))
+            .transpose()?;
         readers.push((SourceColumns::open(segment)?, store, links));
     }
     // Ingest order, so that the hash chains computed on the way (for an index written before
@@ -399,9 +398,10 @@ mod tests {
         let index_dir = dir.path().join("index");
         fs::create_dir_all(&index_dir).unwrap();
         let (current, fields) = schema::build_schema();
-        let schema = match links_stored {
-            true => schema_v3(),
-            false => current.clone(),
+        let schema = if links_stored {
+            schema_v3()
+        } else {
+            current.clone()
         };
         let index = Index::builder()
             .schema(schema.clone())
@@ -425,9 +425,10 @@ mod tests {
             let link = chains.append(&event);
             let source = serde_json::to_vec(&event).unwrap();
             let document = fields.document(&event, seq, &source, link);
-            let document = match links_stored {
-                true => as_version_3(&current, &schema, &document, link),
-                false => document,
+            let document = if links_stored {
+                as_version_3(&current, &schema, &document, link)
+            } else {
+                document
             };
             writer.add_document(document).unwrap();
             written.push((seq, link));

@@ -95,7 +95,10 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
 const BENCH_TOKEN: &str = "skt_benchmark_token_not_secret";
 
 async fn ingest(args: IngestBenchArgs) -> anyhow::Result<()> {
-    let temp = start_run(args.dir.as_deref(), args.events, args.seed)?;
+    let temp = start_run(
+        args.dir.as_deref(),
+        &generated_workload(args.events, args.seed),
+    )?;
     if args.cluster {
         return cluster::run(args, temp.path()).await;
     }
@@ -660,30 +663,22 @@ impl RssSampler {
 }
 
 /// The temporary directory of one benchmark run (under `dir`, else the system's), after printing
-/// the machine and the workload.
-fn start_run(dir: Option<&Path>, events: u64, seed: u64) -> anyhow::Result<tempfile::TempDir> {
-    let temp = bench_dir(dir)?;
-    println!("machine: {}", machine_description());
-    println!("workload: {events} events, seed {seed}, reference shape (docs/workload.md)");
-    Ok(temp)
-}
-
-/// [`start_run`] for events read from `file`.
-fn start_run_on_file(dir: Option<&Path>, file: &Path) -> anyhow::Result<tempfile::TempDir> {
-    let temp = bench_dir(dir)?;
-    println!("machine: {}", machine_description());
-    println!("workload: the events of {}", file.display());
-    Ok(temp)
-}
-
-/// A new directory for a run's data, in `dir` or else the system's temporary directory.
-fn bench_dir(dir: Option<&Path>) -> std::io::Result<tempfile::TempDir> {
-    tempfile::Builder::new()
+/// the machine and `workload` (what the run loads).
+fn start_run(dir: Option<&Path>, workload: &str) -> anyhow::Result<tempfile::TempDir> {
+    let temp = tempfile::Builder::new()
         .prefix("scaivault-bench-")
         .tempdir_in(
             dir.map(Path::to_path_buf)
                 .unwrap_or_else(std::env::temp_dir),
-        )
+        )?;
+    println!("machine: {}", machine_description());
+    println!("workload: {workload}");
+    Ok(temp)
+}
+
+/// The `workload` line of [`start_run`] for generated events.
+fn generated_workload(events: u64, seed: u64) -> String {
+    format!("{events} events, seed {seed}, reference shape (docs/workload.md)")
 }
 
 /// The `p` quantile (0..=1) of ascending `sorted` values (nearest rank, rounded down); 0 if empty.

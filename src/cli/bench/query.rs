@@ -15,8 +15,8 @@ use clap::Args;
 use serde::Deserialize;
 
 use super::{
-    BENCH_TOKEN, BenchServer, RssPeaks, RssSampler, RssSplit, generate_bodies, percentile,
-    post_all, read_bodies, start_run, start_run_on_file,
+    BENCH_TOKEN, BenchServer, RssPeaks, RssSampler, RssSplit, generate_bodies, generated_workload,
+    percentile, post_all, read_bodies, start_run,
 };
 use scaivault_audit::timestamp;
 
@@ -118,12 +118,14 @@ pub async fn run(args: QueryBenchArgs) -> anyhow::Result<()> {
     let end = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second())?;
     let (temp, bodies) = match &args.events_file {
         Some(file) => {
-            let temp = start_run_on_file(args.dir.as_deref(), file)?;
+            let workload = format!("the events of {}", file.display());
+            let temp = start_run(args.dir.as_deref(), &workload)?;
             let bodies = read_bodies(file, INGEST_BATCH)?;
             (temp, ending_before(bodies, end.as_second())?)
         }
         None => {
-            let temp = start_run(args.dir.as_deref(), args.events, args.seed)?;
+            let workload = generated_workload(args.events, args.seed);
+            let temp = start_run(args.dir.as_deref(), &workload)?;
             let bodies = generate_bodies(args.events, args.seed, INGEST_BATCH, Some(end))?;
             (temp, bodies)
         }
@@ -249,12 +251,13 @@ const TIMESTAMP_MEMBER: &[u8] = b"\"timestamp\":\"";
 /// the newest falls in the second before `end_second` (time windows are relative to the
 /// newest event, and the trails' to the server's clock).
 fn ending_before(bodies: Vec<Vec<u8>>, end_second: i64) -> anyhow::Result<Vec<Vec<u8>>> {
-    let mut newest_us = i64::MIN;
+    let mut newest_us = None;
     for line in bodies.iter().flat_map(|body| body.split(|b| *b == b'\n')) {
         if let Some((_, micros)) = timestamp_in(line)? {
-            newest_us = newest_us.max(micros);
+            newest_us = newest_us.max(Some(micros));
         }
     }
+    let newest_us = newest_us.context("no event of the file has a timestamp")?;
     let shift_us = (end_second - 1 - newest_us.div_euclid(1_000_000)) * 1_000_000;
     bodies
         .into_iter()
@@ -638,6 +641,7 @@ mod tests {
             ]
         );
         assert!(ending_before(vec![b"{\"timestamp\":\"yesterday\"}\n".to_vec()], end).is_err());
+        assert!(ending_before(vec![b"{\"id\":\"log_1\"}\n".to_vec()], end).is_err());
         assert!(read_bodies(&dir.path().join("missing"), 2).is_err());
     }
 }
